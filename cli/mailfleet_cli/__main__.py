@@ -1,0 +1,5 @@
+import sys
+
+from mailfleet_cli import main
+
+sys.exit(main())

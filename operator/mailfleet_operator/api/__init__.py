@@ -1,0 +1,1 @@
+"""API models: the one source of truth for the CRDs (pure, no I/O)."""

@@ -1,0 +1,1 @@
+"""The sender service that runs in every sender pod (DESIGN.md §3)."""
