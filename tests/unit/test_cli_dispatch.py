@@ -1,8 +1,7 @@
 """The `mailfleet` command lists every subcommand and fails clearly on unknown ones."""
 
-import pytest
-
 import mailfleet_cli
+import pytest
 
 
 def test_help_lists_every_subcommand(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,0 +1,661 @@
+"""SendingPool (`sp`): a fleet of sender pods, their egress IPs and how they send (DESIGN.md §2).
+
+Pure (no I/O). `SendingPoolSpec` is what a user writes; `SendingPoolStatus` is what the
+operator reports. Limits in the spec (throttles, rates) are pool-wide: the operator divides
+them among the active pods. Read durations and rates with `mailfleet_sender.units`
+(`parse_duration`, `parse_rate`); the models keep them as the user wrote them.
+
+Throttle precedence (most specific wins): `throttling.defaults` < built-in provider table
+(`mailfleet_operator.api.providers`) < `throttling.providers[]` entries of the same name.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from mailfleet_operator.api import common
+from mailfleet_operator.api.common import (
+    Conditions,
+    DNSLabel,
+    DomainName,
+    Duration,
+    IPAddress,
+    KubeName,
+    MXPattern,
+    Quantity,
+    RateStr,
+    SecretKeyRef,
+    SpecModel,
+    StatusModel,
+)
+
+KIND = "SendingPool"
+PLURAL = "sendingpools"
+SINGULAR = "sendingpool"
+SHORT_NAMES = ("sp",)
+
+EgressMode = Literal["direct", "relay"]
+RelayTLS = Literal["none", "starttls", "implicit"]
+WarmupOverflow = Literal["Defer", "WarmIPs"]
+IPState = Literal["Active", "Standby", "Draining", "Blocklisted", "Unassigned"]
+
+# Condition types this kind reports.
+READY = "Ready"
+DEGRADED = "Degraded"
+FAILING_OVER = "FailingOver"
+PROGRESSING = "Progressing"
+CONDITION_TYPES = (READY, DEGRADED, FAILING_OVER, PROGRESSING)
+
+
+# --- pods -------------------------------------------------------------------------------------
+
+
+class Autoscaling(SpecModel):
+    """Scale the pool on queue depth, read from the pods' /v1/stats."""
+
+    min_replicas: int = Field(
+        default=1, ge=0, description="Fewest sender pods kept running, even with empty queues."
+    )
+    max_replicas: int = Field(ge=1, description="Most sender pods the autoscaler may run.")
+    target_queue_per_replica: int = Field(
+        default=10000,
+        ge=1,
+        description=(
+            "Queued messages per pod the autoscaler aims for: replicas = ceil(total queue / "
+            "this), clamped to [minReplicas, maxReplicas]."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(
+                f"minReplicas ({self.min_replicas}) must not exceed maxReplicas "
+                f"({self.max_replicas})"
+            )
+        return self
+
+
+class ResourceRequirements(SpecModel):
+    """CPU and memory for each sender container, as in a Pod spec."""
+
+    requests: dict[str, Quantity] | None = Field(
+        default=None,
+        description="Minimum resources the scheduler reserves, e.g. {cpu: 100m, memory: 128Mi}.",
+    )
+    limits: dict[str, Quantity] | None = Field(
+        default=None, description="Maximum resources the container may use, e.g. {memory: 512Mi}."
+    )
+
+
+class Toleration(SpecModel):
+    """A Pod toleration, letting sender pods run on tainted nodes (e.g. nodes with egress IPs)."""
+
+    key: str | None = Field(
+        default=None,
+        max_length=316,
+        description="Taint key the toleration applies to; empty with operator Exists matches all.",
+    )
+    operator: Literal["Exists", "Equal"] | None = Field(
+        default=None, description="Exists or Equal (the default when omitted)."
+    )
+    value: str | None = Field(
+        default=None, max_length=63, description="Taint value to match when operator is Equal."
+    )
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect to match; empty matches all effects."
+    )
+    toleration_seconds: int | None = Field(
+        default=None,
+        description="For NoExecute: how long the pod stays bound after the taint appears.",
+    )
+
+
+class Storage(SpecModel):
+    """The spool volume of each sender pod (a PersistentVolumeClaim from the StatefulSet)."""
+
+    size: Quantity = Field(
+        default="1Gi", description="Size of each pod's spool volume, e.g. 1Gi or 20Gi."
+    )
+    storage_class_name: KubeName | None = Field(
+        default=None,
+        description="StorageClass of the spool volumes; the cluster default when omitted.",
+    )
+
+
+# --- egress -----------------------------------------------------------------------------------
+
+
+class EgressIP(SpecModel):
+    """A source IP the pool sends from, bound to exactly one active pod at a time."""
+
+    address: IPAddress = Field(description="The IPv4 or IPv6 source address, e.g. 203.0.113.10.")
+    helo_name: DomainName = Field(
+        description=(
+            "Name announced in EHLO from this IP; its A/AAAA and the IP's PTR record should "
+            "match (forward-confirmed reverse DNS), e.g. mta1.example.com."
+        )
+    )
+    classes: list[DNSLabel] | None = Field(
+        default=None,
+        description="Names of the classes this IP may carry; every class when omitted.",
+    )
+
+
+class RelayConfig(SpecModel):
+    """A smarthost (SES, Mailgun, Brevo...) that receives all mail in relay mode."""
+
+    host: DomainName = Field(
+        description="Host name of the relay, e.g. email-smtp.eu-west-1.amazonaws.com."
+    )
+    port: int = Field(default=587, ge=1, le=65535, description="TCP port of the relay.")
+    tls: RelayTLS = Field(
+        default="starttls",
+        description=(
+            "none (plain text, only for a relay on a trusted network), starttls (upgrade "
+            "after connecting, port 587) or implicit (TLS from the first byte, port 465)."
+        ),
+    )
+    credentials_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Secret holding the relay login in its `username` and `password` keys (`key` "
+            "is ignored); no authentication when omitted."
+        ),
+    )
+
+
+class Egress(SpecModel):
+    """Where mail leaves from: the pool's own IPs (direct) or a smarthost (relay)."""
+
+    mode: EgressMode = Field(
+        default="direct",
+        description=(
+            "direct: deliver to recipients' MX hosts from the IPs below; relay: hand every "
+            "message to `relay`."
+        ),
+    )
+    ips: Annotated[list[EgressIP], common.unique_by("IP address", lambda ip: ip.address)] = Field(
+        default_factory=list,
+        description=(
+            "Source IPs of the pool, each bound to one active pod. In direct mode with no IPs "
+            "the pods send from their own address (useful only for tests)."
+        ),
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["address"],
+        },
+    )
+    relay: RelayConfig | None = Field(
+        default=None, description="The smarthost; required when mode is relay."
+    )
+
+    @model_validator(mode="after")
+    def _relay_when_relay_mode(self) -> Egress:
+        if self.mode == "relay" and self.relay is None:
+            raise ValueError("egress.mode is relay but egress.relay is missing: set relay.host")
+        return self
+
+
+# --- classes, throttles, reputation -------------------------------------------------------------
+
+
+class MessageClass(SpecModel):
+    """A priority class of mail with its own queue (e.g. transactional before marketing)."""
+
+    name: DNSLabel = Field(description="Class name, chosen by the submitter of each message.")
+    priority: int = Field(
+        default=0,
+        ge=0,
+        le=1000,
+        description="Higher priorities are delivered first when the pool is busy or throttled.",
+    )
+    max_age: Duration | None = Field(
+        default=None,
+        description=(
+            "Give up (bounce) a message of this class after this long; retry.maxAge when omitted."
+        ),
+    )
+    bulk: bool = Field(
+        default=False,
+        description=(
+            "Bulk (marketing) mail: List-Unsubscribe and List-Unsubscribe-Post headers are "
+            "added and warm-up quotas serve engaged recipients first."
+        ),
+    )
+
+
+def default_classes() -> list[MessageClass]:
+    """The classes of a pool that names none: transactional (high) before marketing (low)."""
+    return [
+        MessageClass(name="transactional", priority=100, max_age="1d"),
+        MessageClass(name="marketing", priority=10, max_age="3d", bulk=True),
+    ]
+
+
+class DestinationLimits(SpecModel):
+    """Limits per destination site (one MX host set) for sites no provider entry matches."""
+
+    messages_per_second: float | None = Field(
+        default=None, gt=0, description="Messages per second to one site, pool-wide."
+    )
+    messages_per_hour: int | None = Field(
+        default=None, ge=1, description="Messages per hour to one site, pool-wide."
+    )
+    max_connections: int = Field(
+        default=10, ge=1, description="Simultaneous SMTP connections to one site, pool-wide."
+    )
+
+
+class ProviderThrottle(SpecModel):
+    """Limits for a mailbox provider, recognised by the host names of its MX records."""
+
+    name: DNSLabel = Field(
+        description=(
+            "Provider name, e.g. gmail; an entry with a built-in provider's name replaces it."
+        )
+    )
+    mx_patterns: list[MXPattern] = Field(
+        min_length=1,
+        description="MX host names of the provider; '*.google.com' matches aspmx.l.google.com.",
+    )
+    messages_per_second: float | None = Field(
+        default=None, gt=0, description="Messages per second to this provider, pool-wide."
+    )
+    messages_per_hour: int | None = Field(
+        default=None, ge=1, description="Messages per hour to this provider, pool-wide."
+    )
+    max_connections: int | None = Field(
+        default=None,
+        ge=1,
+        description=(
+            "Simultaneous connections to this provider, pool-wide; throttling.defaults "
+            "applies when omitted."
+        ),
+    )
+
+
+class Throttling(SpecModel):
+    """How fast the pool may send, overall and per destination."""
+
+    rate: RateStr | None = Field(
+        default=None,
+        description="Global pool-wide rate, e.g. '100/s' or '200000/d'; unlimited when omitted.",
+    )
+    defaults: DestinationLimits = Field(
+        default_factory=DestinationLimits,
+        description="Limits for any destination no provider entry matches.",
+    )
+    builtin_providers: bool = Field(
+        default=True,
+        description=(
+            "Apply the built-in table for Gmail, Outlook/Hotmail, Yahoo/AOL, Apple, Orange, "
+            "Free, SFR, La Poste and GMX/Web.de (see the API reference)."
+        ),
+    )
+    providers: Annotated[
+        list[ProviderThrottle], common.unique_by("provider name", lambda p: p.name)
+    ] = Field(
+        default_factory=list,
+        description="Provider limits; an entry named like a built-in provider overrides it.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["name"]},
+    )
+
+
+class ReputationThresholds(SpecModel):
+    """Rolling bounce and complaint rates (fractions: 0.05 is 5 %)."""
+
+    bounce_rate: float = Field(ge=0, le=1, description="Hard-bounce rate, 0 to 1.")
+    complaint_rate: float = Field(ge=0, le=1, description="Complaint (spam report) rate, 0 to 1.")
+
+
+class Reputation(SpecModel):
+    """Guard rails on the pool's rolling bounce and complaint rates."""
+
+    warn_at: ReputationThresholds = Field(
+        default_factory=lambda: ReputationThresholds(bounce_rate=0.05, complaint_rate=0.001),
+        description="Rates at which the pool turns Degraded and emits warning events.",
+    )
+    pause_at: ReputationThresholds = Field(
+        default_factory=lambda: ReputationThresholds(bounce_rate=0.10, complaint_rate=0.005),
+        description=(
+            "Rates at which sending pauses (the pool, or only the class at fault) until "
+            "resumed with the annotation mailfleet.io/resume."
+        ),
+    )
+    window: Duration = Field(
+        default="24h", description="Rolling window the rates are computed over."
+    )
+    min_messages: int = Field(
+        default=500,
+        ge=1,
+        description="Rates are judged only once the window holds at least this many messages.",
+    )
+
+    @model_validator(mode="after")
+    def _warn_before_pause(self) -> Reputation:
+        for name in ("bounce_rate", "complaint_rate"):
+            warn, pause = getattr(self.warn_at, name), getattr(self.pause_at, name)
+            if warn > pause:
+                field = to_camel(name)
+                raise ValueError(
+                    f"warnAt.{field} ({warn}) must not exceed pauseAt.{field} ({pause})"
+                )
+        return self
+
+
+# --- retries, bounces, health, failover, submission ---------------------------------------------
+
+
+class Retry(SpecModel):
+    """When temporarily failed (4xx) messages are tried again."""
+
+    schedule: list[Duration] = Field(
+        default_factory=lambda: ["5m", "10m", "30m", "1h", "2h", "4h"],
+        min_length=1,
+        description="Waits between attempts; the last one repeats until maxAge.",
+    )
+    max_age: Duration = Field(
+        default="3d", description="Bounce a message still undelivered after this long."
+    )
+
+
+class Bounces(SpecModel):
+    """What the pool does with bounces."""
+
+    suppress_hard: bool = Field(
+        default=True,
+        description=(
+            "Add hard-bounced recipients to the suppression list; later mail to them is refused."
+        ),
+    )
+    soft_to_hard_after: int = Field(
+        default=3,
+        ge=1,
+        description="Treat a recipient as hard-bounced after this many consecutive soft bounces.",
+    )
+
+
+class FeedbackLoop(SpecModel):
+    """Complaint (ARF) reports from providers' feedback loops."""
+
+    enabled: bool = Field(
+        default=True,
+        description="Accept ARF reports and suppress complaining recipients.",
+    )
+
+
+class DNSBLCheck(SpecModel):
+    """Look the pool's IPs up in DNS blocklists."""
+
+    zones: list[DomainName] = Field(
+        default_factory=list,
+        description="Blocklist zones to query, e.g. zen.spamhaus.org; no checks when empty.",
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    interval: Duration = Field(default="5m", description="How often each IP is looked up.")
+
+
+class HealthChecks(SpecModel):
+    """Checks beyond pod readiness."""
+
+    dnsbl: DNSBLCheck = Field(
+        default_factory=DNSBLCheck, description="DNS blocklist checks of the egress IPs."
+    )
+
+
+class Failover(SpecModel):
+    """When an IP moves from its pod to a standby."""
+
+    unhealthy_after: Duration = Field(
+        default="30s",
+        description="Move an IP once its pod or node has been unready for this long.",
+    )
+    drain_on_blocklist: bool = Field(
+        default=True,
+        description="Move an IP off to standby and drain its pod when a blocklist lists it.",
+    )
+
+
+class SMTPSubmission(SpecModel):
+    """The SMTP submission listener of every sender pod (AUTH + STARTTLS)."""
+
+    port: int = Field(
+        default=587, ge=1, le=65535, description="Container port for SMTP submission."
+    )
+    auth_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Secret whose keys are user names and values passwords for SMTP AUTH (`key` is "
+            "ignored); submission without authentication when omitted (trusted network only)."
+        ),
+    )
+    tls_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description="kubernetes.io/tls Secret for STARTTLS; STARTTLS is not offered when omitted.",
+    )
+
+
+class HTTPSubmission(SpecModel):
+    """The HTTP submission API of every sender pod (POST /v1/messages)."""
+
+    port: int = Field(default=8080, ge=1, le=65535, description="Container port for the HTTP API.")
+    api_key_secret_ref: SecretKeyRef | None = Field(
+        default=None,
+        description=(
+            "Secret holding the API key clients send as a Bearer token (key `api-key` "
+            "when `key` is omitted); no authentication when omitted."
+        ),
+    )
+
+
+class Submission(SpecModel):
+    """How applications hand mail to the pool."""
+
+    smtp: SMTPSubmission = Field(default_factory=SMTPSubmission, description="SMTP submission.")
+    http: HTTPSubmission = Field(default_factory=HTTPSubmission, description="HTTP submission.")
+
+
+# --- spec ---------------------------------------------------------------------------------------
+
+
+class SendingPoolSpec(SpecModel):
+    """Desired state of a SendingPool: pods, IPs, classes, throttles and guard rails."""
+
+    replicas: int = Field(
+        default=1,
+        ge=0,
+        description=(
+            "Number of active sender pods (each may hold egress IPs). Ignored when "
+            "autoscaling is set; `kubectl scale sp` sets it."
+        ),
+    )
+    autoscaling: Autoscaling | None = Field(
+        default=None, description="Scale on queue depth instead of a fixed replica count."
+    )
+    standby_replicas: int = Field(
+        default=0,
+        ge=0,
+        description="Warm spare pods that hold no IP until a failover hands them one.",
+    )
+    image: str | None = Field(
+        default=None,
+        min_length=1,
+        description="Sender container image; the operator's default sender image when omitted.",
+    )
+    resources: ResourceRequirements | None = Field(
+        default=None, description="CPU and memory requests and limits of each sender container."
+    )
+    node_selector: dict[str, str] | None = Field(
+        default=None, description="Node labels the sender pods must run on."
+    )
+    tolerations: list[Toleration] | None = Field(
+        default=None, description="Taints the sender pods tolerate."
+    )
+    pod_annotations: dict[str, str] | None = Field(
+        default=None, description="Extra annotations on every sender pod."
+    )
+    storage: Storage = Field(default_factory=Storage, description="The spool volume of each pod.")
+    egress: Egress = Field(default_factory=Egress, description="Where mail leaves from.")
+    domains: list[KubeName] = Field(
+        default_factory=list,
+        description=(
+            "Names of DomainAuth objects (same namespace) whose domains the pool signs for."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    classes: Annotated[list[MessageClass], common.unique_by("class name", lambda c: c.name)] = (
+        Field(
+            default_factory=default_classes,
+            min_length=1,
+            description=(
+                "Priority classes of mail. When omitted: transactional (priority 100, maxAge "
+                "1d) and marketing (priority 10, maxAge 3d, bulk)."
+            ),
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+            },
+        )
+    )
+    throttling: Throttling = Field(
+        default_factory=Throttling, description="Global and per-destination sending limits."
+    )
+    reputation: Reputation = Field(
+        default_factory=Reputation, description="Bounce and complaint guard rails."
+    )
+    warmup_overflow: WarmupOverflow = Field(
+        default="Defer",
+        description=(
+            "Mail over a warming IP's daily quota: Defer keeps it queued for the next day; "
+            "WarmIPs sends it from already warm IPs of the pool."
+        ),
+    )
+    retry: Retry = Field(default_factory=Retry, description="Retry schedule of deferred mail.")
+    bounces: Bounces = Field(default_factory=Bounces, description="Bounce handling.")
+    feedback_loop: FeedbackLoop = Field(
+        default_factory=FeedbackLoop, description="Complaint feedback loop handling."
+    )
+    health_checks: HealthChecks = Field(
+        default_factory=HealthChecks, description="Health checks beyond pod readiness."
+    )
+    failover: Failover = Field(default_factory=Failover, description="IP failover behaviour.")
+    submission: Submission = Field(
+        default_factory=Submission, description="How applications hand mail to the pool."
+    )
+    paused: bool = Field(
+        default=False,
+        description="Stop delivering (mail is still accepted and queued) until set back to false.",
+    )
+
+    @model_validator(mode="after")
+    def _ip_classes_exist(self) -> SendingPoolSpec:
+        known = {c.name for c in self.classes}
+        for index, ip in enumerate(self.egress.ips):
+            unknown = [name for name in ip.classes or () if name not in known]
+            if unknown:
+                raise ValueError(
+                    f"egress.ips[{index}].classes names unknown class(es) {unknown}: "
+                    f"the pool's classes are {sorted(known)}"
+                )
+        return self
+
+
+# --- status -------------------------------------------------------------------------------------
+
+
+class IPStatus(StatusModel):
+    """One egress IP as the operator sees it."""
+
+    address: str = Field(description="The egress IP address.")
+    pod: str | None = Field(default=None, description="Pod that holds the IP's lease, if any.")
+    state: IPState = Field(
+        description=(
+            "Active (sending from its pod), Standby (warm, not sending), Draining (leaving "
+            "its pod), Blocklisted (listed on a DNSBL, not sending) or Unassigned (no pod)."
+        )
+    )
+    listed_on: list[str] = Field(
+        default_factory=list, description="DNSBL zones that currently list the IP."
+    )
+    quota_today: int | None = Field(
+        default=None, ge=0, description="Warm-up quota for today; no quota when omitted."
+    )
+    sent_today: int = Field(default=0, ge=0, description="Messages sent from the IP today.")
+
+
+class QueueStatus(StatusModel):
+    """The queue of one class, summed over the pool's pods."""
+
+    class_name: str = Field(alias="class", description="Class name.")
+    depth: int = Field(default=0, ge=0, description="Messages waiting in the class.")
+    oldest_age_seconds: int = Field(
+        default=0, ge=0, description="Age in seconds of the oldest waiting message."
+    )
+
+
+class Deliveries(StatusModel):
+    """Delivery outcomes over the last 24 hours, summed over the pool's pods."""
+
+    delivered: int = Field(default=0, ge=0, description="Messages accepted by the receiver.")
+    deferred: int = Field(default=0, ge=0, description="Temporary failures (will be retried).")
+    bounced: int = Field(default=0, ge=0, description="Permanent failures.")
+    complained: int = Field(default=0, ge=0, description="Complaint reports received.")
+    suppressed: int = Field(
+        default=0, ge=0, description="Messages refused because the recipient is suppressed."
+    )
+
+
+class SendingPoolStatus(StatusModel):
+    """Observed state of a SendingPool."""
+
+    observed_generation: int | None = Field(
+        default=None, description="The .metadata.generation this status was computed from."
+    )
+    conditions: Conditions = Field(
+        default_factory=list,
+        description="Ready, Degraded, FailingOver and Progressing.",
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    replicas: int = Field(default=0, ge=0, description="Active sender pods that exist.")
+    ready_replicas: int = Field(default=0, ge=0, description="Active sender pods that are ready.")
+    standby_replicas: int = Field(default=0, ge=0, description="Standby pods that are ready.")
+    selector: str | None = Field(
+        default=None,
+        description="Label selector of the pool's pods, for the scale subresource and HPAs.",
+    )
+    ips: list[IPStatus] = Field(
+        default_factory=list,
+        description="Every egress IP with its pod and state.",
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["address"],
+        },
+    )
+    queue: list[QueueStatus] = Field(default_factory=list, description="Queue per class.")
+    deliveries_24h: Deliveries = Field(
+        default_factory=Deliveries,
+        alias="deliveries24h",
+        description="Delivery outcomes over the last 24 hours.",
+    )
+    active_ips: int = Field(
+        default=0, alias="activeIPs", ge=0, description="Number of IPs in state Active."
+    )
+    queue_depth: int = Field(default=0, ge=0, description="Messages queued over every class.")
+
+
+class SendingPool(SpecModel):
+    """A fleet of mail-sending pods with their egress IPs, priority classes and throttles."""
+
+    api_version: Literal["mailfleet.io/v1alpha1"] = Field(
+        default="mailfleet.io/v1alpha1", description="mailfleet.io/v1alpha1"
+    )
+    kind: Literal["SendingPool"] = Field(default="SendingPool", description="SendingPool")
+    metadata: dict[str, Any] = Field(default_factory=dict, description="Standard object metadata.")
+    spec: SendingPoolSpec = Field(description="Desired state of the pool.")
+    status: SendingPoolStatus | None = Field(
+        default=None, description="Observed state of the pool."
+    )

@@ -1,0 +1,367 @@
+"""Desired objects a SendingPool owns: StatefulSet, Services, ConfigMap, PDB (pure, no I/O).
+
+Plain dicts, as the API takes them, with deterministic names and labels so every reconcile
+builds the same bytes for the same inputs (no spurious updates, a diff means a change).
+
+Why some choices:
+- The config ConfigMap is mounted as a directory, never with `subPath`: the kubelet then
+  swaps the `..data` symlink on a change and the sender reloads the file, so a config change
+  rolls out without restarting pods. The pod template therefore carries no config hash.
+- `podManagementPolicy: Parallel`: senders do not need ordered start-up, and a failover
+  should not wait for a lower ordinal to become ready.
+- Pod security is the "restricted" profile, plus NET_BIND_SERVICE for port 25/587.
+- Standby pods are in the same StatefulSet (replicas = active + standby): any pod can take
+  any role, so the operator moves roles instead of restarting pods.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mailfleet_operator.api import sendingpool as sp
+
+DEFAULT_IMAGE = "ghcr.io/mailfleet/sender:0.1.0"
+CONFIG_DIR = "/etc/mailfleet/config"
+CONFIG_FILE = "sender.yaml"
+ADMIN_DIR = "/etc/mailfleet/admin"
+ADMIN_TOKEN_KEY = "token"
+SECRETS_DIR = "/etc/mailfleet/secrets"
+SPOOL_DIR = "/var/spool/mailfleet"
+RUN_AS = 10001
+
+POOL_LABEL = "mailfleet.io/pool"
+ROLE_LABEL = "app.kubernetes.io/component"
+
+
+@dataclass(frozen=True)
+class SecretMount:
+    """One Secret mounted read-only at `/etc/mailfleet/secrets/<volume>`."""
+
+    volume: str
+    secret_name: str
+    items: tuple[str, ...] = ()  # keys to project; all keys when empty
+
+    @property
+    def path(self) -> str:
+        return f"{SECRETS_DIR}/{self.volume}"
+
+
+@dataclass(frozen=True)
+class Names:
+    """Deterministic names of a pool's children."""
+
+    pool: str
+
+    @property
+    def statefulset(self) -> str:
+        return self.pool
+
+    @property
+    def headless_service(self) -> str:
+        return f"{self.pool}-pods"
+
+    @property
+    def client_service(self) -> str:
+        return self.pool
+
+    @property
+    def config_map(self) -> str:
+        return f"{self.pool}-config"
+
+    @property
+    def pdb(self) -> str:
+        return self.pool
+
+    @property
+    def admin_secret(self) -> str:
+        return f"{self.pool}-admin"
+
+    def pod(self, ordinal: int) -> str:
+        return f"{self.pool}-{ordinal}"
+
+    def pod_fqdn(self, ordinal: int, namespace: str) -> str:
+        return f"{self.pod(ordinal)}.{self.headless_service}.{namespace}.svc"
+
+
+def selector_labels(pool: str) -> dict[str, str]:
+    return {"app.kubernetes.io/name": "mailfleet-sender", POOL_LABEL: pool}
+
+
+def labels(pool: str) -> dict[str, str]:
+    return {
+        **selector_labels(pool),
+        "app.kubernetes.io/instance": pool,
+        "app.kubernetes.io/managed-by": "mailfleet",
+        ROLE_LABEL: "sender",
+    }
+
+
+def selector_string(pool: str) -> str:
+    """The label selector in text form, for `status.selector` (scale subresource, HPAs)."""
+    return ",".join(f"{k}={v}" for k, v in sorted(selector_labels(pool).items()))
+
+
+def owner_reference(*, name: str, uid: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "mailfleet.io/v1alpha1",
+        "kind": "SendingPool",
+        "name": name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _meta(name: str, namespace: str, pool: str, owner: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": labels(pool),
+        "ownerReferences": [dict(owner)],
+    }
+
+
+@dataclass(frozen=True)
+class PoolObjects:
+    """Everything the builders need besides the spec."""
+
+    name: str
+    namespace: str
+    uid: str
+    replicas: int  # active + standby pods, after autoscaling
+    secret_mounts: Sequence[SecretMount] = field(default_factory=tuple)
+    default_image: str = DEFAULT_IMAGE
+
+    @property
+    def owner(self) -> dict[str, Any]:
+        return owner_reference(name=self.name, uid=self.uid)
+
+
+def build_statefulset(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, Any]:
+    names = Names(pool.name)
+    smtp_port = spec.submission.smtp.port
+    http_port = spec.submission.http.port
+    probe = {"port": "http", "scheme": "HTTP"}
+    container: dict[str, Any] = {
+        "name": "sender",
+        "image": spec.image or pool.default_image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["sender", "run", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        "env": [
+            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+            {
+                "name": "POD_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            },
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            {"name": "MAILFLEET_CONFIG", "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
+        ],
+        "ports": [
+            {"name": "smtp", "containerPort": smtp_port, "protocol": "TCP"},
+            {"name": "http", "containerPort": http_port, "protocol": "TCP"},
+        ],
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", **probe},
+            "periodSeconds": 2,
+            "failureThreshold": 2,
+            "timeoutSeconds": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", **probe},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+            "timeoutSeconds": 3,
+        },
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", **probe},
+            "periodSeconds": 2,
+            "failureThreshold": 60,
+        },
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "privileged": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [
+            {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+            {"name": "admin", "mountPath": ADMIN_DIR, "readOnly": True},
+            {"name": "spool", "mountPath": SPOOL_DIR},
+            {"name": "tmp", "mountPath": "/tmp"},
+            *(
+                {"name": m.volume, "mountPath": m.path, "readOnly": True}
+                for m in pool.secret_mounts
+            ),
+        ],
+        # SIGTERM drains: give queued deliveries in flight time to finish or hand off.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+    }
+    if spec.resources is not None:
+        container["resources"] = spec.resources.model_dump(by_alias=True, exclude_none=True)
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": names.config_map}},
+        {
+            "name": "admin",
+            "secret": {"secretName": names.admin_secret, "defaultMode": 0o440},
+        },
+        {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+    ]
+    for mount in pool.secret_mounts:
+        secret: dict[str, Any] = {"secretName": mount.secret_name, "defaultMode": 0o440}
+        if mount.items:
+            secret["items"] = [{"key": key, "path": key} for key in mount.items]
+        volumes.append({"name": mount.volume, "secret": secret})
+    pod_spec: dict[str, Any] = {
+        "containers": [container],
+        "volumes": volumes,
+        "terminationGracePeriodSeconds": 120,
+        "automountServiceAccountToken": False,
+        "enableServiceLinks": False,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS,
+            "runAsGroup": RUN_AS,
+            "fsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [
+            t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations
+        ]
+    storage: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": str(spec.storage.size)}},
+    }
+    if spec.storage.storage_class_name:
+        storage["storageClassName"] = spec.storage.storage_class_name
+    template_meta: dict[str, Any] = {"labels": labels(pool.name)}
+    if spec.pod_annotations:
+        template_meta["annotations"] = dict(spec.pod_annotations)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "StatefulSet",
+        "metadata": _meta(names.statefulset, pool.namespace, pool.name, pool.owner),
+        "spec": {
+            "replicas": pool.replicas,
+            "serviceName": names.headless_service,
+            "podManagementPolicy": "Parallel",
+            "updateStrategy": {"type": "RollingUpdate"},
+            # Spool volumes outlive scale-downs: a pod removed before its queue emptied
+            # comes back to the same mail.
+            "persistentVolumeClaimRetentionPolicy": {
+                "whenDeleted": "Delete",
+                "whenScaled": "Retain",
+            },
+            "selector": {"matchLabels": selector_labels(pool.name)},
+            "template": {"metadata": template_meta, "spec": pod_spec},
+            "volumeClaimTemplates": [
+                {"metadata": {"name": "spool", "labels": labels(pool.name)}, "spec": storage}
+            ],
+        },
+    }
+
+
+def build_headless_service(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, Any]:
+    """Stable per-pod DNS names; lists unready pods too so the operator can reach them."""
+    names = Names(pool.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(names.headless_service, pool.namespace, pool.name, pool.owner),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": selector_labels(pool.name),
+            "ports": [
+                {"name": "http", "port": spec.submission.http.port, "targetPort": "http"},
+            ],
+        },
+    }
+
+
+def build_client_service(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, Any]:
+    """What applications submit to: SMTP submission and the HTTP API, ready pods only."""
+    names = Names(pool.name)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(names.client_service, pool.namespace, pool.name, pool.owner),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(pool.name),
+            "ports": [
+                {
+                    "name": "smtp",
+                    "port": spec.submission.smtp.port,
+                    "targetPort": "smtp",
+                    "protocol": "TCP",
+                },
+                {
+                    "name": "http",
+                    "port": spec.submission.http.port,
+                    "targetPort": "http",
+                    "protocol": "TCP",
+                },
+            ],
+        },
+    }
+
+
+def build_pdb(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, Any]:
+    """At most one pod voluntarily evicted at a time: each holds IPs and a spool."""
+    names = Names(pool.name)
+    del spec
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(names.pdb, pool.namespace, pool.name, pool.owner),
+        "spec": {
+            "maxUnavailable": 1,
+            "selector": {"matchLabels": selector_labels(pool.name)},
+        },
+    }
+
+
+def build_config_map(
+    pool: PoolObjects, *, config_yaml: str, annotations: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    meta = _meta(Names(pool.name).config_map, pool.namespace, pool.name, pool.owner)
+    if annotations:
+        meta["annotations"] = dict(annotations)
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta,
+        "data": {CONFIG_FILE: config_yaml},
+    }
+
+
+def build_admin_secret(pool: PoolObjects, *, token: str) -> dict[str, Any]:
+    """The bearer token of the pods' admin endpoints (assignment, drain, stats)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _meta(Names(pool.name).admin_secret, pool.namespace, pool.name, pool.owner),
+        "stringData": {ADMIN_TOKEN_KEY: token},
+    }
+
+
+def build_children(
+    spec: sp.SendingPoolSpec, pool: PoolObjects, *, config_yaml: str
+) -> list[dict[str, Any]]:
+    """Every child but the admin Secret (created once, never rebuilt: its token is random)."""
+    return [
+        build_config_map(pool, config_yaml=config_yaml),
+        build_headless_service(spec, pool),
+        build_client_service(spec, pool),
+        build_pdb(spec, pool),
+        build_statefulset(spec, pool),
+    ]

@@ -1,0 +1,240 @@
+"""Rendering a SendingPool into the sender's config file (`mailfleet_sender.config`), pure.
+
+One file per pool, read by every pod: limits are divided among the active pods here
+(`throttle_division`), so all pods get the same share. What differs per pod is not in the
+file: source IPs, HELO names and warm-up quotas travel in the pod's leases
+(`PUT /v1/assignment`, see `assigning`), so moving an IP never rewrites the file.
+
+DKIM: only the Active keys of the pool's DomainAuths are rendered, as paths of their mounted
+Secrets. A DomainAuth that is missing, not Ready or without an Active key is left out and
+reported; `dkim.requireSignature` makes the senders hold that domain's mail rather than send
+it unsigned. Secrets themselves are never read here, only named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from mailfleet_sender import config as sc
+
+from mailfleet_operator.api import domainauth as da
+from mailfleet_operator.api import providers
+from mailfleet_operator.api import sendingpool as sp
+from mailfleet_operator.logic import children, throttle_division
+
+# The key inside a DKIM key Secret that holds the PEM private key.
+DKIM_SECRET_KEY = "private.pem"
+
+
+@dataclass(frozen=True)
+class DomainProblem:
+    """Why a DomainAuth named by the pool cannot sign; Ready=False names it."""
+
+    name: str
+    reason: str  # DomainAuthNotFound, DomainAuthNotReady, NoActiveKey
+    message: str
+
+
+@dataclass(frozen=True)
+class RenderInput:
+    name: str
+    namespace: str
+    spec: sp.SendingPoolSpec
+    active_pods: int
+    domain_auths: Mapping[str, da.DomainAuth | None]  # by name; None when missing
+    generation: int | None = None
+    nameservers: Sequence[tuple[str, int]] = ()  # resolvers for the pods (sandbox, tests)
+    day_length: str | None = None  # sandbox time scale
+    submission_secrets: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Rendered:
+    config: sc.SenderConfig
+    text: str
+    digest: str
+    mounts: tuple[children.SecretMount, ...]
+    problems: tuple[DomainProblem, ...]
+    signing_domains: tuple[str, ...]
+
+
+def _dkim_key_type(algorithm: str) -> str:
+    return "ed25519" if algorithm == "ed25519" else "rsa"
+
+
+def _volume_for(secret_name: str) -> str:
+    """A volume name (DNS label, <= 63) that stays unique for any Secret name."""
+    digest = hashlib.sha256(secret_name.encode()).hexdigest()[:8]
+    return f"dkim-{secret_name[:40].strip('-.').replace('.', '-')}-{digest}"
+
+
+def render_dkim(
+    domains: Sequence[str], objects: Mapping[str, da.DomainAuth | None]
+) -> tuple[sc.DKIM, list[children.SecretMount], list[DomainProblem]]:
+    rendered: list[sc.DKIMDomain] = []
+    mounts: list[children.SecretMount] = []
+    problems: list[DomainProblem] = []
+    for name in domains:
+        obj = objects.get(name)
+        if obj is None:
+            problems.append(
+                DomainProblem(name, "DomainAuthNotFound", f"DomainAuth {name} does not exist")
+            )
+            continue
+        status = obj.status or da.DomainAuthStatus()
+        ready = next((c for c in status.conditions if c.type == "Ready"), None)
+        active = [k for k in status.dkim.keys if k.state == "Active"]
+        if not active:
+            problems.append(
+                DomainProblem(name, "NoActiveKey", f"DomainAuth {name} has no Active DKIM key")
+            )
+            continue
+        if ready is None or ready.status != "True":
+            # Still sign with an Active key (it is in DNS), but say the domain is not Ready.
+            problems.append(
+                DomainProblem(
+                    name,
+                    "DomainAuthNotReady",
+                    f"DomainAuth {name} is not Ready"
+                    + (f": {ready.message}" if ready and ready.message else ""),
+                )
+            )
+        keys: list[sc.DKIMKey] = []
+        for key in active:
+            mount = children.SecretMount(
+                volume=_volume_for(key.secret_name),
+                secret_name=key.secret_name,
+                items=(DKIM_SECRET_KEY,),
+            )
+            if mount not in mounts:
+                mounts.append(mount)
+            keys.append(
+                sc.DKIMKey(
+                    selector=key.selector,
+                    algorithm=_dkim_key_type(key.algorithm),  # type: ignore[arg-type]
+                    key_file=f"{mount.path}/{DKIM_SECRET_KEY}",
+                )
+            )
+        rendered.append(sc.DKIMDomain(domain=obj.spec.domain, keys=keys))
+    return sc.DKIM(domains=rendered, require_signature=True), mounts, problems
+
+
+def render_throttles(throttling: sp.Throttling, active_pods: int) -> sc.Throttles:
+    """Pool-wide limits -> one pod's share, providers in precedence order."""
+    divide = throttle_division
+    per_site = throttle_division.divide_limits(
+        throttle_division.Limits(
+            messages_per_second=throttling.defaults.messages_per_second,
+            messages_per_hour=throttling.defaults.messages_per_hour,
+            max_connections=throttling.defaults.max_connections,
+        ),
+        active_pods,
+    )
+    rendered_providers = []
+    for provider in providers.effective_providers(throttling):
+        share = divide.divide_limits(
+            divide.Limits(
+                provider.messages_per_second, provider.messages_per_hour, provider.max_connections
+            ),
+            active_pods,
+        )
+        rendered_providers.append(
+            sc.ProviderThrottle(
+                name=provider.name,
+                mx_patterns=list(provider.mx_patterns),
+                messages_per_second=share.messages_per_second,
+                messages_per_hour=share.messages_per_hour,
+                max_connections=share.max_connections,
+            )
+        )
+    return sc.Throttles(
+        rate=divide.divide_rate_text(throttling.rate, active_pods),
+        defaults=sc.SiteLimits(
+            messages_per_second=per_site.messages_per_second,
+            messages_per_hour=per_site.messages_per_hour,
+            max_connections=per_site.max_connections or 1,
+        ),
+        providers=rendered_providers,
+    )
+
+
+def _secret_mount(volume: str, name: str, items: Sequence[str] = ()) -> children.SecretMount:
+    return children.SecretMount(volume=volume, secret_name=name, items=tuple(items))
+
+
+def render_config(spec_in: RenderInput) -> Rendered:
+    spec = spec_in.spec
+    dkim, mounts, problems = render_dkim(spec.domains, spec_in.domain_auths)
+    submission = sc.Submission(
+        smtp_port=spec.submission.smtp.port,
+        http_port=spec.submission.http.port,
+    )
+    smtp = spec.submission.smtp
+    if smtp.auth_secret_ref is not None:
+        mount = _secret_mount("smtp-auth", smtp.auth_secret_ref.name)
+        mounts.append(mount)
+        submission.credentials_file = mount.path
+    if smtp.tls_secret_ref is not None:
+        mount = _secret_mount("smtp-tls", smtp.tls_secret_ref.name, ("tls.crt", "tls.key"))
+        mounts.append(mount)
+        submission.tls_cert_file = f"{mount.path}/tls.crt"
+        submission.tls_key_file = f"{mount.path}/tls.key"
+    api_key = spec.submission.http.api_key_secret_ref
+    if api_key is not None:
+        key = api_key.key or "api-key"
+        mount = _secret_mount("http-api-key", api_key.name, (key,))
+        mounts.append(mount)
+        submission.api_key_file = f"{mount.path}/{key}"
+
+    delivery = sc.Delivery(mode=spec.egress.mode, require_lease=bool(spec.egress.ips))
+    if spec.egress.mode == "relay" and spec.egress.relay is not None:
+        relay = spec.egress.relay
+        rendered_relay = sc.Relay(host=relay.host, port=relay.port, tls=relay.tls)
+        if relay.credentials_secret_ref is not None:
+            mount = _secret_mount(
+                "relay-login", relay.credentials_secret_ref.name, ("username", "password")
+            )
+            mounts.append(mount)
+            rendered_relay.username_file = f"{mount.path}/username"
+            rendered_relay.password_file = f"{mount.path}/password"
+        delivery.relay = rendered_relay
+        delivery.require_lease = False
+
+    config = sc.SenderConfig(
+        generation=spec_in.generation,
+        pool=spec_in.name,
+        namespace=spec_in.namespace,
+        submission=submission,
+        admin_token_file=f"{children.ADMIN_DIR}/{children.ADMIN_TOKEN_KEY}",
+        spool_dir=children.SPOOL_DIR,
+        delivery=delivery,
+        classes=[
+            sc.MessageClass(name=c.name, priority=c.priority, max_age=c.max_age, bulk=c.bulk)
+            for c in spec.classes
+        ],
+        throttles=render_throttles(spec.throttling, max(1, spec_in.active_pods)),
+        retry=sc.Retry(schedule=list(spec.retry.schedule), max_age=spec.retry.max_age),
+        dkim=dkim,
+        warmup=sc.Warmup(overflow=spec.warmup_overflow),
+        dns=sc.DNS(nameservers=[sc.Nameserver(address=a, port=p) for a, p in spec_in.nameservers]),
+        bounces=sc.Bounces(
+            suppress_hard=spec.bounces.suppress_hard,
+            soft_to_hard_after=spec.bounces.soft_to_hard_after,
+        ),
+        feedback=sc.Feedback(enabled=spec.feedback_loop.enabled),
+    )
+    if spec_in.day_length:
+        config.clock = sc.Clock(day_length=spec_in.day_length)
+    # Validate the assembled model once more: assignments above bypass field validation.
+    config = sc.SenderConfig.model_validate(config.model_dump(by_alias=True))
+    text = sc.dump_config(config)
+    return Rendered(
+        config=config,
+        text=text,
+        digest=hashlib.sha256(text.encode()).hexdigest()[:16],
+        mounts=tuple(mounts),
+        problems=tuple(problems),
+        signing_domains=tuple(d.domain for d in dkim.domains),
+    )

@@ -1,0 +1,144 @@
+"""Operator settings (flags and `MAILFLEET_OPERATOR_*` environment variables) and its clock.
+
+Every limit and delay the controllers use is here, defaulted and documented, so the Helm
+chart and the sandbox set them the same way. `time_scale` exists for the sandbox demo only
+(a day in seconds); it is 1 unless set explicitly, and production never sets it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ENV_PREFIX = "MAILFLEET_OPERATOR_"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    namespaces: tuple[str, ...] = Field(
+        default=(), description="Namespaces to serve; empty with all_namespaces=False: 'default'."
+    )
+    all_namespaces: bool = Field(default=False, description="Serve every namespace.")
+    standalone: bool = Field(
+        default=True, description="Run without kopf peering (a single replica)."
+    )
+    peering_name: str = Field(default="mailfleet", description="kopf peering object name.")
+    priority: int = Field(
+        default=0, description="Peering priority; the highest-priority live peer serves."
+    )
+    kubeconfig: str | None = Field(default=None, description="kubeconfig path ($KUBECONFIG).")
+    http_host: str = Field(default="0.0.0.0", description="Address of /healthz, /readyz, /metrics.")
+    http_port: int = Field(
+        default=8080, ge=-1, le=65535,
+        description="Port of /healthz, /readyz and /metrics; 0 picks a free one, -1 disables.",
+    )
+    dns_nameservers: tuple[str, ...] = Field(
+        default=(),
+        description=(
+            "Override for every DomainAuth's verification.nameservers, as ip or ip:port "
+            "(sandbox and split-horizon set-ups)."
+        ),
+    )
+    dns_timeout: float = Field(default=3.0, gt=0, description="Seconds per DNS query.")
+    step_delay: float = Field(
+        default=1.0, ge=0,
+        description="Seconds before the next reconcile after a rotation step (one step each).",
+    )
+    stall_checks: int = Field(
+        default=3, ge=1,
+        description=(
+            "Verification intervals a new DKIM key may stay Published, invisible in DNS, "
+            "before the rotation is reported stalled."
+        ),
+    )
+    error_delay: float = Field(
+        default=10.0, gt=0, description="Seconds before retrying a reconcile that failed."
+    )
+    time_scale: float = Field(
+        default=1.0, gt=0,
+        description="Sandbox only: operator time runs this many times faster than real time.",
+    )
+    # --- SendingPool controller (issue 7) ---
+    lease_duration: float = Field(
+        default=10.0, gt=0,
+        description=(
+            "Seconds an egress IP lease lasts; bounds how long a partitioned pod may keep an "
+            "IP before another pod can get it (failover time of a partition)."
+        ),
+    )
+    lease_renew_interval: float = Field(
+        default=3.0, gt=0,
+        description="Seconds between lease renewals; also the pool reconcile period (halved).",
+    )
+    lease_clock_skew: float = Field(
+        default=1.0, ge=0,
+        description="Seconds of clock difference between operator and pods the leases allow for.",
+    )
+    pod_admin_timeout: float = Field(
+        default=2.0, gt=0, description="Seconds per call to a sender pod's admin endpoint."
+    )
+    drain_timeout: float = Field(
+        default=600.0, gt=0,
+        description="Seconds a scale-down waits for a pod's queue to empty (then its PVC is kept).",
+    )
+    stats_interval: float = Field(
+        default=10.0, gt=0, description="Seconds between reads of the pods' /v1/stats."
+    )
+    sender_image: str = Field(
+        default="ghcr.io/mailfleet/sender:0.1.0",
+        description="Sender image of pools that name none.",
+    )
+    sender_nameservers: tuple[str, ...] = Field(
+        default=(), description="Resolvers rendered into the senders' config, ip or ip:port."
+    )
+    log_format: Literal["json", "text"] = Field(default="json", description="Log line format.")
+    log_level: str = Field(default="INFO", description="Python logging level.")
+
+    @classmethod
+    def from_env(
+        cls, env: Mapping[str, str] | None = None, **overrides: Any
+    ) -> Settings:
+        """Environment first, then explicit overrides (flags) on top."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for name, field in cls.model_fields.items():
+            raw = env.get(ENV_PREFIX + name.upper())
+            if raw is None:
+                continue
+            annotation = str(field.annotation)
+            if "tuple" in annotation:
+                values[name] = tuple(p for p in raw.replace(",", " ").split() if p)
+            elif "bool" in annotation:
+                values[name] = raw.lower() in ("1", "true", "yes", "on")
+            else:
+                values[name] = raw
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.model_validate(values)
+
+
+class Clock:
+    """Wall-clock time, sped up by `time_scale` in the sandbox.
+
+    Controllers read `now()` for everything they write or compare (key ages, overlaps) and
+    turn operator-time durations into real waits with `real_seconds`.
+    """
+
+    def __init__(self, time_scale: float = 1.0) -> None:
+        self.time_scale = time_scale
+        self._origin_wall = datetime.datetime.now(datetime.UTC)
+        self._origin_mono = time.monotonic()
+
+    def now(self) -> datetime.datetime:
+        if self.time_scale == 1.0:
+            return datetime.datetime.now(datetime.UTC)
+        elapsed = (time.monotonic() - self._origin_mono) * self.time_scale
+        return self._origin_wall + datetime.timedelta(seconds=elapsed)
+
+    def real_seconds(self, duration: datetime.timedelta) -> float:
+        return max(duration.total_seconds() / self.time_scale, 0.0)

@@ -1,0 +1,368 @@
+"""The sender's configuration file: the `SenderConfig` model the operator renders from a
+SendingPool into a ConfigMap, one YAML file per pool. Pure (no I/O apart from `load_config`,
+which reads one file).
+
+This model is the whole contract between operator and sender (DESIGN.md §1): YAML keys are
+camelCase, unknown keys are errors with the path of the bad field, every limit and timeout is an
+explicit, defaulted setting. Limits are per pod: the operator has already divided the pool-wide
+figures among the active pods. Secrets are never in the file, only paths of mounted Secret
+files. Source IPs are not in the file either: they arrive as leases (`wire.Assignment`).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+from mailfleet_sender import units
+
+
+class ConfigModel(BaseModel):
+    """camelCase in YAML, snake_case in Python, unknown keys refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class Submission(ConfigModel):
+    """How applications hand mail to this pod."""
+
+    listen_address: str = Field(default="0.0.0.0", description="Address all listeners bind to.")
+    smtp_port: int = Field(default=587, ge=0, le=65535, description="SMTP submission port.")
+    http_port: int = Field(default=8080, ge=0, le=65535, description="HTTP API port.")
+    admin_port: int | None = Field(
+        default=None,
+        ge=0,
+        le=65535,
+        description=(
+            "Separate port for /healthz, /readyz, /metrics and /v1/* admin paths; on httpPort "
+            "when omitted (admin paths are token-protected either way)."
+        ),
+    )
+    hostname: str | None = Field(
+        default=None, description="Name in the SMTP banner and generated Message-IDs (pod name)."
+    )
+    credentials_file: str | None = Field(
+        default=None,
+        description=(
+            "SMTP AUTH users: a file of `user:password` lines, or a mounted Secret directory "
+            "with one file per user holding the password. No AUTH required when omitted."
+        ),
+    )
+    tls_cert_file: str | None = Field(default=None, description="PEM certificate for STARTTLS.")
+    tls_key_file: str | None = Field(default=None, description="PEM key for STARTTLS.")
+    allow_plaintext_auth: bool = Field(
+        default=False,
+        description="Allow AUTH before STARTTLS when STARTTLS is offered (trusted networks).",
+    )
+    api_key_file: str | None = Field(
+        default=None,
+        description="File of accepted HTTP API keys, one per line. No key required when omitted.",
+    )
+    max_message_size: int = Field(
+        default=25 * 1024 * 1024, ge=1024, description="Largest message accepted, in bytes."
+    )
+    max_header_size: int = Field(
+        default=100 * 1024, ge=1024, description="Largest header section accepted, in bytes."
+    )
+    max_recipients: int = Field(default=1000, ge=1, description="Recipients per message.")
+    max_connections: int = Field(
+        default=500, ge=1, description="Simultaneous SMTP sessions; more get 421."
+    )
+    messages_per_connection: int = Field(
+        default=10000, ge=1, description="Transactions per SMTP session before 421."
+    )
+    idle_timeout: units.Duration = Field(
+        default="5m", description="An SMTP session idle this long is closed."
+    )
+    default_class: str | None = Field(
+        default=None, description="Class of mail submitted without one; the first class if unset."
+    )
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Submission:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("tlsCertFile and tlsKeyFile must be set together")
+        return self
+
+
+class Relay(ConfigModel):
+    """A smarthost (SES, Mailgun, Brevo...) that takes all mail in relay mode."""
+
+    host: str = Field(description="Relay host name.")
+    port: int = Field(default=587, ge=1, le=65535, description="Relay port.")
+    tls: Literal["none", "starttls", "implicit"] = Field(
+        default="starttls", description="none, starttls (587) or implicit TLS (465)."
+    )
+    username_file: str | None = Field(default=None, description="File with the relay user name.")
+    password_file: str | None = Field(default=None, description="File with the relay password.")
+    verify_certificate: bool = Field(default=True, description="Check the relay's certificate.")
+
+    @model_validator(mode="after")
+    def _login_pair(self) -> Relay:
+        if (self.username_file is None) != (self.password_file is None):
+            raise ValueError("usernameFile and passwordFile must be set together")
+        return self
+
+
+class Delivery(ConfigModel):
+    """How mail leaves the pod."""
+
+    mode: Literal["direct", "relay"] = Field(default="direct", description="MX delivery or relay.")
+    smtp_port: int = Field(
+        default=25, ge=1, le=65535, description="Port of the recipients' MX hosts (25)."
+    )
+    relay: Relay | None = Field(default=None, description="The smarthost in relay mode.")
+    require_lease: bool = Field(
+        default=True,
+        description=(
+            "Send only from leased source IPs. When false and no lease is held, send from the "
+            "pod's own address (pools without egress IPs, tests)."
+        ),
+    )
+    helo_name: str | None = Field(
+        default=None, description="EHLO name when sending without a lease (pod name)."
+    )
+    connect_timeout: units.Duration = Field(default="30s", description="TCP+banner timeout.")
+    command_timeout: units.Duration = Field(default="60s", description="Per SMTP command.")
+    messages_per_connection: int = Field(
+        default=100, ge=1, description="Messages sent over one connection before QUIT."
+    )
+    connection_idle: units.Duration = Field(
+        default="2s", description="Keep an idle outbound connection this long for more mail."
+    )
+    opportunistic_tls: bool = Field(
+        default=True, description="STARTTLS when the MX offers it (certificates not verified)."
+    )
+
+    @model_validator(mode="after")
+    def _relay_when_relay_mode(self) -> Delivery:
+        if self.mode == "relay" and self.relay is None:
+            raise ValueError("delivery.mode is relay but delivery.relay is missing")
+        return self
+
+
+class MessageClass(ConfigModel):
+    """A priority class with its own scheduled queue."""
+
+    name: str = Field(description="Class name given by submitters.")
+    priority: int = Field(default=0, ge=0, description="Higher is delivered first.")
+    max_age: units.Duration | None = Field(
+        default=None, description="Bounce after this long; retry.maxAge when omitted."
+    )
+    bulk: bool = Field(default=False, description="Bulk (marketing) mail.")
+
+
+def default_classes() -> list[MessageClass]:
+    return [
+        MessageClass(name="transactional", priority=100, max_age="1d"),
+        MessageClass(name="marketing", priority=10, max_age="3d", bulk=True),
+    ]
+
+
+class SiteLimits(ConfigModel):
+    """Limits per destination site (one MX host set) that no provider entry matches."""
+
+    messages_per_second: float | None = Field(default=None, gt=0, description="Per site.")
+    messages_per_hour: int | None = Field(default=None, ge=1, description="Per site.")
+    max_connections: int = Field(default=10, ge=1, description="Connections per site and IP.")
+
+
+class ProviderThrottle(ConfigModel):
+    """Limits for a mailbox provider, recognised by its MX host names."""
+
+    name: str = Field(description="Provider name (metrics label).")
+    mx_patterns: list[str] = Field(min_length=1, description="Glob patterns of MX host names.")
+    messages_per_second: float | None = Field(default=None, gt=0, description="Per provider.")
+    messages_per_hour: int | None = Field(default=None, ge=1, description="Per provider.")
+    max_connections: int | None = Field(
+        default=None, ge=1, description="Connections per provider and IP; site default if unset."
+    )
+
+    def matches(self, mx_host: str) -> bool:
+        host = mx_host.rstrip(".").lower()
+        return any(fnmatch.fnmatchcase(host, p.rstrip(".").lower()) for p in self.mx_patterns)
+
+
+class Throttles(ConfigModel):
+    """Rates for this pod (the operator divided the pool's among pods)."""
+
+    rate: units.RateStr | None = Field(default=None, description="Global rate, e.g. '100/s'.")
+    defaults: SiteLimits = Field(default_factory=SiteLimits, description="Per-site defaults.")
+    providers: list[ProviderThrottle] = Field(
+        default_factory=list, description="First matching entry wins."
+    )
+
+    def provider_for(self, mx_hosts: list[str]) -> ProviderThrottle | None:
+        for provider in self.providers:
+            if any(provider.matches(host) for host in mx_hosts):
+                return provider
+        return None
+
+
+class Retry(ConfigModel):
+    schedule: list[units.Duration] = Field(
+        default_factory=lambda: ["5m", "10m", "30m", "1h", "2h", "4h"],
+        min_length=1,
+        description="Waits between attempts; the last repeats.",
+    )
+    max_age: units.Duration = Field(default="3d", description="Bounce after this long.")
+
+
+class DKIMKey(ConfigModel):
+    selector: str = Field(description="DKIM selector (s=).")
+    algorithm: Literal["rsa", "ed25519"] = Field(default="rsa", description="Key type.")
+    key_file: str = Field(description="PEM private key file (a mounted Secret key).")
+
+
+class DKIMDomain(ConfigModel):
+    domain: str = Field(description="d= of the signatures; also signs its subdomains' mail.")
+    keys: list[DKIMKey] = Field(min_length=1, description="One signature per key (dual).")
+
+
+class DKIM(ConfigModel):
+    domains: list[DKIMDomain] = Field(default_factory=list, description="Signing domains.")
+    require_signature: bool = Field(
+        default=True,
+        description="Hold mail whose From domain has no usable key instead of sending it.",
+    )
+
+
+class Warmup(ConfigModel):
+    overflow: Literal["Defer", "WarmIPs"] = Field(
+        default="Defer",
+        description=(
+            "Mail beyond the warming IPs' quota waits (Defer) or goes out through the leased "
+            "warm IPs (WarmIPs)."
+        ),
+    )
+    tier_order: list[str] = Field(
+        default_factory=lambda: ["high", "medium", "low"],
+        description="Engagement tiers, most engaged first; unknown tiers come last.",
+    )
+
+
+class Nameserver(ConfigModel):
+    address: str = Field(description="Resolver IP address.")
+    port: int = Field(default=53, ge=1, le=65535, description="Resolver port.")
+
+
+class DNS(ConfigModel):
+    nameservers: list[Nameserver] = Field(
+        default_factory=list, description="Resolvers to use; the system's when empty."
+    )
+    timeout: units.Duration = Field(default="5s", description="Per lookup.")
+    min_ttl: units.Duration = Field(default="5s", description="Shortest MX cache time.")
+    max_ttl: units.Duration = Field(default="1h", description="Longest MX cache time.")
+
+
+class Clock(ConfigModel):
+    day_length: units.Duration = Field(
+        default="24h",
+        description=(
+            "Length of a quota day, counted from the Unix epoch (24h = UTC days). The sandbox "
+            "shortens it to run warm-up schedules in seconds."
+        ),
+    )
+
+
+class Bounces(ConfigModel):
+    suppress_hard: bool = Field(default=True, description="Suppress hard-bounced recipients.")
+    soft_to_hard_after: int = Field(default=3, ge=1, description="Soft bounces before hard.")
+
+
+class Feedback(ConfigModel):
+    enabled: bool = Field(default=True, description="Accept ARF reports.")
+
+
+class Deliverability(ConfigModel):
+    """Settings of the bounce/suppression/feedback layer (extended by that issue)."""
+
+
+class SenderConfig(ConfigModel):
+    """Everything a sender pod needs, except its identity (env) and its IPs (leases)."""
+
+    generation: int | None = Field(
+        default=None, description="Opaque revision set by the operator, echoed in /v1/stats."
+    )
+    pool: str = Field(default="", description="SendingPool name.")
+    namespace: str = Field(default="", description="Namespace of the pool.")
+    submission: Submission = Field(default_factory=Submission)
+    admin_token_file: str | None = Field(
+        default=None, description="Bearer token for /v1/* admin paths; open when omitted."
+    )
+    spool_dir: str = Field(default="/var/spool/mailfleet", description="Spool volume.")
+    spool_sync: Literal["full", "normal"] = Field(
+        default="full", description="full fsyncs every commit; normal only at checkpoints."
+    )
+    delivery: Delivery = Field(default_factory=Delivery)
+    classes: list[MessageClass] = Field(default_factory=default_classes, min_length=1)
+    throttles: Throttles = Field(default_factory=Throttles)
+    retry: Retry = Field(default_factory=Retry)
+    dkim: DKIM = Field(default_factory=DKIM)
+    warmup: Warmup = Field(default_factory=Warmup)
+    dns: DNS = Field(default_factory=DNS)
+    clock: Clock = Field(default_factory=Clock)
+    bounces: Bounces = Field(default_factory=Bounces)
+    feedback: Feedback = Field(default_factory=Feedback)
+    deliverability: Deliverability = Field(default_factory=Deliverability)
+
+    @model_validator(mode="after")
+    def _classes_consistent(self) -> SenderConfig:
+        names = [c.name for c in self.classes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"class names must be unique: {names}")
+        if self.submission.default_class and self.submission.default_class not in names:
+            raise ValueError(f"submission.defaultClass {self.submission.default_class!r} unknown")
+        return self
+
+    def class_named(self, name: str) -> MessageClass | None:
+        return next((c for c in self.classes if c.name == name), None)
+
+    @property
+    def default_class(self) -> str:
+        return self.submission.default_class or self.classes[0].name
+
+
+class ConfigError(ValueError):
+    """The file cannot be read or does not describe a valid config; the message says where."""
+
+
+def parse_config(text: str) -> SenderConfig:
+    """Validate YAML text; errors name the path of the bad field."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML: {exc}") from exc
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError("the config must be a YAML mapping")
+    try:
+        return SenderConfig.model_validate(raw)
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
+            for err in exc.errors()
+        )
+        raise ConfigError(problems) from exc
+
+
+def load_config(path: str | Path) -> tuple[SenderConfig, str]:
+    """Read and validate the file; returns the config and a digest of the text."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read {path}: {exc}") from exc
+    return parse_config(text), hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def dump_config(config: SenderConfig) -> str:
+    """YAML as the operator writes it (camelCase, defaults omitted)."""
+    data = config.model_dump(mode="json", by_alias=True, exclude_defaults=True)
+    return yaml.safe_dump(data, sort_keys=False)

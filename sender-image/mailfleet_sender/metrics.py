@@ -1,0 +1,80 @@
+"""Prometheus metrics of one sender, in a registry of its own (several senders can run in one
+test process). Queue gauges are read at scrape time from the scheduler, not kept in step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+PREFIX = "mailfleet_sender"
+
+LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600, 14400, 86400)
+SIGN_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
+
+
+class _Snapshot(Collector):
+    def __init__(self, read: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
+        self._read = read
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        return self._read()
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.accepted = Counter(
+            f"{PREFIX}_accepted_messages", "Messages accepted into the spool.", ["via", "class"],
+            registry=r,
+        )
+        self.rejected = Counter(
+            f"{PREFIX}_rejected_submissions", "Submissions refused.", ["via", "reason"],
+            registry=r,
+        )
+        self.messages = Counter(
+            f"{PREFIX}_messages",
+            "Delivery attempts by result (delivered, deferred, bounced, expired, suppressed).",
+            ["result", "class", "ip", "provider"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            f"{PREFIX}_delivery_latency_seconds",
+            "From acceptance to remote 250.",
+            ["class"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.dkim_sign = Histogram(
+            f"{PREFIX}_dkim_sign_seconds",
+            "Time to DKIM-sign one message (all its signatures).",
+            buckets=SIGN_BUCKETS,
+            registry=r,
+        )
+        self.config_valid = Gauge(
+            f"{PREFIX}_config_valid", "1 when the last config (re)load succeeded.", registry=r
+        )
+        self.config_reload_failures = Counter(
+            f"{PREFIX}_config_reload_failures", "Config reloads refused.", registry=r
+        )
+        self.config_reloads = Counter(
+            f"{PREFIX}_config_reloads", "Config reloads applied.", registry=r
+        )
+        self.held = Counter(
+            f"{PREFIX}_held_messages", "Deliveries held for lack of a DKIM key.", registry=r
+        )
+
+    def attach(self, read: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
+        """Register a scrape-time reader (queues, IPs)."""
+        self.registry.register(_Snapshot(read))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+def gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)

@@ -1,0 +1,361 @@
+"""The durable spool: SQLite in WAL mode on the pod's volume, one row per recipient delivery.
+
+Why SQLite: one file, atomic transactions, a WAL that survives `kill -9` at any instant, and no
+server to run. Durability rules:
+
+- A submission is one transaction (message + all its delivery rows), committed with
+  `synchronous=FULL` (the WAL is fsynced at commit) before the caller is told, so the client
+  hears 250/202 only for mail that is on disk. Nothing is half-written: a failed transaction
+  leaves no row.
+- All writes go through one writer thread that commits whatever has queued up while the
+  previous fsync ran (group commit): under load one fsync covers many submissions.
+- Outcome updates (delivered, deferred, bounced) are queued without waiting. A crash can lose
+  the last few, which only means a message delivered just before the crash is delivered again
+  after restart: exactly the window between the remote 250 and the local commit.
+- Only non-final deliveries are kept; a final one removes its row, and the message body goes
+  with its last recipient. Per-IP daily counters live in the same file so `sentToday` survives
+  restarts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import dataclasses
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Literal
+
+log = logging.getLogger(__name__)
+
+SPOOL_FILE = "spool.sqlite3"
+MAX_BATCH = 2000
+"""Operations per write transaction; bounds the latency of one commit under a flood."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS messages (
+    id INTEGER PRIMARY KEY,
+    created REAL NOT NULL,
+    sender TEXT NOT NULL,
+    from_domain TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    data BLOB NOT NULL,
+    remaining INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY,
+    message INTEGER NOT NULL REFERENCES messages(id),
+    recipient TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    class TEXT NOT NULL,
+    tier TEXT,
+    state TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt REAL NOT NULL,
+    created REAL NOT NULL,
+    last_response TEXT
+);
+CREATE TABLE IF NOT EXISTS counters (
+    day INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (day, address, kind)
+);
+"""
+
+State = Literal["queued", "held", "delivered", "bounced", "expired"]
+FINAL_STATES: frozenset[str] = frozenset({"delivered", "bounced", "expired"})
+
+
+@dataclasses.dataclass(frozen=True)
+class NewMessage:
+    """What submission hands to the spool: one message, its envelope and its metadata."""
+
+    sender: str
+    recipients: tuple[str, ...]
+    data: bytes
+    from_domain: str
+    message_id: str
+    class_name: str
+    tier: str | None
+    created: float
+
+
+@dataclasses.dataclass
+class Delivery:
+    """One recipient of one message, as the scheduler tracks it (mutable in memory)."""
+
+    id: int
+    message: int
+    recipient: str
+    domain: str
+    class_name: str
+    tier: str | None
+    sender: str
+    from_domain: str
+    attempts: int
+    next_attempt: float
+    created: float
+    state: str = "queued"
+    last_response: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Update:
+    """A change of one delivery row, applied in the writer's next transaction."""
+
+    delivery: int
+    message: int
+    state: State
+    attempts: int
+    next_attempt: float
+    response: str | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Count:
+    """+n on a per-day, per-IP counter (sent, delivered, bounced, deferred, complained)."""
+
+    day: int
+    address: str
+    kind: str
+    n: int = 1
+
+
+@dataclasses.dataclass
+class _Op:
+    kind: Literal["submit", "update", "count", "barrier"]
+    payload: object
+    future: concurrent.futures.Future[object] | None
+
+
+class SpoolError(RuntimeError):
+    """The spool cannot take the write (disk full, I/O error); the client gets a 4xx."""
+
+
+class Spool:
+    """Open with `Spool.open(directory)`, then `start()` the writer before writing."""
+
+    def __init__(self, path: Path, *, sync: str = "full") -> None:
+        self.path = path
+        self._sync = "FULL" if sync == "full" else "NORMAL"
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool-read")
+        self._reader_local = threading.local()
+        self.commits = 0
+        self.fsync_batches: list[int] = []
+        with self._connect() as db:
+            db.executescript(_SCHEMA)
+
+    @classmethod
+    def open(cls, directory: str | Path, *, sync: str = "full") -> Spool:
+        path = Path(directory)
+        path.mkdir(parents=True, exist_ok=True)
+        return cls(path / SPOOL_FILE, sync=sync)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self._sync}")
+        db.execute("PRAGMA busy_timeout=10000")
+        return db
+
+    # --- reading (startup and cache misses) -----------------------------------------------
+
+    def load_pending(self) -> list[Delivery]:
+        """Every delivery not yet final, for the scheduler at start (in-flight ones included:
+        after a crash they are simply tried again)."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT d.id, d.message, d.recipient, d.domain, d.class, d.tier, m.sender,"
+                " m.from_domain, d.attempts, d.next_attempt, d.created, d.state, d.last_response"
+                " FROM deliveries d JOIN messages m ON m.id = d.message ORDER BY d.id"
+            ).fetchall()
+        return [Delivery(*row) for row in rows]
+
+    def load_counters(self, day: int) -> dict[tuple[str, str], int]:
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT address, kind, n FROM counters WHERE day = ?", (day,)
+            ).fetchall()
+        return {(address, kind): n for address, kind, n in rows}
+
+    def count_pending(self) -> int:
+        with self._connect() as db:
+            (n,) = db.execute("SELECT COUNT(*) FROM deliveries").fetchone()
+        return int(n)
+
+    def _read_data(self, message: int) -> bytes | None:
+        db = getattr(self._reader_local, "db", None)
+        if db is None:
+            db = self._connect()
+            self._reader_local.db = db
+        row = db.execute("SELECT data FROM messages WHERE id = ?", (message,)).fetchone()
+        return None if row is None else bytes(row[0])
+
+    async def read_data(self, message: int) -> bytes | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader, self._read_data, message)
+
+    # --- writing --------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
+            self._thread.start()
+
+    async def submit(self, message: NewMessage) -> list[Delivery]:
+        """Store a message and its deliveries durably; return the delivery rows."""
+        result = await self._call("submit", message)
+        assert isinstance(result, list)
+        return result
+
+    async def submit_many(self, messages: Sequence[NewMessage]) -> list[list[Delivery]]:
+        """Several messages in one transaction (bulk injection, tests and tools)."""
+        futures = [self._enqueue("submit", m) for m in messages]
+        results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
+        return [r for r in results if isinstance(r, list)]
+
+    def update(self, updates: Sequence[Update], counts: Sequence[Count] = ()) -> None:
+        """Queue outcome updates; they commit with the writer's next batch."""
+        for item in updates:
+            self._queue.put(_Op("update", item, None))
+        for count in counts:
+            self._queue.put(_Op("count", count, None))
+
+    async def flush(self) -> None:
+        """Wait until everything queued so far is committed."""
+        await self._call("barrier", None)
+
+    def _enqueue(self, kind: str, payload: object) -> concurrent.futures.Future[object]:
+        future: concurrent.futures.Future[object] = concurrent.futures.Future()
+        if self._thread is None or not self._thread.is_alive():
+            future.set_exception(SpoolError("spool writer is not running"))
+            return future
+        self._queue.put(_Op(kind, payload, future))  # type: ignore[arg-type]
+        return future
+
+    async def _call(self, kind: str, payload: object) -> object:
+        return await asyncio.wrap_future(self._enqueue(kind, payload))
+
+    def close(self) -> None:
+        """Commit what is queued and stop the writer (the spool stays consistent)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        self._reader.shutdown(wait=True)
+
+    def _run(self) -> None:
+        db = self._connect()
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            batch: list[_Op] = []
+            if first is None:
+                stopping = True
+            else:
+                batch.append(first)
+            while len(batch) < MAX_BATCH:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stopping = True
+                    break
+                batch.append(item)
+            if batch:
+                self._write_batch(db, batch)
+        db.close()
+
+    def _write_batch(self, db: sqlite3.Connection, batch: list[_Op]) -> None:
+        results: list[object] = []
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for op in batch:
+                results.append(self._apply(db, op))
+            db.execute("COMMIT")
+            self.commits += 1
+        except sqlite3.Error as exc:
+            log.error("spool write failed", extra={"error": str(exc), "ops": len(batch)})
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            error = SpoolError(f"spool write failed: {exc}")
+            for op in batch:
+                if op.future is not None and not op.future.done():
+                    op.future.set_exception(error)
+            return
+        for op, result in zip(batch, results, strict=True):
+            if op.future is not None and not op.future.done():
+                op.future.set_result(result)
+
+    def _apply(self, db: sqlite3.Connection, op: _Op) -> object:
+        if op.kind == "submit":
+            assert isinstance(op.payload, NewMessage)
+            return _insert(db, op.payload)
+        if op.kind == "update":
+            assert isinstance(op.payload, Update)
+            _apply_update(db, op.payload)
+        elif op.kind == "count":
+            assert isinstance(op.payload, Count)
+            c = op.payload
+            db.execute(
+                "INSERT INTO counters (day, address, kind, n) VALUES (?, ?, ?, ?)"
+                " ON CONFLICT (day, address, kind) DO UPDATE SET n = n + excluded.n",
+                (c.day, c.address, c.kind, c.n),
+            )
+        return None
+
+
+def _insert(db: sqlite3.Connection, m: NewMessage) -> list[Delivery]:
+    cursor = db.execute(
+        "INSERT INTO messages (created, sender, from_domain, message_id, data, remaining)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (m.created, m.sender, m.from_domain, m.message_id, m.data, len(m.recipients)),
+    )
+    message = int(cursor.lastrowid or 0)
+    out: list[Delivery] = []
+    for recipient in m.recipients:
+        domain = recipient.rpartition("@")[2].lower()
+        cursor = db.execute(
+            "INSERT INTO deliveries (message, recipient, domain, class, tier, state, attempts,"
+            " next_attempt, created) VALUES (?, ?, ?, ?, ?, 'queued', 0, ?, ?)",
+            (message, recipient, domain, m.class_name, m.tier, m.created, m.created),
+        )
+        out.append(
+            Delivery(
+                id=int(cursor.lastrowid or 0),
+                message=message,
+                recipient=recipient,
+                domain=domain,
+                class_name=m.class_name,
+                tier=m.tier,
+                sender=m.sender,
+                from_domain=m.from_domain,
+                attempts=0,
+                next_attempt=m.created,
+                created=m.created,
+            )
+        )
+    return out
+
+
+def _apply_update(db: sqlite3.Connection, u: Update) -> None:
+    if u.state in FINAL_STATES:
+        deleted = db.execute("DELETE FROM deliveries WHERE id = ?", (u.delivery,)).rowcount
+        if deleted:
+            db.execute("UPDATE messages SET remaining = remaining - 1 WHERE id = ?", (u.message,))
+            db.execute("DELETE FROM messages WHERE id = ? AND remaining <= 0", (u.message,))
+        return
+    db.execute(
+        "UPDATE deliveries SET state = ?, attempts = ?, next_attempt = ?, last_response = ?"
+        " WHERE id = ?",
+        (u.state, u.attempts, u.next_attempt, u.response, u.delivery),
+    )

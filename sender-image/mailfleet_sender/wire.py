@@ -1,0 +1,147 @@
+"""JSON bodies of the sender's HTTP API: what the operator sends and reads (`Assignment`,
+`AssignmentStatus`, `Stats`) and what applications submit (`SubmitRequest`). Pure (no I/O).
+
+The operator imports this module; it is the contract for the admin API as `config` is for the
+file. Field names are camelCase on the wire. Requests refuse unknown fields (a typo must not
+pass as "no value"), responses ignore them (an older operator reads a newer sender).
+"""
+
+from __future__ import annotations
+
+import datetime
+from typing import Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic.alias_generators import to_camel
+
+
+class RequestModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class ResponseModel(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="ignore")
+
+
+class Lease(RequestModel):
+    """The right to send from one source IP until `expiresAt` (self-fencing: the sender stops
+    at expiry even if it never hears from the operator again)."""
+
+    address: str = Field(description="Source IP address to bind outbound connections to.")
+    helo_name: str = Field(description="EHLO name for connections from this IP.")
+    expires_at: AwareDatetime = Field(description="RFC 3339 time at which the lease ends.")
+    quota_remaining: int | None = Field(
+        default=None, ge=0, description="Messages this IP may still send today; null = no cap."
+    )
+    sent_today_basis: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "The IP's sentToday the operator computed quotaRemaining from; the sender also "
+            "subtracts what it sent since (no overshoot from a stale stats read)."
+        ),
+    )
+    warmup: bool = Field(default=False, description="The IP is warming up (quota applies).")
+    lease_id: str = Field(default="", description="Operator's id of this grant.")
+    classes: list[str] | None = Field(
+        default=None, description="Classes this IP may carry; all when null."
+    )
+
+
+class Assignment(RequestModel):
+    """PUT /v1/assignment: the complete set of leases this pod holds from now on. An IP absent
+    from the set is revoked at once; an older generation than the last one is refused (409)."""
+
+    generation: int = Field(default=0, ge=0, description="Monotonic per pod, from the operator.")
+    leases: list[Lease] = Field(default_factory=list)
+
+
+class LeaseStatus(ResponseModel):
+    address: str
+    helo_name: str
+    lease_id: str = ""
+    expires_at: datetime.datetime
+    valid: bool
+    warmup: bool = False
+    quota_remaining: int | None = None
+    sent_today: int = 0
+
+
+class AssignmentStatus(ResponseModel):
+    """Response of PUT/GET /v1/assignment: what the pod holds now and what it sent today."""
+
+    pod: str
+    generation: int
+    day: int = Field(description="Index of the current quota day (days since the epoch).")
+    leases: list[LeaseStatus] = Field(default_factory=list)
+
+
+class QueueStats(ResponseModel):
+    depth: int = 0
+    oldest_age_seconds: float = 0.0
+    held: int = 0
+
+
+class IPStats(ResponseModel):
+    address: str
+    sent_today: int = 0
+    delivered_today: int = 0
+    bounced_today: int = 0
+    deferred_today: int = 0
+    complained_today: int = 0
+    quota_remaining: int | None = None
+    lease_expires_at: datetime.datetime | None = None
+
+
+class Totals(ResponseModel):
+    accepted: int = 0
+    delivered: int = 0
+    deferred: int = 0
+    bounced: int = 0
+    expired: int = 0
+
+
+class Stats(ResponseModel):
+    """GET /v1/stats: what the operator reads for status, autoscaling and warm-up gates."""
+
+    pod: str
+    pool: str = ""
+    config_generation: int | None = None
+    config_hash: str = ""
+    config_error: str | None = Field(
+        default=None, description="Why the last reload failed; the last good config still runs."
+    )
+    day: int = 0
+    draining: bool = False
+    queues: dict[str, QueueStats] = Field(default_factory=dict, description="Per class.")
+    ips: list[IPStats] = Field(default_factory=list)
+    totals: Totals = Field(default_factory=Totals, description="Since the process started.")
+    today: Totals = Field(default_factory=Totals, description="This quota day, all IPs.")
+
+
+class SubmitRequest(RequestModel):
+    """POST /v1/messages with a JSON body (raw RFC 5322 is posted as message/rfc822)."""
+
+    from_: str = Field(alias="from", description="From header, 'Name <addr>' or 'addr'.")
+    to: list[str] = Field(min_length=1, description="Recipients (envelope and To header).")
+    subject: str = ""
+    text: str | None = None
+    html: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    class_: str | None = Field(default=None, alias="class")
+    tier: str | None = None
+    envelope_from: str | None = Field(
+        default=None, description="Return path; the From address when omitted."
+    )
+
+
+class SubmitResponse(ResponseModel):
+    id: str
+    message_id: str
+    recipients: int
+    status: Literal["queued"] = "queued"
+
+
+class ErrorResponse(ResponseModel):
+    error: str
+    code: str = ""
