@@ -9,7 +9,6 @@ The bearer token is never logged.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
 from typing import Any
@@ -77,7 +76,7 @@ class PodAdmin:
                     text = (await response.text())[:200]
                     raise PodUnreachable(f"{pod.name}: {method} {path} -> {response.status} {text}")
                 return await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, asyncio.TimeoutError, ValueError) as exc:
+        except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise PodUnreachable(f"{pod.name}: {method} {path} failed: {exc!r}") from exc
 
     async def put_assignment(

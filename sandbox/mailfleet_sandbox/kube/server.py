@@ -197,8 +197,8 @@ class HttpApi:
         q = request.query
         if sub and sub not in ("status", "scale", "finalize"):
             raise errors.page_not_found(sub)
-        if sub == "status" and not rt.status or sub == "scale" and rt.scale is None \
-                or sub == "finalize" and rt.storage_key != "/namespaces":
+        if (sub == "status" and not rt.status) or (sub == "scale" and rt.scale is None) \
+                or (sub == "finalize" and rt.storage_key != "/namespaces"):
             raise errors.page_not_found(sub)
         if method == "GET":
             watching = watch_path or q.get("watch", "").lower() in ("true", "1")

@@ -1,0 +1,477 @@
+"""The DomainAuth reconciler: gather, evaluate with pure functions, apply once.
+
+Gather: the DomainAuth (fresh from the API), its key Secrets, the SendingPools that sign for
+it (their egress IPs go into SPF), and what DNS answers for every record.
+Evaluate: `logic.rotating` picks at most one key transition; `logic.domainauths` builds the
+records, checks DNS answers and derives conditions and status.
+Apply, in an order that makes every crash point safe to resume: new key Secrets (created
+once, never overwritten), then the DNSEndpoint, then the Secrets' state annotations (the
+rotation's durable record), then one status patch if anything changed, then events.
+
+Private key material is only ever in the Secret bodies built by `logic.key_secrets`; it never
+reaches status, events or logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from typing import Any
+
+import pydantic
+from mailfleet_sender import units
+
+from mailfleet_operator import metrics
+from mailfleet_operator.api import common, domainauth
+from mailfleet_operator.kube import client as kube_client
+from mailfleet_operator.kube import resources
+from mailfleet_operator.logic import (
+    conditions,
+    domainauths,
+    key_secrets,
+    keys,
+    records,
+    rotating,
+    spf_lookups,
+)
+from mailfleet_operator.reconcile import context, verifying
+
+KIND = domainauth.KIND
+
+
+async def reconcile(ctx: context.Context, *, namespace: str, name: str) -> context.Outcome:
+    """Converge one DomainAuth; returns when it wants to be looked at again."""
+    metrics.RECONCILES.labels(kind=KIND).inc()
+    with metrics.RECONCILE_SECONDS.labels(kind=KIND).time():
+        body = await ctx.client.get(resources.DOMAIN_AUTHS, name=name, namespace=namespace)
+        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+            return context.Outcome(requeue_after=ctx.settings.error_delay)
+        return await _reconcile(ctx, body)
+
+
+async def _reconcile(ctx: context.Context, body: dict[str, Any]) -> context.Outcome:
+    log = context.object_logger(KIND, body)
+    now = ctx.clock.now()
+    metadata = body["metadata"]
+    generation = metadata.get("generation")
+    old_status = _read_status(body)
+    try:
+        spec = domainauth.DomainAuthSpec.model_validate(body.get("spec") or {})
+        records.check_domain(spec.domain)
+        records.check_selector(f"{spec.dkim.selector_prefix}-1")
+    except pydantic.ValidationError as error:
+        message = "; ".join(common.describe_errors(error, prefix="spec"))
+        return await _invalid(ctx, body, old_status, message, now=now, generation=generation)
+    except records.RecordSpecError as error:
+        return await _invalid(ctx, body, old_status, str(error), now=now, generation=generation)
+
+    interval = units.parse_duration(spec.verification.interval)
+    namespace = metadata["namespace"]
+    secrets = await _gather_secrets(ctx, body)
+    pool_ips = await _gather_pool_ips(ctx, namespace=namespace, name=metadata["name"])
+    verifier = verifying.Verifier(
+        _nameservers(ctx, spec), timeout=ctx.settings.dns_timeout
+    )
+
+    generations = key_secrets.group_generations(secrets)
+    stored = [s.stored for s in secrets]
+
+    # DNS for every key not yet retired, so the state machine sees the truth about each.
+    probe = domainauths.desired_records(
+        spec=spec,
+        published_keys=[
+            k for k in stored if _state_of(generations, k) != rotating.KeyState.RETIRED
+        ],
+        pool_ips=pool_ips,
+    )
+    flattened = None
+    if spec.spf.flatten and spec.spf.include:
+        flattened = await asyncio.to_thread(
+            spf_lookups.flatten_includes, list(spec.spf.include),
+            resolver=verifier.spf_resolver(),
+        )
+    answers = await verifier.answers(domainauths.questions(probe))
+    dns_view = domainauths.dkim_checks([
+        domainauths.check_record(r, answers.get(domainauths.answer_key(r.name, r.type)))
+        for r in probe.records
+    ])
+
+    policy = rotating.Policy(
+        algorithms=keys.algorithms_for(spec.dkim.algorithm),
+        selector_prefix=spec.dkim.selector_prefix,
+        rotate_every=units.parse_duration(spec.dkim.rotate_every),
+        overlap=units.parse_duration(spec.dkim.overlap),
+        history_limit=spec.dkim.revision_history_limit,
+        stall_after=interval * ctx.settings.stall_checks,
+    )
+    plan = rotating.plan_rotation(
+        generations=generations,
+        policy=policy,
+        now=now,
+        rotate_annotation=str((metadata.get("annotations") or {}).get(
+            key_secrets.ROTATE_ANNOTATION, ""
+        )),
+        dns=dns_view,
+    )
+    transition = plan.transition
+
+    # --- apply: key Secrets first (created once), so every later step can reference them.
+    if transition is not None and transition.create is not None:
+        created = await _create_keys(ctx, body, spec, transition.create, secrets, now=now)
+        secrets = [*secrets, *created]
+        stored = [s.stored for s in secrets]
+    after = (
+        rotating.apply_transition(generations, transition, now=now)
+        if transition is not None
+        else generations
+    )
+    published_keys = [k for k in stored if _state_of(after, k) in rotating.PUBLISHED_STATES]
+    desired = domainauths.desired_records(
+        spec=spec, published_keys=published_keys, pool_ips=pool_ips, flattened=flattened
+    )
+    missing = [q for q in domainauths.questions(desired) if q not in answers]
+    if missing:
+        answers.update(await verifier.answers(missing))
+
+    await _publish(ctx, body, spec, desired)
+    if transition is not None and transition.changes:
+        await _record_transition(ctx, secrets, transition, namespace=namespace, now=now)
+    for number in plan.prune:
+        for secret in secrets:
+            if secret.stored.generation == number:
+                await ctx.client.delete(
+                    resources.SECRETS, name=secret.secret_name, namespace=namespace
+                )
+    if plan.prune:
+        secrets = [s for s in secrets if s.stored.generation not in plan.prune]
+        after = [g for g in after if g.number not in plan.prune]
+
+    # --- evaluate the outcome for status and conditions.
+    checks = [
+        domainauths.check_record(r, answers.get(domainauths.answer_key(r.name, r.type)))
+        for r in desired.records
+    ]
+    for check in checks:
+        result = "published" if check.published else (
+            "failed" if check.failed else ("missing" if check.problem == "not in DNS" else "wrong")
+        )
+        metrics.DNS_VERIFICATIONS.labels(family=check.record.family, result=result).inc()
+    spf_count = None
+    spf_record = next((c for c in checks if c.record.family == "spf"), None)
+    if spf_record is not None:
+        spf_count = await asyncio.to_thread(
+            spf_lookups.count_lookups, spf_record.record.value, resolver=verifier.spf_resolver()
+        )
+    next_rotation = _next_rotation(after, policy)
+    verdicts = [
+        domainauths.dkim_verdict(
+            generations=after, checks=checks, error=desired.errors.get("dkim"),
+            next_rotation_at=next_rotation,
+        ),
+        domainauths.family_verdict(
+            type_=domainauth.SPF_VALID, family="spf", checks=checks,
+            error=desired.errors.get("spf"), label="SPF", spf_count=spf_count,
+        ),
+        domainauths.family_verdict(
+            type_=domainauth.DMARC_VALID, family="dmarc", checks=checks,
+            error=desired.errors.get("dmarc"), label="DMARC",
+        ),
+    ]
+    if spec.bimi is not None:
+        verdicts.append(
+            domainauths.family_verdict(
+                type_=domainauths.BIMI_VALID, family="bimi", checks=checks,
+                error=desired.errors.get("bimi"), label="BIMI",
+            )
+        )
+    verdicts.append(conditions.ready_verdict(verdicts))
+    stalled = rotating.plan_rotation(
+        generations=after, policy=policy, now=now, rotate_annotation="", dns=dns_view
+    ).stalled if transition is not None else plan.stalled
+    verdicts.append(domainauths.stalled_verdict(stalled=stalled, checks=checks))
+
+    new_conditions = conditions.set_conditions(
+        old_status.conditions, verdicts, now=now, observed_generation=generation
+    )
+    dkim = domainauths.dkim_status(
+        generations=after, stored=[s.stored for s in secrets], next_rotation_at=next_rotation
+    )
+    new_status = domainauth.DomainAuthStatus(
+        observed_generation=generation,
+        conditions=new_conditions,
+        records=domainauths.record_status(checks, checked_at=now),
+        dkim=dkim,
+        active_selector=dkim.active,
+    )
+    changed = await _write_status(ctx, body, old_status, new_status)
+
+    # --- events last: they describe what is now true.
+    if transition is not None:
+        metrics.DKIM_TRANSITIONS.labels(reason=transition.reason).inc()
+        if transition.kind == rotating.TransitionKind.SWITCH:
+            metrics.DKIM_ROTATIONS.inc()
+        log.info(
+            "dkim transition",
+            extra={"reason": transition.reason, "detail": transition.message},
+        )
+        await _event(ctx, body, "Normal", transition.reason, transition.message)
+    for change in conditions.changed_conditions(old_status.conditions, new_conditions):
+        if change.old_status is None and change.new.status == "False" and (
+            change.type == domainauths.DKIM_ROTATION_STALLED
+        ):
+            continue  # "not stalled" on a new object is no news
+        bad = change.new.status == (
+            "True" if change.type == domainauths.DKIM_ROTATION_STALLED else "False"
+        )
+        await _event(
+            ctx, body, "Warning" if bad else "Normal", change.new.reason,
+            f"{change.type}={change.new.status}: {change.new.message}".rstrip(": "),
+        )
+
+    if transition is not None:
+        requeue = ctx.settings.step_delay
+    else:
+        requeue = ctx.clock.real_seconds(interval)
+        if plan.next_check is not None:
+            requeue = min(requeue, ctx.clock.real_seconds(plan.next_check - now) + 0.05)
+    return context.Outcome(requeue_after=max(requeue, 0.05), changed=changed)
+
+
+# --- gather ------------------------------------------------------------------------------------
+
+
+def _read_status(body: dict[str, Any]) -> domainauth.DomainAuthStatus:
+    try:
+        return domainauth.DomainAuthStatus.model_validate(body.get("status") or {})
+    except pydantic.ValidationError:
+        return domainauth.DomainAuthStatus()
+
+
+def _nameservers(ctx: context.Context, spec: domainauth.DomainAuthSpec) -> verifying.Nameservers:
+    if ctx.settings.dns_nameservers:
+        return verifying.Nameservers.parse(ctx.settings.dns_nameservers)
+    return verifying.Nameservers.parse(
+        spec.verification.nameservers, default_port=spec.verification.port
+    )
+
+
+async def _gather_secrets(
+    ctx: context.Context, body: dict[str, Any]
+) -> list[key_secrets.KeySecret]:
+    metadata = body["metadata"]
+    items = await ctx.client.list(
+        resources.SECRETS,
+        namespace=metadata["namespace"],
+        label_selector=f"{key_secrets.LABEL_DOMAINAUTH}={key_secrets.label_value(metadata['name'])}",
+    )
+    now = ctx.clock.now()
+    found = []
+    for item in items:
+        owners = item.get("metadata", {}).get("ownerReferences") or []
+        if not any(o.get("uid") == metadata.get("uid") for o in owners):
+            continue  # a leftover of a deleted DomainAuth of the same name
+        parsed = key_secrets.read_key_secret(item, now=now)
+        if parsed is not None:
+            found.append(parsed)
+    return found
+
+
+async def _gather_pool_ips(ctx: context.Context, *, namespace: str, name: str) -> list[str]:
+    """Egress IPs of every SendingPool listing this DomainAuth in `spec.domains`."""
+    pools = await ctx.client.list(resources.SENDING_POOLS, namespace=namespace)
+    ips: list[str] = []
+    for pool in referencing_pools(pools, name=name):
+        egress = (pool.get("spec") or {}).get("egress") or {}
+        for entry in egress.get("ips") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("address"), str):
+                ips.append(entry["address"])
+    return ips
+
+
+def referencing_pools(pools: list[dict[str, Any]], *, name: str) -> list[dict[str, Any]]:
+    return [p for p in pools if name in ((p.get("spec") or {}).get("domains") or [])]
+
+
+def _state_of(
+    generations: list[rotating.Generation], key: domainauths.StoredKey
+) -> rotating.KeyState | None:
+    for generation in generations:
+        if generation.number == key.generation:
+            return generation.state
+    return None
+
+
+def _next_rotation(
+    generations: list[rotating.Generation], policy: rotating.Policy
+) -> datetime.datetime | None:
+    active = [g for g in generations if g.state == rotating.KeyState.ACTIVE]
+    return active[-1].created_at + policy.rotate_every if active else None
+
+
+# --- apply -------------------------------------------------------------------------------------
+
+
+async def _create_keys(
+    ctx: context.Context,
+    body: dict[str, Any],
+    spec: domainauth.DomainAuthSpec,
+    new: rotating.NewGeneration,
+    existing: list[key_secrets.KeySecret],
+    *,
+    now: datetime.datetime,
+) -> list[key_secrets.KeySecret]:
+    """Create the generation's missing Secrets; an existing Secret is kept as it is."""
+    have = {s.stored.selector for s in existing}
+    created: list[key_secrets.KeySecret] = []
+    namespace = body["metadata"]["namespace"]
+    for algorithm, selector in zip(new.algorithms, new.selectors, strict=True):
+        if selector in have:
+            continue
+        key = await asyncio.to_thread(keys.generate_key, algorithm)
+        secret = key_secrets.key_secret_body(
+            domainauth=body["metadata"]["name"], domain=spec.domain.lower(), selector=selector,
+            generation=new, key=key, now=now,
+        )
+        secret["metadata"]["ownerReferences"] = [kube_client.owner_reference(body)]
+        try:
+            result = await ctx.client.create(resources.SECRETS, body=secret, namespace=namespace)
+        except kube_client.Conflict:
+            # Same deterministic name already there (a step interrupted earlier, or a
+            # leftover): never overwrite a key; read what is there instead.
+            result = await ctx.client.get(
+                resources.SECRETS, name=secret["metadata"]["name"], namespace=namespace
+            ) or {}
+        parsed = key_secrets.read_key_secret(result, now=now)
+        if parsed is not None:
+            created.append(parsed)
+    return created
+
+
+async def _publish(
+    ctx: context.Context,
+    body: dict[str, Any],
+    spec: domainauth.DomainAuthSpec,
+    desired: domainauths.Desired,
+) -> None:
+    """ExternalDNS mode: one DNSEndpoint owned by the DomainAuth. Manual: none (status lists
+    the records), and one left from an earlier ExternalDNS mode is removed."""
+    metadata = body["metadata"]
+    if spec.publish.mode == "ExternalDNS":
+        await ctx.client.apply_child(
+            resources.DNS_ENDPOINTS,
+            owner=body,
+            body={
+                "metadata": {
+                    "name": metadata["name"],
+                    "labels": {
+                        "app.kubernetes.io/managed-by": "mailfleet",
+                        key_secrets.LABEL_DOMAINAUTH: key_secrets.label_value(metadata["name"]),
+                    },
+                },
+                "spec": domainauths.dns_endpoint_spec(desired, ttl=spec.publish.ttl),
+            },
+        )
+    else:
+        await delete_dns_endpoint(ctx, body)
+
+
+async def delete_dns_endpoint(ctx: context.Context, body: dict[str, Any]) -> bool:
+    """Remove the DomainAuth's DNSEndpoint if there is one (and the CRD exists at all)."""
+    metadata = body["metadata"]
+    current = None
+    try:
+        current = await ctx.client.get(
+            resources.DNS_ENDPOINTS, name=metadata["name"], namespace=metadata["namespace"]
+        )
+    except kube_client.ApiError:
+        return False  # no DNSEndpoint CRD in this cluster: nothing to remove
+    if current is None:
+        return False
+    owners = current.get("metadata", {}).get("ownerReferences") or []
+    if not any(o.get("uid") == metadata.get("uid") for o in owners):
+        return False  # not ours: leave it
+    return await ctx.client.delete(
+        resources.DNS_ENDPOINTS, name=metadata["name"], namespace=metadata["namespace"]
+    )
+
+
+async def _record_transition(
+    ctx: context.Context,
+    secrets: list[key_secrets.KeySecret],
+    transition: rotating.Transition,
+    *,
+    namespace: str,
+    now: datetime.datetime,
+) -> None:
+    changes = dict(transition.changes)
+    for secret in secrets:
+        state = changes.get(secret.stored.generation)
+        if state is None or secret.state == state:
+            continue
+        await ctx.client.patch(
+            resources.SECRETS,
+            name=secret.secret_name,
+            namespace=namespace,
+            patch={"metadata": {"annotations": key_secrets.state_annotations(state=state, now=now)}},
+        )
+
+
+async def _write_status(
+    ctx: context.Context,
+    body: dict[str, Any],
+    old: domainauth.DomainAuthStatus,
+    new: domainauth.DomainAuthStatus,
+) -> bool:
+    if common.dump_status(old) == common.dump_status(new) and body.get("status"):
+        return False
+    metadata = body["metadata"]
+    status = common.dump_status(new)
+    # Fields that disappeared must be nulled: a merge patch leaves absent keys in place.
+    for key in (body.get("status") or {}):
+        status.setdefault(key, None)
+    await ctx.client.patch_status(
+        resources.DOMAIN_AUTHS, name=metadata["name"], namespace=metadata["namespace"],
+        status=status,
+    )
+    return True
+
+
+async def _invalid(
+    ctx: context.Context,
+    body: dict[str, Any],
+    old: domainauth.DomainAuthStatus,
+    message: str,
+    *,
+    now: datetime.datetime,
+    generation: int | None,
+) -> context.Outcome:
+    """A spec nothing can be built from: say so in every condition, touch nothing else, and
+    look again only at the normal pace (an edit of the spec triggers a reconcile anyway)."""
+    verdicts = domainauths.invalid_spec_verdicts(
+        message, bimi=bool((body.get("spec") or {}).get("bimi"))
+    )
+    new_conditions = conditions.set_conditions(
+        old.conditions, verdicts, now=now, observed_generation=generation
+    )
+    new = old.model_copy(update={"conditions": new_conditions, "observed_generation": generation})
+    await _write_status(ctx, body, old, new)
+    if conditions.changed_conditions(old.conditions, new_conditions):
+        await _event(ctx, body, "Warning", "InvalidSpec", message)
+    return context.Outcome(requeue_after=ctx.clock.real_seconds(datetime.timedelta(minutes=5)))
+
+
+async def _event(
+    ctx: context.Context, body: dict[str, Any], type_: str, reason: str, message: str
+) -> None:
+    try:
+        await ctx.client.post_event(
+            regarding=body,
+            type_="Warning" if type_ == "Warning" else "Normal",
+            reason=reason,
+            message=message,
+            now=ctx.clock.now(),
+        )
+    except kube_client.ApiError as error:
+        context.object_logger(KIND, body).warning(
+            "event not posted", extra={"reason": reason, "error": str(error)}
+        )

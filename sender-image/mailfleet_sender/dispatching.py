@@ -1,0 +1,874 @@
+"""The delivery engine: moves spooled deliveries through the scheduled and ready tiers
+(`scheduling`) and runs the connections that drain the ready queues (`delivering`).
+
+One asyncio task (`_run`) owns the scheduled tier: it wakes for due retries, new submissions,
+lease changes and expiries, resolves domains to sites (`mx`), and pushes due mail into lanes.
+A lane is one (source IP, site) pair with up to `maxConnections` worker tasks; each worker holds
+one SMTP connection and, per message: takes tokens from the gate in priority order, pops the
+best delivery, re-checks its lease and quota, signs, sends, and records the outcome.
+
+Every outcome goes to the spool without waiting (see `spool` for why that is safe) and to the
+deliverability hooks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import contextlib
+import dataclasses
+import heapq
+import logging
+import math
+from collections.abc import Iterable, Sequence
+
+from mailfleet_sender import (
+    clock,
+    config,
+    delivering,
+    dkim_signing,
+    hooks,
+    keys,
+    leases,
+    metrics,
+    mx,
+    scheduling,
+    spool,
+    throttles,
+    units,
+)
+
+log = logging.getLogger(__name__)
+
+TICK = 0.2
+"""Longest sleep of the scheduler loop: bounds how late a lease expiry is noticed."""
+LOCAL_SOURCE = "local"
+"""Name of the pod's own address when it sends without a lease (requireLease: false)."""
+DATA_CACHE_BYTES = 256 * 1024 * 1024
+"""Message bodies kept in memory after submission; beyond it they are read from the spool."""
+
+
+@dataclasses.dataclass
+class Lane:
+    """Ready queue and connections of one (source IP, site)."""
+
+    address: str
+    site: str
+    route: mx.Route | None
+    provider: str
+    max_connections: int
+    buckets: tuple[throttles.TokenBucket, ...]
+    queue: scheduling.ReadyQueue = dataclasses.field(default_factory=scheduling.ReadyQueue)
+    workers: int = 0
+    idle: int = 0
+    event: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    closed: bool = False
+
+
+@dataclasses.dataclass
+class DayCounts:
+    day: int
+    per_ip: dict[tuple[str, str], int] = dataclasses.field(
+        default_factory=lambda: collections.defaultdict(int)
+    )
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        cfg: config.SenderConfig,
+        spool_: spool.Spool,
+        resolver: mx.MXResolver,
+        keystore: keys.KeyStore,
+        lease_table: leases.LeaseTable,
+        hook_set: hooks.Hooks,
+        metric_set: metrics.Metrics,
+        clock_: clock.Clock,
+        pod_ip: str | None = None,
+        hostname: str = "localhost",
+    ) -> None:
+        self.cfg = cfg
+        self.spool = spool_
+        self.resolver = resolver
+        self.keys = keystore
+        self.leases = lease_table
+        self.hooks = hook_set
+        self.metrics = metric_set
+        self.clock = clock_
+        self.pod_ip = pod_ip
+        self.hostname = hostname
+        self.gate = throttles.TokenGate(clock_.monotonic)
+        self._timers: list[tuple[float, int, spool.Delivery]] = []
+        self._routing: dict[str, list[spool.Delivery]] = collections.defaultdict(list)
+        self._resolving: set[str] = set()
+        self._parked: list[spool.Delivery] = []
+        self._held: list[spool.Delivery] = []
+        self._lanes: dict[tuple[str, str], Lane] = {}
+        self._queued: dict[str, int] = collections.defaultdict(int)
+        self._pending: dict[str, dict[int, spool.Delivery]] = collections.defaultdict(dict)
+        self._remaining: dict[int, int] = collections.defaultdict(int)
+        self._data: dict[int, bytes] = {}
+        self._data_bytes = 0
+        self._signed: dict[int, tuple[int, bytes]] = {}
+        self._buckets: dict[tuple[str, ...], throttles.TokenBucket] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._wake = asyncio.Event()
+        self._halt = False
+        self._run_task: asyncio.Task[None] | None = None
+        self._turn = 0
+        self._sign_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="dkim")
+        self._inflight = 0
+        self.totals: collections.Counter[str] = collections.Counter()
+        self.today = DayCounts(day=clock_.day())
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def load(self, deliveries: Iterable[spool.Delivery]) -> None:
+        """Take the spool's pending deliveries at start (before `start`)."""
+        counts = self.spool.load_counters(self.today.day)
+        for (address, kind), n in counts.items():
+            self.today.per_ip[(address, kind)] = n
+        self.add(deliveries, data=None)
+
+    def start(self) -> None:
+        self._run_task = asyncio.create_task(self._run(), name="scheduler")
+
+    async def stop(self, *, grace: float) -> None:
+        """Stop taking mail out of the queues, let in-flight transactions finish (up to
+        `grace` seconds), then cancel what is left; the spool keeps every undelivered row."""
+        self._halt = True
+        self._wake.set()
+        for lane in self._lanes.values():
+            lane.event.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2)
+        if self._run_task is not None:
+            self._run_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._run_task
+        self._sign_pool.shutdown(wait=False, cancel_futures=True)
+
+    def reconfigure(self, cfg: config.SenderConfig) -> None:
+        """Apply a reloaded config: classes, retries, throttles, DKIM domains, day length."""
+        self.cfg = cfg
+        self.clock.day_length = units.duration_seconds(cfg.clock.day_length)
+        for key, bucket in list(self._buckets.items()):
+            rate = self._rate_for(key)
+            if rate is None:
+                del self._buckets[key]
+            else:
+                bucket.reconfigure(rate, None, self.clock.monotonic())
+        for lane in list(self._lanes.values()):
+            self._close_lane(lane)
+        self._wake.set()
+
+    # --- intake ---------------------------------------------------------------------------
+
+    def add(self, deliveries: Iterable[spool.Delivery], *, data: bytes | None) -> None:
+        """New (or reloaded) deliveries; `data` is the body when all share one message."""
+        now = self.clock.wall()
+        for delivery in deliveries:
+            self._pending[delivery.class_name][delivery.id] = delivery
+            self._remaining[delivery.message] += 1
+            if data is not None and delivery.message not in self._data:
+                if self._data_bytes + len(data) <= DATA_CACHE_BYTES:
+                    self._data[delivery.message] = data
+                    self._data_bytes += len(data)
+            if delivery.next_attempt <= now:
+                self._routing[delivery.domain].append(delivery)
+            else:
+                heapq.heappush(self._timers, (delivery.next_attempt, delivery.id, delivery))
+        self._wake.set()
+
+    # --- views for stats and metrics ------------------------------------------------------
+
+    def queue_stats(self) -> dict[str, tuple[int, float, int]]:
+        """class -> (depth, oldest age in seconds, held)."""
+        now = self.clock.wall()
+        held = collections.Counter(d.class_name for d in self._held)
+        out: dict[str, tuple[int, float, int]] = {}
+        for cls in self.cfg.classes:
+            pending = self._pending.get(cls.name, {})
+            oldest = min((d.created for d in pending.values()), default=now)
+            out[cls.name] = (len(pending), max(0.0, now - oldest), held[cls.name])
+        return out
+
+    def pending_count(self) -> int:
+        return sum(len(p) for p in self._pending.values())
+
+    def counts_today(self) -> DayCounts:
+        self._roll_day()
+        return self.today
+
+    @property
+    def idle(self) -> bool:
+        return self.pending_count() == 0 and self._inflight == 0
+
+    # --- the scheduled tier ---------------------------------------------------------------
+
+    async def _run(self) -> None:
+        last_sweep = 0.0
+        while not self._halt:
+            self._wake.clear()
+            now = self.clock.wall()
+            while self._timers and self._timers[0][0] <= now:
+                _, _, delivery = heapq.heappop(self._timers)
+                if delivery.id in self._pending.get(delivery.class_name, {}):
+                    self._routing[delivery.domain].append(delivery)
+            self._expire_lanes(now)
+            self._route_due()
+            if self.clock.monotonic() - last_sweep >= 1.0:
+                last_sweep = self.clock.monotonic()
+                self._roll_day()
+                self._sweep_waiting(now)
+            timeout = TICK
+            if self._timers:
+                timeout = min(timeout, max(0.0, self._timers[0][0] - self.clock.wall()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=timeout)
+
+    def _route_due(self) -> None:
+        for domain in list(self._routing):
+            if domain in self._resolving:
+                continue
+            batch = self._routing.pop(domain)
+            if self.cfg.delivery.mode == "relay":
+                self._dispatch(batch, None)
+                continue
+            cached = self.resolver.cached(domain)
+            if isinstance(cached, mx.Route):
+                self._dispatch(batch, cached)
+            elif isinstance(cached, mx.RouteError):
+                self._fail_route(batch, cached)
+            else:
+                self._resolving.add(domain)
+                self._spawn(self._resolve(domain, batch))
+
+    async def _resolve(self, domain: str, batch: list[spool.Delivery]) -> None:
+        try:
+            route = await self.resolver.resolve(domain)
+        except mx.RouteError as error:
+            self._fail_route(batch, error)
+        else:
+            self._dispatch(batch, route)
+        finally:
+            self._resolving.discard(domain)
+            self._wake.set()
+
+    def _fail_route(self, batch: Sequence[spool.Delivery], error: mx.RouteError) -> None:
+        reply = hooks.Reply(
+            code=error.code, text=error.text, stage="dns", enhanced=error.enhanced
+        )
+        for delivery in batch:
+            self._failed(delivery, reply, source="", provider="", count_attempt=True)
+
+    def _dispatch(self, batch: Sequence[spool.Delivery], route: mx.Route | None) -> None:
+        now = self.clock.wall()
+        for delivery in scheduling.sort_for_dispatch(batch, self.cfg):
+            if delivery.id not in self._pending.get(delivery.class_name, {}):
+                continue
+            if scheduling.is_expired(
+                delivery, now=now, max_age=scheduling.max_age_seconds(delivery.class_name, self.cfg)
+            ):
+                self._expire(delivery, delivery.last_response)
+                continue
+            if self.hooks.is_suppressed(delivery.recipient, delivery.class_name):
+                self._finish(
+                    delivery,
+                    "bounced",
+                    hooks.Reply(550, "recipient is suppressed", "local", "5.7.1"),
+                    verdict=hooks.Verdict.SUPPRESSED,
+                    source="",
+                    provider="",
+                )
+                continue
+            if self.cfg.dkim.require_signature and not self.keys.keys_for(delivery.from_domain):
+                self._hold(delivery)
+                continue
+            source = self._pick_source(delivery.class_name)
+            if source is None:
+                self._parked.append(delivery)
+                continue
+            if route is None and self.cfg.delivery.mode == "direct":
+                # Re-dispatch of a lane's items: the domain needs its own route again.
+                self._routing[delivery.domain].append(delivery)
+                self._wake.set()
+                continue
+            lane = self._lane(source, route, delivery.domain)
+            lane.queue.push(
+                delivery,
+                priority=scheduling.class_priority(delivery.class_name, self.cfg),
+                rank=scheduling.tier_rank(delivery.tier, self.cfg.warmup.tier_order),
+            )
+            self._queued[lane.address] += 1
+            self._kick(lane)
+
+    def _pick_source(self, class_name: str) -> leases.Source | None:
+        now = self.clock.wall()
+        sources = self.leases.valid(now)
+        if not sources and not self.cfg.delivery.require_lease:
+            return self._local_source()
+        self._turn += 1
+        return scheduling.choose_source(
+            class_name,
+            sources,
+            overflow=self.cfg.warmup.overflow,
+            queued=self._queued,
+            turn=self._turn,
+        )
+
+    def _local_source(self) -> leases.Source:
+        return leases.Source(
+            address=LOCAL_SOURCE,
+            helo_name=self.cfg.delivery.helo_name or self.hostname,
+            expires_at=math.inf,
+            lease_id="",
+            warmup=False,
+            quota=None,
+            classes=None,
+        )
+
+    def _source(self, address: str) -> leases.Source | None:
+        if address == LOCAL_SOURCE:
+            if self.cfg.delivery.require_lease or self.leases.valid(self.clock.wall()):
+                return None
+            return self._local_source()
+        source = self.leases.get(address)
+        return source if source is not None and source.valid(self.clock.wall()) else None
+
+    def _hold(self, delivery: spool.Delivery) -> None:
+        """No usable DKIM key for the From domain: keep the mail, never send it unsigned."""
+        if delivery.state != "held":
+            delivery.state = "held"
+            self.metrics.held.inc()
+            self.spool.update(
+                [
+                    spool.Update(
+                        delivery.id,
+                        delivery.message,
+                        "held",
+                        delivery.attempts,
+                        delivery.next_attempt,
+                        "no usable DKIM key for " + delivery.from_domain,
+                    )
+                ]
+            )
+        self._held.append(delivery)
+
+    def _sweep_waiting(self, now: float) -> None:
+        """Expire parked and held mail past its max age."""
+        for bucket in (self._parked, self._held):
+            keep: list[spool.Delivery] = []
+            for delivery in bucket:
+                max_age = scheduling.max_age_seconds(delivery.class_name, self.cfg)
+                if scheduling.is_expired(delivery, now=now, max_age=max_age):
+                    self._expire(delivery, delivery.last_response)
+                else:
+                    keep.append(delivery)
+            bucket[:] = keep
+
+    def sources_changed(self, revoked: Sequence[str] = ()) -> None:
+        """Leases granted, renewed or revoked: move mail off dead sources, retry parked mail."""
+        for lane in list(self._lanes.values()):
+            if lane.address in revoked or self._source(lane.address) is None:
+                self._evict(lane)
+        self._redispatch_parked()
+
+    def keys_changed(self) -> None:
+        held, self._held = self._held, []
+        for delivery in held:
+            delivery.state = "queued"
+            self._routing[delivery.domain].append(delivery)
+        self._wake.set()
+
+    def _redispatch_parked(self) -> None:
+        parked, self._parked = self._parked, []
+        for delivery in parked:
+            self._routing[delivery.domain].append(delivery)
+        self._wake.set()
+
+    def _expire_lanes(self, now: float) -> None:
+        for lane in list(self._lanes.values()):
+            if self._source(lane.address) is None:
+                self._evict(lane)
+
+    # --- the ready tier -------------------------------------------------------------------
+
+    def _lane(self, source: leases.Source, route: mx.Route | None, domain: str) -> Lane:
+        if route is None:
+            relay = self.cfg.delivery.relay
+            assert relay is not None
+            site, hosts = f"relay:{relay.host}", [relay.host]
+        else:
+            site, hosts = route.site, route.host_names
+        key = (source.address, site)
+        lane = self._lanes.get(key)
+        if lane is not None and not lane.closed:
+            if route is not None:
+                lane.route = route
+            return lane
+        provider = self.cfg.throttles.provider_for(hosts)
+        limits = self.cfg.throttles.defaults
+        max_connections = limits.max_connections
+        bucket_keys: list[tuple[str, ...]] = []
+        if self.cfg.throttles.rate is not None:
+            bucket_keys.append(("global",))
+        if provider is not None:
+            if provider.max_connections is not None:
+                max_connections = provider.max_connections
+            if provider.messages_per_second is not None:
+                bucket_keys.append(("provider", provider.name, "s"))
+            if provider.messages_per_hour is not None:
+                bucket_keys.append(("provider", provider.name, "h"))
+        else:
+            if limits.messages_per_second is not None:
+                bucket_keys.append(("site", site, "s"))
+            if limits.messages_per_hour is not None:
+                bucket_keys.append(("site", site, "h"))
+        buckets = tuple(b for b in (self._bucket(k) for k in bucket_keys) if b is not None)
+        lane = Lane(
+            address=source.address,
+            site=site,
+            route=route,
+            provider=provider.name if provider is not None else "other",
+            max_connections=max_connections,
+            buckets=buckets,
+        )
+        self._lanes[key] = lane
+        return lane
+
+    def _rate_for(self, key: tuple[str, ...]) -> float | None:
+        t = self.cfg.throttles
+        if key[0] == "global":
+            return units.parse_rate(t.rate).per_second if t.rate else None
+        per_second: float | None
+        per_hour: int | None
+        if key[0] == "provider":
+            provider = next((p for p in t.providers if p.name == key[1]), None)
+            if provider is None:
+                return None
+            per_second, per_hour = provider.messages_per_second, provider.messages_per_hour
+        else:
+            per_second, per_hour = t.defaults.messages_per_second, t.defaults.messages_per_hour
+        if key[2] == "s":
+            return per_second
+        return per_hour / 3600.0 if per_hour is not None else None
+
+    def _bucket(self, key: tuple[str, ...]) -> throttles.TokenBucket | None:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            rate = self._rate_for(key)
+            if rate is None:
+                return None
+            bucket = throttles.TokenBucket(rate, None, now=self.clock.monotonic())
+            self._buckets[key] = bucket
+        return bucket
+
+    def _kick(self, lane: Lane) -> None:
+        lane.event.set()
+        if self._halt or lane.closed:
+            return
+        while lane.workers < lane.max_connections and len(lane.queue) > lane.idle + (
+            lane.workers - lane.idle
+        ) * 0:
+            if lane.idle and len(lane.queue) <= lane.idle:
+                break
+            lane.workers += 1
+            self._spawn(self._worker(lane))
+            if len(lane.queue) <= lane.workers:
+                break
+
+    def _evict(self, lane: Lane) -> None:
+        """The lane's source is gone: its mail goes back through source choice."""
+        self._close_lane(lane)
+        items = lane.queue.drain()
+        self._queued[lane.address] -= len(items)
+        if items:
+            for delivery in items:
+                self._routing[delivery.domain].append(delivery)
+            self._wake.set()
+
+    def _close_lane(self, lane: Lane) -> None:
+        lane.closed = True
+        lane.event.set()
+        if self._lanes.get((lane.address, lane.site)) is lane:
+            del self._lanes[(lane.address, lane.site)]
+        if not lane.workers:
+            items = lane.queue.drain()
+            self._queued[lane.address] -= len(items)
+            for delivery in items:
+                self._routing[delivery.domain].append(delivery)
+            self._wake.set()
+
+    def _spawn(self, coro: collections.abc.Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("engine task failed", exc_info=task.exception())
+
+    async def _worker(self, lane: Lane) -> None:
+        session: delivering.Session | None = None
+        idle_timeout = units.duration_seconds(self.cfg.delivery.connection_idle)
+        try:
+            while not self._halt and not lane.closed:
+                if not lane.queue:
+                    lane.event.clear()
+                    lane.idle += 1
+                    try:
+                        await asyncio.wait_for(lane.event.wait(), timeout=idle_timeout)
+                    except TimeoutError:
+                        break
+                    finally:
+                        lane.idle -= 1
+                    continue
+                if self._source(lane.address) is None:
+                    self._evict(lane)
+                    break
+                priority = lane.queue.peek_priority() or 0
+                await self.gate.acquire(lane.buckets, priority=priority)
+                delivery = lane.queue.pop()
+                if delivery is None or self._halt or lane.closed:
+                    if delivery is not None:
+                        self._requeue(lane, delivery)
+                    self.gate.release(lane.buckets)
+                    continue
+                self._queued[lane.address] -= 1
+                source = self._source(lane.address)
+                if source is None or source.quota_left() == 0:
+                    self._requeue(lane, delivery)
+                    self.gate.release(lane.buckets)
+                    self._evict(lane)
+                    break
+                session = await self._deliver(lane, source, delivery, session)
+        finally:
+            lane.workers -= 1
+            if session is not None:
+                await session.close()
+            if lane.queue and not self._halt:
+                if lane.closed:
+                    self._close_lane(lane)
+                else:
+                    self._kick(lane)
+
+    def _requeue(self, lane: Lane, delivery: spool.Delivery) -> None:
+        lane.queue.push(
+            delivery,
+            priority=scheduling.class_priority(delivery.class_name, self.cfg),
+            rank=scheduling.tier_rank(delivery.tier, self.cfg.warmup.tier_order),
+        )
+        self._queued[lane.address] += 1
+
+    async def _deliver(
+        self,
+        lane: Lane,
+        source: leases.Source,
+        delivery: spool.Delivery,
+        session: delivering.Session | None,
+    ) -> delivering.Session | None:
+        """One attempt; returns the session to reuse (None when it must not be reused)."""
+        self._inflight += 1
+        source.used += 1
+        try:
+            data = await self._signed_data(delivery)
+            if data is None:
+                source.used -= 1
+                self._hold(delivery)
+                return session
+            if session is not None and (
+                session.broken or session.sent >= self.cfg.delivery.messages_per_connection
+            ):
+                await session.close()
+                session = None
+            if session is None:
+                try:
+                    session = await delivering.connect(
+                        self._target(lane),
+                        source_address=self._bind_address(source),
+                        helo_name=source.helo_name,
+                        timeouts=self._timeouts(),
+                    )
+                except delivering.DeliveryFailure as failure:
+                    source.used -= 1
+                    self._connection_failed(lane, delivery, failure.reply)
+                    return None
+            try:
+                reply = await session.send(
+                    sender=delivery.sender, recipient=delivery.recipient, data=data
+                )
+            except delivering.DeliveryFailure as failure:
+                self._count(source.address, "sent")
+                self._failed(delivery, failure.reply, source=source.address,
+                             provider=lane.provider, count_attempt=True)
+                await session.close()
+                return None
+            self._count(source.address, "sent")
+            if 200 <= reply.code < 300:
+                self._finish(
+                    delivery, "delivered", reply, verdict=hooks.Verdict.DELIVERED,
+                    source=source.address, provider=lane.provider,
+                )
+            else:
+                self._failed(delivery, reply, source=source.address, provider=lane.provider,
+                             count_attempt=True)
+            if session.broken:
+                await session.close()
+                return None
+            return session
+        finally:
+            self._inflight -= 1
+
+    def _connection_failed(self, lane: Lane, delivery: spool.Delivery, reply: hooks.Reply) -> None:
+        """Nobody answered: the whole lane would fail the same way, so all of it is retried."""
+        items = [delivery, *lane.queue.drain()]
+        self._queued[lane.address] -= len(items) - 1
+        for item in items:
+            self._failed(item, reply, source=lane.address, provider=lane.provider,
+                         count_attempt=True)
+
+    def _target(self, lane: Lane) -> delivering.Target:
+        d = self.cfg.delivery
+        if lane.route is None:
+            relay = d.relay
+            assert relay is not None
+            username = _read_secret(relay.username_file)
+            password = _read_secret(relay.password_file)
+            return delivering.Target(
+                hosts=((relay.host, relay.host),),
+                port=relay.port,
+                tls=relay.tls,
+                verify_certificate=relay.verify_certificate,
+                username=username,
+                password=password,
+            )
+        hosts = tuple((h.name, a) for h in lane.route.hosts for a in h.addresses)
+        return delivering.Target(
+            hosts=hosts,
+            port=d.smtp_port,
+            tls="opportunistic" if d.opportunistic_tls else "none",
+        )
+
+    def _bind_address(self, source: leases.Source) -> str | None:
+        if source.address == LOCAL_SOURCE:
+            return self.pod_ip
+        return source.address
+
+    def _timeouts(self) -> delivering.Timeouts:
+        return delivering.Timeouts(
+            connect=units.duration_seconds(self.cfg.delivery.connect_timeout),
+            command=units.duration_seconds(self.cfg.delivery.command_timeout),
+        )
+
+    async def _message_data(self, delivery: spool.Delivery) -> bytes | None:
+        data = self._data.get(delivery.message)
+        if data is None:
+            data = await self.spool.read_data(delivery.message)
+            if data is not None and self._data_bytes + len(data) <= DATA_CACHE_BYTES:
+                self._data[delivery.message] = data
+                self._data_bytes += len(data)
+        return data
+
+    async def _signed_data(self, delivery: spool.Delivery) -> bytes | None:
+        """The bytes to send: prepared by the hooks, then DKIM-signed (cached per message when
+        the hooks changed nothing). None when no key can sign it (the caller holds it)."""
+        data = await self._message_data(delivery)
+        if data is None:
+            raise RuntimeError(f"message {delivery.message} missing from the spool")
+        cls = self.cfg.class_named(delivery.class_name)
+        context = hooks.PrepareContext(
+            recipient=delivery.recipient,
+            sender=delivery.sender,
+            class_name=delivery.class_name,
+            bulk=cls.bulk if cls is not None else False,
+            message_id=str(delivery.message),
+        )
+        prepared = self.hooks.prepare(data, context)
+        signing_keys = self.keys.keys_for(delivery.from_domain)
+        if not signing_keys:
+            return None if self.cfg.dkim.require_signature else prepared
+        cacheable = prepared is data
+        if cacheable:
+            cached = self._signed.get(delivery.message)
+            if cached is not None and cached[0] == self.keys.version:
+                return cached[1]
+        loop = asyncio.get_running_loop()
+        timestamp = int(self.clock.wall())
+        started = self.clock.monotonic()
+        header = await loop.run_in_executor(
+            self._sign_pool, _sign, prepared, signing_keys, timestamp
+        )
+        self.metrics.dkim_sign.observe(self.clock.monotonic() - started)
+        if header is None:
+            return None
+        signed = header + prepared
+        if cacheable and self._remaining.get(delivery.message, 0) > 1:
+            self._signed[delivery.message] = (self.keys.version, signed)
+        return signed
+
+    # --- outcomes -------------------------------------------------------------------------
+
+    def _failed(
+        self,
+        delivery: spool.Delivery,
+        reply: hooks.Reply,
+        *,
+        source: str,
+        provider: str,
+        count_attempt: bool,
+    ) -> None:
+        classification = self.hooks.classify(reply)
+        if classification.verdict == hooks.Verdict.BOUNCED:
+            self._finish(
+                delivery, "bounced", reply, verdict=hooks.Verdict.BOUNCED, source=source,
+                provider=provider, classification=classification,
+            )
+            return
+        now = self.clock.wall()
+        if count_attempt:
+            delivery.attempts += 1
+        schedule = [units.duration_seconds(s) for s in self.cfg.retry.schedule]
+        next_attempt = now + scheduling.retry_delay(delivery.attempts, schedule)
+        max_age = scheduling.max_age_seconds(delivery.class_name, self.cfg)
+        delivery.last_response = str(reply)
+        if next_attempt >= delivery.created + max_age:
+            self._expire(delivery, str(reply), source=source, provider=provider)
+            return
+        delivery.next_attempt = next_attempt
+        delivery.state = "queued"
+        self.totals["deferred"] += 1
+        if source:
+            self._count(source, "deferred")
+        self.metrics.messages.labels("deferred", delivery.class_name, source, provider).inc()
+        self.spool.update(
+            [
+                spool.Update(
+                    delivery.id, delivery.message, "queued", delivery.attempts, next_attempt,
+                    str(reply),
+                )
+            ]
+        )
+        heapq.heappush(self._timers, (next_attempt, delivery.id, delivery))
+        self._observe(delivery, hooks.Verdict.DEFERRED, reply, classification, source, provider)
+        self._wake.set()
+
+    def _expire(
+        self, delivery: spool.Delivery, last: str | None, *, source: str = "", provider: str = ""
+    ) -> None:
+        reply = hooks.Reply(
+            554, f"message expired in queue; last answer: {last or 'none'}", "local", "4.4.7"
+        )
+        self._finish(delivery, "expired", reply, verdict=hooks.Verdict.EXPIRED, source=source,
+                     provider=provider)
+
+    def _finish(
+        self,
+        delivery: spool.Delivery,
+        state: spool.State,
+        reply: hooks.Reply,
+        *,
+        verdict: hooks.Verdict,
+        source: str,
+        provider: str,
+        classification: hooks.Classification | None = None,
+    ) -> None:
+        pending = self._pending.get(delivery.class_name, {})
+        if pending.pop(delivery.id, None) is None:
+            return
+        delivery.state = state
+        delivery.last_response = str(reply)
+        if state == "held":  # pragma: no cover - holds go through _hold
+            return
+        self.spool.update(
+            [
+                spool.Update(
+                    delivery.id, delivery.message, state, delivery.attempts,
+                    delivery.next_attempt, str(reply),
+                )
+            ]
+        )
+        result = verdict.value
+        self.totals[result if result != "suppressed" else "bounced"] += 1
+        if source:
+            kind = "delivered" if state == "delivered" else "bounced"
+            self._count(source, kind)
+        self.metrics.messages.labels(result, delivery.class_name, source, provider).inc()
+        if state == "delivered":
+            self.metrics.latency.labels(delivery.class_name).observe(
+                max(0.0, self.clock.wall() - delivery.created)
+            )
+        remaining = self._remaining[delivery.message] - 1
+        if remaining <= 0:
+            self._remaining.pop(delivery.message, None)
+            data = self._data.pop(delivery.message, None)
+            if data is not None:
+                self._data_bytes -= len(data)
+            self._signed.pop(delivery.message, None)
+        else:
+            self._remaining[delivery.message] = remaining
+        self._observe(delivery, verdict, reply, classification, source, provider)
+
+    def _observe(
+        self,
+        delivery: spool.Delivery,
+        verdict: hooks.Verdict,
+        reply: hooks.Reply | None,
+        classification: hooks.Classification | None,
+        source: str,
+        provider: str,
+    ) -> None:
+        try:
+            self.hooks.observe(
+                hooks.Outcome(
+                    delivery_id=delivery.id,
+                    recipient=delivery.recipient,
+                    domain=delivery.domain,
+                    class_name=delivery.class_name,
+                    source_ip=source,
+                    provider=provider,
+                    verdict=verdict,
+                    reply=reply,
+                    classification=classification,
+                    attempts=delivery.attempts,
+                )
+            )
+        except Exception:
+            log.exception("outcome observer failed")
+
+    def _roll_day(self) -> None:
+        day = self.clock.day()
+        if day != self.today.day:
+            self.today = DayCounts(day=day)
+
+    def _count(self, address: str, kind: str) -> None:
+        self._roll_day()
+        self.today.per_ip[(address, kind)] += 1
+        self.spool.update([], [spool.Count(self.today.day, address, kind)])
+
+    def record_complaint(self, address: str) -> None:
+        """For the feedback layer: a complaint about mail sent from `address` today."""
+        self._count(address, "complained")
+
+
+def _sign(
+    data: bytes, signing_keys: Sequence[dkim_signing.SigningKey], timestamp: int
+) -> bytes | None:
+    try:
+        return dkim_signing.sign_message(data, signing_keys, timestamp=timestamp)
+    except dkim_signing.DKIMSigningError:
+        return None
+
+
+def _read_secret(path: str | None) -> str | None:
+    if path is None:
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return handle.read().strip()
