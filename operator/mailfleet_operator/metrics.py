@@ -86,7 +86,9 @@ async def start_http_server(
 
     async def metrics(_request: web.Request) -> web.Response:
         body = await asyncio.to_thread(prometheus_client.generate_latest, REGISTRY)
-        return web.Response(body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST})
+        return web.Response(
+            body=body, headers={"Content-Type": prometheus_client.CONTENT_TYPE_LATEST}
+        )
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.Response(text="ok\n") if alive() else web.Response(status=503, text="dead\n")
@@ -104,8 +106,8 @@ async def start_http_server(
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server = site._server
     bound = port
-    if server is not None and getattr(server, "sockets", None):
-        bound = int(server.sockets[0].getsockname()[1])
+    for address in runner.addresses:  # the real port when 0 was asked for
+        bound = int(address[1])
+        break
     return runner, bound

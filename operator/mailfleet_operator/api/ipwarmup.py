@@ -33,7 +33,10 @@ OnViolation = Literal["Hold", "Rollback", "Pause"]
 Decision = Literal["Advance", "Hold", "Rollback", "Pause", "Complete"]
 
 READY = "Ready"
-CONDITION_TYPES = (READY,)
+PROGRESSING = "Progressing"
+HELD = "Held"
+COMPLETED = "Completed"
+CONDITION_TYPES = (READY, PROGRESSING, HELD, COMPLETED)
 
 TIMEZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
 
@@ -63,8 +66,8 @@ class Schedule(SpecModel):
         default=None,
         min_length=1,
         description=(
-            "Explicit daily quotas: day n allows steps[n-1]; after the last step the target "
-            "applies."
+            "Explicit daily quotas: day n allows steps[n-1]; the last step must reach the "
+            "target (a list that ends below it is refused by the operator)."
         ),
     )
 
@@ -129,8 +132,9 @@ class Safety(SpecModel):
     on_violation: OnViolation = Field(
         default="Hold",
         description=(
-            "What a failed gate (or a DNSBL listing) does: Hold repeats the day's quota, "
-            "Rollback goes back rollbackDays, Pause stops warm-up traffic until resumed."
+            "What a failed safety gate does: Hold repeats the day's quota, Rollback goes "
+            "back rollbackDays, Pause stops warm-up traffic until resumed. A DNSBL listing "
+            "of the IP always holds."
         ),
     )
     rollback_days: int = Field(

@@ -31,7 +31,7 @@ import dataclasses
 import datetime
 import hashlib
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import Any
 
 from mailfleet_operator.logic import domainauths, keys, records, rotating
 
@@ -160,22 +160,19 @@ def read_key_secret(secret: Mapping[str, Any], *, now: datetime.datetime) -> Key
     name = str(metadata.get("name", ""))
     selector = labels.get(LABEL_SELECTOR)
     try:
-        generation = int(labels.get(LABEL_GENERATION) or annotations.get(ANNOTATION_GENERATION))
-    except (TypeError, ValueError):
+        generation = int(str(labels.get(LABEL_GENERATION) or annotations[ANNOTATION_GENERATION]))
+    except (KeyError, TypeError, ValueError):
         return None
     if not selector:
         return None
     problems: list[str] = []
     algorithm_text = str(annotations.get(ANNOTATION_ALGORITHM, ""))
-    algorithm: keys.KeyAlgorithm = "rsa-2048"
-    if algorithm_text in keys.KEY_ALGORITHMS:
-        algorithm = cast(keys.KeyAlgorithm, algorithm_text)
-    else:
+    known: dict[str, keys.KeyAlgorithm] = {a: a for a in keys.KEY_ALGORITHMS}
+    algorithm: keys.KeyAlgorithm = known.get(algorithm_text, "rsa-2048")
+    if algorithm_text not in known:
         problems.append(f"annotation {ANNOTATION_ALGORITHM}={algorithm_text!r} is not an algorithm")
     algorithms_text = str(annotations.get(ANNOTATION_ALGORITHMS) or algorithm_text)
-    algorithms = tuple(
-        cast(keys.KeyAlgorithm, a) for a in algorithms_text.split(",") if a in keys.KEY_ALGORITHMS
-    ) or (algorithm,)
+    algorithms = tuple(known[a] for a in algorithms_text.split(",") if a in known) or (algorithm,)
     try:
         state = rotating.KeyState(annotations.get(ANNOTATION_STATE, ""))
     except ValueError:

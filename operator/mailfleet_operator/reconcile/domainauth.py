@@ -412,7 +412,9 @@ async def _record_transition(
             resources.SECRETS,
             name=secret.secret_name,
             namespace=namespace,
-            patch={"metadata": {"annotations": key_secrets.state_annotations(state=state, now=now)}},
+            patch={
+                "metadata": {"annotations": key_secrets.state_annotations(state=state, now=now)}
+            },
         )
 
 
