@@ -120,6 +120,7 @@ class Engine:
         self._turn = 0
         self._sign_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="dkim")
         self._inflight = 0
+        self._settled = asyncio.Event()
         self.totals: collections.Counter[str] = collections.Counter()
         self.today = DayCounts(day=clock_.day())
 
@@ -142,12 +143,14 @@ class Engine:
         self._wake.set()
         for lane in self._lanes.values():
             lane.event.set()
+        if self._inflight:
+            self._settled.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), timeout=grace)
+        for task in list(self._tasks):
+            task.cancel()
         if self._tasks:
-            _, pending = await asyncio.wait(set(self._tasks), timeout=grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=2)
+            await asyncio.wait(set(self._tasks), timeout=2)
         if self._run_task is not None:
             self._run_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -294,11 +297,6 @@ class Engine:
             source = self._pick_source(delivery.class_name)
             if source is None:
                 self._parked.append(delivery)
-                continue
-            if route is None and self.cfg.delivery.mode == "direct":
-                # Re-dispatch of a lane's items: the domain needs its own route again.
-                self._routing[delivery.domain].append(delivery)
-                self._wake.set()
                 continue
             lane = self._lane(source, route, delivery.domain)
             lane.queue.push(
@@ -471,18 +469,16 @@ class Engine:
         return bucket
 
     def _kick(self, lane: Lane) -> None:
+        """Wake idle connections, and open new ones while queued mail outnumbers the busy
+        ones (up to the lane's connection limit)."""
         lane.event.set()
         if self._halt or lane.closed:
             return
-        while lane.workers < lane.max_connections and len(lane.queue) > lane.idle + (
-            lane.workers - lane.idle
-        ) * 0:
-            if lane.idle and len(lane.queue) <= lane.idle:
-                break
+        busy = lane.workers - lane.idle
+        wanted = min(lane.max_connections, busy + len(lane.queue))
+        while lane.workers < wanted:
             lane.workers += 1
             self._spawn(self._worker(lane))
-            if len(lane.queue) <= lane.workers:
-                break
 
     def _evict(self, lane: Lane) -> None:
         """The lane's source is gone: its mail goes back through source choice."""
@@ -626,6 +622,8 @@ class Engine:
             return session
         finally:
             self._inflight -= 1
+            if not self._inflight:
+                self._settled.set()
 
     def _connection_failed(self, lane: Lane, delivery: spool.Delivery, reply: hooks.Reply) -> None:
         """Nobody answered: the whole lane would fail the same way, so all of it is retried."""
@@ -785,8 +783,6 @@ class Engine:
             return
         delivery.state = state
         delivery.last_response = str(reply)
-        if state == "held":  # pragma: no cover - holds go through _hold
-            return
         self.spool.update(
             [
                 spool.Update(

@@ -148,8 +148,8 @@ def select_headers(
 ) -> list[str]:
     """The `h=` list: each wanted header once per occurrence, plus one for oversigned ones."""
     counts: dict[str, int] = {}
-    for name, _ in fields:
-        text = name.decode("ascii", "replace")
+    for field_name, _ in fields:
+        text = field_name.decode("ascii", "replace")
         counts[text] = counts.get(text, 0) + 1
     names: list[str] = []
     for name in wanted:
@@ -161,8 +161,8 @@ def select_headers(
 def _signed_header_data(fields: Sequence[tuple[bytes, bytes]], names: Sequence[str]) -> bytes:
     """Canonical headers in `h=` order; repeated names take instances from the bottom up."""
     by_name: dict[bytes, list[bytes]] = {}
-    for name, raw in fields:
-        by_name.setdefault(name, []).append(raw)
+    for field_name, raw in fields:
+        by_name.setdefault(field_name, []).append(raw)
     out: list[bytes] = []
     for name in names:
         instances = by_name.get(name.encode("ascii"))

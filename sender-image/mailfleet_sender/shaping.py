@@ -32,10 +32,10 @@ from mailfleet_sender import bounces, units
 __all__ = [
     "DEFAULT_PROVIDER_RULES",
     "ProviderState",
+    "Shaper",
     "ShapingEvent",
     "ShapingRule",
     "ShapingRules",
-    "Shaper",
     "Transition",
 ]
 

@@ -92,8 +92,3 @@ cluster: the watched namespaces, de-duplicated.
 {{- define "mailfleet.watchedNamespaces" -}}
 {{- toJson (uniq .Values.watchNamespaces) }}
 {{- end }}
-
-{{/* Namespace of the ServiceMonitor, PodMonitor, PrometheusRule and dashboard objects. */}}
-{{- define "mailfleet.monitoringNamespace" -}}
-{{- default .Release.Namespace .namespace }}
-{{- end }}

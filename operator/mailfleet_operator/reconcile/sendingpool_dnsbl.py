@@ -43,9 +43,7 @@ def make_resolver(nameservers: Sequence[str], *, timeout: float) -> dns.asyncres
     return resolver
 
 
-async def is_listed(
-    resolver: dns.asyncresolver.Resolver, ip: str, zone: str
-) -> bool | None:
+async def is_listed(resolver: dns.asyncresolver.Resolver, ip: str, zone: str) -> bool | None:
     """True when listed, False when not, None when the blocklist did not answer."""
     try:
         await resolver.resolve(query_name(ip, zone), "A")

@@ -14,10 +14,10 @@ from mailfleet_sandbox.kube.resources import ResourceType
 JSON = dict[str, Any]
 
 SERVER_VERSION: JSON = {
-    "major": "1", "minor": "34", "gitVersion": "v1.34.0-mailfleet.sandbox",
+    "major": "1", "minor": "36", "gitVersion": "v1.36.0-mailfleet.sandbox",
     "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
     "buildDate": "2025-01-01T00:00:00Z", "goVersion": "go1.24.0", "compiler": "gc",
-    "platform": "linux/amd64", "emulationMajor": "1", "emulationMinor": "34",
+    "platform": "linux/amd64", "emulationMajor": "1", "emulationMinor": "36",
 }
 
 

@@ -132,7 +132,7 @@ def group_version_document(group_version: str, types: list[ResourceType]) -> JSO
             paths[f"{base}/{{name}}/status"] = {"get": _op(rt, "get"),
                                                 "put": _op(rt, "put", body=True),
                                                 "patch": _op(rt, "patch", patch=True)}
-    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.34.0"},
+    return {"openapi": "3.0.0", "info": {"title": "Kubernetes", "version": "v1.36.0"},
             "paths": paths, "components": {"schemas": components}}
 
 

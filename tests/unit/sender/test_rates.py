@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-
 from mailfleet_sender import bounces, rates
 
-O = rates.Outcome
+Out = rates.Outcome
 IP = "203.0.113.7"
 HOUR = 3600.0
 
@@ -17,7 +16,8 @@ def _counters() -> rates.RollingCounters:
 
 def _fill(counters: rates.RollingCounters, now: float, **counts: int) -> None:
     for name, count in counts.items():
-        counters.record(ip=IP, klass="marketing", outcome=O[name.upper()], now=now, count=count)
+        outcome = rates.Outcome[name.upper()]
+        counters.record(ip=IP, klass="marketing", outcome=outcome, now=now, count=count)
 
 
 def test_rates_follow_the_documented_definitions() -> None:
@@ -60,15 +60,15 @@ def test_events_age_out_of_each_window(age: float, in_1h: int, in_24h: int) -> N
     start = 100_000.0
     _fill(counters, start, delivered=10)
     now = start + age
-    assert counters.counts("ip", IP, "1h", now)[O.DELIVERED] == in_1h
-    assert counters.counts("ip", IP, "24h", now)[O.DELIVERED] == in_24h
+    assert counters.counts("ip", IP, "1h", now)[Out.DELIVERED] == in_1h
+    assert counters.counts("ip", IP, "24h", now)[Out.DELIVERED] == in_24h
 
 
 def test_counts_are_kept_per_ip_and_per_class() -> None:
     counters = _counters()
-    counters.record(ip="a", klass="transactional", outcome=O.DELIVERED, now=0.0)
-    counters.record(ip="b", klass="transactional", outcome=O.HARD_BOUNCE, now=0.0)
-    counters.record(ip="b", klass="marketing", outcome=O.DELIVERED, now=0.0)
+    counters.record(ip="a", klass="transactional", outcome=Out.DELIVERED, now=0.0)
+    counters.record(ip="b", klass="transactional", outcome=Out.HARD_BOUNCE, now=0.0)
+    counters.record(ip="b", klass="marketing", outcome=Out.DELIVERED, now=0.0)
     assert counters.keys("ip") == ["a", "b"]
     assert counters.counts("ip", "b", "1h", 0.0).bounce_rate == 0.5
     assert counters.counts("class", "transactional", "1h", 0.0).bounce_rate == 0.5
@@ -89,13 +89,13 @@ def test_snapshot_is_json_ready_for_stats() -> None:
 @pytest.mark.parametrize(
     ("code", "text", "expected"),
     [
-        (250, "ok", O.DELIVERED),
-        (550, "5.1.1 user unknown", O.HARD_BOUNCE),
-        (552, "5.2.2 mailbox full", O.SOFT_BOUNCE),
-        (452, "4.2.2 over quota", O.DEFERRED),
-        (421, "4.7.0 rate limited", O.THROTTLED),
-        (451, "4.7.1 blocked using bl.spamcop.net", O.DEFERRED),
-        (554, "5.7.1 blocked using zen.spamhaus.org", O.BLOCKED),
+        (250, "ok", Out.DELIVERED),
+        (550, "5.1.1 user unknown", Out.HARD_BOUNCE),
+        (552, "5.2.2 mailbox full", Out.SOFT_BOUNCE),
+        (452, "4.2.2 over quota", Out.DEFERRED),
+        (421, "4.7.0 rate limited", Out.THROTTLED),
+        (451, "4.7.1 blocked using bl.spamcop.net", Out.DEFERRED),
+        (554, "5.7.1 blocked using zen.spamhaus.org", Out.BLOCKED),
     ],
     ids=[
         "a delivery counts as delivered",
@@ -115,4 +115,4 @@ def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="bucket"):
         rates.RollingCounters(windows={"1m": 30.0}, bucket_seconds=60.0)
     with pytest.raises(ValueError, match="count"):
-        _counters().record(ip=IP, klass="m", outcome=O.DELIVERED, now=0.0, count=-1)
+        _counters().record(ip=IP, klass="m", outcome=Out.DELIVERED, now=0.0, count=-1)

@@ -7,7 +7,6 @@ import base64
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from mailfleet_sender import reports
 
 KEY = b"k" * 32
@@ -725,3 +724,31 @@ def test_a_base64_status_part_that_does_not_decode_is_refused() -> None:
     with pytest.raises(reports.ReportError) as caught:
         reports.parse_dsn(broken.encode())
     assert caught.value.reason in ("bad_encoding", "no_recipients")
+
+
+ORIGINAL = (
+    "Return-Path: <b-01HF2Z8M3QK-abcdefghijklm@bounce.example.com>\r\n"
+    "From: News <news@example.com>\r\nTo: someone@gmail.com\r\n"
+    "Message-ID: <0009.msg@example.com>\r\n"
+    f"{reports.TRACE_HEADER}: {TRACE_VALUE}\r\n\r\nHello\r\n"
+).encode()
+
+
+@pytest.mark.parametrize("headers_only", [True, False], ids=["headers only", "whole message"])
+def test_the_sandbox_simulators_reports_parse_and_match(headers_only: bool) -> None:
+    sandbox_reports = pytest.importorskip("mailfleet_sandbox.reports")
+    dsn = reports.parse_dsn(sandbox_reports.build_dsn(
+        ORIGINAL, "someone@gmail.com", "5.2.2", "smtp; 552 5.2.2 mailbox full",
+        headers_only=headers_only,
+    ))
+    assert [(r.final_recipient, r.action, r.status) for r in dsn.recipients] == [
+        ("someone@gmail.com", "failed", "5.2.2")
+    ]
+    assert dsn.trace is not None and reports.decode_trace(dsn.trace, KEY) == TRACE
+    arf = reports.parse_arf(sandbox_reports.build_arf(
+        ORIGINAL, source_ip="203.0.113.7", mail_from="b@bounce.example.com",
+        rcpt_to="someone@gmail.com", headers_only=headers_only,
+    ))
+    assert arf.feedback_type == "abuse"
+    assert arf.original_message_id == "<0009.msg@example.com>"
+    assert arf.trace is not None and reports.decode_trace(arf.trace, KEY) == TRACE

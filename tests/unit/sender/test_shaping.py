@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pydantic
 import pytest
-
 from mailfleet_sender import bounces, shaping
 
 THROTTLED = bounces.classify_reply(421, "4.7.0 [TSS04] temporarily deferred", provider="yahoo")

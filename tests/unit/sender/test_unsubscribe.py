@@ -7,7 +7,6 @@ import pathlib
 import urllib.parse
 
 import pytest
-
 from mailfleet_sender import unsubscribe
 
 KEY = b"s" * 32
@@ -126,7 +125,8 @@ def test_headers_follow_rfc_8058() -> None:
     names = [name for name, _ in headers]
     assert names == ["List-Unsubscribe", "List-Unsubscribe-Post"]
     assert dict(headers)["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    https, mailto = (part.strip().strip("<>") for part in dict(headers)["List-Unsubscribe"].split(","))
+    links = dict(headers)["List-Unsubscribe"].split(",")
+    https, mailto = (part.strip().strip("<>") for part in links)
     assert https.startswith("https://unsub.example.com/v1/unsubscribe/")
     assert mailto.startswith("mailto:unsubscribe@example.com?subject=")
     token = https.rsplit("/", 1)[1]

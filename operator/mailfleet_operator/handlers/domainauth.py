@@ -1,0 +1,130 @@
+"""kopf handlers for DomainAuth: thin, level-based, all calling the same reconcile.
+
+create, update (spec or annotations, e.g. `mailfleet.io/rotate`) and resume reconcile at
+once; a per-object daemon is the timer: it reconciles again when the last reconcile asked to
+(soon after a rotation step, at the verification interval otherwise, or exactly when an
+overlap ends). A per-object lock keeps the handlers and the daemon from overlapping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from typing import Any
+
+import kopf
+
+from mailfleet_operator import metrics
+from mailfleet_operator.api import common, domainauth
+from mailfleet_operator.kube import resources
+from mailfleet_operator.reconcile import context
+from mailfleet_operator.reconcile import domainauth as reconciler
+
+RESOURCE = (common.GROUP, common.VERSION, domainauth.PLURAL)
+
+
+@dataclasses.dataclass
+class _ObjectState:
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    wake: asyncio.Event = dataclasses.field(default_factory=asyncio.Event)
+    deadline: float = 0.0
+
+
+def _state(memo: Any) -> _ObjectState:
+    state = memo.get("domainauth_state")
+    if state is None:
+        state = _ObjectState()
+        memo.domainauth_state = state
+    assert isinstance(state, _ObjectState)
+    return state
+
+
+async def _run(memo: Any, *, namespace: str, name: str) -> None:
+    """One reconcile under the object's lock; schedules the next one."""
+    ctx: context.Context = memo.ctx
+    state = _state(memo)
+    loop = asyncio.get_running_loop()
+    async with state.lock:
+        try:
+            outcome = await reconciler.reconcile(ctx, namespace=namespace, name=name)
+        except Exception as error:
+            metrics.RECONCILE_ERRORS.labels(kind=domainauth.KIND, error=type(error).__name__).inc()
+            state.deadline = loop.time() + ctx.settings.error_delay
+            state.wake.set()
+            raise
+        state.deadline = loop.time() + outcome.requeue_after
+        state.wake.set()
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE)
+async def domainauth_changed(*, memo: Any, namespace: str | None, name: str, **_: Any) -> None:
+    try:
+        await _run(memo, namespace=namespace or "default", name=name)
+    except Exception as error:
+        raise kopf.TemporaryError(
+            f"reconcile failed: {type(error).__name__}: {error}",
+            delay=memo.ctx.settings.error_delay,
+        ) from error
+
+
+@kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
+async def domainauth_timer(
+    *, stopped: kopf.DaemonStopped, memo: Any, namespace: str | None, name: str, logger: Any,
+    **_: Any,
+) -> None:
+    state = _state(memo)
+    loop = asyncio.get_running_loop()
+    if state.deadline == 0.0:
+        state.deadline = loop.time() + memo.ctx.settings.step_delay
+    while not stopped:
+        remaining = state.deadline - loop.time()
+        if remaining > 0:
+            state.wake.clear()
+            await _sleep(stopped, state.wake, remaining)
+            continue
+        try:
+            await _run(memo, namespace=namespace or "default", name=name)
+        except Exception as error:  # logged and retried after error_delay; never fatal
+            logger.warning(f"reconcile failed: {type(error).__name__}: {error}")
+
+
+async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, seconds: float) -> None:
+    """Until `seconds` pass, a handler reconciled (wake), or the daemon is stopped."""
+    waiters = {
+        asyncio.ensure_future(wake.wait()),
+        asyncio.ensure_future(stopped.wait()),
+    }
+    try:
+        await asyncio.wait(waiters, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for waiter in waiters:
+            waiter.cancel()
+
+
+@kopf.on.delete(*RESOURCE)
+async def domainauth_deleted(
+    *, body: kopf.Body, memo: Any, namespace: str | None, name: str, **_: Any
+) -> None:
+    """Warn when pools still sign for the domain; remove the DNSEndpoint now (its Secrets go
+    by owner reference)."""
+    ctx: context.Context = memo.ctx
+    raw = dict(body)
+    pools = reconciler.referencing_pools(
+        await ctx.client.list(resources.SENDING_POOLS, namespace=namespace or "default"),
+        name=name,
+    )
+    if pools:
+        names = ", ".join(sorted(p["metadata"]["name"] for p in pools))
+        await ctx.client.post_event(
+            regarding=raw,
+            type_="Warning",
+            reason="StillReferenced",
+            message=(
+                f"deleted while SendingPool(s) {names} list it in spec.domains: they can no "
+                "longer sign for this domain"
+            ),
+            now=ctx.clock.now(),
+        )
+    await reconciler.delete_dns_endpoint(ctx, raw)

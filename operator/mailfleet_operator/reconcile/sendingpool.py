@@ -1,0 +1,1098 @@
+"""The SendingPool controller: gather, evaluate with pure functions, apply (DESIGN.md §4).
+
+One level-based cycle (`reconcile_pool`) serves create, update, resume and the timer. It:
+1. gathers the pool, its pods and nodes (passed in by the handler, from kopf indexes), the
+   DomainAuths it names, IPWarmups of the pool, the pods' stats and DNSBL listings;
+2. decides with pure code: replicas (`autoscaling`), IP holders (`assigning`), the rendered
+   config (`sender_config`), children (`children`), the breaker (`reputation`);
+3. applies: children (only when their content hash changed), lease grants and renewals to
+   the pods (`pod_admin`), drains, then one status patch when the status changed, and an
+   event per transition.
+
+Leases survive an operator restart through `status.ips[].pod`: a new holder is written there
+*before* its grant is sent (write-ahead), and a restarted operator assumes every recorded
+holder may hold its IP for a full lease from now. So a restart mid-failover waits at most one
+lease, and never hands an IP to a second pod.
+
+Per-pool memory (leases with expiries, stats samples, scale history) lives in this process;
+everything needed for safety is in the API, the rest is rebuilt within a few cycles.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+import secrets
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any, Literal
+
+from mailfleet_sender import units, wire
+from pydantic import ValidationError
+
+from mailfleet_operator import metrics
+from mailfleet_operator.api import domainauth as da
+from mailfleet_operator.api import ipwarmup as ipw
+from mailfleet_operator.api import sendingpool as sp
+from mailfleet_operator.api.common import describe_errors, dump_status
+from mailfleet_operator.kube import client as kube_client
+from mailfleet_operator.kube import resources
+from mailfleet_operator.logic import (
+    assigning,
+    autoscaling,
+    children,
+    conditions,
+    reputation,
+    sender_config,
+    throttle_division,
+)
+from mailfleet_operator.reconcile import context as ctx_module
+from mailfleet_operator.reconcile import pod_admin, sendingpool_dnsbl
+
+FENCED_ANNOTATION = "mailfleet.io/fenced-ips"
+RECONCILIATION_ANNOTATION = "mailfleet.io/reconciliation"  # "disabled" pauses (as CNPG)
+RESUME_ANNOTATION = "mailfleet.io/resume"
+BREAKER_ANNOTATION = "mailfleet.io/reputation-breaker"
+HASH_ANNOTATION = "mailfleet.io/applied-hash"
+PAUSED = "Paused"
+EventType = Literal["Normal", "Warning"]
+
+
+@dataclasses.dataclass
+class PoolMemory:
+    """What the operator remembers about one pool between cycles (process memory)."""
+
+    leases: dict[str, assigning.Lease] | None = None
+    generations: dict[str, int] = dataclasses.field(default_factory=dict)  # pod -> last sent
+    applied: dict[str, str] = dataclasses.field(default_factory=dict)  # child -> hash
+    token: str | None = None
+    stats: dict[str, wire.Stats] = dataclasses.field(default_factory=dict)
+    stats_at: datetime | None = None
+    samples: list[reputation.Sample] = dataclasses.field(default_factory=list)
+    scale_history: tuple[autoscaling.Recommendation, ...] = ()
+    active: int | None = None
+    listed: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    dnsbl_at: datetime | None = None
+    drained: set[str] = dataclasses.field(default_factory=set)  # pod uids asked to drain
+    leaving_since: dict[str, datetime] = dataclasses.field(default_factory=dict)
+    sts_replicas: int | None = None
+    domain_auths: dict[str, da.DomainAuth | None] = dataclasses.field(default_factory=dict)
+    quotas: dict[str, int | None] = dataclasses.field(default_factory=dict)
+    slow_at: datetime | None = None
+    slow_key: Any = None
+    lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+
+
+MEMORY: dict[str, PoolMemory] = {}
+
+
+def memory_for(uid: str) -> PoolMemory:
+    return MEMORY.setdefault(uid, PoolMemory())
+
+
+def forget(uid: str) -> None:
+    MEMORY.pop(uid, None)
+
+
+@dataclasses.dataclass(frozen=True)
+class World:
+    """Inputs the handler gathers from kopf's watch indexes (no API calls needed)."""
+
+    pods: Sequence[Mapping[str, Any]]
+    nodes: Mapping[str, Mapping[str, Any]]  # by name; a missing node is treated as NotReady
+
+
+# --- reading pods and nodes ---------------------------------------------------------------------
+
+
+def _parse_time(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def _condition(obj: Mapping[str, Any], type_: str) -> Mapping[str, Any] | None:
+    for cond in (obj.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == type_:
+            return dict(cond)
+    return None
+
+
+def node_ready(node: Mapping[str, Any] | None) -> bool:
+    if node is None:
+        return False
+    cond = _condition(node, "Ready")
+    return cond is not None and cond.get("status") == "True"
+
+
+def pod_view(
+    pod: Mapping[str, Any], *, nodes: Mapping[str, Mapping[str, Any]], leaving: bool
+) -> assigning.PodView:
+    meta = pod["metadata"]
+    ready_cond = _condition(pod, "Ready")
+    ready = ready_cond is not None and ready_cond.get("status") == "True"
+    since = None
+    if not ready:
+        since = _parse_time((ready_cond or {}).get("lastTransitionTime")) or _parse_time(
+            meta.get("creationTimestamp")
+        )
+    node_name = (pod.get("spec") or {}).get("nodeName")
+    return assigning.PodView(
+        name=meta["name"],
+        uid=meta.get("uid", ""),
+        ordinal=ordinal_of(meta["name"]),
+        ready=ready,
+        unready_since=since,
+        node_ready=node_ready(nodes.get(node_name)) if node_name else True,
+        terminating=bool(meta.get("deletionTimestamp")),
+        leaving=leaving,
+    )
+
+
+def ordinal_of(name: str) -> int:
+    tail = name.rsplit("-", 1)[-1]
+    return int(tail) if tail.isdigit() else 0
+
+
+def endpoint_of(pod: Mapping[str, Any], port: int) -> pod_admin.PodEndpoint | None:
+    ip = (pod.get("status") or {}).get("podIP")
+    return pod_admin.PodEndpoint(pod["metadata"]["name"], ip, port) if ip else None
+
+
+# --- the cycle ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Cycle:
+    """Per-cycle scratch: events to post and whether anything was written."""
+
+    events: list[tuple[EventType, str, str]] = dataclasses.field(default_factory=list)
+    writes: int = 0
+
+    def event(self, type_: EventType, reason: str, message: str) -> None:
+        self.events.append((type_, reason, message))
+
+
+def _hash(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+
+
+async def reconcile_pool(
+    ctx: ctx_module.Context,
+    admin: pod_admin.PodAdmin,
+    body: Mapping[str, Any],
+    world: World,
+) -> ctx_module.Outcome:
+    """One full cycle for one pool. Safe to call concurrently: cycles of a pool serialize."""
+    uid = body["metadata"]["uid"]
+    memory = memory_for(uid)
+    async with memory.lock:
+        return await _reconcile_locked(ctx, admin, body, world, memory)
+
+
+async def _reconcile_locked(
+    ctx: ctx_module.Context,
+    admin: pod_admin.PodAdmin,
+    body: Mapping[str, Any],
+    world: World,
+    memory: PoolMemory,
+) -> ctx_module.Outcome:
+    settings = ctx.settings
+    now = ctx.clock.now()
+    meta = body["metadata"]
+    name, namespace = meta["name"], meta.get("namespace") or "default"
+    annotations = meta.get("annotations") or {}
+    period = max(settings.lease_renew_interval / 2, 0.2)
+    cycle = Cycle()
+    old_status = dict(body.get("status") or {})
+    try:
+        spec = sp.SendingPoolSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        message = "; ".join(describe_errors(exc, prefix="spec"))[:2000]
+        verdicts = [conditions.Verdict(sp.READY, False, "InvalidSpec", message)]
+        await _write_status(ctx, body, old_status, {}, verdicts, now, cycle)
+        return ctx_module.Outcome(requeue_after=settings.error_delay)
+
+    frozen = annotations.get(RECONCILIATION_ANNOTATION, "").lower() == "disabled"
+    lease_settings = assigning.AssignmentSettings(
+        lease_duration=timedelta(seconds=settings.lease_duration),
+        renew_interval=timedelta(seconds=settings.lease_renew_interval),
+        unhealthy_after=units.parse_duration(spec.failover.unhealthy_after),
+        drain_on_blocklist=spec.failover.drain_on_blocklist,
+    )
+    skew = timedelta(seconds=settings.lease_clock_skew)
+    names = children.Names(name)
+    pods_by_name = {p["metadata"]["name"]: p for p in world.pods}
+
+    # Restart: rebuild leases from status, assuming each recorded holder holds a full lease.
+    if memory.leases is None:
+        memory.leases = _leases_from_status(old_status, pods_by_name, now, lease_settings, skew)
+
+    token = await _ensure_admin_secret(ctx, body, names, memory, cycle)
+
+    # --- gather: stats, DNSBL, DomainAuths, warm-ups -------------------------------------
+    http_port = spec.submission.http.port
+    if memory.stats_at is None or now - memory.stats_at >= timedelta(
+        seconds=settings.stats_interval
+    ):
+        await _read_stats(admin, world.pods, http_port, token, memory, now)
+    zones = spec.health_checks.dnsbl.zones
+    addresses = [ip.address for ip in spec.egress.ips]
+    if zones and (
+        memory.dnsbl_at is None
+        or now - memory.dnsbl_at >= units.parse_duration(spec.health_checks.dnsbl.interval)
+    ):
+        resolver = sendingpool_dnsbl.make_resolver(
+            settings.dns_nameservers, timeout=settings.dns_timeout
+        )
+        memory.listed = await sendingpool_dnsbl.check_ips(
+            resolver, addresses, zones, previous=memory.listed
+        )
+        memory.dnsbl_at = now
+    elif not zones:
+        memory.listed = {}
+    # DomainAuths and IPWarmups change slowly: re-read them with the stats, or on a spec change.
+    slow_key = (meta.get("generation"), tuple(spec.domains))
+    if (
+        memory.slow_key != slow_key
+        or memory.slow_at is None
+        or now - memory.slow_at >= timedelta(seconds=settings.stats_interval)
+    ):
+        memory.domain_auths = await _read_domain_auths(ctx, namespace, spec.domains)
+        memory.quotas = await _read_warmup_quotas(ctx, namespace, name)
+        memory.slow_at, memory.slow_key = now, slow_key
+    domain_auths, quotas = memory.domain_auths, memory.quotas
+
+    # --- decide replicas ----------------------------------------------------------------
+    active = _decide_active(spec, memory, now)
+    desired_total = active + spec.standby_replicas
+    if memory.sts_replicas is None:
+        sts = await ctx.client.get(
+            resources.STATEFUL_SETS, name=names.statefulset, namespace=namespace
+        )
+        memory.sts_replicas = int(((sts or {}).get("spec") or {}).get("replicas") or 0)
+    current_total = memory.sts_replicas
+    leaving = {
+        p["metadata"]["name"]
+        for p in world.pods
+        if ordinal_of(p["metadata"]["name"]) >= desired_total
+    }
+    for pod_name in list(memory.leaving_since):
+        if pod_name not in leaving:
+            del memory.leaving_since[pod_name]
+    for pod_name in leaving:
+        memory.leaving_since.setdefault(pod_name, now)
+    views = [
+        pod_view(p, nodes=world.nodes, leaving=p["metadata"]["name"] in leaving) for p in world.pods
+    ]
+
+    # --- decide IPs ---------------------------------------------------------------------
+    fenced = frozenset(
+        ip.strip()
+        for ip in annotations.get(FENCED_ANNOTATION, "").replace(";", ",").split(",")
+        if ip.strip()
+    )
+    plan = assigning.plan_assignment(
+        assigning.AssignmentInput(
+            ips=addresses,
+            pods=views,
+            leases=memory.leases,
+            now=now,
+            active_target=active,
+            listed=memory.listed,
+            fenced=fenced,
+            settings=lease_settings,
+        )
+    )
+    if frozen:
+        plan = _freeze(plan)
+
+    # --- breaker --------------------------------------------------------------------------
+    breaker = _run_breaker(spec, annotations, memory, now)
+    paused_classes = set(breaker.paused_classes)
+    pool_paused = spec.paused or breaker.pool_paused
+
+    # --- render config and children -----------------------------------------------------
+    holders = sum(1 for p in plan.pods if p.ips)
+    ready_active = sum(1 for v in views if v.ready and v.name not in leaving)
+    divisor = throttle_division.count_active_pods(
+        holders=holders,
+        ready_active=min(ready_active, active) if active else 0,
+        relay=spec.egress.mode == "relay" or not addresses,
+    )
+    rendered = sender_config.render_config(
+        sender_config.RenderInput(
+            name=name,
+            namespace=namespace,
+            spec=spec,
+            active_pods=divisor,
+            domain_auths=domain_auths,
+            generation=meta.get("generation"),
+            nameservers=tuple(_hostport(s) for s in settings.sender_nameservers),
+        )
+    )
+    # Scale-down: shrink the StatefulSet only past pods whose queue emptied (or timed out).
+    sts_replicas = desired_total
+    if current_total > desired_total:
+        pending = [
+            p
+            for p in leaving
+            if not _drained_enough(p, memory, plan, now, timedelta(seconds=settings.drain_timeout))
+        ]
+        if pending:
+            sts_replicas = max(ordinal_of(p) for p in pending) + 1
+    pool_objects = children.PoolObjects(
+        name=name,
+        namespace=namespace,
+        uid=meta["uid"],
+        replicas=sts_replicas,
+        secret_mounts=rendered.mounts,
+        default_image=settings.sender_image,
+    )
+    if not frozen:
+        for child in children.build_children(spec, pool_objects, config_yaml=rendered.text):
+            await _apply_child(ctx, child, memory, cycle)
+        memory.sts_replicas = sts_replicas
+
+    # --- apply leases ---------------------------------------------------------------------
+    if any(p.granted for p in plan.pods):
+        # Write-ahead: the new holders are in the API before any grant leaves.
+        await _write_ips(ctx, body, plan, quotas, memory, cycle)
+    class_names = [c.name for c in spec.classes]
+    await asyncio.gather(
+        *(
+            _send_assignment(
+                admin,
+                order,
+                pods_by_name.get(order.pod),
+                spec,
+                http_port,
+                token,
+                memory,
+                now,
+                lease_settings,
+                skew,
+                quotas,
+                allowed=[] if pool_paused else [c for c in class_names if c not in paused_classes],
+            )
+            for order in plan.pods
+            if order.send
+        )
+    )
+    memory.leases = assigning.forget_dead_leases(memory.leases, pods=views, now=now, keep=addresses)
+    await _drain(admin, plan, pods_by_name, http_port, token, memory)
+    for decision in plan.ips:
+        if decision.state is assigning.IPState.DRAINING and decision.reason == "HolderFailed":
+            pass  # counted on transition below
+
+    # --- status -------------------------------------------------------------------------
+    status = _build_status(spec, name, plan, views, leaving, memory, quotas, active)
+    verdicts = _verdicts(
+        spec,
+        plan,
+        rendered,
+        status,
+        breaker,
+        frozen,
+        sts_replicas,
+        desired_total,
+        active,
+        pool_paused,
+    )
+    _ip_events(old_status, status, cycle)
+    if breaker.newly_paused:
+        for scope in breaker.newly_paused:
+            metrics.POOL_PAUSES.labels(scope="pool" if scope == reputation.POOL else "class").inc()
+            cycle.event("Warning", "ReputationPaused", breaker.state.reasons.get(scope, scope))
+    for warning in breaker.warnings:
+        cycle.event("Warning", "ReputationWarning", warning.message)
+    if breaker.resumed:
+        cycle.event("Normal", "ReputationResumed", "sending resumed by annotation")
+    await _save_breaker(ctx, body, breaker, cycle)
+    await _write_status(ctx, body, old_status, status, verdicts, now, cycle)
+    for type_, reason, message in cycle.events:
+        try:
+            await ctx.client.post_event(
+                regarding=body,
+                type_=type_,
+                reason=reason,
+                message=message,  # type: ignore[arg-type]
+            )
+        except kube_client.ApiError:
+            pass  # events are best effort
+    return ctx_module.Outcome(requeue_after=period, changed=cycle.writes > 0)
+
+
+def _freeze(plan: assigning.AssignmentPlan) -> assigning.AssignmentPlan:
+    """Reconciliation disabled: keep holders and renew their leases, change nothing else."""
+    kept = tuple(
+        dataclasses.replace(
+            p, ips=tuple(a for a in p.ips if a not in p.granted), granted=(), revoked=()
+        )
+        for p in plan.pods
+    )
+    return dataclasses.replace(plan, pods=kept, drain=())
+
+
+def _hostport(text: str) -> tuple[str, int]:
+    if text.count(":") == 1:
+        host, port = text.split(":")
+        return host, int(port)
+    return text, 53
+
+
+def _leases_from_status(
+    status: Mapping[str, Any],
+    pods: Mapping[str, Mapping[str, Any]],
+    now: datetime,
+    lease_settings: assigning.AssignmentSettings,
+    skew: timedelta,
+) -> dict[str, assigning.Lease]:
+    leases = {}
+    for entry in status.get("ips") or []:
+        holder = entry.get("pod")
+        if not holder:
+            continue
+        pod = pods.get(holder)
+        leases[entry["address"]] = assigning.Lease(
+            address=entry["address"],
+            pod=holder,
+            pod_uid=(pod or {}).get("metadata", {}).get("uid", "") if pod else "",
+            expires_at=now + lease_settings.lease_duration + skew,
+        )
+    return leases
+
+
+async def _ensure_admin_secret(
+    ctx: ctx_module.Context,
+    body: Mapping[str, Any],
+    names: children.Names,
+    memory: PoolMemory,
+    cycle: Cycle,
+) -> str:
+    if memory.token:
+        return memory.token
+    namespace = body["metadata"].get("namespace") or "default"
+    current = await ctx.client.get(resources.SECRETS, name=names.admin_secret, namespace=namespace)
+    if current is None:
+        token = secrets.token_urlsafe(32)
+        pool = children.PoolObjects(
+            name=body["metadata"]["name"],
+            namespace=namespace,
+            uid=body["metadata"]["uid"],
+            replicas=0,
+        )
+        try:
+            await ctx.client.create(
+                resources.SECRETS,
+                namespace=namespace,
+                body=children.build_admin_secret(pool, token=token),
+            )
+            cycle.writes += 1
+            memory.token = token
+            return token
+        except kube_client.Conflict:
+            current = await ctx.client.get(
+                resources.SECRETS, name=names.admin_secret, namespace=namespace
+            )
+    data = (current or {}).get("data") or {}
+    string_data = (current or {}).get("stringData") or {}
+    if children.ADMIN_TOKEN_KEY in data:
+        import base64
+
+        memory.token = base64.b64decode(data[children.ADMIN_TOKEN_KEY]).decode()
+    else:
+        memory.token = string_data.get(children.ADMIN_TOKEN_KEY, "")
+    return memory.token or ""
+
+
+async def _read_stats(
+    admin: pod_admin.PodAdmin,
+    pods: Sequence[Mapping[str, Any]],
+    port: int,
+    token: str,
+    memory: PoolMemory,
+    now: datetime,
+) -> None:
+    async def one(pod: Mapping[str, Any]) -> tuple[str, str, wire.Stats | None]:
+        endpoint = endpoint_of(pod, port)
+        name, uid = pod["metadata"]["name"], pod["metadata"].get("uid", "")
+        if endpoint is None or _condition(pod, "Ready") is None:
+            return name, uid, None
+        try:
+            return name, uid, await admin.get_stats(endpoint, token=token)
+        except pod_admin.PodUnreachable:
+            return name, uid, None
+
+    results = await asyncio.gather(*(one(p) for p in pods))
+    fresh: dict[str, wire.Stats] = {}
+    for name, uid, stats in results:
+        if stats is None:
+            continue
+        fresh[name] = stats
+        sent = sum(ip.sent_today for ip in stats.ips)
+        bounced = sum(ip.bounced_today for ip in stats.ips)
+        complained = sum(ip.complained_today for ip in stats.ips)
+        memory.samples.append(
+            reputation.Sample(
+                now, uid, reputation.POOL, reputation.Counts(sent, bounced, complained)
+            )
+        )
+    memory.stats = fresh
+    memory.stats_at = now
+    memory.samples = reputation.prune_samples(memory.samples, now=now, window=timedelta(days=1))
+
+
+async def _read_domain_auths(
+    ctx: ctx_module.Context, namespace: str, wanted: Sequence[str]
+) -> dict[str, da.DomainAuth | None]:
+    found: dict[str, da.DomainAuth | None] = {}
+    for name in wanted:
+        raw = await ctx.client.get(resources.DOMAIN_AUTHS, name=name, namespace=namespace)
+        try:
+            found[name] = da.DomainAuth.model_validate(raw) if raw else None
+        except ValidationError:
+            found[name] = None
+    return found
+
+
+async def _read_warmup_quotas(
+    ctx: ctx_module.Context, namespace: str, pool: str
+) -> dict[str, int | None]:
+    """ip -> today's quota from the pool's IPWarmups (None: warm, no cap)."""
+    quotas: dict[str, int | None] = {}
+    try:
+        items = await ctx.client.list(resources.IP_WARMUPS, namespace=namespace)
+    except kube_client.ApiError:
+        return quotas
+    for raw in items:
+        try:
+            warmup = ipw.IPWarmup.model_validate(raw)
+        except ValidationError:
+            continue
+        if warmup.spec.pool_ref.name != pool or warmup.status is None:
+            continue
+        if warmup.status.phase in ("Completed", "Pending"):
+            continue
+        per_ip = {p.address: p.daily_quota for p in warmup.status.ips}
+        for address in warmup.spec.addresses or per_ip:
+            quotas[address] = per_ip.get(address, warmup.status.daily_quota)
+    return quotas
+
+
+def _decide_active(spec: sp.SendingPoolSpec, memory: PoolMemory, now: datetime) -> int:
+    if spec.autoscaling is None:
+        memory.active = spec.replicas
+        return spec.replicas
+    auto = spec.autoscaling
+    depth = sum(q.depth for s in memory.stats.values() for q in s.queues.values())
+    current = memory.active if memory.active is not None else auto.min_replicas
+    decision = autoscaling.decide_replicas(
+        current=current,
+        queue_depth=depth,
+        complete=len(memory.stats) >= current,
+        target_per_replica=auto.target_queue_per_replica,
+        min_replicas=auto.min_replicas,
+        max_replicas=auto.max_replicas,
+        history=memory.scale_history,
+        now=now,
+    )
+    memory.scale_history = decision.history
+    memory.active = decision.replicas
+    return decision.replicas
+
+
+def _drained_enough(
+    pod: str,
+    memory: PoolMemory,
+    plan: assigning.AssignmentPlan,
+    now: datetime,
+    timeout: timedelta,
+) -> bool:
+    """A leaving pod may go once it holds no IP and its queue is empty, or after the timeout."""
+    if now - memory.leaving_since.get(pod, now) >= timeout:
+        return True
+    holds = any(p.pod == pod and p.ips for p in plan.pods) or any(d.pod == pod for d in plan.ips)
+    stats = memory.stats.get(pod)
+    empty = stats is not None and sum(q.depth for q in stats.queues.values()) == 0
+    return not holds and empty
+
+
+def _run_breaker(
+    spec: sp.SendingPoolSpec, annotations: Mapping[str, str], memory: PoolMemory, now: datetime
+) -> reputation.BreakerOutcome:
+    state = _load_breaker(annotations.get(BREAKER_ANNOTATION, ""))
+    rep = spec.reputation
+    counts = reputation.window_counts(
+        memory.samples, now=now, window=units.parse_duration(rep.window), since=state.since
+    )
+    return reputation.run_breaker(
+        state,
+        counts,
+        warn_at=reputation.Thresholds(rep.warn_at.bounce_rate, rep.warn_at.complaint_rate),
+        pause_at=reputation.Thresholds(rep.pause_at.bounce_rate, rep.pause_at.complaint_rate),
+        min_messages=rep.min_messages,
+        resume_token=annotations.get(RESUME_ANNOTATION, ""),
+        now=now,
+    )
+
+
+def _load_breaker(text: str) -> reputation.BreakerState:
+    if not text:
+        return reputation.BreakerState()
+    try:
+        raw = json.loads(text)
+        return reputation.BreakerState(
+            paused=tuple(raw.get("paused", ())),
+            since=datetime.fromisoformat(raw["since"]) if raw.get("since") else None,
+            resume_token=raw.get("resumeToken", ""),
+            reasons=dict(raw.get("reasons", {})),
+        )
+    except (ValueError, TypeError, AttributeError):
+        return reputation.BreakerState()
+
+
+def _dump_breaker(state: reputation.BreakerState) -> str:
+    return json.dumps(
+        {
+            "paused": list(state.paused),
+            "since": state.since.isoformat() if state.since else None,
+            "resumeToken": state.resume_token,
+            "reasons": dict(state.reasons),
+        },
+        sort_keys=True,
+    )
+
+
+async def _save_breaker(
+    ctx: ctx_module.Context,
+    body: Mapping[str, Any],
+    breaker: reputation.BreakerOutcome,
+    cycle: Cycle,
+) -> None:
+    if not (breaker.newly_paused or breaker.resumed):
+        return
+    meta = body["metadata"]
+    await ctx.client.patch(
+        resources.SENDING_POOLS,
+        name=meta["name"],
+        namespace=meta.get("namespace"),
+        patch={"metadata": {"annotations": {BREAKER_ANNOTATION: _dump_breaker(breaker.state)}}},
+    )
+    cycle.writes += 1
+
+
+async def _apply_child(
+    ctx: ctx_module.Context, body: dict[str, Any], memory: PoolMemory, cycle: Cycle
+) -> None:
+    """Create or update an owned child; skipped when its content hash is unchanged."""
+    resource = {
+        "StatefulSet": resources.STATEFUL_SETS,
+        "Service": resources.SERVICES,
+        "ConfigMap": resources.CONFIG_MAPS,
+        "PodDisruptionBudget": resources.POD_DISRUPTION_BUDGETS,
+    }[body["kind"]]
+    meta = body["metadata"]
+    key = f"{body['kind']}/{meta['name']}"
+    digest = _hash(body)
+    if memory.applied.get(key) == digest:
+        return
+    meta.setdefault("annotations", {})[HASH_ANNOTATION] = digest
+    current = await ctx.client.get(resource, name=meta["name"], namespace=meta["namespace"])
+    if current is None:
+        try:
+            await ctx.client.create(resource, body=body, namespace=meta["namespace"])
+            cycle.writes += 1
+        except kube_client.Conflict:
+            return  # someone else created it: compare next cycle
+    elif (current["metadata"].get("annotations") or {}).get(HASH_ANNOTATION) != digest:
+        patch: dict[str, Any] = {
+            "metadata": {
+                "labels": meta["labels"],
+                "annotations": meta["annotations"],
+                "ownerReferences": meta["ownerReferences"],
+            },
+        }
+        for field in ("spec", "data"):
+            if field in body:
+                patch[field] = body[field]
+        if body["kind"] == "StatefulSet":
+            template = patch["spec"]["template"]["spec"]
+            for optional in ("nodeSelector", "tolerations"):
+                template.setdefault(optional, None)  # merge patch: null removes a dropped field
+        await ctx.client.patch(
+            resource, name=meta["name"], namespace=meta["namespace"], patch=patch
+        )
+        cycle.writes += 1
+    memory.applied[key] = digest
+
+
+async def _send_assignment(
+    admin: pod_admin.PodAdmin,
+    order: assigning.PodAssignment,
+    pod: Mapping[str, Any] | None,
+    spec: sp.SendingPoolSpec,
+    port: int,
+    token: str,
+    memory: PoolMemory,
+    now: datetime,
+    lease_settings: assigning.AssignmentSettings,
+    skew: timedelta,
+    quotas: Mapping[str, int | None],
+    *,
+    allowed: list[str],
+) -> None:
+    assert memory.leases is not None
+    expires = now + lease_settings.lease_duration
+    # Record first (in memory; new holders are already in status): an answer lost on the
+    # way back must not leave us with an expiry earlier than the pod's.
+    memory.leases = assigning.record_intent(
+        memory.leases,
+        order,
+        now=now,
+        settings=lease_settings,
+        request_timeout=timedelta(0),
+        skew=skew,
+    )
+    for address in order.ips:
+        lease = memory.leases.get(address)
+        if lease is not None and lease.pod == order.pod:
+            memory.leases[address] = dataclasses.replace(
+                lease, expires_at=max(lease.expires_at, expires + skew)
+            )
+    if pod is None:
+        return
+    endpoint = endpoint_of(pod, port)
+    if endpoint is None:
+        return
+    by_address = {ip.address: ip for ip in spec.egress.ips}
+    sent_today = _sent_today(memory)
+    generation = max(memory.generations.get(order.pod, 0) + 1, int(now.timestamp() * 1000))
+    memory.generations[order.pod] = generation
+    leases = []
+    for address in order.ips:
+        ip = by_address.get(address)
+        if ip is None:
+            continue
+        quota = quotas.get(address)
+        remaining = None if quota is None else max(0, quota - sent_today.get(address, 0))
+        classes = allowed if ip.classes is None else [c for c in ip.classes if c in allowed]
+        leases.append(
+            wire.Lease(
+                address=address,
+                helo_name=ip.helo_name,
+                expires_at=expires,
+                quota_remaining=remaining,
+                warmup=quota is not None,
+                lease_id=f"{order.pod_uid[:8]}-{generation}",
+                classes=None if classes == [c.name for c in spec.classes] else classes,
+            )
+        )
+    try:
+        answer = await admin.put_assignment(
+            endpoint, wire.Assignment(generation=generation, leases=leases), token=token
+        )
+    except pod_admin.PodUnreachable:
+        return
+    held = [lease.address for lease in answer.leases if lease.valid]
+    memory.leases = assigning.record_answer(
+        memory.leases,
+        order,
+        held=held,
+        answered_at=now,
+        settings=lease_settings,
+        skew=skew,
+    )
+    if order.granted:
+        metrics.POOL_LEASE_GRANTS.inc(len(set(order.granted) & set(held)))
+
+
+def _sent_today(memory: PoolMemory) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for stats in memory.stats.values():
+        for ip in stats.ips:
+            totals[ip.address] = totals.get(ip.address, 0) + ip.sent_today
+    return totals
+
+
+async def _drain(
+    admin: pod_admin.PodAdmin,
+    plan: assigning.AssignmentPlan,
+    pods: Mapping[str, Mapping[str, Any]],
+    port: int,
+    token: str,
+    memory: PoolMemory,
+) -> None:
+    """Ask each pod to drain with hand-off once (best effort: a dead pod cannot answer)."""
+    for name in plan.drain:
+        pod = pods.get(name)
+        if pod is None:
+            continue
+        uid = pod["metadata"].get("uid", "")
+        endpoint = endpoint_of(pod, port)
+        if uid in memory.drained or endpoint is None:
+            continue
+        try:
+            await admin.drain(endpoint, token=token)
+            memory.drained.add(uid)
+        except pod_admin.PodUnreachable:
+            pass
+
+
+def _build_status(
+    spec: sp.SendingPoolSpec,
+    name: str,
+    plan: assigning.AssignmentPlan,
+    views: Sequence[assigning.PodView],
+    leaving: set[str],
+    memory: PoolMemory,
+    quotas: Mapping[str, int | None],
+    active: int,
+) -> dict[str, Any]:
+    holders = {p.pod for p in plan.pods if p.ips}
+    has_ips = bool(spec.egress.ips)
+    staying = [v for v in views if v.name not in leaving]
+    if has_ips:
+        active_pods = [v for v in staying if v.name in holders]
+        standby = [v for v in staying if v.name not in holders and v.ready]
+    else:
+        active_pods = sorted(staying, key=lambda v: v.ordinal)[:active]
+        standby = [v for v in sorted(staying, key=lambda v: v.ordinal)[active:] if v.ready]
+    sent = _sent_today(memory)
+    queues: dict[str, tuple[int, float]] = {}
+    deliveries = {"delivered": 0, "deferred": 0, "bounced": 0, "complained": 0}
+    for stats in memory.stats.values():
+        for cls, q in stats.queues.items():
+            depth, age = queues.get(cls, (0, 0.0))
+            queues[cls] = (depth + q.depth, max(age, q.oldest_age_seconds))
+        deliveries["delivered"] += stats.today.delivered
+        deliveries["deferred"] += stats.today.deferred
+        deliveries["bounced"] += stats.today.bounced
+        deliveries["complained"] += sum(ip.complained_today for ip in stats.ips)
+    ips = [
+        sp.IPStatus(
+            address=d.address,
+            pod=d.pod,
+            state=d.state.value,
+            listed_on=list(d.listed_on),
+            quota_today=quotas.get(d.address),
+            sent_today=sent.get(d.address, 0),
+        )
+        for d in plan.ips
+    ]
+    status = sp.SendingPoolStatus(
+        replicas=len(active_pods),
+        ready_replicas=sum(1 for v in active_pods if v.ready),
+        standby_replicas=len(standby),
+        selector=children.selector_string(name),
+        ips=ips,
+        queue=[
+            sp.QueueStatus(class_name=c, depth=d, oldest_age_seconds=int(a))  # type: ignore[call-arg]
+            for c, (d, a) in sorted(queues.items())
+        ],
+        deliveries_24h=sp.Deliveries(**deliveries),  # type: ignore[call-arg]
+        active_ips=sum(1 for d in plan.ips if d.state is assigning.IPState.ACTIVE),
+        queue_depth=sum(d for d, _ in queues.values()),
+    )
+    data = dump_status(status)
+    data.pop("conditions", None)
+    data.pop("observedGeneration", None)
+    return data
+
+
+def _verdicts(
+    spec: sp.SendingPoolSpec,
+    plan: assigning.AssignmentPlan,
+    rendered: sender_config.Rendered,
+    status: Mapping[str, Any],
+    breaker: reputation.BreakerOutcome,
+    frozen: bool,
+    sts_replicas: int,
+    desired_total: int,
+    active: int,
+    pool_paused: bool,
+) -> list[conditions.Verdict]:
+    ready_pods = int(status.get("readyReplicas", 0))
+    degraded_reasons = list(plan.degraded_reasons)
+    if ready_pods < active and not plan.failing_over:
+        degraded_reasons.append(f"{ready_pods} of {active} active pods ready")
+    degraded_reasons.extend(w.message for w in breaker.warnings)
+    failing = conditions.Verdict(
+        sp.FAILING_OVER,
+        plan.failing_over,
+        "IPsMoving" if plan.failing_over else "NoFailover",
+        ", ".join(d.address for d in plan.ips if d.reason == "HolderFailed"),
+    )
+    degraded = conditions.Verdict(
+        sp.DEGRADED,
+        bool(degraded_reasons),
+        "CapacityReduced" if degraded_reasons else "FullCapacity",
+        "; ".join(degraded_reasons),
+    )
+    waiting = [
+        d for d in plan.ips if d.state in (assigning.IPState.STANDBY, assigning.IPState.DRAINING)
+    ]
+    progressing_reasons = []
+    if sts_replicas != desired_total:
+        progressing_reasons.append(
+            f"scaling down: waiting for pods to drain ({sts_replicas} -> {desired_total})"
+        )
+    if ready_pods < active:
+        progressing_reasons.append(f"{ready_pods}/{active} active pods ready")
+    if waiting:
+        progressing_reasons.append(f"{len(waiting)} IPs waiting for a holder")
+    progressing = conditions.Verdict(
+        sp.PROGRESSING,
+        bool(progressing_reasons),
+        "Reconciling" if progressing_reasons else "Complete",
+        "; ".join(progressing_reasons),
+    )
+    paused_scopes = ["pool" if s == reputation.POOL else f"class {s}" for s in breaker.state.paused]
+    if spec.paused:
+        paused_scopes.insert(0, "pool (spec.paused)")
+    paused = conditions.Verdict(
+        PAUSED,
+        bool(paused_scopes) or frozen,
+        "ReconciliationDisabled"
+        if frozen
+        else (
+            "ReputationBreaker"
+            if breaker.state.paused
+            else ("PausedBySpec" if spec.paused else "NotPaused")
+        ),
+        "; ".join([*paused_scopes, *breaker.state.reasons.values()])
+        + (
+            f"; resume with the annotation {RESUME_ANNOTATION}=<new value>"
+            if breaker.state.paused
+            else ""
+        ),
+    )
+    # Ready: named DomainAuth problems first (a user must see which one), then capacity.
+    if rendered.problems:
+        first = rendered.problems[0]
+        ready = conditions.Verdict(
+            sp.READY,
+            False,
+            first.reason,
+            "; ".join(p.message for p in rendered.problems)
+            + "; mail for these domains is held, not sent unsigned",
+        )
+    elif (
+        spec.egress.ips
+        and not any(d.state is assigning.IPState.ACTIVE for d in plan.ips)
+        and active > 0
+    ):
+        ready = conditions.Verdict(sp.READY, False, "NoActiveIP", "no egress IP is Active")
+    elif ready_pods < min(active, 1):
+        ready = conditions.Verdict(sp.READY, False, "NoReadyPod", "no active pod is ready")
+    else:
+        ready = conditions.Verdict(
+            sp.READY,
+            True,
+            "PoolReady",
+            f"{ready_pods}/{active} active pods ready, {status.get('activeIPs', 0)} IPs active"
+            + (" (paused)" if pool_paused else ""),
+        )
+    return [ready, degraded, failing, progressing, paused]
+
+
+def _ip_events(old: Mapping[str, Any], new: Mapping[str, Any], cycle: Cycle) -> None:
+    before = {e["address"]: e for e in old.get("ips") or []}
+    for entry in new.get("ips") or []:
+        prev = before.get(entry["address"], {})
+        state, pod = entry["state"], entry.get("pod")
+        if prev.get("state") == state and prev.get("pod") == pod:
+            continue
+        address = entry["address"]
+        if state == "Active":
+            cycle.event("Normal", "IPAssigned", f"IP {address} is active on pod {pod}")
+        elif state == "Draining":
+            metrics.POOL_FAILOVERS.labels(reason="HolderFailed").inc()
+            cycle.event(
+                "Warning",
+                "IPFailingOver",
+                f"IP {address} is leaving pod {pod}; it moves once released or expired",
+            )
+        elif state == "Blocklisted":
+            metrics.POOL_FAILOVERS.labels(reason="ListedOnDNSBL").inc()
+            cycle.event(
+                "Warning",
+                "IPBlocklisted",
+                f"IP {address} is listed on {', '.join(entry.get('listedOn', []))}: "
+                "no traffic until delisted",
+            )
+        elif state == "Unassigned":
+            cycle.event("Warning", "IPUnassigned", f"IP {address} has no pod")
+
+
+async def _write_ips(
+    ctx: ctx_module.Context,
+    body: Mapping[str, Any],
+    plan: assigning.AssignmentPlan,
+    quotas: Mapping[str, int | None],
+    memory: PoolMemory,
+    cycle: Cycle,
+) -> None:
+    """The write-ahead record of holders, before grants are sent."""
+    del quotas, memory
+    meta = body["metadata"]
+    ips = [
+        {"address": d.address, "pod": d.pod, "state": d.state.value, "listedOn": list(d.listed_on)}
+        for d in plan.ips
+    ]
+    await ctx.client.patch_status(
+        resources.SENDING_POOLS,
+        name=meta["name"],
+        namespace=meta.get("namespace"),
+        status={"ips": ips},
+    )
+    cycle.writes += 1
+
+
+async def _write_status(
+    ctx: ctx_module.Context,
+    body: Mapping[str, Any],
+    old: Mapping[str, Any],
+    status: dict[str, Any],
+    verdicts: Sequence[conditions.Verdict],
+    now: datetime,
+    cycle: Cycle,
+) -> None:
+    meta = body["metadata"]
+    from mailfleet_operator.api.common import Condition
+
+    existing = []
+    for raw in old.get("conditions") or []:
+        try:
+            existing.append(Condition.model_validate(raw))
+        except ValidationError:
+            continue
+    merged = conditions.set_conditions(
+        existing, verdicts, now=now, observed_generation=meta.get("generation")
+    )
+    new = dict(status)
+    new["conditions"] = [dump_status(c) for c in merged]
+    new["observedGeneration"] = meta.get("generation")
+    comparable_old = {k: v for k, v in old.items() if k in new}
+    if comparable_old == new:
+        return
+    changes = {
+        c.type: c
+        for c in merged
+        if not any(o.type == c.type and o.status == c.status for o in existing)
+    }
+    for cond in changes.values():
+        if cond.type in (sp.FAILING_OVER, sp.DEGRADED, PAUSED) and cond.status == "True":
+            cycle.event("Warning", cond.type, cond.message or cond.reason)
+        elif cond.type == sp.READY:
+            cycle.event(
+                "Normal" if cond.status == "True" else "Warning",
+                "Ready" if cond.status == "True" else "NotReady",
+                cond.message or cond.reason,
+            )
+    await ctx.client.patch_status(
+        resources.SENDING_POOLS, name=meta["name"], namespace=meta.get("namespace"), status=new
+    )
+    cycle.writes += 1

@@ -1,0 +1,78 @@
+"""Run the operator in-process: kopf plus the probe/metrics server, until a stop flag is set.
+
+Used by `mailfleet operator run` and by tests (tests/sandbox_fixtures/operator.py), which
+start and stop it as an asyncio task to simulate restarts. Handler modules are imported
+here (they register with kopf's default registry on import).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import logging
+
+import kopf
+
+from mailfleet_operator import handlers, metrics
+from mailfleet_operator import settings as settings_module
+from mailfleet_operator.kube import config as kube_config
+
+log = logging.getLogger(__name__)
+
+
+def load_handlers() -> None:
+    for module in handlers.HANDLER_MODULES:
+        importlib.import_module(module)
+
+
+async def run_operator(
+    settings: settings_module.Settings,
+    *,
+    stop_flag: asyncio.Event | None = None,
+    ready_flag: asyncio.Event | None = None,
+    clock: settings_module.Clock | None = None,
+    http_port_ready: asyncio.Future[int] | None = None,
+) -> None:
+    """Serve until `stop_flag` is set (or the task is cancelled, or a signal stops kopf)."""
+    load_handlers()
+    connection = kube_config.load_connection(settings.kubeconfig)
+    ready = ready_flag or asyncio.Event()
+    operator_task: asyncio.Task[None] | None = None
+
+    runner = None
+    if settings.http_port >= 0:
+        runner, port = await metrics.start_http_server(
+            host=settings.http_host,
+            port=settings.http_port,
+            ready=ready.is_set,
+            alive=lambda: operator_task is not None and not operator_task.done(),
+        )
+        log.info("probes and metrics listening", extra={"port": port})
+        if http_port_ready is not None:
+            http_port_ready.set_result(port)
+    memo = kopf.Memo(settings=settings, connection=connection, clock=clock)
+    if settings.all_namespaces:
+        scope: dict[str, object] = {"clusterwide": True}
+    else:
+        scope = {"namespaces": list(settings.namespaces) or [connection.default_namespace]}
+    if not settings.standalone:
+        # A peering name makes peering mandatory: replicas wait for the peering object
+        # rather than run unsupervised side by side.
+        scope.update(peering_name=settings.peering_name, priority=settings.priority)
+    try:
+        operator_task = asyncio.create_task(
+            kopf.operator(
+                standalone=settings.standalone,
+                stop_flag=stop_flag,
+                ready_flag=ready,
+                memo=memo,
+                **scope,  # type: ignore[arg-type]
+            )
+        )
+        await operator_task
+    finally:
+        if operator_task is not None and not operator_task.done():
+            operator_task.cancel()
+            await asyncio.gather(operator_task, return_exceptions=True)
+        if runner is not None:
+            await runner.cleanup()

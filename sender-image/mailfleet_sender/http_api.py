@@ -1,0 +1,288 @@
+"""The HTTP side of a sender (aiohttp): message submission for applications, and the probes,
+metrics and admin API for Kubernetes and the operator.
+
+- `POST /v1/messages` (API key as `Authorization: Bearer`): JSON (`wire.SubmitRequest`) or raw
+  RFC 5322 (`Content-Type: message/rfc822`, recipients in `to` query parameters). 202 once the
+  message is on disk; the same checks and codes as SMTP (`intake`), as HTTP statuses.
+- `/healthz` (the process serves), `/readyz` (it accepts mail), `/metrics`: unauthenticated,
+  for the kubelet and Prometheus.
+- `GET /v1/stats`, `GET|PUT /v1/assignment`, `POST /v1/drain`: admin token as Bearer.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+from typing import Protocol
+
+import pydantic
+from aiohttp import web
+
+from mailfleet_sender import intake, leases, messages, metrics, wire
+
+log = logging.getLogger(__name__)
+
+RAW_TYPES = ("message/rfc822", "text/plain", "application/octet-stream")
+
+
+class Backend(Protocol):
+    """What the HTTP layer needs from the service."""
+
+    intake: intake.Intake
+    metrics: metrics.Metrics
+
+    def stats(self) -> wire.Stats: ...
+
+    def assignment_status(self) -> wire.AssignmentStatus: ...
+
+    def assign(self, assignment: wire.Assignment) -> wire.AssignmentStatus: ...
+
+    def drain(self) -> None: ...
+
+    def ready(self) -> bool: ...
+
+    def api_keys(self) -> list[str]: ...
+
+    def admin_token(self) -> str | None: ...
+
+
+def _error(status: int, text: str, code: str = "") -> web.Response:
+    body = wire.ErrorResponse(error=text, code=code).model_dump(by_alias=True)
+    return web.json_response(body, status=status)
+
+
+def _bearer(request: web.Request) -> str | None:
+    header = request.headers.get("Authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value:
+        return value.strip()
+    return request.headers.get("X-API-Key")
+
+
+def _matches(supplied: str | None, accepted: list[str]) -> bool:
+    if supplied is None:
+        return False
+    found = False
+    for key in accepted:
+        # Compare with every key (no early exit) so timing does not reveal which one matched.
+        found |= hmac.compare_digest(supplied.encode(), key.encode())
+    return found
+
+
+def _rejection(rejection: messages.Rejection) -> web.Response:
+    return _error(rejection.http_status, rejection.text, f"{rejection.code} {rejection.enhanced}")
+
+
+class Api:
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+
+    # --- apps ---------------------------------------------------------------------------
+
+    def submission_routes(self) -> list[web.RouteDef]:
+        return [web.post("/v1/messages", self.post_message)]
+
+    def admin_routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/healthz", self.healthz),
+            web.get("/readyz", self.readyz),
+            web.get("/metrics", self.metrics),
+            web.get("/v1/stats", self.stats),
+            web.get("/v1/assignment", self.get_assignment),
+            web.put("/v1/assignment", self.put_assignment),
+            web.post("/v1/drain", self.post_drain),
+        ]
+
+    def app(self, *, submission: bool, admin: bool, max_body: int) -> web.Application:
+        application = web.Application(client_max_size=max_body)
+        routes: list[web.RouteDef] = []
+        if submission:
+            routes += self.submission_routes()
+        if admin:
+            routes += self.admin_routes()
+        application.add_routes(routes)
+        return application
+
+    # --- submission ---------------------------------------------------------------------
+
+    async def post_message(self, request: web.Request) -> web.Response:
+        keys = self.backend.api_keys()
+        if keys and not _matches(_bearer(request), keys):
+            self.backend.metrics.rejected.labels("http", "auth").inc()
+            return _error(401, "missing or invalid API key", "auth")
+        intake_ = self.backend.intake
+        if not intake_.accepting:
+            return _rejection(intake.DRAINING)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _rejection(messages.TOO_BIG)
+        content_type = request.content_type
+        if content_type == "application/json":
+            return await self._post_json(body)
+        if content_type in RAW_TYPES:
+            return await self._post_raw(request, body)
+        return _error(415, f"unsupported content type {content_type!r}", "content-type")
+
+    async def _post_json(self, body: bytes) -> web.Response:
+        intake_ = self.backend.intake
+        try:
+            payload = json.loads(body)
+        except (ValueError, UnicodeDecodeError) as exc:
+            return _error(400, f"malformed JSON: {exc}", "json")
+        try:
+            request = wire.SubmitRequest.model_validate(payload)
+        except pydantic.ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}"
+                for e in exc.errors()
+            )
+            return _error(400, problems, "invalid")
+        sender_address = _address_of(request.from_)
+        if sender_address is None:
+            return _error(400, "from: not an email address", "invalid")
+        for name, value in request.headers.items():
+            if not _header_ok(name, value):
+                return _error(400, f"headers.{name}: invalid header", "invalid")
+        recipients = []
+        for item in request.to:
+            address = _address_of(item)
+            if address is None:
+                return _error(400, f"to: {item!r} is not an email address", "invalid")
+            recipients.append(address)
+        try:
+            data = messages.build_message(
+                sender=request.from_,
+                to=request.to,
+                subject=request.subject,
+                text=request.text,
+                html=request.html,
+                headers=request.headers,
+                now=intake_.clock.wall(),
+                hostname=intake_.hostname,
+            )
+        except (ValueError, TypeError) as exc:
+            return _error(400, f"cannot build the message: {exc}", "invalid")
+        result = await intake_.submit(
+            sender=request.envelope_from or sender_address,
+            recipients=recipients,
+            data=data,
+            via="http",
+            class_name=request.class_,
+            tier=request.tier,
+        )
+        return self._answer(result)
+
+    async def _post_raw(self, request: web.Request, body: bytes) -> web.Response:
+        recipients = [
+            part.strip()
+            for value in request.query.getall("to", [])
+            for part in value.split(",")
+            if part.strip()
+        ]
+        if not recipients:
+            return _error(400, "raw submission needs recipients in ?to=", "invalid")
+        sender = request.query.get("from")
+        if sender is None:
+            split = messages.split_header_section(body)
+            fields = messages.header_fields(split[0]) if split else None
+            sender = ""
+            for name, raw in fields or []:
+                if name == "from":
+                    try:
+                        sender = _address_of(messages.header_value(raw)) or ""
+                    except UnicodeDecodeError:
+                        sender = ""
+                    break
+        result = await self.backend.intake.submit(
+            sender=sender,
+            recipients=recipients,
+            data=body,
+            via="http",
+            class_name=request.query.get("class"),
+            tier=request.query.get("tier"),
+        )
+        return self._answer(result)
+
+    def _answer(self, result: intake.Queued | messages.Rejection) -> web.Response:
+        if isinstance(result, messages.Rejection):
+            return _rejection(result)
+        body = wire.SubmitResponse(
+            id=str(result.spool_id), message_id=result.message_id, recipients=result.recipients
+        ).model_dump(by_alias=True)
+        return web.json_response(body, status=202)
+
+    # --- probes and metrics ------------------------------------------------------------
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.Response(text="ok\n")
+
+    async def readyz(self, request: web.Request) -> web.Response:
+        if self.backend.ready():
+            return web.Response(text="ready\n")
+        return web.Response(text="not ready\n", status=503)
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        return web.Response(
+            body=self.backend.metrics.render(),
+            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+        )
+
+    # --- admin ------------------------------------------------------------------------
+
+    def _admin_denied(self, request: web.Request) -> web.Response | None:
+        token = self.backend.admin_token()
+        if token is None or _matches(_bearer(request), [token]):
+            return None
+        return _error(401, "missing or invalid admin token", "auth")
+
+    async def stats(self, request: web.Request) -> web.Response:
+        denied = self._admin_denied(request)
+        if denied is not None:
+            return denied
+        return web.json_response(self.backend.stats().model_dump(mode="json", by_alias=True))
+
+    async def get_assignment(self, request: web.Request) -> web.Response:
+        denied = self._admin_denied(request)
+        if denied is not None:
+            return denied
+        status = self.backend.assignment_status()
+        return web.json_response(status.model_dump(mode="json", by_alias=True))
+
+    async def put_assignment(self, request: web.Request) -> web.Response:
+        denied = self._admin_denied(request)
+        if denied is not None:
+            return denied
+        try:
+            assignment = wire.Assignment.model_validate_json(await request.read())
+        except pydantic.ValidationError as exc:
+            return _error(400, str(exc), "invalid")
+        try:
+            status = self.backend.assign(assignment)
+        except leases.StaleAssignment as exc:
+            return _error(409, str(exc), "stale")
+        return web.json_response(status.model_dump(mode="json", by_alias=True))
+
+    async def post_drain(self, request: web.Request) -> web.Response:
+        denied = self._admin_denied(request)
+        if denied is not None:
+            return denied
+        self.backend.drain()
+        return web.json_response({"draining": True}, status=202)
+
+
+def _address_of(value: str) -> str | None:
+    import email.utils
+
+    _, address = email.utils.parseaddr(value)
+    return address if address and messages.is_address(address) else None
+
+
+def _header_ok(name: str, value: str) -> bool:
+    return (
+        bool(name)
+        and all(33 <= ord(c) <= 126 and c != ":" for c in name)
+        and "\r" not in value
+        and "\n" not in value
+    )

@@ -1,0 +1,146 @@
+"""Accepting a message, whichever protocol brought it: validate (`messages`), pick its class
+and tier, write it durably to the spool, hand it to the engine. Both submission protocols call
+`Intake.submit` and only render the verdict, so SMTP and HTTP accept exactly the same mail.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Sequence
+
+from mailfleet_sender import clock, config, dispatching, messages, metrics, spool
+
+log = logging.getLogger(__name__)
+
+DRAINING = messages.Rejection(421, "4.3.2", "Service is draining, try another instance", 503)
+SPOOL_FAILED = messages.Rejection(451, "4.3.0", "Temporary local problem, try again later", 503)
+NO_RECIPIENTS = messages.Rejection(554, "5.5.1", "No valid recipients")
+TOO_MANY_RECIPIENTS = messages.Rejection(452, "4.5.3", "Too many recipients", 400)
+
+
+@dataclasses.dataclass(frozen=True)
+class Queued:
+    """The message is on disk: what the client is told."""
+
+    spool_id: int
+    message_id: str
+    recipients: int
+
+
+class Intake:
+    def __init__(
+        self,
+        *,
+        cfg: config.SenderConfig,
+        spool_: spool.Spool,
+        engine: dispatching.Engine,
+        metric_set: metrics.Metrics,
+        clock_: clock.Clock,
+        hostname: str,
+    ) -> None:
+        self.cfg = cfg
+        self.spool = spool_
+        self.engine = engine
+        self.metrics = metric_set
+        self.clock = clock_
+        self.hostname = hostname
+        self.accepting = True
+
+    @property
+    def limits(self) -> messages.Limits:
+        s = self.cfg.submission
+        return messages.Limits(
+            max_message_bytes=s.max_message_size,
+            max_header_bytes=s.max_header_size,
+            max_recipients=s.max_recipients,
+        )
+
+    def check_recipient(self, address: str, count_so_far: int) -> messages.Rejection | None:
+        """RCPT-time check (SMTP) and per-recipient check (HTTP)."""
+        if count_so_far >= self.cfg.submission.max_recipients:
+            return TOO_MANY_RECIPIENTS
+        if not messages.is_address(address):
+            return messages.Rejection(553, "5.1.3", f"Bad recipient address syntax: {address!r}")
+        return None
+
+    def check_class(self, class_name: str | None, tier: str | None) -> messages.Rejection | None:
+        if class_name is not None and self.cfg.class_named(class_name) is None:
+            return messages.Rejection(550, "5.7.1", f"Unknown message class {class_name!r}")
+        if tier is not None and not messages.is_token(tier):
+            return messages.Rejection(550, "5.7.1", "Engagement tier must be a short token")
+        return None
+
+    async def submit(
+        self,
+        *,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        via: str,
+        class_name: str | None = None,
+        tier: str | None = None,
+    ) -> Queued | messages.Rejection:
+        """Validate and spool one message; the result is known only once it is on disk."""
+        verdict = self._check(sender, recipients, data, class_name, tier)
+        if isinstance(verdict, messages.Rejection):
+            self.metrics.rejected.labels(via, verdict.enhanced).inc()
+            return verdict
+        accepted, chosen_class, chosen_tier = verdict
+        new = spool.NewMessage(
+            sender=sender,
+            recipients=tuple(messages.normalize_address(r) for r in recipients),
+            data=accepted.data,
+            from_domain=accepted.from_domain,
+            message_id=accepted.message_id,
+            class_name=chosen_class,
+            tier=chosen_tier,
+            created=self.clock.wall(),
+        )
+        try:
+            deliveries = await self.spool.submit(new)
+        except spool.SpoolError:
+            log.exception("spool write failed")
+            self.metrics.rejected.labels(via, "spool").inc()
+            return SPOOL_FAILED
+        self.engine.add(deliveries, data=accepted.data)
+        self.metrics.accepted.labels(via, chosen_class).inc()
+        self.engine.totals["accepted"] += 1
+        return Queued(
+            spool_id=deliveries[0].message if deliveries else 0,
+            message_id=accepted.message_id,
+            recipients=len(deliveries),
+        )
+
+    def _check(
+        self,
+        sender: str,
+        recipients: Sequence[str],
+        data: bytes,
+        class_name: str | None,
+        tier: str | None,
+    ) -> tuple[messages.Accepted, str, str | None] | messages.Rejection:
+        if not self.accepting:
+            return DRAINING
+        if not recipients:
+            return NO_RECIPIENTS
+        if len(recipients) > self.cfg.submission.max_recipients:
+            return TOO_MANY_RECIPIENTS
+        for address in recipients:
+            if not messages.is_address(address):
+                return messages.Rejection(
+                    553, "5.1.3", f"Bad recipient address syntax: {address!r}"
+                )
+        if sender and not messages.is_address(sender):
+            return messages.Rejection(553, "5.1.7", f"Bad sender address syntax: {sender!r}")
+        verdict = messages.check_message(
+            data, limits=self.limits, now=self.clock.wall(), hostname=self.hostname
+        )
+        if isinstance(verdict, messages.Rejection):
+            return verdict
+        chosen_class = class_name or verdict.class_name or self.cfg.default_class
+        chosen_tier = tier or verdict.tier
+        problem = self.check_class(chosen_class, chosen_tier)
+        if problem is not None:
+            return problem
+        return verdict, chosen_class, chosen_tier

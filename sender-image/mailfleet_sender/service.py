@@ -1,0 +1,446 @@
+"""Lifecycle of one sender: start, reload, drain, stop. Protocol code lives elsewhere; this
+module builds the parts from the config and keeps them in step.
+
+- Start: the config must be valid (the pod fails fast otherwise); the spool is opened and its
+  pending mail re-queued; no source IP is held until the operator grants leases.
+- Reload: the config file is polled (mtime/inode/size of the resolved path, which catches the
+  kubelet's `..data` symlink swap) together with the DKIM key files. A file that does not
+  parse or validate keeps the last good config running; the error is logged, counted
+  (`mailfleet_sender_config_valid` 0) and shown as `configError` in /v1/stats.
+- Drain (`POST /v1/drain`): refuse new mail, keep delivering what is queued.
+- Stop (SIGTERM): refuse new mail, give open SMTP transactions and outbound deliveries the
+  grace period, then close the spool cleanly. Anything undelivered stays in the spool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import logging
+import os
+import signal
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client.core import GaugeMetricFamily
+
+from mailfleet_sender import (
+    clock,
+    config,
+    dispatching,
+    hooks,
+    http_api,
+    intake,
+    keys,
+    leases,
+    metrics,
+    mx,
+    spool,
+    submission_smtp,
+    units,
+    wire,
+)
+from mailfleet_sender.metrics import gauge
+
+log = logging.getLogger(__name__)
+
+RELOAD_INTERVAL = 1.0
+"""How often the config and key files are checked for changes."""
+DEFAULT_GRACE = 25.0
+"""Seconds SIGTERM waits for in-flight transactions (under Kubernetes' default 30 s)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Identity:
+    """Who this pod is, from the downward API (POD_NAME, POD_IP)."""
+
+    pod_name: str
+    pod_ip: str | None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Identity:
+        return cls(
+            pod_name=env.get("POD_NAME") or socket.gethostname(),
+            pod_ip=env.get("POD_IP") or None,
+        )
+
+
+def _file_stamp(path: Path) -> tuple[str, int, int, int] | None:
+    try:
+        real = os.path.realpath(path)
+        st = os.stat(real)
+    except OSError:
+        return None
+    return (real, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _read_lines(path: str | None) -> list[str]:
+    if path is None:
+        return []
+    with open(path, encoding="utf-8") as handle:
+        return [line.strip() for line in handle if line.strip() and not line.startswith("#")]
+
+
+class Service:
+    """One sender: `await start()`, then `await wait_stopped()`; `request_stop()` from signals."""
+
+    def __init__(
+        self,
+        config_path: str | Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        clock_: clock.Clock | None = None,
+        hook_set: hooks.Hooks | None = None,
+        grace: float = DEFAULT_GRACE,
+    ) -> None:
+        self.config_path = Path(config_path)
+        self.identity = Identity.from_env(os.environ if env is None else env)
+        self.clock = clock_ or clock.Clock()
+        self.hooks = hook_set or hooks.Hooks()
+        self.grace = grace
+        self.metrics = metrics.Metrics()
+        self.cfg, self.config_hash = config.load_config(self.config_path)
+        self.config_error: str | None = None
+        self._config_stamp = _file_stamp(self.config_path)
+        self.metrics.config_valid.set(1)
+        self.clock.day_length = units.duration_seconds(self.cfg.clock.day_length)
+        self.hostname = self.cfg.submission.hostname or self.identity.pod_name
+        self.keys = keys.KeyStore()
+        self.leases = leases.LeaseTable()
+        self.draining = False
+        self.stopping = False
+        self._stopped = asyncio.Event()
+        self._stop_requested = asyncio.Event()
+        self._runners: list[web.AppRunner] = []
+        self._reload_task: asyncio.Task[None] | None = None
+        self._api_keys: list[str] = []
+        self._admin_token: str | None = None
+        self.http_port = 0
+        self.admin_port = 0
+        self.spool: spool.Spool
+        self.engine: dispatching.Engine
+        self.intake: intake.Intake
+        self.smtp: submission_smtp.SMTPServer
+
+    # --- start ----------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        self._load_secrets(cfg)
+        self.keys.configure(cfg.dkim.domains)
+        self.spool = spool.Spool.open(cfg.spool_dir, sync=cfg.spool_sync)
+        self.engine = dispatching.Engine(
+            cfg=cfg,
+            spool_=self.spool,
+            resolver=self._resolver(cfg),
+            keystore=self.keys,
+            lease_table=self.leases,
+            hook_set=self.hooks,
+            metric_set=self.metrics,
+            clock_=self.clock,
+            pod_ip=self.identity.pod_ip,
+            hostname=self.hostname,
+        )
+        pending = self.spool.load_pending()
+        self.engine.load(pending)
+        self.spool.start()
+        self.engine.start()
+        self.intake = intake.Intake(
+            cfg=cfg,
+            spool_=self.spool,
+            engine=self.engine,
+            metric_set=self.metrics,
+            clock_=self.clock,
+            hostname=self.hostname,
+        )
+        self.metrics.attach(self._collect)
+        self.smtp = submission_smtp.SMTPServer(cfg.submission, self.intake, self.hostname)
+        await self.smtp.start()
+        await self._start_http(cfg)
+        self._reload_task = asyncio.create_task(self._watch(), name="config-watch")
+        log.info(
+            "sender started",
+            extra={
+                "pod": self.identity.pod_name,
+                "pending": len(pending),
+                "smtp_port": self.smtp.port,
+                "http_port": self.http_port,
+            },
+        )
+
+    def _resolver(self, cfg: config.SenderConfig) -> mx.MXResolver:
+        resolver = mx.make_resolver(
+            [(n.address, n.port) for n in cfg.dns.nameservers],
+            timeout=units.duration_seconds(cfg.dns.timeout),
+        )
+        return mx.MXResolver(
+            resolver,
+            min_ttl=units.duration_seconds(cfg.dns.min_ttl),
+            max_ttl=units.duration_seconds(cfg.dns.max_ttl),
+        )
+
+    async def _start_http(self, cfg: config.SenderConfig) -> None:
+        api = http_api.Api(self)
+        s = cfg.submission
+        max_body = s.max_message_size * 2 + 64 * 1024  # JSON escaping can double the size
+        split = s.admin_port is not None
+        main = api.app(submission=True, admin=not split, max_body=max_body)
+        self.http_port = await self._serve(main, s.listen_address, s.http_port)
+        if split:
+            admin = api.app(submission=False, admin=True, max_body=1024 * 1024)
+            self.admin_port = await self._serve(admin, s.listen_address, s.admin_port or 0)
+        else:
+            self.admin_port = self.http_port
+
+    async def _serve(self, app: web.Application, host: str, port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        self._runners.append(runner)
+        server = site._server
+        assert server is not None
+        sockets = getattr(server, "sockets", None) or []
+        return int(sockets[0].getsockname()[1]) if sockets else port
+
+    def _load_secrets(self, cfg: config.SenderConfig) -> None:
+        self._api_keys = _read_lines(cfg.submission.api_key_file)
+        tokens = _read_lines(cfg.admin_token_file)
+        self._admin_token = tokens[0] if tokens else None
+        if cfg.admin_token_file is not None and self._admin_token is None:
+            raise config.ConfigError(f"admin token file {cfg.admin_token_file} is empty")
+
+    # --- reload ---------------------------------------------------------------------------
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(RELOAD_INTERVAL)
+            try:
+                self.check_reload()
+            except Exception:
+                log.exception("reload check failed")
+
+    def check_reload(self) -> bool:
+        """Reload the config if its file changed, and any changed key file; True on reload."""
+        if self.keys.refresh():
+            self.engine.keys_changed()
+        stamp = _file_stamp(self.config_path)
+        if stamp == self._config_stamp:
+            return False
+        self._config_stamp = stamp
+        try:
+            cfg, digest = config.load_config(self.config_path)
+            self._load_secrets(cfg)
+        except (config.ConfigError, OSError) as exc:
+            self.config_error = str(exc)
+            self.metrics.config_valid.set(0)
+            self.metrics.config_reload_failures.inc()
+            log.error("config reload refused; keeping the last good config",
+                      extra={"error": str(exc), "path": str(self.config_path)})
+            return False
+        if digest == self.config_hash and self.config_error is None:
+            return False
+        self._apply(cfg)
+        self.config_hash = digest
+        self.config_error = None
+        self.metrics.config_valid.set(1)
+        self.metrics.config_reloads.inc()
+        log.info("config reloaded", extra={"generation": cfg.generation, "hash": digest})
+        return True
+
+    def _apply(self, cfg: config.SenderConfig) -> None:
+        old = self.cfg
+        restart_needed = [
+            name
+            for name, before, after in (
+                ("spoolDir", old.spool_dir, cfg.spool_dir),
+                ("submission.smtpPort", old.submission.smtp_port, cfg.submission.smtp_port),
+                ("submission.httpPort", old.submission.http_port, cfg.submission.http_port),
+                ("submission.adminPort", old.submission.admin_port, cfg.submission.admin_port),
+            )
+            if before != after
+        ]
+        if restart_needed:
+            log.warning("config change needs a restart to apply", extra={"fields": restart_needed})
+        self.cfg = cfg
+        self.keys.configure(cfg.dkim.domains)
+        if old.dns != cfg.dns:
+            self.engine.resolver = self._resolver(cfg)
+        self.engine.reconfigure(cfg)
+        self.engine.keys_changed()
+        self.intake.cfg = cfg
+        self.smtp.reload(cfg.submission)
+
+    # --- leases and stats -----------------------------------------------------------------
+
+    def assign(self, assignment: wire.Assignment) -> wire.AssignmentStatus:
+        sent = {addr: n for (addr, kind), n in self.engine.counts_today().per_ip.items()
+                if kind == "sent"}
+        change = self.leases.apply(assignment, now=self.clock.wall(), sent_today=sent)
+        log.info(
+            "assignment applied",
+            extra={"generation": assignment.generation, "granted": change.granted,
+                   "revoked": change.revoked},
+        )
+        self.engine.sources_changed(change.revoked)
+        return self.assignment_status()
+
+    def assignment_status(self) -> wire.AssignmentStatus:
+        now = self.clock.wall()
+        counts = self.engine.counts_today()
+        return wire.AssignmentStatus(
+            pod=self.identity.pod_name,
+            generation=self.leases.generation,
+            day=counts.day,
+            leases=[
+                wire.LeaseStatus(
+                    address=s.address,
+                    helo_name=s.helo_name,
+                    lease_id=s.lease_id,
+                    expires_at=datetime.datetime.fromtimestamp(s.expires_at, datetime.UTC),
+                    valid=s.valid(now),
+                    warmup=s.warmup,
+                    quota_remaining=s.quota_left(),
+                    sent_today=counts.per_ip.get((s.address, "sent"), 0),
+                )
+                for s in self.leases.sources.values()
+            ],
+        )
+
+    def stats(self) -> wire.Stats:
+        counts = self.engine.counts_today()
+        addresses = sorted({a for a, _ in counts.per_ip} | set(self.leases.sources))
+        ips = []
+        for address in addresses:
+            source = self.leases.get(address)
+            ips.append(
+                wire.IPStats(
+                    address=address,
+                    sent_today=counts.per_ip.get((address, "sent"), 0),
+                    delivered_today=counts.per_ip.get((address, "delivered"), 0),
+                    bounced_today=counts.per_ip.get((address, "bounced"), 0),
+                    deferred_today=counts.per_ip.get((address, "deferred"), 0),
+                    complained_today=counts.per_ip.get((address, "complained"), 0),
+                    quota_remaining=source.quota_left() if source else None,
+                    lease_expires_at=(
+                        datetime.datetime.fromtimestamp(source.expires_at, datetime.UTC)
+                        if source
+                        else None
+                    ),
+                )
+            )
+        today = wire.Totals(
+            delivered=sum(n for (_, k), n in counts.per_ip.items() if k == "delivered"),
+            deferred=sum(n for (_, k), n in counts.per_ip.items() if k == "deferred"),
+            bounced=sum(n for (_, k), n in counts.per_ip.items() if k == "bounced"),
+        )
+        totals = self.engine.totals
+        return wire.Stats(
+            pod=self.identity.pod_name,
+            pool=self.cfg.pool,
+            config_generation=self.cfg.generation,
+            config_hash=self.config_hash,
+            config_error=self.config_error,
+            day=counts.day,
+            draining=self.draining,
+            queues={
+                name: wire.QueueStats(depth=depth, oldest_age_seconds=age, held=held)
+                for name, (depth, age, held) in self.engine.queue_stats().items()
+            },
+            ips=ips,
+            totals=wire.Totals(
+                accepted=totals["accepted"],
+                delivered=totals["delivered"],
+                deferred=totals["deferred"],
+                bounced=totals["bounced"],
+                expired=totals["expired"],
+            ),
+            today=today,
+        )
+
+    def _collect(self) -> list[GaugeMetricFamily]:
+        depth = gauge("queue_depth", "Deliveries not yet final, per class.", ["class"])
+        oldest = gauge("queue_oldest_age_seconds", "Age of the oldest pending delivery.", ["class"])
+        for name, (n, age, _) in self.engine.queue_stats().items():
+            depth.add_metric([name], n)
+            oldest.add_metric([name], age)
+        quota = gauge("ip_quota_remaining", "Messages a leased IP may still send today.", ["ip"])
+        sent = gauge("ip_sent_today", "Messages sent from an IP this quota day.", ["ip"])
+        counts = self.engine.counts_today()
+        for source in self.leases.sources.values():
+            left = source.quota_left()
+            quota.add_metric([source.address], -1 if left is None else left)
+        for (address, kind), n in counts.per_ip.items():
+            if kind == "sent":
+                sent.add_metric([address], n)
+        draining = gauge("draining", "1 while the sender refuses new mail.", [])
+        draining.add_metric([], 1 if self.draining else 0)
+        return [depth, oldest, quota, sent, draining]
+
+    # --- Backend protocol for the HTTP API -----------------------------------------------
+
+    def api_keys(self) -> list[str]:
+        return self._api_keys
+
+    def admin_token(self) -> str | None:
+        return self._admin_token
+
+    def ready(self) -> bool:
+        return self.intake.accepting and not self.stopping
+
+    def drain(self) -> None:
+        """Refuse new mail from now on; queued mail keeps going out."""
+        if not self.draining:
+            log.info("draining")
+        self.draining = True
+        self.intake.accepting = False
+        self.smtp.close_listener()
+
+    # --- stop -----------------------------------------------------------------------------
+
+    def request_stop(self) -> None:
+        self._stop_requested.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stop_requested.wait()
+        await self.stop()
+
+    async def stop(self, grace: float | None = None) -> None:
+        if self.stopping:
+            await self._stopped.wait()
+            return
+        self.stopping = True
+        grace = self.grace if grace is None else grace
+        self.intake.accepting = False
+        if self._reload_task is not None:
+            self._reload_task.cancel()
+        await self.smtp.stop(grace=grace)
+        await self.engine.stop(grace=grace)
+        for runner in self._runners:
+            await runner.cleanup()
+        await asyncio.to_thread(self.spool.close)
+        self._stopped.set()
+        log.info("sender stopped", extra={"pending": self.engine.pending_count()})
+
+    def install_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, self.request_stop)
+
+
+async def run(config_path: str | Path, *, env: Mapping[str, str] | None = None) -> int:
+    """Run until SIGTERM/SIGINT; the exit code of the process."""
+    try:
+        service = Service(config_path, env=env)
+    except config.ConfigError as exc:
+        log.error("invalid config", extra={"error": str(exc)})
+        return 2
+    await service.start()
+    service.install_signal_handlers()
+    await service.wait_stopped()
+    return 0

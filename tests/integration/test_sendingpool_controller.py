@@ -1,0 +1,354 @@
+"""The SendingPool controller against the API emulator, with fake sender admin endpoints.
+
+Each pod's admin API is a tiny aiohttp server on its own 127.x address that keeps the leases it
+was granted and checks, on every grant it sees, that no IP is validly held by two pods. Time
+is a manual clock, so lease expiry and `unhealthyAfter` are exercised without sleeping.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from mailfleet_operator import settings as settings_module
+from mailfleet_operator.kube import client as kube_client
+from mailfleet_operator.kube import config as kube_config
+from mailfleet_operator.kube import resources
+from mailfleet_operator.reconcile import context, pod_admin
+from mailfleet_operator.reconcile import sendingpool as reconciler
+from mailfleet_sandbox.dns import DNSServer
+from mailfleet_sandbox.kube import ApiServer
+from mailfleet_sender import wire
+
+ROOT = Path(__file__).resolve().parents[2]
+NS = "default"
+IPS = ["192.0.2.10", "192.0.2.11"]
+T0 = datetime.datetime(2025, 3, 1, tzinfo=datetime.UTC)
+
+
+class ManualClock(settings_module.Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        # Starts at the real time: the emulator stamps pod conditions with the wall clock.
+        self.moment = datetime.datetime.now(datetime.UTC)
+
+    def now(self) -> datetime.datetime:
+        return self.moment
+
+    def advance(self, seconds: float) -> None:
+        self.moment += datetime.timedelta(seconds=seconds)
+
+
+class FakePods:
+    """Admin endpoints of every pod; `holds[pod][ip]` is the lease expiry the pod keeps."""
+
+    def __init__(self, clock: ManualClock, port: int) -> None:
+        self.clock = clock
+        self.port = port
+        self.holds: dict[str, dict[str, datetime.datetime]] = {}
+        self.unreachable: set[str] = set()
+        self.drained: list[str] = []
+        self.runners: list[web.AppRunner] = []
+        self.violations: list[str] = []
+
+    def check(self) -> None:
+        for ip in IPS:
+            holders = [p for p, held in self.holds.items() if held.get(ip, T0) > self.clock.now()]
+            if len(holders) > 1:
+                self.violations.append(f"{ip} held by {holders} at {self.clock.now()}")
+
+    async def start(self, pod: str, host: str) -> None:
+        async def assignment(request: web.Request) -> web.Response:
+            if pod in self.unreachable:
+                return web.Response(status=503)
+            body = wire.Assignment.model_validate(await request.json())
+            self.holds[pod] = {lease.address: lease.expires_at for lease in body.leases}
+            self.check()
+            answer = wire.AssignmentStatus(
+                pod=pod, generation=body.generation, day=0,
+                leases=[
+                    wire.LeaseStatus(address=lease.address, helo_name=lease.helo_name,
+                                     expires_at=lease.expires_at, valid=True)
+                    for lease in body.leases
+                ],
+            )
+            return web.json_response(answer.model_dump(mode="json", by_alias=True))
+
+        async def stats(request: web.Request) -> web.Response:
+            if pod in self.unreachable:
+                return web.Response(status=503)
+            return web.json_response(wire.Stats(pod=pod).model_dump(mode="json", by_alias=True))
+
+        async def drain(request: web.Request) -> web.Response:
+            self.drained.append(pod)
+            return web.json_response({})
+
+        app = web.Application()
+        app.router.add_put("/v1/assignment", assignment)
+        app.router.add_get("/v1/stats", stats)
+        app.router.add_post("/v1/drain", drain)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, self.port).start()
+        self.runners.append(runner)
+
+    async def stop(self) -> None:
+        for runner in self.runners:
+            await runner.cleanup()
+
+    def holder_of(self, ip: str) -> list[str]:
+        return sorted(p for p, held in self.holds.items() if held.get(ip, T0) > self.clock.now())
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class Harness:
+    def __init__(self, api: ApiServer, client: kube_client.Client, clock: ManualClock,
+                 pods: FakePods, settings: settings_module.Settings) -> None:
+        self.api, self.client, self.clock, self.pods = api, client, clock, pods
+        self.ctx = context.Context(client=client, settings=settings, clock=clock)
+        self.admin = pod_admin.PodAdmin(timeout=1.0)
+        self.started: set[str] = set()
+        # pod -> node. The emulator refuses to set spec.nodeName through a pod update (the
+        # scheduler's binding is not emulated), so the harness binds pods in what it lists.
+        self.node_of: dict[str, str] = {}
+
+    async def cycle(self, name: str = "mail") -> dict[str, Any]:
+        body = self.api.get("mailfleet.io/v1alpha1", "SendingPool", name, NS)
+        pods = await self.client.list(resources.PODS, namespace=NS,
+                                      label_selector=f"mailfleet.io/pool={name}")
+        for pod in pods:
+            bound = self.node_of.get(pod["metadata"]["name"])
+            if bound:
+                pod["spec"]["nodeName"] = bound
+        nodes = {n["metadata"]["name"]: n for n in await self.client.list(resources.NODES)}
+        await reconciler.reconcile_pool(self.ctx, self.admin, body, reconciler.World(pods, nodes))
+        assert not self.pods.violations
+        return self.api.get("mailfleet.io/v1alpha1", "SendingPool", name, NS)
+
+    async def run_pods(self, count: int, name: str = "mail") -> None:
+        """Act as kubelet: pods Running and Ready on node-a, each on its own 127.x address."""
+        await self.api.settle()
+        for ordinal in range(count):
+            pod = f"{name}-{ordinal}"
+            host = f"127.0.0.{20 + ordinal}"
+            if pod not in self.started:
+                await self.pods.start(pod, host)
+                self.started.add(pod)
+            await self.api.set_pod_status(NS, pod, ready=True, pod_ip=host)
+            self.node_of[pod] = "node-a" if ordinal == 1 else "node-b"
+
+    def ips(self, body: dict[str, Any]) -> dict[str, tuple[str, str | None]]:
+        return {e["address"]: (e["state"], e.get("pod")) for e in body["status"]["ips"]}
+
+    def condition(self, body: dict[str, Any], type_: str) -> str:
+        return next(c["status"] for c in body["status"]["conditions"] if c["type"] == type_)
+
+
+def node(name: str, ready: bool) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+            "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+
+
+@pytest.fixture
+async def harness(kube_api: ApiServer, kubeconfig: Path) -> AsyncIterator[Harness]:
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        kube_api.create(yaml.safe_load(path.read_text()))
+    for name in ("node-a", "node-b"):
+        kube_api.create(node(name, True))
+        kube_api.patch("v1", "Node", name, {"status": node(name, True)["status"]},
+                       subresource="status")
+    clock = ManualClock()
+    port = free_port("127.0.0.20")
+    pods = FakePods(clock, port)
+    settings = settings_module.Settings(
+        lease_duration=10, lease_renew_interval=3, lease_clock_skew=1, stats_interval=3600,
+        sender_image="sender:test",
+    )
+    connection = kube_config.load_connection(str(kubeconfig))
+    async with kube_client.Client(connection) as client:
+        h = Harness(kube_api, client, clock, pods, settings)
+        h.pool_port = port  # type: ignore[attr-defined]
+        try:
+            yield h
+        finally:
+            await h.admin.close()
+            await pods.stop()
+            reconciler.MEMORY.clear()
+
+
+def pool(port: int, **spec: Any) -> dict[str, Any]:
+    return {
+        "apiVersion": "mailfleet.io/v1alpha1", "kind": "SendingPool",
+        "metadata": {"name": "mail", "namespace": NS},
+        "spec": {
+            "replicas": 2, "standbyReplicas": 1,
+            "egress": {"ips": [{"address": ip, "heloName": f"mta{i}.example.com"}
+                               for i, ip in enumerate(IPS)]},
+            "submission": {"http": {"port": port}},
+            "failover": {"unhealthyAfter": "5s"},
+            "throttling": {"rate": "100/s"},
+            **spec,
+        },
+    }
+
+
+async def test_a_pool_gets_owned_children_and_its_ips_spread_over_active_pods(
+    harness: Harness,
+) -> None:
+    created = harness.api.create(pool(harness.pool_port))  # type: ignore[attr-defined]
+    body = await harness.cycle()
+    uid = created["metadata"]["uid"]
+    for api_version, kind, name in [
+        ("apps/v1", "StatefulSet", "mail"), ("v1", "Service", "mail"),
+        ("v1", "Service", "mail-pods"), ("v1", "ConfigMap", "mail-config"),
+        ("policy/v1", "PodDisruptionBudget", "mail"), ("v1", "Secret", "mail-admin"),
+    ]:
+        child = harness.api.get(api_version, kind, name, NS)
+        assert child["metadata"]["ownerReferences"][0]["uid"] == uid, kind
+    sts = harness.api.get("apps/v1", "StatefulSet", "mail", NS)
+    assert sts["spec"]["replicas"] == 3  # 2 active + 1 standby
+    config = yaml.safe_load(harness.api.get("v1", "ConfigMap", "mail-config", NS)["data"][
+        "sender.yaml"])
+    assert config["throttles"]["rate"] == "100/s"  # no holder yet: one share
+    assert set(harness.ips(body).values()) == {("Standby", None)}
+    assert body["spec"] == created["spec"]  # the user's spec is never written
+
+    await harness.run_pods(3)
+    await harness.cycle()
+    body = await harness.cycle()
+    assert harness.ips(body) == {IPS[0]: ("Active", "mail-0"), IPS[1]: ("Active", "mail-1")}
+    assert harness.pods.holder_of(IPS[0]) == ["mail-0"]
+    assert harness.pods.holder_of(IPS[1]) == ["mail-1"]
+    assert harness.condition(body, "Ready") == "True"
+    config = yaml.safe_load(harness.api.get("v1", "ConfigMap", "mail-config", NS)["data"][
+        "sender.yaml"])
+    assert config["throttles"]["rate"] == "50/s"  # 100/s over two active pods
+
+    harness.api.delete("mailfleet.io/v1alpha1", "SendingPool", "mail", NS)
+    await harness.api.settle()
+    for _ in range(50):
+        if not harness.api.list("apps/v1", "StatefulSet", NS):
+            break
+        await asyncio.sleep(0.05)
+    assert harness.api.list("apps/v1", "StatefulSet", NS) == []
+    assert harness.api.list("v1", "ConfigMap", NS) == []
+
+
+async def test_ips_move_on_unready_pod_node_failure_fencing_and_dnsbl(harness: Harness) -> None:
+    async with DNSServer(host="127.0.0.1", port=0) as dns:
+        harness.ctx = dataclass_replace_settings(
+            harness.ctx, dns_nameservers=(f"{dns.host}:{dns.port}",)
+        )
+        harness.api.create(pool(
+            harness.pool_port,  # type: ignore[attr-defined]
+            healthChecks={"dnsbl": {"zones": ["bl.test"], "interval": "1s"}},
+        ))
+        await harness.cycle()
+        await harness.run_pods(3)
+        await harness.cycle()
+
+        # mail-0 unready: kept during unhealthyAfter, then revoked and moved to the standby.
+        await harness.api.set_pod_status(NS, "mail-0", ready=False, pod_ip="127.0.0.20")
+        body = await harness.cycle()
+        assert harness.ips(body)[IPS[0]] == ("Active", "mail-0")
+        harness.clock.advance(6)
+        body = await harness.cycle()  # revoke confirmed by the (reachable) pod
+        assert harness.condition(body, "FailingOver") == "True"
+        body = await harness.cycle()
+        assert harness.ips(body)[IPS[0]] == ("Active", "mail-2")
+        assert harness.pods.holder_of(IPS[0]) == ["mail-2"]
+        assert "mail-0" in harness.pods.drained
+        assert harness.condition(body, "FailingOver") == "False"
+
+        # mail-1's node goes NotReady and the pod is partitioned: the IP waits for expiry.
+        await harness.api.set_pod_status(NS, "mail-0", ready=True, pod_ip="127.0.0.20")
+        harness.pods.unreachable.add("mail-1")
+        harness.api.patch("v1", "Node", "node-a", {"status": node("node-a", False)["status"]},
+                          subresource="status")
+        body = await harness.cycle()
+        assert harness.ips(body)[IPS[1]] == ("Draining", "mail-1")
+        for _ in range(4):  # renewals of the others go on; mail-1's lease runs out
+            harness.clock.advance(3)
+            body = await harness.cycle()
+            assert harness.pods.violations == []
+        assert harness.ips(body)[IPS[1]][0] == "Active"
+        assert harness.ips(body)[IPS[1]][1] != "mail-1"
+
+        # Fencing by hand takes an IP out; removing the annotation brings it back.
+        harness.api.patch("mailfleet.io/v1alpha1", "SendingPool", "mail",
+                          {"metadata": {"annotations": {"mailfleet.io/fenced-ips": IPS[0]}}}, NS)
+        await harness.cycle()
+        body = await harness.cycle()
+        assert harness.ips(body)[IPS[0]] == ("Unassigned", None)
+        assert harness.pods.holder_of(IPS[0]) == []
+        harness.api.patch("mailfleet.io/v1alpha1", "SendingPool", "mail",
+                          {"metadata": {"annotations": {"mailfleet.io/fenced-ips": None}}}, NS)
+        body = await harness.cycle()
+        assert harness.ips(body)[IPS[0]][0] == "Active"
+
+        # A DNSBL listing: the IP gets no traffic until delisted.
+        dns.list_on_dnsbl("bl.test", IPS[1])
+        harness.clock.advance(2)
+        await harness.cycle()
+        body = await harness.cycle()
+        assert harness.ips(body)[IPS[1]][0] == "Blocklisted"
+        assert harness.pods.holder_of(IPS[1]) == []
+        assert harness.condition(body, "Degraded") == "True"
+        dns.delist_from_dnsbl("bl.test", IPS[1])
+        harness.clock.advance(2)
+        body = await harness.cycle()
+        assert harness.ips(body)[IPS[1]][0] == "Active"
+
+
+async def test_an_operator_restart_mid_failover_waits_for_the_lease_and_does_not_flap(
+    harness: Harness,
+) -> None:
+    harness.api.create(pool(harness.pool_port))  # type: ignore[attr-defined]
+    await harness.cycle()
+    await harness.run_pods(3)
+    await harness.cycle()
+    harness.pods.unreachable.add("mail-0")  # partitioned: never confirms the release
+    await harness.api.set_pod_status(NS, "mail-0", ready=False, pod_ip="127.0.0.20")
+    harness.clock.advance(6)
+    body = await harness.cycle()
+    assert harness.ips(body)[IPS[0]] == ("Draining", "mail-0")
+    reconciler.MEMORY.clear()  # the operator restarts: only the API remembers
+    seen = []
+    for _ in range(9):  # a full lease (10 s + 1 s skew) from the restart, then it moves
+        harness.clock.advance(2)
+        body = await harness.cycle()
+        seen.append(harness.ips(body)[IPS[0]])
+    assert seen[-1] == ("Active", "mail-2")
+    moved = seen.index(("Active", "mail-2"))
+    assert all(state == ("Draining", "mail-0") for state in seen[:moved])
+    assert all(state == ("Active", "mail-2") for state in seen[moved:])  # no flapping back
+
+
+async def test_a_missing_domainauth_makes_the_pool_not_ready_and_names_it(
+    harness: Harness,
+) -> None:
+    harness.api.create(pool(harness.pool_port, domains=["example-com"]))  # type: ignore[attr-defined]
+    body = await harness.cycle()
+    ready = next(c for c in body["status"]["conditions"] if c["type"] == "Ready")
+    assert (ready["status"], ready["reason"]) == ("False", "DomainAuthNotFound")
+    assert "example-com" in ready["message"]
+    config = yaml.safe_load(harness.api.get("v1", "ConfigMap", "mail-config", NS)["data"][
+        "sender.yaml"])
+    assert config.get("dkim", {}).get("domains", []) == []  # nothing to sign with: held
+
+
+def dataclass_replace_settings(ctx: context.Context, **changes: Any) -> context.Context:
+    return context.Context(client=ctx.client, settings=ctx.settings.model_copy(update=changes),
+                           clock=ctx.clock)

@@ -1,0 +1,331 @@
+"""Fixtures to run mailfleet senders against the sandbox mail world: DKIM keys published in the
+sandbox DNS, a config written the way the kubelet projects a ConfigMap (`..data` symlink), a
+sender run in-process (`sender_factory`) or as a real process (`SenderProcess`, for SIGKILL and
+SIGTERM tests), and small HTTP helpers for submission and the admin API.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
+from mailfleet_sandbox.dns import DNSServer
+from mailfleet_sender import dkim_signing, service
+
+ADMIN_TOKEN = "admin-token-for-tests"
+API_KEY = "api-key-for-tests"
+
+
+@dataclasses.dataclass
+class DkimKeys:
+    """Keys of one signing domain, with their files and published records."""
+
+    domain: str
+    directory: Path
+    rsa_selector: str = "rsa1"
+    ed_selector: str = "ed1"
+    rsa_key: rsa.RSAPrivateKey | None = None
+    ed_key: ed25519.Ed25519PrivateKey | None = None
+
+    @property
+    def rsa_file(self) -> Path:
+        return self.directory / f"{self.domain}.{self.rsa_selector}.pem"
+
+    @property
+    def ed_file(self) -> Path:
+        return self.directory / f"{self.domain}.{self.ed_selector}.pem"
+
+    def records(self) -> dict[bytes, bytes]:
+        """name -> TXT value, for dkimpy's dnsfunc."""
+        out: dict[bytes, bytes] = {}
+        if self.rsa_key is not None:
+            name = f"{self.rsa_selector}._domainkey.{self.domain}.".encode()
+            out[name] = dkim_signing.public_key_record(self.rsa_key).encode()
+        if self.ed_key is not None:
+            name = f"{self.ed_selector}._domainkey.{self.domain}.".encode()
+            out[name] = dkim_signing.public_key_record(self.ed_key).encode()
+        return out
+
+    def dnsfunc(self, name: bytes, timeout: int = 5) -> bytes | None:
+        return self.records().get(name)
+
+    def config(self, *, rsa_key: bool = True, ed_key: bool = False) -> dict[str, Any]:
+        keys: list[dict[str, str]] = []
+        if rsa_key:
+            keys.append({"selector": self.rsa_selector, "algorithm": "rsa",
+                         "keyFile": str(self.rsa_file)})
+        if ed_key:
+            keys.append({"selector": self.ed_selector, "algorithm": "ed25519",
+                         "keyFile": str(self.ed_file)})
+        return {"domain": self.domain, "keys": keys}
+
+
+def _pem(key: rsa.RSAPrivateKey | ed25519.Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+_RSA_CACHE: dict[int, rsa.RSAPrivateKey] = {}
+
+
+def make_dkim_keys(
+    directory: Path, domain: str, dns: DNSServer | None = None, *, rsa_bits: int = 2048
+) -> DkimKeys:
+    """RSA and Ed25519 keys for `domain`, written as PEM files and published in `dns`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if rsa_bits not in _RSA_CACHE:  # RSA generation is slow; tests may share one key
+        _RSA_CACHE[rsa_bits] = rsa.generate_private_key(public_exponent=65537, key_size=rsa_bits)
+    keys = DkimKeys(domain=domain, directory=directory, rsa_key=_RSA_CACHE[rsa_bits],
+                    ed_key=ed25519.Ed25519PrivateKey.generate())
+    assert keys.rsa_key is not None and keys.ed_key is not None
+    keys.rsa_file.write_bytes(_pem(keys.rsa_key))
+    keys.ed_file.write_bytes(_pem(keys.ed_key))
+    if dns is not None:
+        for name, value in keys.records().items():
+            dns.set_records(name.decode().rstrip("."), "TXT", [value.decode()])
+    return keys
+
+
+def write_projected(directory: Path, name: str, content: str) -> Path:
+    """Write `name` the way the kubelet updates a ConfigMap volume: a new timestamped dir,
+    then an atomic swap of the `..data` symlink; `name` itself is a symlink into `..data`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    version = directory / f"..{time.time_ns()}_{uuid.uuid4().hex[:6]}"
+    version.mkdir()
+    (version / name).write_text(content)
+    tmp_link = directory / "..data_tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp_link.unlink()
+    tmp_link.symlink_to(version.name)
+    os.replace(tmp_link, directory / "..data")
+    target = directory / name
+    if not target.is_symlink():
+        target.symlink_to(Path("..data") / name)
+    return target
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+def lease(
+    address: str,
+    *,
+    ttl: float = 300.0,
+    quota: int | None = None,
+    warmup: bool = False,
+    helo: str | None = None,
+    classes: list[str] | None = None,
+) -> dict[str, Any]:
+    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=ttl)
+    out: dict[str, Any] = {
+        "address": address,
+        "heloName": helo or f"mta-{address.replace('.', '-')}.example.test",
+        "expiresAt": expires.isoformat(),
+        "quotaRemaining": quota,
+        "warmup": warmup,
+        "leaseId": uuid.uuid4().hex[:8],
+    }
+    if classes is not None:
+        out["classes"] = classes
+    return out
+
+
+def base_config(
+    tmp: Path, *, dns: DNSServer, destination_port: int, keys: DkimKeys | None = None
+) -> dict[str, Any]:
+    """A sender config for tests: loopback listeners on free ports, sandbox DNS, fast retries."""
+    (tmp / "secrets").mkdir(parents=True, exist_ok=True)
+    (tmp / "secrets" / "admin-token").write_text(ADMIN_TOKEN + "\n")
+    (tmp / "secrets" / "api-key").write_text(API_KEY + "\n")
+    cfg: dict[str, Any] = {
+        "pool": "test-pool",
+        "namespace": "default",
+        "spoolDir": str(tmp / "spool"),
+        "adminTokenFile": str(tmp / "secrets" / "admin-token"),
+        "submission": {
+            "listenAddress": "127.0.0.1",
+            "smtpPort": 0,
+            "httpPort": 0,
+            "apiKeyFile": str(tmp / "secrets" / "api-key"),
+        },
+        "delivery": {"smtpPort": destination_port, "connectTimeout": "3s",
+                     "commandTimeout": "5s", "connectionIdle": "500ms"},
+        "dns": {"nameservers": [{"address": dns.host, "port": dns.port}], "minTtl": "1s"},
+        "retry": {"schedule": ["1s"], "maxAge": "1h"},
+    }
+    if keys is not None:
+        cfg["dkim"] = {"domains": [keys.config(rsa_key=True, ed_key=False)]}
+    return cfg
+
+
+class SenderClient:
+    """HTTP helpers against one sender."""
+
+    def __init__(self, http_port: int, admin_port: int | None = None) -> None:
+        self.base = f"http://127.0.0.1:{http_port}"
+        self.admin = f"http://127.0.0.1:{admin_port or http_port}"
+
+    async def request(
+        self, method: str, path: str, *, admin: bool = False, token: str | None = None,
+        **kwargs: Any,
+    ) -> tuple[int, Any]:
+        base = self.admin if admin else self.base
+        headers = dict(kwargs.pop("headers", {}))
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token}"
+        async with aiohttp.ClientSession() as http, http.request(
+            method, base + path, headers=headers, **kwargs
+        ) as response:
+            text = await response.text()
+            try:
+                body: Any = await response.json(content_type=None)
+            except ValueError:
+                body = text
+            return response.status, body
+
+    async def submit(self, payload: dict[str, Any], *, key: str = API_KEY) -> tuple[int, Any]:
+        return await self.request("POST", "/v1/messages", json=payload, token=key)
+
+    async def assign(self, leases: list[dict[str, Any]], generation: int = 1) -> dict[str, Any]:
+        status, body = await self.request(
+            "PUT", "/v1/assignment", admin=True, token=ADMIN_TOKEN,
+            json={"generation": generation, "leases": leases},
+        )
+        assert status == 200, body
+        assert isinstance(body, dict)
+        return body
+
+    async def stats(self) -> dict[str, Any]:
+        status, body = await self.request("GET", "/v1/stats", admin=True, token=ADMIN_TOKEN)
+        assert status == 200, body
+        assert isinstance(body, dict)
+        return body
+
+
+class RunningSender:
+    """An in-process sender started from a config dict (see `sender_factory`)."""
+
+    def __init__(self, directory: Path, cfg: dict[str, Any], env: dict[str, str]) -> None:
+        self.directory = directory
+        self.cfg = cfg
+        self.env = env
+        self.config_path = write_projected(directory / "config", "sender.yaml",
+                                           yaml.safe_dump(cfg))
+        self.service = service.Service(self.config_path, env=env, grace=5.0)
+        self.client = SenderClient(0)
+
+    async def start(self) -> None:
+        await self.service.start()
+        self.client = SenderClient(self.service.http_port, self.service.admin_port)
+
+    @property
+    def smtp_port(self) -> int:
+        return self.service.smtp.port
+
+    def rewrite_config(self, text: str | None = None) -> None:
+        write_projected(self.directory / "config", "sender.yaml",
+                        yaml.safe_dump(self.cfg) if text is None else text)
+
+    async def stop(self) -> None:
+        if not self.service.stopping:
+            await self.service.stop(grace=2.0)
+
+
+SenderFactory = Callable[..., Awaitable[RunningSender]]
+
+
+@pytest.fixture
+async def sender_factory(tmp_path: Path) -> AsyncIterator[SenderFactory]:
+    """`await sender_factory(cfg_dict, pod="sender-0")` starts an in-process sender."""
+    started: list[RunningSender] = []
+
+    async def factory(cfg: dict[str, Any], *, pod: str = "sender-0",
+                      pod_ip: str | None = None) -> RunningSender:
+        env = {"POD_NAME": pod}
+        if pod_ip:
+            env["POD_IP"] = pod_ip
+        sender = RunningSender(tmp_path / pod, cfg, env)
+        await sender.start()
+        started.append(sender)
+        return sender
+
+    yield factory
+    for sender in started:
+        await sender.stop()
+
+
+class SenderProcess:
+    """A sender in its own process (`python -m mailfleet_sender`), for signal tests."""
+
+    def __init__(self, directory: Path, cfg: dict[str, Any]) -> None:
+        self.directory = directory
+        cfg = dict(cfg)
+        cfg["submission"] = dict(cfg["submission"])
+        cfg["submission"]["smtpPort"] = free_port()
+        cfg["submission"]["httpPort"] = free_port()
+        self.cfg = cfg
+        self.config_path = write_projected(directory / "config", "sender.yaml",
+                                           yaml.safe_dump(cfg))
+        self.smtp_port = int(cfg["submission"]["smtpPort"])
+        self.client = SenderClient(int(cfg["submission"]["httpPort"]))
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = directory / "sender.log"
+
+    async def start(self, timeout: float = 20.0) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mailfleet_sender", "--config", str(self.config_path)],
+            stdout=log,
+            stderr=log,
+            env={**os.environ, "POD_NAME": "sender-proc"},
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sender exited: {self.log_path.read_text()[-2000:]}")
+            with contextlib.suppress(aiohttp.ClientError, OSError):
+                status, _ = await self.client.request("GET", "/readyz")
+                if status == 200:
+                    return
+            await asyncio.sleep(0.1)
+        raise TimeoutError(f"sender not ready: {self.log_path.read_text()[-2000:]}")
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    async def wait(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        deadline = time.monotonic() + timeout
+        while self.process.poll() is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError("sender did not exit")
+            await asyncio.sleep(0.05)
+        return int(self.process.returncode)
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)

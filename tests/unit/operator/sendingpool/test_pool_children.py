@@ -1,0 +1,95 @@
+"""Children builders and config rendering of a SendingPool (pure)."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+from mailfleet_operator.api import domainauth as da
+from mailfleet_operator.api import sendingpool as sp
+from mailfleet_operator.logic import children, sender_config
+from mailfleet_sender import config as sc
+
+SPEC = sp.SendingPoolSpec.model_validate({
+    "replicas": 4, "standbyReplicas": 1,
+    "storage": {"size": "5Gi", "storageClassName": "fast"},
+    "egress": {"ips": [{"address": "192.0.2.1", "heloName": "mta1.example.com"}]},
+    "throttling": {"rate": "100/s", "providers": [
+        {"name": "gmail", "mxPatterns": ["*.google.com"], "messagesPerSecond": 20,
+         "maxConnections": 2}]},
+    "domains": ["example-com", "missing", "unready"],
+})
+POOL = children.PoolObjects(name="mail", namespace="ns", uid="u-1", replicas=5)
+
+
+def test_the_statefulset_runs_restricted_pods_with_probes_and_a_spool_claim() -> None:
+    sts = children.build_statefulset(SPEC, POOL)
+    assert sts["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert sts["spec"]["replicas"] == 5
+    pod = sts["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] and not security["allowPrivilegeEscalation"]
+    assert security["readOnlyRootFilesystem"]
+    assert security["capabilities"] == {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    claim = sts["spec"]["volumeClaimTemplates"][0]["spec"]
+    assert claim["resources"]["requests"]["storage"] == "5Gi"
+    assert claim["storageClassName"] == "fast"
+    config_mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    assert "subPath" not in config_mount  # subPath mounts never see updates: no live reload
+    assert "annotations" not in sts["spec"]["template"]["metadata"]  # no hash: no restarts
+
+
+def test_children_have_deterministic_names_and_the_same_bytes_every_time() -> None:
+    first = children.build_children(SPEC, POOL, config_yaml="a: 1\n")
+    again = children.build_children(SPEC, POOL, config_yaml="a: 1\n")
+    assert first == again
+    assert [(c["kind"], c["metadata"]["name"]) for c in first] == [
+        ("ConfigMap", "mail-config"), ("Service", "mail-pods"), ("Service", "mail"),
+        ("PodDisruptionBudget", "mail"), ("StatefulSet", "mail"),
+    ]
+    headless = first[1]["spec"]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"]
+    assert {p["name"] for p in first[2]["spec"]["ports"]} == {"smtp", "http"}
+
+
+def domain(name: str, *, ready: bool, active: bool) -> da.DomainAuth:
+    now = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
+    return da.DomainAuth.model_validate({
+        "metadata": {"name": name},
+        "spec": {"domain": f"{name}.test".replace("-", ".")},
+        "status": {
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False",
+                            "reason": "X", "lastTransitionTime": now.isoformat()}],
+            "dkim": {"keys": [{"selector": "s1", "algorithm": "ed25519",
+                               "state": "Active" if active else "Pending",
+                               "secretName": f"{name}-s1"}]},
+        },
+    })
+
+
+@pytest.mark.parametrize(("pods", "rate", "gmail"), [(1, "100/s", 20.0), (4, "25/s", 5.0)])
+def test_rendered_config_divides_limits_and_signs_only_with_active_keys(
+    pods: int, rate: str, gmail: float
+) -> None:
+    rendered = sender_config.render_config(sender_config.RenderInput(
+        name="mail", namespace="ns", spec=SPEC, active_pods=pods,
+        domain_auths={"example-com": domain("example-com", ready=True, active=True),
+                      "missing": None,
+                      "unready": domain("unready", ready=False, active=False)},
+    ))
+    config = sc.parse_config(rendered.text)  # the sender accepts what we render
+    assert config.throttles.rate == rate
+    provider = next(p for p in config.throttles.providers if p.name == "gmail")
+    assert provider.messages_per_second == gmail
+    assert provider.max_connections == max(1, 2 // pods)
+    assert [d.domain for d in config.dkim.domains] == ["example.com.test"]
+    key = config.dkim.domains[0].keys[0]
+    assert key.algorithm == "ed25519" and key.key_file.endswith("/private.pem")
+    assert config.dkim.require_signature  # no key: mail held, never sent unsigned
+    assert [(p.name, p.reason) for p in rendered.problems] == [
+        ("missing", "DomainAuthNotFound"), ("unready", "NoActiveKey")]
+    assert [m.secret_name for m in rendered.mounts] == ["example-com-s1"]
