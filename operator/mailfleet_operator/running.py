@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import logging
+import threading
+from collections.abc import Callable
 
 import kopf
 
@@ -28,15 +30,20 @@ def load_handlers() -> None:
 async def run_operator(
     settings: settings_module.Settings,
     *,
-    stop_flag: asyncio.Event | None = None,
-    ready_flag: asyncio.Event | None = None,
+    stop_flag: asyncio.Event | threading.Event | None = None,
+    ready_flag: asyncio.Event | threading.Event | None = None,
     clock: settings_module.Clock | None = None,
-    http_port_ready: asyncio.Future[int] | None = None,
+    on_http_port: Callable[[int], None] | None = None,
 ) -> None:
-    """Serve until `stop_flag` is set (or the task is cancelled, or a signal stops kopf)."""
+    """Serve until `stop_flag` is set (or the task is cancelled, or a signal stops kopf).
+
+    Embedding note: when kopf stops it cancels every task created after it started, so an
+    embedding program (a test) should run this on a loop of its own (a thread), with
+    `threading.Event` flags, which kopf accepts.
+    """
     load_handlers()
     connection = kube_config.load_connection(settings.kubeconfig)
-    ready = ready_flag or asyncio.Event()
+    ready: asyncio.Event | threading.Event = ready_flag or asyncio.Event()
     operator_task: asyncio.Task[None] | None = None
 
     runner = None
@@ -48,8 +55,8 @@ async def run_operator(
             alive=lambda: operator_task is not None and not operator_task.done(),
         )
         log.info("probes and metrics listening", extra={"port": port})
-        if http_port_ready is not None:
-            http_port_ready.set_result(port)
+        if on_http_port is not None:
+            on_http_port(port)
     memo = kopf.Memo(settings=settings, connection=connection, clock=clock)
     if settings.all_namespaces:
         scope: dict[str, object] = {"clusterwide": True}

@@ -107,11 +107,11 @@ async def check_once(spec: ProbeSpec, session: aiohttp.ClientSession,
             stderr=asyncio.subprocess.DEVNULL)
         try:
             return await asyncio.wait_for(proc.wait(), timeout) == 0
-        except asyncio.TimeoutError:
+        except TimeoutError:
             proc.kill()
             await proc.wait()
             return False
-    except (OSError, asyncio.TimeoutError, aiohttp.ClientError):
+    except (TimeoutError, OSError, aiohttp.ClientError):
         return False
 
 

@@ -197,7 +197,7 @@ class AtomicWriter:
         if self._last == payload and data_link.is_symlink():
             return False
         old_dir = os.readlink(data_link) if data_link.is_symlink() else None
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y_%m_%d_%H_%M_%S")
+        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y_%m_%d_%H_%M_%S")
         ts_name = f"..{stamp}.{random.randrange(10**9)}"
         ts_dir = self.target / ts_name
         ts_dir.mkdir(mode=0o755)

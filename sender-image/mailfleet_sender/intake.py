@@ -80,8 +80,13 @@ class Intake:
         via: str,
         class_name: str | None = None,
         tier: str | None = None,
+        started: bool = False,
     ) -> Queued | messages.Rejection:
-        """Validate and spool one message; the result is known only once it is on disk."""
+        """Validate and spool one message; the result is known only once it is on disk.
+        `started`: an SMTP transaction begun before draining started is allowed to finish."""
+        if not self.accepting and not started:
+            self.metrics.rejected.labels(via, "draining").inc()
+            return DRAINING
         verdict = self._check(sender, recipients, data, class_name, tier)
         if isinstance(verdict, messages.Rejection):
             self.metrics.rejected.labels(via, verdict.enhanced).inc()
@@ -120,8 +125,6 @@ class Intake:
         class_name: str | None,
         tier: str | None,
     ) -> tuple[messages.Accepted, str, str | None] | messages.Rejection:
-        if not self.accepting:
-            return DRAINING
         if not recipients:
             return NO_RECIPIENTS
         if len(recipients) > self.cfg.submission.max_recipients:

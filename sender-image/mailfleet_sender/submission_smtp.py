@@ -118,6 +118,7 @@ class Handler:
             recipients=list(envelope.rcpt_tos),
             data=data,
             via="smtp",
+            started=True,
         )
         if isinstance(result, messages.Rejection):
             return result.smtp_reply()

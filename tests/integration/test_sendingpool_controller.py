@@ -72,10 +72,16 @@ class FakePods:
             self.holds[pod] = {lease.address: lease.expires_at for lease in body.leases}
             self.check()
             answer = wire.AssignmentStatus(
-                pod=pod, generation=body.generation, day=0,
+                pod=pod,
+                generation=body.generation,
+                day=0,
                 leases=[
-                    wire.LeaseStatus(address=lease.address, helo_name=lease.helo_name,
-                                     expires_at=lease.expires_at, valid=True)
+                    wire.LeaseStatus(
+                        address=lease.address,
+                        helo_name=lease.helo_name,
+                        expires_at=lease.expires_at,
+                        valid=True,
+                    )
                     for lease in body.leases
                 ],
             )
@@ -114,8 +120,14 @@ def free_port(host: str) -> int:
 
 
 class Harness:
-    def __init__(self, api: ApiServer, client: kube_client.Client, clock: ManualClock,
-                 pods: FakePods, settings: settings_module.Settings) -> None:
+    def __init__(
+        self,
+        api: ApiServer,
+        client: kube_client.Client,
+        clock: ManualClock,
+        pods: FakePods,
+        settings: settings_module.Settings,
+    ) -> None:
         self.api, self.client, self.clock, self.pods = api, client, clock, pods
         self.ctx = context.Context(client=client, settings=settings, clock=clock)
         self.admin = pod_admin.PodAdmin(timeout=1.0)
@@ -126,8 +138,9 @@ class Harness:
 
     async def cycle(self, name: str = "mail") -> dict[str, Any]:
         body = self.api.get("mailfleet.io/v1alpha1", "SendingPool", name, NS)
-        pods = await self.client.list(resources.PODS, namespace=NS,
-                                      label_selector=f"mailfleet.io/pool={name}")
+        pods = await self.client.list(
+            resources.PODS, namespace=NS, label_selector=f"mailfleet.io/pool={name}"
+        )
         for pod in pods:
             bound = self.node_of.get(pod["metadata"]["name"])
             if bound:
@@ -157,8 +170,12 @@ class Harness:
 
 
 def node(name: str, ready: bool) -> dict[str, Any]:
-    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
-            "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
 
 
 @pytest.fixture
@@ -167,13 +184,17 @@ async def harness(kube_api: ApiServer, kubeconfig: Path) -> AsyncIterator[Harnes
         kube_api.create(yaml.safe_load(path.read_text()))
     for name in ("node-a", "node-b"):
         kube_api.create(node(name, True))
-        kube_api.patch("v1", "Node", name, {"status": node(name, True)["status"]},
-                       subresource="status")
+        kube_api.patch(
+            "v1", "Node", name, {"status": node(name, True)["status"]}, subresource="status"
+        )
     clock = ManualClock()
     port = free_port("127.0.0.20")
     pods = FakePods(clock, port)
     settings = settings_module.Settings(
-        lease_duration=10, lease_renew_interval=3, lease_clock_skew=1, stats_interval=3600,
+        lease_duration=10,
+        lease_renew_interval=3,
+        lease_clock_skew=1,
+        stats_interval=3600,
         sender_image="sender:test",
     )
     connection = kube_config.load_connection(str(kubeconfig))
@@ -190,12 +211,17 @@ async def harness(kube_api: ApiServer, kubeconfig: Path) -> AsyncIterator[Harnes
 
 def pool(port: int, **spec: Any) -> dict[str, Any]:
     return {
-        "apiVersion": "mailfleet.io/v1alpha1", "kind": "SendingPool",
+        "apiVersion": "mailfleet.io/v1alpha1",
+        "kind": "SendingPool",
         "metadata": {"name": "mail", "namespace": NS},
         "spec": {
-            "replicas": 2, "standbyReplicas": 1,
-            "egress": {"ips": [{"address": ip, "heloName": f"mta{i}.example.com"}
-                               for i, ip in enumerate(IPS)]},
+            "replicas": 2,
+            "standbyReplicas": 1,
+            "egress": {
+                "ips": [
+                    {"address": ip, "heloName": f"mta{i}.example.com"} for i, ip in enumerate(IPS)
+                ]
+            },
             "submission": {"http": {"port": port}},
             "failover": {"unhealthyAfter": "5s"},
             "throttling": {"rate": "100/s"},
@@ -211,16 +237,20 @@ async def test_a_pool_gets_owned_children_and_its_ips_spread_over_active_pods(
     body = await harness.cycle()
     uid = created["metadata"]["uid"]
     for api_version, kind, name in [
-        ("apps/v1", "StatefulSet", "mail"), ("v1", "Service", "mail"),
-        ("v1", "Service", "mail-pods"), ("v1", "ConfigMap", "mail-config"),
-        ("policy/v1", "PodDisruptionBudget", "mail"), ("v1", "Secret", "mail-admin"),
+        ("apps/v1", "StatefulSet", "mail"),
+        ("v1", "Service", "mail"),
+        ("v1", "Service", "mail-pods"),
+        ("v1", "ConfigMap", "mail-config"),
+        ("policy/v1", "PodDisruptionBudget", "mail"),
+        ("v1", "Secret", "mail-admin"),
     ]:
         child = harness.api.get(api_version, kind, name, NS)
         assert child["metadata"]["ownerReferences"][0]["uid"] == uid, kind
     sts = harness.api.get("apps/v1", "StatefulSet", "mail", NS)
     assert sts["spec"]["replicas"] == 3  # 2 active + 1 standby
-    config = yaml.safe_load(harness.api.get("v1", "ConfigMap", "mail-config", NS)["data"][
-        "sender.yaml"])
+    config = yaml.safe_load(
+        harness.api.get("v1", "ConfigMap", "mail-config", NS)["data"]["sender.yaml"]
+    )
     assert config["throttles"]["rate"] == "100/s"  # no holder yet: one share
     assert set(harness.ips(body).values()) == {("Standby", None)}
     assert body["spec"] == created["spec"]  # the user's spec is never written
@@ -232,8 +262,9 @@ async def test_a_pool_gets_owned_children_and_its_ips_spread_over_active_pods(
     assert harness.pods.holder_of(IPS[0]) == ["mail-0"]
     assert harness.pods.holder_of(IPS[1]) == ["mail-1"]
     assert harness.condition(body, "Ready") == "True"
-    config = yaml.safe_load(harness.api.get("v1", "ConfigMap", "mail-config", NS)["data"][
-        "sender.yaml"])
+    config = yaml.safe_load(
+        harness.api.get("v1", "ConfigMap", "mail-config", NS)["data"]["sender.yaml"]
+    )
     assert config["throttles"]["rate"] == "50/s"  # 100/s over two active pods
 
     harness.api.delete("mailfleet.io/v1alpha1", "SendingPool", "mail", NS)
@@ -251,10 +282,12 @@ async def test_ips_move_on_unready_pod_node_failure_fencing_and_dnsbl(harness: H
         harness.ctx = dataclass_replace_settings(
             harness.ctx, dns_nameservers=(f"{dns.host}:{dns.port}",)
         )
-        harness.api.create(pool(
-            harness.pool_port,  # type: ignore[attr-defined]
-            healthChecks={"dnsbl": {"zones": ["bl.test"], "interval": "1s"}},
-        ))
+        harness.api.create(
+            pool(
+                harness.pool_port,  # type: ignore[attr-defined]
+                healthChecks={"dnsbl": {"zones": ["bl.test"], "interval": "1s"}},
+            )
+        )
         await harness.cycle()
         await harness.run_pods(3)
         await harness.cycle()
@@ -275,8 +308,13 @@ async def test_ips_move_on_unready_pod_node_failure_fencing_and_dnsbl(harness: H
         # mail-1's node goes NotReady and the pod is partitioned: the IP waits for expiry.
         await harness.api.set_pod_status(NS, "mail-0", ready=True, pod_ip="127.0.0.20")
         harness.pods.unreachable.add("mail-1")
-        harness.api.patch("v1", "Node", "node-a", {"status": node("node-a", False)["status"]},
-                          subresource="status")
+        harness.api.patch(
+            "v1",
+            "Node",
+            "node-a",
+            {"status": node("node-a", False)["status"]},
+            subresource="status",
+        )
         body = await harness.cycle()
         assert harness.ips(body)[IPS[1]] == ("Draining", "mail-1")
         for _ in range(4):  # renewals of the others go on; mail-1's lease runs out
@@ -287,14 +325,24 @@ async def test_ips_move_on_unready_pod_node_failure_fencing_and_dnsbl(harness: H
         assert harness.ips(body)[IPS[1]][1] != "mail-1"
 
         # Fencing by hand takes an IP out; removing the annotation brings it back.
-        harness.api.patch("mailfleet.io/v1alpha1", "SendingPool", "mail",
-                          {"metadata": {"annotations": {"mailfleet.io/fenced-ips": IPS[0]}}}, NS)
+        harness.api.patch(
+            "mailfleet.io/v1alpha1",
+            "SendingPool",
+            "mail",
+            {"metadata": {"annotations": {"mailfleet.io/fenced-ips": IPS[0]}}},
+            NS,
+        )
         await harness.cycle()
         body = await harness.cycle()
         assert harness.ips(body)[IPS[0]] == ("Unassigned", None)
         assert harness.pods.holder_of(IPS[0]) == []
-        harness.api.patch("mailfleet.io/v1alpha1", "SendingPool", "mail",
-                          {"metadata": {"annotations": {"mailfleet.io/fenced-ips": None}}}, NS)
+        harness.api.patch(
+            "mailfleet.io/v1alpha1",
+            "SendingPool",
+            "mail",
+            {"metadata": {"annotations": {"mailfleet.io/fenced-ips": None}}},
+            NS,
+        )
         body = await harness.cycle()
         assert harness.ips(body)[IPS[0]][0] == "Active"
 
@@ -344,11 +392,13 @@ async def test_a_missing_domainauth_makes_the_pool_not_ready_and_names_it(
     ready = next(c for c in body["status"]["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "DomainAuthNotFound")
     assert "example-com" in ready["message"]
-    config = yaml.safe_load(harness.api.get("v1", "ConfigMap", "mail-config", NS)["data"][
-        "sender.yaml"])
+    config = yaml.safe_load(
+        harness.api.get("v1", "ConfigMap", "mail-config", NS)["data"]["sender.yaml"]
+    )
     assert config.get("dkim", {}).get("domains", []) == []  # nothing to sign with: held
 
 
 def dataclass_replace_settings(ctx: context.Context, **changes: Any) -> context.Context:
-    return context.Context(client=ctx.client, settings=ctx.settings.model_copy(update=changes),
-                           clock=ctx.clock)
+    return context.Context(
+        client=ctx.client, settings=ctx.settings.model_copy(update=changes), clock=ctx.clock
+    )

@@ -15,8 +15,8 @@ Reuse from other controllers' tests:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import inspect
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -24,7 +24,6 @@ from typing import Any, TypeVar
 
 import pytest
 import yaml
-
 from mailfleet_operator import running
 from mailfleet_operator import settings as settings_module
 from mailfleet_sandbox.dns import DNSServer
@@ -88,12 +87,13 @@ T = TypeVar("T")
 async def wait_for(
     check: Callable[[], T | Awaitable[T]],
     *,
-    timeout: float = 10.0,
+    within: float = 10.0,
     interval: float = 0.05,
     message: str = "condition",
 ) -> T:
-    """Poll `check` until it returns something truthy; fail with its last value on timeout."""
-    deadline = time.monotonic() + timeout
+    """Poll `check` until it returns something truthy; fail with its last value after
+    `within` seconds."""
+    deadline = time.monotonic() + within
     last: Any = None
     while True:
         try:
@@ -107,7 +107,7 @@ async def wait_for(
         if value:
             return value  # type: ignore[return-value]
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {message}; last: {last!r}")
+            raise AssertionError(f"timed out after {within}s waiting for {message}; last: {last!r}")
         await asyncio.sleep(interval)
 
 
@@ -119,57 +119,65 @@ def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:
 
 
 class OperatorRunner:
-    """The operator as a task on the test's loop: start, stop (a crash, as far as the API
-    can tell: no state survives in memory) and start again."""
+    """The operator on its own thread and event loop (kopf cancels foreign tasks of the loop
+    it runs on when it stops). `stop()` then `start()` is a crash and a restart as far as
+    the API can tell: nothing survives in memory."""
 
     def __init__(self, settings: settings_module.Settings) -> None:
         self.settings = settings
-        self._task: asyncio.Task[None] | None = None
-        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._error: BaseException | None = None
         self.http_port: int | None = None
         self.starts = 0
 
-    async def start(self, *, timeout: float = 10.0) -> None:
-        self._stop = asyncio.Event()
-        ready = asyncio.Event()
-        port: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        self._task = asyncio.create_task(
-            running.run_operator(
-                self.settings, stop_flag=self._stop, ready_flag=ready, http_port_ready=port
+    def _main(self, ready: threading.Event) -> None:
+        def remember_port(port: int) -> None:
+            self.http_port = port
+
+        try:
+            asyncio.run(
+                running.run_operator(
+                    self.settings, stop_flag=self._stop, ready_flag=ready,
+                    on_http_port=remember_port,
+                )
             )
+        except BaseException as error:  # reported by start()/stop()
+            self._error = error
+
+    async def start(self, *, within: float = 10.0) -> None:
+        self._stop = threading.Event()
+        self._error = None
+        ready = threading.Event()
+        self._thread = threading.Thread(
+            target=self._main, args=(ready,), name="mailfleet-operator", daemon=True
         )
+        self._thread.start()
         self.starts += 1
-        waiter = asyncio.ensure_future(ready.wait())
-        done, _ = await asyncio.wait({waiter, self._task}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
-        if self._task in done:
-            waiter.cancel()
-            await self._task  # raises the startup error
-            raise AssertionError("the operator exited during startup")
-        if not done:
-            waiter.cancel()
-            raise AssertionError(f"the operator was not ready within {timeout}s")
-        if port.done():
-            self.http_port = port.result()
+        thread = self._thread
+        await wait_for(
+            lambda: ready.is_set() or not thread.is_alive(), within=within,
+            message="the operator to be ready",
+        )
+        if self._error is not None or not thread.is_alive():
+            raise AssertionError(f"the operator exited during startup: {self._error!r}")
 
     async def stop(self) -> None:
-        if self._task is None or self._stop is None:
+        thread, self._thread = self._thread, None
+        if thread is None:
             return
         self._stop.set()
-        try:
-            await asyncio.wait_for(asyncio.shield(self._task), timeout=10)
-        except TimeoutError:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._task = None
+        await wait_for(lambda: not thread.is_alive(), within=15,
+                       message="the operator to stop")
 
     async def restart(self) -> None:
         await self.stop()
         await self.start()
 
 
-def operator_settings(kubeconfig: Path, dns: DNSServer, **overrides: Any) -> settings_module.Settings:
+def operator_settings(
+    kubeconfig: Path, dns: DNSServer, **overrides: Any
+) -> settings_module.Settings:
     values: dict[str, Any] = {
         "kubeconfig": str(kubeconfig),
         "namespaces": ("default",),

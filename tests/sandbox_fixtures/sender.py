@@ -329,3 +329,38 @@ class SenderProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+async def inject(
+    sender: RunningSender,
+    count: int,
+    *,
+    to: Callable[[int], str],
+    class_name: str = "marketing",
+    tier: Callable[[int], str | None] = lambda i: None,
+    from_address: str = "news@example.test",
+    body_size: int = 200,
+) -> None:
+    """Put `count` messages straight into a running sender's spool and queues (bulk load
+    without SMTP round trips)."""
+    from mailfleet_sender import spool as spool_module
+
+    svc = sender.service
+    now = time.time()
+    batch = []
+    for i in range(count):
+        data = (
+            f"From: {from_address}\r\nTo: {to(i)}\r\nSubject: bulk {i} tier={tier(i)}\r\n"
+            f"Message-ID: <bulk-{i}-{uuid.uuid4().hex}@example.test>\r\n"
+            f"Date: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\n" + "x" * body_size + "\r\n"
+        ).encode()
+        batch.append(
+            spool_module.NewMessage(
+                sender=from_address, recipients=(to(i),), data=data,
+                from_domain=from_address.rpartition("@")[2], message_id=f"<bulk-{i}>",
+                class_name=class_name, tier=tier(i), created=now,
+            )
+        )
+    results = await svc.spool.submit_many(batch)
+    for message, deliveries in zip(batch, results, strict=True):
+        svc.engine.add(deliveries, data=message.data)

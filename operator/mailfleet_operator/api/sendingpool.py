@@ -411,8 +411,11 @@ class Failover(SpecModel):
     """When an IP moves from its pod to a standby."""
 
     unhealthy_after: Duration = Field(
-        default="30s",
-        description="Move an IP once its pod or node has been unready for this long.",
+        default="5s",
+        description=(
+            "Move an IP once its pod or node has been unready for this long. With the "
+            "default lease settings this keeps failover under 10 s."
+        ),
     )
     drain_on_blocklist: bool = Field(
         default=True,

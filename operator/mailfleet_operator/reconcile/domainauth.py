@@ -30,6 +30,7 @@ from mailfleet_operator.logic import (
     domainauths,
     key_secrets,
     keys,
+    merge_patches,
     records,
     rotating,
     spf_lookups,
@@ -216,6 +217,8 @@ async def _reconcile(ctx: context.Context, body: dict[str, Any]) -> context.Outc
         )
         await _event(ctx, body, "Normal", transition.reason, transition.message)
     for change in conditions.changed_conditions(old_status.conditions, new_conditions):
+        if change.type == domainauth.READY and change.old_status == change.new.status:
+            continue  # Ready repeats the reason of the condition that changed
         if change.old_status is None and change.new.status == "False" and (
             change.type == domainauths.DKIM_ROTATION_STALLED
         ):
@@ -424,16 +427,14 @@ async def _write_status(
     old: domainauth.DomainAuthStatus,
     new: domainauth.DomainAuthStatus,
 ) -> bool:
-    if common.dump_status(old) == common.dump_status(new) and body.get("status"):
+    """One merge patch of `.status`, only when something changed (removed fields nulled)."""
+    patch = merge_patches.diff(body.get("status") or {}, common.dump_status(new))
+    if not patch:
         return False
     metadata = body["metadata"]
-    status = common.dump_status(new)
-    # Fields that disappeared must be nulled: a merge patch leaves absent keys in place.
-    for key in (body.get("status") or {}):
-        status.setdefault(key, None)
     await ctx.client.patch_status(
         resources.DOMAIN_AUTHS, name=metadata["name"], namespace=metadata["namespace"],
-        status=status,
+        status=patch,
     )
     return True
 

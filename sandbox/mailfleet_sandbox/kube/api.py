@@ -3,6 +3,7 @@ use (start/stop, kubeconfig, pod status)."""
 
 from __future__ import annotations
 
+import builtins
 import copy
 import ipaddress
 from pathlib import Path
@@ -116,7 +117,7 @@ class ApiServer:
         target.write_text(yaml.safe_dump(config, sort_keys=False))
         return target
 
-    async def settle(self, timeout: float = 5.0) -> None:
+    async def settle(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         """Wait until the built-in controllers have nothing left to do."""
         if self._controllers is not None:
             await self._controllers.settle(timeout)
@@ -138,7 +139,7 @@ class ApiServer:
         return copy.deepcopy(self.registry.get(rt, namespace, name))
 
     def list(self, api_version: str, kind: str, namespace: str | None = None,
-             label_selector: str = "") -> list[JSON]:
+             label_selector: str = "") -> builtins.list[JSON]:
         rt = self.resource(api_version, kind)
         listed = self.registry.list(rt, namespace, label_selector=label_selector)
         return copy.deepcopy(listed["items"])

@@ -83,7 +83,7 @@ class Controllers:
             except asyncio.CancelledError:
                 pass
 
-    async def settle(self, timeout: float = 5.0) -> None:
+    async def settle(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         """Wait until no work is queued (for tests and benchmarks)."""
         deadline = asyncio.get_running_loop().time() + timeout
         while self._pending:

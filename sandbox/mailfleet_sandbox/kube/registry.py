@@ -6,6 +6,7 @@ finalizer rules of kube-apiserver. The HTTP layer and the in-process helpers bot
 from __future__ import annotations
 
 import base64
+import builtins
 import collections
 import copy
 import json
@@ -50,7 +51,7 @@ class WriteOptions:
 class Result:
     obj: JSON
     code: int = 200
-    warnings: list[str] = field(default_factory=list)
+    warnings: builtins.list[str] = field(default_factory=list)
 
 
 class Registry:
@@ -60,7 +61,7 @@ class Registry:
         self.store = store
         self.types: dict[tuple[str, str, str], ResourceType] = {}
         self._ip_next = 10
-        self._snapshots: collections.OrderedDict[str, tuple[int, list[JSON]]] = \
+        self._snapshots: collections.OrderedDict[str, tuple[int, builtins.list[JSON]]] = \
             collections.OrderedDict()
         for rt in builtin_types():
             self.types[(rt.group, rt.version, rt.plural)] = rt
@@ -87,9 +88,9 @@ class Registry:
                 return rt
         return None
 
-    def groups(self) -> dict[str, list[str]]:
+    def groups(self) -> dict[str, builtins.list[str]]:
         """group -> served versions, preferred (storage) version first."""
-        out: dict[str, list[str]] = {}
+        out: dict[str, builtins.list[str]] = {}
         for rt in self.types.values():
             if not rt.served:
                 continue
@@ -101,7 +102,7 @@ class Registry:
                     versions.append(rt.version)
         return out
 
-    def types_in(self, group: str, version: str) -> list[ResourceType]:
+    def types_in(self, group: str, version: str) -> builtins.list[ResourceType]:
         return [rt for (g, v, _), rt in self.types.items() if g == group and v == version
                 and rt.served]
 
@@ -188,7 +189,7 @@ class Registry:
         return {"apiVersion": rt.api_version, "kind": rt.list_kind, "metadata": meta,
                 "items": [self.present(rt, o) for o in items]}
 
-    def _snapshot(self, list_rv: int, rest: list[JSON]) -> str:
+    def _snapshot(self, list_rv: int, rest: builtins.list[JSON]) -> str:
         ident = secrets.token_hex(8)
         self._snapshots[ident] = (list_rv, rest)
         while len(self._snapshots) > 256:
@@ -196,11 +197,12 @@ class Registry:
         raw = json.dumps({"v": "meta.k8s.io/v1", "rv": list_rv, "id": ident}).encode()
         return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
-    def _resume(self, token: str) -> tuple[int, list[JSON]]:
+    def _resume(self, token: str) -> tuple[int, builtins.list[JSON]]:
         try:
             padded = token + "=" * (-len(token) % 4)
             data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-            ident, list_rv = str(data["id"]), int(data["rv"])
+            ident = str(data["id"])
+            int(data["rv"])
         except (ValueError, KeyError, TypeError):
             raise errors.bad_request("continue key is not valid: invalid continue token") \
                 from None
@@ -267,9 +269,9 @@ class Registry:
         return merge_key
 
     def _admit(self, rt: ResourceType, obj: JSON, old: JSON | None,
-               opts: WriteOptions) -> tuple[JSON, list[str]]:
+               opts: WriteOptions) -> tuple[JSON, builtins.list[str]]:
         """Prune, default and validate; returns the object to store and warnings."""
-        warnings: list[str] = []
+        warnings: builtins.list[str] = []
         name = obj["metadata"].get("name", "")
         if rt.crd and rt.schema is not None:
             pruned, unknown = schemas.prune(obj, rt.schema)
@@ -602,8 +604,7 @@ class Registry:
         if policy == "Orphan" and "orphan" not in finalizers:
             finalizers.append("orphan")
         if policy in ("Background", "Foreground"):
-            finalizers = [f for f in finalizers if f != "orphan"] if policy == "Background" \
-                else [f for f in finalizers if f != "orphan"]
+            finalizers = [f for f in finalizers if f != "orphan"]
         pending = bool(finalizers) or rt.storage_key == NS_KEY
         if dry_run:
             return Result(self.present(rt, old), 200)

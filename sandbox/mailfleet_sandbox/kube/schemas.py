@@ -294,7 +294,8 @@ def _validate_constraints(value: Any, schema: JSON, path: str,
             causes.append(errors.field_too_many(path, len(value), int(schema["maxItems"])))
         if "minItems" in schema and len(value) < schema["minItems"]:
             causes.append(errors.field_invalid(
-                path, len(value), f"{path} in body should have at least {schema['minItems']} items"))
+                path, len(value),
+                f"{path} in body should have at least {schema['minItems']} items"))
     for sub in schema.get("allOf") or []:
         _validate_value(value, sub, path, causes)
     if schema.get("anyOf"):

@@ -7,6 +7,7 @@ Stored objects are never mutated after `put`: readers may share them; writers bu
 from __future__ import annotations
 
 import asyncio
+import builtins
 import collections
 import json
 import sqlite3
@@ -58,7 +59,7 @@ class Store:
         # Watches from a version below this one cannot be served: events were dropped.
         self.compacted_rv = 0
         self.watchers: set[Watcher] = set()
-        self.listeners: list[Listener] = []
+        self.listeners: builtins.list[Listener] = []
         self.owners: dict[str, set[tuple[str, str, str]]] = collections.defaultdict(set)
         self.by_uid: dict[str, tuple[str, str, str]] = {}
         self._db: sqlite3.Connection | None = None
@@ -108,7 +109,7 @@ class Store:
     def get(self, key: str, namespace: str, name: str) -> JSON | None:
         return self.objects[key].get((namespace, name))
 
-    def list(self, key: str, namespace: str | None = None) -> list[JSON]:
+    def list(self, key: str, namespace: str | None = None) -> builtins.list[JSON]:
         items = self.objects[key]
         keys = sorted(k for k in items if namespace is None or k[0] == namespace)
         return [items[k] for k in keys]
@@ -121,7 +122,7 @@ class Store:
     def exists_uid(self, uid: str) -> bool:
         return uid in self.by_uid
 
-    def dependents(self, owner_uid: str) -> list[tuple[str, JSON]]:
+    def dependents(self, owner_uid: str) -> builtins.list[tuple[str, JSON]]:
         out = []
         for key, ns, name in sorted(self.owners.get(owner_uid, ())):
             obj = self.get(key, ns, name)

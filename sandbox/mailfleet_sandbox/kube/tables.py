@@ -280,6 +280,11 @@ def _node_cells(node: JSON) -> list[Any]:
     return [state, "<none>", _age(node), "v1.30.0"]
 
 
+def _event_object(event: JSON) -> str:
+    ref = event.get("involvedObject") or event.get("regarding") or {}
+    return f"{ref.get('kind', '')}/{ref.get('name', '')}".lower()
+
+
 def _col(name: str, typ: str = "string", priority: int = 0) -> JSON:
     return {"name": name, "type": typ, "priority": priority}
 
@@ -316,7 +321,5 @@ BUILTIN_PRINTERS: dict[str, tuple[list[JSON], Printer]] = {
                lambda e: [age(e.get("lastTimestamp") or e.get("eventTime")
                               or e["metadata"].get("creationTimestamp")),
                           e.get("type", ""), e.get("reason", ""),
-                          f"{(e.get('involvedObject') or e.get('regarding') or {}).get('kind', '')}"
-                          f"/{(e.get('involvedObject') or e.get('regarding') or {}).get('name', '')}"
-                          .lower(), e.get("message") or e.get("note") or ""]),
+                          _event_object(e), e.get("message") or e.get("note") or ""]),
 }

@@ -79,8 +79,12 @@ THREE_PODS = [pod(0), pod(1), pod(2)]
 CASES = [
     pytest.param(
         dict(pods=THREE_PODS, leases=[]),
-        {IPS[0]: ("Active", "p-0"), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Active", "p-0"), IPS[3]: ("Active", "p-1")},
+        {
+            IPS[0]: ("Active", "p-0"),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Active", "p-0"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {"p-0": (IPS[0], IPS[2]), "p-1": (IPS[1], IPS[3])},
         False,
         id="a new pool spreads its IPs over the active pods and leaves the standby empty",
@@ -94,109 +98,175 @@ CASES = [
     ),
     pytest.param(
         dict(pods=THREE_PODS, leases=HELD),
-        {IPS[0]: ("Active", "p-0"), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Active", "p-0"), IPS[3]: ("Active", "p-1")},
+        {
+            IPS[0]: ("Active", "p-0"),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Active", "p-0"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {},
         False,
         id="fresh leases of healthy holders are kept and not renewed yet",
     ),
     pytest.param(
-        dict(pods=THREE_PODS, leases=[dataclasses.replace(x, expires_at=T0 + timedelta(seconds=9))
-                                      for x in HELD]),
-        {IPS[0]: ("Active", "p-0"), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Active", "p-0"), IPS[3]: ("Active", "p-1")},
+        dict(
+            pods=THREE_PODS,
+            leases=[dataclasses.replace(x, expires_at=T0 + timedelta(seconds=9)) for x in HELD],
+        ),
+        {
+            IPS[0]: ("Active", "p-0"),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Active", "p-0"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {"p-0": (IPS[0], IPS[2]), "p-1": (IPS[1], IPS[3])},
         False,
         id="leases past their renewal point are renewed on the same pods",
     ),
     pytest.param(
-        dict(pods=[pod(0, ready=False, unready_since=T0 - timedelta(seconds=3)), pod(1), pod(2)],
-             leases=HELD),
-        {IPS[0]: ("Active", "p-0"), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Active", "p-0"), IPS[3]: ("Active", "p-1")},
+        dict(
+            pods=[pod(0, ready=False, unready_since=T0 - timedelta(seconds=3)), pod(1), pod(2)],
+            leases=HELD,
+        ),
+        {
+            IPS[0]: ("Active", "p-0"),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Active", "p-0"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {},
         False,
         id="a holder unready for less than unhealthyAfter keeps its IPs",
     ),
     pytest.param(
-        dict(pods=[pod(0, ready=False, unready_since=T0 - timedelta(seconds=10)), pod(1), pod(2)],
-             leases=HELD),
-        {IPS[0]: ("Draining", "p-0"), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Draining", "p-0"), IPS[3]: ("Active", "p-1")},
+        dict(
+            pods=[pod(0, ready=False, unready_since=T0 - timedelta(seconds=10)), pod(1), pod(2)],
+            leases=HELD,
+        ),
+        {
+            IPS[0]: ("Draining", "p-0"),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Draining", "p-0"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {"p-0": ()},
         True,
         id="a holder unready for unhealthyAfter is revoked but its IPs wait for the release",
     ),
     pytest.param(
-        dict(pods=[pod(0, ready=False, unready_since=T0 - timedelta(seconds=30)), pod(1), pod(2)],
-             leases=[lease(IPS[0], 0, released=True), HELD[1],
-                     lease(IPS[2], 0, released=True), HELD[3]]),
-        {IPS[0]: ("Active", "p-2"), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Active", "p-2"), IPS[3]: ("Active", "p-1")},
+        dict(
+            pods=[pod(0, ready=False, unready_since=T0 - timedelta(seconds=30)), pod(1), pod(2)],
+            leases=[
+                lease(IPS[0], 0, released=True),
+                HELD[1],
+                lease(IPS[2], 0, released=True),
+                HELD[3],
+            ],
+        ),
+        {
+            IPS[0]: ("Active", "p-2"),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Active", "p-2"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {"p-2": (IPS[0], IPS[2])},
         False,
         id="once the failed pod confirmed the release its IPs go to the standby",
     ),
     pytest.param(
-        dict(pods=[pod(0, ready=False, unready_since=T0 - timedelta(seconds=30)), pod(1), pod(2)],
-             leases=[lease(IPS[0], 0, ttl=0), HELD[1], lease(IPS[2], 0, ttl=-1), HELD[3]]),
-        {IPS[0]: ("Active", "p-2"), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Active", "p-2"), IPS[3]: ("Active", "p-1")},
+        dict(
+            pods=[pod(0, ready=False, unready_since=T0 - timedelta(seconds=30)), pod(1), pod(2)],
+            leases=[lease(IPS[0], 0, ttl=0), HELD[1], lease(IPS[2], 0, ttl=-1), HELD[3]],
+        ),
+        {
+            IPS[0]: ("Active", "p-2"),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Active", "p-2"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {"p-2": (IPS[0], IPS[2])},
         False,
         id="an unreachable failed pod loses its IPs when its lease expired",
     ),
     pytest.param(
         dict(pods=[pod(0, node_ready=False), pod(1), pod(2)], leases=HELD),
-        {IPS[0]: ("Draining", "p-0"), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Draining", "p-0"), IPS[3]: ("Active", "p-1")},
+        {
+            IPS[0]: ("Draining", "p-0"),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Draining", "p-0"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {"p-0": ()},
         True,
         id="a holder on a NotReady node fails at once but a partitioned pod keeps its lease",
     ),
     pytest.param(
         dict(pods=[pod(1), pod(2)], leases=HELD),
-        {IPS[0]: ("Active", "p-2"), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Active", "p-2"), IPS[3]: ("Active", "p-1")},
+        {
+            IPS[0]: ("Active", "p-2"),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Active", "p-2"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {"p-2": (IPS[0], IPS[2])},
         False,
         id="a holder whose pod object is gone frees its IPs at once",
     ),
     pytest.param(
         dict(pods=[pod(0, uid="uid-0-new"), pod(1), pod(2)], leases=HELD),
-        {IPS[0]: ("Active", "p-0"), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Active", "p-0"), IPS[3]: ("Active", "p-1")},
+        {
+            IPS[0]: ("Active", "p-0"),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Active", "p-0"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {"p-0": (IPS[0], IPS[2])},
         False,
         id="a pod recreated under the same name is a new pod without the old leases",
     ),
     pytest.param(
         dict(pods=[pod(0, terminating=True), pod(1), pod(2)], leases=HELD),
-        {IPS[0]: ("Draining", "p-0"), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Draining", "p-0"), IPS[3]: ("Active", "p-1")},
+        {
+            IPS[0]: ("Draining", "p-0"),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Draining", "p-0"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {"p-0": ()},
         True,
         id="a terminating holder is revoked and its IPs wait for the release",
     ),
     pytest.param(
         dict(pods=[pod(1), pod(2)], leases=HELD, ips=IPS),
-        {IPS[0]: ("Active", "p-2"), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Active", "p-2"), IPS[3]: ("Active", "p-1")},
+        {
+            IPS[0]: ("Active", "p-2"),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Active", "p-2"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {"p-2": (IPS[0], IPS[2])},
         False,
         id="failover prefers the standby over loading the other active pod",
     ),
     pytest.param(
         dict(pods=[pod(1)], leases=HELD),
-        {IPS[0]: ("Active", "p-1"), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Active", "p-1"), IPS[3]: ("Active", "p-1")},
+        {
+            IPS[0]: ("Active", "p-1"),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Active", "p-1"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {"p-1": (IPS[1], IPS[3], IPS[0], IPS[2])},
         False,
         id="without a standby the least loaded healthy pod takes the IPs",
     ),
     pytest.param(
-        dict(pods=[pod(0, ready=False, unready_since=T0 - timedelta(seconds=60))],
-             leases=[lease(IPS[0], 0, released=True)], ips=IPS[:1], active=1),
+        dict(
+            pods=[pod(0, ready=False, unready_since=T0 - timedelta(seconds=60))],
+            leases=[lease(IPS[0], 0, released=True)],
+            ips=IPS[:1],
+            active=1,
+        ),
         {IPS[0]: ("Unassigned", None)},
         {},
         False,
@@ -204,42 +274,68 @@ CASES = [
     ),
     pytest.param(
         dict(pods=THREE_PODS, leases=HELD, listed={IPS[0]: ["bl.example"]}),
-        {IPS[0]: ("Blocklisted", "p-0"), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Active", "p-0"), IPS[3]: ("Active", "p-1")},
+        {
+            IPS[0]: ("Blocklisted", "p-0"),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Active", "p-0"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {"p-0": (IPS[2],)},
         False,
         id="a DNSBL-listed IP is revoked and not handed to anyone",
     ),
     pytest.param(
-        dict(pods=THREE_PODS, leases=[lease(IPS[0], 0, released=True)] + HELD[1:],
-             listed={IPS[0]: ["bl.example"]}),
-        {IPS[0]: ("Blocklisted", None), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Active", "p-0"), IPS[3]: ("Active", "p-1")},
+        dict(
+            pods=THREE_PODS,
+            leases=[lease(IPS[0], 0, released=True), *HELD[1:]],
+            listed={IPS[0]: ["bl.example"]},
+        ),
+        {
+            IPS[0]: ("Blocklisted", None),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Active", "p-0"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {},
         False,
         id="a released blocklisted IP stays unheld until delisted",
     ),
     pytest.param(
         dict(pods=THREE_PODS, leases=HELD, fenced=frozenset({IPS[1]})),
-        {IPS[0]: ("Active", "p-0"), IPS[1]: ("Unassigned", "p-1"),
-         IPS[2]: ("Active", "p-0"), IPS[3]: ("Active", "p-1")},
+        {
+            IPS[0]: ("Active", "p-0"),
+            IPS[1]: ("Unassigned", "p-1"),
+            IPS[2]: ("Active", "p-0"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {"p-1": (IPS[3],)},
         False,
         id="a fenced IP is revoked from its holder by hand",
     ),
     pytest.param(
-        dict(pods=[pod(0), pod(1), pod(2, leaving=True)],
-             leases=[HELD[0], HELD[1], lease(IPS[2], 2), lease(IPS[3], 2)], active=2),
-        {IPS[0]: ("Active", "p-0"), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Draining", "p-2"), IPS[3]: ("Draining", "p-2")},
+        dict(
+            pods=[pod(0), pod(1), pod(2, leaving=True)],
+            leases=[HELD[0], HELD[1], lease(IPS[2], 2), lease(IPS[3], 2)],
+            active=2,
+        ),
+        {
+            IPS[0]: ("Active", "p-0"),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Draining", "p-2"),
+            IPS[3]: ("Draining", "p-2"),
+        },
         {"p-2": ()},
         False,
         id="a pod removed by a scale-down releases its IPs gracefully, not as a failure",
     ),
     pytest.param(
         dict(pods=[pod(0), pod(1), pod(2)], leases=HELD, active=3),
-        {IPS[0]: ("Active", "p-0"), IPS[1]: ("Active", "p-1"),
-         IPS[2]: ("Draining", "p-0"), IPS[3]: ("Active", "p-1")},
+        {
+            IPS[0]: ("Active", "p-0"),
+            IPS[1]: ("Active", "p-1"),
+            IPS[2]: ("Draining", "p-0"),
+            IPS[3]: ("Active", "p-1"),
+        },
         {"p-0": (IPS[0],)},
         False,
         id="after a scale-up one IP at a time is moved to the new active pod",
@@ -301,7 +397,11 @@ def test_the_write_ahead_record_bounds_a_grant_that_may_land_late() -> None:
     result = plan(pods=THREE_PODS)
     grant = next(p for p in result.pods if p.pod == "p-0")
     leases = assigning.record_intent(
-        {}, grant, now=T0, settings=S, request_timeout=timedelta(seconds=2),
+        {},
+        grant,
+        now=T0,
+        settings=S,
+        request_timeout=timedelta(seconds=2),
         skew=timedelta(seconds=1),
     )
     assert {a: (x.pod, x.expires_at - T0) for a, x in leases.items()} == {
@@ -309,7 +409,11 @@ def test_the_write_ahead_record_bounds_a_grant_that_may_land_late() -> None:
         IPS[2]: ("p-0", timedelta(seconds=18)),
     }
     answered = assigning.record_answer(
-        leases, grant, held=[IPS[0]], answered_at=T0 + timedelta(seconds=1), settings=S,
+        leases,
+        grant,
+        held=[IPS[0]],
+        answered_at=T0 + timedelta(seconds=1),
+        settings=S,
         skew=timedelta(seconds=1),
     )
     assert answered[IPS[0]].expires_at == T0 + timedelta(seconds=17)
@@ -388,9 +492,14 @@ class World:
         views = [p.view() for p in self.pods]
         result = assigning.plan_assignment(
             AssignmentInput(
-                ips=self.ips, pods=views, leases=self.leases, now=self.now, active_target=2,
+                ips=self.ips,
+                pods=views,
+                leases=self.leases,
+                now=self.now,
+                active_target=2,
                 listed={k: v for k, v in self.listed.items() if v},
-                fenced=frozenset(self.fenced), settings=S,
+                fenced=frozenset(self.fenced),
+                settings=S,
             )
         )
         self.last_plan = result
@@ -408,7 +517,11 @@ class World:
             sim.holds = {ip: self.now + S.lease_duration for ip in order.ips}
             self.check_invariant()
             self.leases = assigning.record_answer(
-                self.leases, order, held=list(order.ips), answered_at=self.now, settings=S,
+                self.leases,
+                order,
+                held=list(order.ips),
+                answered_at=self.now,
+                settings=S,
                 skew=SKEW,
             )
         self.leases = assigning.forget_dead_leases(
@@ -418,8 +531,19 @@ class World:
 
 ACTIONS = st.tuples(
     st.sampled_from(
-        ["tick", "tick", "reconcile", "reconcile", "reconcile", "ready", "node", "partition",
-         "delete", "list", "fence"]
+        [
+            "tick",
+            "tick",
+            "reconcile",
+            "reconcile",
+            "reconcile",
+            "ready",
+            "node",
+            "partition",
+            "delete",
+            "list",
+            "fence",
+        ]
     ),
     st.integers(min_value=0, max_value=20),
 )

@@ -10,15 +10,26 @@ from mailfleet_operator.api import sendingpool as sp
 from mailfleet_operator.logic import children, sender_config
 from mailfleet_sender import config as sc
 
-SPEC = sp.SendingPoolSpec.model_validate({
-    "replicas": 4, "standbyReplicas": 1,
-    "storage": {"size": "5Gi", "storageClassName": "fast"},
-    "egress": {"ips": [{"address": "192.0.2.1", "heloName": "mta1.example.com"}]},
-    "throttling": {"rate": "100/s", "providers": [
-        {"name": "gmail", "mxPatterns": ["*.google.com"], "messagesPerSecond": 20,
-         "maxConnections": 2}]},
-    "domains": ["example-com", "missing", "unready"],
-})
+SPEC = sp.SendingPoolSpec.model_validate(
+    {
+        "replicas": 4,
+        "standbyReplicas": 1,
+        "storage": {"size": "5Gi", "storageClassName": "fast"},
+        "egress": {"ips": [{"address": "192.0.2.1", "heloName": "mta1.example.com"}]},
+        "throttling": {
+            "rate": "100/s",
+            "providers": [
+                {
+                    "name": "gmail",
+                    "mxPatterns": ["*.google.com"],
+                    "messagesPerSecond": 20,
+                    "maxConnections": 2,
+                }
+            ],
+        },
+        "domains": ["example-com", "missing", "unready"],
+    }
+)
 POOL = children.PoolObjects(name="mail", namespace="ns", uid="u-1", replicas=5)
 
 
@@ -48,8 +59,11 @@ def test_children_have_deterministic_names_and_the_same_bytes_every_time() -> No
     again = children.build_children(SPEC, POOL, config_yaml="a: 1\n")
     assert first == again
     assert [(c["kind"], c["metadata"]["name"]) for c in first] == [
-        ("ConfigMap", "mail-config"), ("Service", "mail-pods"), ("Service", "mail"),
-        ("PodDisruptionBudget", "mail"), ("StatefulSet", "mail"),
+        ("ConfigMap", "mail-config"),
+        ("Service", "mail-pods"),
+        ("Service", "mail"),
+        ("PodDisruptionBudget", "mail"),
+        ("StatefulSet", "mail"),
     ]
     headless = first[1]["spec"]
     assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"]
@@ -58,29 +72,51 @@ def test_children_have_deterministic_names_and_the_same_bytes_every_time() -> No
 
 def domain(name: str, *, ready: bool, active: bool) -> da.DomainAuth:
     now = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
-    return da.DomainAuth.model_validate({
-        "metadata": {"name": name},
-        "spec": {"domain": f"{name}.test".replace("-", ".")},
-        "status": {
-            "conditions": [{"type": "Ready", "status": "True" if ready else "False",
-                            "reason": "X", "lastTransitionTime": now.isoformat()}],
-            "dkim": {"keys": [{"selector": "s1", "algorithm": "ed25519",
-                               "state": "Active" if active else "Pending",
-                               "secretName": f"{name}-s1"}]},
-        },
-    })
+    return da.DomainAuth.model_validate(
+        {
+            "metadata": {"name": name},
+            "spec": {"domain": f"{name}.test".replace("-", ".")},
+            "status": {
+                "conditions": [
+                    {
+                        "type": "Ready",
+                        "status": "True" if ready else "False",
+                        "reason": "X",
+                        "lastTransitionTime": now.isoformat(),
+                    }
+                ],
+                "dkim": {
+                    "keys": [
+                        {
+                            "selector": "s1",
+                            "algorithm": "ed25519",
+                            "state": "Active" if active else "Pending",
+                            "secretName": f"{name}-s1",
+                        }
+                    ]
+                },
+            },
+        }
+    )
 
 
 @pytest.mark.parametrize(("pods", "rate", "gmail"), [(1, "100/s", 20.0), (4, "25/s", 5.0)])
 def test_rendered_config_divides_limits_and_signs_only_with_active_keys(
     pods: int, rate: str, gmail: float
 ) -> None:
-    rendered = sender_config.render_config(sender_config.RenderInput(
-        name="mail", namespace="ns", spec=SPEC, active_pods=pods,
-        domain_auths={"example-com": domain("example-com", ready=True, active=True),
-                      "missing": None,
-                      "unready": domain("unready", ready=False, active=False)},
-    ))
+    rendered = sender_config.render_config(
+        sender_config.RenderInput(
+            name="mail",
+            namespace="ns",
+            spec=SPEC,
+            active_pods=pods,
+            domain_auths={
+                "example-com": domain("example-com", ready=True, active=True),
+                "missing": None,
+                "unready": domain("unready", ready=False, active=False),
+            },
+        )
+    )
     config = sc.parse_config(rendered.text)  # the sender accepts what we render
     assert config.throttles.rate == rate
     provider = next(p for p in config.throttles.providers if p.name == "gmail")
@@ -91,5 +127,7 @@ def test_rendered_config_divides_limits_and_signs_only_with_active_keys(
     assert key.algorithm == "ed25519" and key.key_file.endswith("/private.pem")
     assert config.dkim.require_signature  # no key: mail held, never sent unsigned
     assert [(p.name, p.reason) for p in rendered.problems] == [
-        ("missing", "DomainAuthNotFound"), ("unready", "NoActiveKey")]
+        ("missing", "DomainAuthNotFound"),
+        ("unready", "NoActiveKey"),
+    ]
     assert [m.secret_name for m in rendered.mounts] == ["example-com-s1"]

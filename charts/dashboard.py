@@ -1,0 +1,255 @@
+"""The mailfleet Grafana dashboard, built with Grafana's own SDK (grafana-foundation-sdk).
+
+Why a builder and not hand-written JSON: the SDK's types are generated from Grafana's
+dashboard schema, so the JSON it emits has the fields and shapes Grafana expects (checked
+by mypy here and by tests/chart). `charts/generate.py` writes the result to
+charts/mailfleet/files/dashboards/mailfleet.json; tests fail when that file is stale.
+
+Sender series carry the pool as `mailfleet_io_pool` (the chart's PodMonitor copies the pod
+label mailfleet.io/pool); operator series have no per-object labels by design.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from grafana_foundation_sdk.builders import bargauge, dashboard, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.builders import common as common_builders
+from grafana_foundation_sdk.cog import encoder
+from grafana_foundation_sdk.models import common
+from grafana_foundation_sdk.models import dashboard as model
+from grafana_foundation_sdk.models import prometheus as prometheus_model
+
+UID = "mailfleet-overview"
+DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
+SENDERS = 'namespace=~"$namespace", mailfleet_io_pool=~"$pool"'
+
+Row = tuple[str, list[Any]]
+
+
+def _query(expr: str, legend: str, ref: str = "A") -> prometheus.Dataquery:
+    return (
+        prometheus.Dataquery()
+        .expr(expr)
+        .legend_format(legend)
+        .ref_id(ref)
+        .datasource(DATASOURCE)
+    )
+
+
+def _series(title: str, description: str, unit: str, *queries: prometheus.Dataquery,
+            stacked: bool = False) -> timeseries.Panel:
+    panel = (
+        timeseries.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .fill_opacity(20 if stacked else 5)
+        .legend(
+            common_builders.VizLegendOptions()
+            .show_legend(True)
+            .display_mode(common.LegendDisplayMode.TABLE)
+            .placement(common.LegendPlacement.RIGHT)
+            .calcs(["lastNotNull", "max"])
+        )
+    )
+    if stacked:
+        panel = panel.stacking(common_builders.StackingConfig().mode(common.StackingMode.NORMAL))
+    for query in queries:
+        panel = panel.with_target(query)
+    return panel
+
+
+def _stat(title: str, description: str, unit: str, query: prometheus.Dataquery) -> stat.Panel:
+    return (
+        stat.Panel()
+        .title(title)
+        .description(description)
+        .datasource(DATASOURCE)
+        .unit(unit)
+        .with_target(query)
+    )
+
+
+def _rows() -> list[Row]:
+    delivered = f'mailfleet_sender_messages_total{{{SENDERS}}}'
+    return [
+        ("Deliveries", [
+            _stat("Delivered (24 h)", "Messages accepted by the receiving MX in the last 24 h.",
+                  "short",
+                  _query(f'sum(increase(mailfleet_sender_messages_total{{{SENDERS}, '
+                         f'result="delivered"}}[24h]))', "delivered")),
+            _stat("Bounce rate (1 h)", "Bounced / (delivered + bounced) over the last hour. "
+                  "Providers start blocking around 5-10 %.", "percentunit",
+                  _query(f'sum(increase(mailfleet_sender_messages_total{{{SENDERS}, '
+                         f'result="bounced"}}[1h])) / clamp_min(sum(increase('
+                         f'mailfleet_sender_messages_total{{{SENDERS}, '
+                         f'result=~"delivered|bounced"}}[1h])), 1)', "bounce rate")),
+            _series("Deliveries by result", "Delivery attempts per second by outcome.",
+                    "ops",
+                    _query(f"sum by (result) (rate({delivered}[$__rate_interval]))",
+                           "{{result}}"), stacked=True),
+            _series("Deliveries by provider", "Delivered messages per second by the "
+                    "receiving provider (MX pattern).", "ops",
+                    _query(f'sum by (provider) (rate(mailfleet_sender_messages_total{{{SENDERS},'
+                           f' result="delivered"}}[$__rate_interval]))', "{{provider}}"),
+                    stacked=True),
+            _series("Bounces and deferrals by provider", "Bounced and deferred attempts per "
+                    "second, by provider: a provider throttling or blocking shows here first.",
+                    "ops",
+                    _query(f'sum by (provider, result) (rate(mailfleet_sender_messages_total{{'
+                           f'{SENDERS}, result=~"bounced|deferred"}}[$__rate_interval]))',
+                           "{{provider}} {{result}}")),
+            _series("Delivery latency (p50, p95)", "Time from acceptance to the remote 250.",
+                    "s",
+                    _query(f"histogram_quantile(0.5, sum by (le) (rate("
+                           f"mailfleet_sender_delivery_latency_seconds_bucket{{{SENDERS}}}"
+                           f"[$__rate_interval])))", "p50"),
+                    _query(f"histogram_quantile(0.95, sum by (le) (rate("
+                           f"mailfleet_sender_delivery_latency_seconds_bucket{{{SENDERS}}}"
+                           f"[$__rate_interval])))", "p95", ref="B")),
+        ]),
+        ("Queue", [
+            _series("Queue depth by class", "Deliveries not yet final, per priority class.",
+                    "short",
+                    _query(f"sum by (mailfleet_io_pool, class) (mailfleet_sender_queue_depth{{"
+                           f"{SENDERS}}})", "{{mailfleet_io_pool}} {{class}}"), stacked=True),
+            _series("Oldest queued message", "Age of the oldest pending delivery per class; "
+                    "the MailfleetQueueOldestMessageOld alert fires on this.", "s",
+                    _query(f"max by (mailfleet_io_pool, class) ("
+                           f"mailfleet_sender_queue_oldest_age_seconds{{{SENDERS}}})",
+                           "{{mailfleet_io_pool}} {{class}}")),
+        ]),
+        ("Warm-up and IPs", [
+            bargauge.Panel()
+            .title("Warm-up progress per IP (today)")
+            .description("Messages sent today / today's quota of each leased IP: a bar at 100 % "
+                         "is an IP that used its whole warm-up quota.")
+            .datasource(DATASOURCE)
+            .unit("percentunit")
+            .min(0)
+            .max(1)
+            .display_mode(common.BarGaugeDisplayMode.GRADIENT)
+            .orientation(common.VizOrientation.HORIZONTAL)
+            .with_target(
+                _query(f"max by (ip) (mailfleet_sender_ip_sent_today{{{SENDERS}}}) / "
+                       f"clamp_min(max by (ip) (mailfleet_sender_ip_sent_today{{{SENDERS}}}) + "
+                       f"max by (ip) (mailfleet_sender_ip_quota_remaining{{{SENDERS}}}), 1)",
+                       "{{ip}}")
+            ),
+            _series("Sent today per IP", "Messages sent from each egress IP this quota day.",
+                    "short",
+                    _query(f"max by (ip) (mailfleet_sender_ip_sent_today{{{SENDERS}}})",
+                           "{{ip}}")),
+            _series("Egress IPs by state", "Active, Standby, Draining, Blocklisted and "
+                    "Unassigned IPs over every pool.", "short",
+                    _query("sum by (state) (mailfleet_operator_pool_ips)", "{{state}}"),
+                    stacked=True),
+        ]),
+        ("Failover and reputation", [
+            _series("Failovers", "Egress IPs moved to a standby sender, by reason.", "short",
+                    _query("sum by (reason) (increase(mailfleet_operator_ip_failovers_total"
+                           "[$__rate_interval]))", "{{reason}}")),
+            _series("Reputation pauses", "Circuit-breaker trips (bounce or complaint rate "
+                    "over spec.reputation.pauseAt), by scope.", "short",
+                    _query("sum by (scope) (increase(mailfleet_operator_reputation_pauses_total"
+                           "[$__rate_interval]))", "{{scope}}")),
+        ]),
+        ("DNS and DKIM", [
+            table.Panel()
+            .title("DNS verification (last hour)")
+            .description("Record checks against DNS by family (dkim, spf, dmarc, bimi, "
+                         "returnPath) and result; anything but `published` needs a look.")
+            .datasource(DATASOURCE)
+            .with_target(
+                _query("sum by (family, result) (increase("
+                       "mailfleet_operator_dns_verifications_total[1h]))",
+                       "{{family}} {{result}}")
+                .instant()
+                .format(prometheus_model.PromQueryFormat.TABLE)
+            ),
+            _series("DKIM key transitions", "Key life events (KeyGenerated, KeyPublished, "
+                    "KeyVerified, KeyActivated, KeyRetired...).", "short",
+                    _query("sum by (reason) (increase(mailfleet_operator_dkim_transitions_total"
+                           "[$__rate_interval]))", "{{reason}}")),
+        ]),
+        ("Operator", [
+            _series("Reconciles by kind", "Reconcile cycles per second.", "ops",
+                    _query("sum by (kind) (rate(mailfleet_operator_reconciles_total"
+                           "[$__rate_interval]))", "{{kind}}")),
+            _series("Reconcile errors", "Failed reconciles per second, by kind and error.",
+                    "ops",
+                    _query("sum by (kind, error) (rate("
+                           "mailfleet_operator_reconcile_errors_total[$__rate_interval]))",
+                           "{{kind}} {{error}}")),
+            _series("Reconcile duration (p95)", "95th percentile of one reconcile cycle.", "s",
+                    _query("histogram_quantile(0.95, sum by (kind, le) (rate("
+                           "mailfleet_operator_reconcile_duration_seconds_bucket"
+                           "[$__rate_interval])))", "{{kind}}")),
+        ]),
+    ]
+
+
+def build_dashboard() -> dict[str, Any]:
+    """The dashboard as a JSON-ready dict, panels laid out 3 per row (full rows for tables)."""
+    builder = (
+        dashboard.Dashboard("mailfleet")
+        .uid(UID)
+        .description("Deliveries, queues, IP warm-up, failovers and DNS of mailfleet pools.")
+        .tags(["mailfleet", "email"])
+        .editable()
+        .time("now-6h", "now")
+        .refresh("1m")
+        .tooltip(model.DashboardCursorSync.CROSSHAIR)
+        .with_variable(
+            dashboard.DatasourceVariable("datasource").label("Data source").type("prometheus")
+        )
+        .with_variable(
+            dashboard.QueryVariable("namespace")
+            .label("Namespace")
+            .datasource(DATASOURCE)
+            .query("label_values(mailfleet_sender_queue_depth, namespace)")
+            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+        )
+        .with_variable(
+            dashboard.QueryVariable("pool")
+            .label("Pool")
+            .datasource(DATASOURCE)
+            .query('label_values(mailfleet_sender_queue_depth{namespace=~"$namespace"}, '
+                   "mailfleet_io_pool)")
+            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+        )
+    )
+    y = 0
+    panel_id = 0
+    for title, panels in _rows():
+        panel_id += 1
+        row = dashboard.Row(title).id(panel_id).grid_pos(model.GridPos(h=1, w=24, x=0, y=y))
+        builder = builder.with_row(row)
+        y += 1
+        x = 0
+        for panel in panels:
+            panel_id += 1
+            width = 24 if isinstance(panel, table.Panel) else 8
+            if x + width > 24:
+                x, y = 0, y + 8
+            grid = model.GridPos(h=8, w=width, x=x, y=y)
+            builder = builder.with_panel(panel.id(panel_id).grid_pos(grid))
+            x += width
+        y += 8
+    encoded = json.dumps(builder.build(), cls=encoder.JSONEncoder)
+    result: dict[str, Any] = json.loads(encoded)
+    return result
+
+
+def render() -> str:
+    """The file content: stable key order and indentation, so the committed copy diffs well."""
+    return json.dumps(build_dashboard(), indent=2, sort_keys=True) + "\n"

@@ -1,0 +1,247 @@
+"""DKIM rotation end to end: the operator against the API emulator and a DNS server the test
+controls (standing in for the zone external-dns or a human writes)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import email.utils
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import dkim
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+from mailfleet_sandbox.dns import DNSServer
+from mailfleet_sandbox.kube import ApiServer
+from sandbox_fixtures.operator import API_VERSION, OperatorRunner, condition, wait_for
+
+NAME = "example-com"
+
+
+def create_domainauth(api: ApiServer, spec: dict[str, Any], name: str = NAME) -> None:
+    body = {"domain": "example.com", "verification": {"interval": "1s"}, **spec}
+    api.create({"apiVersion": API_VERSION, "kind": "DomainAuth",
+                "metadata": {"name": name, "namespace": "default"}, "spec": body})
+
+
+def domainauth(api: ApiServer, name: str = NAME) -> dict[str, Any]:
+    return api.get(API_VERSION, "DomainAuth", name, "default")
+
+
+def key_states(api: ApiServer) -> dict[str, str]:
+    keys = ((domainauth(api).get("status") or {}).get("dkim") or {}).get("keys") or []
+    return {k["selector"]: k["state"] for k in keys}
+
+
+def key_secrets(api: ApiServer) -> dict[str, dict[str, Any]]:
+    selector = f"mailfleet.io/domainauth={NAME}"
+    return {
+        s["metadata"]["labels"]["mailfleet.io/selector"]: s
+        for s in api.list("v1", "Secret", "default", label_selector=selector)
+    }
+
+
+def events(api: ApiServer) -> list[str]:
+    items = sorted(api.list("v1", "Event", "default"),
+                   key=lambda e: int(e["metadata"]["resourceVersion"]))
+    return [e["reason"] for e in items]
+
+
+def rotate(api: ApiServer, value: str) -> None:
+    api.patch(API_VERSION, "DomainAuth", NAME,
+              {"metadata": {"annotations": {"mailfleet.io/rotate": value}}}, "default")
+
+
+@contextlib.asynccontextmanager
+async def publisher(
+    api: ApiServer, dns_server: DNSServer, *, hold: Callable[[str], bool] = lambda _n: False,
+) -> AsyncIterator[None]:
+    """Copy status.records into DNS continuously, like a diligent human (or external-dns)
+    would; names for which `hold(name)` is true are left alone."""
+
+    async def loop() -> None:
+        while True:
+            status = domainauth(api).get("status") or {}
+            wanted = {(r["name"], r["type"]): r["value"] for r in status.get("records") or []}
+            for (name, rtype), value in wanted.items():
+                if not hold(name) and dns_server.records(name, rtype) != [value]:
+                    dns_server.set_records(name, rtype, [value])
+            for name in dns_server.names():
+                if "._domainkey." in name and (name, "TXT") not in wanted and not hold(name):
+                    dns_server.remove_records(name, "TXT")
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def active_first_key(api: ApiServer, dns_server: DNSServer, spec: dict[str, Any]) -> None:
+    create_domainauth(api, spec)
+    async with publisher(api, dns_server):
+        await wait_for(lambda: key_states(api) == {"mf-1": "Active"}, message="mf-1 Active")
+
+
+ROTATING = {"dkim": {"overlap": "2s", "rotateEvery": "90d"}}
+
+
+async def test_a_full_rotation_is_published_verified_activated_and_retired(
+    operator: OperatorRunner, kube_api: ApiServer, dns_server: DNSServer
+) -> None:
+    await active_first_key(kube_api, dns_server, ROTATING)
+    rotate(kube_api, "2025-01-01")
+    seen: list[dict[str, str]] = []
+
+    def record_and_check() -> bool:
+        states = key_states(kube_api)
+        if not seen or seen[-1] != states:
+            seen.append(states)
+        return states == {"mf-1": "Retired", "mf-2": "Active"}
+
+    async with publisher(kube_api, dns_server):
+        await wait_for(record_and_check, within=15, message="mf-1 retired, mf-2 active")
+    da = domainauth(kube_api)
+    # Every state of the new key was visible, one transition per step.
+    new_states = [s["mf-2"] for s in seen if "mf-2" in s]
+    assert [s for i, s in enumerate(new_states) if i == 0 or new_states[i - 1] != s] == [
+        "Pending", "Published", "Verified", "Active"
+    ] or new_states[0] != "Pending"  # the first poll may miss the short Pending step
+    assert {"Published", "Verified", "Active"} <= set(new_states)
+    assert da["status"]["activeSelector"] == "mf-2"
+    names = [r["name"] for r in da["status"]["records"]]
+    assert "mf-2._domainkey.example.com" in names
+    assert "mf-1._domainkey.example.com" not in names  # withdrawn after the overlap
+    assert set(key_secrets(kube_api)) == {"mf-1", "mf-2"}  # kept: revisionHistoryLimit 2
+    reasons = events(kube_api)
+    order = [r for r in reasons if r in {"RotationRequested", "KeyPublished", "KeyVerified",
+                                         "KeyActivated", "KeyRetired"}]
+    assert order[-5:] == ["RotationRequested", "KeyPublished", "KeyVerified", "KeyActivated",
+                          "KeyRetired"]
+    assert condition(da, "Ready")["status"] == "True"  # type: ignore[index]
+
+
+async def test_dns_lagging_behind_holds_the_switch_until_the_new_key_appears(
+    operator: OperatorRunner, kube_api: ApiServer, dns_server: DNSServer
+) -> None:
+    await active_first_key(kube_api, dns_server, ROTATING)
+    rotate(kube_api, "now")
+    lagging = True
+    async with publisher(kube_api, dns_server, hold=lambda n: lagging and n.startswith("mf-2.")):
+        await wait_for(lambda: key_states(kube_api).get("mf-2") == "Published")
+        # Three verification intervals without the record: the rotation is reported stalled,
+        # with the record to publish, and the old key keeps signing.
+        stalled = await wait_for(
+            lambda: (c := condition(domainauth(kube_api), "DKIMRotationStalled"))
+            and c["status"] == "True" and c,
+            within=8,
+        )
+        assert "mf-2._domainkey.example.com TXT" in stalled["message"]
+        assert domainauth(kube_api)["status"]["activeSelector"] == "mf-1"
+        assert key_states(kube_api)["mf-2"] == "Published"
+        lagging = False
+        await wait_for(lambda: key_states(kube_api) == {"mf-1": "Retiring", "mf-2": "Active"},
+                       within=8)
+    assert condition(domainauth(kube_api), "DKIMRotationStalled")["status"] == "False"  # type: ignore[index]
+
+
+async def test_a_wrong_key_in_dns_never_becomes_active(
+    operator: OperatorRunner, kube_api: ApiServer, dns_server: DNSServer
+) -> None:
+    await active_first_key(kube_api, dns_server, ROTATING)
+    rotate(kube_api, "now")
+    wrong = "v=DKIM1; k=rsa; p=" + base64.b64encode(b"not the key").decode()
+    async with publisher(kube_api, dns_server, hold=lambda n: n.startswith("mf-2.")):
+        await wait_for(lambda: key_states(kube_api).get("mf-2") == "Published")
+        dns_server.set_records("mf-2._domainkey.example.com", "TXT", [wrong])
+
+        def problem() -> str | None:
+            for record in domainauth(kube_api)["status"]["records"]:
+                if record["name"].startswith("mf-2."):
+                    return record.get("problem")
+            return None
+
+        assert "different key" in await wait_for(problem, within=5)
+        # Several verifications later it still has not switched.
+        first_check = problem()
+        for _ in range(3):
+            before = domainauth(kube_api)["status"]["records"][0]["checkedAt"]
+            await wait_for(
+                lambda b=before: domainauth(kube_api)["status"]["records"][0]["checkedAt"] != b,
+                within=5,
+            )
+        assert key_states(kube_api)["mf-2"] == "Published"
+        assert domainauth(kube_api)["status"]["activeSelector"] == "mf-1"
+        assert problem() == first_check
+
+
+async def test_an_operator_restarted_mid_rotation_resumes_without_a_second_key(
+    operator: OperatorRunner, kube_api: ApiServer, dns_server: DNSServer
+) -> None:
+    await active_first_key(kube_api, dns_server, ROTATING)
+    rotate(kube_api, "now")
+    await wait_for(lambda: key_states(kube_api).get("mf-2") == "Published")
+    before = key_secrets(kube_api)["mf-2"]
+    await operator.restart()
+    async with publisher(kube_api, dns_server):
+        await wait_for(lambda: key_states(kube_api).get("mf-2") == "Active", within=10)
+    after = key_secrets(kube_api)
+    assert set(after) == {"mf-1", "mf-2"}
+    assert after["mf-2"]["metadata"]["uid"] == before["metadata"]["uid"]
+    assert after["mf-2"]["data"]["private.pem"] == before["data"]["private.pem"]
+    assert events(kube_api).count("RotationRequested") == 1
+
+
+def _dkimpy_key(pem: bytes, algorithm: str) -> bytes:
+    """dkimpy wants RSA keys as PEM and Ed25519 keys as the base64 raw 32-byte seed."""
+    if algorithm != "ed25519":
+        return pem
+    private = serialization.load_pem_private_key(pem, password=None)
+    assert isinstance(private, ed25519.Ed25519PrivateKey)
+    raw = private.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                serialization.NoEncryption())
+    return base64.b64encode(raw)
+
+
+@pytest.mark.parametrize("algorithm", ["rsa-2048", "dual"])
+async def test_mail_signed_with_the_active_key_verifies_with_dkimpy_against_dns(
+    operator: OperatorRunner, kube_api: ApiServer, dns_server: DNSServer, algorithm: str
+) -> None:
+    create_domainauth(kube_api, {"dkim": {"algorithm": algorithm}})
+    expected = {"mf-1": "Active"} if algorithm == "rsa-2048" else {
+        "mf-1": "Active", "mf-1-ed": "Active"}
+    async with publisher(kube_api, dns_server):
+        await wait_for(lambda: key_states(kube_api) == expected, message="keys active")
+    message = (
+        b"From: news@example.com\r\nTo: someone@example.org\r\nSubject: hello\r\n"
+        b"Date: " + email.utils.formatdate().encode() + b"\r\n"
+        b"Message-ID: <1@example.com>\r\n\r\nHello there.\r\n"
+    )
+    resolver = dns_server.sync_resolver()
+
+    def dnsfunc(name: bytes | str, timeout: int = 5) -> bytes:
+        text = name.decode() if isinstance(name, bytes) else name
+        answer = resolver.resolve(text.rstrip("."), "TXT")
+        return b"".join(next(iter(answer)).strings)
+
+    status = domainauth(kube_api)["status"]
+    for key in status["dkim"]["keys"]:
+        secret = kube_api.get("v1", "Secret", key["secretName"], "default")
+        pem = base64.b64decode(secret["data"]["private.pem"])
+        signature = dkim.sign(
+            message, key["selector"].encode(), b"example.com",
+            _dkimpy_key(pem, key["algorithm"]),
+            signature_algorithm=b"ed25519-sha256" if key["algorithm"] == "ed25519"
+            else b"rsa-sha256",
+        )
+        signed = signature + message
+        ok = await asyncio.to_thread(dkim.verify, signed, dnsfunc=dnsfunc)
+        assert ok, f"{key['selector']} did not verify"
+        tampered = signed.replace(b"Hello there.", b"Hello thar.")
+        assert not await asyncio.to_thread(dkim.verify, tampered, dnsfunc=dnsfunc)
