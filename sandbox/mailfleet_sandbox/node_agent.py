@@ -79,7 +79,7 @@ KUBELET_VERSION = "v1.30.0-mailfleet-sandbox"
 
 
 def _now() -> str:
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
@@ -322,7 +322,7 @@ class _Informer:
                 await self._watch(str((listed.get("metadata") or {}).get("resourceVersion")))
             except asyncio.CancelledError:
                 raise
-            except (aiohttp.ClientError, ConnectionError, ValueError, asyncio.TimeoutError) \
+            except (TimeoutError, aiohttp.ClientError, ConnectionError, ValueError) \
                     as exc:
                 log.debug("informer %s: %s; relisting", self.path, exc)
                 await asyncio.sleep(0.3)
@@ -499,14 +499,16 @@ class _Container:
         liveness = probes.parse_probe(self.spec.get("livenessProbe"), self.spec, pod.ip)
         startup = probes.parse_probe(self.spec.get("startupProbe"), self.spec, pod.ip)
         agent.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(pod.log_path, "ab") as logfile:
-            logfile.write(f"--- {_now()} starting container {self.name}: "
-                          f"{' '.join(argv)}\n".encode())
-            logfile.flush()
+        logfd = os.open(pod.log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(logfd, f"--- {_now()} starting container {self.name}: "
+                            f"{' '.join(argv)}\n".encode())
             self.proc = await asyncio.create_subprocess_exec(
                 *launch, env=launch_env if launch_env is not None else env, cwd=cwd,
-                stdin=asyncio.subprocess.DEVNULL, stdout=logfile, stderr=logfile,
+                stdin=asyncio.subprocess.DEVNULL, stdout=logfd, stderr=logfd,
                 start_new_session=True)
+        finally:
+            os.close(logfd)
         started = time.monotonic()
         ready_now = readiness is None and startup is None
         self.set_state(state={"running": {"startedAt": _now()}}, started=startup is None,
@@ -581,7 +583,7 @@ class _Container:
             self.signal(signal.SIGTERM)
             try:
                 await asyncio.wait_for(self.proc.wait(), grace)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 self.signal(signal.SIGKILL)
                 await self.proc.wait()
         if self.task is not None:
@@ -602,7 +604,7 @@ class _PodWorker:
         self.uid: str = meta.get("uid", "")
         self.node: str = pod["spec"]["nodeName"]
         self.ip = ip
-        self.root = agent.workdir / "pods" / self.namespace / self.name / self.uid
+        self.root: Path = agent.workdir / "pods" / self.namespace / self.name / self.uid
         self.log_path = agent.log_dir / f"{self.namespace}_{self.name}.log"
         self.containers = [_Container(self, c) for c in pod["spec"].get("containers") or []]
         self._writers: dict[str, volumes.AtomicWriter] = {}
@@ -630,10 +632,10 @@ class _PodWorker:
         with contextlib.suppress(volumes.VolumeError):
             self.project_volumes()
 
-    async def wait_for_change(self, timeout: float) -> None:
+    async def wait_for_change(self, limit: float) -> None:
         self._changed.clear()
-        with contextlib.suppress(asyncio.TimeoutError):
-            await asyncio.wait_for(self._changed.wait(), timeout)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), limit)
 
     # ------------------------------------------------------------ volumes
     def volume_dir(self, name: str) -> Path:
@@ -658,7 +660,7 @@ class _PodWorker:
 
     def claim_dir(self, volume: JSON) -> Path:
         claim = (volume.get("persistentVolumeClaim") or {}).get("claimName", "")
-        return self.agent.workdir / "pvcs" / self.namespace / claim
+        return Path(self.agent.workdir, "pvcs", self.namespace, claim)
 
     def mounts_for(self, container: JSON) -> list[volumes.BindMount]:
         by_name = {v["name"]: v for v in (self.pod.get("spec") or {}).get("volumes") or []}

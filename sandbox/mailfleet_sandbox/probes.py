@@ -12,6 +12,7 @@ redirects to other hosts; the host defaults to the pod IP.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -62,28 +63,29 @@ def parse_probe(probe: JSON | None, container: JSON, pod_ip: str) -> ProbeSpec |
     """The pod spec's probe as a ProbeSpec (None when the container has no such probe)."""
     if not probe:
         return None
-    timing = {
-        "initial_delay": float(probe.get("initialDelaySeconds", 0)),
-        "period": float(probe.get("periodSeconds", 10)),
-        "timeout": float(probe.get("timeoutSeconds", 1)),
-        "success_threshold": int(probe.get("successThreshold", 1)),
-        "failure_threshold": int(probe.get("failureThreshold", 3)),
-    }
+    spec: ProbeSpec
     if "httpGet" in probe:
         http = probe["httpGet"] or {}
         headers = tuple((h.get("name", ""), h.get("value", ""))
                         for h in http.get("httpHeaders") or [])
-        return ProbeSpec("httpGet", http.get("host") or pod_ip,
+        spec = ProbeSpec("httpGet", http.get("host") or pod_ip,
                          resolve_port(http.get("port"), container), http.get("path") or "/",
-                         str(http.get("scheme") or "HTTP").upper(), headers, **timing)
-    if "tcpSocket" in probe:
+                         str(http.get("scheme") or "HTTP").upper(), headers)
+    elif "tcpSocket" in probe:
         tcp = probe["tcpSocket"] or {}
-        return ProbeSpec("tcpSocket", tcp.get("host") or pod_ip,
-                         resolve_port(tcp.get("port"), container), **timing)
-    if "exec" in probe:
-        command = tuple((probe["exec"] or {}).get("command") or ())
-        return ProbeSpec("exec", pod_ip, 0, command=command, **timing)
-    raise ProbeSpecError("the sandbox runs httpGet, tcpSocket and exec probes only")
+        spec = ProbeSpec("tcpSocket", tcp.get("host") or pod_ip,
+                         resolve_port(tcp.get("port"), container))
+    elif "exec" in probe:
+        spec = ProbeSpec("exec", pod_ip, 0,
+                         command=tuple((probe["exec"] or {}).get("command") or ()))
+    else:
+        raise ProbeSpecError("the sandbox runs httpGet, tcpSocket and exec probes only")
+    return dataclasses.replace(
+        spec, initial_delay=float(probe.get("initialDelaySeconds", 0)),
+        period=float(probe.get("periodSeconds", 10)),
+        timeout=float(probe.get("timeoutSeconds", 1)),
+        success_threshold=int(probe.get("successThreshold", 1)),
+        failure_threshold=int(probe.get("failureThreshold", 3)))
 
 
 async def check_once(spec: ProbeSpec, session: aiohttp.ClientSession,

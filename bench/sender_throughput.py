@@ -1,0 +1,270 @@
+"""Sender throughput, end to end: N messages of about 5 KB injected over SMTP (20 sessions) into
+one sender process that DKIM-signs them (RSA-2048), spools them with fsync on, and delivers them
+by MX lookup to a loopback sink. Prints accepted/s and delivered/s, then DKIM signs/s against
+the raw OpenSSL RSA-2048 sign rate (through `cryptography`).
+
+Reference: the same run through Postfix into smtp-sink when both are installed (else null;
+the automated Postfix run is not implemented yet, see the report). Target: at least Postfix's
+end-to-end rate (about 650 msg/s with 20 sessions on the reference machine), and DKIM signing
+at >= 80 % of the raw sign rate.
+
+The sink and the injector are deliberately minimal asyncio protocols in this process, so the
+figures measure the sender, not the load generator. Last line: one JSON object.
+
+    python bench/sender_throughput.py --messages 5000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from mailfleet_sandbox.dns import DNSServer
+from mailfleet_sender import dkim_signing
+
+SESSIONS = 20
+DOMAIN = "bench.test"
+SINK_DOMAIN = "sink.test"
+
+
+def make_message(n: int) -> bytes:
+    line = b"Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tem\r\n"
+    body = line * 64  # ~5 KB
+    head = (
+        f"From: Bench <bench@{DOMAIN}>\r\nTo: user{n}@{SINK_DOMAIN}\r\n"
+        f"Subject: bench message {n}\r\nMessage-ID: <bench-{n}@{DOMAIN}>\r\n"
+        "Date: Mon, 1 Jan 2024 00:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        "Content-Type: text/plain; charset=us-ascii\r\n\r\n"
+    ).encode()
+    return head + body
+
+
+class Sink(asyncio.Protocol):
+    """A minimal SMTP server that accepts everything (smtp-sink's job)."""
+
+    delivered = 0
+    last = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.buffer = b""
+        self.in_data = False
+        transport.write(b"220 sink ESMTP\r\n")
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while True:
+            if self.in_data:
+                end = self.buffer.find(b"\r\n.\r\n")
+                if end < 0:
+                    return
+                self.buffer = self.buffer[end + 5 :]
+                self.in_data = False
+                Sink.delivered += 1
+                Sink.last = time.monotonic()
+                self.transport.write(b"250 2.0.0 OK\r\n")
+                continue
+            end = self.buffer.find(b"\r\n")
+            if end < 0:
+                return
+            line, self.buffer = self.buffer[:end], self.buffer[end + 2 :]
+            verb = line[:4].upper()
+            if verb == b"EHLO":
+                self.transport.write(b"250-sink\r\n250-8BITMIME\r\n250 SIZE 100000000\r\n")
+            elif verb == b"DATA":
+                self.in_data = True
+                self.buffer = b"\r\n" + self.buffer  # so an empty body still ends on CRLF.CRLF
+                self.transport.write(b"354 go\r\n")
+            elif verb == b"QUIT":
+                self.transport.write(b"221 bye\r\n")
+                self.transport.close()
+                return
+            else:
+                self.transport.write(b"250 OK\r\n")
+
+
+async def read_reply(reader: asyncio.StreamReader) -> bytes:
+    while True:
+        line = await reader.readline()
+        if not line:
+            raise ConnectionError("closed")
+        if line[3:4] != b"-":
+            return line
+
+
+async def inject(port: int, messages: list[bytes], stamps: list[float]) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    await read_reply(reader)
+    writer.write(b"EHLO injector.test\r\n")
+    await read_reply(reader)
+    for data in messages:
+        rcpt = data.split(b"To: ", 1)[1].split(b"\r\n", 1)[0]
+        writer.write(b"MAIL FROM:<bench@" + DOMAIN.encode() + b">\r\n")
+        await read_reply(reader)
+        writer.write(b"RCPT TO:<" + rcpt + b">\r\n")
+        await read_reply(reader)
+        writer.write(b"DATA\r\n")
+        await read_reply(reader)
+        writer.write(data + b".\r\n")
+        reply = await read_reply(reader)
+        if not reply.startswith(b"250"):
+            raise RuntimeError(f"refused: {reply!r}")
+        stamps.append(time.monotonic())
+    writer.write(b"QUIT\r\n")
+    writer.close()
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+async def wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(log.read_text()[-3000:])
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /readyz HTTP/1.0\r\n\r\n")
+            status = await reader.readline()
+            writer.close()
+            if b" 200 " in status:
+                return
+        except OSError:
+            pass
+        await asyncio.sleep(0.1)
+    raise TimeoutError("sender not ready")
+
+
+async def run_sender(n: int, workdir: Path) -> tuple[float, float]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    key_file = workdir / "dkim.pem"
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    loop = asyncio.get_running_loop()
+    sink = await loop.create_server(Sink, "127.0.0.1", 0)
+    sink_port = int(sink.sockets[0].getsockname()[1])
+    async with DNSServer("127.0.0.1") as dns:
+        dns.set_records(SINK_DOMAIN, "MX", [f"10 mx.{SINK_DOMAIN}."])
+        dns.set_records(f"mx.{SINK_DOMAIN}", "A", ["127.0.0.1"])
+        smtp_port, http_port = free_port(), free_port()
+        cfg = {
+            "spoolDir": str(workdir / "spool"),
+            "spoolSync": "full",
+            "submission": {"listenAddress": "127.0.0.1", "smtpPort": smtp_port,
+                           "httpPort": http_port},
+            "delivery": {"smtpPort": sink_port, "requireLease": False,
+                         "messagesPerConnection": 10000, "connectionIdle": "5s"},
+            "throttles": {"defaults": {"maxConnections": 20}},
+            "dns": {"nameservers": [{"address": dns.host, "port": dns.port}]},
+            "dkim": {"domains": [{"domain": DOMAIN, "keys": [
+                {"selector": "bench", "algorithm": "rsa", "keyFile": str(key_file)}]}]},
+        }
+        config_file = workdir / "sender.yaml"
+        config_file.write_text(yaml.safe_dump(cfg))
+        log = workdir / "sender.log"
+        with log.open("wb") as log_handle:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "mailfleet_sender", "--config", str(config_file),
+                 "--log-level", "warning"],
+                stdout=log_handle, stderr=log_handle,
+                env={**os.environ, "POD_NAME": "bench", "POD_IP": "127.0.0.1"},
+            )
+        try:
+            await wait_ready(http_port, proc, log)
+            messages = [make_message(i) for i in range(n)]
+            chunks = [messages[i::SESSIONS] for i in range(SESSIONS)]
+            stamps: list[float] = []
+            Sink.delivered = 0
+            start = time.monotonic()
+            await asyncio.gather(*(inject(smtp_port, c, stamps) for c in chunks if c))
+            accepted_at = max(stamps)
+            deadline = time.monotonic() + 600
+            while Sink.delivered < n and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            if Sink.delivered < n:
+                raise RuntimeError(f"only {Sink.delivered} of {n} delivered")
+            delivered_at = Sink.last
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+            sink.close()
+    return n / (accepted_at - start), n / (delivered_at - start)
+
+
+def dkim_rates(seconds: float = 2.0) -> tuple[float, float]:
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    signer = dkim_signing.SigningKey(domain=DOMAIN, selector="bench", key=key)
+    message = make_message(0)
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        dkim_signing.sign_message(message, [signer], timestamp=1700000000)
+        count += 1
+    ours = count / (time.perf_counter() - start)
+    data = b"x" * 600  # about the size of the canonical signed headers
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        key.sign(data, padding.PKCS1v15(), hashes.SHA256())
+        count += 1
+    raw = count / (time.perf_counter() - start)
+    return ours, raw
+
+
+def postfix_rate(n: int) -> float | None:
+    """The Postfix reference run, when Postfix and smtp-sink are installed."""
+    if shutil.which("postfix") is None or shutil.which("smtp-sink") is None:
+        return None
+    print("postfix found, but the automated Postfix run is not implemented", file=sys.stderr)
+    return None
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--messages", type=int, default=5000)
+    args = parser.parse_args()
+    n = args.messages
+    with tempfile.TemporaryDirectory(prefix="mailfleet-bench-") as tmp:
+        accepted, delivered = asyncio.run(run_sender(n, Path(tmp)))
+    print(f"sender: {n} messages, accepted {accepted:.0f}/s, delivered {delivered:.0f}/s "
+          f"end to end (RSA-2048 DKIM, fsync on, {SESSIONS} sessions)")
+    reference = postfix_rate(n)
+    print(f"postfix + smtp-sink: {'not installed' if reference is None else f'{reference:.0f}/s'}")
+    ours, raw = dkim_rates()
+    print(f"dkim: {ours:.0f} signs/s vs raw RSA-2048 {raw:.0f} signs/s ({ours / raw:.0%})")
+    print(json.dumps({
+        "messages": n,
+        "accepted_per_s": round(accepted, 1),
+        "delivered_per_s": round(delivered, 1),
+        "postfix_delivered_per_s": reference,
+        "dkim_signs_per_s": round(ours, 1),
+        "openssl_signs_per_s": round(raw, 1),
+    }))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
