@@ -40,5 +40,30 @@ bench: install
 	$(PY) bench/apiserver.py
 	$(PY) bench/sender_throughput.py
 
+# The chart's generated files (CRD templates from crds/, RBAC rules from the operator's API
+# table, Artifact Hub annotations, Grafana dashboard, Argo CD health checks): charts/generate.py.
+chart: install
+	$(PY) charts/generate.py chart
+
+# deploy/mailfleet.yaml: the chart rendered with Helm's library, for `kubectl apply -f` users.
+manifests: install
+	$(PY) charts/generate.py manifests
+
+# Container images of the operator and the sender, where a docker daemon is reachable.
+IMAGE_VERSION ?= $(shell sed -n 's/^appVersion: *//p' charts/mailfleet/Chart.yaml)
+images:
+	@if ! command -v docker >/dev/null 2>&1 || ! docker info >/dev/null 2>&1; then \
+		echo "make images: skipped, docker is not usable here (no docker CLI or no daemon)"; \
+	else \
+		set -e; \
+		docker build -f operator/Dockerfile -t ghcr.io/mailfleet/operator:$(IMAGE_VERSION) \
+			--build-arg VERSION=$(IMAGE_VERSION) \
+			--build-arg REVISION=$$(git rev-parse HEAD 2>/dev/null || echo unknown) .; \
+		if [ -f sender-image/Dockerfile ]; then \
+			docker build -f sender-image/Dockerfile -t ghcr.io/mailfleet/sender:$(IMAGE_VERSION) \
+				--build-arg VERSION=$(IMAGE_VERSION) .; \
+		else echo "make images: sender-image/Dockerfile not found, sender image skipped"; fi; \
+	fi
+
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -64,6 +64,14 @@ class Settings(BaseModel):
         default=1.0, gt=0,
         description="Sandbox only: operator time runs this many times faster than real time.",
     )
+    warmup_day_seconds: float | None = Field(
+        default=None, gt=0,
+        description=(
+            "Sandbox only: an IPWarmup day lasts this many seconds (counted from the Unix "
+            "epoch, like the senders' clock.dayLength) instead of a calendar day; unset in "
+            "production."
+        ),
+    )
     # --- SendingPool controller (issue 7) ---
     lease_duration: float = Field(
         default=10.0, gt=0,

@@ -3,7 +3,8 @@
 `NodeAgent` registers sandbox Nodes in the API emulator and talks to it over HTTP only, like a
 real kubelet: it watches Pods, ConfigMaps and Secrets, binds pending pods to nodes, runs each
 container as a local process on the pod's own 127.x address, projects volumes, runs probes,
-restarts crashed containers and writes `pods/status`.
+restarts crashed containers and writes `pods/status`. One agent plays every sandbox node's
+kubelet, so it watches all pods rather than one `spec.nodeName` each.
 
 Choices, and why:
 
@@ -22,20 +23,26 @@ Choices, and why:
   namespaces are unavailable, mountPath prefixes in command, args and env are rewritten to
   host paths instead. ConfigMap and Secret volumes use the kubelet's atomic `..data` swap and
   are re-projected when the object changes (subPath mounts are not updated, as in Kubernetes).
-  emptyDir lives as long as the pod; a persistentVolumeClaim is a directory per claim under
-  `workdir/pvcs/<ns>/<claim>` that outlives pods.
+  Volumes live in `workdir/pods/<ns>/<pod>/<uid>/volumes/<volume>` (per uid, like the
+  kubelet, so a StatefulSet's replacement pod never shares the old one's directory); emptyDir
+  lives as long as the pod; a persistentVolumeClaim is a directory per claim under
+  `workdir/pvcs/<ns>/<claim>` that outlives pods (no PV binding is modelled).
 - API access for pods: there are no service account tokens or TLS in the sandbox, so every
   pod gets `KUBECONFIG` pointing at a kubeconfig for the emulator (the operator uses it).
 - Node failure (`fail_node`) models a partition: the Node turns `Ready=Unknown` with the
   `node.kubernetes.io/unreachable` taints, its pods turn `Ready=False` (what the node lifecycle
   controller does), and their processes are frozen with SIGSTOP, so they neither answer nor
   send; the agent stops reporting for that node, as a cut-off kubelet would. Pods are not
-  evicted. `heal_node` resumes the processes and reconciles whatever changed meanwhile.
+  evicted. `processes="kill"` models a crashed machine instead (restarted on heal),
+  `processes="keep"` leaves them running (note: still reachable on loopback). `heal_node` resumes the processes and reconciles whatever changed meanwhile.
 - Deletion: a pod with a deletionTimestamp gets SIGTERM, then SIGKILL after its grace period
   (capped by `max_termination_grace`), then is deleted with grace 0, as the kubelet confirms
   a deletion. A pod removed outright from the API is stopped the same way.
+- Probes: httpGet, tcpSocket and exec with the API's thresholds, in real seconds times
+  `probe_time_scale`.
 - Not modelled: resource limits, init containers (the pod waits with a clear reason), events,
-  node heartbeats and Leases (Node status is written only when it changes), image pulls.
+  node heartbeats and Leases (Node status is written only when it changes), image pulls,
+  eviction from failed nodes.
 
 Logs of every container of a pod go to `workdir/logs/<ns>_<pod>.log`.
 """
@@ -75,6 +82,8 @@ DEFAULT_IMAGE_SUBSTRINGS: tuple[tuple[str, list[str]], ...] = (
 )
 """Images every agent knows: any image whose name contains one of these strings."""
 UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
+NO_RESOURCE = "the server could not find the requested resource"
+"""kube-apiserver's 404 text for a path it does not serve (as opposed to a missing object)."""
 KUBELET_VERSION = "v1.30.0-mailfleet-sandbox"
 
 
@@ -257,7 +266,7 @@ def image_argv(image: str, table: Mapping[str, Sequence[str]],
 
 
 # ------------------------------------------------------------------------ API client
-class _Client:
+class ApiClient:
     """The few HTTP calls a kubelet makes, over aiohttp, against one API server URL."""
 
     def __init__(self, url: str) -> None:
@@ -292,10 +301,10 @@ class _Client:
             return resp.status, parsed
 
 
-class _Informer:
+class Informer:
     """A list+watch cache of one resource across namespaces; `on_change` after each event."""
 
-    def __init__(self, client: _Client, path: str, on_change: Callable[[], None]) -> None:
+    def __init__(self, client: ApiClient, path: str, on_change: Callable[[], None]) -> None:
         self.client = client
         self.path = path
         self.on_change = on_change
@@ -430,6 +439,11 @@ class _Container:
                                                   "message": str(exc)}})
                 await self.pod.wait_for_change(agent.restart_backoff[1])
                 continue
+            except OSError as exc:  # the command itself cannot be started
+                self.set_state(state={"waiting": {"reason": "RunContainerError",
+                                                  "message": str(exc)}})
+                await asyncio.sleep(agent.restart_backoff[1])
+                continue
             assert self.proc is not None
             code = await self.proc.wait()
             self._stop_probes()
@@ -467,7 +481,7 @@ class _Container:
         pod.project_volumes()
         env = dict(agent.base_env)
         env.update({"HOSTNAME": pod.name, "KUBECONFIG": str(agent.kubeconfig_path)})
-        env.update(build_env(self.spec, pod.pod, pod.lookup))
+        env.update(build_env(self.spec, pod.downward_view(), pod.lookup))
         command = [expand_vars(a, env) for a in self.spec.get("command") or []]
         args = [expand_vars(a, env) for a in self.spec.get("args") or []]
         if command:
@@ -637,6 +651,13 @@ class _PodWorker:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._changed.wait(), limit)
 
+    def downward_view(self) -> JSON:
+        """The pod as the downward API sees it: its IPs are known here before the API has them."""
+        host_ip = self.agent.node_ip(self.node)
+        status = dict(self.pod.get("status") or {}, podIP=self.ip, podIPs=[{"ip": self.ip}],
+                      hostIP=host_ip, hostIPs=[{"ip": host_ip}])
+        return dict(self.pod, status=status)
+
     # ------------------------------------------------------------ volumes
     def volume_dir(self, name: str) -> Path:
         return self.root / "volumes" / name
@@ -644,7 +665,7 @@ class _PodWorker:
     def project_volumes(self) -> None:
         for volume in (self.pod.get("spec") or {}).get("volumes") or []:
             name = volume["name"]
-            payload = volumes.volume_payload(volume, self.pod, self.lookup)
+            payload = volumes.volume_payload(volume, self.downward_view(), self.lookup)
             if payload is not None:
                 writer = self._writers.setdefault(name, volumes.AtomicWriter(
                     self.volume_dir(name)))
@@ -804,7 +825,7 @@ class NodeAgent:
                  backoff_reset: float = 10.0, max_termination_grace: float = 10.0,
                  isolation: Literal["auto", "namespaces", "none"] = "auto",
                  extra_env: Mapping[str, str] | None = None) -> None:
-        self.api_url = _api_url(api)
+        self.api_url = api_server_url(api)
         self.nodes = {n.name: n for n in nodes}
         self.workdir = Path(workdir)
         self.images = dict(images or {})
@@ -834,14 +855,15 @@ class NodeAgent:
         self._stopping: set[str] = set()
         self._unschedulable: dict[str, str] = {}
         self._bound: dict[str, str] = {}
+        self._bind_failures: dict[str, int] = {}
         self._background: set[asyncio.Task[None]] = set()
         self._up = {name: asyncio.Event() for name in self.nodes}
         for event in self._up.values():
             event.set()
-        self._client = _Client(self.api_url)
-        self.pods = _Informer(self._client, "/api/v1/pods", self._wake.set)
-        self.configmaps = _Informer(self._client, "/api/v1/configmaps", self._on_config)
-        self.secrets = _Informer(self._client, "/api/v1/secrets", self._on_config)
+        self._client = ApiClient(self.api_url)
+        self.pods = Informer(self._client, "/api/v1/pods", self._wake.set)
+        self.configmaps = Informer(self._client, "/api/v1/configmaps", self._on_config)
+        self.secrets = Informer(self._client, "/api/v1/secrets", self._on_config)
 
     # ----------------------------------------------------------- lifecycle
     async def __aenter__(self) -> NodeAgent:
@@ -885,7 +907,7 @@ class NodeAgent:
         await self._client.close()
 
     @property
-    def client(self) -> _Client:
+    def client(self) -> ApiClient:
         return self._client
 
     @property
@@ -1168,20 +1190,25 @@ class NodeAgent:
             "metadata": {"name": name, "namespace": ns, "uid": uid},
             "target": {"apiVersion": "v1", "kind": "Node", "name": node}},
             ok=(200, 201, 404, 409))
-        if code in (404, 405):  # no pods/binding in this emulator: see the module docstring
+        if code == 405 or (code == 404 and body.get("message") == NO_RESOURCE):
+            # no pods/binding in this emulator: see the module docstring
             code, body = await self.client.request(
                 "PATCH", base, {"spec": {"nodeName": node}}, "application/merge-patch+json")
         if code not in (200, 201):
-            log.warning("cannot bind pod=%s/%s node=%s code=%s: %s", ns, name, node, code,
-                        body.get("message"))
+            if self._bind_failures.get(uid) != code:
+                self._bind_failures[uid] = code
+                log.warning("cannot bind pod=%s/%s node=%s code=%s: %s", ns, name, node, code,
+                            body.get("message"))
             return
+        self._bind_failures.pop(uid, None)
         log.info("scheduled pod=%s/%s node=%s", ns, name, node)
         self._bound[uid] = node
         counts[node] = counts.get(node, 0) + 1
         self._wake.set()
 
 
-def _api_url(api: str | Path) -> str:
+def api_server_url(api: str | Path) -> str:
+    """The server URL of `api`: a URL as is, or the current context of a kubeconfig file."""
     text = str(api)
     if text.startswith(("http://", "https://")):
         return text.rstrip("/")

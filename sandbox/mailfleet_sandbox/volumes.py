@@ -369,8 +369,18 @@ def _apply_plan(plan: LaunchPlan) -> None:
         socket.sethostname(plan.hostname)
 
 
+_namespaces_checked: list[bool] = []
+
+
 def mount_namespaces_available(scratch: Path) -> bool:
-    """Whether this machine lets us build a pod's mount namespace (tried in a child)."""
+    """Whether this machine lets us build a pod's mount namespace (tried once per process,
+    in a child, using `scratch` for its files)."""
+    if not _namespaces_checked:
+        _namespaces_checked.append(_try_namespaces(scratch))
+    return _namespaces_checked[0]
+
+
+def _try_namespaces(scratch: Path) -> bool:
     scratch.mkdir(parents=True, exist_ok=True)
     source = scratch / "probe-src"
     source.mkdir(exist_ok=True)

@@ -56,6 +56,9 @@ FOLD_WIDTH = 72
 """Base64 values are folded every this many characters to stay under the 78-column guidance."""
 
 _WSP_RUN = re.compile(rb"[ \t]+")
+_WSP_TO_SQUEEZE = re.compile(rb"[ \t]{2,}|\t")
+"""Only runs that change: single spaces are already canonical, and skipping them makes the
+body pass several times faster on ordinary text."""
 
 
 class Algorithm(enum.StrEnum):
@@ -131,7 +134,9 @@ def canonicalize_header_relaxed(raw_field: bytes) -> bytes:
 
 def canonicalize_body_relaxed(body: bytes) -> bytes:
     """RFC 6376 §3.4.4: squeeze whitespace, drop it at line ends, drop trailing empty lines."""
-    squeezed = _WSP_RUN.sub(b" ", body).replace(b" \r\n", b"\r\n").rstrip(b" \r\n")
+    if b"\t" in body or b"  " in body:
+        body = _WSP_TO_SQUEEZE.sub(b" ", body)
+    squeezed = body.replace(b" \r\n", b"\r\n").rstrip(b" \r\n")
     return squeezed + b"\r\n" if squeezed else b""
 
 

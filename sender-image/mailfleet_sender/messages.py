@@ -161,6 +161,11 @@ def check_message(data: bytes, *, limits: Limits, now: float, hostname: str) -> 
         added.append(f"Message-ID: {message_id}".encode("ascii"))
     if "date" not in names:
         added.append(f"Date: {email.utils.formatdate(now)}".encode("ascii"))
+    if body and not body.endswith(b"\r\n"):
+        # SMTP adds it on the wire anyway; adding it first means DKIM signs what is sent
+        # (verifiers disagree on a last line without CRLF).
+        body += b"\r\n"
+        data = section + b"\r\n" + body
     if len(kept) != len(fields) or added:
         section = b"".join(line + b"\r\n" for line in [*kept, *added])
         data = section + b"\r\n" + body

@@ -15,6 +15,7 @@ Reuse from other controllers' tests:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import threading
 import time
@@ -206,3 +207,70 @@ async def operator(
         yield runner
     finally:
         await runner.stop()
+
+
+# --- DomainAuth helpers (shared by the test_domainauth_* modules) -----------------------
+
+NAME = "example-com"
+
+
+def create_domainauth(api: ApiServer, spec: dict[str, Any], name: str = NAME) -> None:
+    body = {"domain": "example.com", "verification": {"interval": "1s"}, **spec}
+    api.create({"apiVersion": API_VERSION, "kind": "DomainAuth",
+                "metadata": {"name": name, "namespace": "default"}, "spec": body})
+
+
+def domainauth(api: ApiServer, name: str = NAME) -> dict[str, Any]:
+    return api.get(API_VERSION, "DomainAuth", name, "default")
+
+
+def key_states(api: ApiServer) -> dict[str, str]:
+    keys = ((domainauth(api).get("status") or {}).get("dkim") or {}).get("keys") or []
+    return {k["selector"]: k["state"] for k in keys}
+
+
+def key_secrets(api: ApiServer) -> dict[str, dict[str, Any]]:
+    selector = f"mailfleet.io/domainauth={NAME}"
+    return {
+        s["metadata"]["labels"]["mailfleet.io/selector"]: s
+        for s in api.list("v1", "Secret", "default", label_selector=selector)
+    }
+
+
+def events(api: ApiServer) -> list[str]:
+    items = sorted(api.list("v1", "Event", "default"),
+                   key=lambda e: int(e["metadata"]["resourceVersion"]))
+    return [e["reason"] for e in items]
+
+
+def rotate(api: ApiServer, value: str) -> None:
+    api.patch(API_VERSION, "DomainAuth", NAME,
+              {"metadata": {"annotations": {"mailfleet.io/rotate": value}}}, "default")
+
+
+@contextlib.asynccontextmanager
+async def publisher(
+    api: ApiServer, dns_server: DNSServer, *, hold: Callable[[str], bool] = lambda _n: False,
+) -> AsyncIterator[None]:
+    """Copy status.records into DNS continuously, like a diligent human (or external-dns)
+    would; names for which `hold(name)` is true are left alone."""
+
+    async def loop() -> None:
+        while True:
+            status = domainauth(api).get("status") or {}
+            wanted = {(r["name"], r["type"]): r["value"] for r in status.get("records") or []}
+            for (name, rtype), value in wanted.items():
+                if not hold(name) and dns_server.records(name, rtype) != [value]:
+                    dns_server.set_records(name, rtype, [value])
+            for name in dns_server.names():
+                if "._domainkey." in name and (name, "TXT") not in wanted and not hold(name):
+                    dns_server.remove_records(name, "TXT")
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task

@@ -9,4 +9,5 @@ HANDLER_MODULES: tuple[str, ...] = (
     "mailfleet_operator.handlers.lifecycle",
     "mailfleet_operator.handlers.domainauth",
     "mailfleet_operator.handlers.sendingpool",
+    "mailfleet_operator.handlers.ipwarmup",
 )

@@ -261,8 +261,9 @@ async def _reconcile_locked(
         or now - memory.slow_at >= timedelta(seconds=settings.stats_interval)
     ):
         memory.domain_auths = await _read_domain_auths(ctx, namespace, spec.domains)
-        memory.quotas = await _read_warmup_quotas(ctx, namespace, name)
         memory.slow_at, memory.slow_key = now, slow_key
+    # Warm-up quotas every cycle: a day's new quota or a pause reaches the leases at once.
+    memory.quotas = await _read_warmup_quotas(ctx, namespace, name)
     domain_auths, quotas = memory.domain_auths, memory.quotas
 
     # --- decide replicas ----------------------------------------------------------------
@@ -331,6 +332,10 @@ async def _reconcile_locked(
             domain_auths=domain_auths,
             generation=meta.get("generation"),
             nameservers=tuple(_hostport(s) for s in settings.sender_nameservers),
+            # The senders' quota day must be the operator's warm-up day (sandbox time scale).
+            day_length=units.format_duration(settings.warmup_day_seconds)
+            if settings.warmup_day_seconds
+            else None,
         )
     )
     # Scale-down: shrink the StatefulSet only past pods whose queue emptied (or timed out).

@@ -1,0 +1,101 @@
+"""kopf handlers for IPWarmup: thin and level-based, all calling `reconcile_warmup`.
+
+Create, update and resume run a cycle at once (a `spec.paused` flip must reach the pool's
+leases within a cycle); a per-object daemon runs the next cycle when the reconciler asks:
+at the latest every `stats_interval`, and exactly at the end of the warm-up day. The pool's
+pods come from the SendingPool controller's kopf index, so reading their stats costs no
+list call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import kopf
+
+from mailfleet_operator import metrics
+from mailfleet_operator.api import common, ipwarmup
+from mailfleet_operator.reconcile import context, pod_admin
+from mailfleet_operator.reconcile import ipwarmup as reconciler
+
+RESOURCE = (common.GROUP, common.VERSION, ipwarmup.PLURAL)
+POD_INDEX = "sendingpool_pods"  # defined by handlers.sendingpool, keyed (namespace, pool)
+
+
+def _admin(memo: kopf.Memo) -> pod_admin.PodAdmin:
+    admin = memo.get("pod_admin")
+    if admin is None:
+        ctx: context.Context = memo.ctx
+        admin = pod_admin.PodAdmin(timeout=ctx.settings.pod_admin_timeout)
+        memo.pod_admin = admin
+    assert isinstance(admin, pod_admin.PodAdmin)
+    return admin
+
+
+def _pods(
+    body: Mapping[str, Any], namespace: str, kwargs: Mapping[str, Any]
+) -> Sequence[Mapping[str, Any]] | None:
+    index = kwargs.get(POD_INDEX)
+    pool = ((body.get("spec") or {}).get("poolRef") or {}).get("name")
+    if index is None or not pool:
+        return None  # the reconciler lists them
+    return list(index.get((namespace, pool), []))
+
+
+async def _cycle(
+    memo: kopf.Memo, body: kopf.Body, namespace: str, kwargs: Mapping[str, Any]
+) -> float:
+    ctx: context.Context = memo.ctx
+    metrics.RECONCILES.labels(kind=ipwarmup.KIND).inc()
+    with metrics.RECONCILE_SECONDS.labels(kind=ipwarmup.KIND).time():
+        try:
+            outcome = await reconciler.reconcile_warmup(
+                ctx, _admin(memo), dict(body), pods=_pods(body, namespace, kwargs)
+            )
+        except Exception as error:
+            metrics.RECONCILE_ERRORS.labels(kind=ipwarmup.KIND, error=type(error).__name__).inc()
+            raise
+    return outcome.requeue_after
+
+
+@kopf.on.resume(*RESOURCE)
+@kopf.on.create(*RESOURCE)
+@kopf.on.update(*RESOURCE)
+async def ipwarmup_changed(
+    memo: kopf.Memo, body: kopf.Body, namespace: str | None, **kwargs: Any
+) -> None:
+    try:
+        await _cycle(memo, body, namespace or "default", kwargs)
+    except Exception as error:
+        raise kopf.TemporaryError(
+            f"reconcile failed: {type(error).__name__}: {error}",
+            delay=memo.ctx.settings.error_delay,
+        ) from error
+
+
+@kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
+async def ipwarmup_timer(
+    stopped: kopf.DaemonStopped,
+    memo: kopf.Memo,
+    body: kopf.Body,
+    namespace: str | None,
+    logger: Any,
+    **kwargs: Any,
+) -> None:
+    delay = memo.ctx.settings.stats_interval
+    while not stopped:
+        await stopped.wait(delay)
+        if stopped:
+            break
+        try:
+            delay = await _cycle(memo, body, namespace or "default", kwargs)
+        except Exception as error:  # logged and retried; never fatal
+            logger.warning(f"reconcile failed: {type(error).__name__}: {error}")
+            delay = memo.ctx.settings.error_delay
+
+
+@kopf.on.delete(*RESOURCE, optional=True)
+async def ipwarmup_deleted(body: kopf.Body, **_: Any) -> None:
+    """Nothing to clean up in the API; only the operator's memory of the warm-up is dropped."""
+    reconciler.forget(body["metadata"]["uid"])

@@ -1,0 +1,238 @@
+"""One IPWarmup's progress between reconciles: per-IP day figures, the combined decision, the
+phase and the conditions. Pure (no I/O): the controller gathers, these functions decide.
+
+Day figures. The senders count per IP and per *quota day* (`/v1/stats`: `day` is the index of
+the sender's day, `dayLength` seconds from the Unix epoch; 24 h = UTC days). The operator's
+scaled clock counts from the epoch too, so with the time scale on, and with UTC calendar days,
+a warm-up day is exactly one sender day. With another timezone the warm-up day is read from
+the sender day that overlaps most of it (its midpoint's).
+
+Counters reset when the sender's day rolls over, and a day is judged just after it ended, so
+the figures of a day are the highest counts seen per pod (by uid: a recreated pod counts
+again) while that day ran, kept in the operator's memory and summed over pods. A pod that
+disappears still counts with what it last reported, so an IP that moved mid-day is judged on
+everything it sent, and the quota that remains is quota minus that sum.
+
+Several IPs in one IPWarmup share its schedule day: each IP is judged on its own figures and
+the most severe verdict wins (Pause, then Rollback, then Hold, then Advance/Complete), so one
+bad IP holds the group rather than hiding in a good average.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+from mailfleet_operator.api import ipwarmup
+from mailfleet_operator.logic import conditions, warmup_gates
+
+EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+"""Origin of the scaled day clock: the senders count their quota days from it too."""
+
+DEFAULT_SENDER_DAY = 86400.0
+
+SEVERITY = {
+    warmup_gates.Action.PAUSE: 4,
+    warmup_gates.Action.ROLLBACK: 3,
+    warmup_gates.Action.HOLD: 2,
+    warmup_gates.Action.ADVANCE: 1,
+    warmup_gates.Action.COMPLETE: 0,
+}
+
+PHASE_OF_ACTION: dict[warmup_gates.Action, ipwarmup.Phase] = {
+    warmup_gates.Action.ADVANCE: "WarmingUp",
+    warmup_gates.Action.HOLD: "Held",
+    warmup_gates.Action.ROLLBACK: "RolledBack",
+    warmup_gates.Action.PAUSE: "Paused",
+    warmup_gates.Action.COMPLETE: "Completed",
+}
+
+# --- day figures ----------------------------------------------------------------------------
+
+
+def sender_day_of(
+    day_start: datetime.datetime, day_end: datetime.datetime, *, sender_day_seconds: float
+) -> int:
+    """The sender quota day (index from the epoch) whose counters hold this warm-up day."""
+    middle = day_start + (day_end - day_start) / 2
+    return math.floor((middle - EPOCH).total_seconds() / sender_day_seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class PodReading:
+    """One pod's `/v1/stats` counts for one IP on one sender day."""
+
+    pod_uid: str
+    address: str
+    sender_day: int
+    figures: warmup_gates.DayFigures
+
+
+DayCounts = dict[tuple[str, int], dict[str, warmup_gates.DayFigures]]
+"""(address, sender day) -> pod uid -> highest figures seen."""
+
+
+def _max_figures(a: warmup_gates.DayFigures, b: warmup_gates.DayFigures) -> warmup_gates.DayFigures:
+    return warmup_gates.DayFigures(
+        sent=max(a.sent, b.sent),
+        delivered=max(a.delivered, b.delivered),
+        hard_bounces=max(a.hard_bounces, b.hard_bounces),
+        complaints=max(a.complaints, b.complaints),
+        deferrals=max(a.deferrals, b.deferrals),
+    )
+
+
+def merge_readings(
+    known: Mapping[tuple[str, int], Mapping[str, warmup_gates.DayFigures]],
+    readings: Iterable[PodReading],
+    *,
+    keep_from_day: int,
+) -> DayCounts:
+    """Fold fresh readings into the high-water marks; days before `keep_from_day` are dropped."""
+    merged: DayCounts = {
+        key: dict(pods) for key, pods in known.items() if key[1] >= keep_from_day
+    }
+    for reading in readings:
+        if reading.sender_day < keep_from_day:
+            continue
+        pods = merged.setdefault((reading.address, reading.sender_day), {})
+        old = pods.get(reading.pod_uid)
+        pods[reading.pod_uid] = (
+            reading.figures if old is None else _max_figures(old, reading.figures)
+        )
+    return merged
+
+
+def figures_for(counts: DayCounts, *, address: str, sender_day: int) -> warmup_gates.DayFigures:
+    """One IP's figures for one day, summed over every pod that sent from it."""
+    total = warmup_gates.DayFigures()
+    for figures in counts.get((address, sender_day), {}).values():
+        total = warmup_gates.DayFigures(
+            sent=total.sent + figures.sent,
+            delivered=total.delivered + figures.delivered,
+            hard_bounces=total.hard_bounces + figures.hard_bounces,
+            complaints=total.complaints + figures.complaints,
+            deferrals=total.deferrals + figures.deferrals,
+        )
+    return total
+
+
+# --- the decision over several IPs ----------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class GroupDecision:
+    """The verdict on one day for every IP of the warm-up, and the IP that decided it."""
+
+    decisive: warmup_gates.Decision
+    address: str
+    per_ip: tuple[tuple[str, warmup_gates.Decision], ...]
+
+    @property
+    def action(self) -> warmup_gates.Action:
+        return self.decisive.action
+
+    def history_row(self) -> ipwarmup.DayRecord:
+        """The decisive IP's row: its figures are the ones that explain the decision."""
+        return self.decisive.history_row()
+
+    def message(self) -> str:
+        """Every IP's verdict with its figures (event text)."""
+        if len(self.per_ip) == 1:
+            return f"IP {self.address}: {self.decisive.message}"
+        return " | ".join(f"IP {address}: {d.message}" for address, d in self.per_ip)
+
+
+def decide_group(per_ip: Sequence[tuple[str, warmup_gates.Decision]]) -> GroupDecision:
+    """Most severe verdict wins; among passing IPs, the one with the least evidence (sent)."""
+    if not per_ip:
+        raise ValueError("a warm-up needs at least one IP to judge")
+    address, decisive = max(
+        per_ip,
+        key=lambda item: (
+            SEVERITY[item[1].action],
+            # Most severe among equals: the deepest rollback, then the least sent.
+            -item[1].next_day,
+            -item[1].figures.sent,
+        ),
+    )
+    return GroupDecision(decisive=decisive, address=address, per_ip=tuple(per_ip))
+
+
+# --- phase and conditions -------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Problem:
+    """Why the warm-up cannot run (bad spec, missing pool, conflict): the Ready reason."""
+
+    reason: str
+    message: str
+
+
+def phase_of(
+    *,
+    problem: Problem | None,
+    started: bool,
+    paused: bool,
+    last_action: warmup_gates.Action | None,
+) -> ipwarmup.Phase:
+    if last_action is warmup_gates.Action.COMPLETE:
+        return "Completed"
+    if problem is not None or not started:
+        return "Pending"
+    if paused:
+        return "Paused"
+    if last_action is None or last_action is warmup_gates.Action.PAUSE:
+        return "WarmingUp"  # a gate Pause a person lifted runs again
+    return PHASE_OF_ACTION[last_action]
+
+
+def verdicts(
+    *,
+    phase: ipwarmup.Phase,
+    problem: Problem | None,
+    day: int,
+    quota: int,
+    target: int,
+    paused_by: str | None,
+    last: ipwarmup.DayRecord | None,
+) -> list[conditions.Verdict]:
+    """Ready (True once Completed), Progressing, Held and Completed for this state."""
+    completed = phase == "Completed"
+    if problem is not None and not completed:
+        return [
+            conditions.Verdict(ipwarmup.READY, False, problem.reason, problem.message),
+            conditions.Verdict(ipwarmup.PROGRESSING, False, problem.reason, problem.message),
+            conditions.Verdict(ipwarmup.HELD, False, "NotStarted", ""),
+            conditions.Verdict(ipwarmup.COMPLETED, False, "NotStarted", ""),
+        ]
+    where = f"day {day}, quota {quota}/day per IP, target {target}"
+    if completed:
+        done = f"warm-up complete on day {day}: the IPs are warm and no longer limited"
+        return [
+            conditions.Verdict(ipwarmup.READY, True, "Completed", done),
+            conditions.Verdict(ipwarmup.PROGRESSING, False, "Completed", done),
+            conditions.Verdict(ipwarmup.HELD, False, "Completed", ""),
+            conditions.Verdict(ipwarmup.COMPLETED, True, "TargetReached", done),
+        ]
+    if paused_by is not None:
+        held = conditions.Verdict(ipwarmup.HELD, True, paused_by, f"paused on {where}")
+        progressing = conditions.Verdict(
+            ipwarmup.PROGRESSING, False, paused_by, f"paused on {where}"
+        )
+    elif last is not None and last.decision in ("Hold", "Rollback"):
+        text = f"{last.decision} after day {last.day} ({last.reason}); now {where}"
+        held = conditions.Verdict(ipwarmup.HELD, True, last.reason or last.decision, text)
+        progressing = conditions.Verdict(ipwarmup.PROGRESSING, True, "WarmingUp", where)
+    else:
+        held = conditions.Verdict(ipwarmup.HELD, False, "GatesPassed", "")
+        progressing = conditions.Verdict(ipwarmup.PROGRESSING, True, "WarmingUp", where)
+    return [
+        conditions.Verdict(ipwarmup.READY, False, phase, f"warming up: {where}"),
+        progressing,
+        held,
+        conditions.Verdict(ipwarmup.COMPLETED, False, "WarmingUp", ""),
+    ]

@@ -1,0 +1,199 @@
+"""The sandbox node agent against the API emulator: pods run as processes on their own 127.x
+address, see their env and volumes where the spec puts them, restart, and follow their node."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+from typing import Any
+
+import aiohttp
+import pytest
+from mailfleet_sandbox.kube import ApiServer
+from mailfleet_sandbox.node_agent import NO_RESOURCE, NodeAgent
+from sandbox_fixtures.node_agent import ECHO_PORT, echo_pod, eventually
+
+
+def _pod(api: ApiServer, name: str) -> dict[str, Any]:
+    return api.get("v1", "Pod", name, "default")
+
+
+def _condition(obj: dict[str, Any], typ: str) -> dict[str, Any]:
+    return next((c for c in (obj.get("status") or {}).get("conditions") or []
+                 if c.get("type") == typ), {})
+
+
+def _ready(api: ApiServer, name: str) -> bool:
+    return _condition(_pod(api, name), "Ready").get("status") == "True"
+
+
+async def _http(url: str, within: float = 1.0) -> tuple[int, bytes] | None:
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=within)) as s, \
+                s.get(url) as resp:
+            return resp.status, await resp.read()
+    except (aiohttp.ClientError, TimeoutError, OSError):
+        return None
+
+
+async def _binding_supported(api: ApiServer) -> bool:
+    """Whether the emulator serves pods/binding (the scheduler's way to set spec.nodeName)."""
+    async with aiohttp.ClientSession() as s, s.post(
+            f"{api.url}/api/v1/namespaces/default/pods/no-such-pod/binding",
+            json={"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "no-such-pod"},
+                  "target": {"kind": "Node", "name": "node-a"}}) as resp:
+        body = await resp.json()
+        return not (resp.status == 404 and body.get("message") == NO_RESOURCE)
+
+
+async def test_pod_runs_with_its_ip_env_and_configmap_at_the_mount_path(
+        kube_api: ApiServer, node_agent: NodeAgent) -> None:
+    kube_api.create({"apiVersion": "v1", "kind": "ConfigMap",
+                     "metadata": {"name": "echo-config", "namespace": "default"},
+                     "data": {"config.yaml": "greeting: hello\n"}})
+    pod = echo_pod("echo-0", nodeName="node-b", volumes=[
+        {"name": "config", "configMap": {"name": "echo-config"}}], container={
+        "volumeMounts": [{"name": "config", "mountPath": "/etc/echo", "readOnly": True}],
+        "env": [{"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+                {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+                {"name": "NODE", "valueFrom": {"fieldRef": {"fieldPath": "spec.nodeName"}}},
+                {"name": "GREETING", "value": "hi $(POD_NAME)"}]})
+    kube_api.create(pod)
+    await eventually(lambda: _ready(kube_api, "echo-0"))
+    status = _pod(kube_api, "echo-0")["status"]
+    ip = status["podIP"]
+    assert ip.startswith("127.") and status["phase"] == "Running"
+    assert status["hostIP"] != ip and status["containerStatuses"][0]["ready"] is True
+
+    answer = await _http(f"http://{ip}:{ECHO_PORT}/env")
+    assert answer is not None
+    env = json.loads(answer[1])
+    assert (env["POD_IP"], env["POD_NAME"], env["NODE"]) == (ip, "echo-0", "node-b")
+    assert env["GREETING"] == "hi echo-0"
+    seen = await _http(f"http://{ip}:{ECHO_PORT}/file?path=/etc/echo/config.yaml")
+    assert seen == (200, b"greeting: hello\n")
+
+    volume = node_agent.volume_path("default", "echo-0", "config")
+    before = os.readlink(volume / "..data")
+    assert os.readlink(volume / "config.yaml") == "..data/config.yaml"
+    kube_api.patch("v1", "ConfigMap", "echo-config", {"data": {"config.yaml": "greeting: bye\n"}},
+                   "default")
+
+    async def updated() -> bool:
+        seen = await _http(f"http://{ip}:{ECHO_PORT}/file?path=/etc/echo/config.yaml")
+        return seen == (200, b"greeting: bye\n")
+    await eventually(updated)
+    assert os.readlink(volume / "..data") != before
+    assert not (volume / before).exists()
+    log_text = await asyncio.to_thread(node_agent.log_path("default", "echo-0").read_text)
+    assert "echo-pod listening" in log_text
+
+
+async def test_killed_process_restarts_and_counts(kube_api: ApiServer,
+                                                  node_agent: NodeAgent) -> None:
+    kube_api.create(echo_pod("echo-r", nodeName="node-a", container={
+        "livenessProbe": {"httpGet": {"path": "/healthz", "port": ECHO_PORT},
+                          "periodSeconds": 1, "failureThreshold": 2}}))
+    await eventually(lambda: _ready(kube_api, "echo-r"))
+    ip = node_agent.pod_ip("default", "echo-r")
+    first = node_agent.pod_pids("default", "echo-r")
+    assert node_agent.kill_pod_process("default", "echo-r", signal.SIGKILL) == first
+
+    def restarted() -> dict[str, Any] | None:
+        cs = _pod(kube_api, "echo-r")["status"]["containerStatuses"][0]
+        return cs if cs["restartCount"] == 1 and cs["ready"] else None
+    cs = await eventually(restarted)
+    assert cs["lastState"]["terminated"]["exitCode"] == 137
+    assert node_agent.pod_pids("default", "echo-r") != first
+    assert await _http(f"http://{ip}:{ECHO_PORT}/healthz") == (200, b"ok")
+
+    await _http(f"http://{ip}:{ECHO_PORT}/break")  # liveness now fails: the kubelet restarts
+
+    def restarted_again() -> bool:
+        cs = _pod(kube_api, "echo-r")["status"]["containerStatuses"][0]
+        return bool(cs["restartCount"] == 2 and cs["ready"])
+    await eventually(restarted_again)
+
+
+async def test_failed_node_turns_pod_unready_and_healing_restores_it(
+        kube_api: ApiServer, node_agent: NodeAgent) -> None:
+    kube_api.create(echo_pod("echo-f", nodeName="node-a"))
+    await eventually(lambda: _ready(kube_api, "echo-f"))
+    ip = node_agent.pod_ip("default", "echo-f")
+
+    await node_agent.fail_node("node-a")
+    node = kube_api.get("v1", "Node", "node-a")
+    assert _condition(node, "Ready")["status"] == "Unknown"
+    assert {"node.kubernetes.io/unreachable"} <= {t["key"] for t in node["spec"]["taints"]}
+    assert not _ready(kube_api, "echo-f")
+    assert await _http(f"http://{ip}:{ECHO_PORT}/healthz", within=0.3) is None  # frozen
+
+    await node_agent.heal_node("node-a")
+    assert _condition(kube_api.get("v1", "Node", "node-a"), "Ready")["status"] == "True"
+    await eventually(lambda: _ready(kube_api, "echo-f"))
+    assert await _http(f"http://{ip}:{ECHO_PORT}/healthz") == (200, b"ok")
+
+
+async def test_unknown_image_stays_pending_with_a_reason(kube_api: ApiServer,
+                                                         node_agent: NodeAgent) -> None:
+    kube_api.create(echo_pod("mystery", nodeName="node-a",
+                             container={"image": "example.test/mystery:1"}))
+
+    def waiting() -> dict[str, Any] | None:
+        status = _pod(kube_api, "mystery").get("status") or {}
+        for cs in status.get("containerStatuses") or []:
+            if (cs["state"].get("waiting") or {}).get("reason") in ("ErrImagePull",
+                                                                    "ImagePullBackOff"):
+                return status
+        return None
+    status = await eventually(waiting)
+    assert status["phase"] == "Pending"
+    message = status["containerStatuses"][0]["state"]["waiting"]["message"]
+    assert "example.test/mystery:1 is not known to the sandbox node agent" in message
+
+
+async def test_deleting_a_pod_stops_its_process(kube_api: ApiServer,
+                                                node_agent: NodeAgent) -> None:
+    kube_api.create(echo_pod("echo-d", nodeName="node-b"))
+    await eventually(lambda: _ready(kube_api, "echo-d"))
+    ip = node_agent.pod_ip("default", "echo-d")
+    (pid,) = node_agent.pod_pids("default", "echo-d")
+    kube_api.delete("v1", "Pod", "echo-d", "default")
+
+    def gone() -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+    await eventually(gone)
+    assert await _http(f"http://{ip}:{ECHO_PORT}/healthz", within=0.3) is None
+    await eventually(lambda: not kube_api.list("v1", "Pod", "default"))
+
+
+async def test_scheduler_honours_selectors_and_taints(kube_api: ApiServer,
+                                                      node_agent: NodeAgent) -> None:
+    kube_api.create(echo_pod("nowhere", nodeSelector={"topology.kubernetes.io/zone": "z"}))
+
+    def unschedulable() -> str:
+        cond = _condition(_pod(kube_api, "nowhere"), "PodScheduled")
+        return str(cond.get("message")) if cond.get("reason") == "Unschedulable" else ""
+    message = await eventually(unschedulable)
+    assert message.startswith("0/3 nodes are available")
+    assert "didn't match Pod's node affinity/selector" in message
+
+    if not await _binding_supported(kube_api):
+        pytest.skip("the API emulator has no pods/binding subresource yet")
+    kube_api.create(echo_pod("zoned", nodeSelector={"topology.kubernetes.io/zone": "c"},
+                             tolerations=[{"key": "dedicated", "operator": "Equal",
+                                           "value": "mail", "effect": "NoSchedule"}]))
+    kube_api.create(echo_pod("untolerated", nodeSelector={"topology.kubernetes.io/zone": "c"}))
+    await eventually(lambda: _ready(kube_api, "zoned"))
+    assert _pod(kube_api, "zoned")["spec"]["nodeName"] == "node-c"
+    cond = await eventually(lambda: _condition(_pod(kube_api, "untolerated"), "PodScheduled")
+                            .get("reason") == "Unschedulable" and True)
+    assert cond
+    assert "untolerated taint {dedicated: mail}" in _condition(
+        _pod(kube_api, "untolerated"), "PodScheduled")["message"]
