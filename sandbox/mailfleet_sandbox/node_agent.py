@@ -34,7 +34,8 @@ Choices, and why:
   controller does), and their processes are frozen with SIGSTOP, so they neither answer nor
   send; the agent stops reporting for that node, as a cut-off kubelet would. Pods are not
   evicted. `processes="kill"` models a crashed machine instead (restarted on heal),
-  `processes="keep"` leaves them running (note: still reachable on loopback). `heal_node` resumes the processes and reconciles whatever changed meanwhile.
+  `processes="keep"` leaves them running (note: still reachable on loopback). `heal_node`
+  resumes the processes and reconciles whatever changed meanwhile.
 - Deletion: a pod with a deletionTimestamp gets SIGTERM, then SIGKILL after its grace period
   (capped by `max_termination_grace`), then is deleted with grace 0, as the kubelet confirms
   a deletion. A pod removed outright from the API is stopped the same way.

@@ -78,7 +78,7 @@ async def test_every_value_set_is_accepted_by_the_api(kube_api: ApiServer, kubec
             kube_api.create({"apiVersion": "v1", "kind": "Namespace",
                              "metadata": {"name": namespace}})
         out = await kubectl(kubeconfig, "apply", "--server-side", "--force-conflicts",
-                            "-n", "mailfleet-system", "-f", "-", stdin=documents(objs))
+                            "-f", "-", stdin=documents(objs))
         assert out.count("serverside-applied") == len(objs), (name, out)
 
 
@@ -167,7 +167,7 @@ async def test_ha_replicas_elect_one_and_hand_over_when_it_stops(
                        == [0, 1], within=30, message="both replicas in the peering object")
         # Pod 0 (lower priority) stands by; pod 1 serves.
         await wait_for(lambda: replicas[0].said("Pausing operations in favour of"), within=20,
-                       message="replica 0 to pause in favour of replica 1")
+                       message=f"replica 0 to pause in favour of replica 1: {replicas[0].log}")
         assert not replicas[1].said("Pausing operations")
         # A graceful stop of the serving replica hands over at once.
         await replicas[1].stop()

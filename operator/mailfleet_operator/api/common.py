@@ -114,6 +114,10 @@ _V6_PREFIX = r"(/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8]))?"
 CIDR_PATTERN = rf"^({_IPV4}{_V4_PREFIX}|{_IPV6}{_V6_PREFIX})$"
 _DNS_LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
 DOMAIN_PATTERN = rf"^({_DNS_LABEL}\.)+[A-Za-z]([-A-Za-z0-9]{{0,61}}[A-Za-z0-9])?$"
+# Names that only hold records (SPF includes such as _spf.google.com) may have labels
+# starting with an underscore (RFC 8552); host names may not.
+_RECORD_LABEL = r"_?[A-Za-z0-9]([-_A-Za-z0-9]{0,61}[A-Za-z0-9])?"
+RECORD_NAME_PATTERN = rf"^({_RECORD_LABEL}\.)+[A-Za-z]([-A-Za-z0-9]{{0,61}}[A-Za-z0-9])?$"
 DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$"
 KUBE_NAME_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 MX_PATTERN_PATTERN = rf"^(\*\.)?({_DNS_LABEL}\.)*{_DNS_LABEL}$"
@@ -183,6 +187,19 @@ DomainName = Annotated[
     _pattern(DOMAIN_PATTERN, max_length=253),
 ]
 """A fully qualified DNS name without the trailing dot ("mail.example.com")."""
+
+RecordName = Annotated[
+    str,
+    _checker(
+        "DNS record name",
+        _regex_check(RECORD_NAME_PATTERN),
+        "a fully qualified DNS name like _spf.google.com (labels of letters, digits, '-' and "
+        "'_', a label may start with '_', no trailing dot)",
+        max_length=253,
+    ),
+    _pattern(RECORD_NAME_PATTERN, max_length=253),
+]
+"""A DNS name that holds records, where labels may start with '_' ("_spf.google.com")."""
 
 DNSLabel = Annotated[
     str,

@@ -22,6 +22,7 @@ from mailfleet_operator.api.common import (
     IPAddress,
     IPOrCIDR,
     MailtoURI,
+    RecordName,
     SpecModel,
     StatusModel,
 )
@@ -43,7 +44,9 @@ READY = "Ready"
 DKIM_READY = "DKIMReady"
 SPF_VALID = "SPFValid"
 DMARC_VALID = "DMARCValid"
-CONDITION_TYPES = (READY, DKIM_READY, SPF_VALID, DMARC_VALID)
+BIMI_VALID = "BIMIValid"
+DKIM_ROTATION_STALLED = "DKIMRotationStalled"
+CONDITION_TYPES = (READY, DKIM_READY, SPF_VALID, DMARC_VALID, BIMI_VALID, DKIM_ROTATION_STALLED)
 
 SELECTOR_PREFIX_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"
 
@@ -64,8 +67,9 @@ class DKIM(SpecModel):
         pattern=SELECTOR_PREFIX_PATTERN,
         max_length=32,
         description=(
-            "Start of every selector name (a DNS label); selectors are <prefix>-<date>[-ed] so "
-            "a new key never reuses a published name."
+            "Start of every selector name (a DNS label); selectors are <prefix>-<n> (and "
+            "<prefix>-<n>-ed for the Ed25519 key of a dual pair), n counting up, so a new key "
+            "never reuses a published name."
         ),
     )
     rotate_every: Duration = Field(
@@ -86,9 +90,11 @@ class DKIM(SpecModel):
 class SPF(SpecModel):
     """The domain's one v=spf1 record; the pools' egress IPs are added automatically."""
 
-    include: list[DomainName] = Field(
+    include: list[RecordName] = Field(
         default_factory=list,
-        description="Domains whose SPF is included, e.g. amazonses.com for a relay.",
+        description=(
+            "Names whose SPF is included, e.g. amazonses.com for a relay or _spf.google.com."
+        ),
     )
     extra_ips: list[IPOrCIDR] = Field(
         default_factory=list,

@@ -1,0 +1,429 @@
+"""The IPWarmup controller against the API emulator, with fake sender stats and a manual clock.
+
+The operator runs with the sandbox time scale (a warm-up day of 100 s, counted from the
+epoch like the senders' quota days) and a clock the test moves, so days pass without
+sleeping. Each fake pod serves `/v1/stats` from counts the test sets for the current sender
+day (counts of a past day vanish, as in a real sender) and records the leases the
+SendingPool controller grants it, so the warm-up's quotas are checked where they matter:
+in the pods' leases.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+from mailfleet_operator import settings as settings_module
+from mailfleet_operator.kube import client as kube_client
+from mailfleet_operator.kube import config as kube_config
+from mailfleet_operator.kube import resources
+from mailfleet_operator.reconcile import context, pod_admin
+from mailfleet_operator.reconcile import ipwarmup as reconciler
+from mailfleet_operator.reconcile import sendingpool as pool_reconciler
+from mailfleet_sandbox.kube import ApiServer
+from mailfleet_sender import wire
+
+ROOT = Path(__file__).resolve().parents[2]
+NS = "default"
+API = "mailfleet.io/v1alpha1"
+IP = "192.0.2.50"
+DAY = 100.0  # seconds per warm-up day (the time scale)
+
+
+class ManualClock(settings_module.Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        # Near the real time (the emulator stamps pods with it), at the start of a day.
+        real = datetime.datetime.now(datetime.UTC).timestamp()
+        start = (math.floor(real / DAY) + 1) * DAY + 1
+        self.moment = datetime.datetime.fromtimestamp(start, datetime.UTC)
+
+    def now(self) -> datetime.datetime:
+        return self.moment
+
+    def to(self, moment: datetime.datetime) -> None:
+        self.moment = moment
+
+
+class FakeSenders:
+    """`/v1/stats` and `/v1/assignment` of every pod; counts are per pod, IP and sender day."""
+
+    def __init__(self, clock: ManualClock, port: int) -> None:
+        self.clock, self.port = clock, port
+        self.counts: dict[tuple[str, str, int], dict[str, int]] = {}
+        self.leases: dict[str, list[wire.Lease]] = {}
+        self.runners: list[web.AppRunner] = []
+
+    def day(self) -> int:
+        return math.floor(self.clock.now().timestamp() / DAY)
+
+    def report(self, pod: str, ip: str = IP, **counts: int) -> None:
+        """What `pod` has sent from `ip` so far today (sent, delivered, bounced, complained,
+        deferred)."""
+        self.counts[(pod, ip, self.day())] = counts
+
+    async def start(self, pod: str, host: str) -> None:
+        async def stats(request: web.Request) -> web.Response:
+            today = self.day()
+            ips = [
+                wire.IPStats(
+                    address=ip,
+                    sent_today=c.get("sent", 0),
+                    delivered_today=c.get("delivered", c.get("sent", 0)),
+                    bounced_today=c.get("bounced", 0),
+                    complained_today=c.get("complained", 0),
+                    deferred_today=c.get("deferred", 0),
+                )
+                for (p, ip, day), c in self.counts.items()
+                if p == pod and day == today
+            ]
+            body = wire.Stats(pod=pod, day=today, ips=ips)
+            return web.json_response(body.model_dump(mode="json", by_alias=True))
+
+        async def assignment(request: web.Request) -> web.Response:
+            body = wire.Assignment.model_validate(await request.json())
+            self.leases[pod] = list(body.leases)
+            answer = wire.AssignmentStatus(
+                pod=pod,
+                generation=body.generation,
+                day=self.day(),
+                leases=[
+                    wire.LeaseStatus(
+                        address=lease.address,
+                        helo_name=lease.helo_name,
+                        expires_at=lease.expires_at,
+                        valid=True,
+                    )
+                    for lease in body.leases
+                ],
+            )
+            return web.json_response(answer.model_dump(mode="json", by_alias=True))
+
+        app = web.Application()
+        app.router.add_get("/v1/stats", stats)
+        app.router.add_put("/v1/assignment", assignment)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, self.port).start()
+        self.runners.append(runner)
+
+    async def stop(self) -> None:
+        for runner in self.runners:
+            await runner.cleanup()
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+class Harness:
+    def __init__(self, api: ApiServer, client: kube_client.Client, port: int) -> None:
+        self.api, self.client, self.port = api, client, port
+        self.clock = ManualClock()
+        self.senders = FakeSenders(self.clock, port)
+        settings = settings_module.Settings(
+            warmup_day_seconds=DAY, stats_interval=1, lease_duration=30, sender_image="s:t"
+        )
+        self.ctx = context.Context(client=client, settings=settings, clock=self.clock)
+        self.admin = pod_admin.PodAdmin(timeout=1.0)
+
+    # --- objects -------------------------------------------------------------------------
+    def create_pool(self, name: str = "mail", ips: tuple[str, ...] = (IP,)) -> None:
+        self.api.create(
+            {
+                "apiVersion": API,
+                "kind": "SendingPool",
+                "metadata": {"name": name, "namespace": NS},
+                "spec": {
+                    "replicas": 1,
+                    "egress": {
+                        "ips": [{"address": a, "heloName": f"mta{i}.example.com"}
+                                for i, a in enumerate(ips)]
+                    },
+                    "submission": {"http": {"port": self.port}},
+                },
+            }
+        )
+
+    def create_warmup(self, name: str = "new-ip", **spec: Any) -> None:
+        body = {
+            "poolRef": {"name": "mail"},
+            "addresses": [IP],
+            "schedule": {"linear": {"start": 100, "increment": 100}},
+            "target": 300,
+            **spec,
+        }
+        self.api.create(
+            {"apiVersion": API, "kind": "IPWarmup", "metadata": {"name": name}, "spec": body}, NS
+        )
+
+    def edit(self, spec: dict[str, Any], name: str = "new-ip") -> None:
+        self.api.patch(API, "IPWarmup", name, {"spec": spec}, NS)
+
+    def warmup(self, name: str = "new-ip") -> dict[str, Any]:
+        return self.api.get(API, "IPWarmup", name, NS)
+
+    # --- cycles ----------------------------------------------------------------------------
+    async def cycle(
+        self, name: str = "new-ip", pods: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        await reconciler.reconcile_warmup(self.ctx, self.admin, self.warmup(name), pods=pods)
+        return self.warmup(name)
+
+    async def pool_cycle(self) -> None:
+        body = self.api.get(API, "SendingPool", "mail", NS)
+        pods = await self.client.list(
+            resources.PODS, namespace=NS, label_selector="mailfleet.io/pool=mail"
+        )
+        await pool_reconciler.reconcile_pool(
+            self.ctx, self.admin, body, pool_reconciler.World(pods=pods, nodes={})
+        )
+
+    async def run_pool(self) -> None:
+        """The pool's StatefulSet pod, ready on 127.0.0.60, holding the IP."""
+        self.create_pool()
+        await self.pool_cycle()
+        await self.api.settle()
+        await self.senders.start("mail-0", "127.0.0.60")
+        await self.api.set_pod_status(NS, "mail-0", ready=True, pod_ip="127.0.0.60")
+        await self.pool_cycle()
+
+    async def end_day(self, name: str = "new-ip", **kwargs: Any) -> dict[str, Any]:
+        """Move the clock to the end of the running day and let the controller judge it."""
+        self.clock.to(parse(self.warmup(name)["status"]["nextAdvanceAt"]))
+        return await self.cycle(name, **kwargs)
+
+    def lease(self) -> wire.Lease:
+        (lease,) = self.senders.leases["mail-0"]
+        return lease
+
+    def events(self) -> list[tuple[str, str]]:
+        items = sorted(
+            self.api.list("v1", "Event", NS), key=lambda e: int(e["metadata"]["resourceVersion"])
+        )
+        return [
+            (e["reason"], e["message"])
+            for e in items
+            if e["involvedObject"]["kind"] == "IPWarmup"
+        ]
+
+
+def parse(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def cond(body: dict[str, Any], type_: str) -> tuple[str, str]:
+    found = next(c for c in body["status"]["conditions"] if c["type"] == type_)
+    return found["status"], found["reason"]
+
+
+def decisions(body: dict[str, Any]) -> list[tuple[int, str, str | None]]:
+    return [(r["day"], r["decision"], r.get("reason")) for r in body["status"]["history"]]
+
+
+@pytest.fixture
+async def harness(kube_api: ApiServer, kubeconfig: Path) -> AsyncIterator[Harness]:
+    for path in sorted((ROOT / "crds").glob("*.yaml")):
+        kube_api.create(yaml.safe_load(path.read_text()))
+    connection = kube_config.load_connection(str(kubeconfig))
+    async with kube_client.Client(connection) as client:
+        h = Harness(kube_api, client, free_port("127.0.0.60"))
+        try:
+            yield h
+        finally:
+            await h.admin.close()
+            await h.senders.stop()
+            reconciler.MEMORY.clear()
+            pool_reconciler.MEMORY.clear()
+
+
+async def test_senders_stats_drive_the_days_and_the_quota_reaches_the_lease(
+    harness: Harness,
+) -> None:
+    await harness.run_pool()
+    assert harness.lease().quota_remaining is None  # not under warm-up: unlimited
+    harness.create_warmup(safety={"maxBounceRate": 0.05, "onViolation": "Hold"})
+
+    body = await harness.cycle()
+    status = body["status"]
+    assert (status["phase"], status["day"], status["dailyQuota"]) == ("WarmingUp", 1, 100)
+    assert parse(status["nextAdvanceAt"]) == parse(status["startedAt"]) + datetime.timedelta(
+        seconds=DAY - 1
+    )
+    assert cond(body, "Ready") == ("False", "WarmingUp")
+    assert cond(body, "Progressing")[0] == "True"
+    await harness.pool_cycle()  # one pool reconcile later, the lease carries the quota
+    assert (harness.lease().quota_remaining, harness.lease().warmup) == (100, True)
+
+    harness.senders.report("mail-0", sent=90)
+    assert (await harness.cycle())["status"]["sentToday"] == 90
+    body = await harness.end_day()
+    assert (body["status"]["day"], body["status"]["dailyQuota"]) == (2, 200)
+    assert decisions(body) == [(1, "Advance", None)]
+    await harness.pool_cycle()
+    assert harness.lease().quota_remaining == 200  # a new day: the full new quota
+
+    # A bounce spike holds the day (same quota again), with the figures in the event.
+    harness.senders.report("mail-0", sent=200, bounced=30)
+    await harness.cycle()
+    body = await harness.end_day()
+    assert (body["status"]["phase"], body["status"]["day"]) == ("Held", 2)
+    assert cond(body, "Held") == ("True", "BounceRateExceeded")
+    reason, message = harness.events()[-1]
+    assert reason == "Hold"
+    assert "bounce rate 15.00 % above the maximum 5.00 %" in message
+    assert "sent 200/200" in message
+
+    # Too little mail proves nothing: held again, not rolled back.
+    harness.senders.report("mail-0", sent=50)
+    await harness.cycle()
+    body = await harness.end_day()
+    assert decisions(body)[-1] == (2, "Hold", "VolumeTooLow")
+
+    harness.senders.report("mail-0", sent=200)
+    await harness.cycle()
+    body = await harness.end_day()
+    assert (body["status"]["phase"], body["status"]["day"]) == ("WarmingUp", 3)
+    assert cond(body, "Held")[0] == "False"
+
+    harness.senders.report("mail-0", sent=300)
+    await harness.cycle()
+    body = await harness.end_day()
+    assert body["status"]["phase"] == "Completed"
+    assert "nextAdvanceAt" not in body["status"]
+    assert cond(body, "Ready") == ("True", "Completed")
+    assert cond(body, "Completed")[0] == "True"
+    assert [d for _, d, _ in decisions(body)] == ["Advance", "Hold", "Hold", "Advance", "Complete"]
+    await harness.pool_cycle()
+    assert (harness.lease().quota_remaining, harness.lease().warmup) == (None, False)
+    reasons = [r for r, _ in harness.events()]
+    assert reasons == ["Started", "Advance", "Hold", "Hold", "Advance", "Complete", "Completed"]
+
+    # Rendered config: engaged tiers first under warm-up.
+    config = yaml.safe_load(
+        harness.api.get("v1", "ConfigMap", "mail-config", NS)["data"]["sender.yaml"]
+    )
+    assert config["warmup"]["tierOrder"][0] == "high"
+    assert config["clock"]["dayLength"] == "1m40s"
+
+
+async def test_rollback_gate_pause_spec_pause_and_restart_keep_the_day(harness: Harness) -> None:
+    await harness.run_pool()
+    harness.create_warmup(
+        target=1000, safety={"onViolation": "Rollback", "rollbackDays": 1}
+    )
+    await harness.cycle()
+    for day in (1, 2):
+        harness.senders.report("mail-0", sent=100 * day)
+        await harness.cycle()
+        await harness.end_day()
+
+    # Complaints on day 3 roll back to day 2.
+    harness.senders.report("mail-0", sent=300, delivered=300, complained=3)
+    await harness.cycle()
+    body = await harness.end_day()
+    assert (body["status"]["phase"], body["status"]["day"]) == ("RolledBack", 2)
+    assert decisions(body)[-1] == (3, "Rollback", "ComplaintRateExceeded")
+    assert harness.events()[-1][0] == "Rollback"
+
+    # With onViolation Pause, a breach stops warm-up traffic until a person edits the spec.
+    harness.edit({"safety": {"onViolation": "Pause"}})
+    harness.senders.report("mail-0", sent=200, complained=2)
+    await harness.cycle()
+    body = await harness.end_day()
+    status = body["status"]
+    assert (status["phase"], status["day"], status["dailyQuota"]) == ("Paused", 2, 0)
+    assert "nextAdvanceAt" not in status
+    assert cond(body, "Held") == ("True", "ComplaintRateExceeded")
+    await harness.pool_cycle()
+    assert harness.lease().quota_remaining == 0
+    harness.clock.to(harness.clock.now() + datetime.timedelta(seconds=3 * DAY))
+    body = await harness.cycle()
+    assert (body["status"]["day"], len(body["status"]["history"])) == (2, 4)
+
+    harness.edit({"safety": {"onViolation": "Pause", "maxComplaintRate": 0.02}})
+    body = await harness.cycle()
+    assert (body["status"]["phase"], body["status"]["day"]) == ("WarmingUp", 2)
+    assert body["status"]["dailyQuota"] == 200
+    assert harness.events()[-1][0] == "Resumed"
+
+    # spec.paused freezes the day count however long it lasts; resuming continues from it.
+    harness.edit({"paused": True})
+    body = await harness.cycle()
+    assert (body["status"]["phase"], body["status"]["dailyQuota"]) == ("Paused", 0)
+    assert cond(body, "Held") == ("True", "PausedBySpec")
+    harness.clock.to(harness.clock.now() + datetime.timedelta(seconds=5 * DAY))
+    body = await harness.cycle()
+    assert (body["status"]["day"], len(body["status"]["history"])) == (2, 4)
+    harness.edit({"paused": False})
+    body = await harness.cycle()
+    assert (body["status"]["phase"], body["status"]["day"]) == ("WarmingUp", 2)
+    assert parse(body["status"]["nextAdvanceAt"]) > harness.clock.now()
+
+    # An operator restart (memory gone) keeps the day and the history, and carries on.
+    history = body["status"]["history"]
+    reconciler.MEMORY.clear()
+    harness.senders.report("mail-0", sent=200)
+    body = await harness.cycle()
+    assert (body["status"]["day"], body["status"]["history"]) == (2, history)
+    body = await harness.end_day()
+    assert (body["status"]["day"], decisions(body)[-1]) == (3, (2, "Advance", None))
+
+
+async def test_an_ip_that_changes_pods_mid_day_is_judged_on_everything_it_sent(
+    harness: Harness,
+) -> None:
+    harness.create_pool()
+    harness.create_warmup()
+    await harness.senders.start("a", "127.0.0.61")
+    await harness.senders.start("b", "127.0.0.62")
+    pod_a = {"metadata": {"name": "a", "uid": "uid-a"}, "status": {"podIP": "127.0.0.61"}}
+    pod_b = {"metadata": {"name": "b", "uid": "uid-b"}, "status": {"podIP": "127.0.0.62"}}
+    await harness.cycle(pods=[pod_a])
+    harness.senders.report("a", sent=40)
+    await harness.cycle(pods=[pod_a])
+    # Failover: pod a is gone, b holds the IP and sends the rest of the day.
+    harness.senders.report("b", sent=30)
+    body = await harness.cycle(pods=[pod_b])
+    assert body["status"]["sentToday"] == 70
+    body = await harness.end_day(pods=[pod_b])
+    assert body["status"]["history"][0]["sent"] == 70
+    assert decisions(body) == [(1, "Advance", None)]  # 70 of 100 passes minVolumeRatio 0.5
+
+
+async def test_bad_references_and_two_warmups_on_one_ip_get_a_clear_condition(
+    harness: Harness,
+) -> None:
+    harness.create_warmup(name="orphan", poolRef={"name": "nowhere"})
+    body = await harness.cycle("orphan")
+    assert (body["status"]["phase"], cond(body, "Ready")) == ("Pending", ("False", "PoolNotFound"))
+    assert "SendingPool 'nowhere' does not exist" in body["status"]["conditions"][0]["message"]
+
+    harness.create_pool()
+    harness.create_warmup(name="stranger", addresses=["198.51.100.9"])
+    body = await harness.cycle("stranger")
+    assert cond(body, "Ready") == ("False", "AddressNotInPool")
+    assert "198.51.100.9" in body["status"]["conditions"][0]["message"]
+
+    harness.create_warmup(name="first")
+    harness.create_warmup(name="second")
+    first, second = await harness.cycle("first"), await harness.cycle("second")
+    assert first["status"]["phase"] == "WarmingUp"
+    assert (second["status"]["phase"], cond(second, "Ready")) == (
+        "Pending",
+        ("False", "ConflictingWarmup"),
+    )
+    assert "IPWarmup 'first'" in second["status"]["conditions"][0]["message"]
+    # The pool follows only the running warm-up.
+    quotas = await pool_reconciler._read_warmup_quotas(harness.ctx, NS, "mail")
+    assert quotas == {IP: 100}
+    assert ("ConflictingWarmup" in [r for r, _ in harness.events()])
