@@ -27,8 +27,17 @@ from mailfleet_operator.kube import resources
 from mailfleet_operator.reconcile import context, pod_admin
 from mailfleet_operator.reconcile import ipwarmup as reconciler
 from mailfleet_operator.reconcile import sendingpool as pool_reconciler
+from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sandbox.kube import ApiServer
-from mailfleet_sender import wire
+from mailfleet_sender import config as sender_config
+from mailfleet_sender import units, wire
+from sandbox_fixtures.operator import (
+    OperatorRunner,
+    condition,
+    install_crds,
+    operator_settings,
+    wait_for,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
 NS = "default"
@@ -146,8 +155,10 @@ class Harness:
                 "spec": {
                     "replicas": 1,
                     "egress": {
-                        "ips": [{"address": a, "heloName": f"mta{i}.example.com"}
-                                for i, a in enumerate(ips)]
+                        "ips": [
+                            {"address": a, "heloName": f"mta{i}.example.com"}
+                            for i, a in enumerate(ips)
+                        ]
                     },
                     "submission": {"http": {"port": self.port}},
                 },
@@ -211,9 +222,7 @@ class Harness:
             self.api.list("v1", "Event", NS), key=lambda e: int(e["metadata"]["resourceVersion"])
         )
         return [
-            (e["reason"], e["message"])
-            for e in items
-            if e["involvedObject"]["kind"] == "IPWarmup"
+            (e["reason"], e["message"]) for e in items if e["involvedObject"]["kind"] == "IPWarmup"
         ]
 
 
@@ -308,19 +317,18 @@ async def test_senders_stats_drive_the_days_and_the_quota_reaches_the_lease(
     reasons = [r for r, _ in harness.events()]
     assert reasons == ["Started", "Advance", "Hold", "Hold", "Advance", "Complete", "Completed"]
 
-    # Rendered config: engaged tiers first under warm-up.
-    config = yaml.safe_load(
-        harness.api.get("v1", "ConfigMap", "mail-config", NS)["data"]["sender.yaml"]
+    # The rendered config, as the senders read it: engaged tiers first under a warm-up
+    # quota, and quota days as long as the operator's warm-up days.
+    config = sender_config.SenderConfig.model_validate(
+        yaml.safe_load(harness.api.get("v1", "ConfigMap", "mail-config", NS)["data"]["sender.yaml"])
     )
-    assert config["warmup"]["tierOrder"][0] == "high"
-    assert config["clock"]["dayLength"] == "1m40s"
+    assert config.warmup.tier_order[0] == "high"
+    assert units.duration_seconds(config.clock.day_length) == DAY
 
 
 async def test_rollback_gate_pause_spec_pause_and_restart_keep_the_day(harness: Harness) -> None:
     await harness.run_pool()
-    harness.create_warmup(
-        target=1000, safety={"onViolation": "Rollback", "rollbackDays": 1}
-    )
+    harness.create_warmup(target=1000, safety={"onViolation": "Rollback", "rollbackDays": 1})
     await harness.cycle()
     for day in (1, 2):
         harness.senders.report("mail-0", sent=100 * day)
@@ -426,4 +434,61 @@ async def test_bad_references_and_two_warmups_on_one_ip_get_a_clear_condition(
     # The pool follows only the running warm-up.
     quotas = await pool_reconciler._read_warmup_quotas(harness.ctx, NS, "mail")
     assert quotas == {IP: 100}
-    assert ("ConflictingWarmup" in [r for r, _ in harness.events()])
+    assert "ConflictingWarmup" in [r for r, _ in harness.events()]
+
+    # A bad edit mid-warm-up freezes the day but never lifts the IP's limit.
+    harness.edit(
+        {"schedule": {"linear": {"start": 100, "increment": 1}}, "target": 100000}, "first"
+    )
+    first = await harness.cycle("first")
+    assert cond(first, "Ready") == ("False", "InvalidSpec")
+    assert "more than the 365 allowed" in first["status"]["conditions"][0]["message"]
+    assert (first["status"]["phase"], first["status"]["day"]) == ("WarmingUp", 1)
+    assert await pool_reconciler._read_warmup_quotas(harness.ctx, NS, "mail") == {IP: 100}
+
+
+async def test_the_running_operator_waits_for_the_pool_then_starts_the_warmup(
+    kube_api: ApiServer, kubeconfig: Path, dns_server: DNSServer
+) -> None:
+    install_crds(kube_api)
+    runner = OperatorRunner(operator_settings(kubeconfig, dns_server, warmup_day_seconds=DAY))
+    await runner.start()
+    try:
+        kube_api.create(
+            {
+                "apiVersion": API,
+                "kind": "IPWarmup",
+                "metadata": {"name": "w", "namespace": NS},
+                "spec": {
+                    "poolRef": {"name": "later"},
+                    "schedule": {"steps": [50, 100]},
+                    "target": 100,
+                },
+            }
+        )
+
+        def status() -> dict[str, Any]:
+            return dict(kube_api.get(API, "IPWarmup", "w", NS).get("status") or {})
+
+        await wait_for(
+            lambda: (
+                (condition({"status": status()}, "Ready") or {}).get("reason") == "PoolNotFound"
+            ),
+            message="Ready=False PoolNotFound",
+        )
+        kube_api.create(
+            {
+                "apiVersion": API,
+                "kind": "SendingPool",
+                "metadata": {"name": "later", "namespace": NS},
+                "spec": {"replicas": 1, "egress": {"ips": [{"address": IP, "heloName": "m.x"}]}},
+            }
+        )
+        await wait_for(lambda: status().get("phase") == "WarmingUp", message="the warm-up to start")
+        assert (status()["day"], status()["dailyQuota"], status()["ips"][0]["address"]) == (
+            1,
+            50,
+            IP,
+        )
+    finally:
+        await runner.stop()

@@ -83,7 +83,8 @@ async def ipwarmup_timer(
     logger: Any,
     **kwargs: Any,
 ) -> None:
-    delay = memo.ctx.settings.stats_interval
+    settings = memo.ctx.settings
+    delay = min(settings.error_delay, settings.stats_interval)  # then as the reconciler asks
     while not stopped:
         await stopped.wait(delay)
         if stopped:

@@ -23,6 +23,7 @@ from typing import Any
 from mailfleet_operator.api import sendingpool as sp
 
 DEFAULT_IMAGE = "ghcr.io/mailfleet/sender:0.1.0"
+SENDER_COMMAND = ("python", "-m", "mailfleet_sender")
 CONFIG_DIR = "/etc/mailfleet/config"
 CONFIG_FILE = "sender.yaml"
 ADMIN_DIR = "/etc/mailfleet/admin"
@@ -148,7 +149,11 @@ def build_statefulset(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, 
         "name": "sender",
         "image": spec.image or pool.default_image,
         "imagePullPolicy": "IfNotPresent",
-        "args": ["sender", "run", "--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
+        # The sender's own entry point (`python -m mailfleet_sender`, what the image runs and
+        # what the sandbox node agent maps sender images to), so the pod does not depend on
+        # the image's ENTRYPOINT being the `mailfleet` dispatcher.
+        "command": list(SENDER_COMMAND),
+        "args": ["--config", f"{CONFIG_DIR}/{CONFIG_FILE}"],
         "env": [
             {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
             {
@@ -156,7 +161,6 @@ def build_statefulset(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, 
                 "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
             },
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-            {"name": "MAILFLEET_CONFIG", "value": f"{CONFIG_DIR}/{CONFIG_FILE}"},
         ],
         "ports": [
             {"name": "smtp", "containerPort": smtp_port, "protocol": "TCP"},

@@ -91,9 +91,7 @@ def merge_readings(
     keep_from_day: int,
 ) -> DayCounts:
     """Fold fresh readings into the high-water marks; days before `keep_from_day` are dropped."""
-    merged: DayCounts = {
-        key: dict(pods) for key, pods in known.items() if key[1] >= keep_from_day
-    }
+    merged: DayCounts = {key: dict(pods) for key, pods in known.items() if key[1] >= keep_from_day}
     for reading in readings:
         if reading.sender_day < keep_from_day:
             continue

@@ -138,9 +138,10 @@ async def _reconcile_locked(
         problem, pool, addresses = await _check(ctx, body, spec, old, namespace)
 
     if spec is None or pool is None or problem is not None or completed:
-        status = old.model_copy(
-            update={"phase": "Completed" if completed else "Pending", "next_advance_at": None}
-        )
+        # A problem after the start freezes the day and keeps the last quotas in force (the
+        # pool still limits the IPs): a typo in the spec must not lift a warm-up's limit.
+        phase: ipw.Phase = "Completed" if completed else old.phase if old.day else "Pending"
+        status = old.model_copy(update={"phase": phase, "next_advance_at": None})
         day = old.day
         quota = old.daily_quota
         verdicts = warmup_progress.verdicts(
@@ -408,11 +409,7 @@ async def _check(
         addresses = [p.address for p in old.ips]  # fixed when the warm-up started
     else:
         warm = set().union(
-            *(
-                _claimed(o)
-                for o in others
-                if _finished(o) and _pool_of(o) == pool_name
-            )
+            *(_claimed(o) for o in others if _finished(o) and _pool_of(o) == pool_name)
         )
         addresses = [a for a in pool_ips if a not in warm]
     if not addresses:
@@ -426,7 +423,8 @@ async def _check(
     mine = _created(body)
     for other in sorted(others, key=_created):
         shared = sorted(_claimed(other) & set(addresses))
-        if shared and not _finished(other) and _created(other) < mine:
+        same_pool = _pool_of(other) == pool_name
+        if shared and same_pool and not _finished(other) and _created(other) < mine:
             return (
                 warmup_progress.Problem(
                     "ConflictingWarmup",
@@ -569,9 +567,7 @@ async def _apply(
         )
     for type_, reason, message in cycle.events:
         try:
-            await ctx.client.post_event(
-                regarding=body, type_=type_, reason=reason, message=message
-            )
+            await ctx.client.post_event(regarding=body, type_=type_, reason=reason, message=message)
         except kube_client.ApiError:
             pass  # events are best effort
 

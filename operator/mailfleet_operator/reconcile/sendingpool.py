@@ -263,7 +263,13 @@ async def _reconcile_locked(
         memory.domain_auths = await _read_domain_auths(ctx, namespace, spec.domains)
         memory.slow_at, memory.slow_key = now, slow_key
     # Warm-up quotas every cycle: a day's new quota or a pause reaches the leases at once.
+    previous_quotas = memory.quotas
     memory.quotas = await _read_warmup_quotas(ctx, namespace, name)
+    requota = {
+        a
+        for a in set(previous_quotas) | set(memory.quotas)
+        if previous_quotas.get(a) != memory.quotas.get(a)
+    }
     domain_auths, quotas = memory.domain_auths, memory.quotas
 
     # --- decide replicas ----------------------------------------------------------------
@@ -383,7 +389,7 @@ async def _reconcile_locked(
                 allowed=[] if pool_paused else [c for c in class_names if c not in paused_classes],
             )
             for order in plan.pods
-            if order.send
+            if order.send or requota.intersection(order.ips)
         )
     )
     memory.leases = assigning.forget_dead_leases(memory.leases, pods=views, now=now, keep=addresses)

@@ -131,3 +131,53 @@ def test_rendered_config_divides_limits_and_signs_only_with_active_keys(
         ("unready", "NoActiveKey"),
     ]
     assert [m.secret_name for m in rendered.mounts] == ["example-com-s1"]
+
+
+def test_the_pod_runs_the_senders_own_command_with_its_identity_and_the_rendered_paths() -> None:
+    """The container must start what the sender accepts, listen where the probes look, and
+    read the admin token where the Secret is mounted (a mismatch is a pod that never
+    becomes Ready)."""
+    import argparse
+
+    from mailfleet_operator import settings
+    from mailfleet_sandbox import node_agent
+    from mailfleet_sender import cli
+
+    sts = children.build_statefulset(SPEC, POOL)
+    container = sts["spec"]["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "mailfleet_sender"]
+    parser = argparse.ArgumentParser()
+    cli.add_run_arguments(parser)  # what `python -m mailfleet_sender` parses
+    args = parser.parse_args(container["args"])
+    config_mount = next(m for m in container["volumeMounts"] if m["name"] == "config")
+    assert args.config == f"{config_mount['mountPath']}/{children.CONFIG_FILE}"
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {
+        "POD_IP": "status.podIP",  # the sender binds its listeners there
+        "POD_NAME": "metadata.name",
+        "POD_NAMESPACE": "metadata.namespace",
+    }
+
+    rendered = sc.parse_config(
+        sender_config.render_config(
+            sender_config.RenderInput(
+                name="mail", namespace="ns", spec=SPEC, active_pods=1, domain_auths={}
+            )
+        ).text
+    )
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"http": rendered.submission.http_port, "smtp": rendered.submission.smtp_port}
+    assert rendered.submission.admin_port is None  # probes and /v1/* on the http port
+    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+        assert container[probe]["httpGet"]["port"] == "http"
+    admin_mount = next(m for m in container["volumeMounts"] if m["name"] == "admin")
+    assert rendered.admin_token_file == f"{admin_mount['mountPath']}/{children.ADMIN_TOKEN_KEY}"
+    assert rendered.spool_dir == next(
+        m["mountPath"] for m in container["volumeMounts"] if m["name"] == "spool"
+    )
+    # The default image is one the sandbox node agent runs as `python -m mailfleet_sender`.
+    default = settings.Settings().sender_image
+    assert any(
+        part in default and argv[-1] == "mailfleet_sender"
+        for part, argv in node_agent.DEFAULT_IMAGE_SUBSTRINGS
+    )
