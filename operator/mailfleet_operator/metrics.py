@@ -71,6 +71,12 @@ POOL_IPS = prometheus_client.Gauge(
     ["state"],
     registry=REGISTRY,
 )
+POOL_AUTOSCALES = prometheus_client.Counter(
+    "mailfleet_operator_pool_autoscales_total",
+    "Changes of an autoscaled SendingPool's active replicas, by direction (up, down).",
+    ["direction"],
+    registry=REGISTRY,
+)
 POOL_PAUSES = prometheus_client.Counter(
     "mailfleet_operator_reputation_pauses_total",
     "Reputation circuit-breaker trips, by scope (pool or class).",

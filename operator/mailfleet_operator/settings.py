@@ -95,6 +95,13 @@ class Settings(BaseModel):
         default=600.0, gt=0,
         description="Seconds a scale-down waits for a pod's queue to empty (then its PVC is kept).",
     )
+    autoscale_stabilization: float = Field(
+        default=300.0, ge=0,
+        description=(
+            "Seconds of low queue an autoscaled SendingPool waits before scaling down (the "
+            "HPA's default window); scaling up is immediate."
+        ),
+    )
     stats_interval: float = Field(
         default=10.0, gt=0, description="Seconds between reads of the pods' /v1/stats."
     )

@@ -85,7 +85,7 @@ class LeaseTable:
                 used = max(0, sent_today.get(lease.address, 0) - basis) if basis is not None else 0
                 if old is None or old.revoked:
                     granted.append(lease.address)
-            kept[lease.address] = Source(
+            fresh = Source(
                 address=lease.address,
                 helo_name=lease.helo_name,
                 expires_at=lease.expires_at.timestamp(),
@@ -95,6 +95,12 @@ class LeaseTable:
                 classes=frozenset(lease.classes) if lease.classes is not None else None,
                 used=used,
             )
+            if old is not None and not old.revoked:
+                # Update in place: whoever holds the object sees renewals and revocation.
+                for field in dataclasses.fields(Source):
+                    setattr(old, field.name, getattr(fresh, field.name))
+                fresh = old
+            kept[lease.address] = fresh
             grants[lease.address] = key
         revoked = [a for a in self.sources if a not in kept]
         for address in revoked:

@@ -77,8 +77,11 @@ def objects(values: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     return result
 
 
-def find(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> list[dict[str, Any]]:
-    return [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+def find(
+    objs: list[dict[str, Any]], kind: str, name: str | None = None
+) -> list[dict[str, Any]]:
+    return [o for o in objs
+            if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
 
 
 def one(objs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:

@@ -171,8 +171,9 @@ def kopf_uses(*, ha: bool, cluster_wide: bool) -> set[Use]:
                 if not isinstance(decorator, ast.Call):
                     continue
                 chain = _attr_chain(decorator.func)
-                if chain[:1] != ["kopf"] or chain[1:2] in (["on"],) and chain[2] in (
-                        "startup", "cleanup", "login", "probe"):
+                lifecycle = chain[1:3] in (["on", "startup"], ["on", "cleanup"],
+                                           ["on", "login"], ["on", "probe"])
+                if chain[:1] != ["kopf"] or lifecycle:
                     continue
                 target = decorator.args[0] if decorator.args else None
                 if isinstance(target, ast.Starred):

@@ -230,7 +230,8 @@ def test_monitoring_objects_are_opt_in() -> None:
     objs = cs.objects(cs.ALL_MONITORING)
     monitor = cs.one(objs, "ServiceMonitor")
     service = cs.one(objs, "Service", "mailfleet-operator-metrics")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    selector = monitor["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= service["metadata"]["labels"].items()
     assert monitor["spec"]["endpoints"][0]["port"] == service["spec"]["ports"][0]["name"]
     assert monitor["metadata"]["labels"]["release"] == "kps"
     pod_monitor = cs.one(objs, "PodMonitor")
@@ -321,6 +322,7 @@ def test_values_yaml_is_documented_field_by_field_and_typed_in_the_schema() -> N
     schema_keys = _schema_keys(schema)
     missing = {k for k in _keys(values) if k.count(".") < 3} - schema_keys
     # Children of free-form objects (resources, securityContext, labels) are not in the schema.
-    free_form = {"resources.", "podSecurityContext.", "securityContext.", "grafanaDashboard.labels."}
+    free_form = {"resources.", "podSecurityContext.", "securityContext.",
+                 "grafanaDashboard.labels."}
     missing = {k for k in missing if not any(k.startswith(p) for p in free_form)}
     assert missing == set()

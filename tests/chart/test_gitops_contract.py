@@ -64,3 +64,22 @@ def test_children_carry_no_gitops_tracking_metadata() -> None:
             assert not keys & TRACKING, (obj["kind"], keys & TRACKING)
         # Children are owned by the pool: Argo CD shows them under it, never as top-level.
         assert obj["metadata"]["ownerReferences"][0]["kind"] == "SendingPool"
+
+
+def test_gitops_doc_examples_are_valid_objects() -> None:
+    """The mailfleet objects shown in docs/gitops.md are accepted by the CRD schemas."""
+    from unit.api import openapi_rules
+
+    text = (cs.ROOT / "docs" / "gitops.md").read_text()
+    blocks = [b for b in text.split("```yaml\n")[1:]]
+    schemas = {
+        o["spec"]["names"]["kind"]: o["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        for o in cs.find(cs.objects(), "CustomResourceDefinition")
+    }
+    seen = set()
+    for block in blocks:
+        for obj in yaml.safe_load_all(block.split("```")[0]):
+            if obj and obj.get("apiVersion") == "mailfleet.io/v1alpha1":
+                assert openapi_rules.validate_object(schemas[obj["kind"]], obj) == [], obj
+                seen.add(obj["kind"])
+    assert seen == set(schemas)

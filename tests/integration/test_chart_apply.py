@@ -100,7 +100,9 @@ def _operator_env(pod_index: int, kubeconfig: Path) -> dict[str, str]:
         "KUBECONFIG": str(kubeconfig),
         "MAILFLEET_OPERATOR_HTTP_PORT": "0",   # no fixed ports in tests
         "MAILFLEET_OPERATOR_HTTP_HOST": "127.0.0.1",
-        "MAILFLEET_OPERATOR_LOG_FORMAT": "text",
+        # No DNS here: a closed loopback port answers at once instead of timing out.
+        "MAILFLEET_OPERATOR_DNS_NAMESERVERS": "127.0.0.1:9",
+        "MAILFLEET_OPERATOR_DNS_TIMEOUT": "0.2",
     })
     return env
 
@@ -120,6 +122,19 @@ class Replica:
     def said(self, text: str) -> bool:
         return any(text in line for line in self.log)
 
+    def paused(self) -> bool:
+        """kopf starts paused when peering is mandatory and logs only the flips after that."""
+        flips = [line for line in self.log
+                 if "Pausing operations" in line or "Resuming operations" in line]
+        return not flips or "Pausing operations" in flips[-1]
+
+    def handled(self, name: str) -> bool:
+        """kopf logged a processed creation of `name` (JSON lines carry the object ref)."""
+        for line in self.log:
+            if "Creation is processed" in line and f"'name': '{name}'" in line:
+                return True
+        return False
+
     async def stop(self) -> None:
         if self.process.returncode is None:
             self.process.send_signal(signal.SIGTERM)
@@ -138,6 +153,14 @@ async def start_replica(index: int, kubeconfig: Path) -> Replica:
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
     )
     return Replica(index, process)
+
+
+async def _create_domain(kube_api: ApiServer, name: str) -> None:
+    if not [n for n in kube_api.list("v1", "Namespace") if n["metadata"]["name"] == "mail"]:
+        kube_api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "mail"}})
+    kube_api.create({"apiVersion": "mailfleet.io/v1alpha1", "kind": "DomainAuth",
+                     "metadata": {"name": name, "namespace": "mail"},
+                     "spec": {"domain": f"{name}.example.com"}})
 
 
 def _peers(kube_api: ApiServer, name: str) -> dict[str, Any]:
@@ -165,15 +188,23 @@ async def test_ha_replicas_elect_one_and_hand_over_when_it_stops(
         # Both announce themselves, with their distinct priorities, in the peering object.
         await wait_for(lambda: sorted(p.get("priority") for p in _peers(kube_api, name).values())
                        == [0, 1], within=30, message="both replicas in the peering object")
-        # Pod 0 (lower priority) stands by; pod 1 serves.
-        await wait_for(lambda: replicas[0].said("Pausing operations in favour of"), within=20,
-                       message=f"replica 0 to pause in favour of replica 1: {replicas[0].log}")
-        assert not replicas[1].said("Pausing operations")
+        # Pod 1 (higher priority) serves, pod 0 stands by: only pod 1 handles a new object.
+        await wait_for(lambda: replicas[0].paused() and not replicas[1].paused(), within=30,
+                       message="replica 0 to stand by and replica 1 to serve")
+        await _create_domain(kube_api, "first")
+        await wait_for(lambda: kube_api.get("mailfleet.io/v1alpha1", "DomainAuth", "first",
+                                            "mail").get("status"), within=30,
+                       message="mail/first to get a status")
+        await wait_for(lambda: replicas[1].handled("first"), within=30,
+                       message=f"replica 1 to handle mail/first: {replicas[1].log[-3:]}")
+        assert not replicas[0].handled("first"), "the standby replica acted too"
         # A graceful stop of the serving replica hands over at once.
         await replicas[1].stop()
-        await wait_for(lambda: replicas[0].said("Resuming operations"), within=30,
-                       message="replica 0 to resume after replica 1 left")
-        assert list(_peers(kube_api, name)) == ["mailfleet-operator-0"]
+        await wait_for(lambda: list(_peers(kube_api, name)) == ["mailfleet-operator-0"],
+                       within=30, message="replica 1 to leave the peering")
+        await _create_domain(kube_api, "second")
+        await wait_for(lambda: replicas[0].handled("second"), within=30,
+                       message=f"replica 0 to take over: {replicas[0].log[-3:]}")
     finally:
         for replica in replicas:
             await replica.stop()

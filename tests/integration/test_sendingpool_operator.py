@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
 from aiohttp import web
@@ -55,6 +56,7 @@ class FakeSender:
         self.queue = 0
         self.leases: list[str] = []
         self.drains: list[bool] = []  # the `handoff` flag of every drain request
+        self.stats_reads = 0
         self._runner: web.AppRunner | None = None
 
     async def start(self) -> None:
@@ -78,6 +80,7 @@ class FakeSender:
             return web.json_response(answer.model_dump(mode="json", by_alias=True))
 
         async def stats(request: web.Request) -> web.Response:
+            self.stats_reads += 1
             body = wire.Stats(
                 pod=self.pod,
                 draining=bool(self.drains),
@@ -109,6 +112,7 @@ class Kubelet:
     def __init__(self, api: ApiServer, pool: str, port: int) -> None:
         self.api, self.pool, self.port = api, pool, port
         self.senders: dict[str, FakeSender] = {}
+        self.operator: OperatorRunner | None = None
         self._task: asyncio.Task[None] | None = None
 
     def pods(self) -> list[str]:
@@ -212,6 +216,7 @@ async def world(
 ) -> AsyncIterator[Kubelet]:
     runner = await start_operator(api, kubeconfig, dns, **overrides)
     kubelet = Kubelet(api, "mail", port)
+    kubelet.operator = runner
     kubelet.start()
     try:
         yield kubelet
@@ -260,7 +265,17 @@ async def test_a_pool_run_by_the_operator_gets_children_status_and_printer_colum
             (IPS[0], "Active"), (IPS[1], "Active")
         ]
         assert sorted(s.leases[0] for s in kubelet.senders.values() if s.leases) == IPS
-        assert status["selector"] == "app.kubernetes.io/name=mailfleet-sender,mailfleet.io/pool=mail"
+        assert status["selector"] == (
+            "app.kubernetes.io/name=mailfleet-sender,mailfleet.io/pool=mail"
+        )
+
+        assert kubelet.operator is not None
+        async with aiohttp.ClientSession() as http, http.get(
+            f"http://127.0.0.1:{kubelet.operator.http_port}/metrics"
+        ) as response:
+            text = await response.text()
+        assert 'mailfleet_operator_pool_ips{state="Active"} 2.0' in text
+        assert 'mailfleet_operator_reconciles_total{kind="SendingPool"}' in text
 
         # The printer columns, served as a Table (Replicas is a `-o wide` column).
         table = await kubectl(kubeconfig, "get", "sp", "-n", NS, "-o", "wide")
@@ -276,3 +291,183 @@ async def test_a_pool_run_by_the_operator_gets_children_status_and_printer_colum
                 message=f"{kind} {name} deleted",
             )
         await wait_for(lambda: kubelet.pods() == [], message="pods deleted")
+
+
+def pool_status(api: ApiServer, name: str = "mail") -> dict[str, Any]:
+    return api.get(API, "SendingPool", name, NS).get("status") or {}
+
+
+def rendered_config(api: ApiServer, name: str = "mail") -> dict[str, Any]:
+    cm = get(api, "v1", "ConfigMap", f"{name}-config")
+    return yaml.safe_load(cm["data"]["sender.yaml"]) if cm else {}
+
+
+def pod_uids(api: ApiServer, name: str = "mail") -> dict[str, str]:
+    pods = api.list("v1", "Pod", NS, label_selector=f"mailfleet.io/pool={name}")
+    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods}
+
+
+async def test_a_spec_change_rerenders_the_config_without_restarting_pods_and_kubectl_scale_works(
+    kube_api: ApiServer, kubeconfig: Path, dns_server: DNSServer, port: int
+) -> None:
+    async with world(kube_api, kubeconfig, dns_server, port) as kubelet:
+        kube_api.create(pool_body(port))
+        await wait_for(
+            lambda: pool_status(kube_api).get("activeIPs") == 2, message="two active IPs"
+        )
+        assert rendered_config(kube_api)["throttles"]["rate"] == "50/s"  # 100/s over 2 pods
+        template = kube_api.get("apps/v1", "StatefulSet", "mail", NS)["spec"]["template"]
+        uids = pod_uids(kube_api)
+        assert len(uids) == 2
+
+        # Only the config changes: the ConfigMap is re-rendered, the pods keep running.
+        kube_api.patch(API, "SendingPool", "mail", {"spec": {"throttling": {"rate": "300/s"}}},
+                       NS)
+        await wait_for(
+            lambda: rendered_config(kube_api)["throttles"]["rate"] == "150/s",
+            message="the config re-rendered",
+        )
+        await wait_for(
+            lambda: pool_status(kube_api).get("observedGeneration") == 2,
+            message="generation 2 observed",
+        )
+        assert kube_api.get("apps/v1", "StatefulSet", "mail", NS)["spec"]["template"] == template
+        assert pod_uids(kube_api) == uids
+
+        # The scale subresource: kubectl scale sets spec.replicas, the StatefulSet follows.
+        await kubectl(kubeconfig, "scale", "sp/mail", "-n", NS, "--replicas=3")
+        await wait_for(lambda: sts_replicas(kube_api) == 3, message="StatefulSet at 3")
+        await wait_for(lambda: len(kubelet.pods()) == 3, message="three pods")
+        await wait_for(
+            lambda: pool_status(kube_api).get("readyReplicas") == 3, message="3 ready replicas"
+        )
+        # Two IPs, three active pods: the rate is divided among the two that can send.
+        assert rendered_config(kube_api)["throttles"]["rate"] == "150/s"
+        scale = json.loads(await kubectl(kubeconfig, "get", "sp/mail", "-n", NS,
+                                         "--subresource=scale", "-o", "json"))
+        assert scale["spec"]["replicas"] == 3
+        assert scale["status"]["replicas"] == 3
+        assert kube_api.get("apps/v1", "StatefulSet", "mail", NS)["spec"]["template"] == template
+
+
+def pvcs(api: ApiServer) -> list[str]:
+    return sorted(p["metadata"]["name"] for p in api.list("v1", "PersistentVolumeClaim", NS))
+
+
+def events(api: ApiServer, reason: str) -> list[str]:
+    return [e["message"] for e in api.list("v1", "Event", NS) if e["reason"] == reason]
+
+
+async def scale_down_to_one(api: ApiServer, kubelet: Kubelet, port: int) -> FakeSender:
+    """A two-pod pool, pod 1 with mail queued, scaled to one: pod 1 is released and drained."""
+    api.create(pool_body(port))
+    await wait_for(lambda: pool_status(api).get("activeIPs") == 2, message="two active IPs")
+    leaving = kubelet.senders["mail-1"]
+    leaving.queue = 5
+    api.patch(API, "SendingPool", "mail", {"spec": {"replicas": 1}}, NS)
+    await wait_for(lambda: leaving.drains, message="the leaving pod asked to drain")
+    assert leaving.drains == [True]  # with hand-off of its queue to the pods that stay
+    return leaving
+
+
+async def test_a_scale_down_waits_until_the_drained_pod_reports_an_empty_queue(
+    kube_api: ApiServer, kubeconfig: Path, dns_server: DNSServer, port: int
+) -> None:
+    async with world(kube_api, kubeconfig, dns_server, port, drain_timeout=60) as kubelet:
+        leaving = await scale_down_to_one(kube_api, kubelet, port)
+        # Its IP moves to the pod that stays, and it keeps reporting a queue: no shrink.
+        await wait_for(
+            lambda: leaving.leases == [] and kubelet.senders["mail-0"].leases == IPS,
+            message="both IPs on mail-0",
+        )
+        reads = leaving.stats_reads
+        await wait_for(lambda: leaving.stats_reads >= reads + 3, message="three more stats reads")
+        assert sts_replicas(kube_api) == 2
+        progressing = condition(kube_api.get(API, "SendingPool", "mail", NS), "Progressing")
+        assert progressing and "waiting for pods to drain" in progressing["message"]
+
+        leaving.queue = 0  # the hand-off is done
+        await wait_for(lambda: sts_replicas(kube_api) == 1, message="StatefulSet at 1")
+        await wait_for(lambda: kubelet.pods() == ["mail-0"], message="mail-1 removed")
+        assert "spool-mail-1" in pvcs(kube_api)  # spool volumes are retained on scale-down
+        assert events(kube_api, "DrainTimedOut") == []
+
+
+async def test_a_scale_down_goes_ahead_after_the_drain_timeout_and_keeps_the_spool(
+    kube_api: ApiServer, kubeconfig: Path, dns_server: DNSServer, port: int
+) -> None:
+    timeout = 1.5
+    async with world(kube_api, kubeconfig, dns_server, port, drain_timeout=timeout) as kubelet:
+        leaving = await scale_down_to_one(kube_api, kubelet, port)
+        drained_at = asyncio.get_running_loop().time()
+        await wait_for(lambda: sts_replicas(kube_api) == 1, message="StatefulSet at 1")
+        assert asyncio.get_running_loop().time() - drained_at >= timeout - 0.6
+        assert leaving.queue == 5  # it never emptied
+        assert "spool-mail-1" in pvcs(kube_api)  # the mail is still there for a scale-up
+        message = await wait_for(lambda: events(kube_api, "DrainTimedOut"), message="event")
+        assert "mail-1" in message[0] and "5" in message[0]
+
+
+async def test_an_autoscaled_pool_follows_the_queue_up_at_once_and_down_after_the_window(
+    kube_api: ApiServer, kubeconfig: Path, dns_server: DNSServer, port: int
+) -> None:
+    window = 2.0
+    async with world(
+        kube_api, kubeconfig, dns_server, port, autoscale_stabilization=window
+    ) as kubelet:
+        body = pool_body(
+            port, autoscaling={"minReplicas": 1, "maxReplicas": 3, "targetQueuePerReplica": 10}
+        )
+        del body["spec"]["replicas"]
+        kube_api.create(body)
+        await wait_for(lambda: kubelet.senders.get("mail-0"), message="mail-0 running")
+        await wait_for(lambda: pool_status(kube_api).get("activeIPs") == 2, message="IPs active")
+        assert sts_replicas(kube_api) == 1  # minReplicas with an empty queue
+
+        kubelet.senders["mail-0"].queue = 25  # ceil(25 / 10) = 3 pods, at once
+        await wait_for(lambda: sts_replicas(kube_api) == 3, message="StatefulSet at 3")
+        await wait_for(lambda: len(kubelet.pods()) == 3, message="three pods")
+        assert any("1 -> 3 active pods" in m for m in events(kube_api, "Autoscaled"))
+
+        kubelet.senders["mail-0"].queue = 0
+        emptied_at = asyncio.get_running_loop().time()
+        await wait_for(lambda: sts_replicas(kube_api) == 1, within=15, message="back to 1")
+        # The last high recommendation is at most one cycle (0.5 s) older than the empty queue.
+        assert asyncio.get_running_loop().time() - emptied_at >= window - 0.5
+        assert any("3 -> 1 active pods" in m for m in events(kube_api, "Autoscaled"))
+        assert all(kubelet.senders[p].drains == [True] for p in ("mail-1", "mail-2"))
+
+
+def node(name: str, ready: bool) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Node",
+        "metadata": {"name": name},
+        "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+    }
+
+
+async def test_the_operator_sees_nodes_and_moves_the_ip_of_a_pod_on_a_failed_node(
+    kube_api: ApiServer, kubeconfig: Path, dns_server: DNSServer, port: int
+) -> None:
+    for name in ("node-a", "node-b"):
+        kube_api.create(node(name, True))
+        kube_api.patch("v1", "Node", name, {"status": node(name, True)["status"]},
+                       subresource="status")
+    async with world(kube_api, kubeconfig, dns_server, port) as kubelet:
+        kube_api.create(pool_body(port, replicas=1, standbyReplicas=1))
+        await wait_for(lambda: len(kubelet.senders) == 2, message="two pods running")
+        for pod, where in (("mail-0", "node-a"), ("mail-1", "node-b")):
+            await kube_api.set_pod_status(NS, pod, node_name=where,
+                                          pod_ip=kubelet.senders[pod].host)
+
+        def holders() -> set[str | None]:
+            return {ip.get("pod") for ip in pool_status(kube_api).get("ips") or []}
+
+        await wait_for(lambda: holders() == {"mail-0"}, message="both IPs on mail-0")
+        kube_api.patch("v1", "Node", "node-a", {"status": node("node-a", False)["status"]},
+                       subresource="status")
+        await wait_for(lambda: holders() == {"mail-1"}, message="both IPs on the standby")
+        assert kubelet.senders["mail-1"].leases == IPS
+        assert kubelet.senders["mail-0"].leases == []  # released (the pod still answered)
+        assert events(kube_api, "IPFailingOver")

@@ -9,12 +9,14 @@ Children are deleted by the garbage collector through their owner references.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
 from mailfleet_operator import metrics
-from mailfleet_operator.api import common, sendingpool
+from mailfleet_operator import settings as settings_module
+from mailfleet_operator.api import common, ipwarmup, sendingpool
 from mailfleet_operator.logic import children
 from mailfleet_operator.reconcile import context, pod_admin
 from mailfleet_operator.reconcile import sendingpool as reconciler
@@ -29,6 +31,15 @@ def sendingpool_pods(
     return {(namespace or "default", labels[children.POOL_LABEL]): dict(body)}
 
 
+@kopf.index(common.GROUP, common.VERSION, ipwarmup.PLURAL)
+def sendingpool_warmups(
+    namespace: str | None, spec: kopf.Spec, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """IPWarmups by pool: their quotas are read every cycle, so not from the API."""
+    pool = (spec.get("poolRef") or {}).get("name") or ""
+    return {(namespace or "default", pool): dict(body)}
+
+
 @kopf.index("nodes")
 def sendingpool_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     return {name: dict(body)}
@@ -36,34 +47,34 @@ def sendingpool_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[st
 
 def _admin(memo: kopf.Memo) -> pod_admin.PodAdmin:
     admin = memo.get("pod_admin")
-    if admin is None:
-        ctx: context.Context = memo.ctx
-        admin = pod_admin.PodAdmin(timeout=ctx.settings.pod_admin_timeout)
-        memo.pod_admin = admin
-    assert isinstance(admin, pod_admin.PodAdmin)
+    assert isinstance(admin, pod_admin.PodAdmin), "created by sendingpool_startup"
     return admin
 
 
-def _world(
-    namespace: str, name: str, pods: kopf.Index[Any, Any], nodes: kopf.Index[Any, Any]
-) -> reconciler.World:
-    pool_pods = list(pods.get((namespace, name), []))
+def _world(namespace: str, name: str, indexes: Mapping[str, Any]) -> reconciler.World:
+    pods: kopf.Index[Any, Any] = indexes["sendingpool_pods"]
+    nodes: kopf.Index[Any, Any] = indexes["sendingpool_nodes"]
+    warmups: kopf.Index[Any, Any] = indexes["sendingpool_warmups"]
     node_map: dict[str, dict[str, Any]] = {}
     for key in nodes:
         for node in nodes[key]:
             node_map[key] = node
-    return reconciler.World(pods=pool_pods, nodes=node_map)
+    return reconciler.World(
+        pods=list(pods.get((namespace, name), [])),
+        nodes=node_map,
+        warmups=list(warmups.get((namespace, name), [])),
+    )
 
 
 async def _cycle(
-    memo: kopf.Memo, body: kopf.Body, namespace: str, name: str, pods: Any, nodes: Any
+    memo: kopf.Memo, body: kopf.Body, namespace: str, name: str, indexes: Mapping[str, Any]
 ) -> float:
     ctx: context.Context = memo.ctx
     metrics.RECONCILES.labels(kind=sendingpool.KIND).inc()
     with metrics.RECONCILE_SECONDS.labels(kind=sendingpool.KIND).time():
         try:
             outcome = await reconciler.reconcile_pool(
-                ctx, _admin(memo), dict(body), _world(namespace, name, pods, nodes)
+                ctx, _admin(memo), dict(body), _world(namespace, name, indexes)
             )
         except Exception as error:
             metrics.RECONCILE_ERRORS.labels(kind=sendingpool.KIND, error=type(error).__name__).inc()
@@ -77,9 +88,8 @@ async def _cycle(
 async def sendingpool_changed(
     memo: kopf.Memo, body: kopf.Body, namespace: str | None, name: str, **kwargs: Any
 ) -> None:
-    pods, nodes = kwargs["sendingpool_pods"], kwargs["sendingpool_nodes"]
     try:
-        await _cycle(memo, body, namespace or "default", name, pods, nodes)
+        await _cycle(memo, body, namespace or "default", name, kwargs)
     except Exception as error:
         raise kopf.TemporaryError(
             f"reconcile failed: {type(error).__name__}: {error}",
@@ -97,18 +107,35 @@ async def sendingpool_timer(
     logger: Any,
     **kwargs: Any,
 ) -> None:
-    pods, nodes = kwargs["sendingpool_pods"], kwargs["sendingpool_nodes"]
     delay = memo.ctx.settings.lease_renew_interval / 2
     while not stopped:
         await stopped.wait(delay)
         if stopped:
             break
         try:
-            delay = await _cycle(memo, body, namespace or "default", name, pods, nodes)
+            delay = await _cycle(memo, body, namespace or "default", name, kwargs)
         except Exception as error:  # logged and retried; never fatal
             logger.warning(f"reconcile failed: {type(error).__name__}: {error}")
             delay = memo.ctx.settings.error_delay
         await asyncio.sleep(0)
+
+
+@kopf.on.startup()
+async def sendingpool_startup(memo: kopf.Memo, **_: Any) -> None:
+    """One admin client for every pool, in the operator-wide memo (kopf gives each object a
+    shallow copy of it, so one set later on a copy would never be closed); and a (re)started
+    operator remembers nothing: leases come back from status, not from memory."""
+    settings: settings_module.Settings = memo.settings
+    memo.pod_admin = pod_admin.PodAdmin(timeout=settings.pod_admin_timeout)
+    reconciler.MEMORY.clear()
+
+
+@kopf.on.cleanup()
+async def sendingpool_cleanup(memo: kopf.Memo, **_: Any) -> None:
+    admin = memo.get("pod_admin")
+    if isinstance(admin, pod_admin.PodAdmin):
+        await admin.close()
+    reconciler.MEMORY.clear()
 
 
 @kopf.on.delete(*RESOURCE, optional=True)

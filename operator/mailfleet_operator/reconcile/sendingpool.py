@@ -47,6 +47,7 @@ from mailfleet_operator.logic import (
     reputation,
     sender_config,
     throttle_division,
+    warmup_quotas,
 )
 from mailfleet_operator.reconcile import context as ctx_module
 from mailfleet_operator.reconcile import pod_admin, sendingpool_dnsbl
@@ -82,6 +83,15 @@ class PoolMemory:
     quotas: dict[str, int | None] = dataclasses.field(default_factory=dict)
     slow_at: datetime | None = None
     slow_key: Any = None
+    ip_states: dict[str, int] = dataclasses.field(default_factory=dict)  # state -> count
+    # Warm-up quota accounting of the senders' current day: ip -> pod -> the highest sentToday
+    # seen (a pod that vanished still counts); ip -> pod -> what its last lease allowed it to
+    # reach; ip -> pods whose count is final (they reported it while not holding the IP).
+    # A pod whose count is not final may have sent up to its allowance.
+    usage_day: int | None = None
+    ip_sent: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    ip_allowance: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
+    ip_final: dict[str, set[str]] = dataclasses.field(default_factory=dict)
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
 
@@ -94,6 +104,14 @@ def memory_for(uid: str) -> PoolMemory:
 
 def forget(uid: str) -> None:
     MEMORY.pop(uid, None)
+    _publish_ip_states()
+
+
+def _publish_ip_states() -> None:
+    """`mailfleet_operator_pool_ips{state}`: the IPs of every pool this process serves."""
+    for state in assigning.IPState:
+        total = sum(m.ip_states.get(state.value, 0) for m in MEMORY.values())
+        metrics.POOL_IPS.labels(state=state.value).set(total)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -102,6 +120,8 @@ class World:
 
     pods: Sequence[Mapping[str, Any]]
     nodes: Mapping[str, Mapping[str, Any]]  # by name; a missing node is treated as NotReady
+    # The pool's IPWarmups (read every cycle for quotas); None: list them from the API.
+    warmups: Sequence[Mapping[str, Any]] | None = None
 
 
 # --- reading pods and nodes ---------------------------------------------------------------------
@@ -264,7 +284,7 @@ async def _reconcile_locked(
         memory.slow_at, memory.slow_key = now, slow_key
     # Warm-up quotas every cycle: a day's new quota or a pause reaches the leases at once.
     previous_quotas = memory.quotas
-    memory.quotas = await _read_warmup_quotas(ctx, namespace, name)
+    memory.quotas = await _read_warmup_quotas(ctx, namespace, name, world.warmups)
     requota = {
         a
         for a in set(previous_quotas) | set(memory.quotas)
@@ -273,14 +293,21 @@ async def _reconcile_locked(
     domain_auths, quotas = memory.domain_auths, memory.quotas
 
     # --- decide replicas ----------------------------------------------------------------
-    active = _decide_active(spec, memory, now)
-    desired_total = active + spec.standby_replicas
     if memory.sts_replicas is None:
         sts = await ctx.client.get(
             resources.STATEFUL_SETS, name=names.statefulset, namespace=namespace
         )
         memory.sts_replicas = int(((sts or {}).get("spec") or {}).get("replicas") or 0)
     current_total = memory.sts_replicas
+    active = _decide_active(
+        spec,
+        memory,
+        now,
+        running=max(0, current_total - spec.standby_replicas),
+        window=timedelta(seconds=settings.autoscale_stabilization),
+        cycle=cycle,
+    )
+    desired_total = active + spec.standby_replicas
     leaving = {
         p["metadata"]["name"]
         for p in world.pods
@@ -354,6 +381,10 @@ async def _reconcile_locked(
         ]
         if pending:
             sts_replicas = max(ordinal_of(p) for p in pending) + 1
+        if not frozen:
+            _report_drain_timeouts(
+                leaving, memory, sts_replicas, current_total, settings.drain_timeout, cycle
+            )
     pool_objects = children.PoolObjects(
         name=name,
         namespace=namespace,
@@ -394,11 +425,12 @@ async def _reconcile_locked(
     )
     memory.leases = assigning.forget_dead_leases(memory.leases, pods=views, now=now, keep=addresses)
     await _drain(admin, plan, pods_by_name, http_port, token, memory)
-    for decision in plan.ips:
-        if decision.state is assigning.IPState.DRAINING and decision.reason == "HolderFailed":
-            pass  # counted on transition below
 
     # --- status -------------------------------------------------------------------------
+    memory.ip_states = {}
+    for decision in plan.ips:
+        memory.ip_states[decision.state.value] = memory.ip_states.get(decision.state.value, 0) + 1
+    _publish_ip_states()
     status = _build_status(spec, name, plan, views, leaving, memory, quotas, active)
     verdicts = _verdicts(
         spec,
@@ -553,6 +585,7 @@ async def _read_stats(
         )
     memory.stats = fresh
     memory.stats_at = now
+    _merge_usage(memory, fresh)
     memory.samples = reputation.prune_samples(memory.samples, now=now, window=timedelta(days=1))
 
 
@@ -570,14 +603,21 @@ async def _read_domain_auths(
 
 
 async def _read_warmup_quotas(
-    ctx: ctx_module.Context, namespace: str, pool: str
+    ctx: ctx_module.Context,
+    namespace: str,
+    pool: str,
+    indexed: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, int | None]:
     """ip -> today's quota from the pool's IPWarmups (None: warm, no cap)."""
     quotas: dict[str, int | None] = {}
-    try:
-        items = await ctx.client.list(resources.IP_WARMUPS, namespace=namespace)
-    except kube_client.ApiError:
-        return quotas
+    items: Sequence[Mapping[str, Any]]
+    if indexed is not None:
+        items = indexed
+    else:
+        try:
+            items = await ctx.client.list(resources.IP_WARMUPS, namespace=namespace)
+        except kube_client.ApiError:
+            return quotas
     for raw in items:
         try:
             warmup = ipw.IPWarmup.model_validate(raw)
@@ -593,25 +633,53 @@ async def _read_warmup_quotas(
     return quotas
 
 
-def _decide_active(spec: sp.SendingPoolSpec, memory: PoolMemory, now: datetime) -> int:
+def _decide_active(
+    spec: sp.SendingPoolSpec,
+    memory: PoolMemory,
+    now: datetime,
+    *,
+    running: int,
+    window: timedelta,
+    cycle: Cycle,
+) -> int:
+    """Active replicas: `spec.replicas`, or the autoscaler's choice from the queue depth.
+
+    `running` is what the StatefulSet runs now (active part): after an operator restart the
+    autoscaler starts from it, as if it had recommended it just now, so a restart never
+    scales down before a full stabilization window of low queues."""
     if spec.autoscaling is None:
         memory.active = spec.replicas
+        memory.scale_history = ()
         return spec.replicas
     auto = spec.autoscaling
+    previous = memory.active
+    if previous is None:
+        previous = max(auto.min_replicas, min(auto.max_replicas, running))
+        memory.scale_history = (autoscaling.Recommendation(now, previous),)
     depth = sum(q.depth for s in memory.stats.values() for q in s.queues.values())
-    current = memory.active if memory.active is not None else auto.min_replicas
     decision = autoscaling.decide_replicas(
-        current=current,
+        current=previous,
         queue_depth=depth,
-        complete=len(memory.stats) >= current,
+        complete=len(memory.stats) >= previous,
         target_per_replica=auto.target_queue_per_replica,
         min_replicas=auto.min_replicas,
         max_replicas=auto.max_replicas,
         history=memory.scale_history,
         now=now,
+        window=window,
     )
     memory.scale_history = decision.history
     memory.active = decision.replicas
+    if decision.replicas != previous:
+        metrics.POOL_AUTOSCALES.labels(
+            direction="up" if decision.replicas > previous else "down"
+        ).inc()
+        cycle.event(
+            "Normal",
+            "Autoscaled",
+            f"{previous} -> {decision.replicas} active pods: {depth} messages queued, target "
+            f"{auto.target_queue_per_replica} per pod ({decision.reason})",
+        )
     return decision.replicas
 
 
@@ -622,13 +690,44 @@ def _drained_enough(
     now: datetime,
     timeout: timedelta,
 ) -> bool:
-    """A leaving pod may go once it holds no IP and its queue is empty, or after the timeout."""
+    """A leaving pod may go once it holds no IP and reports, while draining (so refusing new
+    mail), an empty queue; or after the timeout. A read from before the drain does not count:
+    mail may have arrived since."""
     if now - memory.leaving_since.get(pod, now) >= timeout:
         return True
     holds = any(p.pod == pod and p.ips for p in plan.pods) or any(d.pod == pod for d in plan.ips)
     stats = memory.stats.get(pod)
-    empty = stats is not None and sum(q.depth for q in stats.queues.values()) == 0
+    empty = (
+        stats is not None
+        and stats.draining
+        and sum(q.depth + q.held for q in stats.queues.values()) == 0
+    )
     return not holds and empty
+
+
+def _report_drain_timeouts(
+    leaving: set[str],
+    memory: PoolMemory,
+    sts_replicas: int,
+    current_total: int,
+    drain_timeout: float,
+    cycle: Cycle,
+) -> None:
+    """A Warning for each pod removed now although it did not report an empty queue."""
+    for pod in sorted(leaving):
+        if not sts_replicas <= ordinal_of(pod) < current_total:
+            continue
+        stats = memory.stats.get(pod)
+        depth = None if stats is None else sum(q.depth for q in stats.queues.values())
+        if depth == 0:
+            continue
+        queued = "an unknown number of" if depth is None else str(depth)
+        cycle.event(
+            "Warning",
+            "DrainTimedOut",
+            f"pod {pod} still had {queued} messages queued after {drain_timeout:g}s "
+            f"of draining; it is removed and its spool volume spool-{pod} is kept",
+        )
 
 
 def _run_breaker(
@@ -779,7 +878,6 @@ async def _send_assignment(
     if endpoint is None:
         return
     by_address = {ip.address: ip for ip in spec.egress.ips}
-    sent_today = _sent_today(memory)
     generation = max(memory.generations.get(order.pod, 0) + 1, int(now.timestamp() * 1000))
     memory.generations[order.pod] = generation
     leases = []
@@ -788,7 +886,7 @@ async def _send_assignment(
         if ip is None:
             continue
         quota = quotas.get(address)
-        remaining = None if quota is None else max(0, quota - sent_today.get(address, 0))
+        remaining, basis = _lease_quota(memory, address, order.pod, quota)
         classes = allowed if ip.classes is None else [c for c in ip.classes if c in allowed]
         leases.append(
             wire.Lease(
@@ -796,6 +894,7 @@ async def _send_assignment(
                 helo_name=ip.helo_name,
                 expires_at=expires,
                 quota_remaining=remaining,
+                sent_today_basis=basis,
                 warmup=quota is not None,
                 lease_id=f"{order.pod_uid[:8]}-{generation}",
                 classes=None if classes == [c.name for c in spec.classes] else classes,
@@ -821,11 +920,61 @@ async def _send_assignment(
 
 
 def _sent_today(memory: PoolMemory) -> dict[str, int]:
-    totals: dict[str, int] = {}
-    for stats in memory.stats.values():
+    """Per IP, what every pod reported sending from it today (the highest figure per pod)."""
+    return {address: sum(by_pod.values()) for address, by_pod in memory.ip_sent.items()}
+
+
+def _merge_usage(memory: PoolMemory, fresh: Mapping[str, wire.Stats]) -> None:
+    """Fold a stats read into the day's per-pod counts; a new sender day starts afresh."""
+    if not fresh:
+        return
+    day = max(stats.day for stats in fresh.values())
+    if memory.usage_day != day:
+        memory.usage_day, memory.ip_sent, memory.ip_allowance, memory.ip_final = day, {}, {}, {}
+    leases = memory.leases or {}
+    for pod, stats in fresh.items():
+        if stats.day != day:
+            continue
         for ip in stats.ips:
-            totals[ip.address] = totals.get(ip.address, 0) + ip.sent_today
-    return totals
+            by_pod = memory.ip_sent.setdefault(ip.address, {})
+            by_pod.update(warmup_quotas.merge_sent_counts(by_pod, {pod: ip.sent_today}))
+        for address in set(memory.ip_sent) | set(memory.ip_allowance):
+            lease = leases.get(address)
+            final = memory.ip_final.setdefault(address, set())
+            if lease is not None and lease.pod == pod and not lease.released:
+                final.discard(pod)  # still holding: it may send more
+            else:
+                final.add(pod)
+
+
+def _lease_quota(
+    memory: PoolMemory, address: str, pod: str, quota: int | None
+) -> tuple[int | None, int | None]:
+    """(quotaRemaining, sentTodayBasis) of `pod`'s lease on `address`.
+
+    Other pods count with what they reported once they no longer held the IP, or else (lost
+    before a final report) with what their last lease allowed (`warmup_quotas.HolderUsage`).
+    The pod's own count is sent as the basis: the sender subtracts what it sent since, so a
+    stale read (or a renewal between two reads) never grants the same messages twice."""
+    if quota is None:
+        return None, None
+    sent = memory.ip_sent.get(address, {})
+    allowances = memory.ip_allowance.setdefault(address, {})
+    own = sent.get(pod, 0)
+    holders = [warmup_quotas.HolderUsage(pod=pod, sent=own)]
+    for other in sorted((set(sent) | set(allowances)) - {pod}):
+        holders.append(
+            warmup_quotas.HolderUsage(
+                pod=other,
+                sent=sent.get(other, 0),
+                allowance=allowances.get(other),
+                final=other in memory.ip_final.get(address, ()),
+            )
+        )
+    remaining = warmup_quotas.lease_quota(daily_quota=quota, holders=holders)
+    assert remaining is not None
+    allowances[pod] = own + remaining
+    return remaining, own
 
 
 async def _drain(
@@ -863,14 +1012,13 @@ def _build_status(
     active: int,
 ) -> dict[str, Any]:
     holders = {p.pod for p in plan.pods if p.ips}
-    has_ips = bool(spec.egress.ips)
     staying = [v for v in views if v.name not in leaving]
-    if has_ips:
-        active_pods = [v for v in staying if v.name in holders]
-        standby = [v for v in staying if v.name not in holders and v.ready]
-    else:
-        active_pods = sorted(staying, key=lambda v: v.ordinal)[:active]
-        standby = [v for v in sorted(staying, key=lambda v: v.ordinal)[active:] if v.ready]
+    # Active pods are the IP holders, then (fewer IPs than replicas, or none held yet) other
+    # staying pods up to the active target, so `status.replicas` (the scale subresource)
+    # follows `spec.replicas`; the rest are standbys.
+    ordered = sorted(staying, key=lambda v: (v.name not in holders, v.ordinal))
+    count = max(active, sum(1 for v in staying if v.name in holders))
+    active_pods, standby = ordered[:count], [v for v in ordered[count:] if v.ready]
     sent = _sent_today(memory)
     queues: dict[str, tuple[int, float]] = {}
     deliveries = {"delivered": 0, "deferred": 0, "bounced": 0, "complained": 0}

@@ -155,23 +155,33 @@ class ApiServer:
         return res.obj
 
     def delete(self, api_version: str, kind: str, name: str, namespace: str = "",
-               propagation: str | None = None) -> JSON:
+               propagation: str | None = None, grace_period: int | None = None) -> JSON:
+        """DELETE with DeleteOptions. A bound, running Pod only gets a deletionTimestamp
+        (graceful deletion) until deleted again with `grace_period=0`, as a kubelet does."""
         rt = self.resource(api_version, kind)
-        options = {"propagationPolicy": propagation} if propagation else {}
+        options: JSON = {"propagationPolicy": propagation} if propagation else {}
+        if grace_period is not None:
+            options["gracePeriodSeconds"] = grace_period
         return self.registry.delete(rt, namespace, name, options).obj
+
+    def bind_pod(self, namespace: str, name: str, node_name: str) -> None:
+        """What kube-scheduler does (`pods/binding`): set `spec.nodeName` once."""
+        self.registry.bind_pod(namespace, name, {
+            "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+            "target": {"kind": "Node", "name": node_name}})
 
     async def set_pod_status(self, namespace: str, name: str, *, phase: str = "Running",
                              ready: bool = True, pod_ip: str | None = None,
                              node_name: str | None = None, host_ip: str | None = None,
                              restart_count: int | None = None) -> JSON:
         """What a kubelet reports: phase, Ready/ContainersReady conditions, container
-        statuses, IPs (and `spec.nodeName` when given, as the scheduler would bind)."""
+        statuses, IPs. With `node_name`, an unbound pod is first bound there through the
+        `pods/binding` logic (409 Conflict if it is bound to another node)."""
         rt = self.resource("v1", "Pod")
         pod = self.registry.get(rt, namespace, name)
         if node_name and (pod.get("spec") or {}).get("nodeName") != node_name:
-            body = copy.deepcopy(pod)
-            body["spec"]["nodeName"] = node_name
-            pod = self.registry.update(rt, namespace, name, body).obj
+            self.bind_pod(namespace, name, node_name)
+            pod = self.registry.get(rt, namespace, name)
         stamp = now_rfc3339()
         old = pod.get("status") or {}
         old_conds = {c.get("type"): c for c in old.get("conditions") or []}

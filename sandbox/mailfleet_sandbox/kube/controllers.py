@@ -25,12 +25,22 @@ JSON = dict[str, Any]
 WorkKey = tuple[str, ...]
 
 
-def pod_ready(pod: JSON) -> bool:
+def running_and_ready(pod: JSON) -> bool:
+    """What workload status counts as ready (a terminating pod may still be)."""
     status = pod.get("status") or {}
-    if status.get("phase") != "Running" or (pod.get("metadata") or {}).get("deletionTimestamp"):
+    if status.get("phase") != "Running":
         return False
     return any(c.get("type") == "Ready" and c.get("status") == "True"
                for c in status.get("conditions") or [])
+
+
+def terminating(pod: JSON) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))
+
+
+def pod_ready(pod: JSON) -> bool:
+    """Healthy as the StatefulSet controller means it: running, ready, not terminating."""
+    return running_and_ready(pod) and not terminating(pod)
 
 
 def template_hash(template: Any) -> str:
@@ -112,6 +122,8 @@ class Controllers:
                     self._enqueue("sts", ns, ref.get("name", ""))
                 elif kind == "ReplicaSet" and ev.key == "/pods":
                     self._enqueue("rs", ns, ref.get("name", ""))
+                    if ev.type == "DELETED":  # Recreate waits for old pods to be gone
+                        self._enqueue_rs_owner(ns, ref.get("name", ""))
                 elif kind == "Deployment" and ev.key == "apps/replicasets":
                     self._enqueue("deploy", ns, ref.get("name", ""))
                 if ev.type == "DELETED" and ref.get("uid"):
@@ -134,6 +146,12 @@ class Controllers:
             for crd in self.store.list(CRD_KEY):
                 if crd["metadata"].get("deletionTimestamp"):
                     self._enqueue("crd", crd["metadata"]["name"])
+
+    def _enqueue_rs_owner(self, ns: str, rs_name: str) -> None:
+        rs = self.store.get("apps/replicasets", ns, rs_name)
+        for ref in ((rs or {}).get("metadata") or {}).get("ownerReferences") or []:
+            if ref.get("kind") == "Deployment":
+                self._enqueue("deploy", ns, ref.get("name", ""))
 
     async def _run(self) -> None:
         while True:
@@ -278,6 +296,8 @@ class Controllers:
             partition = int((strategy.get("rollingUpdate") or {}).get("partition", 0))
             for ordinal in sorted((o for o in live if o >= partition), reverse=True):
                 pod = live[ordinal]
+                if terminating(pod):
+                    break  # wait until it is gone; the scale-up pass then recreates it
                 labels = pod["metadata"].get("labels") or {}
                 if labels.get("controller-revision-hash") != revision:
                     if all(pod_ready(p) for o, p in live.items() if o != ordinal):
@@ -291,12 +311,14 @@ class Controllers:
             ordinal = _ordinal(name, pod["metadata"]["name"])
             if ordinal is not None:
                 pods[ordinal] = pod
+        # as the real controller counts: terminating pods are replicas (and may be ready)
+        # but neither current nor updated
         revs = [(p["metadata"].get("labels") or {}).get("controller-revision-hash")
-                for p in pods.values()]
+                for p in pods.values() if not terminating(p)]
         updated = sum(1 for r in revs if r == revision)
         if updated == replicas and len(pods) == replicas:
             current_rev = revision
-        ready = sum(1 for p in pods.values() if pod_ready(p))
+        ready = sum(1 for p in pods.values() if running_and_ready(p))
         self._write_status(self.sts, sts, {
             "observedGeneration": sts["metadata"].get("generation", 1),
             "replicas": len(pods), "readyReplicas": ready, "availableReplicas": ready,
@@ -352,7 +374,9 @@ class Controllers:
             "deployment.kubernetes.io/revision", "0")) for r in owned), default=0)
         olds = [r for r in owned if r is not new_rs]
         recreate = (spec.get("strategy") or {}).get("type") == "Recreate"
-        old_pods = sum(int((r.get("status") or {}).get("replicas", 0)) for r in olds)
+        # Recreate starts new pods only when no old pod runs, terminating ones included
+        old_pods = sum(1 for r in olds for p in self._owned(r, "/pods")
+                       if (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed"))
         if new_rs is None:
             if recreate and old_pods:
                 target = 0

@@ -64,6 +64,9 @@ def resource_list(group_version: str, types: list[ResourceType]) -> JSON:
                               "namespaced": rt.namespaced, "group": "autoscaling",
                               "version": "v1", "kind": "Scale",
                               "verbs": ["get", "patch", "update"]})
+        if rt.storage_key == "/pods":
+            resources.append({"name": "pods/binding", "singularName": "", "namespaced": True,
+                              "kind": "Binding", "verbs": ["create"]})
         if rt.storage_key == "/namespaces":
             resources.append({"name": "namespaces/finalize", "singularName": "",
                               "namespaced": False, "kind": "Namespace", "verbs": ["update"]})

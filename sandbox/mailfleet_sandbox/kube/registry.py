@@ -13,7 +13,7 @@ import json
 import secrets
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import yaml
@@ -25,6 +25,8 @@ from mailfleet_sandbox.kube.store import Store
 JSON = dict[str, Any]
 CRD_KEY = "apiextensions.k8s.io/customresourcedefinitions"
 NS_KEY = "/namespaces"
+POD_KEY = "/pods"
+DEFAULT_POD_GRACE = 30
 CRD_CLEANUP_FINALIZER = "customresourcecleanup.apiextensions.k8s.io"
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 INITIAL_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
@@ -451,7 +453,8 @@ class Registry:
         if opts.dry_run:
             return Result(self.present(rt, new), 200, warnings)
         if meta.get("deletionTimestamp") and not meta.get("finalizers") \
-                and rt.storage_key != NS_KEY:
+                and not meta.get("deletionGracePeriodSeconds") and rt.storage_key != NS_KEY:
+            # the last finalizer is gone and no grace period runs (ShouldDeleteDuringUpdate)
             final = self.store.remove(rt.storage_key, new)
             if rt.storage_key == CRD_KEY:
                 self._unregister_crd(final)
@@ -597,7 +600,26 @@ class Registry:
         if policy not in (None, "Foreground", "Background", "Orphan"):
             raise errors.invalid("DeleteOptions", "", "", [errors.field_not_supported(
                 "propagationPolicy", policy, ["Foreground", "Background", "Orphan", "nil"])])
+        grace = _grace_option(options.get("gracePeriodSeconds"))
         meta = old["metadata"]
+        graceful = rt.storage_key == POD_KEY
+        new = copy.deepcopy(old)
+        nmeta = new["metadata"]
+        period: int | None = None  # set when this call starts or shortens a grace period
+        if meta.get("deletionTimestamp"):
+            current = meta.get("deletionGracePeriodSeconds")
+            if graceful and current:
+                if grace is None or grace >= int(current):
+                    # graceful deletion already pending: nothing changes, not even finalizers
+                    return Result(self.present(rt, old), 200)
+                period = grace
+                nmeta["deletionTimestamp"] = _shift_rfc3339(
+                    meta["deletionTimestamp"], grace - int(current))
+                nmeta["deletionGracePeriodSeconds"] = grace
+        elif graceful:
+            period = pod_grace_period(old, grace)
+            nmeta["deletionTimestamp"] = _shift_rfc3339(now_rfc3339(), period)
+            nmeta["deletionGracePeriodSeconds"] = period
         finalizers = list(meta.get("finalizers") or [])
         if policy == "Foreground" and "foregroundDeletion" not in finalizers:
             finalizers.append("foregroundDeletion")
@@ -605,33 +627,106 @@ class Registry:
             finalizers.append("orphan")
         if policy in ("Background", "Foreground"):
             finalizers = [f for f in finalizers if f != "orphan"]
-        pending = bool(finalizers) or rt.storage_key == NS_KEY
-        if dry_run:
-            return Result(self.present(rt, old), 200)
+        pending = bool(finalizers) or rt.storage_key == NS_KEY or bool(period)
         if pending:
-            new = copy.deepcopy(old)
-            nmeta = new["metadata"]
-            if not nmeta.get("deletionTimestamp"):
-                nmeta["deletionTimestamp"] = now_rfc3339()
+            if period is None:  # markAsDeleting: finalizers (or a namespace) hold the object
+                if not nmeta.get("deletionTimestamp"):
+                    nmeta["deletionTimestamp"] = now_rfc3339()
                 nmeta["deletionGracePeriodSeconds"] = 0
-                if "generation" in nmeta:
-                    nmeta["generation"] = int(nmeta["generation"]) + 1
+            if not meta.get("deletionTimestamp") and "generation" in nmeta:
+                nmeta["generation"] = int(nmeta["generation"]) + 1
             if finalizers:
                 nmeta["finalizers"] = finalizers
             if rt.storage_key == NS_KEY:
                 new.setdefault("status", {})["phase"] = "Terminating"
-            if _same(new, old):
-                return Result(self.present(rt, old), 200)
+            if dry_run or _same(new, old):
+                return Result(self.present(rt, new if dry_run else old), 200)
             stored = self.store.put(rt.storage_key, new)
             return Result(self.present(rt, stored), 200)
-        final = self.store.remove(rt.storage_key, old)
+        if dry_run:
+            return Result(self.present(rt, old), 200)
+        if graceful and not _same(new, old):
+            # a zero grace period is still written first (watchers see MODIFIED, then DELETED)
+            new = self.store.put(rt.storage_key, new)
+        final = self.store.remove(rt.storage_key, new if graceful else old)
         if rt.storage_key == CRD_KEY:
             self._unregister_crd(final)
-        if rt.storage_key in ("/pods",):
+        if rt.storage_key == POD_KEY:
             return Result(self.present(rt, final), 200)
         return Result({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
                        "details": {"name": name, "group": rt.group, "kind": rt.plural,
                                    "uid": meta.get("uid")}}, 200)
+
+    # ---------------------------------------------------------------------- binding
+    def bind_pod(self, namespace: str, name: str, body: Any,
+                 opts: WriteOptions | None = None) -> Result:
+        """POST pods/{name}/binding: what kube-scheduler calls. Sets `spec.nodeName` once
+        (409 if the pod is bound or being deleted), merges the Binding's annotations and
+        turns `PodScheduled` True, as the API server's BindingREST does."""
+        opts = opts or WriteOptions()
+        if not isinstance(body, dict):
+            raise errors.bad_request("the body of the request must be a JSON object")
+        if body.get("kind") not in (None, "", "Binding") or body.get("apiVersion") not in (
+                None, "", "v1"):
+            raise errors.bad_request(
+                f"the API version in the data ({body.get('apiVersion')}) and kind "
+                f"({body.get('kind')}) do not match the expected v1 Binding")
+        bmeta = body.get("metadata") or {}
+        if not isinstance(bmeta, dict):
+            raise errors.bad_request("metadata must be an object")
+        if bmeta.get("namespace") not in (None, "", namespace):
+            raise errors.bad_request("the namespace of the provided object does not match "
+                                     "the namespace sent on the request")
+        if bmeta.get("name") != name:
+            raise errors.bad_request("name in URL does not match name in Binding object")
+        target = body.get("target") or {}
+        causes: builtins.list[errors.Cause] = []
+        if target.get("kind") not in (None, "", "Node"):
+            causes.append(errors.field_not_supported("target.kind", target.get("kind"),
+                                                     ["Node", "<empty>"]))
+        if not target.get("name"):
+            causes.append(errors.field_required("target.name"))
+        if causes:
+            raise errors.invalid("Binding", "", name, causes)
+        old = self.store.get(POD_KEY, namespace, name)
+        if old is None:
+            raise errors.not_found("pods", "", name)
+        meta = old["metadata"]
+        if bmeta.get("uid") and bmeta["uid"] != meta.get("uid"):
+            raise errors.conflict("pods", "", name,
+                                  f"Precondition failed: UID in precondition: {bmeta['uid']}, "
+                                  f"UID in object meta: {meta.get('uid')}")
+        if bmeta.get("resourceVersion") and bmeta["resourceVersion"] != meta.get(
+                "resourceVersion"):
+            raise errors.stale_conflict("pods", "", name)
+        spec = old.get("spec") or {}
+        why = ""
+        if meta.get("deletionTimestamp"):
+            why = f"pod {name} is being deleted, cannot be assigned to a host"
+        elif spec.get("nodeName"):
+            why = f'pod {name} is already assigned to node "{spec["nodeName"]}"'
+        elif spec.get("schedulingGates"):
+            why = f"pod {name} has non-empty .spec.schedulingGates"
+        if why:
+            raise errors.conflict("pods/binding", "", name, why)
+        new = copy.deepcopy(old)
+        new["spec"]["nodeName"] = target["name"]
+        if bmeta.get("annotations"):
+            new["metadata"]["annotations"] = dict(new["metadata"].get("annotations") or {},
+                                                  **bmeta["annotations"])
+        status = new.setdefault("status", {})
+        conds = [c for c in status.get("conditions") or [] if c.get("type") != "PodScheduled"]
+        prev = next((c for c in status.get("conditions") or []
+                     if c.get("type") == "PodScheduled"), None)
+        stamp = now_rfc3339()
+        scheduled = {"type": "PodScheduled", "status": "True", "lastProbeTime": None,
+                     "lastTransitionTime": prev.get("lastTransitionTime", stamp)
+                     if prev and prev.get("status") == "True" else stamp}
+        status["conditions"] = [scheduled, *conds]
+        if not opts.dry_run:
+            self.store.put(POD_KEY, new)
+        return Result({"kind": "Status", "apiVersion": "v1", "metadata": {},
+                       "status": "Success", "code": 201}, 201)
 
     def delete_collection(self, rt: ResourceType, namespace: str | None, *,
                           label_selector: str = "", field_selector: str = "",
@@ -646,6 +741,35 @@ class Registry:
                 if exc.code != 404:
                     raise
         return listed
+
+
+def pod_grace_period(pod: JSON, requested: int | None) -> int:
+    """The pod strategy's CheckGracefulDelete: the request's grace period, else the pod's
+    terminationGracePeriodSeconds; 0 (delete now) when no kubelet runs it (unbound) or it
+    has already terminated."""
+    spec, status = pod.get("spec") or {}, pod.get("status") or {}
+    if not spec.get("nodeName") or status.get("phase") in ("Succeeded", "Failed"):
+        return 0
+    if requested is not None:
+        return requested
+    period = spec.get("terminationGracePeriodSeconds")
+    return int(period) if isinstance(period, int) else DEFAULT_POD_GRACE
+
+
+def _grace_option(value: Any) -> int | None:
+    """DeleteOptions.gracePeriodSeconds (body or query); negative values count as 1."""
+    if value is None or value == "":
+        return None
+    try:
+        grace = int(value)
+    except (TypeError, ValueError):
+        raise errors.bad_request(f"invalid gracePeriodSeconds: {value!r}") from None
+    return 1 if grace < 0 else grace
+
+
+def _shift_rfc3339(stamp: str, seconds: int) -> str:
+    when = datetime.strptime(stamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+    return (when + timedelta(seconds=seconds)).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _managed_entry(manager: str, operation: str, rt: ResourceType, fields: JSON | None,

@@ -195,11 +195,17 @@ class HttpApi:
         rt, ns, name, sub = route.rt, route.namespace or "", route.name, route.sub
         method = request.method
         q = request.query
-        if sub and sub not in ("status", "scale", "finalize"):
+        if sub and sub not in ("status", "scale", "finalize", "binding"):
             raise errors.page_not_found(sub)
         if (sub == "status" and not rt.status) or (sub == "scale" and rt.scale is None) \
-                or (sub == "finalize" and rt.storage_key != "/namespaces"):
+                or (sub == "finalize" and rt.storage_key != "/namespaces") \
+                or (sub == "binding" and rt.storage_key != "/pods"):
             raise errors.page_not_found(sub)
+        if sub == "binding":
+            if method != "POST":
+                raise errors.method_not_allowed()
+            res = reg.bind_pod(ns, name, await self._body(request), self._options(request))
+            return _json(res.obj, res.code)
         if method == "GET":
             watching = watch_path or q.get("watch", "").lower() in ("true", "1")
             if not name or watching:

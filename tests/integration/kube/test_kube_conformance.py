@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
@@ -380,3 +381,110 @@ def test_update_of_missing_object_is_not_found(raw: Raw, ns: str) -> None:
     assert raw("PATCH", cm_path(ns, "ghost"), {"data": {}},
                content_type="application/merge-patch+json").status == 404
     time.sleep(0)
+
+
+def pod_path(ns: str, name: str = "") -> str:
+    return f"/api/v1/namespaces/{ns}/pods" + (f"/{name}" if name else "")
+
+
+def unscheduled_pod(name: str, **spec: Any) -> dict[str, Any]:
+    """A pod no real scheduler picks up (unknown schedulerName): the test binds it."""
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+            "spec": {"schedulerName": "conformance-no-scheduler",
+                     "containers": [{"name": "c", "image": "registry.k8s.io/pause:3.10"}],
+                     **spec}}
+
+
+def bind(raw: Raw, ns: str, name: str, node: str = "conformance-node") -> Any:
+    return raw("POST", pod_path(ns, name) + "/binding", {
+        "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+        "target": {"apiVersion": "v1", "kind": "Node", "name": node}})
+
+
+def _stamp(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ")
+
+
+def test_binding_assigns_a_pod_to_a_node_once(raw: Raw, ns: str) -> None:
+    """POST pods/{name}/binding (what kube-scheduler does) sets spec.nodeName and turns the
+    PodScheduled condition True; binding a bound pod again is 409 Conflict and spec.nodeName
+    cannot be changed by a pod update (422); binding a missing pod is 404 (core v1 Binding)."""
+    assert raw("POST", pod_path(ns), unscheduled_pod("bind-a")).status == 201
+    reply = bind(raw, ns, "bind-a")
+    assert reply.status == 201, reply.body
+    pod = raw("GET", pod_path(ns, "bind-a")).body
+    assert pod["spec"]["nodeName"] == "conformance-node"
+    scheduled = [c for c in pod["status"]["conditions"] if c["type"] == "PodScheduled"]
+    assert [c["status"] for c in scheduled] == ["True"]
+    again = bind(raw, ns, "bind-a", "other-node")
+    assert (again.status, again.body["reason"]) == (409, "Conflict")
+    moved = raw("PATCH", pod_path(ns, "bind-a"), {"spec": {"nodeName": "other-node"}},
+                content_type="application/merge-patch+json")
+    assert (moved.status, moved.body["reason"]) == (422, "Invalid")
+    assert raw("GET", pod_path(ns, "bind-a")).body["spec"]["nodeName"] == "conformance-node"
+    assert bind(raw, ns, "bind-ghost").status == 404
+    raw("DELETE", pod_path(ns, "bind-a") + "?gracePeriodSeconds=0")
+
+
+def test_graceful_pod_deletion(raw: Raw, ns: str) -> None:
+    """Deleting a pod bound to a node sets metadata.deletionTimestamp (now + grace) and
+    deletionGracePeriodSeconds (the request's gracePeriodSeconds, else
+    spec.terminationGracePeriodSeconds) and keeps it; a later delete may only shorten the
+    period; gracePeriodSeconds=0 (what the kubelet sends) removes it. Unscheduled and
+    terminated (Succeeded/Failed) pods are removed at once (pod lifecycle: termination)."""
+    raw("POST", pod_path(ns), unscheduled_pod("grace-unbound"))
+    assert raw("DELETE", pod_path(ns, "grace-unbound")).status == 200
+    assert raw("GET", pod_path(ns, "grace-unbound")).status == 404
+
+    raw("POST", pod_path(ns), unscheduled_pod("grace-done"))
+    bind(raw, ns, "grace-done")
+    done = raw("PATCH", pod_path(ns, "grace-done") + "/status",
+               {"status": {"phase": "Succeeded"}}, content_type="application/merge-patch+json")
+    assert done.status == 200, done.body
+    raw("DELETE", pod_path(ns, "grace-done"))
+    assert raw("GET", pod_path(ns, "grace-done")).status == 404
+
+    made = raw("POST", pod_path(ns), unscheduled_pod("grace-bound",
+                                                     terminationGracePeriodSeconds=45)).body
+    bind(raw, ns, "grace-bound")
+    rv = raw("GET", pod_path(ns, "grace-bound")).body["metadata"]["resourceVersion"]
+    first = raw("DELETE", pod_path(ns, "grace-bound"))
+    assert first.status == 200
+    meta = raw("GET", pod_path(ns, "grace-bound")).body["metadata"]
+    assert meta["deletionGracePeriodSeconds"] == 45
+    assert _stamp(meta["deletionTimestamp"]) >= \
+        _stamp(made["metadata"]["creationTimestamp"]) + timedelta(seconds=44)
+    longer = raw("DELETE", pod_path(ns, "grace-bound"),
+                 {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 60})
+    assert longer.body["metadata"]["deletionGracePeriodSeconds"] == 45
+    shorter = raw("DELETE", pod_path(ns, "grace-bound"),
+                  {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 10})
+    smeta = shorter.body["metadata"]
+    assert smeta["deletionGracePeriodSeconds"] == 10
+    assert _stamp(smeta["deletionTimestamp"]) == \
+        _stamp(meta["deletionTimestamp"]) - timedelta(seconds=35)
+    assert raw("DELETE", pod_path(ns, "grace-bound") + "?gracePeriodSeconds=0").status == 200
+    assert raw("GET", pod_path(ns, "grace-bound")).status == 404
+    events = _watch_lines(raw, pod_path(ns) + f"?watch=true&resourceVersion={rv}"
+                          "&timeoutSeconds=1&fieldSelector=metadata.name%3Dgrace-bound")
+    seen = [(e["type"], e["object"]["metadata"].get("deletionGracePeriodSeconds"))
+            for e in events if e["type"] != "BOOKMARK"]
+    assert seen[:2] == [("MODIFIED", 45), ("MODIFIED", 10)]
+    assert seen[-1][0] == "DELETED"
+
+
+def test_pod_finalizers_outlast_the_grace_period(raw: Raw, ns: str) -> None:
+    """Finalizers apply on top of graceful deletion: a bound pod deleted with
+    gracePeriodSeconds=0 stays (deletionGracePeriodSeconds 0) until its last finalizer is
+    removed, then it is gone."""
+    body = unscheduled_pod("grace-fin")
+    body["metadata"]["finalizers"] = ["example.com/hold"]
+    raw("POST", pod_path(ns), body)
+    bind(raw, ns, "grace-fin")
+    raw("DELETE", pod_path(ns, "grace-fin"))
+    assert raw("DELETE", pod_path(ns, "grace-fin") + "?gracePeriodSeconds=0").status == 200
+    held = raw("GET", pod_path(ns, "grace-fin")).body["metadata"]
+    assert held["deletionGracePeriodSeconds"] == 0 and held["deletionTimestamp"]
+    raw("PATCH", pod_path(ns, "grace-fin"), {"metadata": {"finalizers": None}},
+        content_type="application/merge-patch+json")
+    assert raw("GET", pod_path(ns, "grace-fin")).status == 404

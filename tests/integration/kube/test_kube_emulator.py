@@ -194,3 +194,81 @@ async def test_deployment_through_replicaset_and_gc(kube_api: ApiServer) -> None
     api.delete("apps/v1", "Deployment", "web", "default")
     await _until(lambda: not api.list("v1", "Pod", "default", "app=web")
                  and not api.list("apps/v1", "ReplicaSet", "default"))
+
+
+def _terminating(api: ApiServer, name: str) -> bool:
+    pods = [p for p in api.list("v1", "Pod", "default") if p["metadata"]["name"] == name]
+    return bool(pods and pods[0]["metadata"].get("deletionTimestamp"))
+
+
+async def _run_bound(api: ApiServer, selector: str) -> None:
+    """Act as scheduler and kubelet: bind every pod to node-a, Running and Ready."""
+    for pod in api.list("v1", "Pod", "default", selector):
+        if not pod["metadata"].get("deletionTimestamp") and pod["status"].get(
+                "phase") != "Running":
+            await api.set_pod_status("default", pod["metadata"]["name"], pod_ip="127.0.0.10",
+                                     node_name="node-a")
+
+
+async def test_statefulset_waits_for_graceful_pod_deletion(kube_api: ApiServer) -> None:
+    """Bound pods are deleted gracefully, so the StatefulSet controller sees them
+    terminating: scale-down counts them until the kubelet confirms (grace 0), a replacement
+    with the same name waits for the old pod to be gone, and the garbage collector's deletion
+    of a deleted set's pods is graceful too."""
+    api = kube_api
+    sts = _sts(2)
+    del sts["spec"]["volumeClaimTemplates"]
+    api.create(sts)
+    for _ in range(2):
+        await _until(lambda: api.list("v1", "Pod", "default", "app=pool"))
+        await _run_bound(api, "app=pool")
+        await api.settle()
+    assert _pods(api) == ["pool-0", "pool-1"]
+    assert api.get("v1", "Pod", "pool-0", "default")["spec"]["nodeName"] == "node-a"
+
+    api.patch("apps/v1", "StatefulSet", "pool", {"spec": {"replicas": 1}}, "default")
+    await _until(lambda: _terminating(api, "pool-1"))
+    await api.settle()
+    status = api.get("apps/v1", "StatefulSet", "pool", "default")["status"]
+    assert (status["replicas"], status["updatedReplicas"]) == (2, 1)
+    api.delete("v1", "Pod", "pool-1", "default", grace_period=0)  # the kubelet confirms
+    await _until(lambda: api.get("apps/v1", "StatefulSet", "pool", "default")["status"][
+        "replicas"] == 1)
+
+    old_uid = api.get("v1", "Pod", "pool-0", "default")["metadata"]["uid"]
+    api.delete("v1", "Pod", "pool-0", "default")
+    await api.settle()
+    assert _terminating(api, "pool-0")
+    assert api.get("v1", "Pod", "pool-0", "default")["metadata"]["uid"] == old_uid
+    api.delete("v1", "Pod", "pool-0", "default", grace_period=0)
+    await _until(lambda: _pods(api) == ["pool-0"] and api.get(
+        "v1", "Pod", "pool-0", "default")["metadata"]["uid"] != old_uid)
+
+    await _run_bound(api, "app=pool")
+    api.delete("apps/v1", "StatefulSet", "pool", "default")
+    await _until(lambda: _terminating(api, "pool-0"))
+    api.delete("v1", "Pod", "pool-0", "default", grace_period=0)
+    assert _pods(api) == []
+
+
+async def test_recreate_deployment_waits_for_terminating_pods(kube_api: ApiServer) -> None:
+    """The Recreate strategy starts the new ReplicaSet's pods only once every old pod is
+    gone, terminating ones included."""
+    api = kube_api
+    api.create({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "web", "namespace": "default"},
+                "spec": {"replicas": 1, "strategy": {"type": "Recreate"},
+                         "selector": {"matchLabels": {"app": "web"}},
+                         "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                             "containers": [{"name": "w", "image": "web:1"}]}}}})
+    (old,) = await _until(lambda: api.list("v1", "Pod", "default", "app=web"))
+    await _run_bound(api, "app=web")
+    api.patch("apps/v1", "Deployment", "web", {"spec": {"template": {"spec": {
+        "containers": [{"name": "w", "image": "web:2"}]}}}}, "default")
+    await _until(lambda: _terminating(api, old["metadata"]["name"]))
+    await api.settle()
+    assert [p["metadata"]["name"] for p in api.list("v1", "Pod", "default", "app=web")] == \
+        [old["metadata"]["name"]]
+    api.delete("v1", "Pod", old["metadata"]["name"], "default", grace_period=0)
+    (new,) = await _until(lambda: api.list("v1", "Pod", "default", "app=web"))
+    assert new["spec"]["containers"][0]["image"] == "web:2"
