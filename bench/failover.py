@@ -131,7 +131,7 @@ async def measure(profile: str) -> float:
                         label_selector="mailfleet.io/pool=bench",
                     )
                     outcome = await reconciler.reconcile_pool(
-                        ctx, admin, body, reconciler.World(pods, {})
+                        ctx, admin, body, reconciler.World(pods, {}, warmups=[])
                     )
                     try:
                         await asyncio.wait_for(stop.wait(), outcome.requeue_after)

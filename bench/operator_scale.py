@@ -74,7 +74,9 @@ async def run(pools: int, concurrency: int) -> dict[str, Any]:
 
             async def one(body: dict[str, Any]) -> None:
                 async with gate:
-                    await reconciler.reconcile_pool(ctx, admin, body, reconciler.World([], {}))
+                    # Pods, nodes and IPWarmups come from kopf's indexes (empty here).
+                    world = reconciler.World([], {}, warmups=[])
+                    await reconciler.reconcile_pool(ctx, admin, body, world)
 
             await asyncio.gather(*(one(b) for b in bodies))
             # A second cycle for all: what steady state costs (should be ~no writes).

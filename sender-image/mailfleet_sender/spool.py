@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import dataclasses
 import logging
 import queue
@@ -149,7 +150,6 @@ class Spool:
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool-read")
         self._reader_local = threading.local()
         self.commits = 0
-        self.fsync_batches: list[int] = []
         with self._connect() as db:
             db.executescript(_SCHEMA)
 
@@ -283,10 +283,11 @@ class Spool:
                 results.append(self._apply(db, op))
             db.execute("COMMIT")
             self.commits += 1
-        except sqlite3.Error as exc:
+        except Exception as exc:  # any failure: roll back, fail the callers, keep the writer
             log.error("spool write failed", extra={"error": str(exc), "ops": len(batch)})
             if db.in_transaction:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             error = SpoolError(f"spool write failed: {exc}")
             for op in batch:
                 if op.future is not None and not op.future.done():

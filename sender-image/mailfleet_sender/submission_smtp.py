@@ -153,7 +153,7 @@ class SubmissionSMTP(SMTP):  # type: ignore[misc]
             return
         await super()._handle_client()
 
-    async def push(self, status: str | bytes) -> None:  # type: ignore[override]
+    async def push(self, status: Any) -> None:
         await super().push(status)
         head = status[:3]
         if head in ("421", b"421") and self.transport is not None:

@@ -1,8 +1,9 @@
 """kopf handlers for SendingPool: thin, level-based, all calling `reconcile_pool`.
 
-Pods and nodes come from kopf watch indexes, so a cycle costs no API list calls; the
-per-pool daemon runs a cycle every half lease-renewal interval (renewals must never lapse),
-and change handlers run one at once. The reconciler serializes cycles of one pool.
+Pods, nodes and the pool's IPWarmups come from kopf watch indexes, so a cycle costs no API
+list calls; the per-pool daemon runs a cycle every half lease-renewal interval (renewals must
+never lapse), and change handlers run one at once. The reconciler serializes cycles of one
+pool.
 Children are deleted by the garbage collector through their owner references.
 """
 

@@ -212,7 +212,7 @@ async def test_relay_login_uses_the_mounted_credentials(
         server.close()
 
 
-async def _eventually(check: object, timeout: float = 10.0) -> None:
+async def _eventually(check: object, timeout: float = 10.0) -> None:  # noqa: ASYNC109
     import asyncio
     import time
 

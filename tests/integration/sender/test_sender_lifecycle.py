@@ -22,7 +22,10 @@ from sandbox_fixtures.sender import (
 )
 
 
-async def _until(check, timeout: float = 10.0, what: str = "condition") -> None:  # type: ignore[no-untyped-def]
+async def _until(  # type: ignore[no-untyped-def]
+    check, timeout: float = 10.0,  # noqa: ASYNC109
+    what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
         if time.monotonic() > deadline:
@@ -96,7 +99,8 @@ async def test_drain_refuses_new_mail_and_still_delivers_queued_mail(
     assert status == 503
     with pytest.raises((aiosmtplib.SMTPException, OSError)):
         async with aiosmtplib.SMTP(hostname="127.0.0.1", port=sender.smtp_port, timeout=3) as c:
-            await c.sendmail("a@example.test", ["late@orange.test"], b"From: a@example.test\r\n\r\nx")
+            await c.sendmail("a@example.test", ["late@orange.test"],
+                             b"From: a@example.test\r\n\r\nx")
     assert (await sender.client.stats())["draining"] is True
 
     await sender.client.assign([lease("127.0.0.52")])

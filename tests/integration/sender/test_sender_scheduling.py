@@ -13,7 +13,9 @@ from mailfleet_sandbox.providers import ProviderFleet
 from sandbox_fixtures.sender import SenderFactory, base_config, inject, lease, make_dkim_keys
 
 
-def _config(tmp_path: Path, dns: DNSServer, fleet: ProviderFleet, **throttles: Any) -> dict[str, Any]:
+def _config(
+    tmp_path: Path, dns: DNSServer, fleet: ProviderFleet, **throttles: Any
+) -> dict[str, Any]:
     keys = make_dkim_keys(tmp_path / "keys", "example.test", dns)
     cfg = base_config(tmp_path, dns=dns, destination_port=fleet.port, keys=keys)
     if throttles:
@@ -21,7 +23,10 @@ def _config(tmp_path: Path, dns: DNSServer, fleet: ProviderFleet, **throttles: A
     return cfg
 
 
-async def _eventually(check: Any, timeout: float = 10.0, what: str = "condition") -> None:
+async def _eventually(
+    check: Any, timeout: float = 10.0,  # noqa: ASYNC109
+    what: str = "condition"
+) -> None:
     deadline = time.monotonic() + timeout
     while not check():
         if time.monotonic() > deadline:

@@ -1,4 +1,5 @@
-"""Pure parts of the API emulator: selectors, patches, schemas, JSONPath and tables."""
+"""Pure parts of the API emulator: selectors, patches, schemas, JSONPath, tables and
+the pod grace period rule."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from mailfleet_sandbox.kube import patching, schemas, selectors, tables
+from mailfleet_sandbox.kube.registry import pod_grace_period
 
 _key = st.from_regex(r"[a-z][a-z0-9]{0,8}", fullmatch=True)
 _val = st.from_regex(r"[a-z0-9]{1,8}", fullmatch=True)
@@ -132,3 +134,21 @@ def test_jsonpath_filters_and_table_cells() -> None:
     assert tables.cell_for_column(obj, {"type": "integer", "jsonPath": ".status.n"}) == 2
     assert tables.cell_for_column(obj, {"type": "string", "jsonPath": ".status.none"}) is None
     assert tables.human_duration(3 * 3600 + 120) == "3h2m"
+
+
+@pytest.mark.parametrize(("spec", "phase", "requested", "expected"), [
+    ({}, "Pending", None, 0),                                             # unbound: at once
+    ({}, "Pending", 20, 0),
+    ({"nodeName": "n"}, "Running", None, 30),                             # default
+    ({"nodeName": "n", "terminationGracePeriodSeconds": 45}, "Running", None, 45),
+    ({"nodeName": "n", "terminationGracePeriodSeconds": 45}, "Running", 5, 5),
+    ({"nodeName": "n"}, "Succeeded", None, 0),                            # terminated
+    ({"nodeName": "n"}, "Failed", 10, 0),
+])
+def test_pod_grace_period_follows_the_pod_strategy(spec: dict[str, Any], phase: str,
+                                                   requested: int | None,
+                                                   expected: int) -> None:
+    """Bound, live pods get the requested grace period, else their
+    terminationGracePeriodSeconds (30 by default); unbound or finished pods get 0."""
+    pod = {"spec": spec, "status": {"phase": phase}}
+    assert pod_grace_period(pod, requested) == expected
