@@ -112,6 +112,14 @@ class Settings(BaseModel):
     sender_nameservers: tuple[str, ...] = Field(
         default=(), description="Resolvers rendered into the senders' config, ip or ip:port."
     )
+    sender_smtp_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description=(
+            "Destination port of MX hosts rendered into the senders' config (delivery.smtpPort);"
+            " 25 when unset. Environment, not policy: the sandbox's simulated providers listen"
+            " on an unprivileged port."
+        ),
+    )
     log_format: Literal["json", "text"] = Field(default="json", description="Log line format.")
     log_level: str = Field(default="INFO", description="Python logging level.")
 

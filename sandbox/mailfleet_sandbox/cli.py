@@ -42,8 +42,89 @@ def run_api(args: argparse.Namespace) -> int:
     return 0
 
 
+def configure_up(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", type=Path, default=Path(".sandbox"),
+                        help="directory for state.json, kubeconfig, records and pod logs")
+    parser.add_argument("--samples", action="store_true",
+                        help="also apply crds/ and the sandbox samples with kubectl")
+    parser.add_argument("--warmup-day-seconds", type=float, default=12.0,
+                        help="length of a warm-up day in the sandbox")
+    parser.set_defaults(func=run_up)
+
+
+def run_up(args: argparse.Namespace) -> int:
+    """Run the whole world until SIGINT/SIGTERM (or `mailfleet sandbox down`)."""
+    import logging
+
+    from mailfleet_sandbox import world
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        settings = world.WorldSettings(root=args.root,
+                                       warmup_day_seconds=args.warmup_day_seconds)
+        async with world.SandboxWorld(settings) as sandbox:
+            if args.samples:
+                await sandbox.apply_samples()
+            state = sandbox.root / "state.json"
+            print(f"sandbox up; kubeconfig: {sandbox.kubeconfig}\n"
+                  f"  kubectl --kubeconfig {sandbox.kubeconfig} get sp,ipw,da,pods\n"
+                  f"  state: {state} (DNS {sandbox.dns.address}, providers on port "
+                  f"{sandbox.fleet.port}); stop with `mailfleet sandbox down` or Ctrl-C",
+                  flush=True)
+            await stop.wait()
+
+    asyncio.run(serve())
+    return 0
+
+
+def configure_down(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--root", type=Path, default=Path(".sandbox"),
+                        help="the directory `sandbox up` was given")
+    parser.add_argument("--timeout", type=float, default=20.0,
+                        help="seconds to wait for the sandbox to stop")
+    parser.set_defaults(func=run_down)
+
+
+def run_down(args: argparse.Namespace) -> int:
+    """Stop the sandbox whose state.json is under --root (SIGTERM to its process)."""
+    import json
+    import os
+    import time
+
+    state_file = args.root / "state.json"
+    try:
+        pid = int(json.loads(state_file.read_text())["pid"])
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"no sandbox running under {args.root} ({exc})")
+        return 1
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        state_file.unlink(missing_ok=True)
+        print(f"sandbox process {pid} was already gone; removed {state_file}")
+        return 0
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print("sandbox stopped")
+            return 0
+        time.sleep(0.2)
+    print(f"sandbox process {pid} did not stop within {args.timeout:.0f}s")
+    return 1
+
+
 SANDBOX_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {
     "api": (configure_api, "run the Kubernetes API emulator"),
+    "up": (configure_up, "run the whole sandbox world (API, nodes, DNS, providers, operator)"),
+    "down": (configure_down, "stop the sandbox started by `up`"),
 }
 
 

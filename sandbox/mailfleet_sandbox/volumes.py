@@ -326,13 +326,28 @@ def _submounts(path: str) -> list[str]:
 
 
 def _make_mount_point(libc: ctypes.CDLL, target: str, is_file: bool, scratch: str,
-                      counter: list[int]) -> None:
-    """Create `target` without writing to the host: overlay its nearest existing ancestor."""
+                      counter: list[int], overlaid: list[str] | None = None) -> None:
+    """Create `target` without writing to the host: overlay its nearest existing ancestor.
+
+    An ancestor inside an overlay made earlier is already writable (its upper dir is in the
+    scratch tmpfs): the mount point is created there directly, since stacking a second overlay
+    on an overlay exceeds the kernel's stacking depth (EINVAL) after two levels."""
     if os.path.lexists(target):
         return
     ancestor = os.path.dirname(target.rstrip("/")) or "/"
     while not os.path.isdir(ancestor):
         ancestor = os.path.dirname(ancestor) or "/"
+    if overlaid is not None and any(
+            ancestor == root or ancestor.startswith(root.rstrip("/") + "/")
+            for root in overlaid):
+        if is_file:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            Path(target).touch()
+        else:
+            os.makedirs(target, exist_ok=True)
+        return
+    if overlaid is not None:
+        overlaid.append(ancestor)
     counter[0] += 1
     base = os.path.join(scratch, str(counter[0]))
     orig, upper, work = (os.path.join(base, d) for d in ("orig", "upper", "work"))
@@ -359,9 +374,18 @@ def _apply_plan(plan: LaunchPlan) -> None:
     _enter_namespaces(libc)
     _mount(libc, "tmpfs", plan.scratch, "tmpfs", 0, "mode=700")
     counter = [0]
-    for mount in plan.mounts:
+    overlaid: list[str] = []
+    # A mount over an ancestor of the scratch directory (an emptyDir at /tmp while the sandbox
+    # lives under /tmp) would hide the scratch tmpfs from the mounts after it: do those last.
+    scratch = plan.scratch.rstrip("/") + "/"
+    hiding = [m.target.rstrip("/") + "/" for m in plan.mounts
+              if scratch.startswith(m.target.rstrip("/") + "/")]
+    ordered = sorted(plan.mounts, key=lambda m: any(
+        (m.target.rstrip("/") + "/").startswith(h) for h in hiding))
+    for mount in ordered:
         source = os.path.realpath(mount.source)
-        _make_mount_point(libc, mount.target, os.path.isfile(source), plan.scratch, counter)
+        _make_mount_point(libc, mount.target, os.path.isfile(source), plan.scratch, counter,
+                          overlaid)
         _mount(libc, source, mount.target, None, _MS_BIND | _MS_REC)
         if mount.read_only:
             _mount(libc, None, mount.target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY)

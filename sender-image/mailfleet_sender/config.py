@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic.alias_generators import to_camel
 
+from mailfleet_sender import shaping as shaping_rules
 from mailfleet_sender import units
 
 
@@ -32,7 +33,13 @@ class ConfigModel(BaseModel):
 class Submission(ConfigModel):
     """How applications hand mail to this pod."""
 
-    listen_address: str = Field(default="0.0.0.0", description="Address all listeners bind to.")
+    listen_address: str | None = Field(
+        default=None,
+        description=(
+            "Address all listeners bind to (submission, admin, feedback). Default: the pod's "
+            "own address from POD_IP when set (pods sharing a host never collide), else 0.0.0.0."
+        ),
+    )
     smtp_port: int = Field(default=587, ge=0, le=65535, description="SMTP submission port.")
     http_port: int = Field(default=8080, ge=0, le=65535, description="HTTP API port.")
     admin_port: int | None = Field(
@@ -280,8 +287,113 @@ class Feedback(ConfigModel):
     enabled: bool = Field(default=True, description="Accept ARF reports.")
 
 
+class Peers(ConfigModel):
+    """How a pod finds the other pods of its pool (suppression replication, hand-off).
+
+    `service`: the headless Service's DNS name; its A records are the pods, reached on
+    `submission.httpPort` (hand-off) and the admin port (replication). `urls`: a static list of
+    pod base URLs serving both (sandbox, tests). Neither: this pod works alone.
+    """
+
+    service: str | None = Field(
+        default=None, description="Headless Service DNS name, e.g. newsletters-pods.mail.svc."
+    )
+    urls: list[str] = Field(default_factory=list, description="Static pod base URLs.")
+    pull_interval: units.Duration = Field(
+        default="5s", description="How often missed suppression changes are pulled from peers."
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Peers:
+        if self.service and self.urls:
+            raise ValueError("peers: give service or urls, not both")
+        return self
+
+
+class Suppression(ConfigModel):
+    enabled: bool = Field(default=True, description="Check recipients against the pool list.")
+    max_import_entries: int = Field(
+        default=10_000, ge=1, description="Entries per bulk import request."
+    )
+    max_import_bytes: int = Field(
+        default=2 * 1024 * 1024, ge=1024, description="Body size of a bulk import request."
+    )
+
+
+class Handoff(ConfigModel):
+    """`POST /v1/drain?handoff=true`: queued mail moves to the pool's other pods."""
+
+    timeout: units.Duration = Field(default="30s", description="Per re-submission request.")
+    retry_every: units.Duration = Field(
+        default="1s", description="Wait before trying a message again after a failure."
+    )
+    retarget_after: units.Duration = Field(
+        default="2m",
+        description=(
+            "A message whose re-submission ended without a clear answer is retried at the same "
+            "pod (it may have stored it) until that pod is gone from the peer list this long."
+        ),
+    )
+
+
 class Deliverability(ConfigModel):
-    """Settings of the bounce/suppression/feedback layer (extended by that issue)."""
+    """The bounce, feedback, suppression, unsubscribe and shaping layer (docs/deliverability.md).
+
+    Keys: `traceKeyFile` seals the trace header and the VERP tags, `unsubscribeKeyFile` the
+    unsubscribe tokens, `peerTokenFile` authenticates pods to each other. All must be the same
+    on every pod of the pool (mounted from one Secret). When a file is not given the key is
+    derived from the pool's admin token (also pool-wide), so a pool works without extra Secrets.
+    """
+
+    bounce_domain: str | None = Field(
+        default=None,
+        description=(
+            "Domain of the VERP return path b-<id>-<tag>@domain (its MX must reach the feedback "
+            "port). No VERP when unset: the submitted envelope sender is kept."
+        ),
+    )
+    feedback_port: int | None = Field(
+        default=None, ge=0, le=65535,
+        description="SMTP port taking DSNs, ARF reports and mailto unsubscribes; off when unset.",
+    )
+    feedback_max_connections: int = Field(
+        default=100, ge=1, description="Simultaneous sessions on the feedback port."
+    )
+    trace_key_file: str | None = Field(default=None, description="Secret for traces and VERP.")
+    unsubscribe_key_file: str | None = Field(
+        default=None, description="Secret for unsubscribe tokens."
+    )
+    retired_unsubscribe_key_files: list[str] = Field(
+        default_factory=list, description="Old unsubscribe secrets still accepted (rotation)."
+    )
+    unsubscribe_base_url: str | None = Field(
+        default=None,
+        description=(
+            "Public https base URL routed to the pods' HTTP port; tokens are POSTed to "
+            "<base>/v1/unsubscribe/<token>. No List-Unsubscribe headers when unset."
+        ),
+    )
+    unsubscribe_mailto_domain: str | None = Field(
+        default=None,
+        description="Domain of the mailto: unsubscribe address; the bounce domain when unset.",
+    )
+    unsubscribe_max_age: units.Duration = Field(
+        default="60d", description="Unsubscribe tokens older than this are refused."
+    )
+    peer_token_file: str | None = Field(
+        default=None, description="Bearer token pods use with each other; the admin token if unset."
+    )
+    peers: Peers = Field(default_factory=Peers)
+    suppression: Suppression = Field(default_factory=Suppression)
+    shaping: shaping_rules.ShapingRules = Field(
+        default_factory=shaping_rules.ShapingRules,
+        description="Reactive shaping rules per provider name (built-in defaults).",
+    )
+    shaping_base_rate: units.RateStr = Field(
+        default="10/s",
+        description="Rate a provider without a configured rate is slowed down from.",
+    )
+    handoff: Handoff = Field(default_factory=Handoff)
 
 
 class SenderConfig(ConfigModel):

@@ -8,7 +8,9 @@ one SMTP connection and, per message: takes tokens from the gate in priority ord
 best delivery, re-checks its lease and quota, signs, sends, and records the outcome.
 
 Every outcome goes to the spool without waiting (see `spool` for why that is safe) and to the
-deliverability hooks.
+deliverability hooks, which also decide the envelope sender (VERP), the headers added before
+and after signing, and slow a provider down (`pace`: its token buckets run at a fraction of
+their rate, or the lane waits while the provider is suspended).
 """
 
 from __future__ import annotations
@@ -59,6 +61,8 @@ class Lane:
     provider: str
     max_connections: int
     buckets: tuple[throttles.TokenBucket, ...]
+    rated: tuple[tuple[tuple[str, ...], throttles.TokenBucket], ...] = ()
+    """The provider's own rate buckets (key, bucket): what reactive shaping scales."""
     queue: scheduling.ReadyQueue = dataclasses.field(default_factory=scheduling.ReadyQueue)
     workers: int = 0
     idle: int = 0
@@ -123,6 +127,7 @@ class Engine:
         self._settled = asyncio.Event()
         self.totals: collections.Counter[str] = collections.Counter()
         self.today = DayCounts(day=clock_.day())
+        self._shape_buckets: dict[str, throttles.TokenBucket] = {}
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -271,6 +276,16 @@ class Engine:
         for delivery in batch:
             self._failed(delivery, reply, source="", provider="", count_attempt=True)
 
+    def _suppress(self, delivery: spool.Delivery) -> None:
+        self._finish(
+            delivery,
+            "bounced",
+            hooks.Reply(550, "recipient is suppressed", "local", "5.7.1"),
+            verdict=hooks.Verdict.SUPPRESSED,
+            source="",
+            provider="",
+        )
+
     def _dispatch(self, batch: Sequence[spool.Delivery], route: mx.Route | None) -> None:
         now = self.clock.wall()
         for delivery in scheduling.sort_for_dispatch(batch, self.cfg):
@@ -282,14 +297,7 @@ class Engine:
                 self._expire(delivery, delivery.last_response)
                 continue
             if self.hooks.is_suppressed(delivery.recipient, delivery.class_name):
-                self._finish(
-                    delivery,
-                    "bounced",
-                    hooks.Reply(550, "recipient is suppressed", "local", "5.7.1"),
-                    verdict=hooks.Verdict.SUPPRESSED,
-                    source="",
-                    provider="",
-                )
+                self._suppress(delivery)
                 continue
             if self.cfg.dkim.require_signature and not self.keys.keys_for(delivery.from_domain):
                 self._hold(delivery)
@@ -430,6 +438,9 @@ class Engine:
             if limits.messages_per_hour is not None:
                 bucket_keys.append(("site", site, "h"))
         buckets = tuple(b for b in (self._bucket(k) for k in bucket_keys) if b is not None)
+        rated = tuple(
+            (k, b) for k in bucket_keys if k[0] == "provider" and (b := self._bucket(k)) is not None
+        )
         lane = Lane(
             address=source.address,
             site=site,
@@ -437,6 +448,7 @@ class Engine:
             provider=provider.name if provider is not None else "other",
             max_connections=max_connections,
             buckets=buckets,
+            rated=rated,
         )
         self._lanes[key] = lane
         return lane
@@ -530,19 +542,28 @@ class Engine:
                 if self._source(lane.address) is None:
                     self._evict(lane)
                     break
+                buckets = self._paced_buckets(lane)
+                if buckets is None:  # the provider is suspended: the lane's mail waits
+                    await asyncio.sleep(TICK)
+                    continue
                 priority = lane.queue.peek_priority() or 0
-                await self.gate.acquire(lane.buckets, priority=priority)
+                await self.gate.acquire(buckets, priority=priority)
                 delivery = lane.queue.pop()
                 if delivery is None or self._halt or lane.closed:
                     if delivery is not None:
                         self._requeue(lane, delivery)
-                    self.gate.release(lane.buckets)
+                    self.gate.release(buckets)
                     continue
                 self._queued[lane.address] -= 1
+                if self.hooks.is_suppressed(delivery.recipient, delivery.class_name):
+                    # Suppressed since it was routed (an entry from another pod, a complaint).
+                    self.gate.release(buckets)
+                    self._suppress(delivery)
+                    continue
                 source = self._source(lane.address)
                 if source is None or source.quota_left() == 0:
                     self._requeue(lane, delivery)
-                    self.gate.release(lane.buckets)
+                    self.gate.release(buckets)
                     self._evict(lane)
                     break
                 session = await self._deliver(lane, source, delivery, session)
@@ -555,6 +576,35 @@ class Engine:
                     self._close_lane(lane)
                 else:
                     self._kick(lane)
+
+    def _shaping_key(self, lane: Lane) -> str:
+        """Shaping is per provider; a site no provider entry matches is shaped on its own."""
+        return lane.provider if lane.provider != "other" else lane.site
+
+    def _paced_buckets(self, lane: Lane) -> tuple[throttles.TokenBucket, ...] | None:
+        """The lane's buckets with reactive shaping applied; None while it is suspended.
+
+        The provider's own rate buckets run at `factor` x their configured rate; a provider
+        without one gets a shaping bucket at `factor` x `shapingBaseRate` while slowed down.
+        """
+        factor = self.hooks.pace(self._shaping_key(lane))
+        if factor <= 0.0:
+            return None
+        now = self.clock.monotonic()
+        for key, bucket in lane.rated:
+            base = self._rate_for(key)
+            if base is not None and not math.isclose(bucket.rate, base * factor):
+                bucket.reconfigure(base * factor, None, now)
+        if factor >= 1.0 or lane.rated:
+            return lane.buckets
+        name = self._shaping_key(lane)
+        rate = units.parse_rate(self.cfg.deliverability.shaping_base_rate).per_second * factor
+        shape = self._shape_buckets.get(name)
+        if shape is None:
+            shape = self._shape_buckets[name] = throttles.TokenBucket(rate, None, now=now)
+        elif not math.isclose(shape.rate, rate):
+            shape.reconfigure(rate, None, now)
+        return (*lane.buckets, shape)
 
     def _requeue(self, lane: Lane, delivery: spool.Delivery) -> None:
         lane.queue.push(
@@ -574,8 +624,9 @@ class Engine:
         """One attempt; returns the session to reuse (None when it must not be reused)."""
         self._inflight += 1
         source.used += 1
+        context = self._context(delivery, source.address)
         try:
-            data = await self._signed_data(delivery)
+            data = await self._signed_data(delivery, context)
             if data is None:
                 source.used -= 1
                 self._hold(delivery)
@@ -597,25 +648,24 @@ class Engine:
                     source.used -= 1
                     self._connection_failed(lane, delivery, failure.reply)
                     return None
+            sender = self.hooks.return_path(context) or delivery.sender
             try:
-                reply = await session.send(
-                    sender=delivery.sender, recipient=delivery.recipient, data=data
-                )
+                reply = await session.send(sender=sender, recipient=delivery.recipient, data=data)
             except delivering.DeliveryFailure as failure:
                 self._count(source.address, "sent")
                 self._failed(delivery, failure.reply, source=source.address,
-                             provider=lane.provider, count_attempt=True)
+                             provider=lane.provider, count_attempt=True, site=lane.site)
                 await session.close()
                 return None
             self._count(source.address, "sent")
             if 200 <= reply.code < 300:
                 self._finish(
                     delivery, "delivered", reply, verdict=hooks.Verdict.DELIVERED,
-                    source=source.address, provider=lane.provider,
+                    source=source.address, provider=lane.provider, site=lane.site,
                 )
             else:
                 self._failed(delivery, reply, source=source.address, provider=lane.provider,
-                             count_attempt=True)
+                             count_attempt=True, site=lane.site)
             if session.broken:
                 await session.close()
                 return None
@@ -631,7 +681,7 @@ class Engine:
         self._queued[lane.address] -= len(items) - 1
         for item in items:
             self._failed(item, reply, source=lane.address, provider=lane.provider,
-                         count_attempt=True)
+                         count_attempt=True, site=lane.site)
 
     def _target(self, lane: Lane) -> delivering.Target:
         d = self.cfg.delivery
@@ -675,20 +725,32 @@ class Engine:
                 self._data_bytes += len(data)
         return data
 
-    async def _signed_data(self, delivery: spool.Delivery) -> bytes | None:
-        """The bytes to send: prepared by the hooks, then DKIM-signed (cached per message when
-        the hooks changed nothing). None when no key can sign it (the caller holds it)."""
-        data = await self._message_data(delivery)
-        if data is None:
-            raise RuntimeError(f"message {delivery.message} missing from the spool")
+    def _context(self, delivery: spool.Delivery, source: str) -> hooks.PrepareContext:
         cls = self.cfg.class_named(delivery.class_name)
-        context = hooks.PrepareContext(
+        return hooks.PrepareContext(
             recipient=delivery.recipient,
             sender=delivery.sender,
             class_name=delivery.class_name,
             bulk=cls.bulk if cls is not None else False,
             message_id=str(delivery.message),
+            source_ip=source,
+            delivery_id=delivery.id,
         )
+
+    async def _signed_data(
+        self, delivery: spool.Delivery, context: hooks.PrepareContext
+    ) -> bytes | None:
+        """The bytes to send: prepared by the hooks, DKIM-signed (cached per message when the
+        hooks changed nothing), then stamped. None when no key can sign it (held)."""
+        signed = await self._sign_prepared(delivery, context)
+        return None if signed is None else self.hooks.stamp(signed, context)
+
+    async def _sign_prepared(
+        self, delivery: spool.Delivery, context: hooks.PrepareContext
+    ) -> bytes | None:
+        data = await self._message_data(delivery)
+        if data is None:
+            raise RuntimeError(f"message {delivery.message} missing from the spool")
         prepared = self.hooks.prepare(data, context)
         signing_keys = self.keys.keys_for(delivery.from_domain)
         if not signing_keys:
@@ -722,12 +784,15 @@ class Engine:
         source: str,
         provider: str,
         count_attempt: bool,
+        site: str = "",
     ) -> None:
-        classification = self.hooks.classify(reply)
+        if provider and provider != "other":
+            reply = dataclasses.replace(reply, provider=provider)
+        classification = self.hooks.classify(reply, delivery.recipient)
         if classification.verdict == hooks.Verdict.BOUNCED:
             self._finish(
                 delivery, "bounced", reply, verdict=hooks.Verdict.BOUNCED, source=source,
-                provider=provider, classification=classification,
+                provider=provider, classification=classification, site=site,
             )
             return
         now = self.clock.wall()
@@ -755,7 +820,9 @@ class Engine:
             ]
         )
         heapq.heappush(self._timers, (next_attempt, delivery.id, delivery))
-        self._observe(delivery, hooks.Verdict.DEFERRED, reply, classification, source, provider)
+        self._observe(
+            delivery, hooks.Verdict.DEFERRED, reply, classification, source, provider, site
+        )
         self._wake.set()
 
     def _expire(
@@ -777,6 +844,7 @@ class Engine:
         source: str,
         provider: str,
         classification: hooks.Classification | None = None,
+        site: str = "",
     ) -> None:
         pending = self._pending.get(delivery.class_name, {})
         if pending.pop(delivery.id, None) is None:
@@ -792,7 +860,7 @@ class Engine:
             ]
         )
         result = verdict.value
-        self.totals[result if result != "suppressed" else "bounced"] += 1
+        self.totals[result] += 1
         if source:
             kind = "delivered" if state == "delivered" else "bounced"
             self._count(source, kind)
@@ -810,7 +878,7 @@ class Engine:
             self._signed.pop(delivery.message, None)
         else:
             self._remaining[delivery.message] = remaining
-        self._observe(delivery, verdict, reply, classification, source, provider)
+        self._observe(delivery, verdict, reply, classification, source, provider, site)
 
     def _observe(
         self,
@@ -820,6 +888,7 @@ class Engine:
         classification: hooks.Classification | None,
         source: str,
         provider: str,
+        site: str = "",
     ) -> None:
         try:
             self.hooks.observe(
@@ -834,6 +903,7 @@ class Engine:
                     reply=reply,
                     classification=classification,
                     attempts=delivery.attempts,
+                    site=site,
                 )
             )
         except Exception:
@@ -852,6 +922,26 @@ class Engine:
     def record_complaint(self, address: str) -> None:
         """For the feedback layer: a complaint about mail sent from `address` today."""
         self._count(address, "complained")
+
+    def record_feedback(self, address: str, kind: str) -> None:
+        """A report about mail sent from `address` (complained, or bounced after a 250)."""
+        if address:
+            self._count(address, kind)
+
+    def forget_pending(self) -> int:
+        """After `stop`: drop the in-memory queues (their rows were marked for hand-off)."""
+        count = self.pending_count()
+        self._pending.clear()
+        self._timers.clear()
+        self._routing.clear()
+        self._parked.clear()
+        self._held.clear()
+        self._lanes.clear()
+        self._data.clear()
+        self._data_bytes = 0
+        self._signed.clear()
+        self._remaining.clear()
+        return count
 
 
 def _sign(

@@ -2,16 +2,24 @@
 metrics and admin API for Kubernetes and the operator.
 
 - `POST /v1/messages` (API key as `Authorization: Bearer`): JSON (`wire.SubmitRequest`) or raw
-  RFC 5322 (`Content-Type: message/rfc822`, recipients in `to` query parameters). 202 once the
-  message is on disk; the same checks and codes as SMTP (`intake`), as HTTP statuses.
+  RFC 5322 (`Content-Type: message/rfc822`, recipients in `to` query parameters, else the
+  To/Cc/Bcc headers). 202 once the message is on disk; the same checks and codes as SMTP
+  (`intake`), as HTTP statuses. `X-Mailfleet-Handoff: <key>` marks a message another pod hands
+  off: the key is stored with it and a repeat answers 202 without storing it twice.
+- `POST /v1/unsubscribe/{token}` (RFC 8058 one-click, body `List-Unsubscribe=One-Click`):
+  unauthenticated, the token is the credential; `GET` shows a confirmation form and changes
+  nothing (link scanners fetch URLs).
 - `/healthz` (the process serves), `/readyz` (it accepts mail), `/metrics`: unauthenticated,
   for the kubelet and Prometheus.
-- `GET /v1/stats`, `GET|PUT /v1/assignment`, `POST /v1/drain`: admin token as Bearer.
+- `GET /v1/stats`, `GET|PUT /v1/assignment`, `POST /v1/drain[?handoff=true]`, and
+  `/v1/suppressions` (`suppression.suppression_routes`): admin (or peer) token as Bearer.
 """
 
 from __future__ import annotations
 
+import email.utils
 import hmac
+import html
 import json
 import logging
 from typing import Protocol
@@ -19,11 +27,14 @@ from typing import Protocol
 import pydantic
 from aiohttp import web
 
-from mailfleet_sender import intake, leases, messages, metrics, wire
+from mailfleet_sender import deliverability, intake, leases, messages, metrics, wire
 
 log = logging.getLogger(__name__)
 
 RAW_TYPES = ("message/rfc822", "text/plain", "application/octet-stream")
+HANDOFF_HEADER = "X-Mailfleet-Handoff"
+MAX_HANDOFF_KEY = 128
+ONE_CLICK = "List-Unsubscribe=One-Click"
 
 
 class Backend(Protocol):
@@ -31,6 +42,7 @@ class Backend(Protocol):
 
     intake: intake.Intake
     metrics: metrics.Metrics
+    deliverability: deliverability.Deliverability
 
     def stats(self) -> wire.Stats: ...
 
@@ -38,7 +50,9 @@ class Backend(Protocol):
 
     def assign(self, assignment: wire.Assignment) -> wire.AssignmentStatus: ...
 
-    def drain(self) -> None: ...
+    def drain(self, *, handoff: bool = False) -> None: ...
+
+    def suppression_app_routes(self) -> web.RouteTableDef: ...
 
     def ready(self) -> bool: ...
 
@@ -81,7 +95,11 @@ class Api:
     # --- apps ---------------------------------------------------------------------------
 
     def submission_routes(self) -> list[web.RouteDef]:
-        return [web.post("/v1/messages", self.post_message)]
+        return [
+            web.post("/v1/messages", self.post_message),
+            web.post("/v1/unsubscribe/{token}", self.post_unsubscribe),
+            web.get("/v1/unsubscribe/{token}", self.get_unsubscribe),
+        ]
 
     def admin_routes(self) -> list[web.RouteDef]:
         return [
@@ -102,6 +120,8 @@ class Api:
         if admin:
             routes += self.admin_routes()
         application.add_routes(routes)
+        if admin:
+            application.add_routes(self.backend.suppression_app_routes())
         return application
 
     # --- submission ---------------------------------------------------------------------
@@ -122,7 +142,11 @@ class Api:
         if content_type == "application/json":
             return await self._post_json(body)
         if content_type in RAW_TYPES:
-            return await self._post_raw(request, body)
+            key = request.headers.get(HANDOFF_HEADER)
+            if key is not None and not (0 < len(key) <= MAX_HANDOFF_KEY and key.isascii()):
+                return _error(400, f"{HANDOFF_HEADER}: 1-{MAX_HANDOFF_KEY} ASCII characters",
+                              "invalid")
+            return await self._post_raw(request, body, handoff_key=key)
         return _error(415, f"unsupported content type {content_type!r}", "content-type")
 
     async def _post_json(self, body: bytes) -> web.Response:
@@ -174,34 +198,34 @@ class Api:
         )
         return self._answer(result)
 
-    async def _post_raw(self, request: web.Request, body: bytes) -> web.Response:
+    async def _post_raw(
+        self, request: web.Request, body: bytes, *, handoff_key: str | None = None
+    ) -> web.Response:
         recipients = [
             part.strip()
             for value in request.query.getall("to", [])
             for part in value.split(",")
             if part.strip()
         ]
+        split = messages.split_header_section(body)
+        fields = (messages.header_fields(split[0]) if split else None) or []
         if not recipients:
-            return _error(400, "raw submission needs recipients in ?to=", "invalid")
+            # Like sendmail -t: the recipients are in the headers (Bcc is removed at intake).
+            recipients = _header_addresses(fields, ("to", "cc", "bcc"))
+            if not recipients:
+                return _error(400, "no recipients in ?to= nor in To/Cc/Bcc", "invalid")
         sender = request.query.get("from")
         if sender is None:
-            split = messages.split_header_section(body)
-            fields = messages.header_fields(split[0]) if split else None
-            sender = ""
-            for name, raw in fields or []:
-                if name == "from":
-                    try:
-                        sender = _address_of(messages.header_value(raw)) or ""
-                    except UnicodeDecodeError:
-                        sender = ""
-                    break
+            found = _header_addresses(fields, ("from",))
+            sender = found[0] if found else ""
         result = await self.backend.intake.submit(
             sender=sender,
             recipients=recipients,
             data=body,
-            via="http",
+            via="handoff" if handoff_key else "http",
             class_name=request.query.get("class"),
             tier=request.query.get("tier"),
+            handoff_key=handoff_key,
         )
         return self._answer(result)
 
@@ -209,9 +233,33 @@ class Api:
         if isinstance(result, messages.Rejection):
             return _rejection(result)
         body = wire.SubmitResponse(
-            id=str(result.spool_id), message_id=result.message_id, recipients=result.recipients
+            id=str(result.spool_id), message_id=result.message_id, recipients=result.recipients,
+            duplicate=result.duplicate,
         ).model_dump(by_alias=True)
         return web.json_response(body, status=202)
+
+    # --- one-click unsubscribe (RFC 8058) -------------------------------------------------
+
+    async def post_unsubscribe(self, request: web.Request) -> web.Response:
+        layer = self.backend.deliverability
+        body = (await request.read())[:4096]
+        if ONE_CLICK.encode() not in body.replace(b"%3D", b"=").replace(b"%3d", b"="):
+            layer.metrics.unsubscribes.labels("one-click", "bad_request").inc()
+            return _error(400, f"the body must contain {ONE_CLICK} (RFC 8058)", "bad_request")
+        result = layer.unsubscribe(request.match_info["token"], via="one-click")
+        if result.status != 200:
+            return _error(result.status, "this unsubscribe link is not valid", result.result)
+        return web.json_response({"unsubscribed": True, "result": result.result})
+
+    async def get_unsubscribe(self, request: web.Request) -> web.Response:
+        token = html.escape(request.match_info["token"], quote=True)
+        page = (
+            "<!doctype html><title>Unsubscribe</title>"
+            f'<form method="post" action="{token}">'
+            f'<input type="hidden" name="List-Unsubscribe" value="One-Click">'
+            '<button type="submit">Unsubscribe</button></form>'
+        )
+        return web.Response(text=page, content_type="text/html")
 
     # --- probes and metrics ------------------------------------------------------------
 
@@ -268,15 +316,29 @@ class Api:
         denied = self._admin_denied(request)
         if denied is not None:
             return denied
-        self.backend.drain()
-        return web.json_response({"draining": True}, status=202)
+        handoff = request.query.get("handoff", "false").lower() in ("true", "1", "yes")
+        self.backend.drain(handoff=handoff)
+        return web.json_response({"draining": True, "handoff": handoff}, status=202)
 
 
 def _address_of(value: str) -> str | None:
-    import email.utils
-
     _, address = email.utils.parseaddr(value)
     return address if address and messages.is_address(address) else None
+
+
+def _header_addresses(fields: list[tuple[str, bytes]], names: tuple[str, ...]) -> list[str]:
+    values: list[str] = []
+    for name, raw in fields:
+        if name in names:
+            try:
+                values.append(messages.header_value(raw))
+            except UnicodeDecodeError:
+                continue
+    return [
+        address
+        for _, address in email.utils.getaddresses(values)
+        if address and messages.is_address(address)
+    ]
 
 
 def _header_ok(name: str, value: str) -> bool:

@@ -26,6 +26,8 @@ class Queued:
     spool_id: int
     message_id: str
     recipients: int
+    duplicate: bool = False
+    """A hand-off already stored under the same key: nothing new was written."""
 
 
 class Intake:
@@ -81,9 +83,11 @@ class Intake:
         class_name: str | None = None,
         tier: str | None = None,
         started: bool = False,
+        handoff_key: str | None = None,
     ) -> Queued | messages.Rejection:
         """Validate and spool one message; the result is known only once it is on disk.
-        `started`: an SMTP transaction begun before draining started is allowed to finish."""
+        `started`: an SMTP transaction begun before draining started is allowed to finish.
+        `handoff_key`: idempotency key of a message another pod hands off (stored with it)."""
         if not self.accepting and not started:
             self.metrics.rejected.labels(via, "draining").inc()
             return DRAINING
@@ -101,6 +105,7 @@ class Intake:
             class_name=chosen_class,
             tier=chosen_tier,
             created=self.clock.wall(),
+            handoff_key=handoff_key,
         )
         try:
             deliveries = await self.spool.submit(new)
@@ -108,6 +113,11 @@ class Intake:
             log.exception("spool write failed")
             self.metrics.rejected.labels(via, "spool").inc()
             return SPOOL_FAILED
+        if isinstance(deliveries, spool.Known):
+            return Queued(
+                spool_id=deliveries.message, message_id=accepted.message_id,
+                recipients=deliveries.recipients, duplicate=True,
+            )
         self.engine.add(deliveries, data=accepted.data)
         self.metrics.accepted.labels(via, chosen_class).inc()
         self.engine.totals["accepted"] += 1

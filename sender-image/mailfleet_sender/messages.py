@@ -152,7 +152,8 @@ def check_message(data: bytes, *, limits: Limits, now: float, hostname: str) -> 
     from_domain = addresses[0].rsplit("@", 1)[1].lower()
     class_name = _control_value(fields, CLASS_HEADER)
     tier = _control_value(fields, TIER_HEADER)
-    kept = [raw for name, raw in fields if not name.startswith("x-mailfleet-")]
+    # Control headers and Bcc never leave the pod (Bcc recipients are in the envelope).
+    kept = [raw for name, raw in fields if not name.startswith("x-mailfleet-") and name != "bcc"]
     names = {name for name, _ in fields}
     message_id = next((header_value(raw) for name, raw in fields if name == "message-id"), "")
     added: list[bytes] = []

@@ -67,6 +67,45 @@ class Metrics:
         self.held = Counter(
             f"{PREFIX}_held_messages", "Deliveries held for lack of a DKIM key.", registry=r
         )
+        self.feedback_reports = Counter(
+            f"{PREFIX}_feedback_reports",
+            "Reports on the feedback port by type (dsn, arf, unsubscribe) and result "
+            "(applied, ignored, refused).",
+            ["report", "result"],
+            registry=r,
+        )
+        self.feedback_refused = Counter(
+            f"{PREFIX}_feedback_refused",
+            "Unusable reports by reason (not_multipart_report, forged_trace, unknown_message...).",
+            ["reason"],
+            registry=r,
+        )
+        self.unsubscribes = Counter(
+            f"{PREFIX}_unsubscribes",
+            "One-click and mailto unsubscribes by result (recorded, unchanged, forged_token, "
+            "expired_token, bad_request).",
+            ["via", "result"],
+            registry=r,
+        )
+        self.suppressions = Counter(
+            f"{PREFIX}_suppressions_recorded",
+            "Addresses this pod put on the pool's suppression list, by reason.",
+            ["reason"],
+            registry=r,
+        )
+        self.shaping_events = Counter(
+            f"{PREFIX}_shaping_transitions",
+            "Reactive shaping transitions (backoff, suspend, resume, recover, recovered).",
+            ["provider", "transition"],
+            registry=r,
+        )
+        self.handoff = Counter(
+            f"{PREFIX}_handoff_messages",
+            "Messages handed off to other pods on drain, by result (accepted, duplicate, "
+            "failed).",
+            ["result"],
+            registry=r,
+        )
 
     def attach(self, read: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
         """Register a scrape-time reader (queues, IPs)."""

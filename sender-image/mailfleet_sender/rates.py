@@ -164,13 +164,16 @@ class RollingCounters:
         return math.floor(now / self._bucket)
 
     def record(
-        self, *, ip: str, klass: str, outcome: Outcome, now: float, count: int = 1
+        self, *, ip: str | None, klass: str, outcome: Outcome, now: float, count: int = 1
     ) -> None:
-        """Count `count` outcomes for a source IP and a class at time `now`."""
+        """Count `count` outcomes for a source IP and a class at time `now` (`ip` None: the
+        class only, for events no IP caused: suppressed recipients, unsubscribes)."""
         if count < 0:
             raise ValueError("count must be >= 0")
         index = self._index(now)
-        keys: tuple[tuple[Dimension, str], ...] = (("ip", ip), ("class", klass))
+        keys: list[tuple[Dimension, str]] = [("class", klass)]
+        if ip is not None:
+            keys.append(("ip", ip))
         for key in keys:
             buckets = self._data.setdefault(key, {})
             buckets.setdefault(index, [0] * len(_ORDER))[_INDEX[outcome]] += count

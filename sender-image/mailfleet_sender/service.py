@@ -7,9 +7,16 @@ module builds the parts from the config and keeps them in step.
   kubelet's `..data` symlink swap) together with the DKIM key files. A file that does not
   parse or validate keeps the last good config running; the error is logged, counted
   (`mailfleet_sender_config_valid` 0) and shown as `configError` in /v1/stats.
-- Drain (`POST /v1/drain`): refuse new mail, keep delivering what is queued.
+- Drain (`POST /v1/drain`): refuse new mail, keep delivering what is queued. With
+  `?handoff=true`: stop delivering, and hand the queue to the pool's other pods (`handoff`);
+  a pod restarted with hand-off rows in its spool resumes that on its own.
 - Stop (SIGTERM): refuse new mail, give open SMTP transactions and outbound deliveries the
   grace period, then close the spool cleanly. Anything undelivered stays in the spool.
+- Deliverability (`deliverability`): its hooks drive the engine; the suppression list
+  replicates with the peers; the feedback port takes reports when `feedbackPort` is set.
+
+Listeners bind `submission.listenAddress`, by default the pod's own address (POD_IP) when the
+downward API gives it, so several pods sharing a host (the sandbox) never collide.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ import logging
 import os
 import signal
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from aiohttp import web
@@ -31,7 +38,10 @@ from prometheus_client.core import GaugeMetricFamily
 from mailfleet_sender import (
     clock,
     config,
+    deliverability,
     dispatching,
+    feedback_smtp,
+    handoff,
     hooks,
     http_api,
     intake,
@@ -41,6 +51,7 @@ from mailfleet_sender import (
     mx,
     spool,
     submission_smtp,
+    suppression,
     units,
     wire,
 )
@@ -100,6 +111,7 @@ class Service:
         self.config_path = Path(config_path)
         self.identity = Identity.from_env(os.environ if env is None else env)
         self.clock = clock_ or clock.Clock()
+        self._custom_hooks = hook_set
         self.hooks = hook_set or hooks.Hooks()
         self.grace = grace
         self.metrics = metrics.Metrics()
@@ -121,10 +133,21 @@ class Service:
         self._admin_token: str | None = None
         self.http_port = 0
         self.admin_port = 0
+        self.feedback_port = 0
         self.spool: spool.Spool
         self.engine: dispatching.Engine
         self.intake: intake.Intake
         self.smtp: submission_smtp.SMTPServer
+        self.deliverability: deliverability.Deliverability
+        self.replicator: suppression.Replicator | None = None
+        self.feedback: feedback_smtp.FeedbackServer | None = None
+        self.handoff: handoff.HandOff | None = None
+        self._handoff_task: asyncio.Task[None] | None = None
+
+    @property
+    def listen_address(self) -> str:
+        """The configured address, else the pod's own (POD_IP), else every address."""
+        return self.cfg.submission.listen_address or self.identity.pod_ip or "0.0.0.0"
 
     # --- start ----------------------------------------------------------------------------
 
@@ -133,6 +156,19 @@ class Service:
         self._load_secrets(cfg)
         self.keys.configure(cfg.dkim.domains)
         self.spool = spool.Spool.open(cfg.spool_dir, sync=cfg.spool_sync)
+        self.deliverability = deliverability.Deliverability(
+            cfg=cfg,
+            keys=deliverability.load_keys(
+                cfg, admin_token=self._admin_token, spool_dir=cfg.spool_dir
+            ),
+            node_id=self.identity.pod_name,
+            spool_=self.spool,
+            clock_=self.clock,
+            metric_set=self.metrics,
+            suppression_path=Path(cfg.spool_dir) / deliverability.SUPPRESSION_FILE,
+        )
+        if self._custom_hooks is None:
+            self.hooks = self.deliverability.hook_set()
         self.engine = dispatching.Engine(
             cfg=cfg,
             spool_=self.spool,
@@ -145,6 +181,7 @@ class Service:
             pod_ip=self.identity.pod_ip,
             hostname=self.hostname,
         )
+        self.deliverability.count_feedback = self.engine.record_feedback
         pending = self.spool.load_pending()
         self.engine.load(pending)
         self.spool.start()
@@ -158,10 +195,16 @@ class Service:
             hostname=self.hostname,
         )
         self.metrics.attach(self._collect)
-        self.smtp = submission_smtp.SMTPServer(cfg.submission, self.intake, self.hostname)
+        self.smtp = submission_smtp.SMTPServer(
+            cfg.submission, self.intake, self.hostname, host=self.listen_address
+        )
         await self.smtp.start()
         await self._start_http(cfg)
+        await self._start_deliverability(cfg)
         self._reload_task = asyncio.create_task(self._watch(), name="config-watch")
+        if await asyncio.to_thread(self.spool.count_handoff):
+            log.info("hand-off rows in the spool: resuming the hand-off")
+            self.drain(handoff=True)
         log.info(
             "sender started",
             extra={
@@ -170,6 +213,57 @@ class Service:
                 "smtp_port": self.smtp.port,
                 "http_port": self.http_port,
             },
+        )
+
+    async def _start_deliverability(self, cfg: config.SenderConfig) -> None:
+        d = cfg.deliverability
+        peers = self._peers(cfg, admin=True)
+        token = self.deliverability.keys.peer_token
+        if peers is not None and token is not None:
+            self.replicator = suppression.Replicator(
+                self.deliverability.suppressions,
+                peers,
+                token=token,
+                self_url=f"http://{self.identity.pod_ip}:{self.admin_port}"
+                if self.identity.pod_ip else None,
+                pull_interval=units.duration_seconds(d.peers.pull_interval),
+            )
+            await self.replicator.start()
+        if d.feedback_port is not None:
+            self.feedback = feedback_smtp.FeedbackServer(
+                self.deliverability,
+                host=self.listen_address,
+                port=d.feedback_port,
+                hostname=self.hostname,
+                max_connections=d.feedback_max_connections,
+            )
+            await self.feedback.start()
+            self.feedback_port = self.feedback.port
+
+    def _peers(self, cfg: config.SenderConfig, *, admin: bool) -> suppression.PeersProvider | None:
+        """The pool's pods as base URLs: admin port (replication) or HTTP port (hand-off)."""
+        p = cfg.deliverability.peers
+        if p.urls:
+            return suppression.static_peers(p.urls)
+        if p.service:
+            s = cfg.submission
+            port = (s.admin_port or s.http_port) if admin else s.http_port
+            nameservers = [(n.address, n.port) for n in cfg.dns.nameservers]
+            resolver = (
+                mx.make_resolver(nameservers, timeout=units.duration_seconds(cfg.dns.timeout))
+                if nameservers else None
+            )
+            return suppression.dns_peers(p.service, port, resolver=resolver)
+        return None
+
+    def suppression_app_routes(self) -> web.RouteTableDef:
+        s = self.cfg.deliverability.suppression
+        tokens = [t for t in (self._admin_token, self.deliverability.keys.peer_token) if t]
+        return suppression.suppression_routes(
+            self.deliverability.suppressions,
+            _token_authorizer(tokens),
+            max_import_entries=s.max_import_entries,
+            max_import_bytes=s.max_import_bytes,
         )
 
     def _resolver(self, cfg: config.SenderConfig) -> mx.MXResolver:
@@ -189,10 +283,11 @@ class Service:
         max_body = s.max_message_size * 2 + 64 * 1024  # JSON escaping can double the size
         split = s.admin_port is not None
         main = api.app(submission=True, admin=not split, max_body=max_body)
-        self.http_port = await self._serve(main, s.listen_address, s.http_port)
+        self.http_port = await self._serve(main, self.listen_address, s.http_port)
         if split:
-            admin = api.app(submission=False, admin=True, max_body=1024 * 1024)
-            self.admin_port = await self._serve(admin, s.listen_address, s.admin_port or 0)
+            max_admin = max(1024 * 1024, cfg.deliverability.suppression.max_import_bytes * 2)
+            admin = api.app(submission=False, admin=True, max_body=max_admin)
+            self.admin_port = await self._serve(admin, self.listen_address, s.admin_port or 0)
         else:
             self.admin_port = self.http_port
 
@@ -272,6 +367,7 @@ class Service:
             self.engine.resolver = self._resolver(cfg)
         self.engine.reconfigure(cfg)
         self.engine.keys_changed()
+        self.deliverability.reconfigure(cfg)
         self.intake.cfg = cfg
         self.smtp.reload(cfg.submission)
 
@@ -358,8 +454,32 @@ class Service:
                 deferred=totals["deferred"],
                 bounced=totals["bounced"],
                 expired=totals["expired"],
+                suppressed=totals["suppressed"],
+                handed_off=self.handoff.handed_off if self.handoff else 0,
             ),
             today=today,
+            rates=wire.Rates.model_validate(self.deliverability.rates_snapshot()),
+            shaping={
+                name: wire.ShapingState(
+                    factor=state["factor"], backoffs=state["backoffs"],
+                    suspended_for_seconds=state["suspendedForSeconds"],
+                )
+                for name, state in self.deliverability.shaping_snapshot().items()
+            },
+            suppression=self._suppression_stats(),
+            handoff=self.handoff.status() if self.handoff else wire.HandoffStats(),
+        )
+
+    def _suppression_stats(self) -> wire.SuppressionStats:
+        lst = self.deliverability.suppressions
+        r = self.replicator.metrics if self.replicator else suppression.ReplicationMetrics()
+        return wire.SuppressionStats(
+            entries=len(lst),
+            recorded_here=lst.metrics.added,
+            replication_pushes=r.pushes,
+            replication_push_failures=r.push_failures,
+            replication_pulls=r.pulls,
+            replication_pull_failures=r.pull_failures,
         )
 
     def _collect(self) -> list[GaugeMetricFamily]:
@@ -379,7 +499,34 @@ class Service:
                 sent.add_metric([address], n)
         draining = gauge("draining", "1 while the sender refuses new mail.", [])
         draining.add_metric([], 1 if self.draining else 0)
-        return [depth, oldest, quota, sent, draining]
+        lst = self.deliverability.suppressions
+        entries = gauge("suppression_entries", "Addresses on the pool's suppression list.", [])
+        entries.add_metric([], len(lst))
+        problems = gauge(
+            "suppression_requests_refused",
+            "Suppression API and replication requests refused, by reason (counter).",
+            ["reason"],
+        )
+        m = lst.metrics
+        for reason, n in (("import_rejected", m.import_rejected),
+                          ("invalid_request", m.invalid_requests),
+                          ("unauthorized", m.unauthorized),
+                          ("merge_rejected", m.merge_rejected)):
+            problems.add_metric([reason], n)
+        replication = gauge(
+            "suppression_replication", "Replication pushes and pulls by result (counter).",
+            ["kind", "result"],
+        )
+        r = self.replicator.metrics if self.replicator else suppression.ReplicationMetrics()
+        for kind, ok, failed in (("push", r.pushes, r.push_failures),
+                                 ("pull", r.pulls, r.pull_failures)):
+            replication.add_metric([kind, "ok"], ok)
+            replication.add_metric([kind, "failed"], failed)
+        factor = gauge("shaping_rate_factor", "Reactive shaping factor of a provider (1 = "
+                       "configured rate, 0 = suspended); slowed providers only.", ["provider"])
+        for name, state in self.deliverability.shaping_snapshot().items():
+            factor.add_metric([name], state["factor"])
+        return [depth, oldest, quota, sent, draining, entries, problems, replication, factor]
 
     # --- Backend protocol for the HTTP API -----------------------------------------------
 
@@ -392,13 +539,44 @@ class Service:
     def ready(self) -> bool:
         return self.intake.accepting and not self.stopping
 
-    def drain(self) -> None:
-        """Refuse new mail from now on; queued mail keeps going out."""
+    def drain(self, *, handoff: bool = False) -> None:
+        """Refuse new mail from now on; queued mail keeps going out, or with `handoff` moves
+        to the pool's other pods."""
         if not self.draining:
-            log.info("draining")
+            log.info("draining", extra={"handoff": handoff})
         self.draining = True
         self.intake.accepting = False
         self.smtp.close_listener()
+        if handoff and self.handoff is None:
+            self.handoff = self._start_handoff()
+
+    def _start_handoff(self) -> handoff.HandOff:
+        """Create the hand-off runner and schedule its start (engine stop, marking, running)."""
+        runner = handoff.HandOff(
+            spool_=self.spool,
+            peers=self._peers(self.cfg, admin=False) or suppression.static_peers([]),
+            self_urls=self._self_urls(),
+            api_key=self._api_keys[0] if self._api_keys else None,
+            pod=self.identity.pod_name,
+            cfg=self.cfg.deliverability.handoff,
+            metric_set=self.metrics,
+            clock_=self.clock,
+        )
+        self._handoff_task = asyncio.create_task(self._begin_handoff(runner), name="handoff")
+        return runner
+
+    async def _begin_handoff(self, runner: handoff.HandOff) -> None:
+        """Stop local delivery, mark what is left for hand-off (durably), hand it off."""
+        await self.engine.stop(grace=self.grace)
+        await self.spool.flush()
+        marked = await self.spool.mark_handoff()
+        self.engine.forget_pending()
+        log.info("hand-off started", extra={"messages_marked": marked})
+        runner.start()
+
+    def _self_urls(self) -> list[str]:
+        hosts = {self.identity.pod_ip, self.listen_address, "127.0.0.1", "localhost"}
+        return [f"http://{h}:{self.http_port}" for h in hosts if h and h != "0.0.0.0"]
 
     # --- stop -----------------------------------------------------------------------------
 
@@ -419,10 +597,21 @@ class Service:
         if self._reload_task is not None:
             self._reload_task.cancel()
         await self.smtp.stop(grace=grace)
+        if self._handoff_task is not None:
+            self._handoff_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._handoff_task
+        if self.handoff is not None:
+            await self.handoff.stop()
         await self.engine.stop(grace=grace)
+        if self.feedback is not None:
+            await self.feedback.stop()
+        if self.replicator is not None:
+            await self.replicator.stop()
         for runner in self._runners:
             await runner.cleanup()
         await asyncio.to_thread(self.spool.close)
+        self.deliverability.close()
         self._stopped.set()
         log.info("sender stopped", extra={"pending": self.engine.pending_count()})
 
@@ -431,6 +620,21 @@ class Service:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, self.request_stop)
+
+
+def _token_authorizer(tokens: Sequence[str]) -> suppression.Authorizer:
+    """Any of the tokens as Bearer; open when there is none (like the other admin paths)."""
+    checks = [suppression.bearer_authorizer(t) for t in tokens]
+
+    def check(request: web.Request) -> bool:
+        if not checks:
+            return True
+        allowed = False
+        for one in checks:  # no early exit: timing does not tell which token matched
+            allowed |= one(request)
+        return allowed
+
+    return check
 
 
 async def run(config_path: str | Path, *, env: Mapping[str, str] | None = None) -> int:

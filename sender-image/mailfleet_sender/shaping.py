@@ -241,6 +241,10 @@ class Shaper:
         """A copy of the provider's state after applying `now`, for /v1/stats."""
         return dataclasses.replace(self._advance(provider, now))
 
+    def providers(self) -> list[str]:
+        """Providers with shaping state (every one that was ever observed)."""
+        return sorted(self._states)
+
     def drain_events(self) -> list[ShapingEvent]:
         """Transitions since the last call (backoffs, suspensions, resumes, recovery steps)."""
         events, self._events = self._events, []

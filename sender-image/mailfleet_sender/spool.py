@@ -14,7 +14,12 @@ server to run. Durability rules:
   after restart: exactly the window between the remote 250 and the local commit.
 - Only non-final deliveries are kept; a final one removes its row, and the message body goes
   with its last recipient. Per-IP daily counters live in the same file so `sentToday` survives
-  restarts.
+  restarts, and so do per-address soft-bounce counts (`softToHardAfter` spans restarts).
+- Hand-off (`handoff`): deliveries are first marked `handoff` (durably: after a crash they are
+  handed off again, never delivered here), then each message is re-submitted to another pod
+  with an idempotency key, and only after that pod accepted it are its rows removed here. The
+  receiving pod stores the key in the same transaction as the message (`handoffs` table), so a
+  re-submission after a crash on either side is recognised and not stored twice.
 """
 
 from __future__ import annotations
@@ -60,6 +65,16 @@ CREATE TABLE IF NOT EXISTS deliveries (
     created REAL NOT NULL,
     last_response TEXT
 );
+CREATE TABLE IF NOT EXISTS soft_bounces (
+    address TEXT PRIMARY KEY,
+    n INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS handoffs (
+    key TEXT PRIMARY KEY,
+    message INTEGER NOT NULL,
+    created REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS handoffs_created ON handoffs (created);
 CREATE TABLE IF NOT EXISTS counters (
     day INTEGER NOT NULL,
     address TEXT NOT NULL,
@@ -69,8 +84,10 @@ CREATE TABLE IF NOT EXISTS counters (
 );
 """
 
-State = Literal["queued", "held", "delivered", "bounced", "expired"]
-FINAL_STATES: frozenset[str] = frozenset({"delivered", "bounced", "expired"})
+State = Literal["queued", "held", "handoff", "delivered", "bounced", "expired", "handed_off"]
+FINAL_STATES: frozenset[str] = frozenset({"delivered", "bounced", "expired", "handed_off"})
+HANDOFF_KEY_DAYS = 7
+"""How long a received hand-off key is remembered (a sender retries for far less)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +102,39 @@ class NewMessage:
     class_name: str
     tier: str | None
     created: float
+    handoff_key: str | None = None
+    """Idempotency key of a message handed off by another pod (stored with the message)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Known:
+    """A hand-off whose key this spool already holds: the message it was stored as."""
+
+    message: int
+    recipients: int
+
+
+@dataclasses.dataclass(frozen=True)
+class HandoffItem:
+    """One message (and its undelivered recipients) to re-submit to another pod."""
+
+    message: int
+    sender: str
+    data: bytes
+    message_id: str
+    created: float
+    class_name: str
+    tier: str | None
+    deliveries: tuple[tuple[int, str], ...]
+    """(delivery id, recipient) pairs."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftCount:
+    """Set an address's count of soft bounces in a row (0 forgets it)."""
+
+    address: str
+    n: int
 
 
 @dataclasses.dataclass
@@ -130,7 +180,7 @@ class Count:
 
 @dataclasses.dataclass
 class _Op:
-    kind: Literal["submit", "update", "count", "barrier"]
+    kind: Literal["submit", "update", "count", "soft", "mark_handoff", "barrier"]
     payload: object
     future: concurrent.futures.Future[object] | None
 
@@ -175,9 +225,48 @@ class Spool:
             rows = db.execute(
                 "SELECT d.id, d.message, d.recipient, d.domain, d.class, d.tier, m.sender,"
                 " m.from_domain, d.attempts, d.next_attempt, d.created, d.state, d.last_response"
-                " FROM deliveries d JOIN messages m ON m.id = d.message ORDER BY d.id"
+                " FROM deliveries d JOIN messages m ON m.id = d.message"
+                " WHERE d.state != 'handoff' ORDER BY d.id"
             ).fetchall()
         return [Delivery(*row) for row in rows]
+
+    def load_handoff(self, limit: int = 100) -> list[HandoffItem]:
+        """Messages with deliveries marked for hand-off (oldest first, at most `limit`)."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT m.id, m.sender, m.data, m.message_id, m.created, d.class, d.tier,"
+                " d.id, d.recipient FROM deliveries d JOIN messages m ON m.id = d.message"
+                " WHERE d.state = 'handoff' AND m.id IN (SELECT DISTINCT message FROM"
+                " deliveries WHERE state = 'handoff' ORDER BY message LIMIT ?)"
+                " ORDER BY m.id, d.id",
+                (limit,),
+            ).fetchall()
+        grouped: dict[tuple[int, str, str | None], list[tuple[int, str]]] = {}
+        heads: dict[tuple[int, str, str | None], tuple[str, bytes, str, float]] = {}
+        for message, sender, data, message_id, created, klass, tier, did, rcpt in rows:
+            key = (int(message), str(klass), tier)
+            grouped.setdefault(key, []).append((int(did), str(rcpt)))
+            heads[key] = (str(sender), bytes(data), str(message_id), float(created))
+        return [
+            HandoffItem(
+                message=key[0], sender=heads[key][0], data=heads[key][1],
+                message_id=heads[key][2], created=heads[key][3], class_name=key[1],
+                tier=key[2], deliveries=tuple(items),
+            )
+            for key, items in grouped.items()
+        ]
+
+    def count_handoff(self) -> int:
+        with self._connect() as db:
+            (n,) = db.execute(
+                "SELECT COUNT(*) FROM deliveries WHERE state = 'handoff'"
+            ).fetchone()
+        return int(n)
+
+    def load_soft_counts(self) -> dict[str, int]:
+        with self._connect() as db:
+            rows = db.execute("SELECT address, n FROM soft_bounces").fetchall()
+        return {str(address): int(n) for address, n in rows}
 
     def load_counters(self, day: int) -> dict[tuple[str, str], int]:
         with self._connect() as db:
@@ -210,10 +299,11 @@ class Spool:
             self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
             self._thread.start()
 
-    async def submit(self, message: NewMessage) -> list[Delivery]:
-        """Store a message and its deliveries durably; return the delivery rows."""
+    async def submit(self, message: NewMessage) -> list[Delivery] | Known:
+        """Store a message and its deliveries durably; return the delivery rows (or `Known`
+        when it is a hand-off whose key is already stored)."""
         result = await self._call("submit", message)
-        assert isinstance(result, list)
+        assert isinstance(result, list | Known)
         return result
 
     async def submit_many(self, messages: Sequence[NewMessage]) -> list[list[Delivery]]:
@@ -222,12 +312,33 @@ class Spool:
         results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         return [r for r in results if isinstance(r, list)]
 
-    def update(self, updates: Sequence[Update], counts: Sequence[Count] = ()) -> None:
+    def update(
+        self,
+        updates: Sequence[Update],
+        counts: Sequence[Count] = (),
+        soft: Sequence[SoftCount] = (),
+    ) -> None:
         """Queue outcome updates; they commit with the writer's next batch."""
         for item in updates:
             self._queue.put(_Op("update", item, None))
         for count in counts:
             self._queue.put(_Op("count", count, None))
+        for entry in soft:
+            self._queue.put(_Op("soft", entry, None))
+
+    async def mark_handoff(self) -> int:
+        """Durably mark every undelivered row for hand-off; returns how many."""
+        result = await self._call("mark_handoff", None)
+        assert isinstance(result, int)
+        return result
+
+    async def finish_handoff(self, item: HandoffItem) -> None:
+        """Another pod accepted the message: remove its handed-off rows here (durably)."""
+        self.update(
+            [Update(did, item.message, "handed_off", 0, 0.0, "handed off") for did, _ in
+             item.deliveries]
+        )
+        await self.flush()
 
     async def flush(self) -> None:
         """Wait until everything queued so far is committed."""
@@ -304,6 +415,19 @@ class Spool:
         if op.kind == "update":
             assert isinstance(op.payload, Update)
             _apply_update(db, op.payload)
+        elif op.kind == "soft":
+            assert isinstance(op.payload, SoftCount)
+            if op.payload.n <= 0:
+                db.execute("DELETE FROM soft_bounces WHERE address = ?", (op.payload.address,))
+            else:
+                db.execute(
+                    "INSERT OR REPLACE INTO soft_bounces (address, n) VALUES (?, ?)",
+                    (op.payload.address, op.payload.n),
+                )
+        elif op.kind == "mark_handoff":
+            return db.execute(
+                "UPDATE deliveries SET state = 'handoff' WHERE state IN ('queued', 'held')"
+            ).rowcount
         elif op.kind == "count":
             assert isinstance(op.payload, Count)
             c = op.payload
@@ -315,13 +439,27 @@ class Spool:
         return None
 
 
-def _insert(db: sqlite3.Connection, m: NewMessage) -> list[Delivery]:
+def _insert(db: sqlite3.Connection, m: NewMessage) -> list[Delivery] | Known:
+    if m.handoff_key is not None:
+        row = db.execute(
+            "SELECT message FROM handoffs WHERE key = ?", (m.handoff_key,)
+        ).fetchone()
+        if row is not None:
+            return Known(message=int(row[0]), recipients=len(m.recipients))
+        db.execute(
+            "DELETE FROM handoffs WHERE created < ?", (m.created - HANDOFF_KEY_DAYS * 86400,)
+        )
     cursor = db.execute(
         "INSERT INTO messages (created, sender, from_domain, message_id, data, remaining)"
         " VALUES (?, ?, ?, ?, ?, ?)",
         (m.created, m.sender, m.from_domain, m.message_id, m.data, len(m.recipients)),
     )
     message = int(cursor.lastrowid or 0)
+    if m.handoff_key is not None:
+        db.execute(
+            "INSERT INTO handoffs (key, message, created) VALUES (?, ?, ?)",
+            (m.handoff_key, message, m.created),
+        )
     out: list[Delivery] = []
     for recipient in m.recipients:
         domain = recipient.rpartition("@")[2].lower()

@@ -163,8 +163,16 @@ class SubmissionSMTP(SMTP):  # type: ignore[misc]
 class SMTPServer:
     """The listener; `stop()` refuses new sessions and waits for open transactions."""
 
-    def __init__(self, cfg: config.Submission, intake_: intake.Intake, hostname: str) -> None:
+    def __init__(
+        self,
+        cfg: config.Submission,
+        intake_: intake.Intake,
+        hostname: str,
+        *,
+        host: str | None = None,
+    ) -> None:
         self.cfg = cfg
+        self.host = host or cfg.listen_address or "0.0.0.0"
         self.intake = intake_
         self.hostname = hostname
         self.handler = Handler(intake_)
@@ -217,7 +225,7 @@ class SMTPServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._protocol, self.cfg.listen_address, self.cfg.smtp_port, reuse_address=True
+            self._protocol, self.host, self.cfg.smtp_port, reuse_address=True
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("smtp submission listening", extra={"port": self.port, "pid": os.getpid()})

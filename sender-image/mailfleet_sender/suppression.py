@@ -358,6 +358,10 @@ class SuppressionList:
 
     async def add(self, address: str, reason: str, source: str) -> Entry:
         """Suppress an address; if it already is, keep the existing entry (idempotent)."""
+        return self.record(address, reason, source)
+
+    def record(self, address: str, reason: str, source: str) -> Entry:
+        """`add` for synchronous callers (the delivery path's outcome observer)."""
         display, key = normalize_address(address)
         if key in self._active:
             existing = self.get(display)
@@ -637,11 +641,20 @@ def static_peers(urls: Sequence[str]) -> PeersProvider:
     return peers
 
 
-def dns_peers(service: str, port: int, *, scheme: str = "http") -> PeersProvider:
-    """Peers from the headless Service's A records (one per ready pod)."""
+def dns_peers(
+    service: str,
+    port: int,
+    *,
+    scheme: str = "http",
+    resolver: dns.asyncresolver.Resolver | None = None,
+) -> PeersProvider:
+    """Peers from the headless Service's A records (one per pod, ready or not)."""
     async def peers() -> Sequence[str]:
         try:
-            answer = await dns.asyncresolver.resolve(service, "A")
+            if resolver is not None:
+                answer = await resolver.resolve(service, "A")
+            else:
+                answer = await dns.asyncresolver.resolve(service, "A")
         except dns.exception.DNSException as exc:
             log.warning("peer lookup failed", extra={"service": service, "error": str(exc)})
             return []

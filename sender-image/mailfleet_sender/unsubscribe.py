@@ -210,7 +210,7 @@ def should_record(
 def build_unsubscribe_headers(
     rcpt: str,
     base_url: str,
-    mailto_domain: str,
+    mailto_domain: str | None,
     key: bytes,
     *,
     list_id: str,
@@ -226,9 +226,11 @@ def build_unsubscribe_headers(
         raise ValueError("RFC 8058 requires an https unsubscribe URL")
     token = issue_token(rcpt, list_id, key, now=now)
     url = f"{base_url.rstrip('/')}/v1/unsubscribe/{token}"
-    subject = urllib.parse.quote(f"unsubscribe {token}")
-    mailto = f"mailto:unsubscribe@{mailto_domain.lower()}?subject={subject}"
+    value = f"<{url}>"
+    if mailto_domain:
+        subject = urllib.parse.quote(f"unsubscribe {token}")
+        value += f", <mailto:unsubscribe@{mailto_domain.lower()}?subject={subject}>"
     return [
-        ("List-Unsubscribe", f"<{url}>, <{mailto}>"),
+        ("List-Unsubscribe", value),
         ("List-Unsubscribe-Post", "List-Unsubscribe=One-Click"),
     ]

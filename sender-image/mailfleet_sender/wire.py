@@ -99,6 +99,61 @@ class Totals(ResponseModel):
     deferred: int = 0
     bounced: int = 0
     expired: int = 0
+    suppressed: int = 0
+    handed_off: int = 0
+
+
+class WindowRates(ResponseModel):
+    """Counts and rates of one IP or class over one rolling window (see `rates`). A rate is
+    null when its denominator is 0: no traffic is not a 0 % rate."""
+
+    delivered: int = 0
+    hard_bounce: int = 0
+    soft_bounce: int = 0
+    blocked: int = 0
+    deferred: int = 0
+    throttled: int = 0
+    complaint: int = 0
+    unsubscribe: int = 0
+    suppressed: int = 0
+    attempts: int = 0
+    final: int = 0
+    bounce_rate: float | None = None
+    soft_bounce_rate: float | None = None
+    block_rate: float | None = None
+    complaint_rate: float | None = None
+    deferral_rate: float | None = None
+
+
+class Rates(ResponseModel):
+    """Rolling windows ("1h", "24h") per source IP and per class."""
+
+    by_ip: dict[str, dict[str, WindowRates]] = Field(default_factory=dict)
+    by_class: dict[str, dict[str, WindowRates]] = Field(default_factory=dict)
+
+
+class ShapingState(ResponseModel):
+    factor: float
+    backoffs: int = 0
+    suspended_for_seconds: float | None = None
+
+
+class SuppressionStats(ResponseModel):
+    entries: int = 0
+    recorded_here: int = 0
+    replication_pushes: int = 0
+    replication_push_failures: int = 0
+    replication_pulls: int = 0
+    replication_pull_failures: int = 0
+
+
+class HandoffStats(ResponseModel):
+    state: Literal["idle", "running", "done"] = "idle"
+    pending: int = 0
+    handed_off: int = 0
+    duplicates: int = 0
+    failures: int = 0
+    last_error: str | None = None
 
 
 class Stats(ResponseModel):
@@ -117,6 +172,15 @@ class Stats(ResponseModel):
     ips: list[IPStats] = Field(default_factory=list)
     totals: Totals = Field(default_factory=Totals, description="Since the process started.")
     today: Totals = Field(default_factory=Totals, description="This quota day, all IPs.")
+    rates: Rates = Field(
+        default_factory=Rates,
+        description="Bounce, complaint and deferral rates per IP and class, rolling windows.",
+    )
+    shaping: dict[str, ShapingState] = Field(
+        default_factory=dict, description="Providers slowed down or suspended right now."
+    )
+    suppression: SuppressionStats = Field(default_factory=SuppressionStats)
+    handoff: HandoffStats = Field(default_factory=HandoffStats)
 
 
 class SubmitRequest(RequestModel):
@@ -140,6 +204,8 @@ class SubmitResponse(ResponseModel):
     message_id: str
     recipients: int
     status: Literal["queued"] = "queued"
+    duplicate: bool = False
+    """A hand-off this pod had already stored (same key): nothing new was queued."""
 
 
 class ErrorResponse(ResponseModel):

@@ -89,7 +89,7 @@ class FakeSender:
             return web.json_response(body.model_dump(mode="json", by_alias=True))
 
         async def drain(request: web.Request) -> web.Response:
-            self.drains.append(bool((await request.json()).get("handoff")))
+            self.drains.append(request.query.get("handoff") == "true")  # as the sender reads it
             return web.json_response({"draining": True})
 
         app = web.Application()

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -183,9 +183,11 @@ def base_config(
 class SenderClient:
     """HTTP helpers against one sender."""
 
-    def __init__(self, http_port: int, admin_port: int | None = None) -> None:
-        self.base = f"http://127.0.0.1:{http_port}"
-        self.admin = f"http://127.0.0.1:{admin_port or http_port}"
+    def __init__(
+        self, http_port: int, admin_port: int | None = None, *, host: str = "127.0.0.1"
+    ) -> None:
+        self.base = f"http://{host}:{http_port}"
+        self.admin = f"http://{host}:{admin_port or http_port}"
 
     async def request(
         self, method: str, path: str, *, admin: bool = False, token: str | None = None,
@@ -277,36 +279,71 @@ async def sender_factory(tmp_path: Path) -> AsyncIterator[SenderFactory]:
 
 
 class SenderProcess:
-    """A sender in its own process (`python -m mailfleet_sender`), for signal tests."""
+    """A sender in its own process (`python -m mailfleet_sender`), for signal and multi-pod
+    tests. With `pod_ip` it runs like a sandbox pod: POD_IP set, no listenAddress, so its
+    listeners bind that 127.x address (and `requireLease: false` mail leaves from it)."""
 
-    def __init__(self, directory: Path, cfg: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        cfg: dict[str, Any],
+        *,
+        pod: str = "sender-proc",
+        pod_ip: str | None = None,
+    ) -> None:
         self.directory = directory
+        self.pod = pod
+        self.pod_ip = pod_ip
+        host = pod_ip or "127.0.0.1"
         cfg = dict(cfg)
         cfg["submission"] = dict(cfg["submission"])
-        cfg["submission"]["smtpPort"] = free_port()
-        cfg["submission"]["httpPort"] = free_port()
+        if pod_ip is not None:
+            cfg["submission"].pop("listenAddress", None)
+        cfg["submission"]["smtpPort"] = free_port(host)
+        cfg["submission"]["httpPort"] = free_port(host)
+        deliverability = dict(cfg.get("deliverability") or {})
+        if deliverability.get("feedbackPort") == 0:
+            deliverability["feedbackPort"] = free_port(host)
+        if deliverability:
+            cfg["deliverability"] = deliverability
         self.cfg = cfg
         self.config_path = write_projected(directory / "config", "sender.yaml",
                                            yaml.safe_dump(cfg))
         self.smtp_port = int(cfg["submission"]["smtpPort"])
-        self.client = SenderClient(int(cfg["submission"]["httpPort"]))
+        self.http_port = int(cfg["submission"]["httpPort"])
+        self.feedback_port = int(deliverability.get("feedbackPort") or 0)
+        self.host = host
+        self.client = SenderClient(self.http_port, host=host)
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = directory / "sender.log"
 
-    async def start(self, timeout: float = 20.0) -> None:  # noqa: ASYNC109
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    def rewrite_config(self) -> None:
+        """Write `self.cfg` again (before start, or to trigger a reload)."""
+        write_projected(self.directory / "config", "sender.yaml", yaml.safe_dump(self.cfg))
+
+    async def start(
+        self, timeout: float = 20.0, *, probe: str = "/readyz"  # noqa: ASYNC109
+    ) -> None:
+        """Run the process and wait for `probe` to answer 200 (`/healthz` for a pod that
+        comes back draining, e.g. resuming a hand-off)."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: ASYNC220 - starts, does not wait
             [sys.executable, "-m", "mailfleet_sender", "--config", str(self.config_path)],
             stdout=log,
             stderr=log,
-            env={**os.environ, "POD_NAME": "sender-proc"},
+            env={**os.environ, "POD_NAME": self.pod,
+                 **({"POD_IP": self.pod_ip} if self.pod_ip else {})},
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"sender exited: {self.log_path.read_text()[-2000:]}")
             with contextlib.suppress(aiohttp.ClientError, OSError):
-                status, _ = await self.client.request("GET", "/readyz")
+                status, _ = await self.client.request("GET", probe)
                 if status == 200:
                     return
             await asyncio.sleep(0.1)
@@ -329,6 +366,37 @@ class SenderProcess:
         if self.process is not None and self.process.poll() is None:
             self.process.kill()
             self.process.wait(timeout=10)
+
+
+def make_pool(
+    tmp: Path, cfg: dict[str, Any], ips: list[str], *, prefix: str = "pool"
+) -> list[SenderProcess]:
+    """Sender processes of one pool, one per 127.x address, peers of each other (the static
+    list standing in for the headless Service). Start them with `start_all`."""
+    pods = [
+        SenderProcess(tmp / f"{prefix}-{i}", cfg, pod=f"{prefix}-{i}", pod_ip=ip)
+        for i, ip in enumerate(ips)
+    ]
+    urls = [pod.url for pod in pods]
+    for pod in pods:
+        deliverability = dict(pod.cfg.get("deliverability") or {})
+        deliverability["peers"] = {"urls": urls, "pullInterval": "1s"}
+        pod.cfg["deliverability"] = deliverability
+        pod.rewrite_config()
+    return pods
+
+
+async def start_all(pods: list[SenderProcess]) -> None:
+    await asyncio.gather(*(pod.start() for pod in pods))
+
+
+@pytest.fixture
+def process_reaper() -> Iterator[list[SenderProcess]]:
+    """Append SenderProcess objects; every one still running is killed at teardown."""
+    running: list[SenderProcess] = []
+    yield running
+    for pod in running:
+        pod.kill()
 
 
 async def inject(

@@ -88,6 +88,38 @@ def prune_samples(samples: Iterable[Sample], *, now: datetime, window: timedelta
     return sorted([*baseline.values(), *kept], key=lambda s: s.at)
 
 
+def pick_window(available: Mapping[str, timedelta], wanted: timedelta) -> str | None:
+    """Which of the senders' rolling windows ("1h", "24h") stands for `reputation.window`:
+    the same length, else the longest shorter one, else the shortest (None: none reported)."""
+    if not available:
+        return None
+    shorter = [label for label, length in available.items() if length <= wanted]
+    if shorter:
+        return max(shorter, key=lambda label: available[label])
+    return min(available, key=lambda label: available[label])
+
+
+def class_window_counts(
+    per_pod: Iterable[Mapping[str, Counts]],
+    *,
+    window: timedelta,
+    now: datetime,
+    since: datetime | None = None,
+) -> dict[str, Counts]:
+    """Per class: the senders' rolling-window counts summed over pods.
+
+    The senders count per class in rolling windows, not cumulative counters, so a window
+    cannot be cut at a resume: classes are judged again only once a whole window lies after
+    it (until then the pool scope, from cumulative counters, still guards)."""
+    if since is not None and now - since < window:
+        return {}
+    totals: dict[str, Counts] = {}
+    for classes in per_pod:
+        for name, counts in classes.items():
+            totals[name] = totals.get(name, Counts()) + counts
+    return totals
+
+
 class Level(enum.IntEnum):
     OK = 0
     WARN = 1

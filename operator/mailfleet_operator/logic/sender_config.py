@@ -47,6 +47,7 @@ class RenderInput:
     generation: int | None = None
     nameservers: Sequence[tuple[str, int]] = ()  # resolvers for the pods (sandbox, tests)
     day_length: str | None = None  # sandbox time scale
+    smtp_port: int | None = None  # MX port of the recipients (sandbox); 25 when None
     submission_secrets: Mapping[str, str] = field(default_factory=dict)
 
 
@@ -189,6 +190,8 @@ def render_config(spec_in: RenderInput) -> Rendered:
         submission.api_key_file = f"{mount.path}/{key}"
 
     delivery = sc.Delivery(mode=spec.egress.mode, require_lease=bool(spec.egress.ips))
+    if spec_in.smtp_port is not None:
+        delivery.smtp_port = spec_in.smtp_port
     if spec.egress.mode == "relay" and spec.egress.relay is not None:
         relay = spec.egress.relay
         rendered_relay = sc.Relay(host=relay.host, port=relay.port, tls=relay.tls)

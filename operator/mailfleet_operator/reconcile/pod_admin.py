@@ -97,4 +97,7 @@ class PodAdmin:
             raise PodUnreachable(f"{pod.name}: bad stats answer: {exc}") from exc
 
     async def drain(self, pod: PodEndpoint, *, token: str, handoff: bool = True) -> None:
-        await self._call("POST", pod, "/v1/drain", token=token, body={"handoff": handoff})
+        """Refuse new mail; with `handoff`, pass the queue to the pool's other pods. The sender
+        reads the flag from the query string (the body repeats it for older senders)."""
+        path = f"/v1/drain?handoff={'true' if handoff else 'false'}"
+        await self._call("POST", pod, path, token=token, body={"handoff": handoff})

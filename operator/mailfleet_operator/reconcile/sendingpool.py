@@ -365,6 +365,7 @@ async def _reconcile_locked(
             domain_auths=domain_auths,
             generation=meta.get("generation"),
             nameservers=tuple(_hostport(s) for s in settings.sender_nameservers),
+            smtp_port=settings.sender_smtp_port,
             # The senders' quota day must be the operator's warm-up day (sandbox time scale).
             day_length=units.format_duration(settings.warmup_day_seconds)
             if settings.warmup_day_seconds
@@ -701,6 +702,8 @@ def _drained_enough(
         stats is not None
         and stats.draining
         and sum(q.depth + q.held for q in stats.queues.values()) == 0
+        and stats.handoff.pending == 0
+        and stats.handoff.state != "running"
     )
     return not holds and empty
 
@@ -735,9 +738,9 @@ def _run_breaker(
 ) -> reputation.BreakerOutcome:
     state = _load_breaker(annotations.get(BREAKER_ANNOTATION, ""))
     rep = spec.reputation
-    counts = reputation.window_counts(
-        memory.samples, now=now, window=units.parse_duration(rep.window), since=state.since
-    )
+    window = units.parse_duration(rep.window)
+    counts = reputation.window_counts(memory.samples, now=now, window=window, since=state.since)
+    counts.update(_class_counts(memory, window=window, now=now, since=state.since))
     return reputation.run_breaker(
         state,
         counts,
@@ -747,6 +750,33 @@ def _run_breaker(
         resume_token=annotations.get(RESUME_ANNOTATION, ""),
         now=now,
     )
+
+
+def _class_counts(
+    memory: PoolMemory, *, window: timedelta, now: datetime, since: datetime | None
+) -> dict[str, reputation.Counts]:
+    """Per-class scopes of the breaker from the pods' rolling windows (`rates.byClass`):
+    final outcomes, hard bounces and complaints of the window closest to `reputation.window`."""
+    lengths: dict[str, timedelta] = {}
+    for stats in memory.stats.values():
+        for windows in stats.rates.by_class.values():
+            for name in windows:
+                try:
+                    lengths[name] = units.parse_duration(name)
+                except ValueError:
+                    continue
+    label = reputation.pick_window(lengths, window)
+    if label is None:
+        return {}
+    per_pod = [
+        {
+            name: reputation.Counts(w.final, w.hard_bounce, w.complaint)
+            for name, windows in stats.rates.by_class.items()
+            if (w := windows.get(label)) is not None
+        }
+        for stats in memory.stats.values()
+    ]
+    return reputation.class_window_counts(per_pod, window=lengths[label], now=now, since=since)
 
 
 def _load_breaker(text: str) -> reputation.BreakerState:

@@ -160,7 +160,11 @@ async def test_http_refusals_have_the_right_status(
         (dict(json={**ok, "headers": {"X-Evil": "a\r\nBcc: x@y.test"}}, token=API_KEY), 400),
         (dict(data=b"From: a@example.test\n\nbare lf", token=API_KEY,
               params={"to": "ok@gmail.test"}, headers={"Content-Type": "message/rfc822"}), 400),
-        (dict(data=GOOD, token=API_KEY, headers={"Content-Type": "message/rfc822"}), 400),
+        # Raw without ?to= takes the recipients from To/Cc/Bcc; here there are none.
+        (dict(data=GOOD.replace(b"To: ok@gmail.test\r\n", b""), token=API_KEY,
+              headers={"Content-Type": "message/rfc822"}), 400),
+        (dict(data=GOOD, token=API_KEY, params={"to": "ok@gmail.test"},
+              headers={"Content-Type": "message/rfc822", "X-Mailfleet-Handoff": "k" * 200}), 400),
         (dict(data=GOOD + b"z" * 200 * 1024, token=API_KEY, params={"to": "ok@gmail.test"},
               headers={"Content-Type": "message/rfc822"}), 413),
         (dict(data=b"x", token=API_KEY, headers={"Content-Type": "image/png"}), 415),

@@ -1,0 +1,228 @@
+"""The demo report: summary figures, the Markdown page, the warm-up chart (SVG) and the text
+shown in the terminal. Pure rendering (no I/O) apart from `write_report`.
+
+`build_summary` gathers the scenes' results into the dict written to
+`demo-report/summary.json`: accepted, delivered, bounced, deferred, lost, the three pass rates,
+quota_violations, failover_s, rotation_s and one entry per scene with its outcome.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from mailfleet_sandbox.scenes import SceneResult
+
+JSON = dict[str, Any]
+SUMMARY_KEYS = ("accepted", "delivered", "bounced", "deferred", "lost", "dkim_pass_rate",
+                "spf_pass_rate", "dmarc_pass_rate", "quota_violations", "failover_s",
+                "rotation_s")
+
+
+def build_summary(results: Sequence[SceneResult], figures: JSON, *,
+                  total_s: float, day_seconds: float) -> JSON:
+    """The figures of summary.json; failover_s is the slowest failover of the failure scenes."""
+    by_name = {r.name: r for r in results}
+    failovers = [r.timings["failover_s"] for r in results if "failover_s" in r.timings]
+    warmup = by_name.get("warmup")
+    rotation = by_name.get("dkim_rotation")
+    violations = list((warmup.details.get("quota_violations") or []) if warmup else [])
+    return {
+        "ok": all(r.ok for r in results),
+        "total_s": round(total_s, 1),
+        "warmup_day_seconds": day_seconds,
+        "accepted": figures.get("accepted", 0),
+        "delivered": figures.get("delivered", 0),
+        "bounced": figures.get("bounced", 0),
+        "deferred": figures.get("deferred", 0),
+        "lost": figures.get("lost", 0),
+        "duplicates": figures.get("duplicates", 0),
+        "dkim_pass_rate": figures.get("dkim_pass_rate", 0.0),
+        "spf_pass_rate": figures.get("spf_pass_rate", 0.0),
+        "dmarc_pass_rate": figures.get("dmarc_pass_rate", 0.0),
+        "quota_violations": len(violations),
+        "quota_violation_list": violations,
+        "failover_s": max(failovers) if failovers else None,
+        "failovers_s": {r.name: r.timings["failover_s"] for r in results
+                        if "failover_s" in r.timings},
+        "rotation_s": rotation.timings.get("rotation_s") if rotation else None,
+        "providers": figures.get("providers", {}),
+        "per_ip_day": (warmup.details.get("per_ip_day") or []) if warmup else [],
+        "scenes": [{"name": r.name, "title": r.title, "outcome": r.outcome,
+                    "duration_s": r.duration_s, "timings": r.timings,
+                    "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail}
+                               for c in r.checks],
+                    "error": r.error} for r in results],
+    }
+
+
+def _pct(value: Any) -> str:
+    return "-" if value is None else f"{100 * float(value):.1f} %"
+
+
+def _secs(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1f} s"
+
+
+def render_markdown(summary: JSON) -> str:
+    verdict = "all scenes passed" if summary["ok"] else "SOME SCENES FAILED"
+    lines = [
+        "# mailfleet demo report", "",
+        f"Run time {_secs(summary['total_s'])}; one warm-up day = "
+        f"{summary['warmup_day_seconds']:g} s; {verdict}. Every figure below comes from what "
+        "the simulated providers recorded (messages, peer IPs, SPF/DKIM/DMARC verdicts, "
+        "answers), not from the senders.", "",
+        "## Summary", "",
+        "| figure | value |", "|---|---|",
+        f"| accepted | {summary['accepted']} |",
+        f"| delivered | {summary['delivered']} |",
+        f"| bounced (with the receiver's reason) | {summary['bounced']} |",
+        f"| deferred answers (4xx) | {summary['deferred']} |",
+        f"| **lost** | **{summary['lost']}** |",
+        f"| delivered twice | {summary['duplicates']} |",
+        f"| DKIM pass | {_pct(summary['dkim_pass_rate'])} |",
+        f"| SPF pass | {_pct(summary['spf_pass_rate'])} |",
+        f"| DMARC pass | {_pct(summary['dmarc_pass_rate'])} |",
+        f"| warm-up quota violations | {summary['quota_violations']} |",
+        f"| failover (slowest) | {_secs(summary['failover_s'])} |",
+        f"| DKIM rotation (annotation to first mail with the new key) | "
+        f"{_secs(summary['rotation_s'])} |",
+        "", "## Scenes", "",
+        "| scene | outcome | took | timings |", "|---|---|---|---|",
+    ]
+    for scene in summary["scenes"]:
+        timings = ", ".join(f"{k} {v}" for k, v in scene["timings"].items())
+        lines.append(f"| {scene['title']} | {scene['outcome']} | "
+                     f"{_secs(scene['duration_s'])} | {timings} |")
+    lines += ["", "### Checks", ""]
+    for scene in summary["scenes"]:
+        lines.append(f"**{scene['title']}**")
+        lines.append("")
+        for check in scene["checks"]:
+            mark = "✔" if check["ok"] else "✘"
+            detail = f" — {check['detail']}" if check["detail"] else ""
+            lines.append(f"- {mark} {check['name']}{detail}")
+        if scene["error"]:
+            lines.append(f"- ✘ {scene['error']}")
+        lines.append("")
+    lines += ["## Per provider", "",
+              "| provider | delivered | bounced (5xx) | deferred (4xx) | complaints | DKIM | "
+              "SPF | DMARC |", "|---|---|---|---|---|---|---|---|"]
+    for name, p in summary["providers"].items():
+        lines.append(f"| {name} | {p['delivered']} | {p['bounced']} | {p['deferred']} | "
+                     f"{p['complaints']} | {_pct(p['dkim_pass_rate'])} | "
+                     f"{_pct(p['spf_pass_rate'])} | {_pct(p['dmarc_pass_rate'])} |")
+    lines += ["", "## Warm-up: messages per IP and day against the quota", "",
+              "![warm-up chart](warmup.svg)", "",
+              "| IP | quota day | received | quota |", "|---|---|---|---|"]
+    for row in summary["per_ip_day"]:
+        quota = "none (warm)" if row["quota"] is None else row["quota"]
+        lines.append(f"| {row['ip']} | {row['day']} | {row['sent']} | {quota} |")
+    return "\n".join(lines) + "\n"
+
+
+def render_warmup_svg(rows: Sequence[JSON], *, width: int = 720, height: int = 320) -> str:
+    """Grouped bars: per quota day, what each IP delivered; a tick marks the day's quota."""
+    days = sorted({r["day"] for r in rows})
+    ips = sorted({r["ip"] for r in rows})
+    colours = ["#4c78a8", "#f58518", "#54a24b", "#e45756", "#72b7b2"]
+    left, bottom, top = 50, 40, 30
+    plot_w, plot_h = width - left - 20, height - bottom - top
+    peak = max([r["sent"] for r in rows] + [r["quota"] or 0 for r in rows] + [1])
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+           f'font-family="sans-serif" font-size="11">',
+           f'<text x="{left}" y="18" font-size="13">Messages received per IP and quota day '
+           f'(tick: the day\'s warm-up quota)</text>',
+           f'<line x1="{left}" y1="{top + plot_h}" x2="{left + plot_w}" y2="{top + plot_h}" '
+           f'stroke="#333"/>']
+    for k in range(5):
+        value = peak * k / 4
+        y = top + plot_h - plot_h * k / 4
+        out.append(f'<text x="{left - 6}" y="{y + 4:.0f}" text-anchor="end">{value:.0f}</text>')
+        out.append(f'<line x1="{left}" y1="{y:.0f}" x2="{left + plot_w}" y2="{y:.0f}" '
+                   f'stroke="#ddd"/>')
+    if days and ips:
+        group = plot_w / len(days)
+        bar = group * 0.8 / len(ips)
+        index = {(r["ip"], r["day"]): r for r in rows}
+        for d, day in enumerate(days):
+            x0 = left + d * group + group * 0.1
+            out.append(f'<text x="{x0 + group * 0.4:.0f}" y="{top + plot_h + 14}" '
+                       f'text-anchor="middle">day {d + 1}</text>')
+            for i, ip in enumerate(ips):
+                row = index.get((ip, day))
+                if row is None:
+                    continue
+                h = plot_h * row["sent"] / peak
+                x = x0 + i * bar
+                out.append(f'<rect x="{x:.1f}" y="{top + plot_h - h:.1f}" width="{bar - 1:.1f}" '
+                           f'height="{h:.1f}" fill="{colours[i % len(colours)]}">'
+                           f'<title>{html.escape(ip)}: {row["sent"]}</title></rect>')
+                if row["quota"]:
+                    qy = top + plot_h - plot_h * row["quota"] / peak
+                    out.append(f'<line x1="{x:.1f}" y1="{qy:.1f}" x2="{x + bar - 1:.1f}" '
+                               f'y2="{qy:.1f}" stroke="#000" stroke-width="2"/>')
+        for i, ip in enumerate(ips):
+            x = left + i * 130
+            out.append(f'<rect x="{x}" y="{height - 14}" width="10" height="10" '
+                       f'fill="{colours[i % len(colours)]}"/>')
+            out.append(f'<text x="{x + 14}" y="{height - 5}">{html.escape(ip)}</text>')
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
+
+
+def render_console(summary: JSON) -> str:
+    """The report as shown at the end of `make demo`."""
+    lines = ["", "mailfleet demo report", "=" * 21]
+    for scene in summary["scenes"]:
+        mark = "ok " if scene["outcome"] == "passed" else "FAIL"
+        timings = ", ".join(f"{k}={v}" for k, v in scene["timings"].items())
+        lines.append(f"[{mark}] {scene['title']:<64} {scene['duration_s']:6.1f}s  {timings}")
+        for check in scene["checks"]:
+            if not check["ok"]:
+                lines.append(f"       ✘ {check['name']}: {check['detail']}")
+        if scene["error"]:
+            lines.append(f"       ✘ {scene['error']}")
+    lines += ["", f"{'provider':<10}{'delivered':>10}{'bounced':>9}{'deferred':>10}"
+              f"{'complaints':>12}{'DKIM':>9}{'SPF':>9}{'DMARC':>9}"]
+    for name, p in summary["providers"].items():
+        lines.append(f"{name:<10}{p['delivered']:>10}{p['bounced']:>9}{p['deferred']:>10}"
+                     f"{p['complaints']:>12}{_pct(p['dkim_pass_rate']):>9}"
+                     f"{_pct(p['spf_pass_rate']):>9}{_pct(p['dmarc_pass_rate']):>9}")
+    lines += ["", "per IP and quota day (received / quota):"]
+    by_ip: dict[str, list[str]] = {}
+    for row in summary["per_ip_day"]:
+        quota = "-" if row["quota"] is None else str(row["quota"])
+        by_ip.setdefault(row["ip"], []).append(f"{row['sent']}/{quota}")
+    for ip, cells in by_ip.items():
+        lines.append(f"  {ip:<12} " + "  ".join(cells))
+    lines += ["",
+              f"accepted {summary['accepted']}, delivered {summary['delivered']}, bounced "
+              f"{summary['bounced']}, deferred answers {summary['deferred']}, "
+              f"LOST {summary['lost']}",
+              f"DKIM {_pct(summary['dkim_pass_rate'])}, SPF {_pct(summary['spf_pass_rate'])}, "
+              f"DMARC {_pct(summary['dmarc_pass_rate'])} (as verified by the receivers)",
+              f"quota violations {summary['quota_violations']}, failover "
+              f"{_secs(summary['failover_s'])}, DKIM rotation {_secs(summary['rotation_s'])}",
+              f"total {_secs(summary['total_s'])}: "
+              + ("all scenes passed" if summary["ok"] else "SOME SCENES FAILED")]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(directory: Path, summary: JSON) -> list[Path]:
+    """summary.json, report.md and warmup.svg under `directory`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {
+        "summary.json": json.dumps(summary, indent=2, default=str) + "\n",
+        "report.md": render_markdown(summary),
+        "warmup.svg": render_warmup_svg(summary["per_ip_day"]),
+    }
+    paths = []
+    for name, text in files.items():
+        path = directory / name
+        path.write_text(text, encoding="utf-8")
+        paths.append(path)
+    return paths

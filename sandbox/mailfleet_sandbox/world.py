@@ -1,0 +1,451 @@
+"""The whole sandbox world in one process: what `mailfleet sandbox up`, `make demo` and the
+e2e tests run (DESIGN.md §5, issue 9).
+
+`SandboxWorld` starts, on loopback only:
+
+- the Kubernetes API emulator (`kube.ApiServer`) with the mailfleet CRDs installed, as a Helm
+  install would, and the namespaces `mail` (the fleet) and `mailfleet-system` (the operator);
+- the DNS server (`dns.DNSServer`) with the providers' MX records, the egress IPs' A/PTR
+  records and the test DNSBL zone, fed by the external-dns stand-in (`external_dns`);
+- the provider simulators (`providers.ProviderFleet`), recording every accepted message as
+  JSON lines and .eml files, and every answer given as JSON lines;
+- an inbound relay standing in for the pool's bounce/feedback MX: providers send DSNs and ARF
+  reports to it, and it hands them to a Ready sender pod, as a Service would;
+- the node agent (nodes node-a, node-b, node-c) which runs the pods as processes;
+- the operator as a Deployment in `mailfleet-system`, i.e. a separate process run by the node
+  agent, configured for the sandbox by environment (`MAILFLEET_OPERATOR_*`): nameservers,
+  the providers' SMTP port, the warm-up day length and short leases. Settings, never code
+  branches: the operator does not know it runs in a sandbox.
+
+While up it keeps `<root>/state.json` (kubeconfig path, DNS address, providers and their
+record files) so that other tools can check what happened; `down` removes it.
+
+Pods share the host's loopback, each on its own 127.x address; a `sitecustomize` shim
+(data/podnet) makes a wildcard bind inside a pod mean the pod's IP, as a network namespace
+would. See docs/demo.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import resources
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import aiosmtplib
+import yaml
+from aiosmtpd.smtp import SMTP, Envelope, Session
+
+from mailfleet_sandbox import dns as sandbox_dns
+from mailfleet_sandbox import external_dns, node_agent, providers
+from mailfleet_sandbox.kube import ApiServer
+
+JSON = dict[str, Any]
+log = logging.getLogger(__name__)
+
+API_VERSION = "mailfleet.io/v1alpha1"
+OPERATOR_IMAGE = "ghcr.io/mailfleet/operator:0.1.0"
+SENDER_IMAGE = "ghcr.io/mailfleet/sender:0.1.0"
+NODES = ("node-a", "node-b", "node-c")
+DNS_HOST = "127.0.53.1"
+RELAY_HOST = "127.0.30.1"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CRD_DIR = REPO_ROOT / "crds"
+
+
+def sample_files() -> list[Path]:
+    """The sandbox flavour of samples/ (127.0.20.x egress IPs, example.test), in apply order."""
+    root = resources.files("mailfleet_sandbox").joinpath("data/samples")
+    return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml"))
+
+
+def podnet_dir() -> Path:
+    return Path(str(resources.files("mailfleet_sandbox").joinpath("data/podnet")))
+
+
+@dataclass(frozen=True)
+class WorldSettings:
+    """Every knob of the world; the defaults are the demo's (a warm-up day in 12 s)."""
+
+    root: Path = Path(".sandbox")
+    namespace: str = "mail"
+    operator_namespace: str = "mailfleet-system"
+    warmup_day_seconds: float = 12.0
+    lease_duration: float = 4.0
+    lease_renew_interval: float = 1.0
+    lease_clock_skew: float = 0.5
+    stats_interval: float = 1.0
+    probe_time_scale: float = 0.5
+    egress: tuple[tuple[str, str], ...] = (
+        ("127.0.20.1", "mta1.example.test"),
+        ("127.0.20.2", "mta2.example.test"),
+        ("127.0.20.3", "mta3.example.test"),
+    )
+    """(address, HELO name) of the egress IPs the samples use: A and PTR records are served."""
+    pool: str = "marketing"
+    """The SendingPool whose Ready pods receive DSNs and ARF reports (inbound relay)."""
+    feedback_rcpt: str = "fbl@bounces.example.test"
+
+
+@dataclass
+class ProviderState:
+    name: str
+    address: str
+    port: int
+    domains: list[str]
+    mx_host: str
+    messages_file: str
+    attempts_file: str
+    eml_dir: str
+
+
+@dataclass
+class WorldState:
+    """What `<root>/state.json` holds."""
+
+    kubeconfig: str
+    api_url: str
+    namespace: str
+    dns: dict[str, Any]
+    providers: list[ProviderState]
+    relay: dict[str, Any]
+    operator_log: str
+    pod_logs: str
+    warmup_day_seconds: float
+    started_at: float
+    pid: int = field(default_factory=os.getpid)
+
+
+class _RelayHandler:
+    def __init__(self, world: SandboxWorld) -> None:
+        self.world = world
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = envelope.content if isinstance(envelope.content, bytes) else \
+            str(envelope.content).encode()
+        ok = await self.world.forward_inbound(envelope.mail_from or "", list(envelope.rcpt_tos),
+                                              data)
+        return "250 2.0.0 OK: relayed" if ok else "451 4.3.0 no ready sender pod"
+
+
+class SandboxWorld:
+    """The sandbox; `async with SandboxWorld(settings) as world:`."""
+
+    def __init__(self, settings: WorldSettings | None = None) -> None:
+        self.settings = settings or WorldSettings()
+        self.root = self.settings.root.resolve()
+        self.api = ApiServer(host="127.0.0.1", port=0, history=50_000)
+        self.dns = sandbox_dns.DNSServer(DNS_HOST, 0, negative_ttl=1)
+        self.fleet = providers.ProviderFleet(self.dns, record_dir=self.root / "providers")
+        self.inbound: list[tuple[str, list[str], bytes, str]] = []
+        """Every DSN/ARF the relay took: (mail from, rcpts, data, pod it went to or "")."""
+        self._relay: asyncio.Server | None = None
+        self.external_dns: external_dns.ExternalDNS | None = None
+        self.agent: node_agent.NodeAgent | None = None
+        self.kubeconfig = self.root / "kubeconfig"
+        self._stack = contextlib.AsyncExitStack()
+        self._flush_task: asyncio.Task[None] | None = None
+        self._attempts_written: dict[str, int] = {}
+        self.started_at = 0.0
+
+    # ------------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> SandboxWorld:
+        try:
+            await self.start()
+        except BaseException:
+            await self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, exc_type: type[BaseException] | None,
+                        exc: BaseException | None, tb: TracebackType | None) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        s = self.settings
+        self.started_at = time.time()
+        for stale in ("providers", "nodes"):
+            shutil.rmtree(self.root / stale, ignore_errors=True)
+        self.root.mkdir(parents=True, exist_ok=True)
+        await self._stack.enter_async_context(self.api)
+        self.api.write_kubeconfig(self.kubeconfig, namespace=s.namespace)
+        for ns in (s.namespace, s.operator_namespace):
+            self.api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+        self.install_crds()
+        await self._stack.enter_async_context(self.dns)
+        for address, helo in s.egress:
+            self.dns.set_records(helo, "A", [address])
+            self.dns.add_ptr(address, helo)
+        loop = asyncio.get_running_loop()
+        handler = _RelayHandler(self)
+        self._relay = await loop.create_server(
+            lambda: SMTP(handler, hostname="inbound.example.test", loop=loop), RELAY_HOST, 0)
+        self._stack.push_async_callback(self._close_relay)
+        relay_port = self._relay_port()
+        self.fleet.set_feedback_target((RELAY_HOST, relay_port), s.feedback_rcpt)
+        await self._stack.enter_async_context(self.fleet)
+        self.fleet.set_feedback_target((RELAY_HOST, relay_port), s.feedback_rcpt)
+        self.external_dns = external_dns.ExternalDNS(self.api.url, self.dns)
+        await self._stack.enter_async_context(self.external_dns)
+        base = f"127.{random.randint(200, 250)}.{random.randint(0, 255)}."
+        self.agent = node_agent.NodeAgent(
+            self.api.url, [node_agent.NodeSpec(n, {"topology.kubernetes.io/zone": n[-1]})
+                           for n in NODES],
+            self.root / "nodes", pod_ip_base=base, node_ip_base="127.0.99.",
+            probe_time_scale=s.probe_time_scale, restart_backoff=(0.2, 2.0),
+            backoff_reset=5.0, max_termination_grace=5.0,
+            extra_env={"PYTHONPATH": os.pathsep.join(
+                p for p in (str(podnet_dir()), os.environ.get("PYTHONPATH", "")) if p)})
+        await self._stack.enter_async_context(self.agent)
+        self.api.create(self.operator_deployment())
+        self._flush_task = asyncio.create_task(self._flush_attempts())
+        self.write_state()
+
+    async def stop(self) -> None:
+        if self._flush_task is not None:
+            self._flush_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._flush_task
+            self._flush_task = None
+            self._write_attempts()
+        await self._stack.aclose()
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / "state.json").unlink()
+
+    # ------------------------------------------------------------------ set-up pieces
+    def install_crds(self) -> None:
+        for path in sorted(CRD_DIR.glob("*.yaml")):
+            self.api.create(yaml.safe_load(path.read_text()))
+
+    def operator_settings_env(self) -> dict[str, str]:
+        """The operator's sandbox configuration (documented settings, see settings.py)."""
+        s = self.settings
+        dns = f"{self.dns.host}:{self.dns.port}"
+        return {
+            "MAILFLEET_OPERATOR_NAMESPACES": s.namespace,
+            "MAILFLEET_OPERATOR_DNS_NAMESERVERS": dns,
+            "MAILFLEET_OPERATOR_SENDER_NAMESERVERS": dns,
+            "MAILFLEET_OPERATOR_SENDER_SMTP_PORT": str(self.fleet.port),
+            "MAILFLEET_OPERATOR_SENDER_IMAGE": SENDER_IMAGE,
+            "MAILFLEET_OPERATOR_DNS_TIMEOUT": "1",
+            "MAILFLEET_OPERATOR_STEP_DELAY": "0.2",
+            "MAILFLEET_OPERATOR_ERROR_DELAY": "1",
+            "MAILFLEET_OPERATOR_WARMUP_DAY_SECONDS": str(s.warmup_day_seconds),
+            "MAILFLEET_OPERATOR_LEASE_DURATION": str(s.lease_duration),
+            "MAILFLEET_OPERATOR_LEASE_RENEW_INTERVAL": str(s.lease_renew_interval),
+            "MAILFLEET_OPERATOR_LEASE_CLOCK_SKEW": str(s.lease_clock_skew),
+            "MAILFLEET_OPERATOR_STATS_INTERVAL": str(s.stats_interval),
+            "MAILFLEET_OPERATOR_POD_ADMIN_TIMEOUT": "1",
+            "MAILFLEET_OPERATOR_DRAIN_TIMEOUT": "30",
+            "MAILFLEET_OPERATOR_LOG_FORMAT": "text",
+        }
+
+    def operator_deployment(self) -> JSON:
+        labels = {"app.kubernetes.io/name": "mailfleet-operator"}
+        env: list[JSON] = [{"name": k, "value": v}
+                           for k, v in self.operator_settings_env().items()]
+        env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+        return {
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "mailfleet-operator",
+                         "namespace": self.settings.operator_namespace, "labels": labels},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {"metadata": {"labels": labels}, "spec": {
+                    "terminationGracePeriodSeconds": 2,
+                    "containers": [{
+                        "name": "operator", "image": OPERATOR_IMAGE, "env": env,
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"},
+                                           "periodSeconds": 1},
+                    }]}},
+            },
+        }
+
+    def _relay_port(self) -> int:
+        assert self._relay is not None
+        return int(self._relay.sockets[0].getsockname()[1])
+
+    async def _close_relay(self) -> None:
+        if self._relay is not None:
+            self._relay.close()
+            await self._relay.wait_closed()
+
+    # ------------------------------------------------------------------ state file
+    def state(self) -> WorldState:
+        record_dir = self.root / "providers"
+        provs = [ProviderState(
+            name=spec.name, address=spec.address, port=self.fleet.port,
+            domains=list(spec.domains), mx_host=spec.mx_host,
+            messages_file=str(record_dir / f"{spec.name}.jsonl"),
+            attempts_file=str(record_dir / f"{spec.name}.attempts.jsonl"),
+            eml_dir=str(record_dir / spec.name)) for spec in self.fleet.specs]
+        return WorldState(
+            kubeconfig=str(self.kubeconfig), api_url=self.api.url,
+            namespace=self.settings.namespace,
+            dns={"address": self.dns.host, "port": self.dns.port,
+                 "dnsbl_zone": sandbox_dns.SANDBOX_DNSBL_ZONE},
+            providers=provs,
+            relay={"address": RELAY_HOST, "port": self._relay_port()},
+            operator_log=str(self.root / "nodes" / "logs"
+                             / f"{self.settings.operator_namespace}_<pod>.log"),
+            pod_logs=str(self.root / "nodes" / "logs"),
+            warmup_day_seconds=self.settings.warmup_day_seconds,
+            started_at=self.started_at)
+
+    def write_state(self) -> Path:
+        path = self.root / "state.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self.state()), indent=2) + "\n")
+        tmp.replace(path)
+        return path
+
+    def _write_attempts(self) -> None:
+        for receiver in self.fleet:
+            done = self._attempts_written.get(receiver.name, 0)
+            new = receiver.attempts[done:]
+            if not new:
+                continue
+            path = self.root / "providers" / f"{receiver.name}.attempts.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as handle:
+                for attempt in new:
+                    handle.write(json.dumps(attempt._asdict()) + "\n")
+            self._attempts_written[receiver.name] = done + len(new)
+
+    async def _flush_attempts(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            self._write_attempts()
+
+    # ------------------------------------------------------------------ inbound relay
+    async def forward_inbound(self, mail_from: str, rcpts: list[str], data: bytes) -> bool:
+        """Hand a DSN or ARF report to a Ready pod of the pool's SMTP port (a Service)."""
+        for pod in self.ready_pods():
+            port = self.pool_smtp_port()
+            try:
+                client = aiosmtplib.SMTP(hostname=pod["status"]["podIP"], port=port,
+                                         start_tls=False, timeout=5,
+                                         local_hostname="inbound.example.test")
+                async with client:
+                    await client.sendmail(mail_from, rcpts, data)
+            except (aiosmtplib.SMTPException, OSError) as exc:
+                log.info("inbound relay: pod %s refused: %s", pod["metadata"]["name"], exc)
+                continue
+            self.inbound.append((mail_from, rcpts, data, pod["metadata"]["name"]))
+            return True
+        self.inbound.append((mail_from, rcpts, data, ""))
+        return False
+
+    # ------------------------------------------------------------------ queries
+    def pool(self, name: str | None = None) -> JSON:
+        return self.api.get(API_VERSION, "SendingPool", name or self.settings.pool,
+                            self.settings.namespace)
+
+    def pool_smtp_port(self) -> int:
+        try:
+            spec = self.pool().get("spec") or {}
+        except LookupError:
+            return 587
+        return int(((spec.get("submission") or {}).get("smtp") or {}).get("port") or 587)
+
+    def pool_http_port(self) -> int:
+        spec = self.pool().get("spec") or {}
+        return int(((spec.get("submission") or {}).get("http") or {}).get("port") or 8080)
+
+    def pods(self, pool: str | None = None) -> list[JSON]:
+        selector = f"mailfleet.io/pool={pool or self.settings.pool}"
+        items = self.api.list("v1", "Pod", self.settings.namespace, label_selector=selector)
+        return sorted(items, key=lambda p: p["metadata"]["name"])
+
+    def ready_pods(self, pool: str | None = None) -> list[JSON]:
+        return [p for p in self.pods(pool) if pod_ready(p)
+                and not p["metadata"].get("deletionTimestamp")]
+
+    def ip_holders(self, pool: str | None = None) -> dict[str, str]:
+        """address -> pod for the pool's Active IPs, as the SendingPool status says."""
+        status = self.pool(pool).get("status") or {}
+        return {ip["address"]: ip.get("pod") or "" for ip in status.get("ips") or []
+                if ip.get("state") == "Active" and ip.get("pod")}
+
+    def operator_log(self) -> Path:
+        assert self.agent is not None
+        pods = self.api.list("v1", "Pod", self.settings.operator_namespace)
+        name = pods[0]["metadata"]["name"] if pods else "missing"
+        return self.agent.log_path(self.settings.operator_namespace, name)
+
+    def pod_log(self, name: str) -> Path:
+        assert self.agent is not None
+        return self.agent.log_path(self.settings.namespace, name)
+
+    async def apply_samples(self, files: Sequence[Path] | None = None) -> str:
+        """`kubectl apply` the sandbox samples (and crds/) as a user would."""
+        out = await self.kubectl("apply", "-f", str(CRD_DIR))
+        for path in files or sample_files():
+            out += await self.kubectl("apply", "-n", self.settings.namespace, "-f", str(path))
+        return out
+
+    async def kubectl(self, *args: str, check: bool = True) -> str:
+        env = dict(os.environ, KUBECONFIG=str(self.kubeconfig),
+                   KUBECACHEDIR=str(self.root / "kubecache"))
+        proc = await asyncio.create_subprocess_exec(
+            kubectl_binary(), *args, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, env=env)
+        out, err = await proc.communicate()
+        if check and proc.returncode != 0:
+            raise RuntimeError(f"kubectl {' '.join(args)}: {err.decode().strip()}")
+        return out.decode()
+
+
+def kubectl_binary() -> str:
+    import sys
+    candidate = Path(sys.executable).parent / "kubectl"
+    return str(candidate) if candidate.exists() else (shutil.which("kubectl") or "kubectl")
+
+
+def pod_ready(pod: JSON) -> bool:
+    status = pod.get("status") or {}
+    return status.get("phase") == "Running" and any(
+        c.get("type") == "Ready" and c.get("status") == "True"
+        for c in status.get("conditions") or [])
+
+
+def condition(obj: JSON, type_: str) -> JSON | None:
+    for item in (obj.get("status") or {}).get("conditions") or []:
+        if item.get("type") == type_:
+            return dict(item)
+    return None
+
+
+async def wait_until(check: Callable[[], Any], *, within: float, what: str,
+                     interval: float = 0.1) -> Any:
+    """Poll `check` until it returns something truthy; TimeoutError naming `what` after
+    `within` seconds (with its last value or error)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    last: Any = None
+    while True:
+        try:
+            value = check()
+            if asyncio.iscoroutine(value):
+                value = await value
+            last = value
+        except LookupError as exc:
+            value, last = None, exc
+        if value:
+            return value
+        if loop.time() > deadline:
+            raise TimeoutError(f"timed out after {within:.0f}s waiting for {what}; "
+                               f"last: {last!r}"[:600])
+        await asyncio.sleep(interval)

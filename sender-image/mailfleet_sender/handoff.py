@@ -1,0 +1,253 @@
+"""Handing a draining pod's queued mail to the other pods of its pool
+(`POST /v1/drain?handoff=true`), so scaling down never strands mail on a volume nobody reads.
+
+Exactly once, across crashes of either side:
+- The local rows are first marked `handoff` in the spool, durably (`Spool.mark_handoff`):
+  from then on this pod never delivers them itself, even after a restart, and a restarted
+  pod resumes the hand-off on its own.
+- Each message is re-submitted over HTTP (raw, with its envelope, class and tier) with an
+  idempotency key derived from this pod's copy (`X-Mailfleet-Handoff`). The receiver stores
+  the key in the same transaction as the message and answers a repeat with 202 without
+  storing it again.
+- Only after a 202 are the local rows removed. A crash before that re-submits the message,
+  which the key turns into a no-op if the first attempt had landed.
+- A repeat only dedups at the pod that stored the key, so each message goes to one pod chosen
+  by rendezvous hashing of its key over the peer list: the same pod after a restart of either
+  side, as long as it is still listed. An attempt that ended without a clear answer (timeout,
+  connection dropped after sending) is retried at that pod only; another pod is chosen when
+  it answered "not stored" (connection refused, 503 draining, any other refusal) or has been
+  gone from the peer list for `handoff.retargetAfter`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+
+import aiohttp
+
+from mailfleet_sender import clock, config, metrics, spool, units, wire
+
+log = logging.getLogger(__name__)
+
+BATCH = 100
+"""Messages read from the spool per round."""
+CONCURRENCY = 4
+"""Re-submissions in flight at once."""
+
+PeersProvider = Callable[[], Awaitable[Sequence[str]]]
+
+
+def handoff_key(pod: str, item: spool.HandoffItem) -> str:
+    """Stable for one local copy of a message (spool ids alone repeat after deletions)."""
+    seed = f"{pod}\x00{item.message}\x00{item.created!r}\x00{item.message_id}\x00{item.class_name}"
+    return hashlib.sha256(seed.encode()).hexdigest()[:40]
+
+
+def rank_targets(key: str, urls: Sequence[str]) -> list[str]:
+    """Rendezvous hashing: every pod computes the same order for a key, and losing one
+    target moves only the keys that ranked it first."""
+    return sorted(urls, key=lambda url: hashlib.sha256(f"{key}\x00{url}".encode()).digest())
+
+
+class Outcome:
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    REFUSED = "refused"
+    """The target says it did not store the message: another target may be tried."""
+    UNCLEAR = "unclear"
+    """We do not know whether the target stored it: only that target may be retried."""
+
+
+@dataclasses.dataclass
+class _Sticky:
+    url: str
+    absent_since: float | None = None
+
+
+class HandOff:
+    """Runs the hand-off to completion; `status()` for /v1/stats."""
+
+    def __init__(
+        self,
+        *,
+        spool_: spool.Spool,
+        peers: PeersProvider,
+        self_urls: Sequence[str],
+        api_key: str | None,
+        pod: str,
+        cfg: config.Handoff,
+        metric_set: metrics.Metrics,
+        clock_: clock.Clock,
+    ) -> None:
+        self.spool = spool_
+        self._peers = peers
+        self._self = {u.rstrip("/") for u in self_urls}
+        self._api_key = api_key
+        self.pod = pod
+        self.cfg = cfg
+        self.metrics = metric_set
+        self.clock = clock_
+        self.state: str = "idle"
+        self.handed_off = 0
+        self.duplicates = 0
+        self.failures = 0
+        self.last_error: str | None = None
+        self._sticky: dict[str, _Sticky] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def status(self) -> wire.HandoffStats:
+        pending = self.spool.count_handoff() if self.state == "running" else 0
+        return wire.HandoffStats(
+            state=self.state,  # type: ignore[arg-type]
+            pending=pending,
+            handed_off=self.handed_off,
+            duplicates=self.duplicates,
+            failures=self.failures,
+            last_error=self.last_error,
+        )
+
+    def start(self) -> None:
+        if self._task is None:
+            self.state = "running"
+            self._task = asyncio.create_task(self.run(), name="handoff")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def wait(self) -> None:
+        if self._task is not None:
+            await asyncio.shield(self._task)
+
+    async def run(self) -> None:
+        self.state = "running"
+        timeout = aiohttp.ClientTimeout(total=units.duration_seconds(self.cfg.timeout))
+        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
+        pause = units.duration_seconds(self.cfg.retry_every)
+        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
+            while True:
+                items = await asyncio.to_thread(self.spool.load_handoff, BATCH)
+                if not items:
+                    break
+                targets = await self._targets()
+                if not targets:
+                    self.last_error = "no other pod to hand off to"
+                    await asyncio.sleep(pause)
+                    continue
+                gate = asyncio.Semaphore(CONCURRENCY)
+                results = await asyncio.gather(
+                    *(self._gated(gate, http, item, targets) for item in items)
+                )
+                if not all(results):
+                    await asyncio.sleep(pause)
+        self.state = "done"
+        log.info("hand-off complete", extra={"handed_off": self.handed_off,
+                                             "duplicates": self.duplicates})
+
+    async def _gated(
+        self,
+        gate: asyncio.Semaphore,
+        http: aiohttp.ClientSession,
+        item: spool.HandoffItem,
+        targets: list[str],
+    ) -> bool:
+        async with gate:
+            return await self._hand_off(http, item, targets)
+
+    async def _targets(self) -> list[str]:
+        try:
+            urls = await self._peers()
+        except Exception as exc:  # discovery trouble: try again next round
+            self.last_error = f"peer discovery failed: {exc!r}"
+            return []
+        return [u.rstrip("/") for u in urls if u.rstrip("/") not in self._self]
+
+    def _choose(self, key: str, targets: list[str], skip: set[str]) -> str | None:
+        sticky = self._sticky.get(key)
+        now = self.clock.monotonic()
+        if sticky is not None:
+            if sticky.url in targets:
+                sticky.absent_since = None
+                return sticky.url
+            if sticky.absent_since is None:
+                sticky.absent_since = now
+            if now - sticky.absent_since < units.duration_seconds(self.cfg.retarget_after):
+                return None  # wait for it to come back rather than risk a double
+            del self._sticky[key]
+        for url in rank_targets(key, targets):
+            if url not in skip:
+                return url
+        return None
+
+    async def _hand_off(
+        self, http: aiohttp.ClientSession, item: spool.HandoffItem, targets: list[str]
+    ) -> bool:
+        """One message; True when it is done (accepted somewhere and removed here)."""
+        key = handoff_key(self.pod, item)
+        refused: set[str] = set()
+        while True:
+            url = self._choose(key, targets, refused)
+            if url is None:
+                self.failures += 1
+                self.metrics.handoff.labels("failed").inc()
+                return False
+            outcome, detail = await self._submit(http, url, key, item)
+            if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
+                await self.spool.finish_handoff(item)
+                self._sticky.pop(key, None)
+                self.handed_off += 1
+                if outcome == Outcome.DUPLICATE:
+                    self.duplicates += 1
+                self.metrics.handoff.labels(outcome).inc()
+                return True
+            self.last_error = f"{url}: {detail}"
+            if outcome == Outcome.UNCLEAR:
+                self._sticky[key] = _Sticky(url)
+                self.failures += 1
+                self.metrics.handoff.labels("failed").inc()
+                log.info("hand-off unclear; will retry the same pod",
+                         extra={"target": url, "detail": detail})
+                return False
+            refused.add(url)
+
+    async def _submit(
+        self, http: aiohttp.ClientSession, url: str, key: str, item: spool.HandoffItem
+    ) -> tuple[str, str]:
+        params: list[tuple[str, str]] = [("to", rcpt) for _, rcpt in item.deliveries]
+        params += [("from", item.sender), ("class", item.class_name)]
+        if item.tier:
+            params.append(("tier", item.tier))
+        sent = False
+        try:
+            async with http.post(
+                f"{url}/v1/messages",
+                params=params,
+                data=item.data,
+                headers={"Content-Type": "message/rfc822", "X-Mailfleet-Handoff": key},
+            ) as response:
+                sent = True
+                text = await response.text()
+                if response.status == 202:
+                    try:
+                        duplicate = wire.SubmitResponse.model_validate_json(text).duplicate
+                    except ValueError:
+                        duplicate = False
+                    return (Outcome.DUPLICATE if duplicate else Outcome.ACCEPTED), ""
+                if response.status >= 500 and response.status != 503:
+                    return Outcome.UNCLEAR, f"HTTP {response.status}: {text[:200]}"
+                # Refusals (4xx, 503 draining or spool failure) come before anything is stored.
+                return Outcome.REFUSED, f"HTTP {response.status}: {text[:200]}"
+        except aiohttp.ClientConnectorError as exc:
+            return Outcome.REFUSED, f"cannot connect: {exc}"
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            # The request may have been stored before the reply was lost.
+            return Outcome.UNCLEAR, f"{'no reply' if not sent else 'reply lost'}: {exc!r}"
