@@ -246,12 +246,6 @@ def test_kopf_needs_are_granted(mode: str) -> None:
     assert missing == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="kube/resources.py (operator) declares verbs no code uses (delete/list/watch of "
-    "owned children, get of status subresources, ...); the assertion lists them. Strict: "
-    "this test fails once the table is trimmed, so the marker is removed then.",
-)
 def test_the_table_declares_nothing_the_code_does_not_use() -> None:
     """Least privilege: every declared verb is used by a client call or by kopf."""
     used = code_uses() | kopf_uses(ha=True, cluster_wide=True) | kopf_uses(

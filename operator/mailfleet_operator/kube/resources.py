@@ -48,6 +48,8 @@ def _verbs(*verbs: Verb) -> frozenset[Verb]:
 
 _READ: tuple[Verb, ...] = ("get", "list", "watch")
 _WRITE: tuple[Verb, ...] = ("create", "patch", "delete")
+# Owned children are read one by one, created and patched; garbage collection deletes them.
+_OWNED: tuple[Verb, ...] = ("get", "create", "patch")
 
 DOMAIN_AUTHS = Resource(
     group="mailfleet.io", version="v1alpha1", plural="domainauths", kind="DomainAuth",
@@ -61,67 +63,67 @@ SENDING_POOLS = Resource(
 )
 IP_WARMUPS = Resource(
     group="mailfleet.io", version="v1alpha1", plural="ipwarmups", kind="IPWarmup",
-    verbs=_verbs(*_READ, "patch"), subresources=frozenset({"status"}),
+    verbs=_verbs("list", "watch", "patch"), subresources=frozenset({"status"}),
     why="watched by kopf",
 )
 SECRETS = Resource(
     group="", version="v1", plural="secrets", kind="Secret",
-    verbs=_verbs(*_READ, *_WRITE),
+    verbs=_verbs("get", "list", *_WRITE),
     why="DKIM private keys (one Secret per selector, owned by the DomainAuth)",
 )
 EVENTS = Resource(
     group="", version="v1", plural="events", kind="Event",
-    verbs=_verbs("create", "patch"),
+    verbs=_verbs("create"),
     why="an event per transition, on the object it is about",
 )
 DNS_ENDPOINTS = Resource(
     group="externaldns.k8s.io", version="v1alpha1", plural="dnsendpoints", kind="DNSEndpoint",
-    verbs=_verbs("get", "list", *_WRITE),
+    verbs=_verbs("get", *_WRITE),
     why="records for external-dns in ExternalDNS publish mode",
 )
 NAMESPACES = Resource(
     group="", version="v1", plural="namespaces", kind="Namespace", namespaced=False,
-    verbs=_verbs("get", "list", "watch"),
+    verbs=_verbs("list", "watch"),
     why="kopf resolves namespace patterns",
 )
 CUSTOM_RESOURCE_DEFINITIONS = Resource(
     group="apiextensions.k8s.io", version="v1", plural="customresourcedefinitions",
-    kind="CustomResourceDefinition", namespaced=False, verbs=_verbs("get", "list", "watch"),
+    kind="CustomResourceDefinition", namespaced=False, verbs=_verbs("list", "watch"),
     why="kopf discovers the resources it serves",
 )
 KOPF_PEERINGS = Resource(
     group="kopf.dev", version="v1", plural="kopfpeerings", kind="KopfPeering",
-    verbs=_verbs(*_READ, "patch"), why="kopf peering (namespaced operator, HA)",
+    verbs=_verbs("list", "watch", "patch"), why="kopf peering (namespaced operator, HA)",
 )
 CLUSTER_KOPF_PEERINGS = Resource(
     group="kopf.dev", version="v1", plural="clusterkopfpeerings", kind="ClusterKopfPeering",
-    namespaced=False, verbs=_verbs(*_READ, "patch"), why="kopf peering (cluster-wide operator)",
+    namespaced=False, verbs=_verbs("list", "watch", "patch"), why="kopf peering (cluster-wide operator)",
 )
 
 # --- SendingPool children and what the pool controller watches ---------------------------
 STATEFUL_SETS = Resource(
     group="apps", version="v1", plural="statefulsets", kind="StatefulSet",
-    verbs=_verbs(*_READ, *_WRITE), why="the sender pods of a SendingPool (owned)",
+    verbs=_verbs(*_OWNED), why="the sender pods of a SendingPool (owned)",
 )
 SERVICES = Resource(
     group="", version="v1", plural="services", kind="Service",
-    verbs=_verbs(*_READ, *_WRITE), why="headless and client Services of a SendingPool (owned)",
+    verbs=_verbs(*_OWNED), why="headless and client Services of a SendingPool (owned)",
 )
 CONFIG_MAPS = Resource(
     group="", version="v1", plural="configmaps", kind="ConfigMap",
-    verbs=_verbs(*_READ, *_WRITE), why="the rendered sender config of a SendingPool (owned)",
+    verbs=_verbs(*_OWNED), why="the rendered sender config of a SendingPool (owned)",
 )
 POD_DISRUPTION_BUDGETS = Resource(
     group="policy", version="v1", plural="poddisruptionbudgets", kind="PodDisruptionBudget",
-    verbs=_verbs(*_READ, *_WRITE), why="one voluntary eviction at a time per SendingPool",
+    verbs=_verbs(*_OWNED), why="one voluntary eviction at a time per SendingPool",
 )
 PODS = Resource(
     group="", version="v1", plural="pods", kind="Pod",
-    verbs=_verbs(*_READ), why="readiness of sender pods, for IP failover",
+    verbs=_verbs("list", "watch"), why="readiness of sender pods, for IP failover",
 )
 NODES = Resource(
     group="", version="v1", plural="nodes", kind="Node", namespaced=False,
-    verbs=_verbs(*_READ), why="a NotReady node fails over the IPs of its sender pods",
+    verbs=_verbs("list", "watch"), why="a NotReady node fails over the IPs of its sender pods",
 )
 
 ALL: tuple[Resource, ...] = (
@@ -162,7 +164,7 @@ class Rule:
 
 
 def rbac_rules(resources: Iterable[Resource] = ALL) -> list[Rule]:
-    """RBAC rules granting exactly the declared verbs (status subresources: get+patch)."""
+    """RBAC rules granting exactly the declared verbs (status subresources: patch only)."""
     rules = []
     for resource in resources:
         rules.append(
@@ -178,7 +180,7 @@ def rbac_rules(resources: Iterable[Resource] = ALL) -> list[Rule]:
                 Rule(
                     api_groups=(resource.group,),
                     resources=(f"{resource.plural}/{sub}",),
-                    verbs=("get", "patch"),
+                    verbs=("patch",),
                     cluster_scoped=not resource.namespaced,
                 )
             )
