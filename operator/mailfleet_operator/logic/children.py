@@ -92,8 +92,9 @@ def selector_labels(pool: str) -> dict[str, str]:
 
 def labels(pool: str) -> dict[str, str]:
     return {
+        # No app.kubernetes.io/instance: Argo CD's label tracking reads it, and an
+        # Application that happened to share the pool's name would claim the children.
         **selector_labels(pool),
-        "app.kubernetes.io/instance": pool,
         "app.kubernetes.io/managed-by": "mailfleet",
         ROLE_LABEL: "sender",
     }
