@@ -77,6 +77,13 @@ POOL_AUTOSCALES = prometheus_client.Counter(
     ["direction"],
     registry=REGISTRY,
 )
+WARMUPS = prometheus_client.Gauge(
+    "mailfleet_operator_warmups",
+    "IPWarmups served by this operator, by namespace and phase (Pending, WarmingUp, Held, "
+    "RolledBack, Paused, Completed).",
+    ["namespace", "phase"],
+    registry=REGISTRY,
+)
 POOL_PAUSES = prometheus_client.Counter(
     "mailfleet_operator_reputation_pauses_total",
     "Reputation circuit-breaker trips, by scope (pool or class).",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import sys
 import time
@@ -18,6 +20,7 @@ from pathlib import Path
 from typing import TextIO
 
 from mailfleet_sandbox import report, scenes, world
+from mailfleet_sandbox.kube.errors import ApiError
 
 SceneStep = tuple[str, Callable[[], Awaitable[scenes.SceneResult]]]
 
@@ -42,7 +45,7 @@ class Progress:
                 f"{accepted} received {received} | {holders}")
 
     def sandbox_ips(self) -> str:
-        with contextlib.suppress(LookupError):
+        with contextlib.suppress(LookupError, ApiError):
             return " ".join(f"{ip.rsplit('.', 1)[1]}:{pod.rsplit('-', 1)[-1]}"
                             for ip, pod in sorted(self.sandbox.ip_holders().items()))
         return ""
@@ -121,6 +124,10 @@ async def run_demo(out_dir: Path, root: Path, day_seconds: float, count: int) ->
         summary = report.build_summary(results, figures, total_s=time.monotonic() - started,
                                        day_seconds=day_seconds)
         paths = report.write_report(out_dir, summary)
+        ledger_file = out_dir / "submissions.jsonl"
+        ledger_file.write_text("".join(json.dumps(dataclasses.asdict(s)) + "\n"
+                                       for s in ledger.sent))
+        paths.append(ledger_file)
         print(report.render_console(summary))
         print("report: " + ", ".join(str(p) for p in paths))
         if not summary["ok"]:

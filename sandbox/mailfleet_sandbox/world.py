@@ -49,6 +49,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from mailfleet_sandbox import dns as sandbox_dns
 from mailfleet_sandbox import external_dns, node_agent, providers
 from mailfleet_sandbox.kube import ApiServer
+from mailfleet_sandbox.kube.errors import ApiError
 
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ API_VERSION = "mailfleet.io/v1alpha1"
 OPERATOR_IMAGE = "ghcr.io/mailfleet/operator:0.1.0"
 SENDER_IMAGE = "ghcr.io/mailfleet/sender:0.1.0"
 NODES = ("node-a", "node-b", "node-c")
+OPERATOR_NODE = "node-c"
 DNS_HOST = "127.0.53.1"
 RELAY_HOST = "127.0.30.1"
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -264,6 +266,8 @@ class SandboxWorld:
                 "selector": {"matchLabels": labels},
                 "template": {"metadata": {"labels": labels}, "spec": {
                     "terminationGracePeriodSeconds": 2,
+                    # the operator's node is never the one a scene fails (a control plane)
+                    "nodeSelector": {"kubernetes.io/hostname": OPERATOR_NODE},
                     "containers": [{
                         "name": "operator", "image": OPERATOR_IMAGE, "env": env,
                         "ports": [{"name": "http", "containerPort": 8080}],
@@ -356,7 +360,7 @@ class SandboxWorld:
     def pool_smtp_port(self) -> int:
         try:
             spec = self.pool().get("spec") or {}
-        except LookupError:
+        except (LookupError, ApiError):
             return 587
         return int(((spec.get("submission") or {}).get("smtp") or {}).get("port") or 587)
 
@@ -441,7 +445,7 @@ async def wait_until(check: Callable[[], Any], *, within: float, what: str,
             if asyncio.iscoroutine(value):
                 value = await value
             last = value
-        except LookupError as exc:
+        except (LookupError, ApiError) as exc:
             value, last = None, exc
         if value:
             return value

@@ -25,7 +25,7 @@ import dataclasses
 import enum
 from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from mailfleet_sender import bounces, units
 
@@ -107,13 +107,19 @@ class ShapingRules(BaseModel):
     """Rules per provider name; a name without an entry uses `default`.
 
     Entries given here replace the built-in entry of the same name as a whole (no field-wise
-    merge, so what is written is what applies).
+    merge, so what is written is what applies); the other built-in entries stay.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     default: ShapingRule = ShapingRule()
     providers: dict[str, ShapingRule] = Field(default_factory=lambda: dict(DEFAULT_PROVIDER_RULES))
+
+    @field_validator("providers", mode="after")
+    @classmethod
+    def _over_the_defaults(cls, given: dict[str, ShapingRule]) -> dict[str, ShapingRule]:
+        """Listing one provider must not drop the built-in rules of the others."""
+        return {**DEFAULT_PROVIDER_RULES, **{name.lower(): rule for name, rule in given.items()}}
 
     def for_provider(self, name: str) -> ShapingRule:
         return self.providers.get(name.lower(), self.default)

@@ -649,6 +649,8 @@ def dns_peers(
     resolver: dns.asyncresolver.Resolver | None = None,
 ) -> PeersProvider:
     """Peers from the headless Service's A records (one per pod, ready or not)."""
+    last_warning = [-60.0]
+
     async def peers() -> Sequence[str]:
         try:
             if resolver is not None:
@@ -656,7 +658,10 @@ def dns_peers(
             else:
                 answer = await dns.asyncresolver.resolve(service, "A")
         except dns.exception.DNSException as exc:
-            log.warning("peer lookup failed", extra={"service": service, "error": str(exc)})
+            now = time.monotonic()
+            if now - last_warning[0] >= 60.0:  # every pull would log it: once a minute
+                last_warning[0] = now
+                log.warning("peer lookup failed", extra={"service": service, "error": str(exc)})
             return []
         return [f"{scheme}://{record.to_text()}:{port}" for record in answer]
 

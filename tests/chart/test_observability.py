@@ -44,7 +44,6 @@ PENDING_METRICS = {
         "sender: ARF complaints are counted per IP in the spool (complained_today) but not "
         "exported as a Prometheus counter"
     ),
-    "mailfleet_operator_warmups": "operator: IPWarmup controller, a gauge of warm-ups by phase",
 }
 
 

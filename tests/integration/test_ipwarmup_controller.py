@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import datetime
 import math
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from aiohttp import web
+from mailfleet_operator import metrics
 from mailfleet_operator import settings as settings_module
 from mailfleet_operator.kube import client as kube_client
 from mailfleet_operator.kube import config as kube_config
@@ -27,11 +26,14 @@ from mailfleet_operator.kube import resources
 from mailfleet_operator.reconcile import context, pod_admin
 from mailfleet_operator.reconcile import ipwarmup as reconciler
 from mailfleet_operator.reconcile import sendingpool as pool_reconciler
+from mailfleet_sandbox import fake_senders
 from mailfleet_sandbox.dns import DNSServer
+from mailfleet_sandbox.fake_senders import FakeSenders, free_port
 from mailfleet_sandbox.kube import ApiServer
 from mailfleet_sender import config as sender_config
 from mailfleet_sender import units, wire
 from sandbox_fixtures.operator import (
+    ManualClock,
     OperatorRunner,
     condition,
     install_crds,
@@ -39,106 +41,23 @@ from sandbox_fixtures.operator import (
     wait_for,
 )
 
-ROOT = Path(__file__).resolve().parents[2]
 NS = "default"
 API = "mailfleet.io/v1alpha1"
 IP = "192.0.2.50"
 DAY = 100.0  # seconds per warm-up day (the time scale)
 
 
-class ManualClock(settings_module.Clock):
-    def __init__(self) -> None:
-        super().__init__()
-        # Near the real time (the emulator stamps pods with it), at the start of a day.
-        real = datetime.datetime.now(datetime.UTC).timestamp()
-        start = (math.floor(real / DAY) + 1) * DAY + 1
-        self.moment = datetime.datetime.fromtimestamp(start, datetime.UTC)
-
-    def now(self) -> datetime.datetime:
-        return self.moment
-
-    def to(self, moment: datetime.datetime) -> None:
-        self.moment = moment
-
-
-class FakeSenders:
-    """`/v1/stats` and `/v1/assignment` of every pod; counts are per pod, IP and sender day."""
-
-    def __init__(self, clock: ManualClock, port: int) -> None:
-        self.clock, self.port = clock, port
-        self.counts: dict[tuple[str, str, int], dict[str, int]] = {}
-        self.leases: dict[str, list[wire.Lease]] = {}
-        self.runners: list[web.AppRunner] = []
-
-    def day(self) -> int:
-        return math.floor(self.clock.now().timestamp() / DAY)
-
-    def report(self, pod: str, ip: str = IP, **counts: int) -> None:
-        """What `pod` has sent from `ip` so far today (sent, delivered, bounced, complained,
-        deferred)."""
-        self.counts[(pod, ip, self.day())] = counts
-
-    async def start(self, pod: str, host: str) -> None:
-        async def stats(request: web.Request) -> web.Response:
-            today = self.day()
-            ips = [
-                wire.IPStats(
-                    address=ip,
-                    sent_today=c.get("sent", 0),
-                    delivered_today=c.get("delivered", c.get("sent", 0)),
-                    bounced_today=c.get("bounced", 0),
-                    complained_today=c.get("complained", 0),
-                    deferred_today=c.get("deferred", 0),
-                )
-                for (p, ip, day), c in self.counts.items()
-                if p == pod and day == today
-            ]
-            body = wire.Stats(pod=pod, day=today, ips=ips)
-            return web.json_response(body.model_dump(mode="json", by_alias=True))
-
-        async def assignment(request: web.Request) -> web.Response:
-            body = wire.Assignment.model_validate(await request.json())
-            self.leases[pod] = list(body.leases)
-            answer = wire.AssignmentStatus(
-                pod=pod,
-                generation=body.generation,
-                day=self.day(),
-                leases=[
-                    wire.LeaseStatus(
-                        address=lease.address,
-                        helo_name=lease.helo_name,
-                        expires_at=lease.expires_at,
-                        valid=True,
-                    )
-                    for lease in body.leases
-                ],
-            )
-            return web.json_response(answer.model_dump(mode="json", by_alias=True))
-
-        app = web.Application()
-        app.router.add_get("/v1/stats", stats)
-        app.router.add_put("/v1/assignment", assignment)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, self.port).start()
-        self.runners.append(runner)
-
-    async def stop(self) -> None:
-        for runner in self.runners:
-            await runner.cleanup()
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+def day_start_after_now() -> datetime.datetime:
+    """Near the real time (the emulator stamps pods with it), at the start of a day."""
+    real = datetime.datetime.now(datetime.UTC).timestamp()
+    return datetime.datetime.fromtimestamp((math.floor(real / DAY) + 1) * DAY + 1, datetime.UTC)
 
 
 class Harness:
     def __init__(self, api: ApiServer, client: kube_client.Client, port: int) -> None:
         self.api, self.client, self.port = api, client, port
-        self.clock = ManualClock()
-        self.senders = FakeSenders(self.clock, port)
+        self.clock = ManualClock(day_start_after_now())
+        self.senders = FakeSenders(port, clock=self.clock.now, day_seconds=DAY)
         settings = settings_module.Settings(
             warmup_day_seconds=DAY, stats_interval=1, lease_duration=30, sender_image="s:t"
         )
@@ -147,23 +66,7 @@ class Harness:
 
     # --- objects -------------------------------------------------------------------------
     def create_pool(self, name: str = "mail", ips: tuple[str, ...] = (IP,)) -> None:
-        self.api.create(
-            {
-                "apiVersion": API,
-                "kind": "SendingPool",
-                "metadata": {"name": name, "namespace": NS},
-                "spec": {
-                    "replicas": 1,
-                    "egress": {
-                        "ips": [
-                            {"address": a, "heloName": f"mta{i}.example.com"}
-                            for i, a in enumerate(ips)
-                        ]
-                    },
-                    "submission": {"http": {"port": self.port}},
-                },
-            }
-        )
+        self.api.create(fake_senders.pool_body(name, port=self.port, ips=ips, namespace=NS))
 
     def create_warmup(self, name: str = "new-ip", **spec: Any) -> None:
         body = {
@@ -214,7 +117,7 @@ class Harness:
         return await self.cycle(name, **kwargs)
 
     def lease(self) -> wire.Lease:
-        (lease,) = self.senders.leases["mail-0"]
+        (lease,) = self.senders["mail-0"].leases
         return lease
 
     def events(self) -> list[tuple[str, str]]:
@@ -224,6 +127,13 @@ class Harness:
         return [
             (e["reason"], e["message"]) for e in items if e["involvedObject"]["kind"] == "IPWarmup"
         ]
+
+
+def warmups_gauge(phase: str) -> float | None:
+    """`mailfleet_operator_warmups{namespace="default", phase}` as Prometheus would scrape it."""
+    return metrics.REGISTRY.get_sample_value(
+        "mailfleet_operator_warmups", {"namespace": NS, "phase": phase}
+    )
 
 
 def parse(text: str) -> datetime.datetime:
@@ -241,8 +151,7 @@ def decisions(body: dict[str, Any]) -> list[tuple[int, str, str | None]]:
 
 @pytest.fixture
 async def harness(kube_api: ApiServer, kubeconfig: Path) -> AsyncIterator[Harness]:
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        kube_api.create(yaml.safe_load(path.read_text()))
+    install_crds(kube_api)
     connection = kube_config.load_connection(str(kubeconfig))
     async with kube_client.Client(connection) as client:
         h = Harness(kube_api, client, free_port("127.0.0.60"))
@@ -265,6 +174,7 @@ async def test_senders_stats_drive_the_days_and_the_quota_reaches_the_lease(
     body = await harness.cycle()
     status = body["status"]
     assert (status["phase"], status["day"], status["dailyQuota"]) == ("WarmingUp", 1, 100)
+    assert (warmups_gauge("WarmingUp"), warmups_gauge("Held")) == (1, 0)
     assert parse(status["nextAdvanceAt"]) == parse(status["startedAt"]) + datetime.timedelta(
         seconds=DAY - 1
     )
@@ -273,7 +183,7 @@ async def test_senders_stats_drive_the_days_and_the_quota_reaches_the_lease(
     await harness.pool_cycle()  # one pool reconcile later, the lease carries the quota
     assert (harness.lease().quota_remaining, harness.lease().warmup) == (100, True)
 
-    harness.senders.report("mail-0", sent=90)
+    harness.senders.report("mail-0", IP, sent=90)
     assert (await harness.cycle())["status"]["sentToday"] == 90
     body = await harness.end_day()
     assert (body["status"]["day"], body["status"]["dailyQuota"]) == (2, 200)
@@ -282,29 +192,30 @@ async def test_senders_stats_drive_the_days_and_the_quota_reaches_the_lease(
     assert harness.lease().quota_remaining == 200  # a new day: the full new quota
 
     # A bounce spike holds the day (same quota again), with the figures in the event.
-    harness.senders.report("mail-0", sent=200, bounced=30)
+    harness.senders.report("mail-0", IP, sent=200, bounced=30)
     await harness.cycle()
     body = await harness.end_day()
     assert (body["status"]["phase"], body["status"]["day"]) == ("Held", 2)
     assert cond(body, "Held") == ("True", "BounceRateExceeded")
+    assert (warmups_gauge("WarmingUp"), warmups_gauge("Held")) == (0, 1)  # the alert reads it
     reason, message = harness.events()[-1]
     assert reason == "Hold"
     assert "bounce rate 15.00 % above the maximum 5.00 %" in message
     assert "sent 200/200" in message
 
     # Too little mail proves nothing: held again, not rolled back.
-    harness.senders.report("mail-0", sent=50)
+    harness.senders.report("mail-0", IP, sent=50)
     await harness.cycle()
     body = await harness.end_day()
     assert decisions(body)[-1] == (2, "Hold", "VolumeTooLow")
 
-    harness.senders.report("mail-0", sent=200)
+    harness.senders.report("mail-0", IP, sent=200)
     await harness.cycle()
     body = await harness.end_day()
     assert (body["status"]["phase"], body["status"]["day"]) == ("WarmingUp", 3)
     assert cond(body, "Held")[0] == "False"
 
-    harness.senders.report("mail-0", sent=300)
+    harness.senders.report("mail-0", IP, sent=300)
     await harness.cycle()
     body = await harness.end_day()
     assert body["status"]["phase"] == "Completed"
@@ -331,12 +242,12 @@ async def test_rollback_gate_pause_spec_pause_and_restart_keep_the_day(harness: 
     harness.create_warmup(target=1000, safety={"onViolation": "Rollback", "rollbackDays": 1})
     await harness.cycle()
     for day in (1, 2):
-        harness.senders.report("mail-0", sent=100 * day)
+        harness.senders.report("mail-0", IP, sent=100 * day)
         await harness.cycle()
         await harness.end_day()
 
     # Complaints on day 3 roll back to day 2.
-    harness.senders.report("mail-0", sent=300, delivered=300, complained=3)
+    harness.senders.report("mail-0", IP, sent=300, delivered=300, complained=3)
     await harness.cycle()
     body = await harness.end_day()
     assert (body["status"]["phase"], body["status"]["day"]) == ("RolledBack", 2)
@@ -345,7 +256,7 @@ async def test_rollback_gate_pause_spec_pause_and_restart_keep_the_day(harness: 
 
     # With onViolation Pause, a breach stops warm-up traffic until a person edits the spec.
     harness.edit({"safety": {"onViolation": "Pause"}})
-    harness.senders.report("mail-0", sent=200, complained=2)
+    harness.senders.report("mail-0", IP, sent=200, complained=2)
     await harness.cycle()
     body = await harness.end_day()
     status = body["status"]
@@ -380,7 +291,7 @@ async def test_rollback_gate_pause_spec_pause_and_restart_keep_the_day(harness: 
     # An operator restart (memory gone) keeps the day and the history, and carries on.
     history = body["status"]["history"]
     reconciler.MEMORY.clear()
-    harness.senders.report("mail-0", sent=200)
+    harness.senders.report("mail-0", IP, sent=200)
     body = await harness.cycle()
     assert (body["status"]["day"], body["status"]["history"]) == (2, history)
     body = await harness.end_day()
@@ -397,10 +308,10 @@ async def test_an_ip_that_changes_pods_mid_day_is_judged_on_everything_it_sent(
     pod_a = {"metadata": {"name": "a", "uid": "uid-a"}, "status": {"podIP": "127.0.0.61"}}
     pod_b = {"metadata": {"name": "b", "uid": "uid-b"}, "status": {"podIP": "127.0.0.62"}}
     await harness.cycle(pods=[pod_a])
-    harness.senders.report("a", sent=40)
+    harness.senders.report("a", IP, sent=40)
     await harness.cycle(pods=[pod_a])
     # Failover: pod a is gone, b holds the IP and sends the rest of the day.
-    harness.senders.report("b", sent=30)
+    harness.senders.report("b", IP, sent=30)
     body = await harness.cycle(pods=[pod_b])
     assert body["status"]["sentToday"] == 70
     body = await harness.end_day(pods=[pod_b])

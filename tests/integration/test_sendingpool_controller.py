@@ -8,115 +8,26 @@ is a manual clock, so lease expiry and `unhealthyAfter` are exercised without sl
 from __future__ import annotations
 
 import asyncio
-import datetime
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from aiohttp import web
 from mailfleet_operator import settings as settings_module
 from mailfleet_operator.kube import client as kube_client
 from mailfleet_operator.kube import config as kube_config
 from mailfleet_operator.kube import resources
 from mailfleet_operator.reconcile import context, pod_admin
 from mailfleet_operator.reconcile import sendingpool as reconciler
+from mailfleet_sandbox import fake_senders
 from mailfleet_sandbox.dns import DNSServer
+from mailfleet_sandbox.fake_senders import FakeSenders, free_port
 from mailfleet_sandbox.kube import ApiServer
-from mailfleet_sender import wire
+from sandbox_fixtures.operator import ManualClock, install_crds
 
-ROOT = Path(__file__).resolve().parents[2]
 NS = "default"
 IPS = ["192.0.2.10", "192.0.2.11"]
-T0 = datetime.datetime(2025, 3, 1, tzinfo=datetime.UTC)
-
-
-class ManualClock(settings_module.Clock):
-    def __init__(self) -> None:
-        super().__init__()
-        # Starts at the real time: the emulator stamps pod conditions with the wall clock.
-        self.moment = datetime.datetime.now(datetime.UTC)
-
-    def now(self) -> datetime.datetime:
-        return self.moment
-
-    def advance(self, seconds: float) -> None:
-        self.moment += datetime.timedelta(seconds=seconds)
-
-
-class FakePods:
-    """Admin endpoints of every pod; `holds[pod][ip]` is the lease expiry the pod keeps."""
-
-    def __init__(self, clock: ManualClock, port: int) -> None:
-        self.clock = clock
-        self.port = port
-        self.holds: dict[str, dict[str, datetime.datetime]] = {}
-        self.unreachable: set[str] = set()
-        self.drained: list[str] = []
-        self.runners: list[web.AppRunner] = []
-        self.violations: list[str] = []
-
-    def check(self) -> None:
-        for ip in IPS:
-            holders = [p for p, held in self.holds.items() if held.get(ip, T0) > self.clock.now()]
-            if len(holders) > 1:
-                self.violations.append(f"{ip} held by {holders} at {self.clock.now()}")
-
-    async def start(self, pod: str, host: str) -> None:
-        async def assignment(request: web.Request) -> web.Response:
-            if pod in self.unreachable:
-                return web.Response(status=503)
-            body = wire.Assignment.model_validate(await request.json())
-            self.holds[pod] = {lease.address: lease.expires_at for lease in body.leases}
-            self.check()
-            answer = wire.AssignmentStatus(
-                pod=pod,
-                generation=body.generation,
-                day=0,
-                leases=[
-                    wire.LeaseStatus(
-                        address=lease.address,
-                        helo_name=lease.helo_name,
-                        expires_at=lease.expires_at,
-                        valid=True,
-                    )
-                    for lease in body.leases
-                ],
-            )
-            return web.json_response(answer.model_dump(mode="json", by_alias=True))
-
-        async def stats(request: web.Request) -> web.Response:
-            if pod in self.unreachable:
-                return web.Response(status=503)
-            return web.json_response(wire.Stats(pod=pod).model_dump(mode="json", by_alias=True))
-
-        async def drain(request: web.Request) -> web.Response:
-            self.drained.append(pod)
-            return web.json_response({})
-
-        app = web.Application()
-        app.router.add_put("/v1/assignment", assignment)
-        app.router.add_get("/v1/stats", stats)
-        app.router.add_post("/v1/drain", drain)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        await web.TCPSite(runner, host, self.port).start()
-        self.runners.append(runner)
-
-    async def stop(self) -> None:
-        for runner in self.runners:
-            await runner.cleanup()
-
-    def holder_of(self, ip: str) -> list[str]:
-        return sorted(p for p, held in self.holds.items() if held.get(ip, T0) > self.clock.now())
-
-
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 class Harness:
@@ -125,13 +36,12 @@ class Harness:
         api: ApiServer,
         client: kube_client.Client,
         clock: ManualClock,
-        pods: FakePods,
+        pods: FakeSenders,
         settings: settings_module.Settings,
     ) -> None:
         self.api, self.client, self.clock, self.pods = api, client, clock, pods
         self.ctx = context.Context(client=client, settings=settings, clock=clock)
         self.admin = pod_admin.PodAdmin(timeout=1.0)
-        self.started: set[str] = set()
         # pod -> node. The emulator refuses to set spec.nodeName through a pod update (the
         # scheduler's binding is not emulated), so the harness binds pods in what it lists.
         self.node_of: dict[str, str] = {}
@@ -156,9 +66,7 @@ class Harness:
         for ordinal in range(count):
             pod = f"{name}-{ordinal}"
             host = f"127.0.0.{20 + ordinal}"
-            if pod not in self.started:
-                await self.pods.start(pod, host)
-                self.started.add(pod)
+            await self.pods.start(pod, host)
             await self.api.set_pod_status(NS, pod, ready=True, pod_ip=host)
             self.node_of[pod] = "node-a" if ordinal == 1 else "node-b"
 
@@ -180,8 +88,7 @@ def node(name: str, ready: bool) -> dict[str, Any]:
 
 @pytest.fixture
 async def harness(kube_api: ApiServer, kubeconfig: Path) -> AsyncIterator[Harness]:
-    for path in sorted((ROOT / "crds").glob("*.yaml")):
-        kube_api.create(yaml.safe_load(path.read_text()))
+    install_crds(kube_api)
     for name in ("node-a", "node-b"):
         kube_api.create(node(name, True))
         kube_api.patch(
@@ -189,7 +96,7 @@ async def harness(kube_api: ApiServer, kubeconfig: Path) -> AsyncIterator[Harnes
         )
     clock = ManualClock()
     port = free_port("127.0.0.20")
-    pods = FakePods(clock, port)
+    pods = FakeSenders(port, clock=clock.now)
     settings = settings_module.Settings(
         lease_duration=10,
         lease_renew_interval=3,
@@ -200,7 +107,6 @@ async def harness(kube_api: ApiServer, kubeconfig: Path) -> AsyncIterator[Harnes
     connection = kube_config.load_connection(str(kubeconfig))
     async with kube_client.Client(connection) as client:
         h = Harness(kube_api, client, clock, pods, settings)
-        h.pool_port = port  # type: ignore[attr-defined]
         try:
             yield h
         finally:
@@ -210,30 +116,17 @@ async def harness(kube_api: ApiServer, kubeconfig: Path) -> AsyncIterator[Harnes
 
 
 def pool(port: int, **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": "mailfleet.io/v1alpha1",
-        "kind": "SendingPool",
-        "metadata": {"name": "mail", "namespace": NS},
-        "spec": {
-            "replicas": 2,
-            "standbyReplicas": 1,
-            "egress": {
-                "ips": [
-                    {"address": ip, "heloName": f"mta{i}.example.com"} for i, ip in enumerate(IPS)
-                ]
-            },
-            "submission": {"http": {"port": port}},
-            "failover": {"unhealthyAfter": "5s"},
-            "throttling": {"rate": "100/s"},
-            **spec,
-        },
+    wanted: dict[str, Any] = {
+        "replicas": 2, "standbyReplicas": 1, "failover": {"unhealthyAfter": "5s"},
+        "throttling": {"rate": "100/s"}, **spec,
     }
+    return fake_senders.pool_body("mail", port=port, ips=IPS, namespace=NS, **wanted)
 
 
 async def test_a_pool_gets_owned_children_and_its_ips_spread_over_active_pods(
     harness: Harness,
 ) -> None:
-    created = harness.api.create(pool(harness.pool_port))  # type: ignore[attr-defined]
+    created = harness.api.create(pool(harness.pods.port))
     body = await harness.cycle()
     uid = created["metadata"]["uid"]
     for api_version, kind, name in [
@@ -259,8 +152,8 @@ async def test_a_pool_gets_owned_children_and_its_ips_spread_over_active_pods(
     await harness.cycle()
     body = await harness.cycle()
     assert harness.ips(body) == {IPS[0]: ("Active", "mail-0"), IPS[1]: ("Active", "mail-1")}
-    assert harness.pods.holder_of(IPS[0]) == ["mail-0"]
-    assert harness.pods.holder_of(IPS[1]) == ["mail-1"]
+    assert harness.pods.holders(IPS[0]) == ["mail-0"]
+    assert harness.pods.holders(IPS[1]) == ["mail-1"]
     assert harness.condition(body, "Ready") == "True"
     config = yaml.safe_load(
         harness.api.get("v1", "ConfigMap", "mail-config", NS)["data"]["sender.yaml"]
@@ -284,7 +177,7 @@ async def test_ips_move_on_unready_pod_node_failure_fencing_and_dnsbl(harness: H
         )
         harness.api.create(
             pool(
-                harness.pool_port,  # type: ignore[attr-defined]
+                harness.pods.port,
                 healthChecks={"dnsbl": {"zones": ["bl.test"], "interval": "1s"}},
             )
         )
@@ -301,13 +194,13 @@ async def test_ips_move_on_unready_pod_node_failure_fencing_and_dnsbl(harness: H
         assert harness.condition(body, "FailingOver") == "True"
         body = await harness.cycle()
         assert harness.ips(body)[IPS[0]] == ("Active", "mail-2")
-        assert harness.pods.holder_of(IPS[0]) == ["mail-2"]
-        assert "mail-0" in harness.pods.drained
+        assert harness.pods.holders(IPS[0]) == ["mail-2"]
+        assert harness.pods["mail-0"].drains
         assert harness.condition(body, "FailingOver") == "False"
 
         # mail-1's node goes NotReady and the pod is partitioned: the IP waits for expiry.
         await harness.api.set_pod_status(NS, "mail-0", ready=True, pod_ip="127.0.0.20")
-        harness.pods.unreachable.add("mail-1")
+        harness.pods["mail-1"].reachable = False
         harness.api.patch(
             "v1",
             "Node",
@@ -335,7 +228,7 @@ async def test_ips_move_on_unready_pod_node_failure_fencing_and_dnsbl(harness: H
         await harness.cycle()
         body = await harness.cycle()
         assert harness.ips(body)[IPS[0]] == ("Unassigned", None)
-        assert harness.pods.holder_of(IPS[0]) == []
+        assert harness.pods.holders(IPS[0]) == []
         harness.api.patch(
             "mailfleet.io/v1alpha1",
             "SendingPool",
@@ -352,7 +245,7 @@ async def test_ips_move_on_unready_pod_node_failure_fencing_and_dnsbl(harness: H
         await harness.cycle()
         body = await harness.cycle()
         assert harness.ips(body)[IPS[1]][0] == "Blocklisted"
-        assert harness.pods.holder_of(IPS[1]) == []
+        assert harness.pods.holders(IPS[1]) == []
         assert harness.condition(body, "Degraded") == "True"
         dns.delist_from_dnsbl("bl.test", IPS[1])
         harness.clock.advance(2)
@@ -363,11 +256,11 @@ async def test_ips_move_on_unready_pod_node_failure_fencing_and_dnsbl(harness: H
 async def test_an_operator_restart_mid_failover_waits_for_the_lease_and_does_not_flap(
     harness: Harness,
 ) -> None:
-    harness.api.create(pool(harness.pool_port))  # type: ignore[attr-defined]
+    harness.api.create(pool(harness.pods.port))
     await harness.cycle()
     await harness.run_pods(3)
     await harness.cycle()
-    harness.pods.unreachable.add("mail-0")  # partitioned: never confirms the release
+    harness.pods["mail-0"].reachable = False  # partitioned: never confirms the release
     await harness.api.set_pod_status(NS, "mail-0", ready=False, pod_ip="127.0.0.20")
     harness.clock.advance(6)
     body = await harness.cycle()
@@ -387,7 +280,7 @@ async def test_an_operator_restart_mid_failover_waits_for_the_lease_and_does_not
 async def test_a_missing_domainauth_makes_the_pool_not_ready_and_names_it(
     harness: Harness,
 ) -> None:
-    harness.api.create(pool(harness.pool_port, domains=["example-com"]))  # type: ignore[attr-defined]
+    harness.api.create(pool(harness.pods.port, domains=["example-com"]))
     body = await harness.cycle()
     ready = next(c for c in body["status"]["conditions"] if c["type"] == "Ready")
     assert (ready["status"], ready["reason"]) == ("False", "DomainAuthNotFound")

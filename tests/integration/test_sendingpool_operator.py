@@ -14,7 +14,6 @@ import asyncio
 import contextlib
 import json
 import re
-import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,10 +22,10 @@ from typing import Any
 import aiohttp
 import pytest
 import yaml
-from aiohttp import web
+from mailfleet_sandbox import fake_senders
 from mailfleet_sandbox.dns import DNSServer
+from mailfleet_sandbox.fake_senders import FakeSender, FakeSenders, free_port
 from mailfleet_sandbox.kube import ApiServer
-from mailfleet_sender import wire
 from sandbox_fixtures.operator import (
     OperatorRunner,
     condition,
@@ -42,76 +41,13 @@ IPS = ["192.0.2.10", "192.0.2.11"]
 HOST_BASE = 60  # pod N of the pool answers on 127.0.0.(HOST_BASE + N)
 
 
-def free_port(host: str) -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-class FakeSender:
-    """The admin API of one pod: keeps its leases, reports the queue the test sets."""
-
-    def __init__(self, pod: str, host: str, port: int) -> None:
-        self.pod, self.host, self.port = pod, host, port
-        self.queue = 0
-        self.leases: list[str] = []
-        self.drains: list[bool] = []  # the `handoff` flag of every drain request
-        self.stats_reads = 0
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        async def assignment(request: web.Request) -> web.Response:
-            body = wire.Assignment.model_validate(await request.json())
-            self.leases = [lease.address for lease in body.leases]
-            answer = wire.AssignmentStatus(
-                pod=self.pod,
-                generation=body.generation,
-                day=0,
-                leases=[
-                    wire.LeaseStatus(
-                        address=lease.address,
-                        helo_name=lease.helo_name,
-                        expires_at=lease.expires_at,
-                        valid=True,
-                    )
-                    for lease in body.leases
-                ],
-            )
-            return web.json_response(answer.model_dump(mode="json", by_alias=True))
-
-        async def stats(request: web.Request) -> web.Response:
-            self.stats_reads += 1
-            body = wire.Stats(
-                pod=self.pod,
-                draining=bool(self.drains),
-                queues={"default": wire.QueueStats(depth=self.queue)},
-            )
-            return web.json_response(body.model_dump(mode="json", by_alias=True))
-
-        async def drain(request: web.Request) -> web.Response:
-            self.drains.append(request.query.get("handoff") == "true")  # as the sender reads it
-            return web.json_response({"draining": True})
-
-        app = web.Application()
-        app.router.add_put("/v1/assignment", assignment)
-        app.router.add_get("/v1/stats", stats)
-        app.router.add_post("/v1/drain", drain)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, self.host, self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-
 class Kubelet:
     """Makes every pod of the pool Running and Ready with a fake sender behind its IP."""
 
     def __init__(self, api: ApiServer, pool: str, port: int) -> None:
         self.api, self.pool, self.port = api, pool, port
-        self.senders: dict[str, FakeSender] = {}
+        self.fleet = FakeSenders(port)
+        self.senders = self.fleet.pods
         self.operator: OperatorRunner | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -124,12 +60,8 @@ class Kubelet:
             name = pod["metadata"]["name"]
             if (pod.get("status") or {}).get("podIP") or pod["metadata"].get("deletionTimestamp"):
                 continue
-            sender = self.senders.get(name)
-            if sender is None:
-                ordinal = int(name.rsplit("-", 1)[1])
-                sender = FakeSender(name, f"127.0.0.{HOST_BASE + ordinal}", self.port)
-                await sender.start()
-                self.senders[name] = sender
+            ordinal = int(name.rsplit("-", 1)[1])
+            sender = await self.fleet.start(name, f"127.0.0.{HOST_BASE + ordinal}")
             await self.api.set_pod_status(NS, name, ready=True, pod_ip=sender.host)
 
     async def _loop(self) -> None:
@@ -145,8 +77,7 @@ class Kubelet:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
-        for sender in self.senders.values():
-            await sender.stop()
+        await self.fleet.stop()
 
 
 async def kubectl(kubeconfig: Path, *args: str) -> str:
@@ -160,22 +91,8 @@ async def kubectl(kubeconfig: Path, *args: str) -> str:
 
 
 def pool_body(port: int, name: str = "mail", **spec: Any) -> dict[str, Any]:
-    return {
-        "apiVersion": API,
-        "kind": "SendingPool",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "replicas": 2,
-            "egress": {
-                "ips": [
-                    {"address": ip, "heloName": f"mta{i}.example.com"} for i, ip in enumerate(IPS)
-                ]
-            },
-            "submission": {"http": {"port": port}},
-            "throttling": {"rate": "100/s"},
-            **spec,
-        },
-    }
+    wanted: dict[str, Any] = {"replicas": 2, "throttling": {"rate": "100/s"}, **spec}
+    return fake_senders.pool_body(name, port=port, ips=IPS, namespace=NS, **wanted)
 
 
 def get(api: ApiServer, api_version: str, kind: str, name: str) -> dict[str, Any] | None:
@@ -264,7 +181,7 @@ async def test_a_pool_run_by_the_operator_gets_children_status_and_printer_colum
         assert sorted((ip["address"], ip["state"]) for ip in status["ips"]) == [
             (IPS[0], "Active"), (IPS[1], "Active")
         ]
-        assert sorted(s.leases[0] for s in kubelet.senders.values() if s.leases) == IPS
+        assert sorted(s.addresses[0] for s in kubelet.senders.values() if s.leases) == IPS
         assert status["selector"] == (
             "app.kubernetes.io/name=mailfleet-sender,mailfleet.io/pool=mail"
         )
@@ -377,7 +294,7 @@ async def test_a_scale_down_waits_until_the_drained_pod_reports_an_empty_queue(
         leaving = await scale_down_to_one(kube_api, kubelet, port)
         # Its IP moves to the pod that stays, and it keeps reporting a queue: no shrink.
         await wait_for(
-            lambda: leaving.leases == [] and kubelet.senders["mail-0"].leases == IPS,
+            lambda: leaving.leases == [] and kubelet.senders["mail-0"].addresses == IPS,
             message="both IPs on mail-0",
         )
         reads = leaving.stats_reads
@@ -468,6 +385,6 @@ async def test_the_operator_sees_nodes_and_moves_the_ip_of_a_pod_on_a_failed_nod
         kube_api.patch("v1", "Node", "node-a", {"status": node("node-a", False)["status"]},
                        subresource="status")
         await wait_for(lambda: holders() == {"mail-1"}, message="both IPs on the standby")
-        assert kubelet.senders["mail-1"].leases == IPS
+        assert kubelet.senders["mail-1"].addresses == IPS
         assert kubelet.senders["mail-0"].leases == []  # released (the pod still answered)
         assert events(kube_api, "IPFailingOver")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import inspect
 import threading
 import time
@@ -110,6 +111,25 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {message}; last: {last!r}")
         await asyncio.sleep(interval)
+
+
+class ManualClock(settings_module.Clock):
+    """The operator's clock, moved by the test, so leases, `unhealthyAfter` and warm-up days
+    pass without sleeping. Starts at `start`, by default the real time (the emulator stamps
+    pod conditions with the wall clock)."""
+
+    def __init__(self, start: datetime.datetime | None = None) -> None:
+        super().__init__()
+        self.moment = start or datetime.datetime.now(datetime.UTC)
+
+    def now(self) -> datetime.datetime:
+        return self.moment
+
+    def advance(self, seconds: float) -> None:
+        self.moment += datetime.timedelta(seconds=seconds)
+
+    def to(self, moment: datetime.datetime) -> None:
+        self.moment = moment
 
 
 def condition(obj: dict[str, Any], type_: str) -> dict[str, Any] | None:

@@ -374,7 +374,9 @@ def make_pool(
     """Sender processes of one pool, one per 127.x address, peers of each other (the static
     list standing in for the headless Service). Start them with `start_all`."""
     pods = [
-        SenderProcess(tmp / f"{prefix}-{i}", cfg, pod=f"{prefix}-{i}", pod_ip=ip)
+        SenderProcess(tmp / f"{prefix}-{i}", {**cfg, "spoolDir": str(tmp / f"{prefix}-{i}" /
+                                                                "spool")},
+                      pod=f"{prefix}-{i}", pod_ip=ip)
         for i, ip in enumerate(ips)
     ]
     urls = [pod.url for pod in pods]

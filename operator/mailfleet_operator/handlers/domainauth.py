@@ -14,8 +14,8 @@ from typing import Any
 
 import kopf
 
-from mailfleet_operator import metrics
 from mailfleet_operator.api import common, domainauth
+from mailfleet_operator.handlers import reconciling
 from mailfleet_operator.kube import resources
 from mailfleet_operator.reconcile import context
 from mailfleet_operator.reconcile import domainauth as reconciler
@@ -40,33 +40,33 @@ def _state(memo: Any) -> _ObjectState:
 
 
 async def _run(memo: Any, *, namespace: str, name: str) -> None:
-    """One reconcile under the object's lock; schedules the next one."""
+    """One reconcile under the object's lock; schedules the next one (after `error_delay`
+    when it failed)."""
     ctx: context.Context = memo.ctx
     state = _state(memo)
     loop = asyncio.get_running_loop()
+
+    async def reconcile() -> float:
+        outcome = await reconciler.reconcile(ctx, namespace=namespace, name=name)
+        return outcome.requeue_after
+
     async with state.lock:
+        delay = ctx.settings.error_delay
         try:
-            outcome = await reconciler.reconcile(ctx, namespace=namespace, name=name)
-        except Exception as error:
-            metrics.RECONCILE_ERRORS.labels(kind=domainauth.KIND, error=type(error).__name__).inc()
-            state.deadline = loop.time() + ctx.settings.error_delay
+            delay = await reconciling.measured(domainauth.KIND, reconcile)
+        finally:
+            state.deadline = loop.time() + delay
             state.wake.set()
-            raise
-        state.deadline = loop.time() + outcome.requeue_after
-        state.wake.set()
 
 
 @kopf.on.resume(*RESOURCE)
 @kopf.on.create(*RESOURCE)
 @kopf.on.update(*RESOURCE)
 async def domainauth_changed(*, memo: Any, namespace: str | None, name: str, **_: Any) -> None:
-    try:
-        await _run(memo, namespace=namespace or "default", name=name)
-    except Exception as error:
-        raise kopf.TemporaryError(
-            f"reconcile failed: {type(error).__name__}: {error}",
-            delay=memo.ctx.settings.error_delay,
-        ) from error
+    await reconciling.run_now(
+        lambda: _run(memo, namespace=namespace or "default", name=name),
+        error_delay=memo.ctx.settings.error_delay,
+    )
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=5.0)

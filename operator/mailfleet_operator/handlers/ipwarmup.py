@@ -14,8 +14,8 @@ from typing import Any
 
 import kopf
 
-from mailfleet_operator import metrics
 from mailfleet_operator.api import common, ipwarmup
+from mailfleet_operator.handlers import reconciling
 from mailfleet_operator.reconcile import context, pod_admin
 from mailfleet_operator.reconcile import ipwarmup as reconciler
 
@@ -43,20 +43,19 @@ def _pods(
     return list(index.get((namespace, pool), []))
 
 
-async def _cycle(
-    memo: kopf.Memo, body: kopf.Body, namespace: str, kwargs: Mapping[str, Any]
-) -> float:
+def _cycle(
+    memo: kopf.Memo, body: kopf.Body, namespace: str | None, kwargs: Mapping[str, Any]
+) -> reconciling.Cycle:
     ctx: context.Context = memo.ctx
-    metrics.RECONCILES.labels(kind=ipwarmup.KIND).inc()
-    with metrics.RECONCILE_SECONDS.labels(kind=ipwarmup.KIND).time():
-        try:
-            outcome = await reconciler.reconcile_warmup(
-                ctx, _admin(memo), dict(body), pods=_pods(body, namespace, kwargs)
-            )
-        except Exception as error:
-            metrics.RECONCILE_ERRORS.labels(kind=ipwarmup.KIND, error=type(error).__name__).inc()
-            raise
-    return outcome.requeue_after
+    ns = namespace or "default"
+
+    async def reconcile() -> float:
+        outcome = await reconciler.reconcile_warmup(
+            ctx, _admin(memo), dict(body), pods=_pods(body, ns, kwargs)
+        )
+        return outcome.requeue_after
+
+    return lambda: reconciling.measured(ipwarmup.KIND, reconcile)
 
 
 @kopf.on.resume(*RESOURCE)
@@ -65,13 +64,9 @@ async def _cycle(
 async def ipwarmup_changed(
     memo: kopf.Memo, body: kopf.Body, namespace: str | None, **kwargs: Any
 ) -> None:
-    try:
-        await _cycle(memo, body, namespace or "default", kwargs)
-    except Exception as error:
-        raise kopf.TemporaryError(
-            f"reconcile failed: {type(error).__name__}: {error}",
-            delay=memo.ctx.settings.error_delay,
-        ) from error
+    await reconciling.run_now(
+        _cycle(memo, body, namespace, kwargs), error_delay=memo.ctx.settings.error_delay
+    )
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
@@ -84,16 +79,13 @@ async def ipwarmup_timer(
     **kwargs: Any,
 ) -> None:
     settings = memo.ctx.settings
-    delay = min(settings.error_delay, settings.stats_interval)  # then as the reconciler asks
-    while not stopped:
-        await stopped.wait(delay)
-        if stopped:
-            break
-        try:
-            delay = await _cycle(memo, body, namespace or "default", kwargs)
-        except Exception as error:  # logged and retried; never fatal
-            logger.warning(f"reconcile failed: {type(error).__name__}: {error}")
-            delay = memo.ctx.settings.error_delay
+    await reconciling.run_timer(
+        stopped,
+        _cycle(memo, body, namespace, kwargs),
+        first_delay=min(settings.error_delay, settings.stats_interval),  # then as it asks
+        error_delay=settings.error_delay,
+        logger=logger,
+    )
 
 
 @kopf.on.delete(*RESOURCE, optional=True)

@@ -9,15 +9,14 @@ Children are deleted by the garbage collector through their owner references.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from mailfleet_operator import metrics
 from mailfleet_operator import settings as settings_module
 from mailfleet_operator.api import common, ipwarmup, sendingpool
+from mailfleet_operator.handlers import reconciling
 from mailfleet_operator.logic import children
 from mailfleet_operator.reconcile import context, pod_admin
 from mailfleet_operator.reconcile import sendingpool as reconciler
@@ -67,20 +66,20 @@ def _world(namespace: str, name: str, indexes: Mapping[str, Any]) -> reconciler.
     )
 
 
-async def _cycle(
-    memo: kopf.Memo, body: kopf.Body, namespace: str, name: str, indexes: Mapping[str, Any]
-) -> float:
+def _cycle(
+    memo: kopf.Memo, body: kopf.Body, namespace: str | None, name: str,
+    indexes: Mapping[str, Any],
+) -> reconciling.Cycle:
     ctx: context.Context = memo.ctx
-    metrics.RECONCILES.labels(kind=sendingpool.KIND).inc()
-    with metrics.RECONCILE_SECONDS.labels(kind=sendingpool.KIND).time():
-        try:
-            outcome = await reconciler.reconcile_pool(
-                ctx, _admin(memo), dict(body), _world(namespace, name, indexes)
-            )
-        except Exception as error:
-            metrics.RECONCILE_ERRORS.labels(kind=sendingpool.KIND, error=type(error).__name__).inc()
-            raise
-    return outcome.requeue_after
+    ns = namespace or "default"
+
+    async def reconcile() -> float:
+        outcome = await reconciler.reconcile_pool(
+            ctx, _admin(memo), dict(body), _world(ns, name, indexes)
+        )
+        return outcome.requeue_after
+
+    return lambda: reconciling.measured(sendingpool.KIND, reconcile)
 
 
 @kopf.on.resume(*RESOURCE)
@@ -89,13 +88,9 @@ async def _cycle(
 async def sendingpool_changed(
     memo: kopf.Memo, body: kopf.Body, namespace: str | None, name: str, **kwargs: Any
 ) -> None:
-    try:
-        await _cycle(memo, body, namespace or "default", name, kwargs)
-    except Exception as error:
-        raise kopf.TemporaryError(
-            f"reconcile failed: {type(error).__name__}: {error}",
-            delay=memo.ctx.settings.error_delay,
-        ) from error
+    await reconciling.run_now(
+        _cycle(memo, body, namespace, name, kwargs), error_delay=memo.ctx.settings.error_delay
+    )
 
 
 @kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
@@ -108,17 +103,14 @@ async def sendingpool_timer(
     logger: Any,
     **kwargs: Any,
 ) -> None:
-    delay = memo.ctx.settings.lease_renew_interval / 2
-    while not stopped:
-        await stopped.wait(delay)
-        if stopped:
-            break
-        try:
-            delay = await _cycle(memo, body, namespace or "default", name, kwargs)
-        except Exception as error:  # logged and retried; never fatal
-            logger.warning(f"reconcile failed: {type(error).__name__}: {error}")
-            delay = memo.ctx.settings.error_delay
-        await asyncio.sleep(0)
+    settings = memo.ctx.settings
+    await reconciling.run_timer(
+        stopped,
+        _cycle(memo, body, namespace, name, kwargs),
+        first_delay=settings.lease_renew_interval / 2,
+        error_delay=settings.error_delay,
+        logger=logger,
+    )
 
 
 @kopf.on.startup()

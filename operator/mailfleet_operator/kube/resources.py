@@ -97,7 +97,8 @@ KOPF_PEERINGS = Resource(
 )
 CLUSTER_KOPF_PEERINGS = Resource(
     group="kopf.dev", version="v1", plural="clusterkopfpeerings", kind="ClusterKopfPeering",
-    namespaced=False, verbs=_verbs("list", "watch", "patch"), why="kopf peering (cluster-wide operator)",
+    namespaced=False, verbs=_verbs("list", "watch", "patch"),
+    why="kopf peering (cluster-wide operator)",
 )
 
 # --- SendingPool children and what the pool controller watches ---------------------------

@@ -161,6 +161,21 @@ def render_throttles(throttling: sp.Throttling, active_pods: int) -> sc.Throttle
     )
 
 
+FEEDBACK_PORT = 2525
+"""The pods' inbound feedback port (DSNs, ARF reports) when the pool's feedback loop is on."""
+
+
+def render_deliverability(
+    spec: sp.SendingPoolSpec, pool: str, namespace: str
+) -> sc.Deliverability:
+    """Peers through the headless Service (suppression replication, hand-off); the feedback
+    port when the feedback loop is on. Keys default to ones derived from the admin token."""
+    return sc.Deliverability(
+        peers=sc.Peers(service=f"{children.Names(pool).headless_service}.{namespace}.svc"),
+        feedback_port=FEEDBACK_PORT if spec.feedback_loop.enabled else None,
+    )
+
+
 def _secret_mount(volume: str, name: str, items: Sequence[str] = ()) -> children.SecretMount:
     return children.SecretMount(volume=volume, secret_name=name, items=tuple(items))
 
@@ -227,6 +242,7 @@ def render_config(spec_in: RenderInput) -> Rendered:
             soft_to_hard_after=spec.bounces.soft_to_hard_after,
         ),
         feedback=sc.Feedback(enabled=spec.feedback_loop.enabled),
+        deliverability=render_deliverability(spec, spec_in.name, spec_in.namespace),
     )
     if spec_in.day_length:
         config.clock = sc.Clock(day_length=spec_in.day_length)

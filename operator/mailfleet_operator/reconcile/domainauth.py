@@ -42,12 +42,10 @@ KIND = domainauth.KIND
 
 async def reconcile(ctx: context.Context, *, namespace: str, name: str) -> context.Outcome:
     """Converge one DomainAuth; returns when it wants to be looked at again."""
-    metrics.RECONCILES.labels(kind=KIND).inc()
-    with metrics.RECONCILE_SECONDS.labels(kind=KIND).time():
-        body = await ctx.client.get(resources.DOMAIN_AUTHS, name=name, namespace=namespace)
-        if body is None or body.get("metadata", {}).get("deletionTimestamp"):
-            return context.Outcome(requeue_after=ctx.settings.error_delay)
-        return await _reconcile(ctx, body)
+    body = await ctx.client.get(resources.DOMAIN_AUTHS, name=name, namespace=namespace)
+    if body is None or body.get("metadata", {}).get("deletionTimestamp"):
+        return context.Outcome(requeue_after=ctx.settings.error_delay)
+    return await _reconcile(ctx, body)
 
 
 async def _reconcile(ctx: context.Context, body: dict[str, Any]) -> context.Outcome:

@@ -22,14 +22,16 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import dataclasses
 import datetime
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from mailfleet_sender import wire
 from pydantic import ValidationError
 
+from mailfleet_operator import metrics
 from mailfleet_operator.api import common
 from mailfleet_operator.api import ipwarmup as ipw
 from mailfleet_operator.api import sendingpool as sp
@@ -63,9 +65,12 @@ class WarmupMemory:
     counts: warmup_progress.DayCounts = dataclasses.field(default_factory=dict)
     token: str | None = None
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
+    placed: tuple[str, ipw.Phase] | None = None
+    """(namespace, phase) as last written to status, for the `warmups` gauge."""
 
 
 MEMORY: dict[str, WarmupMemory] = {}
+_GAUGED_NAMESPACES: set[str] = set()
 
 
 def memory_for(uid: str) -> WarmupMemory:
@@ -74,6 +79,20 @@ def memory_for(uid: str) -> WarmupMemory:
 
 def forget(uid: str) -> None:
     MEMORY.pop(uid, None)
+    _publish_phases()
+
+
+def _publish_phases() -> None:
+    """`mailfleet_operator_warmups{namespace, phase}`: the IPWarmups this process serves.
+    Every phase of every namespace seen is set, 0 included, so a warm-up leaving `Held`
+    ends the alert rather than leaving a stale series behind."""
+    counts = collections.Counter(m.placed for m in MEMORY.values() if m.placed)
+    _GAUGED_NAMESPACES.update(namespace for namespace, _ in counts)
+    for namespace in _GAUGED_NAMESPACES:
+        for phase in get_args(ipw.Phase):
+            metrics.WARMUPS.labels(namespace=namespace, phase=phase).set(
+                counts[(namespace, phase)]
+            )
 
 
 async def reconcile_warmup(
@@ -565,6 +584,8 @@ async def _apply(
         await ctx.client.patch_status(
             resources.IP_WARMUPS, name=meta["name"], namespace=meta.get("namespace"), status=new
         )
+    memory_for(meta["uid"]).placed = (meta.get("namespace") or "default", status.phase)
+    _publish_phases()
     for type_, reason, message in cycle.events:
         try:
             await ctx.client.post_event(regarding=body, type_=type_, reason=reason, message=message)

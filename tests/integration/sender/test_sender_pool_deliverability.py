@@ -121,8 +121,8 @@ async def test_a_hard_bounce_at_one_pod_stops_every_pod_and_removal_resumes_deli
     await eventually(counted, "suppressed results counted")
     assert gmail.codes_for("gone@gmail.test") == [550]
     _, metrics = await pods[1].client.request("GET", "/metrics")
-    assert ('mailfleet_sender_messages_total{result="suppressed",class="transactional",ip="",'
-            'provider=""} 1.0') in metrics
+    assert ('mailfleet_sender_messages_total{class="transactional",ip="",provider="",'
+            'result="suppressed"} 1.0') in metrics
 
     # The mailbox exists again; removing the entry through any pod resumes delivery everywhere.
     gmail.behaviour.unknown_users.clear()
@@ -240,7 +240,7 @@ async def test_one_click_unsubscribe_suppresses_everywhere_and_forgeries_change_
     assert (status, body["result"]) == (200, "unchanged")
     _, metrics = await pods[1].client.request("GET", "/metrics")
     for result in ("recorded", "unchanged", "forged_token"):
-        assert (f'mailfleet_sender_unsubscribes_total{{via="one-click",result="{result}"}} 1.0'
+        assert (f'mailfleet_sender_unsubscribes_total{{result="{result}",via="one-click"}} 1.0'
                 in metrics), result
 
 

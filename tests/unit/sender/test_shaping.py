@@ -147,7 +147,8 @@ def test_rules_are_strict_config() -> None:
     assert parsed.default.backoff_factor == 0.7
     assert parsed.default.recover_every_s == 30.0
     assert parsed.for_provider("gmail").suspend_for_s == 3600.0
-    assert "yahoo" not in parsed.providers  # a given table replaces the built-in one
+    # A given entry replaces the built-in one of its name; the other built-ins stay.
+    assert parsed.for_provider("yahoo") == shaping.DEFAULT_PROVIDER_RULES["yahoo"]
     with pytest.raises(pydantic.ValidationError, match="threshhold"):
         shaping.ShapingRules.model_validate({"default": {"threshhold": 3}})
     with pytest.raises(pydantic.ValidationError, match="backoffFactor"):

@@ -72,19 +72,28 @@ def sent(result: assigning.AssignmentPlan) -> dict[str, tuple[str, ...]]:
     return {p.pod: p.ips for p in result.pods if p.send}
 
 
+def expect(*cells: str) -> dict[str, tuple[str, str | None]]:
+    """Wanted state and holder per IP, in the order of IPS: "Active p-0", "Standby"."""
+    wanted: dict[str, tuple[str, str | None]] = {}
+    for address, cell in zip(IPS, cells, strict=False):
+        state, _, holder = cell.partition(" ")
+        wanted[address] = (state, holder or None)
+    return wanted
+
+
 HELD = [lease(IPS[0], 0), lease(IPS[1], 1), lease(IPS[2], 0), lease(IPS[3], 1)]
+SPREAD = expect("Active p-0", "Active p-1", "Active p-0", "Active p-1")
+"""The IPs as HELD holds them."""
+P0_DRAINING = expect("Draining p-0", "Active p-1", "Draining p-0", "Active p-1")
+"""p-0's IPs revoked, waiting for its release or the lease end."""
+P0_MOVED_TO_STANDBY = expect("Active p-2", "Active p-1", "Active p-2", "Active p-1")
 THREE_PODS = [pod(0), pod(1), pod(2)]
 
 
 CASES = [
     pytest.param(
         dict(pods=THREE_PODS, leases=[]),
-        {
-            IPS[0]: ("Active", "p-0"),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Active", "p-0"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        SPREAD,
         {"p-0": (IPS[0], IPS[2]), "p-1": (IPS[1], IPS[3])},
         False,
         id="a new pool spreads its IPs over the active pods and leaves the standby empty",
@@ -98,12 +107,7 @@ CASES = [
     ),
     pytest.param(
         dict(pods=THREE_PODS, leases=HELD),
-        {
-            IPS[0]: ("Active", "p-0"),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Active", "p-0"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        SPREAD,
         {},
         False,
         id="fresh leases of healthy holders are kept and not renewed yet",
@@ -113,12 +117,7 @@ CASES = [
             pods=THREE_PODS,
             leases=[dataclasses.replace(x, expires_at=T0 + timedelta(seconds=9)) for x in HELD],
         ),
-        {
-            IPS[0]: ("Active", "p-0"),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Active", "p-0"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        SPREAD,
         {"p-0": (IPS[0], IPS[2]), "p-1": (IPS[1], IPS[3])},
         False,
         id="leases past their renewal point are renewed on the same pods",
@@ -128,12 +127,7 @@ CASES = [
             pods=[pod(0, ready=False, unready_since=T0 - timedelta(seconds=3)), pod(1), pod(2)],
             leases=HELD,
         ),
-        {
-            IPS[0]: ("Active", "p-0"),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Active", "p-0"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        SPREAD,
         {},
         False,
         id="a holder unready for less than unhealthyAfter keeps its IPs",
@@ -143,12 +137,7 @@ CASES = [
             pods=[pod(0, ready=False, unready_since=T0 - timedelta(seconds=10)), pod(1), pod(2)],
             leases=HELD,
         ),
-        {
-            IPS[0]: ("Draining", "p-0"),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Draining", "p-0"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        P0_DRAINING,
         {"p-0": ()},
         True,
         id="a holder unready for unhealthyAfter is revoked but its IPs wait for the release",
@@ -163,12 +152,7 @@ CASES = [
                 HELD[3],
             ],
         ),
-        {
-            IPS[0]: ("Active", "p-2"),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Active", "p-2"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        P0_MOVED_TO_STANDBY,
         {"p-2": (IPS[0], IPS[2])},
         False,
         id="once the failed pod confirmed the release its IPs go to the standby",
@@ -178,84 +162,49 @@ CASES = [
             pods=[pod(0, ready=False, unready_since=T0 - timedelta(seconds=30)), pod(1), pod(2)],
             leases=[lease(IPS[0], 0, ttl=0), HELD[1], lease(IPS[2], 0, ttl=-1), HELD[3]],
         ),
-        {
-            IPS[0]: ("Active", "p-2"),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Active", "p-2"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        P0_MOVED_TO_STANDBY,
         {"p-2": (IPS[0], IPS[2])},
         False,
         id="an unreachable failed pod loses its IPs when its lease expired",
     ),
     pytest.param(
         dict(pods=[pod(0, node_ready=False), pod(1), pod(2)], leases=HELD),
-        {
-            IPS[0]: ("Draining", "p-0"),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Draining", "p-0"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        P0_DRAINING,
         {"p-0": ()},
         True,
         id="a holder on a NotReady node fails at once but a partitioned pod keeps its lease",
     ),
     pytest.param(
         dict(pods=[pod(1), pod(2)], leases=HELD),
-        {
-            IPS[0]: ("Active", "p-2"),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Active", "p-2"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        P0_MOVED_TO_STANDBY,
         {"p-2": (IPS[0], IPS[2])},
         False,
         id="a holder whose pod object is gone frees its IPs at once",
     ),
     pytest.param(
         dict(pods=[pod(0, uid="uid-0-new"), pod(1), pod(2)], leases=HELD),
-        {
-            IPS[0]: ("Active", "p-0"),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Active", "p-0"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        SPREAD,
         {"p-0": (IPS[0], IPS[2])},
         False,
         id="a pod recreated under the same name is a new pod without the old leases",
     ),
     pytest.param(
         dict(pods=[pod(0, terminating=True), pod(1), pod(2)], leases=HELD),
-        {
-            IPS[0]: ("Draining", "p-0"),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Draining", "p-0"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        P0_DRAINING,
         {"p-0": ()},
         True,
         id="a terminating holder is revoked and its IPs wait for the release",
     ),
     pytest.param(
         dict(pods=[pod(1), pod(2)], leases=HELD, ips=IPS),
-        {
-            IPS[0]: ("Active", "p-2"),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Active", "p-2"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        P0_MOVED_TO_STANDBY,
         {"p-2": (IPS[0], IPS[2])},
         False,
         id="failover prefers the standby over loading the other active pod",
     ),
     pytest.param(
         dict(pods=[pod(1)], leases=HELD),
-        {
-            IPS[0]: ("Active", "p-1"),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Active", "p-1"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        expect("Active p-1", "Active p-1", "Active p-1", "Active p-1"),
         {"p-1": (IPS[1], IPS[3], IPS[0], IPS[2])},
         False,
         id="without a standby the least loaded healthy pod takes the IPs",
@@ -274,12 +223,7 @@ CASES = [
     ),
     pytest.param(
         dict(pods=THREE_PODS, leases=HELD, listed={IPS[0]: ["bl.example"]}),
-        {
-            IPS[0]: ("Blocklisted", "p-0"),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Active", "p-0"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        expect("Blocklisted p-0", "Active p-1", "Active p-0", "Active p-1"),
         {"p-0": (IPS[2],)},
         False,
         id="a DNSBL-listed IP is revoked and not handed to anyone",
@@ -290,24 +234,14 @@ CASES = [
             leases=[lease(IPS[0], 0, released=True), *HELD[1:]],
             listed={IPS[0]: ["bl.example"]},
         ),
-        {
-            IPS[0]: ("Blocklisted", None),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Active", "p-0"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        expect("Blocklisted", "Active p-1", "Active p-0", "Active p-1"),
         {},
         False,
         id="a released blocklisted IP stays unheld until delisted",
     ),
     pytest.param(
         dict(pods=THREE_PODS, leases=HELD, fenced=frozenset({IPS[1]})),
-        {
-            IPS[0]: ("Active", "p-0"),
-            IPS[1]: ("Unassigned", "p-1"),
-            IPS[2]: ("Active", "p-0"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        expect("Active p-0", "Unassigned p-1", "Active p-0", "Active p-1"),
         {"p-1": (IPS[3],)},
         False,
         id="a fenced IP is revoked from its holder by hand",
@@ -318,24 +252,14 @@ CASES = [
             leases=[HELD[0], HELD[1], lease(IPS[2], 2), lease(IPS[3], 2)],
             active=2,
         ),
-        {
-            IPS[0]: ("Active", "p-0"),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Draining", "p-2"),
-            IPS[3]: ("Draining", "p-2"),
-        },
+        expect("Active p-0", "Active p-1", "Draining p-2", "Draining p-2"),
         {"p-2": ()},
         False,
         id="a pod removed by a scale-down releases its IPs gracefully, not as a failure",
     ),
     pytest.param(
         dict(pods=[pod(0), pod(1), pod(2)], leases=HELD, active=3),
-        {
-            IPS[0]: ("Active", "p-0"),
-            IPS[1]: ("Active", "p-1"),
-            IPS[2]: ("Draining", "p-0"),
-            IPS[3]: ("Active", "p-1"),
-        },
+        expect("Active p-0", "Active p-1", "Draining p-0", "Active p-1"),
         {"p-0": (IPS[0],)},
         False,
         id="after a scale-up one IP at a time is moved to the new active pod",

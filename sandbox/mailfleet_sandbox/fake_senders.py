@@ -1,0 +1,214 @@
+"""Fake sender pods: only the admin API the operator calls (`PUT /v1/assignment`,
+`GET /v1/stats`, `POST /v1/drain`), one tiny aiohttp app per pod on its own loopback address.
+
+Controller tests and benchmarks use these instead of real senders so that a reconcile cycle
+costs milliseconds and time can be a manual clock: what a pod holds, reports and was asked
+to do is plain data the caller reads and sets. Every grant is checked against the one rule
+that must never break: no IP validly leased to two pods at the same moment (`violations`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime
+import math
+import socket
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+from mailfleet_sender import wire
+
+DEFAULT_DAY_SECONDS = 86400.0
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port free on `host` now (every fake pod listens on it, each on its own host)."""
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def pool_body(
+    name: str, *, port: int, ips: Sequence[str], namespace: str = "default", **spec: Any
+) -> dict[str, Any]:
+    """A SendingPool whose pods serve their admin API on `port` (where fake senders listen),
+    one pod, egress `ips` with HELO names mta<N>.example.com; `spec` adds or overrides."""
+    return {
+        "apiVersion": "mailfleet.io/v1alpha1",
+        "kind": "SendingPool",
+        "metadata": {"name": name, "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "egress": {
+                "ips": [{"address": ip, "heloName": f"mta{i}.example.com"}
+                        for i, ip in enumerate(ips)]
+            },
+            "submission": {"http": {"port": port}},
+            **spec,
+        },
+    }
+
+
+def _wall_clock() -> datetime.datetime:
+    return datetime.datetime.now(datetime.UTC)
+
+
+@dataclasses.dataclass
+class FakeSender:
+    """What one pod holds and reports; the test reads and sets these fields."""
+
+    pod: str
+    host: str
+    leases: list[wire.Lease] = dataclasses.field(default_factory=list)
+    queue: int = 0
+    """Depth of the `default` class queue reported in stats."""
+    drains: list[bool] = dataclasses.field(default_factory=list)
+    """The `handoff` flag of every drain request, in order."""
+    stats_reads: int = 0
+    reachable: bool = True
+    """False: every admin call answers 503, like a pod behind a network partition."""
+    counts: dict[tuple[str, int], dict[str, int]] = dataclasses.field(default_factory=dict)
+    """(ip, sender day) -> sent, delivered, bounced, complained, deferred."""
+
+    @property
+    def addresses(self) -> list[str]:
+        """The IPs of the last assignment, valid or not."""
+        return [lease.address for lease in self.leases]
+
+    def holds(self, address: str, now: datetime.datetime) -> bool:
+        return any(lease.address == address and lease.expires_at > now for lease in self.leases)
+
+
+class FakeSenders:
+    """The admin endpoints of a pool's pods, all on `port` (each pod on its own host).
+
+    `clock` is what "now" means for lease validity and for the sender day (days of
+    `day_seconds` counted from the epoch, as the real sender counts them).
+    """
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        clock: Callable[[], datetime.datetime] = _wall_clock,
+        day_seconds: float = DEFAULT_DAY_SECONDS,
+    ) -> None:
+        self.port, self.clock, self.day_seconds = port, clock, day_seconds
+        self.pods: dict[str, FakeSender] = {}
+        self.violations: list[str] = []
+        self._granted = asyncio.Event()
+        self._runners: list[web.AppRunner] = []
+
+    def __getitem__(self, pod: str) -> FakeSender:
+        return self.pods[pod]
+
+    def day(self) -> int:
+        return math.floor(self.clock().timestamp() / self.day_seconds)
+
+    def report(self, pod: str, ip: str, **counts: int) -> None:
+        """What `pod` has sent from `ip` so far in the current sender day; counts of a past
+        day vanish from stats, as in a real sender."""
+        self.pods[pod].counts[(ip, self.day())] = counts
+
+    def holders(self, address: str) -> list[str]:
+        """Pods whose lease on `address` is valid now."""
+        now = self.clock()
+        return sorted(s.pod for s in self.pods.values() if s.holds(address, now))
+
+    async def next_grant(self, *, within: float) -> None:
+        """Wake on the next assignment any pod receives, or after `within` seconds (leases
+        also end by time alone)."""
+        self._granted.clear()
+        try:
+            await asyncio.wait_for(self._granted.wait(), within)
+        except TimeoutError:
+            pass
+
+    def _check(self, sender: FakeSender) -> None:
+        for lease in sender.leases:
+            holders = self.holders(lease.address)
+            if len(holders) > 1:
+                self.violations.append(f"{lease.address} held by {holders} at {self.clock()}")
+
+    def _stats(self, sender: FakeSender) -> wire.Stats:
+        today = self.day()
+        ips = [
+            wire.IPStats(
+                address=ip,
+                sent_today=c.get("sent", 0),
+                delivered_today=c.get("delivered", c.get("sent", 0)),
+                bounced_today=c.get("bounced", 0),
+                complained_today=c.get("complained", 0),
+                deferred_today=c.get("deferred", 0),
+            )
+            for (ip, day), c in sender.counts.items()
+            if day == today
+        ]
+        return wire.Stats(
+            pod=sender.pod,
+            day=today,
+            draining=bool(sender.drains),
+            queues={"default": wire.QueueStats(depth=sender.queue)},
+            ips=ips,
+        )
+
+    async def start(self, pod: str, host: str) -> FakeSender:
+        """Serve `pod`'s admin API on `host`:`port` (idempotent per pod)."""
+        if pod in self.pods:
+            return self.pods[pod]
+        sender = self.pods[pod] = FakeSender(pod=pod, host=host)
+
+        def unreachable() -> web.Response | None:
+            return None if sender.reachable else web.Response(status=503)
+
+        async def assignment(request: web.Request) -> web.Response:
+            if (refused := unreachable()) is not None:
+                return refused
+            body = wire.Assignment.model_validate(await request.json())
+            sender.leases = list(body.leases)
+            self._check(sender)
+            self._granted.set()
+            answer = wire.AssignmentStatus(
+                pod=pod,
+                generation=body.generation,
+                day=self.day(),
+                leases=[
+                    wire.LeaseStatus(
+                        address=lease.address,
+                        helo_name=lease.helo_name,
+                        expires_at=lease.expires_at,
+                        valid=True,
+                    )
+                    for lease in body.leases
+                ],
+            )
+            return web.json_response(answer.model_dump(mode="json", by_alias=True))
+
+        async def stats(request: web.Request) -> web.Response:
+            if (refused := unreachable()) is not None:
+                return refused
+            sender.stats_reads += 1
+            return web.json_response(self._stats(sender).model_dump(mode="json", by_alias=True))
+
+        async def drain(request: web.Request) -> web.Response:
+            if (refused := unreachable()) is not None:
+                return refused
+            sender.drains.append(request.query.get("handoff") == "true")  # as the sender reads it
+            return web.json_response({"draining": True})
+
+        app = web.Application()
+        app.router.add_put("/v1/assignment", assignment)
+        app.router.add_get("/v1/stats", stats)
+        app.router.add_post("/v1/drain", drain)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, self.port).start()
+        self._runners.append(runner)
+        return sender
+
+    async def stop(self) -> None:
+        runners, self._runners = self._runners, []
+        for runner in runners:
+            await runner.cleanup()

@@ -1,0 +1,85 @@
+"""The demo's scenes as e2e tests on one shared sandbox world (tests/sandbox_fixtures/world.py).
+
+Each test runs one scene of `mailfleet_sandbox.scenes` and asserts its checks, which read what
+the simulated providers recorded (messages with peer IP and SPF/DKIM/DMARC verdicts, the
+answers they gave, the complaints they sent), the sandbox DNS and the API objects: never the
+senders' own word. Tests run in file order: the failure scenes follow the campaign.
+"""
+
+from __future__ import annotations
+
+import pytest
+from mailfleet_sandbox import scenes
+from sandbox_fixtures.world import E2EWorld
+
+pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
+
+
+def assert_scene(result: scenes.SceneResult) -> None:
+    assert result.ok, f"{result.title}: " + "; ".join(result.failures())
+
+
+async def test_fleet_comes_up_with_an_authenticated_domain(
+        e2e_fleet: scenes.SceneResult) -> None:
+    assert_scene(e2e_fleet)
+    assert set(e2e_fleet.details["ips"]) == {"127.0.20.1", "127.0.20.2", "127.0.20.3"}
+
+
+async def test_campaign_mail_is_delivered_or_bounced_never_lost(
+        e2e_campaign: scenes.SceneResult) -> None:
+    assert_scene(e2e_campaign)
+    details = e2e_campaign.details
+    assert details["delivered"] + details["bounced"] == details["accepted"]
+
+
+async def test_every_delivered_message_passes_dkim_spf_dmarc_at_the_receiver(
+        e2e_world: E2EWorld, e2e_campaign: scenes.SceneResult) -> None:
+    delivered = e2e_world.world.fleet.messages
+    assert delivered
+    failing = [(scenes.message_id_of(m), m.verdicts) for m in delivered
+               if not all(m.verdicts.get(k) == "pass" for k in ("dkim", "spf", "dmarc"))]
+    assert not failing, failing[:3]
+
+
+async def test_no_ip_exceeds_its_warmup_quota_on_any_day(
+        e2e_world: E2EWorld, e2e_campaign: scenes.SceneResult) -> None:
+    result = await scenes.warmup_quotas(e2e_world.world, e2e_world.ledger, min_days=2,
+                                        within=30)
+    assert_scene(result)
+
+
+async def test_killed_sender_fails_over_within_the_pool_bound(
+        e2e_world: E2EWorld, e2e_campaign: scenes.SceneResult) -> None:
+    result = await scenes.sender_killed(e2e_world.world, e2e_world.ledger, within=20)
+    assert_scene(result)
+
+
+async def test_failed_node_ip_moves_and_the_old_pod_is_fenced(
+        e2e_world: E2EWorld, e2e_campaign: scenes.SceneResult) -> None:
+    result = await scenes.node_failed(e2e_world.world, e2e_world.ledger, within=25)
+    assert_scene(result)
+
+
+async def test_blocklisted_ip_is_drained_then_returns(
+        e2e_world: E2EWorld, e2e_campaign: scenes.SceneResult) -> None:
+    result = await scenes.blocklisted(e2e_world.world, e2e_world.ledger, within=20)
+    assert_scene(result)
+
+
+async def test_dkim_rotation_new_selector_and_overlap_verify(
+        e2e_world: E2EWorld, e2e_campaign: scenes.SceneResult) -> None:
+    result = await scenes.dkim_rotation(e2e_world.world, e2e_world.ledger, within=30)
+    assert_scene(result)
+
+
+async def test_bounced_and_complained_addresses_are_not_attempted_again(
+        e2e_world: E2EWorld, e2e_campaign: scenes.SceneResult) -> None:
+    result = await scenes.suppression(e2e_world.world, e2e_world.ledger, within=20)
+    assert_scene(result)
+
+
+async def test_final_ledger_nothing_lost(
+        e2e_world: E2EWorld, e2e_campaign: scenes.SceneResult) -> None:
+    result = await scenes.accounting(e2e_world.world, e2e_world.ledger, within=20)
+    assert_scene(result)
+    assert result.details["lost"] == 0
