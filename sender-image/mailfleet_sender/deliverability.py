@@ -343,6 +343,7 @@ class Deliverability:
     def _apply_event(self, event: feedback.Event, now: float) -> None:
         ip = event.source_ip or None
         if event.kind is feedback.Kind.COMPLAINT:
+            self.metrics.complaints.labels(event.class_name or "", ip or "").inc()
             if event.class_name:
                 self._record(ip, event.class_name, rates.Outcome.COMPLAINT, now)
             if ip:

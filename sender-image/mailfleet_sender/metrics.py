@@ -74,6 +74,12 @@ class Metrics:
             ["report", "result"],
             registry=r,
         )
+        self.complaints = Counter(
+            f"{PREFIX}_complaints",
+            "Complaint (ARF) reports matched to mail this pool sent, by class and source IP.",
+            ["class", "ip"],
+            registry=r,
+        )
         self.feedback_refused = Counter(
             f"{PREFIX}_feedback_refused",
             "Unusable reports by reason (not_multipart_report, forged_trace, unknown_message...).",
