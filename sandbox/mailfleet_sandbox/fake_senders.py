@@ -1,5 +1,6 @@
 """Fake sender pods: only the admin API the operator calls (`PUT /v1/assignment`,
-`GET /v1/stats`, `POST /v1/drain`), one tiny aiohttp app per pod on its own loopback address.
+`GET /v1/stats`, `POST /v1/drain`, `DELETE /v1/drain`), one tiny aiohttp app per pod on its
+own loopback address.
 
 Controller tests and benchmarks use these instead of real senders so that a reconcile cycle
 costs milliseconds and time can be a manual clock: what a pod holds, reports and was asked
@@ -66,9 +67,18 @@ class FakeSender:
     """Depth of the `default` class queue reported in stats."""
     drains: list[bool] = dataclasses.field(default_factory=list)
     """The `handoff` flag of every drain request, in order."""
+    draining: bool = False
+    """Set by a drain, cleared by its cancellation (`DELETE /v1/drain`); reported in stats."""
+    undrains: int = 0
+    """How many times the drain was cancelled."""
+    handoff: str = "idle"
+    """The hand-off state reported in stats (`idle`, `running`, `done`)."""
     stats_reads: int = 0
     reachable: bool = True
     """False: every admin call answers 503, like a pod behind a network partition."""
+    stalled: bool = False
+    """True: admin calls get no answer until it is False again, like a frozen process
+    (SIGSTOP) whose kernel still accepts connections."""
     counts: dict[tuple[str, int], dict[str, int]] = dataclasses.field(default_factory=dict)
     """(ip, sender day) -> sent, delivered, bounced, complained, deferred."""
 
@@ -149,7 +159,8 @@ class FakeSenders:
         return wire.Stats(
             pod=sender.pod,
             day=today,
-            draining=bool(sender.drains),
+            draining=sender.draining,
+            handoff=wire.HandoffStats(state=sender.handoff),  # type: ignore[arg-type]
             queues={"default": wire.QueueStats(depth=sender.queue)},
             ips=ips,
         )
@@ -163,7 +174,12 @@ class FakeSenders:
         def unreachable() -> web.Response | None:
             return None if sender.reachable else web.Response(status=503)
 
+        async def thawed() -> None:
+            while sender.stalled:  # noqa: ASYNC110 - a plain flag the test sets, as all fields
+                await asyncio.sleep(0.01)
+
         async def assignment(request: web.Request) -> web.Response:
+            await thawed()
             if (refused := unreachable()) is not None:
                 return refused
             body = wire.Assignment.model_validate(await request.json())
@@ -187,21 +203,33 @@ class FakeSenders:
             return web.json_response(answer.model_dump(mode="json", by_alias=True))
 
         async def stats(request: web.Request) -> web.Response:
+            await thawed()
             if (refused := unreachable()) is not None:
                 return refused
             sender.stats_reads += 1
             return web.json_response(self._stats(sender).model_dump(mode="json", by_alias=True))
 
         async def drain(request: web.Request) -> web.Response:
+            await thawed()
             if (refused := unreachable()) is not None:
                 return refused
             sender.drains.append(request.query.get("handoff") == "true")  # as the sender reads it
+            sender.draining = True
             return web.json_response({"draining": True})
+
+        async def undrain(request: web.Request) -> web.Response:
+            await thawed()
+            if (refused := unreachable()) is not None:
+                return refused
+            sender.undrains += 1
+            sender.draining = False
+            return web.json_response(self._stats(sender).model_dump(mode="json", by_alias=True))
 
         app = web.Application()
         app.router.add_put("/v1/assignment", assignment)
         app.router.add_get("/v1/stats", stats)
         app.router.add_post("/v1/drain", drain)
+        app.router.add_delete("/v1/drain", undrain)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, host, self.port).start()

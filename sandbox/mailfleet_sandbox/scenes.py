@@ -176,11 +176,10 @@ def epoch_day(t: float, day_seconds: float) -> int:
 async def submit(world: SandboxWorld, ledger: Ledger, session: aiohttp.ClientSession, *,
                  rcpt: str, klass: str, scene: str, tier: str = "high",
                  pod: str | None = None) -> Sent:
-    """POST one message to a pod that holds an IP (round robin), as an application would."""
+    """POST one message as an application would: to a pod the pool's client Service routes
+    to (round robin), or to `pod`."""
     if pod is None:
-        holders = sorted(set(world.ip_holders().values()))
-        ready = {p["metadata"]["name"] for p in world.ready_pods()}
-        candidates = [p for p in holders if p in ready] or sorted(ready)
+        candidates = submission_pods(world)
         if not candidates:
             raise RuntimeError("no ready sender pod to submit to")
         pod = candidates[next(ledger._rr) % len(candidates)]
@@ -204,6 +203,18 @@ async def submit(world: SandboxWorld, ledger: Ledger, session: aiohttp.ClientSes
     sent = Sent(mid, rcpt.lower(), klass, pod, scene, time.time(), status)
     ledger.sent.append(sent)
     return sent
+
+
+def submission_pods(world: SandboxWorld) -> list[str]:
+    """Where the client Service sends submissions: the serving pods it selects. Until the
+    Service selects on the serving label, the Ready pods that hold an IP per the pool status
+    (else any Ready pod)."""
+    routed = world.client_service_pods()
+    if routed is not None:
+        return [p["metadata"]["name"] for p in routed]
+    holders = sorted(set(world.ip_holders().values()))
+    ready = {p["metadata"]["name"] for p in world.ready_pods()}
+    return [p for p in holders if p in ready] or sorted(ready)
 
 
 def campaign_recipients(count: int) -> list[tuple[str, str, str]]:
@@ -342,6 +353,19 @@ def _first_from(world: SandboxWorld, ip: str, after: float) -> float | None:
     times = [m.received_at for m in world.fleet.messages
              if m.peer_ip == ip and m.received_at > after]
     return min(times) if times else None
+
+
+async def flowing(world: SandboxWorld, *, since: float, count: int, within: float,
+                  ip: str | None = None, not_ip: str | None = None) -> None:
+    """Wait until the receivers got `count` messages after `since` (from `ip`, or from any
+    IP but `not_ip`): mail is flowing, so what a scene looks at next has traffic to show."""
+    def enough() -> bool:
+        return sum(1 for m in world.fleet.messages if m.received_at > since
+                   and (ip is None or m.peer_ip == ip)
+                   and (not_ip is None or m.peer_ip != not_ip)) >= count
+
+    where = f" from {ip}" if ip else f" from IPs other than {not_ip}" if not_ip else ""
+    await wait_until(enough, within=within, what=f"{count} messages received{where}")
 
 
 def _scene(name: str, title: str) -> Callable[[Callable[..., Awaitable[None]]],
@@ -537,14 +561,14 @@ async def sender_killed(result: SceneResult, world: SandboxWorld, ledger: Ledger
         raise RuntimeError(f"{ip} has no holder")
     bound = failover_bound(world)
     async with Feeder(world, ledger, "killed"):
-        await asyncio.sleep(1.0)
+        await flowing(world, since=time.time(), ip=ip, count=2, within=within)
         killed_at = time.time()
         pids = world.agent.kill_pod_process(world.settings.namespace, holder, signal.SIGKILL)
         result.details.update(pod=holder, ip=ip, pids=pids)
         first = await wait_until(lambda: _first_from(world, ip, killed_at), within=within,
                                  what=f"mail from {ip} again")
         result.timings["failover_s"] = round(first - killed_at, 2)
-        await asyncio.sleep(1.0)
+        await flowing(world, since=first, ip=ip, count=3, within=within)
     result.details["new_holder"] = world.ip_holders().get(ip)
     result.check(f"{ip} carries mail again within the failover bound ({bound:.1f}s)",
                  first - killed_at <= bound, f"{first - killed_at:.1f}s")
@@ -552,6 +576,18 @@ async def sender_killed(result: SceneResult, world: SandboxWorld, ledger: Ledger
     result.check("no accepted message lost", not left, f"{len(left)} outstanding")
     overlaps = ip_overlaps(world, ledger, world.settings.lease_duration)
     result.check("no IP used by two pods at once", not overlaps, "; ".join(overlaps[:3]))
+
+
+def _warming(world: SandboxWorld, ip: str) -> bool:
+    """Whether the IPWarmup currently puts a daily quota on `ip`."""
+    with contextlib.suppress(LookupError, ApiError):
+        obj = world.api.get(API_VERSION, "IPWarmup", WARMUP, world.settings.namespace)
+        status = obj.get("status") or {}
+        if status.get("phase") == "Completed":
+            return False
+        return any(e.get("address") == ip and e.get("dailyQuota")
+                   for e in status.get("ips") or [])
+    return False
 
 
 def failover_bound(world: SandboxWorld) -> float:
@@ -568,9 +604,12 @@ def failover_bound(world: SandboxWorld) -> float:
 async def node_failed(result: SceneResult, world: SandboxWorld, ledger: Ledger,
                       ip: str = "127.0.20.2", within: float = 40.0) -> None:
     """Freeze the node of the pod holding `ip` (Ready=Unknown, processes stopped). The IP
-    must carry mail from another pod within the bound; after healing, the old pod must not
-    send from the IP again (its lease expired: self-fencing) and its accepted mail is not
-    lost."""
+    must be Active on another pod within the failover bound and carry mail from it within
+    the bound too, except on a warming IP: a holder lost mid-day counts with everything its
+    lease allowed (docs/sendingpool.md, "Warm-up quotas in leases"), so the new holder may get
+    nothing more that day; it must then carry mail early in the next quota day. After
+    healing, the old pod must not send from the IP again (its lease expired: self-fencing) and
+    its accepted mail is not lost."""
     assert world.agent is not None
     ns = world.settings.namespace
     holders = world.ip_holders()
@@ -583,26 +622,43 @@ async def node_failed(result: SceneResult, world: SandboxWorld, ledger: Ledger,
         raise RuntimeError(f"{ip} has no holder")
     bound = failover_bound(world)
     async with Feeder(world, ledger, "partition"):
-        await asyncio.sleep(1.0)
+        await flowing(world, since=time.time(), ip=ip, count=2, within=within)
         failed_at = time.time()
         await world.agent.fail_node(node)
         result.details.update(pod=holder, ip=ip, node=node)
+        warming = _warming(world, ip)
         try:
             await wait_until(lambda: world.ip_holders().get(ip) not in (None, holder),
                              within=within, what=f"{ip} Active on another pod", interval=0.05)
-            result.timings["reassigned_s"] = round(time.time() - failed_at, 2)
+            reassigned = time.time() - failed_at
+            result.timings["reassigned_s"] = round(reassigned, 2)
             first = await wait_until(lambda: _first_from(world, ip, failed_at), within=within,
                                      what=f"mail from {ip} from another pod")
             result.timings["failover_s"] = round(first - failed_at, 2)
             result.details["new_holder"] = world.ip_holders().get(ip)
+            await flowing(world, since=first, ip=ip, count=3, within=within)
         finally:
-            await asyncio.sleep(1.0)
             await world.agent.heal_node(node)
         healed_at = time.time()
         result.timings["healed_after_s"] = round(healed_at - failed_at, 2)
-        await asyncio.sleep(2.0)
-    result.check(f"{ip} carries mail again within the failover bound ({bound:.1f}s)",
-                 first - failed_at <= bound, f"{first - failed_at:.1f}s")
+        # The healed pod is back (its processes resumed, Ready again) while mail flows: if it
+        # still believed it held the IP, the receivers would see it now.
+        with contextlib.suppress(TimeoutError):
+            await wait_until(lambda: pod_ready(world.api.get("v1", "Pod", holder, ns)),
+                             within=within, what=f"{holder} Ready again after healing")
+        result.check("the healed pod is Ready again",
+                     pod_ready(world.api.get("v1", "Pod", holder, ns)), holder)
+        await flowing(world, since=time.time(), count=6, within=within)
+    result.check(f"{ip} Active on another pod within the failover bound ({bound:.1f}s)",
+                 reassigned <= bound, f"{reassigned:.1f}s")
+    day_s = world.settings.warmup_day_seconds
+    next_day = (epoch_day(failed_at, day_s) + 1) * day_s - failed_at
+    grace = world.settings.lease_renew_interval + 1.5  # next day's grant, then a delivery
+    limit = max(bound, next_day + grace) if warming else bound
+    result.details["failover_limit_s"] = round(limit, 2)
+    result.check(f"{ip} carries mail again within the failover bound ({bound:.1f}s)"
+                 + (f" or {grace:.1f}s into the next quota day (warming IP)" if warming else ""),
+                 first - failed_at <= limit, f"{first - failed_at:.1f}s, limit {limit:.1f}s")
     result.check("the IP moved to another pod", result.details.get("new_holder") not in
                  (None, holder), str(result.details.get("new_holder")))
     left = await settle(world, ledger, within=within, scene="partition")
@@ -627,7 +683,7 @@ async def blocklisted(result: SceneResult, world: SandboxWorld, ledger: Ledger,
         return ""
 
     async with Feeder(world, ledger, "dnsbl"):
-        await asyncio.sleep(1.0)
+        await flowing(world, since=time.time(), ip=ip, count=2, within=within)
         listed_at = time.time()
         world.dns.list_on_dnsbl(SANDBOX_DNSBL_ZONE, ip, "demo listing")
         await wait_until(lambda: state_of() == "Blocklisted", within=within,
@@ -635,7 +691,9 @@ async def blocklisted(result: SceneResult, world: SandboxWorld, ledger: Ledger,
         seen_at = time.time()
         result.timings["detected_s"] = round(seen_at - listed_at, 2)
         quiet_from = seen_at + world.settings.lease_renew_interval + 1.0
-        await asyncio.sleep(quiet_from - time.time() + 3.0)
+        # Absence is only meaningful while mail flows: wait for plenty from the other IPs.
+        await wait_until(lambda: time.time() > quiet_from, within=within, what="the lease")
+        await flowing(world, since=quiet_from, not_ip=ip, count=12, within=within)
         late = [m for m in world.fleet.messages if m.peer_ip == ip and
                 m.received_at > quiet_from]
         result.check(f"nothing received from {ip} while it is listed", not late,
@@ -669,7 +727,7 @@ async def dkim_rotation(result: SceneResult, world: SandboxWorld, ledger: Ledger
 
     old = active()
     async with Feeder(world, ledger, "rotation"):
-        await asyncio.sleep(1.5)
+        await flowing(world, since=time.time(), count=5, within=within)
         before = [m for m in world.fleet.messages
                   if verifying.dkim_signatures(m.data) and
                   verifying.dkim_signatures(m.data)[0][1] == old]
@@ -689,7 +747,7 @@ async def dkim_rotation(result: SceneResult, world: SandboxWorld, ledger: Ledger
                                  what=f"mail signed with the new selector {new}")
         result.timings["rotation_s"] = round(first - started, 2)
         switched_at = first
-        await asyncio.sleep(2.0)
+        await flowing(world, since=switched_at + 1.0, count=8, within=within)
     result.details.update(old_selector=old, new_selector=new)
     after = [m for m in world.fleet.messages if m.received_at > switched_at + 1.0]
     stale = [message_id_of(m) for m in after

@@ -19,7 +19,8 @@ Three parts:
   the agent holds is the container process itself. Mount points that do not exist on the host
   are created inside a tmpfs-backed overlay of their nearest existing ancestor, so the host's
   filesystem is never written to; mounts below that ancestor (Docker's /etc/resolv.conf, for
-  instance) are bound back on top of the overlay.
+  instance) are bound back on top of the overlay. The process also gets SIGKILL when the agent
+  dies (`PR_SET_PDEATHSIG`), so a killed test run leaves no pods behind.
   Where namespaces are unavailable (`mount_namespaces_available()` is False), the agent falls
   back to rewriting mountPath prefixes in the container's command, args and env values, which
   is weaker (paths inside config files are not rewritten) and logged as such.
@@ -35,6 +36,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -273,6 +275,7 @@ def init_command(plan_file: Path) -> list[str]:
     return [sys.executable, "-m", "mailfleet_sandbox.volumes", "init", str(plan_file)]
 
 
+_PR_SET_PDEATHSIG = 1
 _CLONE_NEWNS = 0x00020000
 _CLONE_NEWUTS = 0x04000000
 _CLONE_NEWUSER = 0x10000000
@@ -425,13 +428,25 @@ def _try_namespaces(scratch: Path) -> bool:
     return done.returncode == 0 and done.stdout.strip() == b"ok"
 
 
+def _die_with_parent(parent: int) -> None:
+    """SIGKILL this pod's process when the agent that started it dies (PR_SET_PDEATHSIG,
+    kept across exec): a crashed or killed test run must not leave pods running and holding
+    their addresses. A kubelet's containers outlive it; sandbox pods are the agent's."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    _check(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
+    if os.getppid() != parent:  # the agent died before the prctl
+        os._exit(137)
+
+
 def main(argv: Sequence[str]) -> int:
     """`init PLAN.json`: enter namespaces, mount, exec (see the module docstring)."""
     if len(argv) != 2 or argv[0] != "init":
         print("usage: python -m mailfleet_sandbox.volumes init PLAN.json", file=sys.stderr)
         return 2
+    parent = os.getppid()
     plan = LaunchPlan.load(Path(argv[1]).read_text())
     try:
+        _die_with_parent(parent)
         _apply_plan(plan)
         if plan.workdir:
             os.chdir(plan.workdir)

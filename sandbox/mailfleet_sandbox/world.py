@@ -6,11 +6,14 @@ e2e tests run (DESIGN.md §5, issue 9).
 - the Kubernetes API emulator (`kube.ApiServer`) with the mailfleet CRDs installed, as a Helm
   install would, and the namespaces `mail` (the fleet) and `mailfleet-system` (the operator);
 - the DNS server (`dns.DNSServer`) with the providers' MX records, the egress IPs' A/PTR
-  records and the test DNSBL zone, fed by the external-dns stand-in (`external_dns`);
+  records and the test DNSBL zone, fed by the external-dns stand-in (`external_dns`) and by
+  cluster DNS for Services (`cluster_dns`, the CoreDNS stand-in: senders find their peers at
+  `<pool>-pods.<ns>.svc`);
 - the provider simulators (`providers.ProviderFleet`), recording every accepted message as
   JSON lines and .eml files, and every answer given as JSON lines;
 - an inbound relay standing in for the pool's bounce/feedback MX: providers send DSNs and ARF
-  reports to it, and it hands them to a Ready sender pod, as a Service would;
+  reports to it, and it hands them to the feedback port of a pod the pool's client Service
+  routes to;
 - the node agent (nodes node-a, node-b, node-c) which runs the pods as processes;
 - the operator as a Deployment in `mailfleet-system`, i.e. a separate process run by the node
   agent, configured for the sandbox by environment (`MAILFLEET_OPERATOR_*`): nameservers,
@@ -20,9 +23,10 @@ e2e tests run (DESIGN.md §5, issue 9).
 While up it keeps `<root>/state.json` (kubeconfig path, DNS address, providers and their
 record files) so that other tools can check what happened; `down` removes it.
 
-Pods share the host's loopback, each on its own 127.x address; a `sitecustomize` shim
-(data/podnet) makes a wildcard bind inside a pod mean the pod's IP, as a network namespace
-would. See docs/demo.md.
+Pods share the host's loopback, each on its own 127.x address. Nothing rewrites their binds:
+the sender listens on its POD_IP by default and the operator is given its pod IP through its
+documented `MAILFLEET_OPERATOR_HTTP_HOST` setting, so no two pods collide on a port. See
+docs/sandbox.md.
 """
 
 from __future__ import annotations
@@ -46,8 +50,8 @@ import aiosmtplib
 import yaml
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
+from mailfleet_sandbox import cluster_dns, external_dns, node_agent, providers
 from mailfleet_sandbox import dns as sandbox_dns
-from mailfleet_sandbox import external_dns, node_agent, providers
 from mailfleet_sandbox.kube import ApiServer
 from mailfleet_sandbox.kube.errors import ApiError
 
@@ -61,6 +65,8 @@ NODES = ("node-a", "node-b", "node-c")
 OPERATOR_NODE = "node-c"
 DNS_HOST = "127.0.53.1"
 RELAY_HOST = "127.0.30.1"
+SERVING_LABEL = "mailfleet.io/serving"
+"""The label the operator puts on pods that take submissions; the client Service selects it."""
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO_ROOT / "crds"
 
@@ -69,10 +75,6 @@ def sample_files() -> list[Path]:
     """The sandbox flavour of samples/ (127.0.20.x egress IPs, example.test), in apply order."""
     root = resources.files("mailfleet_sandbox").joinpath("data/samples")
     return sorted(Path(str(p)) for p in root.iterdir() if p.name.endswith(".yaml"))
-
-
-def podnet_dir() -> Path:
-    return Path(str(resources.files("mailfleet_sandbox").joinpath("data/podnet")))
 
 
 @dataclass(frozen=True)
@@ -153,6 +155,7 @@ class SandboxWorld:
         """Every DSN/ARF the relay took: (mail from, rcpts, data, pod it went to or "")."""
         self._relay: asyncio.Server | None = None
         self.external_dns: external_dns.ExternalDNS | None = None
+        self.cluster_dns: cluster_dns.ClusterDNS | None = None
         self.agent: node_agent.NodeAgent | None = None
         self.kubeconfig = self.root / "kubeconfig"
         self._stack = contextlib.AsyncExitStack()
@@ -199,15 +202,15 @@ class SandboxWorld:
         self.fleet.set_feedback_target((RELAY_HOST, relay_port), s.feedback_rcpt)
         self.external_dns = external_dns.ExternalDNS(self.api.url, self.dns)
         await self._stack.enter_async_context(self.external_dns)
+        self.cluster_dns = cluster_dns.ClusterDNS(self.api.url, self.dns)
+        await self._stack.enter_async_context(self.cluster_dns)
         base = f"127.{random.randint(200, 250)}.{random.randint(0, 255)}."
         self.agent = node_agent.NodeAgent(
             self.api.url, [node_agent.NodeSpec(n, {"topology.kubernetes.io/zone": n[-1]})
                            for n in NODES],
             self.root / "nodes", pod_ip_base=base, node_ip_base="127.0.99.",
             probe_time_scale=s.probe_time_scale, restart_backoff=(0.2, 2.0),
-            backoff_reset=5.0, max_termination_grace=5.0,
-            extra_env={"PYTHONPATH": os.pathsep.join(
-                p for p in (str(podnet_dir()), os.environ.get("PYTHONPATH", "")) if p)})
+            backoff_reset=5.0, max_termination_grace=5.0)
         await self._stack.enter_async_context(self.agent)
         self.api.create(self.operator_deployment())
         self._flush_task = asyncio.create_task(self._flush_attempts())
@@ -250,13 +253,16 @@ class SandboxWorld:
             "MAILFLEET_OPERATOR_POD_ADMIN_TIMEOUT": "1",
             "MAILFLEET_OPERATOR_DRAIN_TIMEOUT": "30",
             "MAILFLEET_OPERATOR_LOG_FORMAT": "text",
+            # /healthz, /readyz, /metrics on the pod's own address: pods share the loopback.
+            "MAILFLEET_OPERATOR_HTTP_HOST": "$(POD_IP)",
         }
 
     def operator_deployment(self) -> JSON:
         labels = {"app.kubernetes.io/name": "mailfleet-operator"}
-        env: list[JSON] = [{"name": k, "value": v}
-                           for k, v in self.operator_settings_env().items()]
-        env.append({"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}})
+        # POD_IP first: later values may refer to it as $(POD_IP), as in Kubernetes.
+        env: list[JSON] = [{"name": "POD_IP",
+                            "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
+        env += [{"name": k, "value": v} for k, v in self.operator_settings_env().items()]
         return {
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "mailfleet-operator",
@@ -335,9 +341,10 @@ class SandboxWorld:
 
     # ------------------------------------------------------------------ inbound relay
     async def forward_inbound(self, mail_from: str, rcpts: list[str], data: bytes) -> bool:
-        """Hand a DSN or ARF report to a Ready pod of the pool's SMTP port (a Service)."""
-        for pod in self.ready_pods():
-            port = self.pool_smtp_port()
+        """Hand a DSN or ARF report to the feedback port of a serving pod (a Service would)."""
+        routed = self.client_service_pods()
+        port = self.pool_feedback_port()
+        for pod in routed if routed is not None else self.ready_pods():
             try:
                 client = aiosmtplib.SMTP(hostname=pod["status"]["podIP"], port=port,
                                          start_tls=False, timeout=5,
@@ -364,6 +371,22 @@ class SandboxWorld:
             return 587
         return int(((spec.get("submission") or {}).get("smtp") or {}).get("port") or 587)
 
+    def pool_feedback_port(self) -> int:
+        """Where the pods take DSNs and ARF reports: `deliverability.feedbackPort` of the
+        sender config the operator rendered (the ConfigMap `<pool>-config`), else the SMTP
+        submission port (senders without a separate feedback port)."""
+        try:
+            cm = self.api.get("v1", "ConfigMap", f"{self.settings.pool}-config",
+                              self.settings.namespace)
+        except (LookupError, ApiError):
+            return self.pool_smtp_port()
+        for text in (cm.get("data") or {}).values():
+            with contextlib.suppress(yaml.YAMLError, AttributeError, TypeError, ValueError):
+                port = (yaml.safe_load(text).get("deliverability") or {}).get("feedbackPort")
+                if port:
+                    return int(port)
+        return self.pool_smtp_port()
+
     def pool_http_port(self) -> int:
         spec = self.pool().get("spec") or {}
         return int(((spec.get("submission") or {}).get("http") or {}).get("port") or 8080)
@@ -376,6 +399,20 @@ class SandboxWorld:
     def ready_pods(self, pool: str | None = None) -> list[JSON]:
         return [p for p in self.pods(pool) if pod_ready(p)
                 and not p["metadata"].get("deletionTimestamp")]
+
+    def client_service_pods(self, pool: str | None = None) -> list[JSON] | None:
+        """The pods the pool's client Service routes to (what an application reaches at
+        `<pool>.<ns>.svc`, served by cluster DNS), or None while the Service does not select
+        the serving label (an operator that does not label serving pods): callers then fall
+        back to the IP holders of the pool status."""
+        ns = self.settings.namespace
+        try:
+            service = self.api.get("v1", "Service", pool or self.settings.pool, ns)
+        except (LookupError, ApiError):
+            return None
+        if SERVING_LABEL not in ((service.get("spec") or {}).get("selector") or {}):
+            return None
+        return cluster_dns.service_pods(service, self.api.list("v1", "Pod", ns))
 
     def ip_holders(self, pool: str | None = None) -> dict[str, str]:
         """address -> pod for the pool's Active IPs, as the SendingPool status says."""

@@ -71,6 +71,14 @@ class Lane:
 
 
 @dataclasses.dataclass
+class Reservation:
+    """One message counted against a source's quota before its attempt starts."""
+
+    day: int
+    open: bool = True
+
+
+@dataclasses.dataclass
 class DayCounts:
     day: int
     per_ip: dict[tuple[str, str], int] = dataclasses.field(
@@ -124,6 +132,7 @@ class Engine:
         self._turn = 0
         self._sign_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="dkim")
         self._inflight = 0
+        self._inflight_by_ip: dict[str, int] = collections.defaultdict(int)
         self._settled = asyncio.Event()
         self.totals: collections.Counter[str] = collections.Counter()
         self.today = DayCounts(day=clock_.day())
@@ -161,6 +170,13 @@ class Engine:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._run_task
         self._sign_pool.shutdown(wait=False, cancel_futures=True)
+
+    def resume(self) -> None:
+        """Run again after `stop` (an undrain cancelled the hand-off); call `forget_pending`
+        first and `add` the spool's pending rows after."""
+        self._halt = False
+        self._sign_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="dkim")
+        self.start()
 
     def reconfigure(self, cfg: config.SenderConfig) -> None:
         """Apply a reloaded config: classes, retries, throttles, DKIM domains, day length."""
@@ -623,12 +639,12 @@ class Engine:
     ) -> delivering.Session | None:
         """One attempt; returns the session to reuse (None when it must not be reused)."""
         self._inflight += 1
-        source.used += 1
+        reservation = self._reserve(source)
         context = self._context(delivery, source.address)
         try:
             data = await self._signed_data(delivery, context)
             if data is None:
-                source.used -= 1
+                self._give_back(source, reservation)
                 self._hold(delivery)
                 return session
             if session is not None and (
@@ -645,19 +661,24 @@ class Engine:
                         timeouts=self._timeouts(),
                     )
                 except delivering.DeliveryFailure as failure:
-                    source.used -= 1
+                    self._give_back(source, reservation)
                     self._connection_failed(lane, delivery, failure.reply)
                     return None
+            if self.hooks.is_suppressed(delivery.recipient, delivery.class_name):
+                # Suppressed while this attempt was being signed or connected: not attempted.
+                self._give_back(source, reservation)
+                self._suppress(delivery)
+                return session
             sender = self.hooks.return_path(context) or delivery.sender
             try:
                 reply = await session.send(sender=sender, recipient=delivery.recipient, data=data)
             except delivering.DeliveryFailure as failure:
-                self._count(source.address, "sent")
+                self._settle(source, reservation)
                 self._failed(delivery, failure.reply, source=source.address,
                              provider=lane.provider, count_attempt=True, site=lane.site)
                 await session.close()
                 return None
-            self._count(source.address, "sent")
+            self._settle(source, reservation)
             if 200 <= reply.code < 300:
                 self._finish(
                     delivery, "delivered", reply, verdict=hooks.Verdict.DELIVERED,
@@ -671,9 +692,51 @@ class Engine:
                 return None
             return session
         finally:
+            if reservation.open:  # cancelled or crashed mid-attempt: it may have gone out
+                reservation.open = False
+                self._release_inflight(source.address)
             self._inflight -= 1
             if not self._inflight:
                 self._settled.set()
+
+    def _reserve(self, source: leases.Source) -> Reservation:
+        """Count one message against the IP's quota and its `sent` count for today *before*
+        it starts, so deliveries in flight are never promised again: not by the worker that
+        checks `quota_left`, nor by a renewal whose `sentTodayBasis` the operator read while
+        they were in flight (the sender's `sentToday` includes them)."""
+        source.used += 1
+        self._inflight_by_ip[source.address] += 1
+        day = self.clock.day()
+        self._count(source.address, "sent", day=day)
+        return Reservation(day=day)
+
+    def _give_back(self, source: leases.Source, reservation: Reservation) -> None:
+        """The attempt never reached a receiver (no connection, no key, suppressed meanwhile):
+        its reservation is returned to the quota and to that day's count."""
+        reservation.open = False
+        source.used -= 1
+        self._release_inflight(source.address)
+        self._count(source.address, "sent", day=reservation.day, n=-1)
+
+    def _settle(self, source: leases.Source, reservation: Reservation) -> None:
+        """The receiver has seen the attempt: the reservation stands. When the quota day
+        changed while it was in flight, the receiver may date it to either day, so it counts
+        against the new day too (the quota is never exceeded on either)."""
+        reservation.open = False
+        self._release_inflight(source.address)
+        if self.clock.day() != reservation.day:
+            self._count(source.address, "sent")
+
+    def _release_inflight(self, address: str) -> None:
+        left = self._inflight_by_ip[address] - 1
+        if left > 0:
+            self._inflight_by_ip[address] = left
+        else:
+            self._inflight_by_ip.pop(address, None)
+
+    def inflight_by_ip(self) -> dict[str, int]:
+        """Deliveries under way per source IP (reserved, no answer yet)."""
+        return dict(self._inflight_by_ip)
 
     def _connection_failed(self, lane: Lane, delivery: spool.Delivery, reply: hooks.Reply) -> None:
         """Nobody answered: the whole lane would fail the same way, so all of it is retried."""
@@ -914,10 +977,13 @@ class Engine:
         if day != self.today.day:
             self.today = DayCounts(day=day)
 
-    def _count(self, address: str, kind: str) -> None:
+    def _count(self, address: str, kind: str, *, day: int | None = None, n: int = 1) -> None:
+        """+n on a per-IP counter of `day` (today when None); persisted in the spool."""
         self._roll_day()
-        self.today.per_ip[(address, kind)] += 1
-        self.spool.update([], [spool.Count(self.today.day, address, kind)])
+        day = self.today.day if day is None else day
+        if day == self.today.day:
+            self.today.per_ip[(address, kind)] += n
+        self.spool.update([], [spool.Count(day, address, kind, n)])
 
     def record_complaint(self, address: str) -> None:
         """For the feedback layer: a complaint about mail sent from `address` today."""
@@ -937,6 +1003,8 @@ class Engine:
         self._parked.clear()
         self._held.clear()
         self._lanes.clear()
+        self._queued.clear()
+        self._resolving.clear()
         self._data.clear()
         self._data_bytes = 0
         self._signed.clear()

@@ -17,11 +17,18 @@ Exactly once, across crashes of either side:
   connection dropped after sending) is retried at that pod only; another pod is chosen when
   it answered "not stored" (connection refused, 503 draining, any other refusal) or has been
   gone from the peer list for `handoff.retargetAfter`.
+
+Cancelling (`DELETE /v1/drain`, `finish_now`): no new re-submission starts, the ones under way
+get their answer. A message whose last attempt ended without a clear answer may be stored at
+that pod, so its hand-off is not cancelled: it goes on (same pod, same key) until it is settled
+there, and `unclear()` names those messages. Every other message was not stored anywhere else
+and goes back to the local queue.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import logging
@@ -82,6 +89,7 @@ class HandOff:
         cfg: config.Handoff,
         metric_set: metrics.Metrics,
         clock_: clock.Clock,
+        carry: tuple[dict[str, _Sticky], dict[str, int]] | None = None,
     ) -> None:
         self.spool = spool_
         self._peers = peers
@@ -96,8 +104,13 @@ class HandOff:
         self.duplicates = 0
         self.failures = 0
         self.last_error: str | None = None
-        self._sticky: dict[str, _Sticky] = {}
+        sticky, unclear = carry if carry is not None else ({}, {})
+        self._sticky: dict[str, _Sticky] = dict(sticky)
+        self._unclear: dict[str, int] = dict(unclear)
+        """handoff key -> local message id of attempts that ended unclear."""
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._stop_event = asyncio.Event()
 
     def status(self) -> wire.HandoffStats:
         pending = self.spool.count_handoff() if self.state == "running" else 0
@@ -124,6 +137,29 @@ class HandOff:
                 pass
             self._task = None
 
+    async def finish_now(self) -> None:
+        """Stop gracefully: no new re-submission starts, those under way get their answer
+        (each within `handoff.timeout`), then the run ends. See `unclear()`."""
+        self._stopping = True
+        self._stop_event.set()
+        if self._task is not None:
+            try:
+                await asyncio.shield(self._task)
+            except asyncio.CancelledError:
+                if not self._task.done():
+                    raise
+            self._task = None
+        if self.state == "running":
+            self.state = "idle"
+
+    def unclear(self) -> list[int]:
+        """Local message ids whose hand-off ended without a clear answer and is unsettled."""
+        return sorted(set(self._unclear.values()))
+
+    def carry(self) -> tuple[dict[str, _Sticky], dict[str, int]]:
+        """Where unsettled messages must be retried, for the next runner."""
+        return dict(self._sticky), dict(self._unclear)
+
     async def wait(self) -> None:
         if self._task is not None:
             await asyncio.shield(self._task)
@@ -134,21 +170,26 @@ class HandOff:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         pause = units.duration_seconds(self.cfg.retry_every)
         async with aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
-            while True:
+            while not self._stopping:
                 items = await asyncio.to_thread(self.spool.load_handoff, BATCH)
                 if not items:
                     break
                 targets = await self._targets()
                 if not targets:
                     self.last_error = "no other pod to hand off to"
-                    await asyncio.sleep(pause)
+                    await self._pause(pause)
                     continue
                 gate = asyncio.Semaphore(CONCURRENCY)
                 results = await asyncio.gather(
                     *(self._gated(gate, http, item, targets) for item in items)
                 )
                 if not all(results):
-                    await asyncio.sleep(pause)
+                    await self._pause(pause)
+        if self._stopping:
+            self.state = "idle"
+            log.info("hand-off stopped", extra={"handed_off": self.handed_off,
+                                                "unsettled": len(self._unclear)})
+            return
         self.state = "done"
         log.info("hand-off complete", extra={"handed_off": self.handed_off,
                                              "duplicates": self.duplicates})
@@ -161,7 +202,14 @@ class HandOff:
         targets: list[str],
     ) -> bool:
         async with gate:
+            if self._stopping:
+                return False
             return await self._hand_off(http, item, targets)
+
+    async def _pause(self, seconds: float) -> None:
+        """Wait before the next round, but not past a stop request."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), timeout=seconds)
 
     async def _targets(self) -> list[str]:
         try:
@@ -204,14 +252,22 @@ class HandOff:
             if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
                 await self.spool.finish_handoff(item)
                 self._sticky.pop(key, None)
+                self._unclear.pop(key, None)
                 self.handed_off += 1
                 if outcome == Outcome.DUPLICATE:
                     self.duplicates += 1
                 self.metrics.handoff.labels(outcome).inc()
                 return True
             self.last_error = f"{url}: {detail}"
+            if outcome == Outcome.REFUSED and key in self._sticky:
+                # The pod that may hold it refuses for now (e.g. draining, before it looks
+                # at the key): try it again later rather than elsewhere (no double).
+                self.failures += 1
+                self.metrics.handoff.labels("failed").inc()
+                return False
             if outcome == Outcome.UNCLEAR:
                 self._sticky[key] = _Sticky(url)
+                self._unclear[key] = item.message
                 self.failures += 1
                 self.metrics.handoff.labels("failed").inc()
                 log.info("hand-off unclear; will retry the same pod",

@@ -11,8 +11,9 @@ metrics and admin API for Kubernetes and the operator.
   nothing (link scanners fetch URLs).
 - `/healthz` (the process serves), `/readyz` (it accepts mail), `/metrics`: unauthenticated,
   for the kubelet and Prometheus.
-- `GET /v1/stats`, `GET|PUT /v1/assignment`, `POST /v1/drain[?handoff=true]`, and
-  `/v1/suppressions` (`suppression.suppression_routes`): admin (or peer) token as Bearer.
+- `GET /v1/stats`, `GET|PUT /v1/assignment`, `POST /v1/drain[?handoff=true]`,
+  `DELETE /v1/drain` (undrain), and `/v1/suppressions` (`suppression.suppression_routes`):
+  admin (or peer) token as Bearer.
 """
 
 from __future__ import annotations
@@ -51,6 +52,10 @@ class Backend(Protocol):
     def assign(self, assignment: wire.Assignment) -> wire.AssignmentStatus: ...
 
     def drain(self, *, handoff: bool = False) -> None: ...
+
+    async def undrain(self) -> wire.DrainStatus: ...
+
+    def drain_status(self) -> wire.DrainStatus: ...
 
     def suppression_app_routes(self) -> web.RouteTableDef: ...
 
@@ -110,6 +115,7 @@ class Api:
             web.get("/v1/assignment", self.get_assignment),
             web.put("/v1/assignment", self.put_assignment),
             web.post("/v1/drain", self.post_drain),
+            web.delete("/v1/drain", self.delete_drain),
         ]
 
     def app(self, *, submission: bool, admin: bool, max_body: int) -> web.Application:
@@ -318,7 +324,16 @@ class Api:
             return denied
         handoff = request.query.get("handoff", "false").lower() in ("true", "1", "yes")
         self.backend.drain(handoff=handoff)
-        return web.json_response({"draining": True, "handoff": handoff}, status=202)
+        status = self.backend.drain_status()
+        return web.json_response(status.model_dump(mode="json", by_alias=True), status=202)
+
+    async def delete_drain(self, request: web.Request) -> web.Response:
+        """Undrain: accept mail again, cancel a hand-off cleanly (idempotent)."""
+        denied = self._admin_denied(request)
+        if denied is not None:
+            return denied
+        status = await self.backend.undrain()
+        return web.json_response(status.model_dump(mode="json", by_alias=True))
 
 
 def _address_of(value: str) -> str | None:

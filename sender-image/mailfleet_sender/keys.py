@@ -2,9 +2,15 @@
 
 Kubernetes updates a mounted Secret by swapping a `..data` symlink, so a changed key shows up as
 a different inode/mtime behind the same path: `refresh()` re-stats every key file and reloads
-the ones that changed. A key that cannot be read or parsed leaves its domain without that key
-(and mail for a domain with no usable key is held, never sent unsigned); the error is kept for
-logs and metrics, never the key material.
+the ones that changed, and a file missing at first is picked up when it appears.
+
+Preference: a domain lists its keys in preference order (during a rotation the operator lists
+the new Active key first, then the previous one, still published). Per algorithm (RSA,
+Ed25519) mail is signed with the first listed key whose file loads and is valid. The kubelet
+updates the config file and the Secret files at different moments (up to a minute apart), so
+the config may name a key file that is not there yet, or no longer: the next key of the same
+algorithm covers the gap. Mail for a domain none of whose keys load is held, never sent
+unsigned. Errors are kept for logs, metrics and /v1/stats, never the key material.
 """
 
 from __future__ import annotations
@@ -27,6 +33,11 @@ MIN_RSA_BITS = 1024
 """RFC 8301: verifiers must refuse RSA keys under 1024 bits, so we never sign with one."""
 
 Stamp = tuple[int, int, int]
+
+_ALGORITHM_NAMES = {
+    dkim_signing.Algorithm.RSA_SHA256: "rsa",
+    dkim_signing.Algorithm.ED25519_SHA256: "ed25519",
+}
 
 
 class KeyError_(ValueError):
@@ -86,6 +97,7 @@ class KeyStore:
 
     def __init__(self) -> None:
         self._entries: list[_Entry] = []
+        self._announced: dict[str, dict[str, str]] = {}
         self.version = 0
 
     def configure(self, domains: Sequence[config.DKIMDomain]) -> None:
@@ -103,6 +115,7 @@ class KeyStore:
         self._entries = entries
         self.version += 1
         self.refresh()
+        self._log_selection()  # a new order may change the preferred key without a file change
 
     def refresh(self) -> bool:
         """Reload key files whose stat changed; True when any key changed."""
@@ -125,6 +138,8 @@ class KeyStore:
                     extra={
                         "domain": entry.domain,
                         "selector": entry.spec.selector,
+                        "algorithm": entry.spec.algorithm,
+                        "key_file": entry.spec.key_file,
                         "error": entry.error,
                     },
                 )
@@ -139,21 +154,60 @@ class KeyStore:
             )
         if changed:
             self.version += 1
+            self._log_selection()
         return changed
 
     def keys_for(self, from_domain: str) -> list[dkim_signing.SigningKey]:
-        """Usable keys of the closest configured domain at or above `from_domain`."""
+        """The signing keys for mail from `from_domain`: of the closest configured domain at or
+        above it, per algorithm the first listed key that is usable (one RSA and one Ed25519
+        signature at most). Empty when that domain has no usable key (the mail is held)."""
         name = from_domain.lower().rstrip(".")
         while name:
-            keys = [e.key for e in self._entries if e.domain == name and e.key is not None]
-            if keys:
-                return keys
             if any(e.domain == name for e in self._entries):
-                return []
+                return self._preferred(name)
             name = name.partition(".")[2]
         return []
+
+    def _preferred(self, domain: str) -> list[dkim_signing.SigningKey]:
+        chosen: dict[str, dkim_signing.SigningKey] = {}
+        for entry in self._entries:
+            if entry.domain == domain and entry.key is not None:
+                chosen.setdefault(entry.spec.algorithm, entry.key)
+        return list(chosen.values())
+
+    def in_use(self) -> dict[str, dict[str, str]]:
+        """domain -> algorithm -> selector signing now (domains without a usable key: {})."""
+        out: dict[str, dict[str, str]] = {}
+        for entry in self._entries:
+            out.setdefault(entry.domain, {})
+        for domain in out:
+            for key in self._preferred(domain):
+                out[domain][_ALGORITHM_NAMES[key.algorithm]] = key.selector
+        return out
+
+    def unusable(self) -> dict[str, dict[str, str]]:
+        """domain -> selector -> why its key cannot be used (never the key itself)."""
+        out: dict[str, dict[str, str]] = {}
+        for entry in self._entries:
+            if entry.error is not None:
+                out.setdefault(entry.domain, {})[entry.spec.selector] = entry.error
+        return out
 
     def errors(self) -> dict[str, str]:
         return {
             f"{e.domain}/{e.spec.selector}": e.error for e in self._entries if e.error is not None
         }
+
+    def _log_selection(self) -> None:
+        """Say which selector signs each domain when that changes (rotations, late files)."""
+        current = self.in_use()
+        for domain, selectors in current.items():
+            if self._announced.get(domain) == selectors:
+                continue
+            if selectors:
+                log.info("dkim selectors in use", extra={"domain": domain, **{
+                    f"{alg}_selector": sel for alg, sel in selectors.items()}})
+            else:
+                log.warning("dkim: no usable key, mail for the domain is held",
+                            extra={"domain": domain})
+        self._announced = current

@@ -7,9 +7,12 @@ the old lease to run out. Leases live in memory only: after a restart the pod ho
 the operator grants them again.
 
 Quota: `quotaRemaining` is what the IP may still send today as of the grant. The sender counts
-what it sends from the grant on. When the operator computed the figure from a `sentToday` it
-read earlier, it passes that as `sentTodayBasis` and the sender also subtracts what it sent
-since then (no overshoot from a stale read). A new day does not refill a quota: only the
+a message against it when its attempt *starts* (a reservation, returned if the attempt never
+reached a receiver), so in-flight deliveries are covered. When the operator computed the figure
+from a `sentToday` it read earlier, it passes that as `sentTodayBasis` and the sender also
+subtracts what it counted since then; `sentToday` includes reservations in flight, so a renewal
+racing with deliveries never grants the same messages twice. Without a basis the deliveries in
+flight at the grant are counted against it. A new day does not refill a quota: only the
 operator grants the next day's figure.
 """
 
@@ -64,9 +67,15 @@ class LeaseTable:
         self._grants: dict[str, tuple[str, int | None, int | None]] = {}
 
     def apply(
-        self, assignment: wire.Assignment, *, now: float, sent_today: dict[str, int]
+        self,
+        assignment: wire.Assignment,
+        *,
+        now: float,
+        sent_today: dict[str, int],
+        in_flight: dict[str, int] | None = None,
     ) -> Change:
-        """Replace the lease set; IPs not in the new set are revoked at once."""
+        """Replace the lease set; IPs not in the new set are revoked at once. `sent_today`
+        counts reservations (attempts started today); `in_flight` the ones not answered yet."""
         if assignment.generation < self.generation:
             raise StaleAssignment(
                 f"generation {assignment.generation} is older than {self.generation}"
@@ -82,7 +91,10 @@ class LeaseTable:
                 used = old.used
             else:
                 basis = lease.sent_today_basis
-                used = max(0, sent_today.get(lease.address, 0) - basis) if basis is not None else 0
+                if basis is not None:
+                    used = max(0, sent_today.get(lease.address, 0) - basis)
+                else:
+                    used = (in_flight or {}).get(lease.address, 0)
                 if old is None or old.revoked:
                     granted.append(lease.address)
             fresh = Source(

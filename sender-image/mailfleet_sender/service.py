@@ -7,9 +7,14 @@ module builds the parts from the config and keeps them in step.
   kubelet's `..data` symlink swap) together with the DKIM key files. A file that does not
   parse or validate keeps the last good config running; the error is logged, counted
   (`mailfleet_sender_config_valid` 0) and shown as `configError` in /v1/stats.
-- Drain (`POST /v1/drain`): refuse new mail, keep delivering what is queued. With
-  `?handoff=true`: stop delivering, and hand the queue to the pool's other pods (`handoff`);
-  a pod restarted with hand-off rows in its spool resumes that on its own.
+- Drain (`POST /v1/drain`): refuse new mail (SMTP 421, HTTP 503, /readyz 503 so Services stop
+  routing submissions here), keep delivering what is queued. With `?handoff=true`: stop
+  delivering, and hand the queue to the pool's other pods (`handoff`); a pod restarted with
+  hand-off rows in its spool resumes that on its own.
+- Undrain (`DELETE /v1/drain`): accept mail again and deliver the queue here. A hand-off in
+  progress is cancelled: what no peer accepted returns to the local queue; a message whose
+  last re-submission got no clear answer finishes its hand-off to that pod (it may hold it),
+  so nothing is lost or doubled. The persisted draining state is cleared.
 - Stop (SIGTERM): refuse new mail, give open SMTP transactions and outbound deliveries the
   grace period, then close the spool cleanly. Anything undelivered stays in the spool.
 - Deliverability (`deliverability`): its hooks drive the engine; the suppression list
@@ -143,6 +148,11 @@ class Service:
         self.feedback: feedback_smtp.FeedbackServer | None = None
         self.handoff: handoff.HandOff | None = None
         self._handoff_task: asyncio.Task[None] | None = None
+        self._handoff_draining = False
+        """A hand-off drain is on (engine stopped, queue marked or being marked)."""
+        self._handed_off_before = 0
+        """Messages handed off by runners that have ended (totals.handedOff)."""
+        self._drain_lock = asyncio.Lock()
 
     @property
     def listen_address(self) -> str:
@@ -203,8 +213,13 @@ class Service:
         await self._start_deliverability(cfg)
         self._reload_task = asyncio.create_task(self._watch(), name="config-watch")
         if await asyncio.to_thread(self.spool.count_handoff):
-            log.info("hand-off rows in the spool: resuming the hand-off")
-            self.drain(handoff=True)
+            if await asyncio.to_thread(self.spool.handoff_mode) == "settle":
+                log.info("unsettled hand-offs in the spool: finishing them, accepting mail")
+                self.handoff = self._new_runner()
+                self.handoff.start()
+            else:
+                log.info("hand-off rows in the spool: resuming the hand-off")
+                self.drain(handoff=True)
         log.info(
             "sender started",
             extra={
@@ -376,7 +391,8 @@ class Service:
     def assign(self, assignment: wire.Assignment) -> wire.AssignmentStatus:
         sent = {addr: n for (addr, kind), n in self.engine.counts_today().per_ip.items()
                 if kind == "sent"}
-        change = self.leases.apply(assignment, now=self.clock.wall(), sent_today=sent)
+        change = self.leases.apply(assignment, now=self.clock.wall(), sent_today=sent,
+                                   in_flight=self.engine.inflight_by_ip())
         log.info(
             "assignment applied",
             extra={"generation": assignment.generation, "granted": change.granted,
@@ -455,7 +471,8 @@ class Service:
                 bounced=totals["bounced"],
                 expired=totals["expired"],
                 suppressed=totals["suppressed"],
-                handed_off=self.handoff.handed_off if self.handoff else 0,
+                handed_off=self._handed_off_before
+                + (self.handoff.handed_off if self.handoff else 0),
             ),
             today=today,
             rates=wire.Rates.model_validate(self.deliverability.rates_snapshot()),
@@ -468,7 +485,15 @@ class Service:
             },
             suppression=self._suppression_stats(),
             handoff=self.handoff.status() if self.handoff else wire.HandoffStats(),
+            dkim=self._dkim_stats(),
         )
+
+    def _dkim_stats(self) -> dict[str, wire.DKIMDomainStats]:
+        unusable = self.keys.unusable()
+        return {
+            domain: wire.DKIMDomainStats(selectors=selectors, unusable=unusable.get(domain, {}))
+            for domain, selectors in self.keys.in_use().items()
+        }
 
     def _suppression_stats(self) -> wire.SuppressionStats:
         lst = self.deliverability.suppressions
@@ -480,6 +505,9 @@ class Service:
             replication_push_failures=r.push_failures,
             replication_pulls=r.pulls,
             replication_pull_failures=r.pull_failures,
+            peers=r.peers,
+            peer_discovery_failures=sum(r.discovery_failures.values()),
+            last_discovery_error=r.last_discovery_error,
         )
 
     def _collect(self) -> list[GaugeMetricFamily]:
@@ -526,7 +554,26 @@ class Service:
                        "configured rate, 0 = suspended); slowed providers only.", ["provider"])
         for name, state in self.deliverability.shaping_snapshot().items():
             factor.add_metric([name], state["factor"])
-        return [depth, oldest, quota, sent, draining, entries, problems, replication, factor]
+        in_use = gauge("dkim_selector_in_use", "1 for the selector signing a domain's mail, "
+                       "per algorithm (none: the domain's mail is held).",
+                       ["domain", "algorithm", "selector"])
+        for domain, selectors in self.keys.in_use().items():
+            for algorithm, selector in selectors.items():
+                in_use.add_metric([domain, algorithm, selector], 1)
+        unusable = gauge("dkim_key_unusable", "1 for a configured DKIM key whose file cannot be "
+                         "used (missing, unreadable, wrong type).", ["domain", "selector"])
+        for domain, bad in self.keys.unusable().items():
+            for selector in bad:
+                unusable.add_metric([domain, selector], 1)
+        peers = gauge("peers", "Other pods of the pool found at the last peer discovery.", [])
+        discovery = gauge("peer_discovery_failures", "Peer discoveries that failed or found "
+                          "no pod (counter).", ["reason"])
+        if self.replicator is not None:
+            peers.add_metric([], r.peers)
+            for reason, n in sorted(r.discovery_failures.items()):
+                discovery.add_metric([reason], n)
+        return [depth, oldest, quota, sent, draining, entries, problems, replication, factor,
+                in_use, unusable, peers, discovery]
 
     # --- Backend protocol for the HTTP API -----------------------------------------------
 
@@ -541,18 +588,29 @@ class Service:
 
     def drain(self, *, handoff: bool = False) -> None:
         """Refuse new mail from now on; queued mail keeps going out, or with `handoff` moves
-        to the pool's other pods."""
+        to the pool's other pods. Idempotent."""
         if not self.draining:
             log.info("draining", extra={"handoff": handoff})
         self.draining = True
         self.intake.accepting = False
-        self.smtp.close_listener()
-        if handoff and self.handoff is None:
-            self.handoff = self._start_handoff()
+        if handoff and not self._handoff_draining:
+            self._handoff_draining = True
+            self._handoff_task = asyncio.create_task(self._begin_handoff(), name="handoff")
 
-    def _start_handoff(self) -> handoff.HandOff:
-        """Create the hand-off runner and schedule its start (engine stop, marking, running)."""
-        runner = handoff.HandOff(
+    def drain_status(self) -> wire.DrainStatus:
+        runner = self.handoff
+        return wire.DrainStatus(
+            draining=self.draining,
+            handoff=self._handoff_draining,
+            ready=self.ready(),
+            handoff_state=runner.state if runner is not None else "idle",  # type: ignore[arg-type]
+            handoff_unsettled=len(runner.unclear()) if runner is not None else 0,
+        )
+
+    def _new_runner(
+        self, carry: tuple[dict[str, handoff._Sticky], dict[str, int]] | None = None
+    ) -> handoff.HandOff:
+        return handoff.HandOff(
             spool_=self.spool,
             peers=self._peers(self.cfg, admin=False) or suppression.static_peers([]),
             self_urls=self._self_urls(),
@@ -561,18 +619,67 @@ class Service:
             cfg=self.cfg.deliverability.handoff,
             metric_set=self.metrics,
             clock_=self.clock,
+            carry=carry,
         )
-        self._handoff_task = asyncio.create_task(self._begin_handoff(runner), name="handoff")
-        return runner
 
-    async def _begin_handoff(self, runner: handoff.HandOff) -> None:
+    def _retire_runner(self) -> tuple[dict[str, handoff._Sticky], dict[str, int]] | None:
+        """Forget the current runner (already stopped), keeping its count and its carry."""
+        runner, self.handoff = self.handoff, None
+        if runner is None:
+            return None
+        self._handed_off_before += runner.handed_off
+        return runner.carry()
+
+    async def _begin_handoff(self) -> None:
         """Stop local delivery, mark what is left for hand-off (durably), hand it off."""
+        if self.handoff is not None:  # still settling messages of an earlier hand-off
+            await self.handoff.finish_now()
+        carry = self._retire_runner()
         await self.engine.stop(grace=self.grace)
         await self.spool.flush()
         marked = await self.spool.mark_handoff()
         self.engine.forget_pending()
         log.info("hand-off started", extra={"messages_marked": marked})
-        runner.start()
+        self.handoff = self._new_runner(carry)
+        self.handoff.start()
+
+    async def undrain(self) -> wire.DrainStatus:
+        """Accept mail again (`DELETE /v1/drain`). Idempotent. A hand-off in progress is
+        cancelled: re-submissions under way get their answer first; messages no peer accepted
+        go back to the local queue; those whose last attempt got no clear answer keep going
+        to that pod until settled there (it may hold them), never delivered here too."""
+        async with self._drain_lock:
+            if self.stopping or not self.draining:
+                return self.drain_status()
+            if self._handoff_draining:
+                if self._handoff_task is not None:
+                    # The start phase (engine stop within the grace period, marking) ends
+                    # first, so the spool and the engine are in a known state.
+                    try:
+                        await asyncio.shield(self._handoff_task)
+                    except Exception:
+                        log.exception("hand-off start failed; undraining anyway")
+                    self._handoff_task = None
+                if self.handoff is not None:
+                    await self.handoff.finish_now()
+                keep = self.handoff.unclear() if self.handoff is not None else []
+                await self.spool.flush()
+                returned = await self.spool.unmark_handoff(keep)
+                carry = self._retire_runner()
+                self.engine.forget_pending()
+                self.engine.resume()
+                pending = await asyncio.to_thread(self.spool.load_pending)
+                self.engine.add(pending, data=None)
+                if keep:
+                    self.handoff = self._new_runner(carry)
+                    self.handoff.start()
+                self._handoff_draining = False
+                log.info("hand-off cancelled", extra={"requeued_deliveries": returned,
+                                                      "unsettled_messages": len(keep)})
+            self.draining = False
+            self.intake.accepting = True
+            log.info("undrained: accepting mail again")
+            return self.drain_status()
 
     def _self_urls(self) -> list[str]:
         hosts = {self.identity.pod_ip, self.listen_address, "127.0.0.1", "localhost"}

@@ -82,7 +82,16 @@ CREATE TABLE IF NOT EXISTS counters (
     n INTEGER NOT NULL,
     PRIMARY KEY (day, address, kind)
 );
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 """
+
+HANDOFF_MODE = "handoff_mode"
+"""meta key: `drain` while a hand-off drain is on (the pod comes back draining after a restart),
+`settle` after an undrain left messages whose hand-off must still finish (the pod comes back
+accepting mail and finishes those). Absent with hand-off rows: `drain` (older spools)."""
 
 State = Literal["queued", "held", "handoff", "delivered", "bounced", "expired", "handed_off"]
 FINAL_STATES: frozenset[str] = frozenset({"delivered", "bounced", "expired", "handed_off"})
@@ -180,7 +189,8 @@ class Count:
 
 @dataclasses.dataclass
 class _Op:
-    kind: Literal["submit", "update", "count", "soft", "mark_handoff", "barrier"]
+    kind: Literal["submit", "update", "count", "soft", "mark_handoff", "unmark_handoff",
+                  "barrier"]
     payload: object
     future: concurrent.futures.Future[object] | None
 
@@ -332,6 +342,19 @@ class Spool:
         assert isinstance(result, int)
         return result
 
+    async def unmark_handoff(self, keep: Sequence[int] = ()) -> int:
+        """Undrain: return every hand-off row to the queue (durably), except those of the
+        messages in `keep` (their hand-off must still finish). Returns how many came back."""
+        result = await self._call("unmark_handoff", tuple(keep))
+        assert isinstance(result, int)
+        return result
+
+    def handoff_mode(self) -> str:
+        """`drain` or `settle` (see HANDOFF_MODE); `drain` when not recorded."""
+        with self._connect() as db:
+            row = db.execute("SELECT value FROM meta WHERE key = ?", (HANDOFF_MODE,)).fetchone()
+        return str(row[0]) if row is not None else "drain"
+
     async def finish_handoff(self, item: HandoffItem) -> None:
         """Another pod accepted the message: remove its handed-off rows here (durably)."""
         self.update(
@@ -425,9 +448,29 @@ class Spool:
                     (op.payload.address, op.payload.n),
                 )
         elif op.kind == "mark_handoff":
+            db.execute(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, 'drain')", (HANDOFF_MODE,)
+            )
             return db.execute(
                 "UPDATE deliveries SET state = 'handoff' WHERE state IN ('queued', 'held')"
             ).rowcount
+        elif op.kind == "unmark_handoff":
+            assert isinstance(op.payload, tuple)
+            keep = [int(m) for m in op.payload]
+            marks = ",".join("?" * len(keep))
+            unmarked = db.execute(
+                "UPDATE deliveries SET state = 'queued' WHERE state = 'handoff'"
+                + (f" AND message NOT IN ({marks})" if keep else ""),
+                keep,
+            ).rowcount
+            if keep:
+                db.execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, 'settle')",
+                    (HANDOFF_MODE,),
+                )
+            else:
+                db.execute("DELETE FROM meta WHERE key = ?", (HANDOFF_MODE,))
+            return unmarked
         elif op.kind == "count":
             assert isinstance(op.payload, Count)
             c = op.payload

@@ -41,6 +41,7 @@ import enum
 import hmac
 import json
 import logging
+import math
 import re
 import secrets
 import sqlite3
@@ -60,6 +61,7 @@ __all__ = [
     "Authorizer",
     "Entry",
     "InvalidAddress",
+    "PeerDiscoveryError",
     "Reason",
     "ReplicationMetrics",
     "Replicator",
@@ -641,6 +643,10 @@ def static_peers(urls: Sequence[str]) -> PeersProvider:
     return peers
 
 
+class PeerDiscoveryError(RuntimeError):
+    """The pool's pods could not be looked up (DNS failure, no such name)."""
+
+
 def dns_peers(
     service: str,
     port: int,
@@ -648,21 +654,20 @@ def dns_peers(
     scheme: str = "http",
     resolver: dns.asyncresolver.Resolver | None = None,
 ) -> PeersProvider:
-    """Peers from the headless Service's A records (one per pod, ready or not)."""
-    last_warning = [-60.0]
+    """Peers from the headless Service's A records (one per pod, ready or not). The name is
+    looked up with the resolver's search list (in a pod: `<ns>.svc.cluster.local`...), so
+    `<svc>.<ns>.svc` resolves as it does for any program in the cluster; configured
+    nameservers have no search list and get the name as written. Raises
+    `PeerDiscoveryError`; callers count and log it (`Replicator`, the hand-off)."""
 
     async def peers() -> Sequence[str]:
         try:
             if resolver is not None:
-                answer = await resolver.resolve(service, "A")
+                answer = await resolver.resolve(service, "A", search=True)
             else:
-                answer = await dns.asyncresolver.resolve(service, "A")
+                answer = await dns.asyncresolver.resolve(service, "A", search=True)
         except dns.exception.DNSException as exc:
-            now = time.monotonic()
-            if now - last_warning[0] >= 60.0:  # every pull would log it: once a minute
-                last_warning[0] = now
-                log.warning("peer lookup failed", extra={"service": service, "error": str(exc)})
-            return []
+            raise PeerDiscoveryError(f"{service}: {type(exc).__name__}: {exc}") from exc
         return [f"{scheme}://{record.to_text()}:{port}" for record in answer]
 
     return peers
@@ -675,6 +680,11 @@ class ReplicationMetrics:
     pulls: int = 0
     pull_failures: int = 0
     pulled_entries: int = 0
+    peers: int = 0
+    """Other pods found at the last discovery."""
+    discovery_failures: dict[str, int] = dataclasses.field(default_factory=dict)
+    """reason (error: the lookup failed; empty: it found no pod, not even this one) -> n."""
+    last_discovery_error: str | None = None
 
 
 class Replicator:
@@ -698,6 +708,7 @@ class Replicator:
         self._headers = {"Authorization": f"Bearer {token}"}
         self._skip: set[str] = {self_url.rstrip("/")} if self_url else set()
         self._pull_interval = pull_interval
+        self._last_discovery_warning = -math.inf
         self._push_attempts = push_attempts
         self._retry_delay = retry_delay
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -730,12 +741,36 @@ class Replicator:
             self._session = None
 
     async def _targets(self) -> list[str]:
+        """The peers to push to or pull from now. Discovery runs on every push and every
+        pull, so a pod whose discovery fails (or finds nobody) retries each pull interval
+        and catches up by pulling once peers appear. A failure is counted each time and
+        logged as a warning at most once per pull interval; a pool of one pod (only this pod
+        found) is not a failure."""
         try:
-            urls = await self._peers()
+            urls = [url.rstrip("/") for url in await self._peers()]
         except Exception as exc:  # a broken provider must not stop replication for good
-            log.warning("peer discovery failed", extra={"error": repr(exc)})
+            self._discovery_failed("error", str(exc) or repr(exc))
             return []
-        return [url.rstrip("/") for url in urls if url.rstrip("/") not in self._skip]
+        if not urls:
+            self._discovery_failed("empty", "peer discovery found no pod")
+            return []
+        targets = [url for url in urls if url not in self._skip]
+        if self.metrics.last_discovery_error is not None or self.metrics.peers != len(targets):
+            log.info("peers discovered", extra={"peers": len(targets)})
+        self.metrics.peers = len(targets)
+        self.metrics.last_discovery_error = None
+        return targets
+
+    def _discovery_failed(self, reason: str, error: str) -> None:
+        m = self.metrics
+        m.discovery_failures[reason] = m.discovery_failures.get(reason, 0) + 1
+        m.last_discovery_error = error
+        m.peers = 0
+        now = time.monotonic()
+        if now - self._last_discovery_warning >= self._pull_interval:
+            self._last_discovery_warning = now
+            log.warning("peer discovery failed: suppression changes reach no other pod",
+                        extra={"reason": reason, "error": error})
 
     async def _push_loop(self) -> None:
         while True:

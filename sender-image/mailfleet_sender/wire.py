@@ -145,6 +145,11 @@ class SuppressionStats(ResponseModel):
     replication_push_failures: int = 0
     replication_pulls: int = 0
     replication_pull_failures: int = 0
+    peers: int = Field(default=0, description="Other pods found at the last peer discovery.")
+    peer_discovery_failures: int = Field(
+        default=0, description="Discoveries that failed or found no pod at all (counter)."
+    )
+    last_discovery_error: str | None = None
 
 
 class HandoffStats(ResponseModel):
@@ -154,6 +159,36 @@ class HandoffStats(ResponseModel):
     duplicates: int = 0
     failures: int = 0
     last_error: str | None = None
+
+
+class DrainStatus(ResponseModel):
+    """Answer of `POST /v1/drain` (202) and `DELETE /v1/drain` (200)."""
+
+    draining: bool = Field(description="The pod refuses new mail (and /readyz fails).")
+    handoff: bool = Field(
+        default=False, description="A hand-off drain is on: the queue moves to other pods."
+    )
+    ready: bool = Field(default=False, description="What /readyz answers now.")
+    handoff_state: Literal["idle", "running", "done"] = "idle"
+    handoff_unsettled: int = Field(
+        default=0,
+        description=(
+            "Messages whose hand-off ended without a clear answer: after an undrain they still "
+            "go to the pod that may hold them, never out from here."
+        ),
+    )
+
+
+class DKIMDomainStats(ResponseModel):
+    """Signing state of one `dkim.domains[]` entry."""
+
+    selectors: dict[str, str] = Field(
+        default_factory=dict,
+        description="algorithm (rsa, ed25519) -> selector signing now; empty: mail is held.",
+    )
+    unusable: dict[str, str] = Field(
+        default_factory=dict, description="selector -> why its key file cannot be used."
+    )
 
 
 class Stats(ResponseModel):
@@ -181,6 +216,9 @@ class Stats(ResponseModel):
     )
     suppression: SuppressionStats = Field(default_factory=SuppressionStats)
     handoff: HandoffStats = Field(default_factory=HandoffStats)
+    dkim: dict[str, DKIMDomainStats] = Field(
+        default_factory=dict, description="Per signing domain: selectors in use, bad keys."
+    )
 
 
 class SubmitRequest(RequestModel):

@@ -8,6 +8,8 @@ is a manual clock, so lease expiry and `unhealthyAfter` are exercised without sl
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -295,3 +297,227 @@ def dataclass_replace_settings(ctx: context.Context, **changes: Any) -> context.
     return context.Context(
         client=ctx.client, settings=ctx.settings.model_copy(update=changes), clock=ctx.clock
     )
+
+
+def serving(harness: Harness) -> list[str]:
+    """Pods carrying the label the client Service selects on."""
+    items = harness.api.list("v1", "Pod", NS, label_selector="mailfleet.io/serving=true")
+    return sorted(p["metadata"]["name"] for p in items)
+
+
+async def test_the_serving_label_follows_the_ips_so_the_client_service_skips_standbys(
+    harness: Harness,
+) -> None:
+    harness.api.create(pool(harness.pods.port))
+    await harness.cycle()
+    await harness.run_pods(3)
+    await harness.cycle()
+    await harness.cycle()
+    assert serving(harness) == ["mail-0", "mail-1"]  # mail-2 is the standby
+    service = harness.api.get("v1", "Service", "mail", NS)
+    assert service["spec"]["selector"]["mailfleet.io/serving"] == "true"
+
+    await harness.api.set_pod_status(NS, "mail-0", ready=False, pod_ip="127.0.0.20")
+    harness.clock.advance(6)
+    await harness.cycle()  # mail-0 failed: its IP is revoked, it serves no more
+    assert "mail-0" not in serving(harness)
+    await harness.cycle()
+    assert harness.pods.holders(IPS[0]) == ["mail-2"]
+    assert serving(harness) == ["mail-1", "mail-2"]
+
+
+async def test_a_drained_pod_healthy_again_gets_its_drain_cancelled_and_becomes_a_standby(
+    harness: Harness,
+) -> None:
+    harness.ctx = dataclass_replace_settings(harness.ctx, stats_interval=0)
+    harness.api.create(pool(harness.pods.port))
+    await harness.cycle()
+    await harness.run_pods(3)
+    await harness.cycle()
+    # mail-0 fails (unready past unhealthyAfter): revoked, drained with hand-off, IP moves.
+    await harness.api.set_pod_status(NS, "mail-0", ready=False, pod_ip="127.0.0.20")
+    harness.clock.advance(6)
+    await harness.cycle()
+    mail_0 = harness.pods["mail-0"]
+    assert mail_0.drains == [True] and mail_0.draining
+    mail_0.handoff = "running"  # its queue is still being handed to the others
+    for _ in range(2):
+        harness.clock.advance(1)
+        await harness.cycle()
+    assert harness.pods.holders(IPS[0]) == ["mail-2"]
+    assert mail_0.undrains == 0  # a running hand-off is left to finish
+
+    mail_0.handoff = "done"
+    harness.clock.advance(1)
+    await harness.cycle()
+    assert mail_0.undrains == 1 and not mail_0.draining
+    # Undrained, the sender reports ready again: a spare, no IP, not serving.
+    await harness.api.set_pod_status(NS, "mail-0", ready=True, pod_ip="127.0.0.20")
+    harness.clock.advance(1)
+    body = await harness.cycle()
+    assert body["status"]["standbyReplicas"] == 1
+    assert mail_0.addresses == [] and "mail-0" not in serving(harness)
+    assert mail_0.undrains == 1  # cancelled once, not on every cycle
+    # And a useful one: the next failover moves an IP to it.
+    await harness.api.set_pod_status(NS, "mail-1", ready=False, pod_ip="127.0.0.21")
+    harness.clock.advance(6)
+    await harness.cycle()
+    await harness.cycle()
+    assert harness.pods.holders(IPS[1]) == ["mail-0"]
+
+
+async def test_a_scale_down_keeps_the_leaving_pods_drain(harness: Harness) -> None:
+    harness.ctx = dataclass_replace_settings(harness.ctx, stats_interval=0)
+    harness.api.create(pool(harness.pods.port, standbyReplicas=0))
+    await harness.cycle()
+    await harness.run_pods(2)
+    await harness.cycle()
+    harness.pods["mail-1"].queue = 5  # mail left: the pod may not go yet
+    harness.api.patch("mailfleet.io/v1alpha1", "SendingPool", "mail", {"spec": {"replicas": 1}},
+                      NS)
+    for _ in range(4):
+        harness.clock.advance(1)
+        await harness.cycle()
+    assert harness.pods["mail-1"].drains == [True]
+    assert harness.pods["mail-1"].undrains == 0
+
+
+# --- DKIM rotation and the pod template ---------------------------------------------------
+
+PEM = {sel: base64.b64encode(f"-----KEY {sel}-----\n".encode()).decode()
+       for sel in ("mf-1", "mf-2")}
+
+
+def key_secret(selector: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {"name": f"example-com-dkim-{selector}", "namespace": NS},
+        "data": {"private.pem": PEM[selector], "public.txt": ""},
+    }
+
+
+def set_key_states(harness: Harness, states: dict[str, str]) -> None:
+    """What the DomainAuth controller writes at each step of a rotation (newest first)."""
+    keys = [
+        {"selector": s, "algorithm": "rsa-2048", "state": st,
+         "secretName": f"example-com-dkim-{s}"}
+        for s, st in sorted(states.items(), reverse=True)
+    ]
+    harness.api.patch(
+        "mailfleet.io/v1alpha1", "DomainAuth", "example-com",
+        {"status": {"dkim": {"keys": keys}, "conditions": [
+            {"type": "Ready", "status": "True", "reason": "KeyActive", "message": "",
+             "lastTransitionTime": "2025-01-01T00:00:00Z"}]}},
+        NS, subresource="status",
+    )
+
+
+def rendered_keys(harness: Harness) -> list[tuple[str, str]]:
+    config = yaml.safe_load(
+        harness.api.get("v1", "ConfigMap", "mail-config", NS)["data"]["sender.yaml"]
+    )
+    return [(k["selector"], k["keyFile"]) for d in config["dkim"]["domains"] for k in d["keys"]]
+
+
+async def test_a_dkim_rotation_rewrites_the_pool_secret_and_never_the_pod_template(
+    harness: Harness,
+) -> None:
+    harness.ctx = dataclass_replace_settings(harness.ctx, stats_interval=0)
+    harness.api.create({
+        "apiVersion": "mailfleet.io/v1alpha1", "kind": "DomainAuth",
+        "metadata": {"name": "example-com", "namespace": NS},
+        "spec": {"domain": "example.com"},
+    })
+    harness.api.create(key_secret("mf-1"))
+    set_key_states(harness, {"mf-1": "Active"})
+    harness.api.create(pool(harness.pods.port, domains=["example-com"]))
+    await harness.cycle()
+    await harness.run_pods(3)
+    await harness.cycle()
+    sts = harness.api.get("apps/v1", "StatefulSet", "mail", NS)
+    template, generation = sts["spec"]["template"], sts["metadata"]["generation"]
+    secret = harness.api.get("v1", "Secret", "mail-dkim", NS)
+    assert secret["metadata"]["ownerReferences"][0]["name"] == "mail"
+    assert secret["data"] == {"example-com-dkim-mf-1.pem": PEM["mf-1"]}
+    assert rendered_keys(harness) == [("mf-1", "/etc/mailfleet/dkim/example-com-dkim-mf-1.pem")]
+
+    # The new key is published: copied ahead of its switch, not signed with yet.
+    harness.api.create(key_secret("mf-2"))
+    set_key_states(harness, {"mf-1": "Active", "mf-2": "Published"})
+    harness.clock.advance(1)
+    await harness.cycle()
+    assert set(harness.api.get("v1", "Secret", "mail-dkim", NS)["data"]) == {
+        "example-com-dkim-mf-1.pem", "example-com-dkim-mf-2.pem"}
+    assert [s for s, _ in rendered_keys(harness)] == ["mf-1"]
+
+    # The switch: the new key first, the retiring one as the fallback.
+    set_key_states(harness, {"mf-1": "Retiring", "mf-2": "Active"})
+    harness.clock.advance(1)
+    await harness.cycle()
+    assert rendered_keys(harness) == [
+        ("mf-2", "/etc/mailfleet/dkim/example-com-dkim-mf-2.pem"),
+        ("mf-1", "/etc/mailfleet/dkim/example-com-dkim-mf-1.pem"),
+    ]
+
+    # Retired: its key leaves the pool's Secret (and the config).
+    set_key_states(harness, {"mf-1": "Retired", "mf-2": "Active"})
+    harness.clock.advance(1)
+    body = await harness.cycle()
+    secret = harness.api.get("v1", "Secret", "mail-dkim", NS)
+    assert secret["data"] == {"example-com-dkim-mf-2.pem": PEM["mf-2"]}
+    assert [s for s, _ in rendered_keys(harness)] == ["mf-2"]
+    # The Secret is written before the ConfigMap that names its files.
+    config_map = harness.api.get("v1", "ConfigMap", "mail-config", NS)
+    assert int(secret["metadata"]["resourceVersion"]) < int(
+        config_map["metadata"]["resourceVersion"])
+
+    sts = harness.api.get("apps/v1", "StatefulSet", "mail", NS)
+    assert sts["spec"]["template"] == template  # no rolling update for a rotation
+    assert sts["metadata"]["generation"] == generation
+    assert harness.condition(body, "Ready") == "True"
+    # Private keys stay in Secrets: not in the pool's status, not in its events.
+    leaked = json.dumps([body, harness.api.list("v1", "Event", NS)])
+    assert not any(pem in leaked for pem in PEM.values())
+
+
+async def test_a_frozen_pod_on_a_failed_node_does_not_hold_up_the_cycle(
+    harness: Harness,
+) -> None:
+    """A partitioned pod answers nothing until its calls time out; the renewals of the other
+    pods must not wait for that (with short leases they would lapse)."""
+    harness.ctx = dataclass_replace_settings(
+        harness.ctx, stats_interval=0, pod_admin_timeout=0.1
+    )
+    await harness.admin.close()
+    harness.admin = pod_admin.PodAdmin(timeout=30)  # a call to a frozen pod lasts "forever"
+    harness.api.create(pool(harness.pods.port))
+    await harness.cycle()
+    await harness.run_pods(3)
+    await harness.cycle()
+    frozen = harness.pods["mail-1"]  # on node-a
+    frozen.stalled = True
+    harness.api.patch(
+        "v1", "Node", "node-a", {"status": node("node-a", False)["status"]}, subresource="status"
+    )
+    reads = frozen.stats_reads
+    harness.clock.advance(3)
+    body = await harness.cycle()
+    assert harness.ips(body)[IPS[1]] == ("Draining", "mail-1")
+    memory = next(iter(reconciler.MEMORY.values()))
+    # The cycle returned with the revoke and the drain still waiting for the frozen pod...
+    assert {"assignment/mail-1", "drain/mail-1"} <= set(memory.inflight)
+    assert frozen.stats_reads == reads  # and did not even try to read its stats
+    # ...while the healthy holder got its renewal.
+    mail_0 = harness.pods["mail-0"]
+    assert min(lease.expires_at for lease in mail_0.leases) > harness.clock.now()
+    renewed = mail_0.leases
+    harness.clock.advance(3)
+    await harness.cycle()  # no second call piles up on the frozen pod, renewals go on
+    assert mail_0.leases != renewed
+    frozen.stalled = False
+    for _ in range(50):
+        if not memory.inflight:
+            break
+        await asyncio.sleep(0.02)
+    assert not memory.inflight

@@ -388,6 +388,43 @@ def make_pool(
     return pods
 
 
+def common_port(hosts: list[str]) -> int:
+    """A port free on every one of `hosts` (pods found through DNS share their ports)."""
+    for _ in range(50):
+        port = free_port(hosts[0])
+        try:
+            for host in hosts[1:]:
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                    probe.bind((host, port))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no common free port")
+
+
+def make_dns_pool(
+    tmp: Path, cfg: dict[str, Any], ips: list[str], *, service: str,
+    pull_interval: str = "1s", prefix: str = "dnspool",
+) -> list[SenderProcess]:
+    """Sender processes of one pool that find each other as in a cluster: through the A
+    records of the headless Service name `service` (publish them in the sandbox DNS named in
+    `cfg["dns"]`), all on one HTTP port. Start them with `start_all`."""
+    port = common_port(ips)
+    pods = []
+    for i, ip in enumerate(ips):
+        pod_cfg = {**cfg, "spoolDir": str(tmp / f"{prefix}-{i}" / "spool")}
+        deliverability = dict(pod_cfg.get("deliverability") or {})
+        deliverability["peers"] = {"service": service, "pullInterval": pull_interval}
+        pod_cfg["deliverability"] = deliverability
+        pod = SenderProcess(tmp / f"{prefix}-{i}", pod_cfg, pod=f"{prefix}-{i}", pod_ip=ip)
+        pod.cfg["submission"]["httpPort"] = port
+        pod.http_port = port
+        pod.client = SenderClient(port, host=ip)
+        pod.rewrite_config()
+        pods.append(pod)
+    return pods
+
+
 async def start_all(pods: list[SenderProcess]) -> None:
     await asyncio.gather(*(pod.start() for pod in pods))
 

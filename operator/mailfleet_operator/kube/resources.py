@@ -69,7 +69,8 @@ IP_WARMUPS = Resource(
 SECRETS = Resource(
     group="", version="v1", plural="secrets", kind="Secret",
     verbs=_verbs("get", "list", *_WRITE),
-    why="DKIM private keys (one Secret per selector, owned by the DomainAuth)",
+    why="DKIM private keys (one Secret per selector, owned by the DomainAuth; copied to the "
+    "pool's <pool>-dkim Secret)",
 )
 EVENTS = Resource(
     group="", version="v1", plural="events", kind="Event",
@@ -120,7 +121,8 @@ POD_DISRUPTION_BUDGETS = Resource(
 )
 PODS = Resource(
     group="", version="v1", plural="pods", kind="Pod",
-    verbs=_verbs("list", "watch"), why="readiness of sender pods, for IP failover",
+    verbs=_verbs("list", "watch", "patch"),
+    why="readiness of sender pods, for IP failover; the serving label on IP holders",
 )
 NODES = Resource(
     group="", version="v1", plural="nodes", kind="Node", namespaced=False,

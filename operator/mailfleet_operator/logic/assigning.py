@@ -445,3 +445,30 @@ def forget_dead_leases(
         for address, lease in leases.items()
         if address in wanted or lease_is_live(lease, pods_by_name=by_name, now=now)
     }
+
+
+def pods_to_undrain(
+    plan: AssignmentPlan, pods: Sequence[PodView], settled: Mapping[str, bool]
+) -> tuple[str, ...]:
+    """Drained pods whose drain should be cancelled, so they become useful spares again.
+
+    `settled` maps each pod known to be draining to whether its drain did its job (the
+    hand-off finished, or it has run for the drain timeout). A draining sender reports
+    itself unready, so readiness cannot say it is healthy again: its node is Ready, it is not
+    terminating, and it answered the stats read that reported the drain. Only a scale-down
+    (the pod is leaving) or a drain the plan still asks for keeps the drain in force; and a
+    pod still named by an IP (releasing it) waits for the release first.
+    """
+    named = {d.pod for d in plan.ips if d.pod} | {p.pod for p in plan.pods if p.ips}
+    return tuple(
+        sorted(
+            pod.name
+            for pod in pods
+            if settled.get(pod.name)
+            and pod.node_ready
+            and not pod.terminating
+            and not pod.leaving
+            and pod.name not in plan.drain
+            and pod.name not in named
+        )
+    )

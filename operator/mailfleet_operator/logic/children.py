@@ -12,6 +12,13 @@ Why some choices:
 - Pod security is the "restricted" profile, plus NET_BIND_SERVICE for port 25/587.
 - Standby pods are in the same StatefulSet (replicas = active + standby): any pod can take
   any role, so the operator moves roles instead of restarting pods.
+- DKIM keys come from ONE pool-owned Secret (`<pool>-dkim`) mounted once at `DKIM_DIR`: a key
+  rotation rewrites that Secret's files in place (the kubelet swaps them, the sender reloads),
+  never the pod template. A template change would roll the pods one by one, and a rollout
+  stalls on any unready pod while the config already names the new key.
+- The client Service selects only pods labelled `mailfleet.io/serving=true` (the operator
+  sets it on pods holding an IP), as CloudNativePG's `-rw` Service selects the primary:
+  submissions never land on a standby where mail would wait for an IP.
 """
 
 from __future__ import annotations
@@ -29,11 +36,15 @@ CONFIG_FILE = "sender.yaml"
 ADMIN_DIR = "/etc/mailfleet/admin"
 ADMIN_TOKEN_KEY = "token"
 SECRETS_DIR = "/etc/mailfleet/secrets"
+DKIM_DIR = "/etc/mailfleet/dkim"
 SPOOL_DIR = "/var/spool/mailfleet"
 RUN_AS = 10001
 
 POOL_LABEL = "mailfleet.io/pool"
 ROLE_LABEL = "app.kubernetes.io/component"
+SERVING_LABEL = "mailfleet.io/serving"
+"""On pods that take submissions (hold an IP; any staying pod in relay mode): set by the
+operator on the pods, selected by the client Service."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +90,10 @@ class Names:
     def admin_secret(self) -> str:
         return f"{self.pool}-admin"
 
+    @property
+    def dkim_secret(self) -> str:
+        return f"{self.pool}-dkim"
+
     def pod(self, ordinal: int) -> str:
         return f"{self.pool}-{ordinal}"
 
@@ -98,6 +113,22 @@ def labels(pool: str) -> dict[str, str]:
         "app.kubernetes.io/managed-by": "mailfleet",
         ROLE_LABEL: "sender",
     }
+
+
+def serving_selector(pool: str) -> dict[str, str]:
+    """The client Service's selector: the pool's pods that take submissions."""
+    return {**selector_labels(pool), SERVING_LABEL: "true"}
+
+
+def dkim_key_name(secret_name: str) -> str:
+    """The file (data key) of a DomainAuth key Secret's private key in the pool's DKIM
+    Secret: unique per key Secret, and a valid Secret data key (Secret names are DNS
+    subdomains)."""
+    return f"{secret_name}.pem"
+
+
+def dkim_key_path(secret_name: str) -> str:
+    return f"{DKIM_DIR}/{dkim_key_name(secret_name)}"
 
 
 def selector_string(pool: str) -> str:
@@ -197,6 +228,7 @@ def build_statefulset(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, 
             {"name": "admin", "mountPath": ADMIN_DIR, "readOnly": True},
             {"name": "spool", "mountPath": SPOOL_DIR},
             {"name": "tmp", "mountPath": "/tmp"},
+            {"name": "dkim", "mountPath": DKIM_DIR, "readOnly": True},
             *(
                 {"name": m.volume, "mountPath": m.path, "readOnly": True}
                 for m in pool.secret_mounts
@@ -214,6 +246,7 @@ def build_statefulset(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, 
             "secret": {"secretName": names.admin_secret, "defaultMode": 0o440},
         },
         {"name": "tmp", "emptyDir": {"medium": "Memory", "sizeLimit": "64Mi"}},
+        {"name": "dkim", "secret": {"secretName": names.dkim_secret, "defaultMode": 0o440}},
     ]
     for mount in pool.secret_mounts:
         secret: dict[str, Any] = {"secretName": mount.secret_name, "defaultMode": 0o440}
@@ -292,7 +325,8 @@ def build_headless_service(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[
 
 
 def build_client_service(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, Any]:
-    """What applications submit to: SMTP submission and the HTTP API, ready pods only."""
+    """What applications submit to: SMTP submission and the HTTP API, on the ready pods that
+    hold an IP (`SERVING_LABEL`), never on a standby where mail would wait for an IP."""
     names = Names(pool.name)
     return {
         "apiVersion": "v1",
@@ -300,7 +334,7 @@ def build_client_service(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[st
         "metadata": _meta(names.client_service, pool.namespace, pool.name, pool.owner),
         "spec": {
             "type": "ClusterIP",
-            "selector": selector_labels(pool.name),
+            "selector": serving_selector(pool.name),
             "ports": [
                 {
                     "name": "smtp",
@@ -356,6 +390,18 @@ def build_admin_secret(pool: PoolObjects, *, token: str) -> dict[str, Any]:
         "type": "Opaque",
         "metadata": _meta(Names(pool.name).admin_secret, pool.namespace, pool.name, pool.owner),
         "stringData": {ADMIN_TOKEN_KEY: token},
+    }
+
+
+def build_dkim_secret(pool: PoolObjects, *, data: Mapping[str, str]) -> dict[str, Any]:
+    """The pool's DKIM Secret: `data` maps `dkim_key_name(<key Secret>)` to the key Secret's
+    `private.pem`, still base64 as the API gives it (copied, never decoded here)."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "type": "Opaque",
+        "metadata": _meta(Names(pool.name).dkim_secret, pool.namespace, pool.name, pool.owner),
+        "data": dict(sorted(data.items())),
     }
 
 

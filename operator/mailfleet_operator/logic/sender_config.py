@@ -5,16 +5,18 @@ One file per pool, read by every pod: limits are divided among the active pods h
 file: source IPs, HELO names and warm-up quotas travel in the pod's leases
 (`PUT /v1/assignment`, see `assigning`), so moving an IP never rewrites the file.
 
-DKIM: only the Active keys of the pool's DomainAuths are rendered, as paths of their mounted
-Secrets. A DomainAuth that is missing, not Ready or without an Active key is left out and
-reported; `dkim.requireSignature` makes the senders hold that domain's mail rather than send
-it unsigned. Secrets themselves are never read here, only named.
+DKIM: per domain, the Active keys then the still-published Retiring ones (preference order:
+the sender signs, per algorithm, with the first key whose file loads), as files of the pool's
+one DKIM Secret (`<pool>-dkim`, mounted at `children.DKIM_DIR`). A DomainAuth that is
+missing or without an Active key is left out and reported; `dkim.requireSignature` makes the
+senders hold that domain's mail rather than send it unsigned. Secrets are never read here,
+only named.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mailfleet_sender import config as sc
@@ -49,6 +51,8 @@ class RenderInput:
     day_length: str | None = None  # sandbox time scale
     smtp_port: int | None = None  # MX port of the recipients (sandbox); 25 when None
     submission_secrets: Mapping[str, str] = field(default_factory=dict)
+    # DomainAuth key Secrets copied into the pool's DKIM Secret (None: assume all).
+    dkim_available: Collection[str] | None = None
 
 
 @dataclass(frozen=True)
@@ -65,17 +69,48 @@ def _dkim_key_type(algorithm: str) -> str:
     return "ed25519" if algorithm == "ed25519" else "rsa"
 
 
-def _volume_for(secret_name: str) -> str:
-    """A volume name (DNS label, <= 63) that stays unique for any Secret name."""
-    digest = hashlib.sha256(secret_name.encode()).hexdigest()[:8]
-    return f"dkim-{secret_name[:40].strip('-.').replace('.', '-')}-{digest}"
+SIGNING_STATES = ("Active", "Retiring")
+"""Keys the senders may sign with: Active, and a Retiring key (still in DNS for `overlap`) as
+the fallback of pods whose copy of the new key has not arrived yet."""
+STAGED_STATES = ("Published", "Verified")
+"""Keys copied to the pool's DKIM Secret ahead of their switch (not rendered): the kubelet
+has long put the file in place when the key turns Active."""
+
+
+def _signing_keys(obj: da.DomainAuth) -> list[da.DKIMKey]:
+    """Keys in preference order: Active first, then Retiring, newest first within a state
+    (`status.dkim.keys` lists the newest generation first)."""
+    keys = (obj.status or da.DomainAuthStatus()).dkim.keys
+    return [k for state in SIGNING_STATES for k in keys if k.state == state]
+
+
+def dkim_key_secrets(
+    domains: Sequence[str], objects: Mapping[str, da.DomainAuth | None]
+) -> list[str]:
+    """Names of the DomainAuth key Secrets whose private keys the pool's DKIM Secret holds:
+    the signing keys (Active, Retiring) and the staged ones (Published, Verified)."""
+    names: list[str] = []
+    for name in domains:
+        obj = objects.get(name)
+        if obj is None:
+            continue
+        keys = (obj.status or da.DomainAuthStatus()).dkim.keys
+        for key in [*_signing_keys(obj), *(k for k in keys if k.state in STAGED_STATES)]:
+            if key.secret_name not in names:
+                names.append(key.secret_name)
+    return names
 
 
 def render_dkim(
-    domains: Sequence[str], objects: Mapping[str, da.DomainAuth | None]
-) -> tuple[sc.DKIM, list[children.SecretMount], list[DomainProblem]]:
+    domains: Sequence[str],
+    objects: Mapping[str, da.DomainAuth | None],
+    available: Collection[str] | None = None,
+) -> tuple[sc.DKIM, list[DomainProblem]]:
+    """Per domain, the keys in preference order: the sender signs, per algorithm, with the
+    first key whose file loads. Keys live in the pool's DKIM Secret (`children.DKIM_DIR`);
+    `available` names the key Secrets that could be copied there (None: all), the others
+    are left out."""
     rendered: list[sc.DKIMDomain] = []
-    mounts: list[children.SecretMount] = []
     problems: list[DomainProblem] = []
     for name in domains:
         obj = objects.get(name)
@@ -86,12 +121,26 @@ def render_dkim(
             continue
         status = obj.status or da.DomainAuthStatus()
         ready = next((c for c in status.conditions if c.type == "Ready"), None)
-        active = [k for k in status.dkim.keys if k.state == "Active"]
-        if not active:
+        if not any(k.state == "Active" for k in status.dkim.keys):
             problems.append(
                 DomainProblem(name, "NoActiveKey", f"DomainAuth {name} has no Active DKIM key")
             )
             continue
+        signing = [
+            k for k in _signing_keys(obj) if available is None or k.secret_name in available
+        ]
+        if not any(k.state == "Active" for k in signing):
+            missing = [k.secret_name for k in _signing_keys(obj) if k.state == "Active"]
+            problems.append(
+                DomainProblem(
+                    name,
+                    "KeySecretMissing",
+                    f"DomainAuth {name}: the Active key's Secret {', '.join(missing)} "
+                    "cannot be read",
+                )
+            )
+            if not signing:
+                continue
         if ready is None or ready.status != "True":
             # Still sign with an Active key (it is in DNS), but say the domain is not Ready.
             problems.append(
@@ -102,24 +151,16 @@ def render_dkim(
                     + (f": {ready.message}" if ready and ready.message else ""),
                 )
             )
-        keys: list[sc.DKIMKey] = []
-        for key in active:
-            mount = children.SecretMount(
-                volume=_volume_for(key.secret_name),
-                secret_name=key.secret_name,
-                items=(DKIM_SECRET_KEY,),
+        keys = [
+            sc.DKIMKey(
+                selector=key.selector,
+                algorithm=_dkim_key_type(key.algorithm),  # type: ignore[arg-type]
+                key_file=children.dkim_key_path(key.secret_name),
             )
-            if mount not in mounts:
-                mounts.append(mount)
-            keys.append(
-                sc.DKIMKey(
-                    selector=key.selector,
-                    algorithm=_dkim_key_type(key.algorithm),  # type: ignore[arg-type]
-                    key_file=f"{mount.path}/{DKIM_SECRET_KEY}",
-                )
-            )
+            for key in signing
+        ]
         rendered.append(sc.DKIMDomain(domain=obj.spec.domain, keys=keys))
-    return sc.DKIM(domains=rendered, require_signature=True), mounts, problems
+    return sc.DKIM(domains=rendered, require_signature=True), problems
 
 
 def render_throttles(throttling: sp.Throttling, active_pods: int) -> sc.Throttles:
@@ -182,7 +223,8 @@ def _secret_mount(volume: str, name: str, items: Sequence[str] = ()) -> children
 
 def render_config(spec_in: RenderInput) -> Rendered:
     spec = spec_in.spec
-    dkim, mounts, problems = render_dkim(spec.domains, spec_in.domain_auths)
+    dkim, problems = render_dkim(spec.domains, spec_in.domain_auths, spec_in.dkim_available)
+    mounts: list[children.SecretMount] = []
     submission = sc.Submission(
         smtp_port=spec.submission.smtp.port,
         http_port=spec.submission.http.port,

@@ -1,4 +1,5 @@
-"""Talking to the sender pods' authenticated admin endpoints (I/O): assignment, stats, drain.
+"""Talking to the sender pods' authenticated admin endpoints (I/O): assignment, stats, drain
+and its cancellation.
 
 The operator reaches each pod directly at `podIP:httpPort` (the headless Service publishes
 unready pods too, but an IP is what the pod object carries). Every call has a short timeout:
@@ -101,3 +102,8 @@ class PodAdmin:
         reads the flag from the query string (the body repeats it for older senders)."""
         path = f"/v1/drain?handoff={'true' if handoff else 'false'}"
         await self._call("POST", pod, path, token=token, body={"handoff": handoff})
+
+    async def undrain(self, pod: PodEndpoint, *, token: str) -> None:
+        """Cancel a drain (`DELETE /v1/drain`, idempotent): the pod takes mail again and
+        reports ready, so a pod drained after a failover becomes a spare once it is healthy."""
+        await self._call("DELETE", pod, "/v1/drain", token=token)

@@ -21,11 +21,13 @@ everything needed for safety is in the API, the rest is rebuilt within a few cyc
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
+import functools
 import hashlib
 import json
 import secrets
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import Any, Literal
 
@@ -76,7 +78,7 @@ class PoolMemory:
     active: int | None = None
     listed: dict[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
     dnsbl_at: datetime | None = None
-    drained: set[str] = dataclasses.field(default_factory=set)  # pod uids asked to drain
+    drained: dict[str, datetime] = dataclasses.field(default_factory=dict)  # pod uid -> since
     leaving_since: dict[str, datetime] = dataclasses.field(default_factory=dict)
     sts_replicas: int | None = None
     domain_auths: dict[str, da.DomainAuth | None] = dataclasses.field(default_factory=dict)
@@ -92,6 +94,12 @@ class PoolMemory:
     ip_sent: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     ip_allowance: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     ip_final: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    # DomainAuth key Secret -> its private.pem as the API gives it (base64); what the pool's
+    # DKIM Secret was last written with. Never logged.
+    dkim_keys: dict[str, str] = dataclasses.field(default_factory=dict)
+    dkim_applied: dict[str, str] | None = None
+    # Admin calls to failed pods still running in the background ("kind/pod" -> task).
+    inflight: dict[str, asyncio.Task[None]] = dataclasses.field(default_factory=dict)
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
 
 
@@ -257,7 +265,7 @@ async def _reconcile_locked(
     if memory.stats_at is None or now - memory.stats_at >= timedelta(
         seconds=settings.stats_interval
     ):
-        await _read_stats(admin, world.pods, http_port, token, memory, now)
+        await _read_stats(admin, world.pods, world.nodes, http_port, token, memory, now)
     zones = spec.health_checks.dnsbl.zones
     addresses = [ip.address for ip in spec.egress.ips]
     if zones and (
@@ -282,6 +290,7 @@ async def _reconcile_locked(
     ):
         memory.domain_auths = await _read_domain_auths(ctx, namespace, spec.domains)
         memory.slow_at, memory.slow_key = now, slow_key
+        memory.dkim_keys = {}  # re-read with the DomainAuths
     # Warm-up quotas every cycle: a day's new quota or a pause reaches the leases at once.
     previous_quotas = memory.quotas
     memory.quotas = await _read_warmup_quotas(ctx, namespace, name, world.warmups)
@@ -356,6 +365,9 @@ async def _reconcile_locked(
         ready_active=min(ready_active, active) if active else 0,
         relay=spec.egress.mode == "relay" or not addresses,
     )
+    key_data = await _read_dkim_keys(
+        ctx, namespace, sender_config.dkim_key_secrets(spec.domains, domain_auths), memory
+    )
     rendered = sender_config.render_config(
         sender_config.RenderInput(
             name=name,
@@ -363,6 +375,7 @@ async def _reconcile_locked(
             spec=spec,
             active_pods=divisor,
             domain_auths=domain_auths,
+            dkim_available=frozenset(key_data),
             generation=meta.get("generation"),
             nameservers=tuple(_hostport(s) for s in settings.sender_nameservers),
             smtp_port=settings.sender_smtp_port,
@@ -395,6 +408,9 @@ async def _reconcile_locked(
         default_image=settings.sender_image,
     )
     if not frozen:
+        # The keys first: a config naming a key the Secret does not hold yet would make the
+        # senders fall back to the previous key (or hold mail) for nothing.
+        await _apply_dkim_secret(ctx, pool_objects, key_data, memory, cycle)
         for child in children.build_children(spec, pool_objects, config_yaml=rendered.text):
             await _apply_child(ctx, child, memory, cycle)
         memory.sts_replicas = sts_replicas
@@ -404,28 +420,46 @@ async def _reconcile_locked(
         # Write-ahead: the new holders are in the API before any grant leaves.
         await _write_ips(ctx, body, plan, quotas, memory, cycle)
     class_names = [c.name for c in spec.classes]
-    await asyncio.gather(
-        *(
-            _send_assignment(
-                admin,
-                order,
-                pods_by_name.get(order.pod),
-                spec,
-                http_port,
-                token,
-                memory,
-                now,
-                lease_settings,
-                skew,
-                quotas,
-                allowed=[] if pool_paused else [c for c in class_names if c not in paused_classes],
+    allowed = [] if pool_paused else [c for c in class_names if c not in paused_classes]
+    # Calls to failed pods (revokes, drains) must not hold up the renewals of the others: a
+    # partitioned pod answers nothing until its call times out.
+    grace = min(settings.pod_admin_timeout, period / 2)
+    failed = {n for n, h in plan.health.items() if h is assigning.PodHealth.FAILED}
+    await _run_calls(
+        memory,
+        [
+            (
+                f"assignment/{order.pod}",
+                order.pod not in failed,
+                functools.partial(
+                    _send_assignment,
+                    admin,
+                    order,
+                    pods_by_name.get(order.pod),
+                    spec,
+                    http_port,
+                    token,
+                    memory,
+                    now,
+                    lease_settings,
+                    skew,
+                    quotas,
+                    allowed=allowed,
+                ),
             )
             for order in plan.pods
             if order.send or requota.intersection(order.ips)
-        )
+        ],
+        grace=grace,
     )
     memory.leases = assigning.forget_dead_leases(memory.leases, pods=views, now=now, keep=addresses)
-    await _drain(admin, plan, pods_by_name, http_port, token, memory)
+    await _drain(admin, plan, pods_by_name, http_port, token, memory, now, failed, grace)
+    await _undrain(
+        admin, plan, views, pods_by_name, http_port, token, memory, now,
+        timedelta(seconds=settings.drain_timeout),
+    )
+    if not frozen:
+        await _label_serving(ctx, spec, plan, world.pods, leaving, cycle)
 
     # --- status -------------------------------------------------------------------------
     memory.ip_states = {}
@@ -555,15 +589,22 @@ async def _ensure_admin_secret(
 async def _read_stats(
     admin: pod_admin.PodAdmin,
     pods: Sequence[Mapping[str, Any]],
+    nodes: Mapping[str, Mapping[str, Any]],
     port: int,
     token: str,
     memory: PoolMemory,
     now: datetime,
 ) -> None:
+    """Stats of every pod that can answer. Pods on a NotReady node are skipped: a
+    partitioned pod would hold the whole read (and the cycle) up for a timeout."""
+
     async def one(pod: Mapping[str, Any]) -> tuple[str, str, wire.Stats | None]:
         endpoint = endpoint_of(pod, port)
         name, uid = pod["metadata"]["name"], pod["metadata"].get("uid", "")
+        node = (pod.get("spec") or {}).get("nodeName")
         if endpoint is None or _condition(pod, "Ready") is None:
+            return name, uid, None
+        if node and not node_ready(nodes.get(node)):
             return name, uid, None
         try:
             return name, uid, await admin.get_stats(endpoint, token=token)
@@ -936,6 +977,8 @@ async def _send_assignment(
         )
     except pod_admin.PodUnreachable:
         return
+    if memory.generations.get(order.pod) != generation:
+        return  # answered late (a background call): a newer assignment has been sent since
     held = [lease.address for lease in answer.leases if lease.valid]
     memory.leases = assigning.record_answer(
         memory.leases,
@@ -1007,6 +1050,40 @@ def _lease_quota(
     return remaining, own
 
 
+async def _run_calls(
+    memory: PoolMemory,
+    calls: Sequence[tuple[str, bool, Callable[[], Coroutine[Any, Any, None]]]],
+    *,
+    grace: float,
+) -> None:
+    """Run admin calls at once: `(key, patient, call)`. The cycle waits for patient calls;
+    for the others (to failed pods, often unreachable) at most `grace` seconds, leaving them
+    to finish in the background, and a key never has two calls in flight."""
+    patient: list[asyncio.Task[None]] = []
+    impatient: list[asyncio.Task[None]] = []
+    for key, waits, call in calls:
+        running = memory.inflight.get(key)
+        if running is not None and not running.done():
+            continue
+        task = asyncio.create_task(call(), name=f"mailfleet-{key}")
+        memory.inflight[key] = task
+        task.add_done_callback(functools.partial(_call_done, memory, key))
+        (patient if waits else impatient).append(task)
+    waiting = [asyncio.wait(patient)] if patient else []
+    if impatient:
+        waiting.append(asyncio.wait(impatient, timeout=grace))
+    await asyncio.gather(*waiting)
+    for task in patient:
+        task.result()  # a patient call's error is the cycle's error
+
+
+def _call_done(memory: PoolMemory, key: str, task: asyncio.Task[None]) -> None:
+    if memory.inflight.get(key) is task:
+        del memory.inflight[key]
+    if not task.cancelled() and task.exception() is not None:
+        pass  # retrieved: a background call's failure only means "try again next cycle"
+
+
 async def _drain(
     admin: pod_admin.PodAdmin,
     plan: assigning.AssignmentPlan,
@@ -1014,8 +1091,20 @@ async def _drain(
     port: int,
     token: str,
     memory: PoolMemory,
+    now: datetime,
+    failed: set[str],
+    grace: float,
 ) -> None:
     """Ask each pod to drain with hand-off once (best effort: a dead pod cannot answer)."""
+
+    async def one(endpoint: pod_admin.PodEndpoint, uid: str) -> None:
+        try:
+            await admin.drain(endpoint, token=token)
+            memory.drained.setdefault(uid, now)
+        except pod_admin.PodUnreachable:
+            pass
+
+    calls = []
     for name in plan.drain:
         pod = pods.get(name)
         if pod is None:
@@ -1024,11 +1113,146 @@ async def _drain(
         endpoint = endpoint_of(pod, port)
         if uid in memory.drained or endpoint is None:
             continue
+        calls.append((f"drain/{name}", name not in failed, functools.partial(one, endpoint, uid)))
+    await _run_calls(memory, calls, grace=grace)
+
+
+async def _undrain(
+    admin: pod_admin.PodAdmin,
+    plan: assigning.AssignmentPlan,
+    views: Sequence[assigning.PodView],
+    pods: Mapping[str, Mapping[str, Any]],
+    port: int,
+    token: str,
+    memory: PoolMemory,
+    now: datetime,
+    drain_timeout: timedelta,
+) -> None:
+    """Cancel the drain of pods that are healthy again and not leaving (`pods_to_undrain`),
+    once their hand-off finished (or ran for the drain timeout), so they come back Ready as
+    spares instead of staying drained forever."""
+    settled: dict[str, bool] = {}
+    for view in views:
+        stats = memory.stats.get(view.name)
+        if stats is None or not stats.draining:
+            continue
+        since = memory.drained.setdefault(view.uid, now)
+        handed_off = stats.handoff.state != "running" and stats.handoff.pending == 0
+        settled[view.name] = handed_off or now - since >= drain_timeout
+    for name in assigning.pods_to_undrain(plan, views, settled):
+        pod = pods.get(name)
+        endpoint = endpoint_of(pod, port) if pod is not None else None
+        if pod is None or endpoint is None:
+            continue
         try:
-            await admin.drain(endpoint, token=token)
-            memory.drained.add(uid)
+            await admin.undrain(endpoint, token=token)
         except pod_admin.PodUnreachable:
-            pass
+            continue
+        memory.drained.pop(pod["metadata"].get("uid", ""), None)
+        stats = memory.stats.get(name)
+        if stats is not None:
+            memory.stats[name] = stats.model_copy(update={"draining": False})
+
+
+async def _label_serving(
+    ctx: ctx_module.Context,
+    spec: sp.SendingPoolSpec,
+    plan: assigning.AssignmentPlan,
+    pods: Sequence[Mapping[str, Any]],
+    leaving: set[str],
+    cycle: Cycle,
+) -> None:
+    """`mailfleet.io/serving=true` on the pods that take submissions, removed from the others:
+    the IP holders, or in relay mode (no leases) every pod that stays."""
+    if spec.egress.mode == "relay" or not spec.egress.ips:
+        serving = {p["metadata"]["name"] for p in pods if p["metadata"]["name"] not in leaving}
+    else:
+        serving = {p.pod for p in plan.pods if p.ips}
+
+    async def one(pod: Mapping[str, Any]) -> None:
+        meta = pod["metadata"]
+        want = "true" if meta["name"] in serving else None
+        if (meta.get("labels") or {}).get(children.SERVING_LABEL) == want:
+            return
+        if meta.get("deletionTimestamp"):
+            return
+        try:
+            await ctx.client.patch(
+                resources.PODS,
+                name=meta["name"],
+                namespace=meta.get("namespace"),
+                patch={"metadata": {"labels": {children.SERVING_LABEL: want}}},
+            )
+            cycle.writes += 1
+        except kube_client.ApiError:
+            pass  # gone, or the index lags: next cycle
+
+    await asyncio.gather(*(one(p) for p in pods))
+
+
+async def _read_dkim_keys(
+    ctx: ctx_module.Context, namespace: str, wanted: Sequence[str], memory: PoolMemory
+) -> dict[str, str]:
+    """The private keys (base64, as stored) of the key Secrets the pool's senders may use.
+    Keys are never rewritten, so a key read once is kept until the DomainAuths are re-read;
+    an unreadable one is left out (and retried next cycle)."""
+    found: dict[str, str] = {}
+    for secret_name in wanted:
+        if secret_name in memory.dkim_keys:
+            found[secret_name] = memory.dkim_keys[secret_name]
+            continue
+        raw = await ctx.client.get(resources.SECRETS, name=secret_name, namespace=namespace)
+        data = (raw or {}).get("data") or {}
+        value = data.get(sender_config.DKIM_SECRET_KEY)
+        if value is None and (raw or {}).get("stringData"):
+            text = raw["stringData"].get(sender_config.DKIM_SECRET_KEY)  # type: ignore[index]
+            value = base64.b64encode(text.encode()).decode() if text else None
+        if value:
+            found[secret_name] = value
+    memory.dkim_keys = dict(found)
+    return found
+
+
+async def _apply_dkim_secret(
+    ctx: ctx_module.Context,
+    pool: children.PoolObjects,
+    keys: Mapping[str, str],
+    memory: PoolMemory,
+    cycle: Cycle,
+) -> None:
+    """Make `<pool>-dkim` hold exactly `keys` (by `children.dkim_key_name`). Its files change
+    in place in the pods (the kubelet swaps them), so a rotation never touches the pod
+    template. Keys dropped from it are removed (null in the merge patch)."""
+    data = {children.dkim_key_name(name): value for name, value in keys.items()}
+    if memory.dkim_applied == data:
+        return
+    body = children.build_dkim_secret(pool, data=data)
+    meta = body["metadata"]
+    current = await ctx.client.get(resources.SECRETS, name=meta["name"], namespace=pool.namespace)
+    if current is None:
+        try:
+            await ctx.client.create(resources.SECRETS, body=body, namespace=pool.namespace)
+            cycle.writes += 1
+        except kube_client.Conflict:
+            return  # created meanwhile: compare next cycle
+    else:
+        have = current.get("data") or {}
+        if have != body["data"]:
+            stale: dict[str, str | None] = {key: None for key in have if key not in data}
+            await ctx.client.patch(
+                resources.SECRETS,
+                name=meta["name"],
+                namespace=pool.namespace,
+                patch={
+                    "metadata": {
+                        "labels": meta["labels"],
+                        "ownerReferences": meta["ownerReferences"],
+                    },
+                    "data": {**stale, **body["data"]},
+                },
+            )
+            cycle.writes += 1
+    memory.dkim_applied = data
 
 
 def _build_status(

@@ -493,3 +493,38 @@ def test_no_two_pods_ever_send_from_one_ip(actions: list[tuple[str, int]]) -> No
     for address in world.ips:
         holders = [p.ordinal for p in world.pods if p.holds.get(address, T0) > world.now]
         assert len(holders) == 1
+
+
+DRAINED = pod(0, ready=False, unready_since=T0 - timedelta(seconds=30))  # draining: unready
+
+
+@pytest.mark.parametrize(
+    ("drained", "leases", "settled", "active", "undrain"),
+    [
+        pytest.param(DRAINED, [lease(IPS[1], 1)], True, 1, ("p-0",),
+                     id="a drained pod whose IPs moved away and whose hand-off finished is "
+                     "undrained to become a spare"),
+        pytest.param(DRAINED, [lease(IPS[1], 1)], False, 1, (),
+                     id="a drained pod still handing its queue off stays drained"),
+        pytest.param(DRAINED, [lease(IPS[0], 0), lease(IPS[1], 1)], True, 1, (),
+                     id="a drained pod still releasing an IP stays drained until the release"),
+        pytest.param(dataclasses.replace(DRAINED, node_ready=False), [lease(IPS[1], 1)], True, 1,
+                     (), id="a drained pod on a NotReady node stays drained"),
+        pytest.param(dataclasses.replace(DRAINED, terminating=True), [lease(IPS[1], 1)], True, 1,
+                     (), id="a terminating pod stays drained"),
+        pytest.param(dataclasses.replace(DRAINED, leaving=True), [lease(IPS[1], 1)], True, 1,
+                     (), id="a pod removed by a scale-down stays drained"),
+    ],
+)
+def test_a_drain_is_cancelled_only_for_a_healthy_pod_that_is_not_leaving(
+    drained: PodView, leases: list[Lease], settled: bool, active: int, undrain: tuple[str, ...]
+) -> None:
+    pods = [drained, pod(1)]
+    result = plan(pods=pods, leases=leases, ips=IPS[:2], active=active)
+    assert assigning.pods_to_undrain(result, pods, {"p-0": settled}) == undrain
+
+
+def test_a_pod_never_known_to_drain_is_left_alone() -> None:
+    pods = [pod(0), pod(1)]
+    result = plan(pods=pods, leases=[lease(IPS[1], 1)], ips=IPS[:2], active=1)
+    assert assigning.pods_to_undrain(result, pods, {}) == ()

@@ -66,8 +66,46 @@ def test_children_have_deterministic_names_and_the_same_bytes_every_time() -> No
         ("StatefulSet", "mail"),
     ]
     headless = first[1]["spec"]
-    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"]
+    # Peers find each other (suppression replication, hand-off) while not Ready too.
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
+    assert headless["selector"] == children.selector_labels("mail")
     assert {p["name"] for p in first[2]["spec"]["ports"]} == {"smtp", "http"}
+
+
+def test_the_client_service_routes_only_to_pods_labelled_serving() -> None:
+    """Standbys hold no IP: mail submitted to them would wait, so the Service skips them."""
+    service = children.build_client_service(SPEC, POOL)
+    assert service["spec"]["selector"] == {
+        **children.selector_labels("mail"),
+        "mailfleet.io/serving": "true",
+    }
+    # The pods get the label from the operator, never from the template: a new pod holds no
+    # IP, and the StatefulSet selector must match every pod.
+    sts = children.build_statefulset(SPEC, POOL)
+    assert "mailfleet.io/serving" not in sts["spec"]["template"]["metadata"]["labels"]
+    assert "mailfleet.io/serving" not in sts["spec"]["selector"]["matchLabels"]
+
+
+def test_dkim_keys_come_from_one_pool_secret_mounted_once_at_a_fixed_path() -> None:
+    """A rotation only rewrites the pool's DKIM Secret: the pod template is the same for any
+    set of keys, so no rolling update is needed (or can stall)."""
+    sts = children.build_statefulset(SPEC, POOL)
+    pod = sts["spec"]["template"]["spec"]
+    volume = next(v for v in pod["volumes"] if v["name"] == "dkim")
+    assert volume["secret"]["secretName"] == "mail-dkim"
+    assert "items" not in volume["secret"]  # every key the Secret holds, whatever its name
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "dkim")
+    assert mount == {"name": "dkim", "mountPath": "/etc/mailfleet/dkim", "readOnly": True}
+    assert "subPath" not in mount  # subPath mounts never see updates
+    assert not [v for v in pod["volumes"] if v["name"].startswith("dkim-")]
+
+    secret = children.build_dkim_secret(POOL, data={"b.pem": "Qg==", "a.pem": "QQ=="})
+    assert secret["metadata"]["name"] == "mail-dkim"
+    assert secret["metadata"]["ownerReferences"][0]["uid"] == "u-1"
+    assert list(secret["data"]) == ["a.pem", "b.pem"]  # deterministic bytes
+    assert children.dkim_key_path("example-com-dkim-mf-2") == (
+        "/etc/mailfleet/dkim/example-com-dkim-mf-2.pem"
+    )
 
 
 def domain(name: str, *, ready: bool, active: bool) -> da.DomainAuth:
@@ -124,13 +162,14 @@ def test_rendered_config_divides_limits_and_signs_only_with_active_keys(
     assert provider.max_connections == max(1, 2 // pods)
     assert [d.domain for d in config.dkim.domains] == ["example.com.test"]
     key = config.dkim.domains[0].keys[0]
-    assert key.algorithm == "ed25519" and key.key_file.endswith("/private.pem")
+    assert key.algorithm == "ed25519"
+    assert key.key_file == "/etc/mailfleet/dkim/example-com-s1.pem"  # in the pool's Secret
     assert config.dkim.require_signature  # no key: mail held, never sent unsigned
     assert [(p.name, p.reason) for p in rendered.problems] == [
         ("missing", "DomainAuthNotFound"),
         ("unready", "NoActiveKey"),
     ]
-    assert [m.secret_name for m in rendered.mounts] == ["example-com-s1"]
+    assert rendered.mounts == ()  # DKIM keys are no per-key mounts any more
 
 
 def test_the_pod_runs_the_senders_own_command_with_its_identity_and_the_rendered_paths() -> None:
@@ -181,3 +220,84 @@ def test_the_pod_runs_the_senders_own_command_with_its_identity_and_the_rendered
         part in default and argv[-1] == "mailfleet_sender"
         for part, argv in node_agent.DEFAULT_IMAGE_SUBSTRINGS
     )
+
+
+def rotating_domain(keys: list[tuple[str, str, str]]) -> da.DomainAuth:
+    """A Ready DomainAuth of example.com whose status lists `(selector, algorithm, state)`,
+    newest generation first, as the DomainAuth controller writes it."""
+    now = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
+    return da.DomainAuth.model_validate(
+        {
+            "metadata": {"name": "example-com"},
+            "spec": {"domain": "example.com"},
+            "status": {
+                "conditions": [
+                    {"type": "Ready", "status": "True", "reason": "X",
+                     "lastTransitionTime": now.isoformat()}
+                ],
+                "dkim": {
+                    "keys": [
+                        {"selector": s, "algorithm": a, "state": st,
+                         "secretName": f"example-com-dkim-{s}"}
+                        for s, a, st in keys
+                    ]
+                },
+            },
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("keys", "rendered", "copied"),
+    [
+        pytest.param(
+            [("mf-2", "rsa-2048", "Active"), ("mf-1", "rsa-2048", "Retiring")],
+            ["mf-2", "mf-1"],
+            ["mf-2", "mf-1"],
+            id="right after a switch the new Active key comes first and the Retiring one is "
+            "the fallback of pods whose copy of the new key has not arrived yet",
+        ),
+        pytest.param(
+            [("mf-3", "rsa-2048", "Published"), ("mf-2", "rsa-2048", "Active"),
+             ("mf-1", "rsa-2048", "Retired")],
+            ["mf-2"],
+            ["mf-2", "mf-3"],
+            id="a Published key is copied ahead of its switch but not signed with, and a "
+            "Retired key is neither",
+        ),
+        pytest.param(
+            [("mf-2", "rsa-2048", "Active"), ("mf-2-ed", "ed25519", "Active"),
+             ("mf-1", "rsa-2048", "Retiring"), ("mf-1-ed", "ed25519", "Retiring")],
+            ["mf-2", "mf-2-ed", "mf-1", "mf-1-ed"],
+            ["mf-2", "mf-2-ed", "mf-1", "mf-1-ed"],
+            id="dual keys keep the preference order per algorithm",
+        ),
+    ],
+)
+def test_keys_are_rendered_in_preference_order(
+    keys: list[tuple[str, str, str]], rendered: list[str], copied: list[str]
+) -> None:
+    objects = {"example-com": rotating_domain(keys)}
+    dkim, problems = sender_config.render_dkim(["example-com"], objects)
+    assert problems == []
+    [domain_keys] = [d.keys for d in dkim.domains]
+    assert [k.selector for k in domain_keys] == rendered
+    assert all(k.key_file == children.dkim_key_path(f"example-com-dkim-{k.selector}")
+               for k in domain_keys)
+    assert sender_config.dkim_key_secrets(["example-com"], objects) == [
+        f"example-com-dkim-{s}" for s in copied
+    ]
+
+
+def test_a_key_whose_secret_could_not_be_copied_is_left_out_and_reported() -> None:
+    objects = {"example-com": rotating_domain(
+        [("mf-2", "rsa-2048", "Active"), ("mf-1", "rsa-2048", "Retiring")]
+    )}
+    dkim, problems = sender_config.render_dkim(
+        ["example-com"], objects, available={"example-com-dkim-mf-1"}
+    )
+    assert [k.selector for d in dkim.domains for k in d.keys] == ["mf-1"]
+    assert [p.reason for p in problems] == ["KeySecretMissing"]
+    dkim, problems = sender_config.render_dkim(["example-com"], objects, available=set())
+    assert dkim.domains == []  # nothing to sign with: the senders hold this domain's mail
+    assert [p.reason for p in problems] == ["KeySecretMissing"]
