@@ -68,6 +68,9 @@ from types import TracebackType
 from typing import Any, Literal
 
 import aiohttp
+import mailfleet_cli
+import mailfleet_operator
+import mailfleet_sender
 import yaml
 
 from mailfleet_sandbox import probes, volumes
@@ -90,6 +93,18 @@ KUBELET_VERSION = "v1.30.0-mailfleet-sandbox"
 
 def _now() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def host_paths_to_keep(workdir: Path) -> list[str]:
+    """What a pod's process needs from the host filesystem: this Python environment, the
+    project's source tree (editable installs import from it) and the agent's own files."""
+    roots = {sys.prefix, sys.base_prefix, str(Path(workdir).resolve())}
+    sources = [str(Path(m.__file__).resolve().parent.parent)
+               for m in (mailfleet_cli, mailfleet_operator, mailfleet_sender,
+                         sys.modules[__name__]) if m.__file__]
+    roots.update(sources)
+    roots.add(os.path.commonpath(sources))  # the checkout itself, for editable installs
+    return sorted(roots)
 
 
 @dataclass(frozen=True)
@@ -499,7 +514,8 @@ class _Container:
         if agent.namespaces:
             plan = volumes.LaunchPlan(argv=argv, env=env, mounts=mounts, hostname=pod.name,
                                       scratch=str(scratch),
-                                      workdir=self.spec.get("workingDir") or "")
+                                      workdir=self.spec.get("workingDir") or "",
+                                      keep=host_paths_to_keep(agent.workdir))
             plan_file = plan_dir / f"{self.name}.json"
             plan_file.write_text(plan.dump())
             launch = volumes.init_command(plan_file)

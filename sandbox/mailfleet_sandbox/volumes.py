@@ -41,7 +41,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -247,18 +247,33 @@ class LaunchPlan:
     hostname: str
     scratch: str
     workdir: str = ""
+    # Host directories the process itself needs (the Python environment, the source tree, the
+    # sandbox's own files). A pod volume mounted over one of their ancestors (an emptyDir at
+    # /tmp while the checkout lives under /tmp) would hide them; they are bound back on top.
+    keep: list[str] = field(default_factory=list)
 
     def dump(self) -> str:
         return json.dumps({"argv": self.argv, "env": self.env, "hostname": self.hostname,
                            "scratch": self.scratch, "workdir": self.workdir,
-                           "mounts": [m.__dict__ for m in self.mounts]})
+                           "keep": self.keep, "mounts": [m.__dict__ for m in self.mounts]})
 
     @staticmethod
     def load(text: str) -> LaunchPlan:
         raw = json.loads(text)
         return LaunchPlan(argv=raw["argv"], env=raw["env"], hostname=raw["hostname"],
                           scratch=raw["scratch"], workdir=raw.get("workdir", ""),
+                          keep=list(raw.get("keep", [])),
                           mounts=[BindMount(**m) for m in raw["mounts"]])
+
+
+def hidden_paths(keep: Sequence[str], mounts: Sequence[BindMount]) -> list[str]:
+    """The kept host paths that some mount target covers (equal to, or an ancestor of, them)."""
+    out = []
+    for path in keep:
+        inside = path.rstrip("/") + "/"
+        if any(inside.startswith(m.target.rstrip("/") + "/") for m in mounts):
+            out.append(path)
+    return out
 
 
 def rewrite_paths(value: str, mounts: Sequence[BindMount]) -> str:
@@ -385,6 +400,10 @@ def _apply_plan(plan: LaunchPlan) -> None:
               if scratch.startswith(m.target.rstrip("/") + "/")]
     ordered = sorted(plan.mounts, key=lambda m: any(
         (m.target.rstrip("/") + "/").startswith(h) for h in hiding))
+    # Hold the kept paths open before anything covers them, and bind them back afterwards
+    # through /proc/self/fd (the host path itself is no longer reachable by then).
+    held = {path: os.open(path, os.O_PATH | os.O_DIRECTORY)
+            for path in hidden_paths(plan.keep, plan.mounts) if os.path.isdir(path)}
     for mount in ordered:
         source = os.path.realpath(mount.source)
         _make_mount_point(libc, mount.target, os.path.isfile(source), plan.scratch, counter,
@@ -392,6 +411,11 @@ def _apply_plan(plan: LaunchPlan) -> None:
         _mount(libc, source, mount.target, None, _MS_BIND | _MS_REC)
         if mount.read_only:
             _mount(libc, None, mount.target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY)
+    for path, fd in held.items():
+        if not os.path.isdir(path):
+            _make_mount_point(libc, path, False, plan.scratch, counter, overlaid)
+        _mount(libc, f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
+        os.close(fd)
     if plan.hostname:
         socket.sethostname(plan.hostname)
 

@@ -7,13 +7,17 @@ import asyncio
 import json
 import os
 import signal
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from mailfleet_sandbox import node_agent as agent_module
 from mailfleet_sandbox.kube import ApiServer
 from mailfleet_sandbox.node_agent import NO_RESOURCE, NodeAgent
 from sandbox_fixtures.node_agent import ECHO_PORT, echo_pod, eventually
+
+CHECKOUT = Path(agent_module.__file__).resolve().parents[2]
 
 
 def _pod(api: ApiServer, name: str) -> dict[str, Any]:
@@ -197,3 +201,17 @@ async def test_scheduler_honours_selectors_and_taints(kube_api: ApiServer,
     assert cond
     assert "untolerated taint {dedicated: mail}" in _condition(
         _pod(kube_api, "untolerated"), "PodScheduled")["message"]
+
+
+async def test_a_volume_over_the_checkout_does_not_hide_the_python_that_runs_the_pod(
+        kube_api: ApiServer, node_agent: NodeAgent) -> None:
+    """An emptyDir mounted over an ancestor of this checkout (as `/tmp` is for a sender pod
+    when CI clones under /tmp) still lets the pod's Python and sources start."""
+    covering = str(CHECKOUT.parent)
+    kube_api.create(echo_pod("echo-covered", nodeName="node-a", volumes=[
+        {"name": "scratch", "emptyDir": {}}], container={
+        "volumeMounts": [{"name": "scratch", "mountPath": covering}]}))
+    await eventually(lambda: _ready(kube_api, "echo-covered"))
+    ip = _pod(kube_api, "echo-covered")["status"]["podIP"]
+    answer = await _http(f"http://{ip}:{ECHO_PORT}/env")
+    assert answer is not None and answer[0] == 200
