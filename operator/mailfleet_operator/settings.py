@@ -11,7 +11,7 @@ import datetime
 import os
 import time
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -104,6 +104,15 @@ class Settings(BaseModel):
     )
     stats_interval: float = Field(
         default=10.0, gt=0, description="Seconds between reads of the pods' /v1/stats."
+    )
+    warmup_quota_chunk: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "Messages of a warming IP's daily quota one lease renewal may grant beyond what "
+            "the holder reported sent; a holder lost mid-day blocks only that much. 'auto': "
+            "max(10, ceil(rate * lease_renew_interval * 2)), rate being the larger of the "
+            "day's even pace (quota / day) and the IP's observed send rate."
+        ),
     )
     sender_image: str = Field(
         default="ghcr.io/mailfleet/sender:0.1.0",

@@ -412,7 +412,11 @@ def _apply_plan(plan: LaunchPlan) -> None:
         if mount.read_only:
             _mount(libc, None, mount.target, None, _MS_BIND | _MS_REMOUNT | _MS_RDONLY)
     for path, fd in held.items():
-        if not os.path.isdir(path):
+        # The covering volume is usually a writable emptyDir: the mount point is made in it
+        # (the scratch tmpfs may be covered too, so no overlay unless the volume is read-only).
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError:
             _make_mount_point(libc, path, False, plan.scratch, counter, overlaid)
         _mount(libc, f"/proc/self/fd/{fd}", path, None, _MS_BIND | _MS_REC)
         os.close(fd)

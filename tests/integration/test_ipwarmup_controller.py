@@ -59,7 +59,8 @@ class Harness:
         self.clock = ManualClock(day_start_after_now())
         self.senders = FakeSenders(port, clock=self.clock.now, day_seconds=DAY)
         settings = settings_module.Settings(
-            warmup_day_seconds=DAY, stats_interval=1, lease_duration=30, sender_image="s:t"
+            warmup_day_seconds=DAY, stats_interval=1, lease_duration=30, sender_image="s:t",
+            warmup_quota_chunk=10**9,  # no chunking here: a lease carries the whole remainder
         )
         self.ctx = context.Context(client=client, settings=settings, clock=self.clock)
         self.admin = pod_admin.PodAdmin(timeout=1.0)

@@ -47,6 +47,7 @@ class Harness:
         # pod -> node. The emulator refuses to set spec.nodeName through a pod update (the
         # scheduler's binding is not emulated), so the harness binds pods in what it lists.
         self.node_of: dict[str, str] = {}
+        self.warmups: list[dict[str, Any]] | None = None  # the pool's IPWarmups (indexed)
 
     async def cycle(self, name: str = "mail") -> dict[str, Any]:
         body = self.api.get("mailfleet.io/v1alpha1", "SendingPool", name, NS)
@@ -58,7 +59,8 @@ class Harness:
             if bound:
                 pod["spec"]["nodeName"] = bound
         nodes = {n["metadata"]["name"]: n for n in await self.client.list(resources.NODES)}
-        await reconciler.reconcile_pool(self.ctx, self.admin, body, reconciler.World(pods, nodes))
+        world = reconciler.World(pods, nodes, warmups=self.warmups)
+        await reconciler.reconcile_pool(self.ctx, self.admin, body, world)
         assert not self.pods.violations
         return self.api.get("mailfleet.io/v1alpha1", "SendingPool", name, NS)
 
@@ -521,3 +523,72 @@ async def test_a_frozen_pod_on_a_failed_node_does_not_hold_up_the_cycle(
             break
         await asyncio.sleep(0.02)
     assert not memory.inflight
+
+
+def warming(quota: int) -> dict[str, Any]:
+    """An IPWarmup of the pool's IPs in its day 1, as the IPWarmup controller writes it."""
+    return {
+        "apiVersion": "mailfleet.io/v1alpha1",
+        "kind": "IPWarmup",
+        "metadata": {"name": "warm", "namespace": NS},
+        "spec": {"poolRef": {"name": "mail"}, "addresses": IPS,
+                 "schedule": {"steps": [quota]}, "target": quota},
+        "status": {"phase": "WarmingUp", "day": 1, "dailyQuota": quota,
+                   "ips": [{"address": ip, "day": 1, "dailyQuota": quota} for ip in IPS]},
+    }
+
+
+def lease_of(harness: Harness, pod: str, address: str) -> Any:
+    return next(lease for lease in harness.pods[pod].leases if lease.address == address)
+
+
+async def test_a_warming_ips_new_holder_gets_quota_within_a_lease_after_its_holder_froze(
+    harness: Harness,
+) -> None:
+    """Leases carry the warm-up quota in chunks, so a holder frozen mid-day blocks only its
+    outstanding chunk: the IP's new holder may send at once, and the day's quota still holds
+    with the frozen pod counted as having sent everything its lease allowed."""
+    harness.ctx = dataclass_replace_settings(
+        harness.ctx, stats_interval=0, pod_admin_timeout=0.1, warmup_quota_chunk=50
+    )
+    harness.warmups = [warming(1000)]
+    harness.api.create(pool(harness.pods.port))
+    await harness.cycle()
+    await harness.run_pods(3)
+    await harness.cycle()
+    assert harness.pods.holders(IPS[1]) == ["mail-1"]  # on node-a
+    first = lease_of(harness, "mail-1", IPS[1])
+    assert (first.quota_remaining, first.sent_today_basis) == (50, 0)  # a chunk, not 1000
+
+    # It sends; the next renewal refills its chunk from the count it reported.
+    harness.pods.report("mail-1", IPS[1], sent=30)
+    harness.clock.advance(4)  # a renewal is due
+    await harness.cycle()
+    renewed = lease_of(harness, "mail-1", IPS[1])
+    assert (renewed.quota_remaining, renewed.sent_today_basis) == (50, 30)
+
+    # Its node freezes mid-day: it may still send up to 80 until its lease runs out.
+    frozen_at = harness.clock.now()
+    frozen = harness.pods["mail-1"]
+    frozen.stalled = True
+    harness.api.patch(
+        "v1", "Node", "node-a", {"status": node("node-a", False)["status"]}, subresource="status"
+    )
+    settings = harness.ctx.settings
+    bound = settings.lease_duration + settings.lease_clock_skew + settings.lease_renew_interval
+    new_holder = None
+    while new_holder is None:
+        harness.clock.advance(1)
+        assert (harness.clock.now() - frozen_at).total_seconds() <= bound, "IP did not move"
+        await harness.cycle()
+        new_holder = next((p for p in harness.pods.holders(IPS[1]) if p != "mail-1"), None)
+    granted = lease_of(harness, new_holder, IPS[1])
+    assert granted.warmup
+    assert granted.quota_remaining == 50  # min(chunk, 1000 - 80): not 0 until tomorrow
+    assert 80 + granted.quota_remaining <= 1000
+    frozen.stalled = False
+    memory = next(iter(reconciler.MEMORY.values()))
+    for _ in range(100):
+        if not memory.inflight:
+            break
+        await asyncio.sleep(0.02)

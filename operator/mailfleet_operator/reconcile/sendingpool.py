@@ -27,8 +27,8 @@ import functools
 import hashlib
 import json
 import secrets
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from datetime import datetime, timedelta
+from collections.abc import Callable, Collection, Coroutine, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 from mailfleet_sender import units, wire
@@ -94,6 +94,13 @@ class PoolMemory:
     ip_sent: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     ip_allowance: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
     ip_final: dict[str, set[str]] = dataclasses.field(default_factory=dict)
+    # ip -> (holder, seconds, count) of its last reading, and the rate measured between the
+    # last two readings (messages/s): sizes the automatic quota chunk.
+    ip_rate_probe: dict[str, tuple[str, float, int]] = dataclasses.field(default_factory=dict)
+    ip_rate: dict[str, float] = dataclasses.field(default_factory=dict)
+    # Set when leases were rebuilt from status (restart): each recorded holder of a warming
+    # IP counts with the whole day until it acknowledges a lease of ours.
+    seed_allowances: bool = False
     # DomainAuth key Secret -> its private.pem as the API gives it (base64); what the pool's
     # DKIM Secret was last written with. Never logged.
     dkim_keys: dict[str, str] = dataclasses.field(default_factory=dict)
@@ -257,6 +264,7 @@ async def _reconcile_locked(
     # Restart: rebuild leases from status, assuming each recorded holder holds a full lease.
     if memory.leases is None:
         memory.leases = _leases_from_status(old_status, pods_by_name, now, lease_settings, skew)
+        memory.seed_allowances = True
 
     token = await _ensure_admin_secret(ctx, body, names, memory, cycle)
 
@@ -300,6 +308,13 @@ async def _reconcile_locked(
         if previous_quotas.get(a) != memory.quotas.get(a)
     }
     domain_auths, quotas = memory.domain_auths, memory.quotas
+    if memory.seed_allowances:
+        _seed_allowances(memory, quotas)
+    chunking = _Chunking(
+        fixed=None if settings.warmup_quota_chunk == "auto" else settings.warmup_quota_chunk,
+        day_seconds=settings.warmup_day_seconds or 86400.0,
+        renew_interval=settings.lease_renew_interval,
+    )
 
     # --- decide replicas ----------------------------------------------------------------
     if memory.sts_replicas is None:
@@ -445,6 +460,7 @@ async def _reconcile_locked(
                     skew,
                     quotas,
                     allowed=allowed,
+                    chunking=chunking,
                 ),
             )
             for order in plan.pods
@@ -611,6 +627,11 @@ async def _read_stats(
         except pod_admin.PodUnreachable:
             return name, uid, None
 
+    held_before = {
+        (address, lease.pod)
+        for address, lease in (memory.leases or {}).items()
+        if not lease.released
+    }
     results = await asyncio.gather(*(one(p) for p in pods))
     fresh: dict[str, wire.Stats] = {}
     for name, uid, stats in results:
@@ -627,7 +648,7 @@ async def _read_stats(
         )
     memory.stats = fresh
     memory.stats_at = now
-    _merge_usage(memory, fresh)
+    _merge_usage(memory, fresh, now, held_before)
     memory.samples = reputation.prune_samples(memory.samples, now=now, window=timedelta(days=1))
 
 
@@ -924,6 +945,7 @@ async def _send_assignment(
     quotas: Mapping[str, int | None],
     *,
     allowed: list[str],
+    chunking: _Chunking | None = None,
 ) -> None:
     assert memory.leases is not None
     expires = now + lease_settings.lease_duration
@@ -952,12 +974,17 @@ async def _send_assignment(
     generation = max(memory.generations.get(order.pod, 0) + 1, int(now.timestamp() * 1000))
     memory.generations[order.pod] = generation
     leases = []
+    day = memory.usage_day
+    allowances: dict[str, int] = {}  # what each warming lease of this call lets the pod reach
     for address in order.ips:
         ip = by_address.get(address)
         if ip is None:
             continue
         quota = quotas.get(address)
-        remaining, basis = _lease_quota(memory, address, order.pod, quota)
+        chunk = chunking.chunk(memory, address, quota) if chunking is not None else None
+        remaining, basis = _lease_quota(memory, address, order.pod, quota, chunk=chunk)
+        if remaining is not None and basis is not None:
+            allowances[address] = basis + remaining
         classes = allowed if ip.classes is None else [c for c in ip.classes if c in allowed]
         leases.append(
             wire.Lease(
@@ -977,9 +1004,11 @@ async def _send_assignment(
         )
     except pod_admin.PodUnreachable:
         return
+    _fold_answer(memory, order.pod, answer, now)
     if memory.generations.get(order.pod) != generation:
         return  # answered late (a background call): a newer assignment has been sent since
     held = [lease.address for lease in answer.leases if lease.valid]
+    _acknowledged(memory, order.pod, allowances, granted_day=day, answer_day=answer.day)
     memory.leases = assigning.record_answer(
         memory.leases,
         order,
@@ -997,42 +1026,155 @@ def _sent_today(memory: PoolMemory) -> dict[str, int]:
     return {address: sum(by_pod.values()) for address, by_pod in memory.ip_sent.items()}
 
 
-def _merge_usage(memory: PoolMemory, fresh: Mapping[str, wire.Stats]) -> None:
-    """Fold a stats read into the day's per-pod counts; a new sender day starts afresh."""
+def _roll_day(memory: PoolMemory, day: int) -> None:
+    """Start the senders' new quota day. A pod without a final count may still send what
+    its last lease left unsent (the sender counts it on the new day), so that carries over
+    as its allowance; everything else starts from zero."""
+    if memory.usage_day == day:
+        return
+    if memory.usage_day is None:
+        # Grants made before any count was read belong to this day: keep them all.
+        memory.usage_day = day
+        return
+    carried: dict[str, dict[str, int]] = {}
+    if day > memory.usage_day:
+        for address, allowances in memory.ip_allowance.items():
+            left = warmup_quotas.carry_over(
+                memory.ip_sent.get(address, {}), allowances, memory.ip_final.get(address, ())
+            )
+            if left:
+                carried[address] = left
+    memory.usage_day, memory.ip_sent, memory.ip_allowance, memory.ip_final = day, {}, carried, {}
+    memory.ip_rate_probe = {}  # counts restart; the IP's rate still holds
+
+
+def _observe(memory: PoolMemory, address: str, pod: str, count: int, now: datetime) -> None:
+    """Fold one count of `pod` on `address` into the day's figures and the IP's send rate."""
+    by_pod = memory.ip_sent.setdefault(address, {})
+    by_pod.update(warmup_quotas.merge_sent_counts(by_pod, {pod: count}))
+    at = now.timestamp()
+    probe = memory.ip_rate_probe.get(address)
+    if probe is not None and probe[0] == pod:
+        rate = warmup_quotas.send_rate((probe[1], probe[2]), (at, by_pod[pod]), min_span=0.2)
+        if rate is None:
+            return  # too close to the last reading: keep it as the reference
+        memory.ip_rate[address] = rate
+    memory.ip_rate_probe[address] = (pod, at, by_pod[pod])
+
+
+def _fold_answer(
+    memory: PoolMemory, pod: str, answer: wire.AssignmentStatus, now: datetime
+) -> None:
+    """An assignment answer carries the pod's fresh counts of the IPs it holds: the next
+    renewal refills its chunk from them without waiting for a stats read."""
+    if memory.usage_day is not None and answer.day < memory.usage_day:
+        return
+    _roll_day(memory, answer.day)
+    for lease in answer.leases:
+        if lease.warmup:
+            _observe(memory, lease.address, pod, lease.sent_today, now)
+
+
+def _acknowledged(
+    memory: PoolMemory,
+    pod: str,
+    allowances: Mapping[str, int],
+    *,
+    granted_day: int | None,
+    answer_day: int,
+) -> None:
+    """The pod applied the leases we granted (`allowances`: address -> the count each lets
+    it reach) in place of its earlier ones: what it may reach today is now exactly that, not
+    the most any earlier grant allowed. Figures of another day are left alone (the larger,
+    earlier figure is the safe one)."""
+    if granted_day is None or answer_day != granted_day or memory.usage_day != granted_day:
+        return
+    for address, reach in allowances.items():
+        memory.ip_allowance.setdefault(address, {})[pod] = reach
+
+
+def _merge_usage(
+    memory: PoolMemory,
+    fresh: Mapping[str, wire.Stats],
+    now: datetime | None = None,
+    held_before: Collection[tuple[str, str]] = (),
+) -> None:
+    """Fold a stats read into the day's per-pod counts; a new sender day starts afresh.
+
+    A pod's count is final only if it held the IP neither when the read started
+    (`held_before`: (address, pod)) nor now: a read answered just before a release may miss
+    the last messages."""
     if not fresh:
         return
     day = max(stats.day for stats in fresh.values())
-    if memory.usage_day != day:
-        memory.usage_day, memory.ip_sent, memory.ip_allowance, memory.ip_final = day, {}, {}, {}
+    if memory.usage_day is not None and day < memory.usage_day:
+        return  # an answer has already shown the next day
+    _roll_day(memory, day)
     leases = memory.leases or {}
+    when = now or datetime.now(UTC)
     for pod, stats in fresh.items():
         if stats.day != day:
             continue
         for ip in stats.ips:
-            by_pod = memory.ip_sent.setdefault(ip.address, {})
-            by_pod.update(warmup_quotas.merge_sent_counts(by_pod, {pod: ip.sent_today}))
+            _observe(memory, ip.address, pod, ip.sent_today, when)
         for address in set(memory.ip_sent) | set(memory.ip_allowance):
             lease = leases.get(address)
             final = memory.ip_final.setdefault(address, set())
-            if lease is not None and lease.pod == pod and not lease.released:
+            holding = lease is not None and lease.pod == pod and not lease.released
+            if holding or (address, pod) in held_before:
                 final.discard(pod)  # still holding: it may send more
             else:
                 final.add(pod)
 
 
+def _seed_allowances(memory: PoolMemory, quotas: Mapping[str, int | None]) -> None:
+    """After a restart the operator does not know what the recorded holders' leases allowed:
+    each counts with the whole day (at most the quota) until it acknowledges one of ours."""
+    memory.seed_allowances = False
+    for address, lease in (memory.leases or {}).items():
+        quota = quotas.get(address)
+        if quota is not None and not lease.released:
+            allowances = memory.ip_allowance.setdefault(address, {})
+            allowances[lease.pod] = max(allowances.get(lease.pod, 0), quota)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Chunking:
+    """How much of a warming IP's day one lease may carry (`warmup_quotas.quota_chunk`)."""
+
+    fixed: int | None
+    day_seconds: float
+    renew_interval: float
+
+    def chunk(self, memory: PoolMemory, address: str, quota: int | None) -> int | None:
+        if quota is None:
+            return None
+        return warmup_quotas.quota_chunk(
+            daily_quota=quota,
+            day_seconds=self.day_seconds,
+            renew_interval=self.renew_interval,
+            observed_rate=memory.ip_rate.get(address, 0.0),
+            fixed=self.fixed,
+        )
+
+
 def _lease_quota(
-    memory: PoolMemory, address: str, pod: str, quota: int | None
+    memory: PoolMemory, address: str, pod: str, quota: int | None, *, chunk: int | None = None
 ) -> tuple[int | None, int | None]:
-    """(quotaRemaining, sentTodayBasis) of `pod`'s lease on `address`.
+    """(quotaRemaining, sentTodayBasis) of `pod`'s lease on `address`: at most `chunk`
+    (None: all) of what remains of the day.
 
     Other pods count with what they reported once they no longer held the IP, or else (lost
     before a final report) with what their last lease allowed (`warmup_quotas.HolderUsage`).
     The pod's own count is sent as the basis: the sender subtracts what it sent since, so a
-    stale read (or a renewal between two reads) never grants the same messages twice."""
+    stale read (or a renewal between two reads) never grants the same messages twice.
+    The pod's recorded allowance only grows here (an earlier lease may still be in force if
+    this one never arrives); its acknowledgement sets it exactly (`_send_assignment`)."""
     if quota is None:
         return None, None
     sent = memory.ip_sent.get(address, {})
     allowances = memory.ip_allowance.setdefault(address, {})
+    memory.ip_final.setdefault(address, set()).discard(pod)  # it holds the IP: not final
     own = sent.get(pod, 0)
     holders = [warmup_quotas.HolderUsage(pod=pod, sent=own)]
     for other in sorted((set(sent) | set(allowances)) - {pod}):
@@ -1044,9 +1186,9 @@ def _lease_quota(
                 final=other in memory.ip_final.get(address, ()),
             )
         )
-    remaining = warmup_quotas.lease_quota(daily_quota=quota, holders=holders)
+    remaining = warmup_quotas.lease_quota(daily_quota=quota, holders=holders, chunk=chunk)
     assert remaining is not None
-    allowances[pod] = own + remaining
+    allowances[pod] = max(allowances.get(pod, 0), own + remaining)
     return remaining, own
 
 
