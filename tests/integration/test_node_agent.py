@@ -116,9 +116,11 @@ async def test_killed_process_restarts_and_counts(kube_api: ApiServer,
     await _http(f"http://{ip}:{ECHO_PORT}/break")  # liveness now fails: the kubelet restarts
 
     def restarted_again() -> bool:
+        # At least one more restart: a slow start under load may fail liveness once more
+        # before the process answers, and a kubelet would restart it again too.
         cs = _pod(kube_api, "echo-r")["status"]["containerStatuses"][0]
-        return bool(cs["restartCount"] == 2 and cs["ready"])
-    await eventually(restarted_again)
+        return bool(cs["restartCount"] >= 2 and cs["ready"])
+    await eventually(restarted_again, within=30.0)
 
 
 async def test_failed_node_turns_pod_unready_and_healing_restores_it(
