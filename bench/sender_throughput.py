@@ -5,9 +5,11 @@ the raw OpenSSL RSA-2048 sign rate (through `cryptography`).
 
 Reference: the same volume through a private Postfix instance (smtp-source in, relaying to
 smtp-sink) when Postfix and its test tools are installed and the bench runs as root (else
-null; nothing is installed by the bench). Target: at least Postfix's
-end-to-end rate (about 650 msg/s with 20 sessions on the reference machine), and DKIM signing
-at >= 80 % of the raw sign rate.
+null; nothing is installed by the bench). The instance lives in a temp dir (own queue, config,
+maillog), listens on 127.0.0.1 only, keeps Postfix's default fsync durability, and is stopped
+and removed even on error; a failure prints "postfix reference failed: <reason>".
+Target: at least Postfix's end-to-end rate (about 650 msg/s with 20 sessions on the reference
+machine), and DKIM signing at >= 80 % of the raw sign rate.
 
 The sink and the injector are deliberately minimal asyncio protocols in this process, so the
 figures measure the sender, not the load generator. Last line: one JSON object.
@@ -21,6 +23,9 @@ import argparse
 import asyncio
 import json
 import os
+import pty
+import re
+import select
 import shutil
 import subprocess
 import sys
@@ -238,77 +243,196 @@ def dkim_rates(seconds: float = 2.0) -> tuple[float, float]:
 POSTFIX_TOOLS = ("postfix", "postconf", "smtp-sink", "smtp-source")
 
 
-def postfix_rate(n: int) -> float | None:
+def postfix_rate(n: int) -> tuple[float | None, str]:
     """The Postfix reference: smtp-source (20 sessions, ~5 KB) into a private Postfix instance
-    relaying to smtp-sink, timed until smtp-sink has counted every message. None when the
-    tools are missing or we are not root (Postfix's master must start as root). Nothing is
-    installed here: `apt-get install postfix` on the bench machine, not in tests.
+    relaying to smtp-sink, timed until smtp-sink has counted every message. Returns the rate
+    (None when there is none) and a one-line status, so a failed run is never reported as
+    "not installed". Nothing is installed here: `apt-get install postfix` on the bench machine.
     """
-    if any(shutil.which(tool) is None for tool in POSTFIX_TOOLS) or os.geteuid() != 0:
-        return None
-    with tempfile.TemporaryDirectory(prefix="mailfleet-postfix-") as tmp:
-        try:
-            return _run_postfix(n, Path(tmp))
-        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-            print(f"postfix reference failed: {exc}", file=sys.stderr)
-            return None
+    if any(shutil.which(tool) is None for tool in POSTFIX_TOOLS):
+        return None, "postfix + smtp-sink: not installed"
+    if os.geteuid() != 0:
+        return None, "postfix + smtp-sink: skipped (Postfix's master must start as root)"
+    try:
+        with tempfile.TemporaryDirectory(prefix="mailfleet-postfix-") as tmp:
+            rate = _run_postfix(n, Path(tmp))
+    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+        return None, f"postfix reference failed: {exc}"
+    return rate, f"postfix + smtp-sink: {n} messages, delivered {rate:.0f}/s end to end"
 
 
-def _run_postfix(n: int, tmp: Path) -> float:
-    sink_port, smtpd_port = free_port(), free_port()
-    conf = tmp / "etc"
-    conf.mkdir()
-    stock = subprocess.run(["postconf", "-h", "config_directory"], check=True,
-                           capture_output=True, text=True).stdout.strip()
-    master = (Path(stock) / "master.cf").read_text()
-    master = "\n".join(
-        line.replace("smtp      inet", f"127.0.0.1:{smtpd_port} inet", 1)
-        if line.startswith("smtp      inet") else line
-        for line in master.splitlines()
-    )
-    (conf / "master.cf").write_text(master + "\n")
-    (conf / "main.cf").write_text("\n".join([
+def _master_cf(stock: str, smtpd_port: int) -> str:
+    """The stock master.cf with chroot off everywhere (the temp queue has no chroot jail: no
+    resolv.conf, no libraries) and smtpd moved to 127.0.0.1:<free port>."""
+    out = []
+    for line in stock.splitlines():
+        fields = line.split()
+        if line[:1].strip() and not line.startswith("#") and len(fields) >= 8:
+            fields[4] = "n"  # chroot column
+            if fields[0] == "smtp" and fields[1] == "inet":
+                fields[0] = f"127.0.0.1:{smtpd_port}"
+            line = "  ".join(fields)
+        out.append(line)
+    return "\n".join(out) + "\n"
+
+
+def _main_cf(tmp: Path, sink_port: int) -> str:
+    """A relay-only instance living in `tmp`: loopback only, no local delivery, logging to a
+    file (there is no syslog in containers). Durability is Postfix's default: cleanup fsyncs
+    the queue file before smtpd answers 250, the same promise as the sender's spoolSync=full.
+    myhostname differs from smtp-sink's greeting name, or the smtp client would see a mail
+    loop."""
+    return "\n".join([
         "compatibility_level = 3.6",
         f"queue_directory = {tmp / 'queue'}",
         f"data_directory = {tmp / 'data'}",
+        f"maillog_file = {tmp / 'maillog'}",
+        f"maillog_file_prefixes = {tmp}",
+        "mail_owner = postfix",
+        "setgid_group = postdrop",
+        "myhostname = mailfleet-bench.localdomain",
         "inet_interfaces = 127.0.0.1",
         "inet_protocols = ipv4",
         "mydestination =",
+        "local_transport = error:local delivery disabled",
+        "alias_maps =",
+        "alias_database =",
         "mynetworks = 127.0.0.0/8",
         f"relayhost = [127.0.0.1]:{sink_port}",
         f"default_destination_concurrency_limit = {SESSIONS}",
-        f"maillog_file = {tmp / 'maillog'}",
         "",
-    ]))
-    sink = subprocess.Popen(  # counts deliveries on stdout ("-c")
-        ["smtp-sink", "-c", "-u", "postfix", f"127.0.0.1:{sink_port}", "256"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )
-    subprocess.run(["postfix", "-c", str(conf), "start"], check=True, capture_output=True)
+    ])
+
+
+def _maillog_tail(tmp: Path, lines: int = 5) -> str:
+    """The last problems Postfix logged: errors, and deliveries that did not go through."""
     try:
-        start = time.monotonic()
-        subprocess.run(
-            ["smtp-source", "-s", str(SESSIONS), "-l", "5120", "-m", str(n),
-             "-f", f"bench@{DOMAIN}", "-t", f"user@{SINK_DOMAIN}",
-             f"127.0.0.1:{smtpd_port}"],
-            check=True, capture_output=True, timeout=600,
-        )
-        counted = 0
-        assert sink.stdout is not None
-        deadline = time.monotonic() + 600
-        while counted < n and time.monotonic() < deadline:
-            chunk = sink.stdout.read(64)
+        text = (tmp / "maillog").read_text(errors="replace")
+    except OSError:
+        return ""
+    bad = [line for line in text.splitlines()
+           if any(word in line for word in ("fatal:", "error:", "panic:", "warning:"))
+           or ("status=" in line and "status=sent" not in line)]
+    return " | ".join(bad[-lines:])
+
+
+def _on_tty(argv: list[str]) -> str:
+    """Run argv with stderr on a pseudo-terminal and return what it wrote: Postfix commands
+    print their diagnostics to stderr only when it is a tty (else to the log, which may be
+    what is broken)."""
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=follower,
+                                stderr=follower)
+        os.close(follower)
+        follower = -1
+        chunks: list[bytes] = []
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:  # EIO: the command exited and closed the tty
+                break
             if not chunk:
                 break
-            numbers = [int(x) for x in chunk.replace("\r", " ").split() if x.isdigit()]
-            counted = max([counted, *numbers])
-        if counted < n:
-            raise RuntimeError(f"smtp-sink counted {counted} of {n}")
-        return n / (time.monotonic() - start)
+            chunks.append(chunk)
+        proc.wait(timeout=60)
     finally:
-        subprocess.run(["postfix", "-c", str(conf), "stop"], capture_output=True)
+        os.close(leader)
+        if follower >= 0:
+            os.close(follower)
+    return b"".join(chunks).decode(errors="replace").strip()
+
+
+def _postfix(conf: Path, tmp: Path, command: str) -> None:
+    """Run `postfix -c conf <command>`; on failure, say why (from the log, else from the same
+    command rerun on a tty)."""
+    done = subprocess.run(["postfix", "-c", str(conf), command], capture_output=True,
+                          text=True, timeout=60)
+    if done.returncode != 0:
+        reason = (done.stderr.strip() or _maillog_tail(tmp)
+                  or _on_tty(["postfix", "-c", str(conf), command]) or "no diagnostics")
+        raise RuntimeError(f"postfix {command} exited {done.returncode}: {reason}")
+
+
+def _postfix_running(conf: Path) -> bool:
+    return subprocess.run(["postfix", "-c", str(conf), "status"], capture_output=True,
+                          timeout=30).returncode == 0
+
+
+def _stop_postfix(conf: Path) -> None:
+    """Stop the instance whatever state it is in: `stop` (which itself kills the process group
+    after 5 s), then `abort`, then wait for the master to be gone before the temp dir goes."""
+    for command in ("stop", "abort"):
+        if not _postfix_running(conf):
+            return
+        subprocess.run(["postfix", "-c", str(conf), command], capture_output=True, timeout=60)
+    deadline = time.monotonic() + 10
+    while _postfix_running(conf) and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def _sink_count(sink: subprocess.Popen[bytes], n: int, seconds: float) -> int:
+    """Follow smtp-sink's -c counters ("sess=.. quit=.. mesg=N" + CR) until N messages or the
+    deadline; select() keeps a silent sink from blocking past the deadline."""
+    assert sink.stdout is not None
+    fd, tail, counted = sink.stdout.fileno(), b"", 0
+    deadline = time.monotonic() + seconds
+    while counted < n and (left := deadline - time.monotonic()) > 0:
+        ready, _, _ = select.select([fd], [], [], min(left, 1.0))
+        if not ready:
+            continue
+        chunk = os.read(fd, 65536)
+        if not chunk:
+            break  # smtp-sink died
+        tail = (tail + chunk)[-256:]
+        found = re.findall(rb"mesg=(\d+)", tail)
+        if found:
+            counted = max(counted, int(found[-1]))
+    return counted
+
+
+def _run_postfix(n: int, tmp: Path) -> float:
+    tmp.chmod(0o755)  # the postfix user must reach data_directory inside it
+    sink_port, smtpd_port = free_port(), free_port()
+    conf = tmp / "etc"
+    conf.mkdir()
+    (tmp / "queue").mkdir(mode=0o755)  # `postfix start` creates the rest inside it
+    stock = subprocess.run(["postconf", "-h", "config_directory"], check=True,
+                           capture_output=True, text=True).stdout.strip()
+    (conf / "master.cf").write_text(_master_cf((Path(stock) / "master.cf").read_text(),
+                                               smtpd_port))
+    (conf / "main.cf").write_text(_main_cf(tmp, sink_port))
+    sink = subprocess.Popen(  # counts deliveries on stdout ("-c")
+        ["smtp-sink", "-c", "-u", "postfix", f"127.0.0.1:{sink_port}", "256"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _postfix(conf, tmp, "check")
+        try:
+            _postfix(conf, tmp, "start")
+            start = time.monotonic()
+            source = subprocess.run(
+                ["smtp-source", "-s", str(SESSIONS), "-l", "5120", "-m", str(n),
+                 "-f", f"bench@{DOMAIN}", "-t", f"user@{SINK_DOMAIN}",
+                 f"127.0.0.1:{smtpd_port}"],
+                capture_output=True, text=True, timeout=600,
+            )
+            if source.returncode != 0:
+                raise RuntimeError(f"smtp-source exited {source.returncode}: "
+                                   f"{source.stderr.strip()[-500:]} {_maillog_tail(tmp)}")
+            counted = _sink_count(sink, n, 600)
+            if counted < n:
+                raise RuntimeError(f"smtp-sink counted {counted} of {n}: {_maillog_tail(tmp)}")
+            return n / (time.monotonic() - start)
+        finally:
+            _stop_postfix(conf)
+    finally:
         sink.terminate()
-        sink.wait(timeout=10)
+        try:
+            sink.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            sink.kill()
+            sink.wait()
 
 
 def main() -> int:
@@ -320,15 +444,15 @@ def main() -> int:
         accepted, delivered = asyncio.run(run_sender(n, Path(tmp)))
     print(f"sender: {n} messages, accepted {accepted:.0f}/s, delivered {delivered:.0f}/s "
           f"end to end (RSA-2048 DKIM, fsync on, {SESSIONS} sessions)")
-    reference = postfix_rate(n)
-    print(f"postfix + smtp-sink: {'not installed' if reference is None else f'{reference:.0f}/s'}")
+    reference, status = postfix_rate(n)
+    print(status)
     ours, raw = dkim_rates()
     print(f"dkim: {ours:.0f} signs/s vs raw RSA-2048 {raw:.0f} signs/s ({ours / raw:.0%})")
     print(json.dumps({
         "messages": n,
         "accepted_per_s": round(accepted, 1),
         "delivered_per_s": round(delivered, 1),
-        "postfix_delivered_per_s": reference,
+        "postfix_delivered_per_s": None if reference is None else round(reference, 1),
         "dkim_signs_per_s": round(ours, 1),
         "openssl_signs_per_s": round(raw, 1),
     }))
