@@ -183,8 +183,14 @@ async def test_ha_replicas_elect_one_and_hand_over_when_it_stops(
     await kubectl(kubeconfig, "apply", "-f", "-", stdin=documents([peering]))
     name = peering["metadata"]["name"]
 
-    replicas = [await start_replica(0, kubeconfig), await start_replica(1, kubeconfig)]
+    # The StatefulSet starts pod 0 first. Alone, it serves; wait for that so that its later
+    # pause is a logged flip: "no flip yet" would also be true of a replica that has simply not
+    # processed the peering yet and may still resume (and act) briefly.
+    replicas = [await start_replica(0, kubeconfig)]
     try:
+        await wait_for(lambda: not replicas[0].paused(), within=30,
+                       message=f"replica 0 to serve while alone: {replicas[0].log[-3:]}")
+        replicas.append(await start_replica(1, kubeconfig))
         # Both announce themselves, with their distinct priorities, in the peering object.
         await wait_for(lambda: sorted(p.get("priority") for p in _peers(kube_api, name).values())
                        == [0, 1], within=30, message="both replicas in the peering object")

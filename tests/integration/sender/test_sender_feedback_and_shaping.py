@@ -70,12 +70,15 @@ async def test_reactive_shaping_slows_a_throttling_provider_and_recovers(
         return "gmail" in shaping and shaping["gmail"]["factor"] <= 0.1
 
     await eventually(slowed, "gmail slowed down")
-    # Slowed from 80/s to a tenth of it or less: at most 8/s plus a burst of 8.
+    # Slowed from 80/s to a tenth of it or less: at most 8/s plus a burst of 8 (and a few in
+    # flight), over the window as it really lasted (a loaded machine oversleeps).
     attempts_before = len(gmail.attempts)
     delivered_before = len(gmail.messages)
+    window_start = time.monotonic()
     await asyncio.sleep(1.0)  # a measurement window, not a wait for a condition
+    window = time.monotonic() - window_start
     rcpt_attempts = [a for a in gmail.attempts[attempts_before:] if a.stage == "RCPT"]
-    assert len(rcpt_attempts) <= 20
+    assert len(rcpt_attempts) <= 8 * window + 12, (len(rcpt_attempts), window)
     assert len(gmail.messages) > delivered_before  # slowed, not stopped
 
     gmail.behaviour.rate_limit_per_ip = None  # the provider is happy again
@@ -83,7 +86,8 @@ async def test_reactive_shaping_slows_a_throttling_provider_and_recovers(
     async def recovered() -> bool:
         return "gmail" not in (await sender.client.stats())["shaping"]
 
-    await eventually(recovered, "gmail back at its configured rate", deadline=6.0)
+    # About 4 s of quiet steps (0.25 a second); the exact pace is unit-tested on a fake clock.
+    await eventually(recovered, "gmail back at its configured rate", deadline=20.0)
     _, metrics = await sender.client.request("GET", "/metrics")
     assert 'mailfleet_sender_shaping_transitions_total{provider="gmail",transition="recovered"}' \
         in metrics

@@ -50,19 +50,19 @@ async def test_config_reload_applies_good_files_and_keeps_running_on_bad_ones(
     async def generation(n: int) -> bool:
         return bool((await sender.client.stats())["configGeneration"] == n)
 
-    await _until(lambda: generation(2), 5, "reload of generation 2")
+    await _until(lambda: generation(2), 20, "reload of generation 2")
 
     sender.rewrite_config("submission: [this is: not valid\n")
     async def errored() -> bool:
         return (await sender.client.stats())["configError"] is not None
-    await _until(errored, 5, "config error reported")
+    await _until(errored, 20, "config error reported")
     stats = await sender.client.stats()
     assert stats["configGeneration"] == 2  # still running the last good one
     _, metrics_text = await sender.client.request("GET", "/metrics")
     assert "mailfleet_sender_config_valid 0.0" in metrics_text
 
     sender.rewrite_config("spoolDir: /tmp\nunknownField: 1\n")  # valid YAML, invalid config
-    await _until(lambda: _error_mentions(sender, "unknownField"), 5, "validation error")
+    await _until(lambda: _error_mentions(sender, "unknownField"), 20, "validation error")
 
     status, _ = await sender.client.submit(
         {"from": "a@example.test", "to": ["r@gmail.test"], "subject": "s", "text": "t"})
@@ -71,7 +71,7 @@ async def test_config_reload_applies_good_files_and_keeps_running_on_bad_ones(
 
     cfg["generation"] = 3
     sender.rewrite_config()
-    await _until(lambda: generation(3), 5, "recovery with generation 3")
+    await _until(lambda: generation(3), 20, "recovery with generation 3")
     assert (await sender.client.stats())["configError"] is None
 
 
@@ -131,7 +131,7 @@ async def test_sigterm_finishes_open_transactions_and_exits_cleanly(
         await client.connect()
         await client.mail("a@example.test")
         await client.rcpt("open@gmail.test")
-        await gmail.wait_until(lambda: gmail.open_connections["127.0.0.53"] > 0, 5, "in flight")
+        await gmail.wait_until(lambda: gmail.open_connections["127.0.0.53"] > 0, 20, "in flight")
 
         proc.signal(signal.SIGTERM)
         await asyncio.sleep(0.2)
