@@ -23,6 +23,7 @@ Why some choices:
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -391,6 +392,18 @@ def build_admin_secret(pool: PoolObjects, *, token: str) -> dict[str, Any]:
         "metadata": _meta(Names(pool.name).admin_secret, pool.namespace, pool.name, pool.owner),
         "stringData": {ADMIN_TOKEN_KEY: token},
     }
+
+
+def admin_token(secret: Mapping[str, Any] | None) -> str:
+    """The token in the admin Secret: base64 `data` as the API returns it, else the
+    `stringData` that `build_admin_secret` writes; "" when there is none. Shared by the pool
+    and warm-up controllers, which both talk to the pods' admin endpoints."""
+    if secret is None:
+        return ""
+    data = secret.get("data") or {}
+    if ADMIN_TOKEN_KEY in data:
+        return base64.b64decode(data[ADMIN_TOKEN_KEY]).decode()
+    return str((secret.get("stringData") or {}).get(ADMIN_TOKEN_KEY, ""))
 
 
 def build_dkim_secret(pool: PoolObjects, *, data: Mapping[str, str]) -> dict[str, Any]:

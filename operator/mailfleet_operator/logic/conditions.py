@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import pydantic
 
 from mailfleet_operator.api import common
 
@@ -29,6 +32,18 @@ class Verdict:
     @property
     def status_text(self) -> common.ConditionStatus:
         return "Unknown" if self.status is None else ("True" if self.status else "False")
+
+
+def parse_conditions(raw: Iterable[Mapping[str, Any]] | None) -> list[common.Condition]:
+    """The conditions of a stored status; an entry that does not parse is dropped (someone
+    else's hand edit must not stop the controller from writing its own verdicts)."""
+    parsed = []
+    for entry in raw or ():
+        try:
+            parsed.append(common.Condition.model_validate(entry))
+        except pydantic.ValidationError:
+            continue
+    return parsed
 
 
 def set_conditions(

@@ -21,7 +21,6 @@ remains of it into each IP's lease; 0 while paused, no limit once Completed.
 from __future__ import annotations
 
 import asyncio
-import base64
 import collections
 import dataclasses
 import datetime
@@ -467,12 +466,8 @@ async def _admin_token(
     )
     if secret is None:
         return ""
-    data = secret.get("data") or {}
-    if children.ADMIN_TOKEN_KEY in data:
-        memory.token = base64.b64decode(data[children.ADMIN_TOKEN_KEY]).decode()
-    else:
-        memory.token = (secret.get("stringData") or {}).get(children.ADMIN_TOKEN_KEY, "")
-    return memory.token or ""
+    memory.token = children.admin_token(secret)
+    return memory.token
 
 
 async def _read_stats(
@@ -561,12 +556,7 @@ async def _apply(
 ) -> None:
     """One status patch when anything changed, then the cycle's events (best effort)."""
     meta = body["metadata"]
-    existing = []
-    for raw in old.get("conditions") or []:
-        try:
-            existing.append(common.Condition.model_validate(raw))
-        except ValidationError:
-            continue
+    existing = conditions.parse_conditions(old.get("conditions"))
     merged = conditions.set_conditions(
         existing, verdicts, now=now, observed_generation=meta.get("generation")
     )

@@ -553,7 +553,7 @@ def _leases_from_status(
         leases[entry["address"]] = assigning.Lease(
             address=entry["address"],
             pod=holder,
-            pod_uid=(pod or {}).get("metadata", {}).get("uid", "") if pod else "",
+            pod_uid=pod.get("metadata", {}).get("uid", "") if pod else "",
             expires_at=now + lease_settings.lease_duration + skew,
         )
     return leases
@@ -591,15 +591,8 @@ async def _ensure_admin_secret(
             current = await ctx.client.get(
                 resources.SECRETS, name=names.admin_secret, namespace=namespace
             )
-    data = (current or {}).get("data") or {}
-    string_data = (current or {}).get("stringData") or {}
-    if children.ADMIN_TOKEN_KEY in data:
-        import base64
-
-        memory.token = base64.b64decode(data[children.ADMIN_TOKEN_KEY]).decode()
-    else:
-        memory.token = string_data.get(children.ADMIN_TOKEN_KEY, "")
-    return memory.token or ""
+    memory.token = children.admin_token(current)
+    return memory.token
 
 
 async def _read_stats(
@@ -1616,14 +1609,7 @@ async def _write_status(
     cycle: Cycle,
 ) -> None:
     meta = body["metadata"]
-    from mailfleet_operator.api.common import Condition
-
-    existing = []
-    for raw in old.get("conditions") or []:
-        try:
-            existing.append(Condition.model_validate(raw))
-        except ValidationError:
-            continue
+    existing = conditions.parse_conditions(old.get("conditions"))
     merged = conditions.set_conditions(
         existing, verdicts, now=now, observed_generation=meta.get("generation")
     )
