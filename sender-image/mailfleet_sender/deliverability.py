@@ -72,10 +72,6 @@ class UnsubscribeResult:
     recipient: str | None = None
 
 
-def _read_key(path: str) -> bytes:
-    return unsubscribe.load_key(path)
-
-
 def _derive(secret: str, label: str) -> bytes:
     return hmac.new(secret.encode(), f"mailfleet/{label}".encode(), hashlib.sha256).digest()
 
@@ -89,16 +85,16 @@ def load_keys(
     if admin_token is None and (d.trace_key_file is None or d.unsubscribe_key_file is None):
         fallback = _local_key(Path(spool_dir))
     trace = (
-        _read_key(d.trace_key_file) if d.trace_key_file
+        unsubscribe.load_key(d.trace_key_file) if d.trace_key_file
         else _derive(admin_token, "trace") if admin_token
         else hashlib.sha256(b"trace" + (fallback or b"")).digest()
     )
     current = (
-        _read_key(d.unsubscribe_key_file) if d.unsubscribe_key_file
+        unsubscribe.load_key(d.unsubscribe_key_file) if d.unsubscribe_key_file
         else _derive(admin_token, "unsubscribe") if admin_token
         else hashlib.sha256(b"unsubscribe" + (fallback or b"")).digest()
     )
-    retired = tuple(_read_key(path) for path in d.retired_unsubscribe_key_files)
+    retired = tuple(unsubscribe.load_key(path) for path in d.retired_unsubscribe_key_files)
     peer_token = admin_token
     if d.peer_token_file:
         peer_token = Path(d.peer_token_file).read_text(encoding="utf-8").strip() or None

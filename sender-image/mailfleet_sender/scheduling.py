@@ -152,8 +152,3 @@ def sort_for_dispatch(
         deliveries,
         key=lambda d: (-class_priority(d.class_name, cfg), tier_rank(d.tier, order), d.id),
     )
-
-
-def day_index(wall: float, day_length: float) -> int:
-    """Quota day number: whole `day_length`s since the epoch (UTC days for 24h)."""
-    return int(wall // day_length)

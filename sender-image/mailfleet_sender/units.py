@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import functools
 import re
 from typing import Annotated, Any
 
@@ -51,6 +52,12 @@ def parse_duration(text: str) -> datetime.timedelta:
     """Read "10m", "1h30m", "90d", "500ms" into a timedelta; raise ValueError naming the format."""
     if not isinstance(text, str):
         raise TypeError(f"duration must be a string, got {type(text).__name__}: {DURATION_HELP}")
+    return _parse_duration(text)
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_duration(text: str) -> datetime.timedelta:
+    """Cached: the sender reads the same few config strings for every message it handles."""
     if not _DURATION.fullmatch(text):
         raise ValueError(f"invalid duration {text!r}: {DURATION_HELP}")
     seconds = sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _SEGMENT.findall(text))
@@ -115,6 +122,12 @@ def parse_rate(text: str) -> Rate:
     """Read "100/s", "5000/h", "10/m", "20000/d", "300/5m" into a Rate; ValueError otherwise."""
     if not isinstance(text, str):
         raise TypeError(f"rate must be a string, got {type(text).__name__}: {RATE_HELP}")
+    return _parse_rate(text)
+
+
+@functools.lru_cache(maxsize=512)
+def _parse_rate(text: str) -> Rate:
+    """Cached like `_parse_duration` (the result is immutable)."""
     match = _RATE.fullmatch(text)
     if match is None:
         raise ValueError(f"invalid rate {text!r}: {RATE_HELP}")
