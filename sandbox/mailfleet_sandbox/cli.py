@@ -14,6 +14,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def _stop_on_signals() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM, so a long-running command can shut down cleanly."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 def configure_api(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="loopback address to bind")
     parser.add_argument("--port", type=int, default=0, help="port (0 picks a free one)")
@@ -28,11 +38,7 @@ def run_api(args: argparse.Namespace) -> int:
     from mailfleet_sandbox.kube import ApiServer
 
     async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = _stop_on_signals()
         async with ApiServer(host=args.host, port=args.port, db_path=args.db) as api:
             path = api.write_kubeconfig(args.kubeconfig)
             print(f"sandbox API listening on {api.url}; kubeconfig: {path}", flush=True)
@@ -61,11 +67,7 @@ def run_up(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
 
     async def serve() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+        stop = _stop_on_signals()
         settings = world.WorldSettings(root=args.root,
                                        warmup_day_seconds=args.warmup_day_seconds)
         async with world.SandboxWorld(settings) as sandbox:

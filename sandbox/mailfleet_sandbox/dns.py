@@ -21,9 +21,9 @@ name's last two labels ("example.test." for "_dmarc.example.test."), which is cl
 real zone cut for a sandbox.
 
 Records come from the static store (set_records and friends) and from attached sources
-(`attach_source`), callables returning `Record`s on each query: issue 9 will plug the API
-emulator's DNSEndpoint objects in there, as external-dns would. A static (name, type) wins over
-a sourced one.
+(`attach_source`), callables returning `Record`s on each query (`external_dns` feeds the API
+emulator's DNSEndpoint objects in there, `cluster_dns` its Services and Pods, each returning a
+snapshot it keeps up to date from watches). A static (name, type) wins over a sourced one.
 
 Single asyncio loop by design; a lock makes mutations from another thread safe too (see
 `run_in_thread`). Never query this server with a *synchronous* resolver from the loop thread
@@ -62,6 +62,7 @@ import dns.rrset
 import dns.zone
 
 log = logging.getLogger(__name__)
+_R = typing.TypeVar("_R", bound=dns.resolver.BaseResolver)
 
 UDP_DEFAULT_PAYLOAD = 512
 """Largest UDP answer to a client without EDNS (RFC 1035 §4.2.1); bigger ones are truncated."""
@@ -242,17 +243,16 @@ class DNSServer:
         self, *, timeout: float = 2.0, lifetime: float = 5.0
     ) -> dns.asyncresolver.Resolver:
         """An async resolver that asks only this server (no /etc/resolv.conf, no cache)."""
-        resolver = dns.asyncresolver.Resolver(configure=False)
-        resolver.nameservers = [dns.nameserver.Do53Nameserver(self.host, self.port)]
-        resolver.timeout = timeout
-        resolver.lifetime = lifetime
-        return resolver
+        return self._aimed(dns.asyncresolver.Resolver(configure=False), timeout, lifetime)
 
     def sync_resolver(
         self, *, timeout: float = 2.0, lifetime: float = 5.0
     ) -> dns.resolver.Resolver:
         """A blocking resolver for code in another thread than the one serving (never the same)."""
-        resolver = dns.resolver.Resolver(configure=False)
+        return self._aimed(dns.resolver.Resolver(configure=False), timeout, lifetime)
+
+    def _aimed(self, resolver: _R, timeout: float, lifetime: float) -> _R:
+        """`resolver` asking only this server, for either flavour of dnspython resolver."""
         resolver.nameservers = [dns.nameserver.Do53Nameserver(self.host, self.port)]
         resolver.timeout = timeout
         resolver.lifetime = lifetime

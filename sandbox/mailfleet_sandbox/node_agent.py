@@ -11,10 +11,9 @@ Choices, and why:
 - Scheduling: pods with no `spec.nodeName` (and schedulerName default-scheduler) go to a Ready
   node whose labels match `nodeSelector` and required node affinity and whose NoSchedule and
   NoExecute taints the pod tolerates; among those the one with fewest pods (spreading). Bound
-  through the `pods/binding` subresource like kube-scheduler; when the emulator answers 404 for
-  it, the agent falls back to a merge patch of `spec.nodeName` (which a conformant server
-  refuses: then the pod stays Pending and the error is logged). A pod that fits nowhere gets
-  `PodScheduled=False, reason Unschedulable` with the scheduler's message format.
+  through the `pods/binding` subresource like kube-scheduler (a failed binding leaves the pod
+  Pending and is logged). A pod that fits nowhere gets `PodScheduled=False, reason
+  Unschedulable` with the scheduler's message format.
 - Processes: an image maps to an argv prefix (its ENTRYPOINT); `command` replaces it,
   `args` follow it, `$(VAR)` is expanded from the container env as Kubernetes does. Images the
   table does not know keep the pod Pending with `ErrImagePull`, then `ImagePullBackOff`.
@@ -86,8 +85,6 @@ DEFAULT_IMAGE_SUBSTRINGS: tuple[tuple[str, list[str]], ...] = (
 )
 """Images every agent knows: any image whose name contains one of these strings."""
 UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
-NO_RESOURCE = "the server could not find the requested resource"
-"""kube-apiserver's 404 text for a path it does not serve (as opposed to a missing object)."""
 KUBELET_VERSION = "v1.30.0-mailfleet-sandbox"
 
 
@@ -1207,10 +1204,6 @@ class NodeAgent:
             "metadata": {"name": name, "namespace": ns, "uid": uid},
             "target": {"apiVersion": "v1", "kind": "Node", "name": node}},
             ok=(200, 201, 404, 409))
-        if code == 405 or (code == 404 and body.get("message") == NO_RESOURCE):
-            # no pods/binding in this emulator: see the module docstring
-            code, body = await self.client.request(
-                "PATCH", base, {"spec": {"nodeName": node}}, "application/merge-patch+json")
         if code not in (200, 201):
             if self._bind_failures.get(uid) != code:
                 self._bind_failures[uid] = code

@@ -55,6 +55,15 @@ def _boundary(seed: bytes) -> str:
     return "=_report_" + hashlib.sha1(seed).hexdigest()[:24]
 
 
+def _original_part(original: bytes, headers_only: bool) -> bytes:
+    """The third MIME part of a DSN or ARF: the original's headers, or the whole message."""
+    headers, body = split_original(original)
+    if headers_only:
+        return f"Content-Type: text/rfc822-headers{CRLF}{CRLF}".encode() + _crlf(headers) + b"\r\n"
+    return (f"Content-Type: message/rfc822{CRLF}{CRLF}".encode() + _crlf(headers) + b"\r\n\r\n"
+            + _crlf(body))
+
+
 def _envelope(
     *, from_addr: str, to_addr: str, subject: str, report_type: str, boundary: str, when: float
 ) -> str:
@@ -129,15 +138,7 @@ def build_dsn(
         per_recipient.append(f"Remote-MTA: dns; {remote_mta}")
     per_recipient.append(f"Diagnostic-Code: {diagnostic}")
     per_recipient.append(f"Last-Attempt-Date: {email.utils.formatdate(when)}")
-    headers, body = split_original(original)
-    third = (
-        f"Content-Type: text/rfc822-headers{CRLF}{CRLF}".encode() + _crlf(headers) + b"\r\n"
-        if headers_only
-        else f"Content-Type: message/rfc822{CRLF}{CRLF}".encode()
-        + _crlf(headers)
-        + b"\r\n\r\n"
-        + _crlf(body)
-    )
+    third = _original_part(original, headers_only)
     parts = [
         _envelope(
             from_addr=from_addr,
@@ -193,15 +194,7 @@ def build_arf(
     ]
     if reported_domain:
         fields.append(f"Reported-Domain: {reported_domain}")
-    headers, body = split_original(original)
-    third = (
-        f"Content-Type: text/rfc822-headers{CRLF}{CRLF}".encode() + _crlf(headers) + b"\r\n"
-        if headers_only
-        else f"Content-Type: message/rfc822{CRLF}{CRLF}".encode()
-        + _crlf(headers)
-        + b"\r\n\r\n"
-        + _crlf(body)
-    )
+    third = _original_part(original, headers_only)
     human = (
         f"This is an email abuse report for an email message received from IP {source_ip} "
         f"on {email.utils.formatdate(when)}.{CRLF}"

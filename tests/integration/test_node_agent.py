@@ -11,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from mailfleet_sandbox import node_agent as agent_module
 from mailfleet_sandbox.kube import ApiServer
-from mailfleet_sandbox.node_agent import NO_RESOURCE, NodeAgent
+from mailfleet_sandbox.node_agent import NodeAgent
 from sandbox_fixtures.node_agent import ECHO_PORT, echo_pod, eventually
 
 CHECKOUT = Path(agent_module.__file__).resolve().parents[2]
@@ -40,16 +39,6 @@ async def _http(url: str, within: float = 1.0) -> tuple[int, bytes] | None:
             return resp.status, await resp.read()
     except (aiohttp.ClientError, TimeoutError, OSError):
         return None
-
-
-async def _binding_supported(api: ApiServer) -> bool:
-    """Whether the emulator serves pods/binding (the scheduler's way to set spec.nodeName)."""
-    async with aiohttp.ClientSession() as s, s.post(
-            f"{api.url}/api/v1/namespaces/default/pods/no-such-pod/binding",
-            json={"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "no-such-pod"},
-                  "target": {"kind": "Node", "name": "node-a"}}) as resp:
-        body = await resp.json()
-        return not (resp.status == 404 and body.get("message") == NO_RESOURCE)
 
 
 async def test_pod_runs_with_its_ip_env_and_configmap_at_the_mount_path(
@@ -108,7 +97,7 @@ async def test_killed_process_restarts_and_counts(kube_api: ApiServer,
     def restarted() -> dict[str, Any] | None:
         cs = _pod(kube_api, "echo-r")["status"]["containerStatuses"][0]
         return cs if cs["restartCount"] == 1 and cs["ready"] else None
-    cs = await eventually(restarted)
+    cs = await eventually(restarted, within=30.0)
     assert cs["lastState"]["terminated"]["exitCode"] == 137
     assert node_agent.pod_pids("default", "echo-r") != first
     assert await _http(f"http://{ip}:{ECHO_PORT}/healthz") == (200, b"ok")
@@ -190,8 +179,6 @@ async def test_scheduler_honours_selectors_and_taints(kube_api: ApiServer,
     assert message.startswith("0/3 nodes are available")
     assert "didn't match Pod's node affinity/selector" in message
 
-    if not await _binding_supported(kube_api):
-        pytest.skip("the API emulator has no pods/binding subresource yet")
     kube_api.create(echo_pod("zoned", nodeSelector={"topology.kubernetes.io/zone": "c"},
                              tolerations=[{"key": "dedicated", "operator": "Equal",
                                            "value": "mail", "effect": "NoSchedule"}]))
