@@ -219,6 +219,12 @@ class Registry:
     def _check_body(self, rt: ResourceType, body: Any, namespace: str) -> JSON:
         if not isinstance(body, dict):
             raise errors.bad_request("the body of the request must be a JSON object")
+        if not rt.crd:
+            # the built-in codec decodes into the URL's type: what is missing comes from it
+            # (the kubernetes client's typed models may send neither)
+            for key, value in (("apiVersion", rt.api_version), ("kind", rt.kind)):
+                if not body.get(key):
+                    body[key] = value
         if not body.get("kind"):
             raise errors.bad_request(f"Object 'Kind' is missing in '{_short(body)}'")
         if not body.get("apiVersion"):
@@ -353,7 +359,12 @@ class Registry:
         name = meta["name"]
         if rt.status and rt.storage_key != NS_KEY:
             body.pop("status", None)
-        for k in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
+        if _parsed_rv(meta.pop("resourceVersion", None)):
+            # the etcd3 store's ErrResourceVersionSetOnCreate: a plain error, so a 500
+            # without reason (an unparsable or zero version passes, as there)
+            raise errors.ApiError(500, "", "resourceVersion should not be set on objects to "
+                                  "be created")
+        for k in ("deletionTimestamp", "deletionGracePeriodSeconds"):
             meta.pop(k, None)
         obj, warnings = self._admit(rt, body, None, opts)
         meta = obj["metadata"]
@@ -404,7 +415,17 @@ class Registry:
         old = self.store.get(rt.storage_key, ns, name)
         if old is None:
             raise errors.not_found(rt.plural, rt.group, name)
+        want_uid = meta.get("uid")
+        if want_uid and want_uid != old["metadata"].get("uid"):
+            # the body's uid is a storage precondition (defaultUpdatedObjectInfo)
+            raise errors.conflict(rt.plural, rt.group, name,
+                                  f"Precondition failed: UID in precondition: {want_uid}, "
+                                  f"UID in object meta: {old['metadata'].get('uid')}")
         want_rv = meta.get("resourceVersion")
+        if not _parsed_rv(want_rv) and not rt.unconditional_update:
+            raise errors.invalid(rt.kind, rt.group, name, [errors.Cause(
+                "FieldValueInvalid", "Invalid value: 0x0: must be specified for an update",
+                "metadata.resourceVersion")])
         if want_rv and want_rv != old["metadata"]["resourceVersion"]:
             raise errors.stale_conflict(rt.plural, rt.group, name)
         return self._commit(rt, old, body, subresource, opts)
@@ -754,6 +775,14 @@ def pod_grace_period(pod: JSON, requested: int | None) -> int:
         return requested
     period = spec.get("terminationGracePeriodSeconds")
     return int(period) if isinstance(period, int) else DEFAULT_POD_GRACE
+
+
+def _parsed_rv(value: Any) -> int:
+    """A resourceVersion as the storage versioner reads it: 0 when unset or unparsable."""
+    try:
+        return int(value) if value not in (None, "") else 0
+    except (TypeError, ValueError):
+        return 0
 
 
 def _grace_option(value: Any) -> int | None:

@@ -61,6 +61,14 @@ class ResourceType:
         """Only built-in kinds have strategic-merge metadata; CRDs answer 415."""
         return not self.crd
 
+    @property
+    def unconditional_update(self) -> bool:
+        """Whether a PUT may omit metadata.resourceVersion (the registry strategy's
+        AllowUnconditionalUpdate): most built-in kinds yes; custom resources, CRDs and
+        PodDisruptionBudgets no."""
+        return not self.crd and self.plural not in ("customresourcedefinitions",
+                                                    "poddisruptionbudgets")
+
     def group_resource(self) -> str:
         return f"{self.plural}.{self.group}" if self.group else self.plural
 

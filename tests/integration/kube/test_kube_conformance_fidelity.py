@@ -1,0 +1,75 @@
+"""API conformance, part two: request handling a client relies on and the emulator once got
+wrong (issue 13). Same fixtures and rules as test_kube_conformance.py: documented
+kube-apiserver behaviour only, in the scratch namespace, emulator by default and a real
+cluster when KUBECONFIG is set."""
+
+from __future__ import annotations
+
+from integration.kube.conftest import Raw, configmap, wait_for, widget
+
+
+def cm_path(ns: str, name: str = "") -> str:
+    return f"/api/v1/namespaces/{ns}/configmaps" + (f"/{name}" if name else "")
+
+
+def w_path(prefix: str, ns: str, name: str = "") -> str:
+    return f"{prefix}/namespaces/{ns}/widgets" + (f"/{name}" if name else "")
+
+
+def test_create_without_api_version_and_kind_takes_them_from_the_url(raw: Raw,
+                                                                     ns: str) -> None:
+    """A built-in object POSTed without apiVersion and kind (what the kubernetes client's
+    typed models may send) is decoded as the URL's type and created."""
+    reply = raw("POST", cm_path(ns), {"metadata": {"name": "typeless"}, "data": {"a": "1"}})
+    assert reply.status == 201, reply.body
+    assert (reply.body["apiVersion"], reply.body["kind"]) == ("v1", "ConfigMap")
+    assert raw("GET", cm_path(ns, "typeless")).body["data"] == {"a": "1"}
+
+
+def test_create_with_a_resource_version_is_refused(raw: Raw, ns: str) -> None:
+    """metadata.resourceVersion must not be set on create: the storage layer refuses it
+    ("resourceVersion should not be set on objects to be created", a 500 without a reason)
+    and nothing is created."""
+    body = configmap("with-rv", a="1")
+    body["metadata"]["resourceVersion"] = "12345"
+    reply = raw("POST", cm_path(ns), body)
+    assert reply.status == 500, reply.body
+    assert "resourceVersion should not be set" in reply.body["message"]
+    assert raw("GET", cm_path(ns, "with-rv")).status == 404
+
+
+def test_custom_resource_replace_needs_a_resource_version(raw: Raw, ns: str,
+                                                          widgets: str) -> None:
+    """A PUT of a custom resource without metadata.resourceVersion is 422 Invalid on
+    metadata.resourceVersion (CRDs do not allow unconditional update); a ConfigMap may be
+    replaced without one (AllowUnconditionalUpdate)."""
+    made = raw("POST", w_path(widgets, ns), widget("rv-w")).body
+    body = widget("rv-w", size="large")
+    reply = raw("PUT", w_path(widgets, ns, "rv-w"), body)
+    assert (reply.status, reply.body["reason"]) == (422, "Invalid"), reply.body
+    assert reply.body["details"]["causes"][0]["field"] == "metadata.resourceVersion"
+    assert raw("GET", w_path(widgets, ns, "rv-w")).body["spec"]["size"] == "small"
+    body["metadata"]["resourceVersion"] = made["metadata"]["resourceVersion"]
+    assert raw("PUT", w_path(widgets, ns, "rv-w"), body).status == 200
+
+    raw("POST", cm_path(ns), configmap("rv-cm", a="1"))
+    replaced = raw("PUT", cm_path(ns, "rv-cm"), configmap("rv-cm", a="2"))
+    assert replaced.status == 200, replaced.body
+    assert raw("GET", cm_path(ns, "rv-cm")).body["data"] == {"a": "2"}
+
+
+def test_replace_with_another_uid_is_a_conflict(raw: Raw, ns: str) -> None:
+    """metadata.uid in a PUT body is a precondition: an object recreated under the same name
+    (new uid) is not overwritten by a write meant for the old one (409 Conflict)."""
+    first = raw("POST", cm_path(ns), configmap("uid-cm", v="old")).body
+    raw("DELETE", cm_path(ns, "uid-cm"))
+    wait_for(lambda: raw("GET", cm_path(ns, "uid-cm")).status == 404)
+    second = raw("POST", cm_path(ns), configmap("uid-cm", v="new")).body
+    stale = configmap("uid-cm", v="overwritten")
+    stale["metadata"]["uid"] = first["metadata"]["uid"]
+    reply = raw("PUT", cm_path(ns, "uid-cm"), stale)
+    assert (reply.status, reply.body["reason"]) == (409, "Conflict"), reply.body
+    assert "Precondition failed: UID" in reply.body["message"]
+    kept = raw("GET", cm_path(ns, "uid-cm")).body
+    assert kept["data"] == {"v": "new"}
+    assert kept["metadata"]["uid"] == second["metadata"]["uid"]
