@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import builtins
-import collections
 import copy
 import json
 import secrets
@@ -20,7 +19,7 @@ import yaml
 
 from mailfleet_sandbox.kube import errors, kinds, patching, schemas, selectors
 from mailfleet_sandbox.kube.resources import ResourceType, builtin_types, crd_types, field_value
-from mailfleet_sandbox.kube.store import Store
+from mailfleet_sandbox.kube.store import Expired, Store
 
 JSON = dict[str, Any]
 CRD_KEY = "apiextensions.k8s.io/customresourcedefinitions"
@@ -63,8 +62,6 @@ class Registry:
         self.store = store
         self.types: dict[tuple[str, str, str], ResourceType] = {}
         self._ip_next = 10
-        self._snapshots: collections.OrderedDict[str, tuple[int, builtins.list[JSON]]] = \
-            collections.OrderedDict()
         for rt in builtin_types():
             self.types[(rt.group, rt.version, rt.plural)] = rt
         for crd in store.list(CRD_KEY):
@@ -175,45 +172,34 @@ class Registry:
     def list(self, rt: ResourceType, namespace: str | None, *, label_selector: str = "",
              field_selector: str = "", limit: int = 0, cont: str = "") -> JSON:
         matches = self.matcher(rt, label_selector, field_selector)
+        ns = namespace if rt.namespaced else None
         if cont:
-            list_rv, items = self._resume(cont)
+            # like etcd: the token holds the list's version and the next key, so a page is
+            # served again from the same snapshot however often the token is used
+            list_rv, start = _decode_continue(cont)
+            try:
+                stored = self.store.list_at(rt.storage_key, ns, list_rv)
+            except Expired:
+                raise errors.expired(
+                    "The provided continue parameter is too old to display a consistent list "
+                    "result. You can start a new list without the continue parameter.") \
+                    from None
+            stored = [o for o in stored if _list_key(o, ns) >= start]
         else:
             list_rv = self.store.rv
-            ns = namespace if rt.namespaced else None
-            items = [o for o in self.store.list(rt.storage_key, ns) if matches(o)]
+            stored = self.store.list(rt.storage_key, ns)
+        if ns is None and rt.namespaced:  # etcd's order: "namespace/name"
+            stored.sort(key=lambda o: _list_key(o, ns))
+        items = [o for o in stored if matches(o)]
         meta: JSON = {"resourceVersion": str(list_rv)}
         if limit and len(items) > limit:
             rest = items[limit:]
             items = items[:limit]
-            meta["continue"] = self._snapshot(list_rv, rest)
+            meta["continue"] = _encode_continue(list_rv, _list_key(items[-1], ns) + "\x00")
             if not label_selector and not field_selector:
                 meta["remainingItemCount"] = len(rest)
         return {"apiVersion": rt.api_version, "kind": rt.list_kind, "metadata": meta,
                 "items": [self.present(rt, o) for o in items]}
-
-    def _snapshot(self, list_rv: int, rest: builtins.list[JSON]) -> str:
-        ident = secrets.token_hex(8)
-        self._snapshots[ident] = (list_rv, rest)
-        while len(self._snapshots) > 256:
-            self._snapshots.popitem(last=False)
-        raw = json.dumps({"v": "meta.k8s.io/v1", "rv": list_rv, "id": ident}).encode()
-        return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-    def _resume(self, token: str) -> tuple[int, builtins.list[JSON]]:
-        try:
-            padded = token + "=" * (-len(token) % 4)
-            data = json.loads(base64.urlsafe_b64decode(padded.encode()))
-            ident = str(data["id"])
-            int(data["rv"])
-        except (ValueError, KeyError, TypeError):
-            raise errors.bad_request("continue key is not valid: invalid continue token") \
-                from None
-        snap = self._snapshots.pop(ident, None)
-        if snap is None:
-            raise errors.expired(
-                "The provided continue parameter is too old to display a consistent list "
-                "result. You can start a new list without the continue parameter.")
-        return snap
 
     # ------------------------------------------------------------------- admission
     def _check_body(self, rt: ResourceType, body: Any, namespace: str) -> JSON:
@@ -775,6 +761,35 @@ def pod_grace_period(pod: JSON, requested: int | None) -> int:
         return requested
     period = spec.get("terminationGracePeriodSeconds")
     return int(period) if isinstance(period, int) else DEFAULT_POD_GRACE
+
+
+def _list_key(obj: JSON, namespace: str | None) -> str:
+    """An object's key below the list's prefix, as etcd orders and continues it."""
+    meta = obj["metadata"]
+    name = str(meta.get("name", ""))
+    return name if namespace is not None or not meta.get("namespace") else \
+        f"{meta['namespace']}/{name}"
+
+
+def _encode_continue(rv: int, start: str) -> str:
+    raw = json.dumps({"v": "meta.k8s.io/v1", "rv": rv, "start": start}).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_continue(token: str) -> tuple[int, str]:
+    try:
+        padded = token + "=" * (-len(token) % 4)
+        data = json.loads(base64.urlsafe_b64decode(padded.encode()))
+        if data.get("v") != "meta.k8s.io/v1":
+            raise ValueError("unknown version")
+        rv, start = int(data["rv"]), str(data["start"])
+    except (ValueError, KeyError, TypeError, AttributeError):
+        raise errors.bad_request("continue key is not valid: invalid continue token") \
+            from None
+    if rv <= 0 or not start:
+        raise errors.bad_request("continue key is not valid: incorrect encoded start "
+                                 "resourceVersion (version meta.k8s.io/v1)")
+    return rv, start
 
 
 def _parsed_rv(value: Any) -> int:

@@ -114,6 +114,26 @@ class Store:
         keys = sorted(k for k in items if namespace is None or k[0] == namespace)
         return [items[k] for k in keys]
 
+    def list_at(self, key: str, namespace: str | None, rv: int) -> builtins.list[JSON]:
+        """The objects as they were at version `rv` (what etcd serves for a list at a
+        revision): the current ones with later events undone; Expired once compacted."""
+        if rv < self.compacted_rv:
+            raise Expired(rv, self.compacted_rv + 1)
+        items = dict(self.objects[key])
+        for event in reversed(self.history):
+            if event.rv <= rv:
+                break
+            if event.key != key:
+                continue
+            meta = event.obj["metadata"]
+            ident = (meta.get("namespace", ""), meta["name"])
+            if event.old is None:
+                items.pop(ident, None)
+            else:
+                items[ident] = event.old
+        keys = sorted(k for k in items if namespace is None or k[0] == namespace)
+        return [items[k] for k in keys]
+
     def iter_all(self) -> Iterator[tuple[str, JSON]]:
         for key, items in self.objects.items():
             for obj in list(items.values()):

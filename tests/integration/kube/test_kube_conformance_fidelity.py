@@ -73,3 +73,33 @@ def test_replace_with_another_uid_is_a_conflict(raw: Raw, ns: str) -> None:
     kept = raw("GET", cm_path(ns, "uid-cm")).body
     assert kept["data"] == {"v": "new"}
     assert kept["metadata"]["uid"] == second["metadata"]["uid"]
+
+
+def test_continue_token_can_be_used_again(raw: Raw, ns: str) -> None:
+    """A continue token names a consistent snapshot (the list's resourceVersion and the next
+    key), not a server-side cursor: using it twice returns the same page, and objects
+    created after the first page do not appear in later pages (API concepts: retrieving
+    large results in chunks)."""
+    for i in range(5):
+        raw("POST", cm_path(ns), configmap(f"again-{i}", {"again": "yes"}))
+    url = cm_path(ns) + "?labelSelector=again%3Dyes&limit=2"
+    first = raw("GET", url).body
+    token = first["metadata"]["continue"]
+    raw("POST", cm_path(ns), configmap("again-9", {"again": "yes"}))
+
+    def page(cont: str) -> tuple[list[str], str, str]:
+        reply = raw("GET", url + f"&continue={cont}")
+        assert reply.status == 200, reply.body
+        meta = reply.body["metadata"]
+        return ([i["metadata"]["name"] for i in reply.body["items"]],
+                meta.get("continue", ""), meta["resourceVersion"])
+
+    once, again = page(token), page(token)
+    assert once == again
+    assert once[2] == first["metadata"]["resourceVersion"]
+    names = [i["metadata"]["name"] for i in first["items"]] + once[0]
+    cont = once[1]
+    while cont:
+        more, cont, _ = page(cont)
+        names += more
+    assert sorted(names) == [f"again-{i}" for i in range(5)]

@@ -87,6 +87,26 @@ async def test_too_old_resource_version_is_410_and_bookmarks_are_sent() -> None:
         assert marks and int(marks[-1]["object"]["metadata"]["resourceVersion"]) >= now
 
 
+async def test_continue_token_expires_with_the_history() -> None:
+    """A continue token is served from the history (current objects with later events
+    undone); once compacted past its version it is 410 Expired, as after an etcd
+    compaction."""
+    async with ApiServer(history=5) as api, aiohttp.ClientSession(api.url) as session:
+        for i in range(3):
+            api.create({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": f"page-{i}", "namespace": "default"}})
+        async with session.get(f"{CM}?limit=1") as resp:
+            token = (await resp.json())["metadata"]["continue"]
+        async with session.get(f"{CM}?limit=1&continue={token}") as resp:
+            assert resp.status == 200
+        for i in range(10):
+            api.create({"apiVersion": "v1", "kind": "ConfigMap",
+                        "metadata": {"name": f"churn-{i}", "namespace": "default"}})
+        async with session.get(f"{CM}?limit=1&continue={token}") as resp:
+            body = await resp.json()
+            assert (resp.status, body["reason"]) == (410, "Expired")
+
+
 async def test_sqlite_keeps_objects_across_restart(tmp_path: Path) -> None:
     """With a SQLite file the sandbox survives a restart: objects, uids and the
     resourceVersion counter continue; watch history does not (older versions get 410)."""
