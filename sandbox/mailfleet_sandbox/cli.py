@@ -55,6 +55,9 @@ def configure_up(parser: argparse.ArgumentParser) -> None:
                         help="also apply crds/ and the sandbox samples with kubectl")
     parser.add_argument("--warmup-day-seconds", type=float, default=12.0,
                         help="length of a warm-up day in the sandbox")
+    parser.add_argument("--control-plane", choices=("kubernetes", "emulator"), default=None,
+                        help="the real kube-apiserver and controllers `make kube` built, or "
+                             "the embedded API emulator (default: kubernetes when built)")
     parser.set_defaults(func=run_up)
 
 
@@ -66,15 +69,22 @@ def run_up(args: argparse.Namespace) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s %(message)s")
 
+    from mailfleet_sandbox import control_plane
+
+    chosen = args.control_plane or control_plane.default_control_plane()
+    if chosen == "emulator" and args.control_plane is None:
+        print(control_plane.NOT_BUILT_NOTICE, flush=True)
+
     async def serve() -> None:
         stop = _stop_on_signals()
-        settings = world.WorldSettings(root=args.root,
+        settings = world.WorldSettings(root=args.root, control_plane=chosen,
                                        warmup_day_seconds=args.warmup_day_seconds)
         async with world.SandboxWorld(settings) as sandbox:
             if args.samples:
                 await sandbox.apply_samples()
             state = sandbox.root / "state.json"
-            print(f"sandbox up; kubeconfig: {sandbox.kubeconfig}\n"
+            print(f"sandbox up on the {sandbox.control_plane} control plane; "
+                  f"kubeconfig: {sandbox.kubeconfig}\n"
                   f"  kubectl --kubeconfig {sandbox.kubeconfig} get sp,ipw,da,pods\n"
                   f"  state: {state} (DNS {sandbox.dns.address}, providers on port "
                   f"{sandbox.fleet.port}); stop with `mailfleet sandbox down` or Ctrl-C",

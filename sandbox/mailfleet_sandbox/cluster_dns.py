@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import ssl
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from types import TracebackType
@@ -139,9 +140,10 @@ class ClusterDNS:
     """Services, Pods and Endpoints -> `DNSServer` records; see the module docstring."""
 
     def __init__(self, api: str | Path, server: sandbox_dns.DNSServer, *,
-                 domain: str = DEFAULT_DOMAIN, ttl: int = DEFAULT_TTL) -> None:
+                 domain: str = DEFAULT_DOMAIN, ttl: int = DEFAULT_TTL,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.server, self.domain, self.ttl = server, domain, ttl
-        self._client = node_agent.ApiClient(node_agent.api_server_url(api))
+        self._client = node_agent.ApiClient(node_agent.api_server_url(api), ssl_context)
         self._informers = [node_agent.Informer(self._client, f"/api/v1/{resource}",
                                                self._changed)
                            for resource in ("services", "pods", "endpoints")]

@@ -86,8 +86,16 @@ class Progress:
 
 async def run_demo(out_dir: Path, root: Path, day_seconds: float, count: int) -> int:
     started = time.monotonic()
-    settings = world.WorldSettings(root=root, warmup_day_seconds=day_seconds)
-    print(f"mailfleet demo: starting the sandbox under {root} (API emulator, 3 nodes, DNS, "
+    from mailfleet_sandbox import control_plane
+
+    chosen = control_plane.default_control_plane()
+    if chosen == "emulator" and not control_plane.binaries_built():
+        print(control_plane.NOT_BUILT_NOTICE, flush=True)
+    plane = ("the real Kubernetes control plane " + control_plane.kubernetes_version()
+             if chosen == "kubernetes" else "the API emulator")
+    settings = world.WorldSettings(root=root, warmup_day_seconds=day_seconds,
+                                   control_plane=chosen)
+    print(f"mailfleet demo: starting the sandbox under {root} ({plane}, 3 nodes, DNS, "
           "4 simulated providers, the operator)", flush=True)
     async with world.SandboxWorld(settings) as sandbox:
         print(f"  kubeconfig: {sandbox.kubeconfig}  (kubectl --kubeconfig {sandbox.kubeconfig} "

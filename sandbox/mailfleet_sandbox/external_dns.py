@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
@@ -116,13 +117,14 @@ class ExternalDNS:
     """DNSEndpoints -> `DNSServer` records; see the module docstring."""
 
     def __init__(self, api: str | Path, server: sandbox_dns.DNSServer, *, lag: float = 0.0,
-                 default_ttl: int = DEFAULT_TTL, register_crd: bool = True) -> None:
+                 default_ttl: int = DEFAULT_TTL, register_crd: bool = True,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
         self.api_url = node_agent.api_server_url(api)
         self.server = server
         self.lag = lag
         self.default_ttl = default_ttl
         self.register_crd = register_crd
-        self._client = node_agent.ApiClient(self.api_url)
+        self._client = node_agent.ApiClient(self.api_url, ssl_context)
         self._informer = node_agent.Informer(self._client, f"/apis/{GROUP}/{VERSION}/dnsendpoints",
                                              self._changed)
         self._visible: list[sandbox_dns.Record] = []

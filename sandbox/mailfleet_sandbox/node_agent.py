@@ -58,6 +58,7 @@ import os
 import re
 import shutil
 import signal
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -72,7 +73,7 @@ import mailfleet_operator
 import mailfleet_sender
 import yaml
 
-from mailfleet_sandbox import probes, volumes
+from mailfleet_sandbox import kubelet, probes, volumes
 
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -282,14 +283,17 @@ def image_argv(image: str, table: Mapping[str, Sequence[str]],
 class ApiClient:
     """The few HTTP calls a kubelet makes, over aiohttp, against one API server URL."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, ssl_context: ssl.SSLContext | None = None) -> None:
         self.url = url.rstrip("/")
+        self.ssl_context = ssl_context
         self._session: aiohttp.ClientSession | None = None
 
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            self._session = aiohttp.ClientSession()
+            connector = aiohttp.TCPConnector(ssl=self.ssl_context) \
+                if self.ssl_context is not None else None
+            self._session = aiohttp.ClientSession(connector=connector)
         return self._session
 
     async def close(self) -> None:
@@ -351,7 +355,8 @@ class Informer:
 
     async def _watch(self, rv: str) -> None:
         while True:
-            url = (f"{self.client.url}{self.path}?watch=true&resourceVersion={rv}"
+            joiner = "&" if "?" in self.path else "?"
+            url = (f"{self.client.url}{self.path}{joiner}watch=true&resourceVersion={rv}"
                    "&allowWatchBookmarks=true&timeoutSeconds=300")
             async with self.client.session.get(
                     url, timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as resp:
@@ -493,7 +498,7 @@ class _Container:
         agent, pod = self.pod.agent, self.pod
         pod.project_volumes()
         env = dict(agent.base_env)
-        env.update({"HOSTNAME": pod.name, "KUBECONFIG": str(agent.kubeconfig_path)})
+        env.update({"HOSTNAME": pod.name, **agent.pod_api_env()})
         env.update(build_env(self.spec, pod.downward_view(), pod.lookup))
         command = [expand_vars(a, env) for a in self.spec.get("command") or []]
         args = [expand_vars(a, env) for a in self.spec.get("args") or []]
@@ -644,6 +649,10 @@ class _PodWorker:
         self.terminating = False
 
     def lookup(self, kind: str, name: str) -> JSON | None:
+        if self.agent.refs is not None:
+            if kind == "ServiceAccountToken":
+                return self.agent.refs.token(self.uid, name)
+            return self.agent.refs.get(kind, self.namespace, name)
         informer = self.agent.configmaps if kind == "ConfigMap" else self.agent.secrets
         return informer.get(self.namespace, name)
 
@@ -748,7 +757,7 @@ class _PodWorker:
         return {"phase": phase, "conditions": conditions, "hostIP": self.agent.node_ip(self.node),
                 "hostIPs": [{"ip": self.agent.node_ip(self.node)}], "podIP": self.ip,
                 "podIPs": [{"ip": self.ip}], "startTime": self.start_time,
-                "containerStatuses": statuses, "qosClass": "BestEffort"}
+                "containerStatuses": statuses}
 
     def _condition(self, typ: str, value: bool, **extra: str) -> JSON:
         status = "True" if value else "False"
@@ -768,7 +777,7 @@ class _PodWorker:
             comparable = _without_times(status)
             if comparable == self._last_sent:
                 continue
-            code, body = await self.agent.client.request(
+            code, body = await self.agent.client_for(self.node).request(
                 "PATCH", f"/api/v1/namespaces/{self.namespace}/pods/{self.name}/status",
                 {"metadata": {"uid": self.uid}, "status": status},
                 "application/strategic-merge-patch+json")
@@ -838,8 +847,15 @@ class NodeAgent:
                  restart_backoff: tuple[float, float] = (0.5, 10.0),
                  backoff_reset: float = 10.0, max_termination_grace: float = 10.0,
                  isolation: Literal["auto", "namespaces", "none"] = "auto",
-                 extra_env: Mapping[str, str] | None = None) -> None:
-        self.api_url = api_server_url(api)
+                 extra_env: Mapping[str, str] | None = None,
+                 cluster: kubelet.ClusterAccess | None = None,
+                 heartbeat_interval: float = 1.0, status_interval: float = 10.0,
+                 refresh_interval: float = 1.0) -> None:
+        self.cluster = cluster
+        self.api_url = cluster.url if cluster is not None else api_server_url(api)
+        self.heartbeat_interval = heartbeat_interval
+        self.status_interval = status_interval
+        self.refresh_interval = refresh_interval
         self.nodes = {n.name: n for n in nodes}
         self.workdir = Path(workdir)
         self.images = dict(images or {})
@@ -878,6 +894,20 @@ class NodeAgent:
         self.pods = Informer(self._client, "/api/v1/pods", self._wake.set)
         self.configmaps = Informer(self._client, "/api/v1/configmaps", self._on_config)
         self.secrets = Informer(self._client, "/api/v1/secrets", self._on_config)
+        self._node_clients: dict[str, ApiClient] = {}
+        self.pod_informers = [self.pods]
+        self.refs: kubelet.ReferencedObjects | None = None
+        self._node_uids: dict[str, str] = {}
+        if cluster is not None:
+            # One kubelet identity per node: the Node authorizer lets each see only its pods
+            # (field selector spec.nodeName) and the objects those pods reference.
+            self._node_clients = {n: ApiClient(cluster.url, cluster.ssl_context(n))
+                                  for n in self.nodes}
+            self.pod_informers = [
+                Informer(self._node_clients[n], f"/api/v1/pods?fieldSelector=spec.nodeName%3D{n}",
+                         self._wake.set) for n in sorted(self.nodes)]
+            self.refs = kubelet.ReferencedObjects(
+                lambda node: self.client_for(node).request, self._on_config)
 
     # ----------------------------------------------------------- lifecycle
     async def __aenter__(self) -> NodeAgent:
@@ -900,12 +930,15 @@ class NodeAgent:
                 log.warning("mount namespaces unavailable: rewriting mountPaths in argv/env")
         for name in self.nodes:
             await self._write_node(name)
-        for informer in (self.configmaps, self.secrets, self.pods):
+        informers = list(self.pod_informers) if self.cluster is not None else [
+            self.configmaps, self.secrets, self.pods]
+        for informer in informers:
             self._tasks.append(asyncio.create_task(informer.run()))
-        await asyncio.wait_for(asyncio.gather(
-            self.configmaps.synced.wait(), self.secrets.synced.wait(), self.pods.synced.wait()),
-            10)
+        await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in informers)), 30)
         self._tasks.append(asyncio.create_task(self._sync_loop()))
+        if self.cluster is not None:
+            self._tasks.append(asyncio.create_task(self._heartbeat_loop()))
+            self._tasks.append(asyncio.create_task(self._refresh_loop()))
         return self
 
     async def stop(self) -> None:
@@ -919,10 +952,27 @@ class NodeAgent:
                                for w in self.workers.values()))
         self.workers.clear()
         await self._client.close()
+        for client in self._node_clients.values():
+            await client.close()
 
     @property
     def client(self) -> ApiClient:
         return self._client
+
+    def client_for(self, node: str) -> ApiClient:
+        """The client a node's kubelet uses: its own identity on a real control plane."""
+        return self._node_clients.get(node, self._client)
+
+    def pod_api_env(self) -> dict[str, str]:
+        """How a pod's process reaches the API: in-cluster settings on a real control plane
+        (with the service-account token the pod's projected volume holds), else a kubeconfig
+        for the emulator, which has no authentication."""
+        if self.cluster is not None:
+            return self.cluster.pod_env()
+        return {"KUBECONFIG": str(self.kubeconfig_path)}
+
+    def all_pods(self) -> list[JSON]:
+        return [p for informer in self.pod_informers for p in informer.items.values()]
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -980,21 +1030,29 @@ class NodeAgent:
         labels = {"kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                   "kubernetes.io/arch": "amd64", **spec.labels}
         path = f"/api/v1/nodes/{name}"
-        code, _ = await self.client.request("GET", path, ok=(200, 404))
+        client = self.client_for(name)
+        code, body = await client.request("GET", path, ok=(200, 404))
         if code == 404:
-            await self.client.request("POST", "/api/v1/nodes", {
+            code, body = await client.request("POST", "/api/v1/nodes", {
                 "apiVersion": "v1", "kind": "Node",
                 "metadata": {"name": name, "labels": labels},
                 "spec": {"taints": self._node_taints(name)}})
-        else:
-            await self.client.request("PATCH", path, {
+            if code not in (200, 201):
+                raise RuntimeError(f"cannot register Node {name}: {body.get('message')}")
+        elif self.cluster is None:
+            # The emulator has no node-lifecycle controller: the agent writes its taints.
+            # A real kubelet may not change taints (NodeRestriction); the controller does.
+            await client.request("PATCH", path, {
                 "metadata": {"labels": labels}, "spec": {"taints": self._node_taints(name)}},
                 "application/merge-patch+json")
-        code, body = await self.client.request("PATCH", path + "/status",
-                                               {"status": self._node_status(name)},
-                                               "application/strategic-merge-patch+json")
+        self._node_uids[name] = (body.get("metadata") or {}).get("uid", "")
+        code, body = await client.request("PATCH", path + "/status",
+                                          {"status": self._node_status(name)},
+                                          "application/strategic-merge-patch+json")
         if code != 200:
             raise RuntimeError(f"cannot write Node {name} status: {body.get('message')}")
+        if self.cluster is not None:
+            await kubelet.renew_node_lease(client.request, name, self._node_uids[name])
 
     async def fail_node(self, name: str,
                         processes: Literal["freeze", "kill", "keep"] = "freeze") -> None:
@@ -1003,7 +1061,8 @@ class NodeAgent:
             raise KeyError(name)
         self.failed_nodes.add(name)
         self._up[name].clear()
-        await self._write_node(name)
+        if self.cluster is None:
+            await self._write_node(name)
         for worker in list(self.workers.values()):
             if worker.node != name:
                 continue
@@ -1012,6 +1071,8 @@ class NodeAgent:
                     c.signal(signal.SIGSTOP)
                 elif processes == "kill":
                     c.signal(signal.SIGKILL)
+            if self.cluster is not None:
+                continue  # the node-lifecycle controller marks its pods unready
             await self.client.request(
                 "PATCH", f"/api/v1/namespaces/{worker.namespace}/pods/{worker.name}/status",
                 {"status": {"conditions": [{"type": "Ready", "status": "False",
@@ -1096,7 +1157,7 @@ class NodeAgent:
 
     async def _sync(self) -> None:
         """Level-based: compare the pods the API has with the workers we run."""
-        pods = list(self.pods.items.values())
+        pods = self.all_pods()
         counts: dict[str, int] = {}
         for pod in pods:
             node = (pod.get("spec") or {}).get("nodeName") or self._bound.get(
@@ -1109,6 +1170,8 @@ class NodeAgent:
             uid = meta.get("uid", "")
             node = spec.get("nodeName")
             if not node:
+                if self.cluster is not None:
+                    continue  # kube-scheduler binds pods on a real control plane
                 if uid not in self._bound and not meta.get("deletionTimestamp") and (
                         spec.get("schedulerName") or "default-scheduler") == "default-scheduler":
                     await self._schedule(pod, counts)
@@ -1130,6 +1193,8 @@ class NodeAgent:
                     await self._refuse(pod, "init containers are not supported by the sandbox "
                                             "node agent")
                     continue
+                if self.refs is not None:
+                    await self.refs.refresh([pod])
                 worker = _PodWorker(self, pod, self._allocate_ip(uid))
                 self.workers[uid] = worker
                 log.info("starting pod=%s/%s node=%s ip=%s", worker.namespace, worker.name,
@@ -1142,6 +1207,42 @@ class NodeAgent:
                 continue
             self._stopping.add(uid)
             self._spawn(self._terminate(uid, None, confirm=False))
+
+    async def _heartbeat_loop(self) -> None:
+        """Node Leases every `heartbeat_interval`, NodeStatus every `status_interval`, for
+        every node that is not failed: a failed node simply goes quiet, and the real
+        node-lifecycle controller notices."""
+        last_status = time.monotonic()
+        while True:
+            await asyncio.sleep(self.heartbeat_interval)
+            post_status = time.monotonic() - last_status >= self.status_interval
+            for name in sorted(self.nodes):
+                if name in self.failed_nodes:
+                    continue
+                client = self.client_for(name)
+                try:
+                    await kubelet.renew_node_lease(client.request, name,
+                                                   self._node_uids.get(name, ""))
+                    if post_status:
+                        await client.request("PATCH", f"/api/v1/nodes/{name}/status",
+                                             {"status": self._node_status(name)},
+                                             "application/strategic-merge-patch+json")
+                except (aiohttp.ClientError, OSError) as exc:
+                    log.warning("node heartbeat failed node=%s: %s", name, exc)
+            if post_status:
+                last_status = time.monotonic()
+
+    async def _refresh_loop(self) -> None:
+        """Re-read what running pods reference (ConfigMaps, Secrets, tokens) by name."""
+        assert self.refs is not None
+        while True:
+            await asyncio.sleep(self.refresh_interval)
+            pods = [w.pod for w in self.workers.values()
+                    if not w.terminating and w.node not in self.failed_nodes]
+            try:
+                await self.refs.refresh(pods)
+            except (aiohttp.ClientError, OSError) as exc:
+                log.warning("referenced objects refresh failed: %s", exc)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
@@ -1158,7 +1259,8 @@ class NodeAgent:
                 await worker.stop(worker.grace())
             if confirm and pod is not None:
                 meta = pod["metadata"]
-                await self.client.request(
+                node = (pod.get("spec") or {}).get("nodeName") or ""
+                await self.client_for(node).request(
                     "DELETE", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}",
                     {"apiVersion": "v1", "kind": "DeleteOptions", "gracePeriodSeconds": 0,
                      "preconditions": {"uid": uid}}, ok=(200, 202, 404, 409))
@@ -1166,6 +1268,8 @@ class NodeAgent:
             self.workers.pop(uid, None)
             self._ips.pop(uid, None)
             self._stopping.discard(uid)
+            if self.refs is not None:
+                self.refs.forget(uid)
 
     async def _refuse(self, pod: JSON, message: str) -> None:
         meta = pod["metadata"]
@@ -1173,7 +1277,8 @@ class NodeAgent:
         if self._unschedulable.get(key) == message:
             return
         self._unschedulable[key] = message
-        await self.client.request(
+        node = (pod.get("spec") or {}).get("nodeName") or ""
+        await self.client_for(node).request(
             "PATCH", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/status",
             {"status": {"phase": "Pending", "conditions": [
                 {"type": "Initialized", "status": "False", "reason": "Unsupported",

@@ -180,6 +180,13 @@ def volume_payload(volume: JSON, pod: JSON, lookup: Lookup) -> Payload | None:
             elif "downwardAPI" in part:
                 out.update(downward_payload((part["downwardAPI"] or {}).get("items") or [],
                                             pod, mode))
+            elif "serviceAccountToken" in part:
+                source = part["serviceAccountToken"] or {}
+                token = lookup("ServiceAccountToken", str(source.get("audience") or ""))
+                if token is None:
+                    raise VolumeError("service account token not issued yet")
+                out[source.get("path") or "token"] = FileEntry(
+                    str(token.get("token", "")).encode(), mode)
         return out
     return None
 

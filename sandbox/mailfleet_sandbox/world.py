@@ -38,6 +38,7 @@ import logging
 import os
 import random
 import shutil
+import ssl
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -50,8 +51,17 @@ import aiosmtplib
 import yaml
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailfleet_sandbox import cluster_dns, external_dns, node_agent, providers
+from mailfleet_sandbox import (
+    cluster_dns,
+    control_plane,
+    external_dns,
+    kubelet,
+    node_agent,
+    operator_install,
+    providers,
+)
 from mailfleet_sandbox import dns as sandbox_dns
+from mailfleet_sandbox.cluster_api import ClusterApi
 from mailfleet_sandbox.kube import ApiServer
 from mailfleet_sandbox.kube.errors import ApiError
 
@@ -99,6 +109,11 @@ class WorldSettings:
     pool: str = "marketing"
     """The SendingPool whose Ready pods receive DSNs and ARF reports (inbound relay)."""
     feedback_rcpt: str = "fbl@bounces.example.test"
+    control_plane: str = ""
+    """`kubernetes` (the real control plane `make kube` built) or `emulator`; empty: the
+    default of `control_plane.default_control_plane()`."""
+    pod_security: str = "restricted"
+    """The Pod Security level enforced in the mail and operator namespaces."""
 
 
 @dataclass
@@ -127,6 +142,7 @@ class WorldState:
     pod_logs: str
     warmup_day_seconds: float
     started_at: float
+    control_plane: str = "emulator"
     pid: int = field(default_factory=os.getpid)
 
 
@@ -148,7 +164,17 @@ class SandboxWorld:
     def __init__(self, settings: WorldSettings | None = None) -> None:
         self.settings = settings or WorldSettings()
         self.root = self.settings.root.resolve()
-        self.api = ApiServer(host="127.0.0.1", port=0, history=50_000)
+        self.control_plane = self.settings.control_plane or \
+            control_plane.default_control_plane()
+        self.control: control_plane.ControlPlane | None = None
+        self.api: ApiServer | ClusterApi
+        if self.control_plane == "kubernetes":
+            self.control = control_plane.ControlPlane(self.root / "control-plane")
+            self.api = ClusterApi("https://127.0.0.1:0", ca=self.control.pki.ca.cert,
+                                  cert=self.control.pki.directory / "admin.crt",
+                                  key=self.control.pki.directory / "admin.key")
+        else:
+            self.api = ApiServer(host="127.0.0.1", port=0, history=50_000)
         self.dns = sandbox_dns.DNSServer(DNS_HOST, 0, negative_ttl=1)
         self.fleet = providers.ProviderFleet(self.dns, record_dir=self.root / "providers")
         self.inbound: list[tuple[str, list[str], bytes, str]] = []
@@ -182,11 +208,13 @@ class SandboxWorld:
         for stale in ("providers", "nodes"):
             shutil.rmtree(self.root / stale, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
-        await self._stack.enter_async_context(self.api)
-        self.api.write_kubeconfig(self.kubeconfig, namespace=s.namespace)
+        tls = await self._start_api()
         for ns in (s.namespace, s.operator_namespace):
-            self.api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
-        self.install_crds()
+            # Pod Security admission judges every pod the operator and the chart make.
+            self.api.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {
+                "name": ns, "labels": {"pod-security.kubernetes.io/enforce": s.pod_security,
+                                       "pod-security.kubernetes.io/warn": s.pod_security}}})
+        await self.install_crds()
         await self._stack.enter_async_context(self.dns)
         for address, helo in s.egress:
             self.dns.set_records(helo, "A", [address])
@@ -200,9 +228,9 @@ class SandboxWorld:
         self.fleet.set_feedback_target((RELAY_HOST, relay_port), s.feedback_rcpt)
         await self._stack.enter_async_context(self.fleet)
         self.fleet.set_feedback_target((RELAY_HOST, relay_port), s.feedback_rcpt)
-        self.external_dns = external_dns.ExternalDNS(self.api.url, self.dns)
+        self.external_dns = external_dns.ExternalDNS(self.api.url, self.dns, ssl_context=tls)
         await self._stack.enter_async_context(self.external_dns)
-        self.cluster_dns = cluster_dns.ClusterDNS(self.api.url, self.dns)
+        self.cluster_dns = cluster_dns.ClusterDNS(self.api.url, self.dns, ssl_context=tls)
         await self._stack.enter_async_context(self.cluster_dns)
         base = f"127.{random.randint(200, 250)}.{random.randint(0, 255)}."
         self.agent = node_agent.NodeAgent(
@@ -210,9 +238,10 @@ class SandboxWorld:
                            for n in NODES],
             self.root / "nodes", pod_ip_base=base, node_ip_base="127.0.99.",
             probe_time_scale=s.probe_time_scale, restart_backoff=(0.2, 2.0),
-            backoff_reset=5.0, max_termination_grace=5.0)
+            backoff_reset=5.0, max_termination_grace=5.0, cluster=self._cluster_access())
         await self._stack.enter_async_context(self.agent)
-        self.api.create(self.operator_deployment())
+        for obj in self.operator_objects():
+            self.api.create(obj)
         self._flush_task = asyncio.create_task(self._flush_attempts())
         self.write_state()
 
@@ -228,60 +257,75 @@ class SandboxWorld:
             (self.root / "state.json").unlink()
 
     # ------------------------------------------------------------------ set-up pieces
-    def install_crds(self) -> None:
-        for path in sorted(CRD_DIR.glob("*.yaml")):
-            self.api.create(yaml.safe_load(path.read_text()))
+    async def _start_api(self) -> ssl.SSLContext | None:
+        """Start the control plane; the TLS identity in-process clients use (None for the
+        emulator, which has no authentication)."""
+        if self.control is None:
+            assert isinstance(self.api, ApiServer)
+            await self._stack.enter_async_context(self.api)
+            self.api.write_kubeconfig(self.kubeconfig, namespace=self.settings.namespace)
+            return None
+        await self._stack.enter_async_context(self.control)
+        pki = self.control.pki
+        admin = pki.client("admin", "kubernetes-admin", ("system:masters",))
+        self.api = ClusterApi(self.control.url, ca=pki.ca.cert, cert=admin.cert, key=admin.key)
+        self._stack.callback(self.api.close)
+        control_plane.write_kubeconfig(self.kubeconfig, server=self.control.url, ca=pki.ca.cert,
+                                       user="kubernetes-admin", cert=admin.cert, key=admin.key,
+                                       namespace=self.settings.namespace)
+        return self.control.ssl_context()
 
-    def operator_settings_env(self) -> dict[str, str]:
-        """The operator's sandbox configuration (documented settings, see settings.py)."""
+    def _cluster_access(self) -> kubelet.ClusterAccess | None:
+        control = self.control
+        if control is None:
+            return None
+
+        def credentials(node: str) -> tuple[Path, Path]:
+            pair = control.pki.client(f"node-{node}", f"system:node:{node}", ("system:nodes",))
+            return pair.cert, pair.key
+
+        return kubelet.ClusterAccess(url=control.url, ca=control.pki.ca.cert,
+                                     node_credentials=credentials,
+                                     service_host=control.host, service_port=control.port)
+
+    async def install_crds(self) -> None:
+        """The mailfleet CRDs, as a Helm install would; returns once they are served."""
+        names = []
+        for path in sorted(CRD_DIR.glob("*.yaml")):
+            crd = yaml.safe_load(path.read_text())
+            self.api.create(crd)
+            names.append(crd["metadata"]["name"])
+
+        def established() -> bool:
+            for name in names:
+                crd = self.api.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name)
+                if (condition(crd, "Established") or {}).get("status") != "True":
+                    return False
+            return True
+
+        await wait_until(established, within=30, what="the mailfleet CRDs to be Established")
+
+    def operator_settings(self) -> dict[str, Any]:
+        """The operator's sandbox configuration as chart values (`operator.*`, documented
+        settings, see settings.py)."""
         s = self.settings
         dns = f"{self.dns.host}:{self.dns.port}"
         return {
-            "MAILFLEET_OPERATOR_NAMESPACES": s.namespace,
-            "MAILFLEET_OPERATOR_DNS_NAMESERVERS": dns,
-            "MAILFLEET_OPERATOR_SENDER_NAMESERVERS": dns,
-            "MAILFLEET_OPERATOR_SENDER_SMTP_PORT": str(self.fleet.port),
-            "MAILFLEET_OPERATOR_SENDER_IMAGE": SENDER_IMAGE,
-            "MAILFLEET_OPERATOR_DNS_TIMEOUT": "1",
-            "MAILFLEET_OPERATOR_STEP_DELAY": "0.2",
-            "MAILFLEET_OPERATOR_ERROR_DELAY": "1",
-            "MAILFLEET_OPERATOR_WARMUP_DAY_SECONDS": str(s.warmup_day_seconds),
-            "MAILFLEET_OPERATOR_LEASE_DURATION": str(s.lease_duration),
-            "MAILFLEET_OPERATOR_LEASE_RENEW_INTERVAL": str(s.lease_renew_interval),
-            "MAILFLEET_OPERATOR_LEASE_CLOCK_SKEW": str(s.lease_clock_skew),
-            "MAILFLEET_OPERATOR_STATS_INTERVAL": str(s.stats_interval),
-            "MAILFLEET_OPERATOR_POD_ADMIN_TIMEOUT": "1",
-            "MAILFLEET_OPERATOR_DRAIN_TIMEOUT": "30",
-            "MAILFLEET_OPERATOR_LOG_FORMAT": "text",
-            # /healthz, /readyz, /metrics on the pod's own address: pods share the loopback.
-            "MAILFLEET_OPERATOR_HTTP_HOST": "$(POD_IP)",
+            "dnsNameservers": [dns], "senderNameservers": [dns],
+            "senderSmtpPort": self.fleet.port, "dnsTimeout": 1, "stepDelay": 0.2,
+            "errorDelay": 1, "warmupDaySeconds": s.warmup_day_seconds,
+            "leaseDuration": s.lease_duration, "leaseRenewInterval": s.lease_renew_interval,
+            "leaseClockSkew": s.lease_clock_skew, "statsInterval": s.stats_interval,
+            "podAdminTimeout": 1, "drainTimeout": 30, "logFormat": "text",
         }
 
-    def operator_deployment(self) -> JSON:
-        labels = {"app.kubernetes.io/name": "mailfleet-operator"}
-        # POD_IP first: later values may refer to it as $(POD_IP), as in Kubernetes.
-        env: list[JSON] = [{"name": "POD_IP",
-                            "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}}]
-        env += [{"name": k, "value": v} for k, v in self.operator_settings_env().items()]
-        return {
-            "apiVersion": "apps/v1", "kind": "Deployment",
-            "metadata": {"name": "mailfleet-operator",
-                         "namespace": self.settings.operator_namespace, "labels": labels},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": labels},
-                "template": {"metadata": {"labels": labels}, "spec": {
-                    "terminationGracePeriodSeconds": 2,
-                    # the operator's node is never the one a scene fails (a control plane)
-                    "nodeSelector": {"kubernetes.io/hostname": OPERATOR_NODE},
-                    "containers": [{
-                        "name": "operator", "image": OPERATOR_IMAGE, "env": env,
-                        "ports": [{"name": "http", "containerPort": 8080}],
-                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "http"},
-                                           "periodSeconds": 1},
-                    }]}},
-            },
-        }
+    def operator_objects(self) -> list[JSON]:
+        """The operator as `helm install` makes it: charts/mailfleet rendered with Helm's
+        library (ServiceAccount, RBAC, Deployment with the restricted security context)."""
+        values = operator_install.sandbox_values(
+            watch_namespace=self.settings.namespace, operator_image=OPERATOR_IMAGE,
+            sender_image=SENDER_IMAGE, settings=self.operator_settings(), node=OPERATOR_NODE)
+        return operator_install.render(values, namespace=self.settings.operator_namespace)
 
     def _relay_port(self) -> int:
         assert self._relay is not None
@@ -312,7 +356,7 @@ class SandboxWorld:
                              / f"{self.settings.operator_namespace}_<pod>.log"),
             pod_logs=str(self.root / "nodes" / "logs"),
             warmup_day_seconds=self.settings.warmup_day_seconds,
-            started_at=self.started_at)
+            started_at=self.started_at, control_plane=self.control_plane)
 
     def write_state(self) -> Path:
         path = self.root / "state.json"
