@@ -1,6 +1,6 @@
 """The controllers a cluster runs, in-process: StatefulSet, Deployment -> ReplicaSet -> Pod,
-the garbage collector (ownerReferences, Foreground/Orphan finalizers), namespace and CRD
-cleanup. Pods they create stay Pending until a node agent or a test sets their status.
+the garbage collector (`garbage`), namespace and CRD cleanup. Pods they create stay Pending
+until a node agent or a test sets their status.
 
 Level-based: every event only enqueues the object to reconcile; reconciling reads the store
 and converges, one step at a time (e.g. one StatefulSet pod per pass when OrderedReady).
@@ -15,7 +15,7 @@ import json
 import logging
 from typing import Any
 
-from mailfleet_sandbox.kube import errors, selectors
+from mailfleet_sandbox.kube import errors, garbage, selectors
 from mailfleet_sandbox.kube.registry import CRD_CLEANUP_FINALIZER, CRD_KEY, NS_KEY, Registry
 from mailfleet_sandbox.kube.resources import ResourceType
 from mailfleet_sandbox.kube.store import Event
@@ -66,6 +66,7 @@ class Controllers:
     def __init__(self, registry: Registry) -> None:
         self.registry = registry
         self.store = registry.store
+        self.gc = garbage.GarbageCollector(registry)
         self._pending: dict[WorkKey, None] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -128,6 +129,8 @@ class Controllers:
                     self._enqueue("deploy", ns, ref.get("name", ""))
                 if ev.type == "DELETED" and ref.get("uid"):
                     self._enqueue("owner", ref["uid"])
+        if ev.type != "DELETED" and meta.get("ownerReferences"):
+            self._enqueue("owners", ev.key, ns, name)
         if ev.type == "DELETED" and meta.get("uid"):
             self._enqueue("gc", meta["uid"])
         if meta.get("deletionTimestamp"):
@@ -177,25 +180,21 @@ class Controllers:
         elif kind == "rs":
             self.reconcile_replicaset(key[1], key[2])
         elif kind == "gc":
-            self.collect_dependents(key[1])
+            self.gc.collect_dependents(key[1])
         elif kind == "owner":
             ident = self.store.by_uid.get(key[1])
             if ident is not None:
-                self.finish_deletion(*ident)
+                self.gc.finish_deletion(*ident)
+        elif kind == "owners":
+            self.gc.verify_owners(key[1], key[2], key[3])
         elif kind == "fin":
-            self.finish_deletion(key[1], key[2], key[3])
+            self.gc.finish_deletion(key[1], key[2], key[3])
         elif kind == "ns":
             self.finish_namespace(key[1])
         elif kind == "crd":
             self.finish_crd(key[1])
 
     # ----------------------------------------------------------------- helpers
-    def _rt_for(self, storage_key: str) -> ResourceType | None:
-        for rt in self.registry.types.values():
-            if rt.storage_key == storage_key and rt.storage_version:
-                return rt
-        return None
-
     def _owned(self, owner: JSON, storage_key: str) -> list[JSON]:
         return [o for k, o in self.store.dependents(owner["metadata"]["uid"])
                 if k == storage_key and o["metadata"].get("namespace") ==
@@ -208,28 +207,6 @@ class Controllers:
         body = dict(obj, status=merged)
         meta = obj["metadata"]
         self.registry.update(rt, meta.get("namespace", ""), meta["name"], body, "status")
-
-    def _delete(self, storage_key: str, obj: JSON, policy: str = "Background") -> None:
-        rt = self._rt_for(storage_key)
-        if rt is None:
-            return
-        meta = obj["metadata"]
-        try:
-            self.registry.delete(rt, meta.get("namespace", ""), meta["name"],
-                                 {"propagationPolicy": policy})
-        except errors.ApiError as exc:
-            if exc.code != 404:
-                raise
-
-    def _set_meta(self, storage_key: str, obj: JSON, **changes: Any) -> None:
-        rt = self._rt_for(storage_key)
-        if rt is None:
-            return
-        body = copy.deepcopy(obj)
-        body["apiVersion"], body["kind"] = rt.api_version, rt.kind
-        body["metadata"].update(changes)
-        meta = body["metadata"]
-        self.registry.update(rt, meta.get("namespace", ""), meta["name"], body)
 
     def _pod_from_template(self, template: JSON, name: str, ns: str, owner_ref: JSON,
                            extra_labels: dict[str, str]) -> JSON:
@@ -285,7 +262,7 @@ class Controllers:
                     continue
                 if ordered and not all_live_ready:
                     break
-                self._delete("/pods", pods[ordinal])
+                self.gc.delete("/pods", pods[ordinal])
                 acted = True
                 if ordered:
                     break
@@ -301,7 +278,7 @@ class Controllers:
                 labels = pod["metadata"].get("labels") or {}
                 if labels.get("controller-revision-hash") != revision:
                     if all(pod_ready(p) for o, p in live.items() if o != ordinal):
-                        self._delete("/pods", pod)
+                        self.gc.delete("/pods", pod)
                     break
                 if not pod_ready(pod):
                     break
@@ -438,7 +415,7 @@ class Controllers:
             annotations["deployment.kubernetes.io/revision"] = rev
             latest = self.store.get("apps/deployments", ns, name)
             if latest is not None:
-                self._set_meta("apps/deployments", latest, annotations=annotations)
+                self.gc.set_meta("apps/deployments", latest, annotations=annotations)
 
     def _scale_rs(self, rs: JSON, replicas: int) -> None:
         body = copy.deepcopy(rs)
@@ -462,7 +439,7 @@ class Controllers:
             victims = sorted(pods, key=lambda p: (pod_ready(p), p["metadata"][
                 "creationTimestamp"]), reverse=False)[: len(pods) - desired]
             for pod in victims:
-                self._delete("/pods", pod)
+                self.gc.delete("/pods", pod)
         pods = [p for p in self._owned(rs, "/pods")
                 if not p["metadata"].get("deletionTimestamp")]
         sel = selectors.selector_from_label_selector_object(spec.get("selector"))
@@ -472,53 +449,6 @@ class Controllers:
             "fullyLabeledReplicas": sum(1 for p in pods if sel.matches(
                 p["metadata"].get("labels"))),
             "readyReplicas": ready, "availableReplicas": ready})
-
-    # ------------------------------------------------------------------- GC
-    def collect_dependents(self, owner_uid: str) -> None:
-        """Background propagation: an owner is gone, so are dependents it alone owned."""
-        if self.store.exists_uid(owner_uid):
-            return
-        for key, dep in self.store.dependents(owner_uid):
-            refs = dep["metadata"].get("ownerReferences") or []
-            alive = [r for r in refs if r.get("uid") != owner_uid
-                     and self.store.exists_uid(r.get("uid", ""))]
-            if alive:
-                self._set_meta(key, dep, ownerReferences=[
-                    r for r in refs if r.get("uid") != owner_uid])
-            elif not dep["metadata"].get("deletionTimestamp"):
-                self._delete(key, dep)
-
-    def finish_deletion(self, key: str, ns: str, name: str) -> None:
-        """Foreground: delete dependents, then drop the finalizer; Orphan: release them."""
-        obj = self.store.get(key, ns, name)
-        if obj is None or not obj["metadata"].get("deletionTimestamp"):
-            return
-        fins = list(obj["metadata"].get("finalizers") or [])
-        uid = obj["metadata"]["uid"]
-        deps = self.store.dependents(uid)
-        if "orphan" in fins:
-            for dkey, dep in deps:
-                self._set_meta(dkey, dep, ownerReferences=[
-                    r for r in dep["metadata"].get("ownerReferences") or [] if r.get("uid") != uid])
-            fins.remove("orphan")
-            self._set_meta(key, self.store.get(key, ns, name) or obj, finalizers=fins)
-            return
-        if "foregroundDeletion" in fins:
-            blocking = False
-            for dkey, dep in deps:
-                refs = dep["metadata"].get("ownerReferences") or []
-                alive = [r for r in refs if r.get("uid") != uid
-                         and self.store.exists_uid(r.get("uid", ""))]
-                if alive:
-                    self._set_meta(dkey, dep, ownerReferences=[
-                        r for r in refs if r.get("uid") != uid])
-                    continue
-                blocking = True
-                if not dep["metadata"].get("deletionTimestamp"):
-                    self._delete(dkey, dep, "Foreground")
-            if not blocking and not self.store.dependents(uid):
-                fins.remove("foregroundDeletion")
-                self._set_meta(key, self.store.get(key, ns, name) or obj, finalizers=fins)
 
     def finish_namespace(self, name: str) -> None:
         ns = self.store.get(NS_KEY, "", name)
@@ -530,7 +460,7 @@ class Controllers:
                 continue
             remaining += 1
             if not obj["metadata"].get("deletionTimestamp"):
-                self._delete(key, obj)
+                self.gc.delete(key, obj)
         if remaining == 0 or not any(o["metadata"].get("namespace") == name
                                      for _, o in self.store.iter_all()):
             if not ns["metadata"].get("finalizers"):
@@ -549,11 +479,11 @@ class Controllers:
         objs = self.store.list(key)
         for obj in objs:
             if not obj["metadata"].get("deletionTimestamp"):
-                self._delete(key, obj)
+                self.gc.delete(key, obj)
         if not self.store.list(key):
             fins = [f for f in crd["metadata"].get("finalizers") or []
                     if f != CRD_CLEANUP_FINALIZER]
-            self._set_meta(CRD_KEY, crd, finalizers=fins)
+            self.gc.set_meta(CRD_KEY, crd, finalizers=fins)
 
 
 def _set_conditions(existing: list[JSON], wanted: list[tuple[str, str, str, str]]) -> list[JSON]:

@@ -103,3 +103,41 @@ def test_continue_token_can_be_used_again(raw: Raw, ns: str) -> None:
         more, cont, _ = page(cont)
         names += more
     assert sorted(names) == [f"again-{i}" for i in range(5)]
+
+
+def test_dependents_of_absent_owners_are_collected(raw: Raw, ns: str) -> None:
+    """The garbage collector deletes a dependent whose owners are all absent, not only when
+    an owner is deleted: an ownerReference whose uid matches no object, one whose uid
+    belongs to an object of another kind, and one naming an object in another namespace
+    (namespaced owners are looked up in the dependent's namespace). A dependent with a live
+    owner stays (garbage collection: owners and dependents)."""
+    owner = raw("POST", cm_path(ns), configmap("gc-owner")).body
+    other_ns = f"{ns}-other"
+    assert raw("POST", "/api/v1/namespaces", {"apiVersion": "v1", "kind": "Namespace",
+                                                "metadata": {"name": other_ns}}).status == 201
+    try:
+        elsewhere = raw("POST", cm_path(other_ns), configmap("gc-elsewhere")).body
+        secret = raw("POST", f"/api/v1/namespaces/{ns}/secrets", {
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "gc-secret"}}).body
+
+        def ref(kind: str, name: str, uid: str) -> dict[str, str]:
+            return {"apiVersion": "v1", "kind": kind, "name": name, "uid": uid}
+
+        cases = {
+            "gc-no-such-uid": ref("ConfigMap", "gc-owner", "6b0c4b6e-0000-4000-8000-00000000dead"),
+            "gc-wrong-kind": ref("ConfigMap", "gc-secret", secret["metadata"]["uid"]),
+            "gc-other-namespace": ref("ConfigMap", "gc-elsewhere",
+                                      elsewhere["metadata"]["uid"]),
+            "gc-live-owner": ref("ConfigMap", "gc-owner", owner["metadata"]["uid"]),
+        }
+        for name, owner_ref in cases.items():
+            body = configmap(name)
+            body["metadata"]["ownerReferences"] = [owner_ref]
+            assert raw("POST", cm_path(ns), body).status == 201
+        for name in ("gc-no-such-uid", "gc-wrong-kind", "gc-other-namespace"):
+            wait_for(lambda name=name: raw("GET", cm_path(ns, name)).status == 404,
+                     timeout=60, interval=0.2)
+        assert raw("GET", cm_path(ns, "gc-live-owner")).status == 200
+        assert raw("GET", cm_path(other_ns, "gc-elsewhere")).status == 200
+    finally:
+        raw("DELETE", f"/api/v1/namespaces/{other_ns}")
