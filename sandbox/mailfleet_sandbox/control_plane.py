@@ -260,6 +260,10 @@ class ControlPlane:
     def running(self) -> dict[str, bool]:
         return {name: proc.returncode is None for name, proc in self._procs.items()}
 
+    def pids(self) -> dict[str, int]:
+        """Process ids of the running components, by name."""
+        return {name: proc.pid for name, proc in self._procs.items() if proc.returncode is None}
+
     # ------------------------------------------------------------------ helpers
     async def _spawn(self, name: str, args: list[str]) -> None:
         handle = (self.log_dir / f"{name}.log").open("ab")
