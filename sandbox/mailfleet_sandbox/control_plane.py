@@ -321,6 +321,8 @@ class ControlPlane:
                     raise RuntimeError(f"{name} exited with {proc.returncode}:\n"
                                        f"{self._log_tail(name)}")
             if await asyncio.to_thread(probe):
+                for name in ("kube-controller-manager", "kube-scheduler"):
+                    self.started_seconds[name] = time.monotonic() - self.started_seconds[name]
                 return
             await asyncio.sleep(0.2)
         raise TimeoutError("the controller manager made no default ServiceAccount within "

@@ -79,12 +79,17 @@ JSON = dict[str, Any]
 log = logging.getLogger(__name__)
 
 SENDER_ARGV = [sys.executable, "-m", "mailfleet_sender"]
-OPERATOR_ARGV = [sys.executable, "-m", "mailfleet_cli", "operator", "run"]
+OPERATOR_ARGV = [sys.executable, "-m", "mailfleet_cli"]
+OPERATOR_CMD = ["operator", "run"]
 DEFAULT_IMAGE_SUBSTRINGS: tuple[tuple[str, list[str]], ...] = (
     ("mailfleet-sender", SENDER_ARGV), ("mailfleet/sender", SENDER_ARGV),
     ("mailfleet-operator", OPERATOR_ARGV), ("mailfleet/operator", OPERATOR_ARGV),
 )
-"""Images every agent knows: any image whose name contains one of these strings."""
+"""Images every agent knows (their ENTRYPOINT): any image whose name contains one of these."""
+DEFAULT_IMAGE_CMD: tuple[tuple[str, list[str]], ...] = (
+    ("mailfleet-operator", OPERATOR_CMD), ("mailfleet/operator", OPERATOR_CMD),
+)
+"""The CMD of those images (operator/Dockerfile): the arguments when a pod gives none."""
 UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
 KUBELET_VERSION = "v1.30.0-mailfleet-sandbox"
 
@@ -502,6 +507,9 @@ class _Container:
         env.update(build_env(self.spec, pod.downward_view(), pod.lookup))
         command = [expand_vars(a, env) for a in self.spec.get("command") or []]
         args = [expand_vars(a, env) for a in self.spec.get("args") or []]
+        if not command and "args" not in self.spec:
+            image = self.spec.get("image", "")
+            args = next((list(cmd) for needle, cmd in DEFAULT_IMAGE_CMD if needle in image), [])
         if command:
             if Path(command[0]).name.startswith("python"):
                 command[0] = sys.executable

@@ -59,6 +59,7 @@ from mailfleet_sandbox import (
     node_agent,
     operator_install,
     providers,
+    storage,
 )
 from mailfleet_sandbox import dns as sandbox_dns
 from mailfleet_sandbox.cluster_api import ClusterApi
@@ -215,6 +216,10 @@ class SandboxWorld:
                 "name": ns, "labels": {"pod-security.kubernetes.io/enforce": s.pod_security,
                                        "pod-security.kubernetes.io/warn": s.pod_security}}})
         await self.install_crds()
+        if self.control is not None:
+            # a cluster's default StorageClass and its provisioner (the spools' claims)
+            await self._stack.enter_async_context(storage.LocalProvisioner(
+                self.api.url, self.root / "nodes" / "pvcs", tls))
         await self._stack.enter_async_context(self.dns)
         for address, helo in s.egress:
             self.dns.set_records(helo, "A", [address])
