@@ -121,7 +121,8 @@ def default_object(rt: ResourceType, obj: JSON, old: JSON | None,
     elif key in ("apps/deployments", "apps/statefulsets", "apps/replicasets") \
             and isinstance(spec, dict):
         spec.setdefault("replicas", 1)
-        spec.setdefault("revisionHistoryLimit", 10)
+        if key != "apps/replicasets":  # a ReplicaSet has no revision history
+            spec.setdefault("revisionHistoryLimit", 10)
         template = spec.get("template")
         if isinstance(template, dict) and isinstance(template.get("spec"), dict):
             default_pod_spec(template["spec"])

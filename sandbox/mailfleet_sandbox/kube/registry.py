@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from mailfleet_sandbox.kube import errors, kinds, patching, schemas, selectors
+from mailfleet_sandbox.kube import decoding, errors, kinds, patching, schemas, selectors
 from mailfleet_sandbox.kube.resources import ResourceType, builtin_types, crd_types, field_value
 from mailfleet_sandbox.kube.store import Expired, Store
 
@@ -266,19 +266,29 @@ class Registry:
                opts: WriteOptions) -> tuple[JSON, builtins.list[str]]:
         """Prune, default and validate; returns the object to store and warnings."""
         warnings: builtins.list[str] = []
+        unknown: builtins.list[str]
         name = obj["metadata"].get("name", "")
+        pruned, unknown = obj, []
         if rt.crd and rt.schema is not None:
             pruned, unknown = schemas.prune(obj, rt.schema)
-            if unknown and opts.field_validation == "Strict":
-                listed = ", ".join(f'unknown field "{u}"' for u in unknown)
-                raise errors.bad_request(
-                    f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
-                    f"strict decoding error: {listed}")
-            if unknown and opts.field_validation == "Warn":
-                warnings += [f'unknown field "{u}"' for u in unknown]
+        elif not rt.crd:
+            try:
+                decoded = decoding.decode(obj, rt.group, rt.version, rt.kind)
+            except decoding.DecodeError as exc:
+                raise errors.bad_request(str(exc)) from None
+            pruned, unknown = decoded.obj, decoded.unknown
+        if unknown and opts.field_validation == "Strict":
+            listed = ", ".join(f'unknown field "{u}"' for u in unknown)
+            raise errors.bad_request(
+                f'{rt.kind} in version "{rt.version}" cannot be handled as a {rt.kind}: '
+                f"strict decoding error: {listed}")
+        if unknown and opts.field_validation == "Warn":
+            warnings += [f'unknown field "{u}"' for u in unknown]
+        if rt.crd and rt.schema is not None:
             obj = schemas.apply_defaults(pruned, rt.schema)
             causes = schemas.validate(obj, rt.schema)
         else:
+            obj = pruned
             kinds.default_object(rt, obj, old, self._allocate_ip)
             causes = kinds.validate_object(rt, obj, old)
         causes = kinds.validate_name(rt, name) + kinds.validate_metadata(obj["metadata"]) \

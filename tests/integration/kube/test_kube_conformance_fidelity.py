@@ -5,6 +5,9 @@ cluster when KUBECONFIG is set."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import pytest
 from integration.kube.conftest import Raw, configmap, wait_for, widget
 
 
@@ -141,3 +144,77 @@ def test_dependents_of_absent_owners_are_collected(raw: Raw, ns: str) -> None:
         assert raw("GET", cm_path(other_ns, "gc-elsewhere")).status == 200
     finally:
         raw("DELETE", f"/api/v1/namespaces/{other_ns}")
+
+
+def _deployment(name: str, **extra_spec: Any) -> dict[str, Any]:
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {"replicas": 0, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                         "containers": [{"name": "c", "image": "busybox:1"}]}}},
+            **extra_spec}
+
+
+@pytest.mark.parametrize(("case", "resource", "body"), [
+    ("a number for a ConfigMap data value", "configmaps",
+     {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "typed-cm"},
+      "data": {"port": 8080}}),
+    ("a number for a container env value", "pods",
+     {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "typed-pod"},
+      "spec": {"containers": [{"name": "c", "image": "busybox:1",
+                               "env": [{"name": "PORT", "value": 8080}]}]}}),
+    ("a string for a Deployment's replicas", "deployments",
+     dict(_deployment("typed-deploy"), spec=dict(_deployment("typed-deploy")["spec"],
+                                                 replicas="two"))),
+    ("bad base64 in Secret data", "secrets",
+     {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "typed-secret"},
+      "data": {"key": "not base64!"}}),
+    ("a list for a Service's selector map", "services",
+     {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "typed-svc"},
+      "spec": {"selector": ["app"], "ports": [{"port": 80}]}}),
+])
+def test_built_in_objects_are_decoded_with_their_types(raw: Raw, ns: str, case: str,
+                                                       resource: str, body: Any) -> None:
+    """Built-in kinds are decoded into their Go types: a value of the wrong JSON type (or
+    bad base64 for a []byte field) is 400 BadRequest "cannot be handled as a <Kind>" and
+    nothing is stored."""
+    group = "/apis/apps/v1" if resource == "deployments" else "/api/v1"
+    path = f"{group}/namespaces/{ns}/{resource}"
+    reply = raw("POST", path, body)
+    assert (reply.status, reply.body["reason"]) == (400, "BadRequest"), (case, reply.body)
+    assert f"cannot be handled as a {body['kind']}" in reply.body["message"]
+    assert raw("GET", f"{path}/{body['metadata']['name']}").status == 404
+
+
+def test_quantities_take_numbers_and_strings(raw: Raw, ns: str) -> None:
+    """resource.Quantity fields accept a JSON number as well as a string (quantity
+    serialization), so `cpu: 1` in a container's resources is valid."""
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "quantities"},
+           "spec": {"schedulerName": "conformance-no-scheduler", "containers": [{
+               "name": "c", "image": "registry.k8s.io/pause:3.10",
+               "resources": {"limits": {"cpu": 1, "memory": "64Mi"}}}]}}
+    reply = raw("POST", f"/api/v1/namespaces/{ns}/pods", pod)
+    assert reply.status == 201, reply.body
+    raw("DELETE", f"/api/v1/namespaces/{ns}/pods/quantities?gracePeriodSeconds=0")
+
+
+def test_unknown_built_in_fields_follow_field_validation(raw: Raw, ns: str) -> None:
+    """A misspelled field of a built-in kind is dropped: with fieldValidation=Strict the
+    request is 400 BadRequest `strict decoding error: unknown field "spec.replicass"`;
+    with Warn it is created and a Warning header names the field (server-side field
+    validation)."""
+    path = f"/apis/apps/v1/namespaces/{ns}/deployments"
+    body = _deployment("unknown-deploy")
+    body["spec"]["replicass"] = 2
+    strict = raw("POST", path + "?fieldValidation=Strict", body)
+    assert (strict.status, strict.body["reason"]) == (400, "BadRequest"), strict.body
+    assert 'unknown field "spec.replicass"' in strict.body["message"]
+    assert raw("GET", f"{path}/unknown-deploy").status == 404
+    warned = raw("POST", path + "?fieldValidation=Warn", body)
+    assert warned.status == 201, warned.body
+    assert "spec.replicass" in warned.headers.get("warning", "")
+    assert "replicass" not in warned.body["spec"]
+    nested = _deployment("unknown-nested")
+    nested["spec"]["template"]["spec"]["containers"][0]["imagePullPolicyy"] = "Always"
+    reply = raw("POST", path + "?fieldValidation=Strict", nested)
+    assert reply.status == 400
+    assert "spec.template.spec.containers[0].imagePullPolicyy" in reply.body["message"]
