@@ -17,7 +17,15 @@ from typing import Any
 
 import yaml
 
-from mailfleet_sandbox.kube import decoding, errors, kinds, patching, schemas, selectors
+from mailfleet_sandbox.kube import (
+    decoding,
+    errors,
+    kinds,
+    managing,
+    patching,
+    schemas,
+    selectors,
+)
 from mailfleet_sandbox.kube.resources import ResourceType, builtin_types, crd_types, field_value
 from mailfleet_sandbox.kube.store import Expired, Store
 
@@ -377,7 +385,10 @@ class Registry:
             if CRD_CLEANUP_FINALIZER not in (meta.get("finalizers") or []):
                 meta["finalizers"] = [*(meta.get("finalizers") or []), CRD_CLEANUP_FINALIZER]
         if opts.field_manager and "managedFields" not in meta:
-            meta["managedFields"] = [_managed_entry(opts.field_manager, "Update", rt, None)]
+            meta["managedFields"] = managing.write(managing.record_update(
+                {}, (opts.field_manager, "Update", ""), rt.api_version, {},
+                managing.tracked(obj, status_subresource=rt.status, subresource=""),
+                self._merge_key_fn(rt)))
         if opts.dry_run:
             return Result(self.present(rt, obj), 201, warnings)
         stored = self.store.put(rt.storage_key, obj)
@@ -427,7 +438,7 @@ class Registry:
         return self._commit(rt, old, body, subresource, opts)
 
     def _commit(self, rt: ResourceType, old: JSON, body: JSON, subresource: str,
-                opts: WriteOptions) -> Result:
+                opts: WriteOptions, operation: str = "Update") -> Result:
         name = old["metadata"]["name"]
         if subresource == "status":
             new = copy.deepcopy(old)
@@ -436,6 +447,8 @@ class Registry:
             else:
                 new.pop("status", None)
             new["apiVersion"], new["kind"] = body["apiVersion"], body["kind"]
+            if "managedFields" in body["metadata"]:
+                new["metadata"]["managedFields"] = body["metadata"]["managedFields"]
         else:
             new = body
             if rt.status:
@@ -454,6 +467,15 @@ class Registry:
                 meta["managedFields"] = old_meta["managedFields"]
         new, warnings = self._admit(rt, new, old, opts)
         meta, old_meta = new["metadata"], old["metadata"]
+        if operation == "Update" and opts.field_manager:
+            def view(obj: JSON) -> JSON:
+                return managing.tracked(obj, status_subresource=rt.status,
+                                        subresource=subresource)
+
+            meta["managedFields"] = managing.write(managing.record_update(
+                managing.read(meta.get("managedFields")),
+                (opts.field_manager, "Update", subresource), rt.api_version, view(old),
+                view(new), self._merge_key_fn(rt)))
         if old_meta.get("deletionTimestamp"):
             added = set(meta.get("finalizers") or []) - set(old_meta.get("finalizers") or [])
             if added:
@@ -574,23 +596,29 @@ class Registry:
             create_opts = WriteOptions(opts.dry_run, opts.field_validation, "", opts.force)
             return self.create(rt, ns, body, create_opts)
         current = self.present(rt, old)
-        entries = list(current["metadata"].get("managedFields") or [])
-        prev: set[patching.Path] = set()
-        for entry in entries:
-            if entry.get("manager") == opts.field_manager and entry.get(
-                    "operation") == "Apply" and entry.get("subresource", "") == subresource:
-                prev = patching.paths_from_fields_v1(entry.get("fieldsV1"))
+        me = (opts.field_manager, "Apply", subresource)
+        managers = managing.read(current["metadata"].get("managedFields"))
+        prev = managers[me].fields if me in managers else set()
+        others: set[patching.Path] = set()
+        for key, owned in managers.items():
+            if key != me:
+                others |= owned.fields
         merged = patching.apply_merge(current, owned_config, merge_key)
-        merged = patching.remove_paths(merged, prev - new_paths, merge_key)
-        entries = [e for e in entries if not (
-            e.get("manager") == opts.field_manager and e.get("operation") == "Apply"
-            and e.get("subresource", "") == subresource)]
-        entries.append(_managed_entry(opts.field_manager, "Apply", rt,
-                                      patching.fields_v1(new_paths), subresource))
-        merged["metadata"]["managedFields"] = entries
+        # fields this manager applied before and no longer applies go, unless another
+        # manager owns them too
+        merged = patching.remove_paths(merged, prev - new_paths - others, merge_key)
+        live_view = managing.tracked(current, status_subresource=rt.status,
+                                     subresource=subresource)
+        merged_view = managing.tracked(merged, status_subresource=rt.status,
+                                       subresource=subresource)
+        conflicts = managing.apply_conflicts(managers, me, live_view, merged_view, merge_key)
+        if conflicts and not opts.force:
+            raise managing.conflict_error(conflicts, managers)
+        merged["metadata"]["managedFields"] = managing.write(managing.record_apply(
+            managers, me, rt.api_version, live_view, merged_view, new_paths, merge_key))
         merged["metadata"]["resourceVersion"] = old["metadata"]["resourceVersion"]
         body = self._check_body(rt, merged, ns)
-        return self._commit(rt, old, body, subresource, opts)
+        return self._commit(rt, old, body, subresource, opts, operation="Apply")
 
     # ----------------------------------------------------------------------- delete
     def delete(self, rt: ResourceType, namespace: str, name: str,

@@ -170,8 +170,13 @@ class HttpApi:
             raise errors.bad_request(f"fieldValidation must be one of Ignore, Warn, or "
                                      f"Strict, got {validation}")
         force = q.get("force", "false").lower() == "true"
+        manager = q.get("fieldManager", "")
+        if not manager and "apply-patch" not in request.headers.get("Content-Type", ""):
+            # updates without a fieldManager are owned by the User-Agent's product name;
+            # an apply must name its manager (400)
+            manager = request.headers.get("User-Agent", "").split("/")[0][:128]
         return WriteOptions(dry_run=bool(dry), field_validation=validation,
-                            field_manager=q.get("fieldManager", ""), force=force)
+                            field_manager=manager, force=force)
 
     async def _body(self, request: web.Request) -> Any:
         raw = await request.read()

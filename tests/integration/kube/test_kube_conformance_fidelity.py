@@ -5,6 +5,7 @@ cluster when KUBECONFIG is set."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -218,3 +219,70 @@ def test_unknown_built_in_fields_follow_field_validation(raw: Raw, ns: str) -> N
     reply = raw("POST", path + "?fieldValidation=Strict", nested)
     assert reply.status == 400
     assert "spec.template.spec.containers[0].imagePullPolicyy" in reply.body["message"]
+
+
+def _cm(name: str, **data: str) -> dict[str, Any]:
+    """An apply configuration: only the fields the manager means to own."""
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": data}
+
+
+def _apply(raw: Raw, path: str, body: dict[str, Any], manager: str,
+           force: bool = False) -> Any:
+    query = f"?fieldManager={manager}" + ("&force=true" if force else "")
+    return raw("PATCH", path + query, body, content_type="application/apply-patch+yaml")
+
+
+def _managers(obj: dict[str, Any]) -> dict[tuple[str, str], str]:
+    """(manager, operation) -> the fieldsV1 trie as JSON text, to look for fields."""
+    return {(e["manager"], e["operation"]): json.dumps(e.get("fieldsV1") or {})
+            for e in obj["metadata"].get("managedFields") or []}
+
+
+def test_server_side_apply_conflicts_between_managers(raw: Raw, ns: str) -> None:
+    """Server-side apply: a manager applying a different value for a field another manager
+    applied is 409 Conflict with a FieldManagerConflict cause naming the field and the
+    manager, and nothing changes; with force=true it wins and the other manager loses the
+    field; applying the same value is shared ownership, not a conflict (server-side apply:
+    conflicts)."""
+    path = cm_path(ns, "ssa-conflict")
+    first = _apply(raw, path, _cm("ssa-conflict", x="1", y="1"), "mgr-a")
+    assert first.status == 201, first.body
+    clash = _apply(raw, path, _cm("ssa-conflict", x="2"), "mgr-b")
+    assert (clash.status, clash.body["reason"]) == (409, "Conflict"), clash.body
+    causes = clash.body["details"]["causes"]
+    assert [(c["reason"], c["field"]) for c in causes] == \
+        [("FieldManagerConflict", ".data.x")]
+    assert "mgr-a" in causes[0]["message"]
+    assert raw("GET", path).body["data"] == {"x": "1", "y": "1"}
+
+    shared = _apply(raw, path, _cm("ssa-conflict", y="1"), "mgr-b")
+    assert shared.status == 200, shared.body
+
+    forced = _apply(raw, path, _cm("ssa-conflict", x="2", y="1"), "mgr-b", force=True)
+    assert forced.status == 200, forced.body
+    assert forced.body["data"] == {"x": "2", "y": "1"}
+    owners = _managers(forced.body)
+    assert '"f:x"' in owners[("mgr-b", "Apply")]
+    assert '"f:x"' not in owners[("mgr-a", "Apply")]
+    assert '"f:y"' in owners[("mgr-a", "Apply")]
+
+
+def test_updates_record_ownership_that_applies_respect(raw: Raw, ns: str) -> None:
+    """A non-apply write (here a merge patch with fieldManager) records the fields it
+    changed under operation Update, so a later apply of another value for such a field by
+    another manager is 409 Conflict naming that manager."""
+    path = cm_path(ns, "ssa-update")
+    assert raw("POST", cm_path(ns) + "?fieldManager=creator",
+               configmap("ssa-update", x="1")).status == 201
+    patched = raw("PATCH", path + "?fieldManager=editor", {"data": {"x": "2", "z": "3"}},
+                  content_type="application/merge-patch+json")
+    assert patched.status == 200, patched.body
+    owners = _managers(patched.body)
+    assert '"f:x"' in owners[("editor", "Update")] and '"f:z"' in owners[("editor", "Update")]
+    assert '"f:x"' not in owners.get(("creator", "Update"), "")
+    clash = _apply(raw, path, _cm("ssa-update", z="9"), "applier")
+    assert (clash.status, clash.body["reason"]) == (409, "Conflict"), clash.body
+    causes = clash.body["details"]["causes"]
+    assert [c["field"] for c in causes] == [".data.z"]
+    assert "editor" in causes[0]["message"]
+    assert raw("GET", path).body["data"] == {"x": "2", "z": "3"}
