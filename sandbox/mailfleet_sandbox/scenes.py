@@ -590,14 +590,18 @@ def _warming(world: SandboxWorld, ip: str) -> bool:
     return False
 
 
-def failover_bound(world: SandboxWorld) -> float:
+def failover_bound(world: SandboxWorld, *, node_lost: bool = False) -> float:
     """unhealthyAfter + lease duration + clock skew (docs/sendingpool.md), plus the time a
-    message takes through the queue (a scheduler tick and a delivery, a second)."""
+    message takes through the queue (a scheduler tick and a delivery, a second). When the
+    holder's node is lost, its pod turns unready only once the node-lifecycle controller
+    notices (`world.node_detection_seconds()`): a cut-off kubelet reports nothing."""
     spec = world.pool().get("spec") or {}
     text = str((spec.get("failover") or {}).get("unhealthyAfter") or "5s")
     unhealthy = float(text[:-1]) * {"s": 1, "m": 60}.get(text[-1], 1)
     s = world.settings
-    return unhealthy + s.lease_duration + s.lease_clock_skew + s.lease_renew_interval + 1.0
+    detection = world.node_detection_seconds() if node_lost else 0.0
+    return (detection + unhealthy + s.lease_duration + s.lease_clock_skew
+            + s.lease_renew_interval + 1.0)
 
 
 @_scene("node_failed", "A node fails (partition): its IPs move to another pod")
@@ -619,7 +623,7 @@ async def node_failed(result: SceneResult, world: SandboxWorld, ledger: Ledger,
     holder, node = holders.get(ip), nodes.get(ip)
     if not holder or not node:
         raise RuntimeError(f"{ip} has no holder")
-    bound = failover_bound(world)
+    bound = failover_bound(world, node_lost=True)
     async with Feeder(world, ledger, "partition"):
         await flowing(world, since=time.time(), ip=ip, count=2, within=within)
         failed_at = time.time()

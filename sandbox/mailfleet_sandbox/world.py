@@ -280,6 +280,15 @@ class SandboxWorld:
                                        namespace=self.settings.namespace)
         return self.control.ssl_context()
 
+    def node_detection_seconds(self) -> float:
+        """How long until a lost node's pods are marked unready: the node-lifecycle
+        controller's grace and monitor period on the real control plane; at once with the
+        emulator, where the node agent plays that controller."""
+        if self.control is None:
+            return 0.0
+        timings = self.control.timings
+        return timings.node_monitor_grace + timings.node_monitor_period
+
     def _cluster_access(self) -> kubelet.ClusterAccess | None:
         control = self.control
         if control is None:
