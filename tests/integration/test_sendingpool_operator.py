@@ -344,14 +344,19 @@ async def test_an_autoscaled_pool_follows_the_queue_up_at_once_and_down_after_th
         kubelet.senders["mail-0"].queue = 25  # ceil(25 / 10) = 3 pods, at once
         await wait_for(lambda: sts_replicas(kube_api) == 3, message="StatefulSet at 3")
         await wait_for(lambda: len(kubelet.pods()) == 3, message="three pods")
-        assert any("1 -> 3 active pods" in m for m in events(kube_api, "Autoscaled"))
+        # the cycle posts its events after its writes: wait for it, not for the pods
+        await wait_for(lambda: any("1 -> 3 active pods" in m
+                                   for m in events(kube_api, "Autoscaled")),
+                       message="Autoscaled 1 -> 3 event")
 
         kubelet.senders["mail-0"].queue = 0
         emptied_at = asyncio.get_running_loop().time()
         await wait_for(lambda: sts_replicas(kube_api) == 1, within=15, message="back to 1")
         # The last high recommendation is at most one cycle (0.5 s) older than the empty queue.
         assert asyncio.get_running_loop().time() - emptied_at >= window - 0.5
-        assert any("3 -> 1 active pods" in m for m in events(kube_api, "Autoscaled"))
+        await wait_for(lambda: any("3 -> 1 active pods" in m
+                                   for m in events(kube_api, "Autoscaled")),
+                       message="Autoscaled 3 -> 1 event")
         assert all(kubelet.senders[p].drains == [True] for p in ("mail-1", "mail-2"))
 
 
