@@ -123,14 +123,28 @@ def run_down(args: argparse.Namespace) -> int:
         return 0
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             print("sandbox stopped")
             return 0
         time.sleep(0.2)
     print(f"sandbox process {pid} did not stop within {args.timeout:.0f}s")
     return 1
+
+
+def _alive(pid: int) -> bool:
+    """Whether `pid` still runs: an exited process its parent has not reaped yet (a zombie,
+    e.g. `up` started by a test or a supervisor) has stopped."""
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 SANDBOX_COMMANDS: dict[str, tuple[Callable[[argparse.ArgumentParser], None], str]] = {

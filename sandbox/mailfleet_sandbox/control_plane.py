@@ -242,20 +242,27 @@ class ControlPlane:
         await self._wait_default_service_account(within=60)
 
     async def stop(self) -> None:
-        for name in reversed(list(self._procs)):
-            proc = self._procs.pop(name)
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.send_signal(signal.SIGTERM)
-                try:
-                    await asyncio.wait_for(proc.wait(), 10)
-                except TimeoutError:
-                    with contextlib.suppress(ProcessLookupError):
-                        proc.kill()
-                    await proc.wait()
+        """Controllers first, then the API server, then etcd; each gets SIGTERM and a few
+        seconds before SIGKILL (the sandbox's state is thrown away anyway)."""
+        for group in (("kube-scheduler", "kube-controller-manager"), ("kube-apiserver",),
+                      ("etcd",)):
+            procs = [self._procs.pop(name) for name in group if name in self._procs]
+            await asyncio.gather(*(self._terminate(proc) for proc in procs))
         for handle in self._logs:
             handle.close()
         self._logs = []
+
+    @staticmethod
+    async def _terminate(proc: asyncio.subprocess.Process, grace: float = 5.0) -> None:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), grace)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
 
     def running(self) -> dict[str, bool]:
         return {name: proc.returncode is None for name, proc in self._procs.items()}
