@@ -9,7 +9,9 @@ the emulator's `ApiError` with the server's code, reason and message.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import datetime
 import json
 import threading
 import urllib.parse
@@ -143,3 +145,93 @@ class ClusterApi:
     async def settle(self, timeout: float = 5.0) -> None:  # noqa: ASYNC109
         """The emulator waits for its controllers here; a real control plane's controllers
         are other processes, so callers wait for the conditions they need instead."""
+
+
+    # ------------------------------------------------------------------ kubelet stand-ins
+    def bind_pod(self, namespace: str, name: str, node_name: str) -> None:
+        """What kube-scheduler does: POST `pods/binding` (409 if the pod is bound)."""
+        self.request("POST", self.path("v1", "Pod", namespace, name, "binding"), {
+            "apiVersion": "v1", "kind": "Binding", "metadata": {"name": name},
+            "target": {"apiVersion": "v1", "kind": "Node", "name": node_name}})
+
+    async def set_pod_status(self, namespace: str, name: str, *, phase: str = "Running",
+                             ready: bool = True, pod_ip: str | None = None,
+                             node_name: str | None = None, host_ip: str | None = None,
+                             restart_count: int | None = None) -> JSON:
+        """What a kubelet reports (the emulator's call of the same name): phase,
+        Ready/ContainersReady conditions, container statuses, IPs, written through
+        `pods/status` with the read resourceVersion (retried on a conflict, since the
+        scheduler writes conditions too). With `node_name`, an unbound pod is first bound
+        there through `pods/binding` (409 Conflict if it is bound to another node)."""
+        return await asyncio.to_thread(self._set_pod_status, namespace, name, phase, ready,
+                                       pod_ip, node_name, host_ip, restart_count)
+
+    def _set_pod_status(self, namespace: str, name: str, phase: str, ready: bool,
+                        pod_ip: str | None, node_name: str | None, host_ip: str | None,
+                        restart_count: int | None) -> JSON:
+        pod = self.get("v1", "Pod", name, namespace)
+        if node_name and (pod.get("spec") or {}).get("nodeName") != node_name:
+            self.bind_pod(namespace, name, node_name)
+        for _attempt in range(20):
+            pod = self.get("v1", "Pod", name, namespace)
+            try:
+                return self.request("PUT", self.path("v1", "Pod", namespace, name, "status"),
+                                    dict(pod, status=pod_status(pod, phase, ready, pod_ip,
+                                                                host_ip, restart_count)))
+            except ApiError as error:
+                if error.code != 409:
+                    raise
+        raise ApiError(409, "Conflict", f"pod {namespace}/{name} kept changing")
+
+
+def _rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def pod_status(pod: JSON, phase: str, ready: bool, pod_ip: str | None, host_ip: str | None,
+               restart_count: int | None) -> JSON:
+    """The status a kubelet would post for `pod` in `phase` (pure but for the clock)."""
+    stamp = _rfc3339()
+    old = pod.get("status") or {}
+    old_conds = {c.get("type"): c for c in old.get("conditions") or []}
+
+    def cond(typ: str, value: bool) -> JSON:
+        status = "True" if value else "False"
+        prev = old_conds.get(typ)
+        when = (prev.get("lastTransitionTime") or stamp) if prev and prev.get(
+            "status") == status else stamp
+        return {"type": typ, "status": status, "lastProbeTime": None,
+                "lastTransitionTime": when}
+
+    running = phase == "Running"
+    containers = []
+    prev_cs = {c.get("name"): c for c in old.get("containerStatuses") or []}
+    for c in (pod.get("spec") or {}).get("containers") or []:
+        prev = prev_cs.get(c["name"], {})
+        restarts = restart_count if restart_count is not None else prev.get("restartCount", 0)
+        state: JSON
+        if running:
+            started = ((prev.get("state") or {}).get("running") or {}).get("startedAt")
+            state = {"running": {"startedAt": started or stamp}}
+        elif phase in ("Succeeded", "Failed"):
+            state = {"terminated": {"exitCode": 0 if phase == "Succeeded" else 1,
+                                    "reason": "Completed" if phase == "Succeeded" else "Error",
+                                    "finishedAt": stamp}}
+        else:
+            state = {"waiting": {"reason": "ContainerCreating"}}
+        containers.append({"name": c["name"], "image": c.get("image", ""), "imageID": "",
+                           "ready": running and ready, "started": running,
+                           "restartCount": restarts, "state": state})
+    status = dict(old, phase=phase, conditions=[
+        cond("PodScheduled", True), cond("Initialized", True),
+        cond("ContainersReady", running and ready), cond("Ready", running and ready)],
+        containerStatuses=containers)
+    if running and "startTime" not in status:
+        status["startTime"] = stamp
+    if pod_ip:
+        status["podIP"] = pod_ip
+        status["podIPs"] = [{"ip": pod_ip}]
+    if host_ip:
+        status["hostIP"] = host_ip
+        status["hostIPs"] = [{"ip": host_ip}]
+    return status

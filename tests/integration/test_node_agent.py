@@ -1,5 +1,7 @@
-"""The sandbox node agent against the API emulator: pods run as processes on their own 127.x
-address, see their env and volumes where the spec puts them, restart, and follow their node."""
+"""The sandbox node agent against the API emulator and, as the kubelet of its nodes, against
+the real control plane (kube-scheduler binds, the node-lifecycle controller notices): pods
+run as processes on their own 127.x address, see their env and volumes where the spec puts
+them, restart, and follow their node."""
 
 from __future__ import annotations
 
@@ -89,9 +91,12 @@ async def test_killed_process_restarts_and_counts(kube_api: ApiServer,
     """A killed container process is started again: restartCount goes up, the pod is Ready
     again on the same IP; a failing liveness probe restarts it too. Counts are lower bounds:
     under load a slow start may fail liveness once more, and a kubelet restarts it again."""
+    # The initial delay lets a fresh process listen before liveness may fail twice (1 s and
+    # 0.2 s at the fixture's time scale): a kubelet kills a slower start over and over.
     kube_api.create(echo_pod("echo-r", nodeName="node-a", container={
         "livenessProbe": {"httpGet": {"path": "/healthz", "port": ECHO_PORT},
-                          "periodSeconds": 1, "failureThreshold": 2}}))
+                          "initialDelaySeconds": 10, "periodSeconds": 1,
+                          "failureThreshold": 2}}))
     await eventually(lambda: _ready(kube_api, "echo-r"), within=60.0)
     ip = node_agent.pod_ip("default", "echo-r")
     first = node_agent.pod_pids("default", "echo-r")
@@ -121,15 +126,25 @@ async def test_killed_process_restarts_and_counts(kube_api: ApiServer,
 
 async def test_failed_node_turns_pod_unready_and_healing_restores_it(
         kube_api: ApiServer, node_agent: NodeAgent) -> None:
-    kube_api.create(echo_pod("echo-f", nodeName="node-a"))
+    # Tolerating the unreachable taint for ever, the pod waits out the partition on its node
+    # (else the taint manager evicts it after the default 5 s once the node is Unknown).
+    kube_api.create(echo_pod("echo-f", nodeName="node-a", tolerations=[
+        {"key": "node.kubernetes.io/unreachable", "operator": "Exists",
+         "effect": "NoExecute"}]))
     await eventually(lambda: _ready(kube_api, "echo-f"))
     ip = node_agent.pod_ip("default", "echo-f")
 
     await node_agent.fail_node("node-a")
-    node = kube_api.get("v1", "Node", "node-a")
-    assert _condition(node, "Ready")["status"] == "Unknown"
-    assert {"node.kubernetes.io/unreachable"} <= {t["key"] for t in node["spec"]["taints"]}
-    assert not _ready(kube_api, "echo-f")
+
+    def unreachable() -> dict[str, Any] | None:
+        # At once on the emulator; on a real control plane the node-lifecycle controller
+        # notices the missing heartbeats after its grace period (8 s in the sandbox).
+        node = kube_api.get("v1", "Node", "node-a")
+        taints = {t["key"] for t in (node.get("spec") or {}).get("taints") or []}
+        unknown = _condition(node, "Ready").get("status") == "Unknown"
+        return node if unknown and "node.kubernetes.io/unreachable" in taints else None
+    await eventually(unreachable, within=60.0)
+    await eventually(lambda: not _ready(kube_api, "echo-f"), within=30.0)
     assert await _http(f"http://{ip}:{ECHO_PORT}/healthz", within=0.3) is None  # frozen
 
     await node_agent.heal_node("node-a")
@@ -195,7 +210,8 @@ async def test_scheduler_honours_selectors_and_taints(kube_api: ApiServer,
     cond = await eventually(lambda: _condition(_pod(kube_api, "untolerated"), "PodScheduled")
                             .get("reason") == "Unschedulable" and True)
     assert cond
-    assert "untolerated taint {dedicated: mail}" in _condition(
+    # kube-scheduler 1.37 says "untolerated taint(s)"; older ones named the taint.
+    assert "untolerated taint" in _condition(
         _pod(kube_api, "untolerated"), "PodScheduled")["message"]
 
 

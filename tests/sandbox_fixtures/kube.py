@@ -1,19 +1,82 @@
-"""Fixtures for the Kubernetes API emulator: a running `ApiServer` and a kubeconfig for it."""
+"""Fixtures for the Kubernetes API the integration tests talk to: `kube_api` is the API
+emulator (`mailfleet_sandbox.kube.ApiServer`) and, as a second parameter, the real control
+plane (`RealCluster` over the session's `real_control_plane`), with the same in-process calls;
+`kubeconfig` is a kubeconfig for it.
+
+Every test that takes `kube_api` runs twice, `[emulator]` and `[kubernetes]` (issue 13), except
+the emulator's own tests in tests/integration/kube/. A test that relies on emulator-only
+machinery says so with `@pytest.mark.emulator_only("why")`: its `[kubernetes]` run is skipped
+with that reason. `kube_tls` is the TLS context the sandbox's aiohttp clients (ExternalDNS,
+ClusterDNS) need for the param (None for the emulator, which has no authentication).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import ssl
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from mailfleet_sandbox.kube import ApiServer
 
+if TYPE_CHECKING:  # imported late: every fixture module loads as a plugin, in name order
+    from sandbox_fixtures.real_cluster import RealCluster
+
+KUBE_API_PARAMS = ["emulator", "kubernetes"]
+EMULATOR_ONLY_DIRS = ("tests/integration/kube/",)
+"""Tests of the emulator itself: they run against `[emulator]` only."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "emulator_only(reason): relies on the API emulator's internals; the "
+                   "[kubernetes] run of kube_api is skipped with the reason")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "kube_api" not in metafunc.fixturenames:
+        return
+    path = Path(str(metafunc.definition.path)).as_posix()
+    if any(part in path for part in EMULATOR_ONLY_DIRS):
+        return
+    metafunc.parametrize("kube_api", KUBE_API_PARAMS, indirect=True, ids=KUBE_API_PARAMS)
+
+
+@pytest.fixture(scope="session")
+def real_cluster(real_control_plane: object) -> RealCluster:
+    """The session's real control plane with the emulator's calls (see real_cluster.py)."""
+    from sandbox_fixtures.real_cluster import RealCluster
+
+    return RealCluster(real_control_plane)  # type: ignore[arg-type]
+
 
 @pytest.fixture
-async def kube_api() -> AsyncIterator[ApiServer]:
-    """A fresh in-memory API emulator on a free loopback port (function scope)."""
-    async with ApiServer(host="127.0.0.1", port=0, bookmark_interval=0.5) as api:
-        yield api
+async def kube_api(request: pytest.FixtureRequest) -> AsyncIterator[ApiServer | RealCluster]:
+    """A fresh in-memory API emulator on a free loopback port (function scope), or, for the
+    `kubernetes` param, the session's real control plane, cleaned after the test."""
+    if getattr(request, "param", "emulator") == "emulator":
+        async with ApiServer(host="127.0.0.1", port=0, bookmark_interval=0.5) as api:
+            yield api
+        return
+    marker = request.node.get_closest_marker("emulator_only")
+    if marker is not None:
+        pytest.skip(f"emulator only: {marker.args[0] if marker.args else ''}".rstrip(": "))
+    cluster: RealCluster = request.getfixturevalue("real_cluster")
+    await asyncio.to_thread(cluster.clean)  # a clean start even after an aborted test
+    try:
+        yield cluster
+    finally:
+        await asyncio.to_thread(cluster.clean)
+
+
+@pytest.fixture
+def kube_tls(kube_api: ApiServer | RealCluster) -> ssl.SSLContext | None:
+    """The TLS identity for an aiohttp client of `kube_api` (None: the emulator's plain HTTP)."""
+    from sandbox_fixtures.real_cluster import RealCluster
+
+    return kube_api.ssl_context if isinstance(kube_api, RealCluster) else None
 
 
 @pytest.fixture

@@ -17,13 +17,17 @@ import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+from mailfleet_sandbox import kubelet
 from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sandbox.external_dns import ExternalDNS
 from mailfleet_sandbox.kube import ApiServer
 from mailfleet_sandbox.node_agent import NodeAgent, NodeSpec
+
+if TYPE_CHECKING:  # imported late: every fixture module loads as a plugin, in name order
+    from sandbox_fixtures.real_cluster import RealCluster
 
 ECHO_IMAGE = "sandbox-test/echo:1"
 ECHO_SCRIPT = Path(__file__).resolve().parent.parent / "fixtures_data" / "echo_pod.py"
@@ -66,15 +70,55 @@ def echo_pod(name: str, **spec: Any) -> dict[str, Any]:
             "spec": {"containers": [container], "terminationGracePeriodSeconds": 2, **spec}}
 
 
+def cluster_access(cluster: RealCluster) -> kubelet.ClusterAccess:
+    """How the agent's kubelets reach the real control plane: one `system:node:<node>`
+    client certificate per node (as world.py gives them)."""
+    plane = cluster.plane.plane
+
+    def credentials(node: str) -> tuple[Path, Path]:
+        pair = plane.pki.client(f"node-{node}", f"system:node:{node}", ("system:nodes",))
+        return pair.cert, pair.key
+
+    return kubelet.ClusterAccess(url=plane.url, ca=plane.pki.ca.cert,
+                                 node_credentials=credentials, service_host=plane.host,
+                                 service_port=plane.port)
+
+
 @pytest.fixture
-async def node_agent(kube_api: ApiServer, tmp_path: Path) -> AsyncIterator[NodeAgent]:
-    """A started NodeAgent (nodes SANDBOX_NODES) that knows ECHO_IMAGE."""
+async def node_agent(kube_api: ApiServer | RealCluster, tmp_path: Path
+                     ) -> AsyncIterator[NodeAgent]:
+    """A started NodeAgent (nodes SANDBOX_NODES) that knows ECHO_IMAGE; on the real control
+    plane, the kubelet of its nodes (kube-scheduler binds, the node-lifecycle controller
+    watches its leases)."""
     base = f"127.{random.randrange(64, 250)}.{random.randrange(0, 256)}."
+    from sandbox_fixtures.real_cluster import RealCluster
+
+    cluster = cluster_access(kube_api) if isinstance(kube_api, RealCluster) else None
     async with NodeAgent(kube_api.url, SANDBOX_NODES, tmp_path / "agent",
                          images={"sandbox-test/echo": [sys.executable, str(ECHO_SCRIPT)]},
                          pod_ip_base=base, probe_time_scale=0.1,
-                         restart_backoff=(0.1, 1.0), max_termination_grace=2.0) as agent:
+                         restart_backoff=(0.1, 1.0), max_termination_grace=2.0,
+                         cluster=cluster) as agent:
+        if isinstance(kube_api, RealCluster):
+            await eventually(lambda: nodes_schedulable(kube_api), within=60.0)
         yield agent
+
+
+def nodes_schedulable(api: RealCluster) -> bool:
+    """Every sandbox node Ready, with only its own taints: the node-lifecycle controller
+    taints a node `not-ready` until it has seen it Ready (`kubectl wait --for
+    condition=Ready node --all` and a look at the taints)."""
+    nodes = {n["metadata"]["name"]: n for n in api.list("v1", "Node")}
+    for spec in SANDBOX_NODES:
+        node = nodes.get(spec.name)
+        if node is None:
+            return False
+        ready = [c for c in (node.get("status") or {}).get("conditions") or []
+                 if c.get("type") == "Ready" and c.get("status") == "True"]
+        taints = {t["key"] for t in (node.get("spec") or {}).get("taints") or []}
+        if not ready or taints != {t["key"] for t in spec.taints}:
+            return False
+    return True
 
 
 @pytest.fixture
