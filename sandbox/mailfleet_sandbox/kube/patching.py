@@ -273,22 +273,46 @@ def _merge_list(live: Any, patch: list[Any], merge_key: MergeKeyFn,
     if any(isinstance(x, dict) and x.get("$patch") == "replace" for x in patch):
         return [_strip_directives(x) for x in patch
                 if not (isinstance(x, dict) and x.get("$patch") == "replace")]
-    out = live_list
+    live_keys = [x.get(key) if isinstance(x, dict) else None for x in live_list]
+    patched: list[Any] = []
+    touched = set()
     for item in patch:
         if not isinstance(item, dict):
             raise PatchBodyError(f"invalid patch: list {path[-1]} needs objects with key {key}")
         if key not in item:
             raise PatchApplyError(f"map: {item} does not contain declared merge key: {key}")
-        idx = next((i for i, x in enumerate(out)
-                    if isinstance(x, dict) and x.get(key) == item[key]), None)
+        marker = json.dumps(item[key], sort_keys=True)
+        touched.add(marker)
+        idx = next((i for i, k in enumerate(live_keys) if k == item[key]), None)
         if item.get("$patch") == "delete":
-            if idx is not None:
-                out.pop(idx)
             continue
-        if idx is None:
-            out.append(strategic_merge_patch({}, item, merge_key, path))
+        base = live_list[idx] if idx is not None else {}
+        patched.append(strategic_merge_patch(base, item, merge_key, path))
+    server_only = [x for x, k in zip(live_list, live_keys, strict=True)
+                   if json.dumps(k, sort_keys=True) not in touched]
+    return _interleave(patched, server_only, live_keys, key)
+
+
+def _interleave(patched: list[Any], server_only: list[Any], live_keys: list[Any],
+                key: str) -> list[Any]:
+    """apimachinery's order for a merged keyed list (mergeSortedSlice): the patch's items in
+    patch order and the untouched live items in live order, merged; a live item goes first
+    only when both are in the live list and it comes earlier there, so items new to the list
+    come before the untouched ones."""
+    def rank(item: Any) -> int:
+        value = item.get(key) if isinstance(item, dict) else None
+        return live_keys.index(value) if value in live_keys else -1
+
+    out: list[Any] = []
+    i = j = 0
+    while i < len(server_only) or j < len(patched):
+        if j >= len(patched) or (i < len(server_only) and 0 <= rank(server_only[i])
+                                 < rank(patched[j])):
+            out.append(server_only[i])
+            i += 1
         else:
-            out[idx] = strategic_merge_patch(out[idx], item, merge_key, path)
+            out.append(patched[j])
+            j += 1
     return out
 
 

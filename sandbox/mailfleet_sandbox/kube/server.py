@@ -163,8 +163,16 @@ class HttpApi:
     def _options(self, request: web.Request) -> WriteOptions:
         q = request.query
         dry = q.getall("dryRun", [])
-        if any(d != "All" for d in dry):
-            raise errors.bad_request(f"Invalid dry run value: {dry}; supported values: All")
+        bad = [i for i, d in enumerate(dry) if d != "All"]
+        if bad:
+            # what the real server says: the options object fails validation (422)
+            options = {"POST": "CreateOptions", "PATCH": "PatchOptions",
+                       "DELETE": "DeleteOptions"}.get(request.method, "UpdateOptions")
+            detail = f'Unsupported value: "{dry[bad[0]]}": supported values: "All"'
+            raise errors.ApiError(
+                422, "Invalid", f'{options}.meta.k8s.io "" is invalid: dryRun[{bad[0]}]: '
+                f"{detail}", kind=options, group="meta.k8s.io",
+                causes=[errors.Cause("FieldValueNotSupported", detail, f"dryRun[{bad[0]}]")])
         validation = q.get("fieldValidation", "Warn") or "Warn"
         if validation not in ("Strict", "Warn", "Ignore"):
             raise errors.bad_request(f"fieldValidation must be one of Ignore, Warn, or "

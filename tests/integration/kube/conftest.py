@@ -56,12 +56,33 @@ class Raw:
         return Reply(resp.status, parsed, {k.lower(): v for k, v in resp.headers.items()})
 
 
+TARGETS = ["external"] if REAL else ["emulator", "kubernetes"]
+"""Where the suite runs: the cluster KUBECONFIG names; else the API emulator and the real
+control plane `make kube` built, side by side (the suite is the emulator's specification)."""
+
+
+@pytest.fixture(scope="session", params=TARGETS)
+def target(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
 @pytest.fixture(scope="session")
-def cluster(kube_api_thread: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """Path of the kubeconfig to talk to (the emulator unless KUBECONFIG is set)."""
-    if REAL:
+def real(target: str) -> bool:
+    """True against a real API server (the sandbox's kube-apiserver or KUBECONFIG's)."""
+    return target != "emulator"
+
+
+@pytest.fixture(scope="session")
+def cluster(target: str, request: pytest.FixtureRequest,
+            tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Path of the kubeconfig to talk to."""
+    if target == "external":
         yield Path(os.environ["KUBECONFIG"])
         return
+    if target == "kubernetes":
+        yield request.getfixturevalue("real_control_plane").kubeconfig
+        return
+    kube_api_thread = request.getfixturevalue("kube_api_thread")
     path = kube_api_thread.api.write_kubeconfig(tmp_path_factory.mktemp("kube") / "kubeconfig")
     yield path
 

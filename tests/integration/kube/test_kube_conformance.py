@@ -4,12 +4,11 @@ emulator (default) or a real cluster (KUBECONFIG set). Each test names what it c
 from __future__ import annotations
 
 import json
-import time
 from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from integration.kube.conftest import REAL, Raw, configmap, wait_for, widget
+from integration.kube.conftest import Raw, configmap, wait_for, widget
 
 
 def cm_path(ns: str, name: str = "") -> str:
@@ -143,11 +142,15 @@ def test_watch_from_resource_version_sees_later_changes(raw: Raw, ns: str) -> No
     assert rvs == sorted(rvs)
 
 
-def test_watch_from_too_old_version_is_expired(raw: Raw, ns: str) -> None:
+def test_watch_from_too_old_version_is_expired(raw: Raw, ns: str, target: str) -> None:
     """A watch from a resourceVersion older than the kept history ends with an ERROR event
     carrying Status 410 Expired; the client must relist."""
-    if not REAL:
+    if target == "emulator":
         pytest.skip("covered by the emulator-only test with a small history")
+    if target == "kubernetes":
+        pytest.skip("a young kube-apiserver still serves rv=1: its watch cache replays the "
+                    "state as ADDED events until its window rolls over (seen on v1.37.2); "
+                    "a long-lived cluster (KUBECONFIG) has compacted it")
     events = _watch_lines(raw, cm_path(ns) + "?watch=true&resourceVersion=1&timeoutSeconds=1")
     assert events and events[0]["type"] == "ERROR" and events[0]["object"]["code"] == 410
 
@@ -192,7 +195,8 @@ def test_strategic_merge_patch_merges_containers_by_name(raw: Raw, ns: str) -> N
     containers = reply.body["spec"]["template"]["spec"]["containers"]
     assert [c["name"] for c in containers] == ["a", "b"]
     assert containers[0]["image"] == "busybox:2"
-    assert [e["name"] for e in containers[0]["env"]] == ["X", "Z"]
+    # apimachinery's order: the patch's items first (Z), then the untouched live items
+    assert [e["name"] for e in containers[0]["env"]] == ["Z", "X"]
     assert reply.body["metadata"]["generation"] == 2
 
 
@@ -316,7 +320,7 @@ def test_dry_run_changes_nothing(raw: Raw, ns: str) -> None:
     assert reply.status == 201
     assert raw("GET", cm_path(ns, "dry")).status == 404
     bad = raw("POST", cm_path(ns) + "?dryRun=Maybe", configmap("dry"))
-    assert bad.status == 400
+    assert bad.status == 422  # CreateOptions validation: unsupported dryRun value
 
 
 @pytest.mark.parametrize(("case", "method", "suffix", "body", "ctype", "code", "reason"), [
@@ -380,7 +384,6 @@ def test_update_of_missing_object_is_not_found(raw: Raw, ns: str) -> None:
     assert raw("PUT", cm_path(ns, "ghost"), configmap("ghost")).status == 404
     assert raw("PATCH", cm_path(ns, "ghost"), {"data": {}},
                content_type="application/merge-patch+json").status == 404
-    time.sleep(0)
 
 
 def pod_path(ns: str, name: str = "") -> str:

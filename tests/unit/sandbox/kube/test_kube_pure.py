@@ -74,7 +74,8 @@ def test_strategic_merge_directives() -> None:
              "metadata": {"finalizers": ["y"], "$deleteFromPrimitiveList/finalizers": ["x"]}}
     out = patching.strategic_merge_patch(live, patch)
     assert [c["name"] for c in out["spec"]["containers"]] == ["a"]
-    assert [p["containerPort"] for p in out["spec"]["containers"][0]["ports"]] == [80, 81]
+    # a new item comes before the untouched live ones, as kube-apiserver orders it
+    assert [p["containerPort"] for p in out["spec"]["containers"][0]["ports"]] == [81, 80]
     assert out["metadata"]["finalizers"] == ["y"]
     replaced = patching.strategic_merge_patch(live, {"spec": {"$patch": "replace", "x": 1}})
     assert replaced["spec"] == {"x": 1}
