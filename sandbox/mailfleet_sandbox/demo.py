@@ -130,7 +130,7 @@ async def run_demo(out_dir: Path, root: Path, day_seconds: float, count: int) ->
                 await watcher
         figures = scenes.summarize(sandbox, ledger)
         summary = report.build_summary(results, figures, total_s=time.monotonic() - started,
-                                       day_seconds=day_seconds)
+                                       day_seconds=day_seconds, control_plane=plane)
         paths = report.write_report(out_dir, summary)
         ledger_file = out_dir / "submissions.jsonl"
         ledger_file.write_text("".join(json.dumps(dataclasses.asdict(s)) + "\n"

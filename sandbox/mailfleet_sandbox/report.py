@@ -23,7 +23,7 @@ SUMMARY_KEYS = ("accepted", "delivered", "bounced", "deferred", "lost", "dkim_pa
 
 
 def build_summary(results: Sequence[SceneResult], figures: JSON, *,
-                  total_s: float, day_seconds: float) -> JSON:
+                  total_s: float, day_seconds: float, control_plane: str = "") -> JSON:
     """The figures of summary.json; failover_s is the slowest failover of the failure scenes."""
     by_name = {r.name: r for r in results}
     failovers = [r.timings["failover_s"] for r in results if "failover_s" in r.timings]
@@ -32,6 +32,7 @@ def build_summary(results: Sequence[SceneResult], figures: JSON, *,
     violations = list((warmup.details.get("quota_violations") or []) if warmup else [])
     return {
         "ok": all(r.ok for r in results),
+        "control_plane": control_plane,
         "total_s": round(total_s, 1),
         "warmup_day_seconds": day_seconds,
         "accepted": figures.get("accepted", 0),
@@ -207,7 +208,8 @@ def render_console(summary: JSON) -> str:
               f"DMARC {_pct(summary['dmarc_pass_rate'])} (as verified by the receivers)",
               f"quota violations {summary['quota_violations']}, failover "
               f"{_secs(summary['failover_s'])}, DKIM rotation {_secs(summary['rotation_s'])}",
-              f"total {_secs(summary['total_s'])}: "
+              f"total {_secs(summary['total_s'])} on "
+              f"{summary.get('control_plane') or 'the sandbox'}: "
               + ("all scenes passed" if summary["ok"] else "SOME SCENES FAILED")]
     return "\n".join(lines) + "\n"
 
