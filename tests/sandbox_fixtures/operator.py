@@ -37,7 +37,9 @@ API_VERSION = "mailfleet.io/v1alpha1"
 DNSENDPOINT_CRD: dict[str, Any] = {
     "apiVersion": "apiextensions.k8s.io/v1",
     "kind": "CustomResourceDefinition",
-    "metadata": {"name": "dnsendpoints.externaldns.k8s.io"},
+    "metadata": {"name": "dnsendpoints.externaldns.k8s.io", "annotations": {
+        # kube-apiserver refuses CRDs in *.k8s.io groups without it (external-dns has it)
+        "api-approved.kubernetes.io": "https://github.com/kubernetes-sigs/external-dns/pull/2007"}},
     "spec": {
         "group": "externaldns.k8s.io",
         "names": {"kind": "DNSEndpoint", "listKind": "DNSEndpointList",

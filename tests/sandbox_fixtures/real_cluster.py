@@ -127,11 +127,23 @@ class RealCluster:
             current = self.api.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", name)
             conditions = (current.get("status") or {}).get("conditions") or []
             if any(c.get("type") == "Established" and c.get("status") == "True"
-                   for c in conditions):
+                   for c in conditions) and self._served(current):
                 return current
             if time.monotonic() > deadline:
                 raise AssertionError(f"CRD {name} not Established within {within}s")
             time.sleep(0.05)
+
+    def _served(self, crd: JSON) -> bool:
+        """Lists of the CRD's resource answer (not 429 while its storage initialises)."""
+        spec = crd["spec"]
+        version = next(v["name"] for v in spec["versions"] if v.get("storage"))
+        try:
+            self.api.request("GET", f"/apis/{spec['group']}/{version}/{spec['names']['plural']}")
+        except ApiError as error:
+            if error.code in (404, 429, 503):
+                return False
+            raise
+        return True
 
     # ------------------------------------------------------------------ clean-up
     def resources(self) -> builtins.list[Resource]:
@@ -158,13 +170,18 @@ class RealCluster:
                 else f"/apis/{resource.group_version}")
         if namespace:
             base += f"/namespaces/{namespace}"
-        try:
-            listed = self.api.request("GET", f"{base}/{resource.plural}")
-        except ApiError as error:
-            if error.code in (404, 405):
-                return []
-            raise
-        return builtins.list(listed.get("items") or [])
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                listed = self.api.request("GET", f"{base}/{resource.plural}")
+                return builtins.list(listed.get("items") or [])
+            except ApiError as error:
+                if error.code in (404, 405):
+                    return []
+                # 429 "storage is (re)initializing": a CRD's storage just after it appeared
+                if error.code != 429 or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
 
     def _leftovers(self, resources: builtins.list[Resource]
                    ) -> Iterator[tuple[Resource, JSON]]:
