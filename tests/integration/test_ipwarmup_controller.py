@@ -38,6 +38,7 @@ from sandbox_fixtures.operator import (
     condition,
     install_crds,
     operator_settings,
+    pod_created,
     wait_for,
 )
 
@@ -108,6 +109,7 @@ class Harness:
         self.create_pool()
         await self.pool_cycle()
         await self.api.settle()
+        await pod_created(self.api, NS, "mail-0")
         await self.senders.start("mail-0", "127.0.0.60")
         await self.api.set_pod_status(NS, "mail-0", ready=True, pod_ip="127.0.0.60")
         await self.pool_cycle()

@@ -26,7 +26,8 @@ from mailfleet_sandbox import fake_senders
 from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sandbox.fake_senders import FakeSenders, free_port
 from mailfleet_sandbox.kube import ApiServer
-from sandbox_fixtures.operator import ManualClock, install_crds
+from sandbox_fixtures.operator import ManualClock, install_crds, pod_created, wait_for
+from sandbox_fixtures.real_cluster import node_heartbeats
 
 NS = "default"
 IPS = ["192.0.2.10", "192.0.2.11"]
@@ -70,6 +71,7 @@ class Harness:
         for ordinal in range(count):
             pod = f"{name}-{ordinal}"
             host = f"127.0.0.{20 + ordinal}"
+            await pod_created(self.api, NS, pod)
             await self.pods.start(pod, host)
             await self.api.set_pod_status(NS, pod, ready=True, pod_ip=host)
             self.node_of[pod] = "node-a" if ordinal == 1 else "node-b"
@@ -109,7 +111,8 @@ async def harness(kube_api: ApiServer, kubeconfig: Path) -> AsyncIterator[Harnes
         sender_image="sender:test",
     )
     connection = kube_config.load_connection(str(kubeconfig))
-    async with kube_client.Client(connection) as client:
+    async with kube_client.Client(connection) as client, \
+            node_heartbeats(kube_api, ["node-a", "node-b"]):
         h = Harness(kube_api, client, clock, pods, settings)
         try:
             yield h
@@ -165,13 +168,12 @@ async def test_a_pool_gets_owned_children_and_its_ips_spread_over_active_pods(
     assert config["throttles"]["rate"] == "50/s"  # 100/s over two active pods
 
     harness.api.delete("mailfleet.io/v1alpha1", "SendingPool", "mail", NS)
-    await harness.api.settle()
-    for _ in range(50):
-        if not harness.api.list("apps/v1", "StatefulSet", NS):
-            break
-        await asyncio.sleep(0.05)
-    assert harness.api.list("apps/v1", "StatefulSet", NS) == []
-    assert harness.api.list("v1", "ConfigMap", NS) == []
+    await harness.api.settle()  # garbage collection by owner reference
+    await wait_for(lambda: harness.api.list("apps/v1", "StatefulSet", NS) == [],
+                   within=30, message="the StatefulSet deleted")
+    await wait_for(lambda: not [c for c in harness.api.list("v1", "ConfigMap", NS)
+                                if c["metadata"]["name"] == "mail-config"],
+                   within=30, message="the ConfigMap deleted")
 
 
 async def test_ips_move_on_unready_pod_node_failure_fencing_and_dnsbl(harness: Harness) -> None:

@@ -33,6 +33,7 @@ from sandbox_fixtures.operator import (
     operator_settings,
     wait_for,
 )
+from sandbox_fixtures.real_cluster import node_heartbeats
 
 NS = "default"
 API = "mailfleet.io/v1alpha1"
@@ -376,7 +377,8 @@ async def test_the_operator_sees_nodes_and_moves_the_ip_of_a_pod_on_a_failed_nod
         kube_api.create(node(name, True))
         kube_api.patch("v1", "Node", name, {"status": node(name, True)["status"]},
                        subresource="status")
-    async with world(kube_api, kubeconfig, dns_server, port) as kubelet:
+    async with node_heartbeats(kube_api, ["node-a", "node-b"]), \
+            world(kube_api, kubeconfig, dns_server, port) as kubelet:
         kube_api.create(pool_body(port, replicas=1, standbyReplicas=1))
         await wait_for(lambda: len(kubelet.senders) == 2, message="two pods running")
         for pod, where in (("mail-0", "node-a"), ("mail-1", "node-b")):
@@ -390,6 +392,8 @@ async def test_the_operator_sees_nodes_and_moves_the_ip_of_a_pod_on_a_failed_nod
         kube_api.patch("v1", "Node", "node-a", {"status": node("node-a", False)["status"]},
                        subresource="status")
         await wait_for(lambda: holders() == {"mail-1"}, message="both IPs on the standby")
-        assert kubelet.senders["mail-1"].addresses == IPS
+        # The grant reaches the standby's sender within the cycle that wrote the status.
+        await wait_for(lambda: kubelet.senders["mail-1"].addresses == IPS,
+                       message="the standby holding both IPs")
         assert kubelet.senders["mail-0"].leases == []  # released (the pod still answered)
         assert events(kube_api, "IPFailingOver")

@@ -47,9 +47,17 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 @pytest.fixture(scope="session")
 def real_cluster(real_control_plane: object) -> RealCluster:
     """The session's real control plane with the emulator's calls (see real_cluster.py)."""
+    from sandbox_fixtures.operator import DNSENDPOINT_CRD, install_crds
     from sandbox_fixtures.real_cluster import RealCluster
 
-    return RealCluster(real_control_plane)  # type: ignore[arg-type]
+    cluster = RealCluster(real_control_plane)  # type: ignore[arg-type]
+    # The CRDs the tests use, once (as a Helm install would, before the operator): they stay
+    # for the session, and the garbage collector must know them before a test deletes a
+    # SendingPool and waits for its children to go.
+    install_crds(cluster)  # type: ignore[arg-type]
+    group, version = DNSENDPOINT_CRD["spec"]["group"], DNSENDPOINT_CRD["spec"]["versions"][0]
+    cluster.wait_for_garbage_collection(f"{group}/{version['name']}", "DNSEndpoint")
+    return cluster
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from mailfleet_operator import running
 from mailfleet_operator import settings as settings_module
 from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sandbox.kube import ApiServer
+from mailfleet_sandbox.kube.errors import ApiError
 
 CRD_DIR = Path(__file__).resolve().parents[2] / "crds"
 API_VERSION = "mailfleet.io/v1alpha1"
@@ -113,6 +114,22 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {message}; last: {last!r}")
         await asyncio.sleep(interval)
+
+
+async def pod_created(api: ApiServer, namespace: str, name: str, within: float = 30.0) -> None:
+    """Wait until a controller (the StatefulSet controller, say) has made pod `name`: at once
+    after `settle()` on the emulator, a moment later on a real control plane."""
+
+    def exists() -> bool:
+        try:
+            api.get("v1", "Pod", name, namespace)
+        except ApiError as error:
+            if error.code == 404:
+                return False
+            raise
+        return True
+
+    await wait_for(exists, within=within, message=f"pod {namespace}/{name}")
 
 
 class ManualClock(settings_module.Clock):

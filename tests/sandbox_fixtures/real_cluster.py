@@ -13,15 +13,17 @@ it is Established, as `kubectl wait --for condition=established` would.
 
 from __future__ import annotations
 
+import asyncio
 import builtins
+import contextlib
 import ssl
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mailfleet_sandbox import control_plane
+from mailfleet_sandbox import control_plane, kubelet
 from mailfleet_sandbox.cluster_api import ClusterApi
 from mailfleet_sandbox.kube.errors import ApiError
 
@@ -132,6 +134,30 @@ class RealCluster:
             if time.monotonic() > deadline:
                 raise AssertionError(f"CRD {name} not Established within {within}s")
             time.sleep(0.05)
+
+    def wait_for_garbage_collection(self, api_version: str, kind: str, within: float = 120.0
+                                    ) -> None:
+        """Return once the garbage collector deletes dependents of a `kind` object: it
+        learns new resources from discovery every 30 s, and until then children of a deleted
+        custom resource stay. Probed with a throwaway object owning a ConfigMap."""
+        owner = self.api.create({"apiVersion": api_version, "kind": kind,
+                                 "metadata": {"name": "gc-probe", "namespace": "default"}})
+        self.api.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {
+            "name": "gc-probe", "namespace": "default", "ownerReferences": [{
+                "apiVersion": api_version, "kind": kind, "name": "gc-probe",
+                "uid": owner["metadata"]["uid"]}]}})
+        self.api.delete(api_version, kind, "gc-probe", "default")
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                self.api.get("v1", "ConfigMap", "gc-probe", "default")
+            except ApiError as error:
+                if error.code == 404:
+                    return
+                raise
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the garbage collector ignored {kind} for {within}s")
+            time.sleep(0.2)
 
     def _served(self, crd: JSON) -> bool:
         """Lists of the CRD's resource answer (not 429 while its storage initialises)."""
@@ -258,3 +284,49 @@ class RealCluster:
                 except ApiError as error:
                     if error.code != 404:
                         raise
+
+
+@contextlib.asynccontextmanager
+async def node_heartbeats(api: Any, nodes: Iterable[str],
+                          interval: float = 1.0) -> AsyncIterator[None]:
+    """Renew the `kube-node-lease` Leases of Nodes a test made by hand, as their kubelets
+    would, so that the node-lifecycle controller leaves their Ready condition (whatever the
+    test posts) and taints alone. Nothing to do on the emulator, which has no such
+    controller."""
+    if not isinstance(api, RealCluster):
+        yield
+        return
+    names = builtins.list(nodes)
+
+    def renew() -> None:
+        for name in names:
+            node = api.get("v1", "Node", name)
+            lease = {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                     "metadata": {"name": name, "namespace": kubelet.NODE_LEASE_NAMESPACE,
+                                  "ownerReferences": [{
+                                      "apiVersion": "v1", "kind": "Node", "name": name,
+                                      "uid": node["metadata"]["uid"]}]},
+                     "spec": {"holderIdentity": name,
+                              "leaseDurationSeconds": kubelet.NODE_LEASE_SECONDS,
+                              "renewTime": kubelet.micro_time()}}
+            try:
+                api.patch("coordination.k8s.io/v1", "Lease", name,
+                          {"spec": lease["spec"]}, kubelet.NODE_LEASE_NAMESPACE)
+            except ApiError as error:
+                if error.code != 404:
+                    raise
+                api.create(lease)
+
+    async def loop() -> None:
+        while True:
+            await asyncio.to_thread(renew)
+            await asyncio.sleep(interval)
+
+    await asyncio.to_thread(renew)
+    task = asyncio.create_task(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
