@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 import dns.asyncresolver
@@ -43,8 +44,8 @@ async def _is(resolver: dns.asyncresolver.Resolver, name: str, want: list[str]) 
     return await _a(resolver, name) == want
 
 
-async def test_service_names_follow_pod_readiness(kube_api: ApiServer,
-                                                  dns_server: DNSServer) -> None:
+async def test_service_names_follow_pod_readiness(kube_api: ApiServer, dns_server: DNSServer,
+                                                  kube_tls: ssl.SSLContext | None) -> None:
     resolver = dns_server.resolver()
     kube_api.create(_service("pool-pods", headless=True, not_ready_too=True))
     kube_api.create(_service("pool", headless=False))
@@ -53,7 +54,7 @@ async def test_service_names_follow_pod_readiness(kube_api: ApiServer,
     await kube_api.set_pod_status("default", "pool-0", pod_ip="127.0.77.1", node_name="n")
     await kube_api.set_pod_status("default", "pool-1", ready=False, pod_ip="127.0.77.2",
                                   node_name="n")
-    async with ClusterDNS(kube_api.url, dns_server):
+    async with ClusterDNS(kube_api.url, dns_server, ssl_context=kube_tls):
         # headless + publishNotReadyAddresses: every pod, ready or not, and per-pod names
         assert await eventually(lambda: _a(resolver, "pool-pods.default.svc")) == [
             "127.0.77.1", "127.0.77.2"]

@@ -3,6 +3,7 @@ server answers, including TXT updates and deletions (what DomainAuth's ExternalD
 
 from __future__ import annotations
 
+import ssl
 import time
 from typing import Any
 
@@ -72,9 +73,10 @@ async def _gone(resolver: dns.asyncresolver.Resolver, name: str) -> bool:
     return await _txt(resolver, name) is None
 
 
-async def test_lag_delays_visibility(kube_api: ApiServer, dns_server: DNSServer) -> None:
+async def test_lag_delays_visibility(kube_api: ApiServer, dns_server: DNSServer,
+                                     kube_tls: ssl.SSLContext | None) -> None:
     resolver = dns_server.resolver()
-    async with ExternalDNS(kube_api.url, dns_server, lag=0.6):
+    async with ExternalDNS(kube_api.url, dns_server, lag=0.6, ssl_context=kube_tls):
         created = time.monotonic()
         kube_api.create(_endpoint("slow", {"dnsName": "slow.example.test", "recordType": "TXT",
                                            "targets": ["pending"]}))

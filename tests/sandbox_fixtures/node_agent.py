@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -122,7 +123,8 @@ def nodes_schedulable(api: RealCluster) -> bool:
 
 
 @pytest.fixture
-async def external_dns(kube_api: ApiServer, dns_server: DNSServer) -> AsyncIterator[ExternalDNS]:
+async def external_dns(kube_api: ApiServer, dns_server: DNSServer,
+                       kube_tls: ssl.SSLContext | None) -> AsyncIterator[ExternalDNS]:
     """DNSEndpoints in `kube_api` served by `dns_server` (CRD registered), without lag."""
-    async with ExternalDNS(kube_api.url, dns_server) as feed:
+    async with ExternalDNS(kube_api.url, dns_server, ssl_context=kube_tls) as feed:
         yield feed
