@@ -13,9 +13,9 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from mailfleet_sandbox.kube import errors
+from mailfleet_sandbox.kube import errors, pod_status
 from mailfleet_sandbox.kube.controllers import Controllers
-from mailfleet_sandbox.kube.registry import Registry, Result, WriteOptions, now_rfc3339
+from mailfleet_sandbox.kube.registry import Registry, Result, WriteOptions
 from mailfleet_sandbox.kube.resources import ResourceType
 from mailfleet_sandbox.kube.server import HttpApi
 from mailfleet_sandbox.kube.store import Store
@@ -182,49 +182,6 @@ class ApiServer:
         if node_name and (pod.get("spec") or {}).get("nodeName") != node_name:
             self.bind_pod(namespace, name, node_name)
             pod = self.registry.get(rt, namespace, name)
-        stamp = now_rfc3339()
-        old = pod.get("status") or {}
-        old_conds = {c.get("type"): c for c in old.get("conditions") or []}
-
-        def cond(typ: str, value: bool) -> JSON:
-            status = "True" if value else "False"
-            prev = old_conds.get(typ)
-            when = prev.get("lastTransitionTime", stamp) if prev and prev.get(
-                "status") == status else stamp
-            return {"type": typ, "status": status, "lastProbeTime": None,
-                    "lastTransitionTime": when}
-
-        running = phase == "Running"
-        containers = []
-        prev_cs = {c.get("name"): c for c in old.get("containerStatuses") or []}
-        for c in (pod.get("spec") or {}).get("containers") or []:
-            prev = prev_cs.get(c["name"], {})
-            restarts = restart_count if restart_count is not None else prev.get(
-                "restartCount", 0)
-            state: JSON
-            if running:
-                state = {"running": {"startedAt": (prev.get("state") or {}).get(
-                    "running", {}).get("startedAt", stamp)}}
-            elif phase in ("Succeeded", "Failed"):
-                state = {"terminated": {"exitCode": 0 if phase == "Succeeded" else 1,
-                                        "reason": "Completed" if phase == "Succeeded"
-                                        else "Error", "finishedAt": stamp}}
-            else:
-                state = {"waiting": {"reason": "ContainerCreating"}}
-            containers.append({"name": c["name"], "image": c.get("image", ""),
-                               "imageID": "", "ready": running and ready, "started": running,
-                               "restartCount": restarts, "state": state})
-        status = dict(old, phase=phase, conditions=[
-            cond("PodScheduled", True), cond("Initialized", True),
-            cond("ContainersReady", running and ready), cond("Ready", running and ready)],
-            containerStatuses=containers)
-        if running and "startTime" not in status:
-            status["startTime"] = stamp
-        if pod_ip:
-            status["podIP"] = pod_ip
-            status["podIPs"] = [{"ip": pod_ip}]
-        if host_ip:
-            status["hostIP"] = host_ip
-            status["hostIPs"] = [{"ip": host_ip}]
+        status = pod_status.pod_status(pod, phase, ready, pod_ip, host_ip, restart_count)
         body = dict(pod, status=status)
         return self.registry.update(rt, namespace, name, body, "status").obj
