@@ -106,17 +106,22 @@ def now() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _others_keep(managers: dict[Manager, Owned], me: Manager,
+                 lost: set[Path]) -> dict[Manager, Owned]:
+    """Every other manager's ownership, less the fields this write changed or removed."""
+    out: dict[Manager, Owned] = {}
+    for key, owned in managers.items():
+        if key != me and owned.fields - lost:
+            out[key] = Owned(owned.fields - lost, owned.api_version, owned.time)
+    return out
+
+
 def record_update(managers: dict[Manager, Owned], me: Manager, api_version: str,
                   old: JSON, new: JSON, merge_key: patching.MergeKeyFn) -> dict[Manager, Owned]:
     """An Update (create, PUT, non-apply PATCH): `me` owns what it added or changed,
     nobody owns what it removed or what it took from others."""
     changed, removed = compare(old, new, merge_key)
-    out: dict[Manager, Owned] = {}
-    for key, owned in managers.items():
-        if key != me:
-            left = owned.fields - changed - removed
-            if left:
-                out[key] = Owned(left, owned.api_version, owned.time)
+    out = _others_keep(managers, me, changed | removed)
     mine = managers.get(me)
     fields = ((mine.fields if mine else set()) - removed) | changed
     if fields:
@@ -141,12 +146,7 @@ def record_apply(managers: dict[Manager, Owned], me: Manager, api_version: str, 
     """A (forced or conflict-free) apply: `me` owns exactly its configuration; others lose
     what it changed and what was removed."""
     changed, removed = compare(live, merged, merge_key)
-    out: dict[Manager, Owned] = {}
-    for key, owned in managers.items():
-        if key != me:
-            left = owned.fields - changed - removed
-            if left:
-                out[key] = Owned(left, owned.api_version, owned.time)
+    out = _others_keep(managers, me, changed | removed)
     if applied:
         out[me] = Owned(set(applied), api_version, now())
     return out
