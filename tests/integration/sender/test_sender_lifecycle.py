@@ -113,6 +113,20 @@ def _process_config(tmp_path: Path, dns: DNSServer, fleet: ProviderFleet) -> dic
     return base_config(tmp_path, dns=dns, destination_port=fleet.port, keys=keys)
 
 
+async def _until_refused(host: str, port: int, *, within: float) -> None:
+    """Wait until the listener refuses new connections (it closes as the drain begins)."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            _, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            return
+        writer.close()
+        await writer.wait_closed()
+        assert asyncio.get_running_loop().time() < deadline, "the listener never closed"
+        await asyncio.sleep(0.05)
+
+
 @pytest.mark.slow
 async def test_sigterm_finishes_open_transactions_and_exits_cleanly(
     tmp_path: Path, dns_server: DNSServer, provider_fleet: ProviderFleet
@@ -134,12 +148,10 @@ async def test_sigterm_finishes_open_transactions_and_exits_cleanly(
         await gmail.wait_until(lambda: gmail.open_connections["127.0.0.53"] > 0, 20, "in flight")
 
         proc.signal(signal.SIGTERM)
-        await asyncio.sleep(0.2)
+        await _until_refused("127.0.0.1", proc.smtp_port, within=20)  # draining: no new ones
         response = await client.data(b"From: a@example.test\r\nSubject: open\r\n\r\nbody\r\n")
         assert response.code == 250  # the open transaction was allowed to finish
         await client.quit()
-        with pytest.raises(OSError):
-            await asyncio.open_connection("127.0.0.1", proc.smtp_port)
 
         assert await proc.wait(timeout=20) == 0
         assert any(m.rcpt_to == ("inflight@gmail.test",) for m in gmail.messages)
