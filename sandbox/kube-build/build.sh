@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds the sandbox's real control plane from the official Go modules into a cache outside
-# the checkout, reused when present:
+# the checkout, reused while the pins are the same:
 #   $MAILFLEET_KUBE_CACHE (default ~/.cache/mailfleet/kubernetes/<version>/bin/)
 #     kube-apiserver kube-controller-manager kube-scheduler etcd
 # The versions are the ones pinned in go.mod (kubernetes) and etcd/go.mod (etcd).
@@ -17,21 +17,26 @@ minor="${kube_version#v*.}"; minor="${minor%%.*}"
 vpkg=k8s.io/component-base/version
 ldflags="-s -w -X $vpkg.gitVersion=$kube_version -X $vpkg.gitMajor=$major -X $vpkg.gitMinor=$minor"
 ldflags="$ldflags -X $vpkg.gitTreeState=clean -X $vpkg.buildDate=1970-01-01T00:00:00Z"
+# The cache is keyed by the build inputs' content (not their mtimes: a fresh clone's files are
+# all new), so every checkout of the same pins reuses the same binaries.
+key="$(cat "$here/go.mod" "$here/go.sum" "$here/etcd/go.mod" "$here/etcd/go.sum" "$0" \
+       | sha256sum | cut -c1-16)"
 start=$(date +%s)
+if [ "$(cat "$cache/build-key" 2>/dev/null)" = "$key" ] \
+   && [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kube-controller-manager" ] \
+   && [ -x "$bin/kube-scheduler" ] && [ -x "$bin/etcd" ]; then
+  echo "make kube: kubernetes $kube_version and etcd $etcd_version cached in $bin"
+  exit 0
+fi
+rm -f "$cache/build-key"
 for cmd in kube-apiserver kube-controller-manager kube-scheduler; do
-  if [ -x "$bin/$cmd" ] && [ "$bin/$cmd" -nt "$here/go.sum" ]; then
-    echo "make kube: $cmd $kube_version cached in $bin"; continue
-  fi
-  echo "make kube: building $cmd $kube_version (first build takes several minutes)"
+  echo "make kube: building $cmd $kube_version (the first build takes several minutes)"
   (cd "$here" && go build -ldflags "$ldflags" -o "$bin/$cmd.tmp" "k8s.io/kubernetes/cmd/$cmd")
   mv "$bin/$cmd.tmp" "$bin/$cmd"
 done
-if [ -x "$bin/etcd" ] && [ "$bin/etcd" -nt "$here/etcd/go.sum" ]; then
-  echo "make kube: etcd $etcd_version cached in $bin"
-else
-  echo "make kube: building etcd $etcd_version"
-  (cd "$here/etcd" && go build -ldflags "-s -w" -o "$bin/etcd.tmp" go.etcd.io/etcd/server/v3)
-  mv "$bin/etcd.tmp" "$bin/etcd"
-fi
+echo "make kube: building etcd $etcd_version"
+(cd "$here/etcd" && go build -ldflags "-s -w" -o "$bin/etcd.tmp" go.etcd.io/etcd/server/v3)
+mv "$bin/etcd.tmp" "$bin/etcd"
 printf '{"kubernetes": "%s", "etcd": "%s"}\n' "$kube_version" "$etcd_version" > "$cache/versions.json"
+echo "$key" > "$cache/build-key"
 echo "make kube: ready in $(( $(date +%s) - start )) s: $bin"

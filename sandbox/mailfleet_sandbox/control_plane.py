@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from mailfleet_sandbox import pki
+from mailfleet_sandbox import pki, volumes
 
 log = logging.getLogger(__name__)
 
@@ -276,9 +276,11 @@ class ControlPlane:
         handle = (self.log_dir / f"{name}.log").open("ab")
         self._logs.append(handle)
         self.started_seconds[name] = time.monotonic()
+        parent = os.getpid()
         self._procs[name] = await asyncio.create_subprocess_exec(
             str(self.bin_dir / name), *args, stdout=handle, stderr=handle,
-            stdin=asyncio.subprocess.DEVNULL, start_new_session=True)
+            stdin=asyncio.subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=lambda: volumes.die_with_parent(parent))
 
     def _log_tail(self, name: str, lines: int = 15) -> str:
         with contextlib.suppress(OSError):

@@ -463,10 +463,11 @@ def _try_namespaces(scratch: Path) -> bool:
     return done.returncode == 0 and done.stdout.strip() == b"ok"
 
 
-def _die_with_parent(parent: int) -> None:
-    """SIGKILL this pod's process when the agent that started it dies (PR_SET_PDEATHSIG,
-    kept across exec): a crashed or killed test run must not leave pods running and holding
-    their addresses. A kubelet's containers outlive it; sandbox pods are the agent's."""
+def die_with_parent(parent: int) -> None:
+    """SIGKILL this process when the one that started it dies (PR_SET_PDEATHSIG, kept across
+    exec): a crashed or killed test run must not leave pods (or control plane processes)
+    running and holding their addresses. A kubelet's containers outlive it; sandbox pods are
+    the agent's."""
     libc = ctypes.CDLL(None, use_errno=True)
     _check(libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "prctl")
     if os.getppid() != parent:  # the agent died before the prctl
@@ -481,7 +482,7 @@ def main(argv: Sequence[str]) -> int:
     parent = os.getppid()
     plan = LaunchPlan.load(Path(argv[1]).read_text())
     try:
-        _die_with_parent(parent)
+        die_with_parent(parent)
         _apply_plan(plan)
         if plan.workdir:
             os.chdir(plan.workdir)
