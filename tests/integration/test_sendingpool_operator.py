@@ -182,7 +182,9 @@ async def test_a_pool_run_by_the_operator_gets_children_status_and_printer_colum
         assert sorted((ip["address"], ip["state"]) for ip in status["ips"]) == [
             (IPS[0], "Active"), (IPS[1], "Active")
         ]
-        assert sorted(s.addresses[0] for s in kubelet.senders.values() if s.leases) == IPS
+        # the status names the holders; their leases reach the pods over the admin API
+        await wait_for(lambda: sorted(s.addresses[0] for s in kubelet.senders.values()
+                                      if s.leases) == IPS, message="both IPs leased to pods")
         assert status["selector"] == (
             "app.kubernetes.io/name=mailfleet-sender,mailfleet.io/pool=mail"
         )
