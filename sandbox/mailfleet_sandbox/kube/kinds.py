@@ -335,6 +335,13 @@ def validate_crd(crd: JSON) -> list[errors.Cause]:
     if not names.get("listKind") and names.get("kind"):
         names["listKind"] = f"{names['kind']}List"
     name = (crd.get("metadata") or {}).get("name", "")
+    protected = any(group == g or group.endswith("." + g) for g in ("k8s.io", "kubernetes.io"))
+    annotations = (crd.get("metadata") or {}).get("annotations") or {}
+    if protected and not annotations.get("api-approved.kubernetes.io"):
+        causes.append(errors.field_required(
+            "metadata.annotations[api-approved.kubernetes.io]",
+            'protected groups must have approval annotation "api-approved.kubernetes.io", '
+            "see https://github.com/kubernetes/enhancements/pull/1111"))
     if group and plural and name != f"{plural}.{group}":
         causes.append(errors.field_invalid("metadata.name", name,
                                            'must be spec.names.plural+"."+spec.group'))

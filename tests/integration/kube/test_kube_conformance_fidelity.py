@@ -286,3 +286,24 @@ def test_updates_record_ownership_that_applies_respect(raw: Raw, ns: str) -> Non
     assert [c["field"] for c in causes] == [".data.z"]
     assert "editor" in causes[0]["message"]
     assert raw("GET", path).body["data"] == {"x": "2", "z": "3"}
+
+
+def test_a_crd_in_a_protected_group_needs_the_approval_annotation(raw: Raw) -> None:
+    """Groups under k8s.io and kubernetes.io are reserved: a CRD there without the
+    `api-approved.kubernetes.io` annotation is 422 Invalid naming that annotation (what
+    external-dns's DNSEndpoint CRD carries for externaldns.k8s.io)."""
+    crd: dict[str, Any] = {
+        "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+        "metadata": {"name": "things.conformance.k8s.io"},
+        "spec": {"group": "conformance.k8s.io", "scope": "Namespaced",
+                 "names": {"plural": "things", "singular": "thing", "kind": "Thing"},
+                 "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
+                     "openAPIV3Schema": {"type": "object"}}}]}}
+    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    reply = raw("POST", path, crd)
+    assert (reply.status, reply.body["reason"]) == (422, "Invalid"), reply.body
+    assert "api-approved.kubernetes.io" in reply.body["message"]
+    crd["metadata"]["annotations"] = {
+        "api-approved.kubernetes.io": "https://github.com/kubernetes/enhancements/pull/1111"}
+    assert raw("POST", path, crd).status == 201
+    raw("DELETE", f"{path}/things.conformance.k8s.io")
