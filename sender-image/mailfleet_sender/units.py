@@ -139,7 +139,10 @@ def _parse_rate(text: str) -> Rate:
     if count <= 0:
         raise ValueError(f"invalid rate {text!r}: the count must be greater than zero")
     whole = int(count)
-    return Rate(count=whole if whole == count else count, per=_timedelta(period_seconds, text))
+    per = _timedelta(period_seconds, text)
+    if not per:  # below timedelta's microsecond: refused, never rounded to a zero period
+        raise ValueError(f"invalid rate {text!r}: the period is too short (under 1us)")
+    return Rate(count=whole if whole == count else count, per=per)
 
 
 def format_rate(rate: Rate) -> str:

@@ -119,10 +119,15 @@ def test_json_schema_carries_the_pattern_for_api_servers() -> None:
 def test_every_rate_the_schema_pattern_accepts_parses(text: str) -> None:
     try:
         rate = units.parse_rate(text)
-    except ValueError as exc:  # periods beyond what timedelta holds (millions of years)
-        assert "too long" in str(exc)
+    except ValueError as exc:  # periods beyond what timedelta holds (millions of years,
+        assert "too long" in str(exc) or "too short" in str(exc)  # or under a microsecond)
     else:
         assert rate.per_second > 0
+
+
+def test_a_rate_whose_period_rounds_to_nothing_is_refused_not_divided_by_zero() -> None:
+    with pytest.raises(ValueError, match="too short"):
+        units.parse_rate("1/0.0001ms")
 
 
 @given(st.from_regex(units.DURATION_PATTERN, fullmatch=True))
