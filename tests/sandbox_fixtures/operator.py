@@ -92,7 +92,7 @@ T = TypeVar("T")
 async def wait_for(
     check: Callable[[], T | Awaitable[T]],
     *,
-    within: float = 20.0,
+    within: float = 60.0,
     interval: float = 0.05,
     message: str = "condition",
 ) -> T:
