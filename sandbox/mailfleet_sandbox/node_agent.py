@@ -956,8 +956,20 @@ class NodeAgent:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         self._tasks = []
-        await asyncio.gather(*(w.stop(min(1.0, self.max_termination_grace))
-                               for w in self.workers.values()))
+        # Bounded: a pod that will not stop must not hang the agent's shutdown (a test run's
+        # teardown); whatever is left gets SIGKILL.
+        stopping = [asyncio.create_task(w.stop(min(1.0, self.max_termination_grace)))
+                    for w in self.workers.values()]
+        if stopping:
+            _, pending = await asyncio.wait(stopping, timeout=30.0)
+            if pending:
+                log.warning("node agent stop: %d pods did not stop within 30 s; killing them",
+                            len(pending))
+                for worker in self.workers.values():
+                    for container in worker.containers:
+                        container.signal(signal.SIGKILL)
+                for task in pending:
+                    task.cancel()
         self.workers.clear()
         await self._client.close()
         for client in self._node_clients.values():
