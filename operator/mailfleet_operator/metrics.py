@@ -90,6 +90,12 @@ POOL_PAUSES = prometheus_client.Counter(
     ["scope"],
     registry=REGISTRY,
 )
+LEADER = prometheus_client.Gauge(
+    "mailfleet_operator_leader",
+    "1 while this replica holds the leader Lease (renewed within the renew deadline), else 0; "
+    "1 when leader election is off.",
+    registry=REGISTRY,
+)
 
 
 async def start_http_server(

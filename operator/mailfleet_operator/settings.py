@@ -13,7 +13,7 @@ import time
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 ENV_PREFIX = "MAILFLEET_OPERATOR_"
 
@@ -129,8 +129,57 @@ class Settings(BaseModel):
             " on an unprivileged port."
         ),
     )
+    # --- Leader election (issue 14): what keeps two replicas from granting IPs at once ---
+    leader_election: bool = Field(
+        default=True,
+        description=(
+            "Elect a leader through a coordination.k8s.io Lease; only the leader grants and "
+            "renews IP leases, and a leader that cannot renew exits. kopf peering "
+            "(standalone=false) only coordinates handlers and does not fence."
+        ),
+    )
+    leader_election_namespace: str | None = Field(
+        default=None,
+        description=(
+            "Namespace of the leader Lease; unset: $POD_NAMESPACE, else the connection's "
+            "default namespace."
+        ),
+    )
+    leader_lease_name: str = Field(
+        default="mailfleet-operator-leader", description="Name of the leader Lease."
+    )
+    leader_lease_duration: float = Field(
+        default=15.0, gt=0,
+        description=(
+            "Seconds another replica waits, by its own clock, after it last saw the leader "
+            "Lease change before taking it over."
+        ),
+    )
+    leader_renew_deadline: float = Field(
+        default=10.0, gt=0,
+        description=(
+            "Seconds after its last successful renewal a leader stops leading (and exits); "
+            "below leader_lease_duration."
+        ),
+    )
+    leader_retry_period: float = Field(
+        default=2.0, gt=0,
+        description="Seconds between attempts to acquire or renew; below leader_renew_deadline.",
+    )
     log_format: Literal["json", "text"] = Field(default="json", description="Log line format.")
     log_level: str = Field(default="INFO", description="Python logging level.")
+
+    @model_validator(mode="after")
+    def _leader_timings_nest(self) -> Settings:
+        if not (
+            self.leader_retry_period < self.leader_renew_deadline < self.leader_lease_duration
+        ):
+            raise ValueError(
+                "leader election needs leader_retry_period < leader_renew_deadline < "
+                f"leader_lease_duration, got {self.leader_retry_period} / "
+                f"{self.leader_renew_deadline} / {self.leader_lease_duration}"
+            )
+        return self
 
     @classmethod
     def from_env(

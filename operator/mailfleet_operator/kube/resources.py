@@ -129,6 +129,13 @@ NODES = Resource(
     verbs=_verbs("list", "watch"), why="a NotReady node fails over the IPs of its sender pods",
 )
 
+LEASES = Resource(
+    group="coordination.k8s.io", version="v1", plural="leases", kind="Lease",
+    verbs=_verbs("get", "create", "patch"),
+    why="operator leader election (a Lease in the operator's namespace; the IP leases are "
+    "Leases in each pool's namespace), written only with resourceVersion preconditions",
+)
+
 ALL: tuple[Resource, ...] = (
     DOMAIN_AUTHS,
     SENDING_POOLS,
@@ -146,6 +153,7 @@ ALL: tuple[Resource, ...] = (
     POD_DISRUPTION_BUDGETS,
     PODS,
     NODES,
+    LEASES,
 )
 
 
