@@ -1,5 +1,6 @@
-"""Time as the sender sees it: wall-clock seconds for schedules, leases and quota days, and
-monotonic seconds for rates and timeouts. Injectable so tests and the sandbox control it.
+"""Time as the sender sees it: wall-clock seconds for schedules and quota days, and
+monotonic seconds for leases (a skewed or stepped wall clock must not stretch them), rates and
+timeouts. Injectable so tests and the sandbox control it.
 
 Quota days are `day_length` seconds long, counted from the Unix epoch: with the default 24 h a
 day is a UTC day; the sandbox sets e.g. 60 s to run a warm-up schedule in minutes. It is a

@@ -146,6 +146,25 @@ class Delivery(ConfigModel):
     opportunistic_tls: bool = Field(
         default=True, description="STARTTLS when the MX offers it (certificates not verified)."
     )
+    lease_margin: units.Duration = Field(
+        default="1s",
+        description=(
+            "Safety margin before a source IP's lease runs out (counted on the pod's monotonic "
+            "clock): with less than this left no connection or SMTP transaction is started "
+            "from the IP, and an attempt still running when only this much is left is aborted "
+            "(connection closed, message requeued). Keep it well below the lease TTL."
+        ),
+    )
+    bind_source: bool = Field(
+        default=True,
+        description=(
+            "Bind the leased IP as the source address of outbound connections (attachment mode "
+            "Bind). False when a CNI source-NATs the holder pod's traffic to the leased IP: the "
+            "sender then binds the pod's own IP (POD_IP) when known, else nothing, and still "
+            "greets with the lease's HELO name; quotas and per-IP counts stay keyed by the "
+            "leased IP."
+        ),
+    )
 
     @model_validator(mode="after")
     def _relay_when_relay_mode(self) -> Delivery:

@@ -2,7 +2,9 @@
 source IP and HELO name, carrying several messages in turn.
 
 Protocol only: the session turns every answer (or failure to get one) into a `hooks.Reply`
-with the stage it happened at; what to do with it is the scheduler's business.
+with the stage it happened at; what to do with it is the scheduler's business. The session
+also tells whether the end of a transaction's DATA was written (`data_sent`): an attempt
+aborted after that point may have been delivered, one aborted before it cannot have been.
 
 TLS: to MX hosts STARTTLS is opportunistic and unauthenticated (RFC 7435: encrypting beats
 refusing, and MX certificates rarely match); to a relay it is what the config says, and the
@@ -17,6 +19,7 @@ import ssl
 from collections.abc import Sequence
 
 import aiosmtplib
+import aiosmtplib.protocol
 
 from mailfleet_sender.hooks import Reply
 
@@ -77,6 +80,8 @@ class Session:
         self.mx_host = mx_host
         self.sent = 0
         self.broken = False
+        self.data_sent = False
+        """The current (or last) transaction's message and final dot were written."""
 
     @property
     def tls(self) -> bool:
@@ -85,6 +90,7 @@ class Session:
     async def send(self, *, sender: str, recipient: str, data: bytes) -> Reply:
         smtp = self._smtp
         self.sent += 1
+        self.data_sent = False
         stage = "mail"
         try:
             await smtp.mail(sender, options=[f"SIZE={len(data)}"] if smtp.supports_extension(
@@ -92,7 +98,7 @@ class Session:
             stage = "rcpt"
             await smtp.rcpt(recipient)
             stage = "data"
-            response = await smtp.data(data)
+            response = await self._data(data)
         except aiosmtplib.SMTPResponseException as exc:
             reply = parse_reply(exc.code, exc.message, stage, self.mx_host)
             if exc.code == 421 or not smtp.is_connected:
@@ -110,6 +116,30 @@ class Session:
                       mx_host=self.mx_host)
             ) from exc
         return parse_reply(response.code, response.message, "data", self.mx_host)
+
+    async def _data(self, data: bytes) -> aiosmtplib.SMTPResponse:
+        """DATA as `SMTP.data` does it, but marking the moment the message is written (right
+        after the 354, with no await in between), which `SMTP.data` does not expose."""
+        smtp = self._smtp
+        start = await smtp.execute_command(b"DATA")
+        if start.code != aiosmtplib.SMTPStatus.start_input:
+            raise aiosmtplib.SMTPDataError(start.code, start.message)
+        protocol = smtp.protocol
+        if protocol is None:
+            raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        message = aiosmtplib.protocol.normalize_message_line_endings(data)
+        protocol.write(aiosmtplib.protocol.PERIOD_REGEX.sub(b"..", message) + b".\r\n")
+        self.data_sent = True
+        response = await protocol.read_response(timeout=smtp.timeout)
+        if response.code != aiosmtplib.SMTPStatus.completed:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
+
+    def abort(self) -> None:
+        """Drop the connection without QUIT: the lease under it is ending, nothing more may
+        leave from its address."""
+        self.broken = True
+        self._smtp.close()
 
     async def close(self) -> None:
         smtp = self._smtp

@@ -7,6 +7,14 @@ A lane is one (source IP, site) pair with up to `maxConnections` worker tasks; e
 one SMTP connection and, per message: takes tokens from the gate in priority order, pops the
 best delivery, re-checks its lease and quota, signs, sends, and records the outcome.
 
+Leases bound every attempt: a worker starts no connection or transaction on a source with less
+than `delivery.leaseMargin` of lease left, and each attempt (signing, connect, MAIL..end of
+DATA) runs under an `asyncio.timeout` set to the lease's deadline minus that margin, moved
+when a renewal extends the lease and brought forward to now when the IP is revoked. An attempt
+cut short this way is not a delivery failure: its connection is dropped and the message goes
+back through source choice (parked until a lease is granted again); its quota reservation is
+kept only if the end of DATA had been written (it may have been delivered).
+
 Every outcome goes to the spool without waiting (see `spool` for why that is safe) and to the
 deliverability hooks, which also decide the envelope sender (VERP), the headers added before
 and after signing, and slow a provider down (`pace`: its token buckets run at a fraction of
@@ -78,6 +86,21 @@ class Reservation:
     open: bool = True
 
 
+@dataclasses.dataclass(eq=False)
+class Attempt:
+    """One delivery attempt under its source's lease deadline (see `Engine._cutoff`)."""
+
+    source: leases.Source
+    timeout: asyncio.Timeout
+    session: delivering.Session | None = None
+    sending: bool = False
+    """The transaction (MAIL..DATA) has started on `session`."""
+
+
+class LeaseEnding(Exception):
+    """Less than the lease margin is left: the attempt must not start anything new."""
+
+
 @dataclasses.dataclass
 class DayCounts:
     day: int
@@ -133,6 +156,7 @@ class Engine:
         self._sign_pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="dkim")
         self._inflight = 0
         self._inflight_by_ip: dict[str, int] = collections.defaultdict(int)
+        self._attempts: set[Attempt] = set()
         self._settled = asyncio.Event()
         self.totals: collections.Counter[str] = collections.Counter()
         self.today = DayCounts(day=clock_.day())
@@ -245,7 +269,7 @@ class Engine:
                 _, _, delivery = heapq.heappop(self._timers)
                 if delivery.id in self._pending.get(delivery.class_name, {}):
                     self._routing[delivery.domain].append(delivery)
-            self._expire_lanes(now)
+            self._expire_lanes()
             self._route_due()
             if self.clock.monotonic() - last_sweep >= 1.0:
                 last_sweep = self.clock.monotonic()
@@ -332,8 +356,7 @@ class Engine:
             self._kick(lane)
 
     def _pick_source(self, class_name: str) -> leases.Source | None:
-        now = self.clock.wall()
-        sources = self.leases.valid(now)
+        sources = self.leases.usable(self._margin())
         if not sources and not self.cfg.delivery.require_lease:
             return self._local_source()
         self._turn += 1
@@ -349,7 +372,7 @@ class Engine:
         return leases.Source(
             address=LOCAL_SOURCE,
             helo_name=self.cfg.delivery.helo_name or self.hostname,
-            expires_at=math.inf,
+            deadline=math.inf,
             lease_id="",
             warmup=False,
             quota=None,
@@ -357,12 +380,28 @@ class Engine:
         )
 
     def _source(self, address: str) -> leases.Source | None:
+        """The source a lane may start attempts on now; None when it has none (any more)."""
         if address == LOCAL_SOURCE:
-            if self.cfg.delivery.require_lease or self.leases.valid(self.clock.wall()):
+            if self.cfg.delivery.require_lease or self.leases.usable(self._margin()):
                 return None
             return self._local_source()
         source = self.leases.get(address)
-        return source if source is not None and source.valid(self.clock.wall()) else None
+        return source if source is not None and self._usable(source) else None
+
+    def _margin(self) -> float:
+        return units.duration_seconds(self.cfg.delivery.lease_margin)
+
+    def _usable(self, source: leases.Source) -> bool:
+        """More than the margin of lease is left: a connection or transaction may start."""
+        return source.remaining(self.clock.monotonic()) > self._margin()
+
+    def _cutoff(self, source: leases.Source) -> float | None:
+        """The lease's deadline minus the margin, in event-loop time (what asyncio timers
+        use); None for the pod's own address, which has no lease."""
+        if math.isinf(source.deadline):
+            return None
+        left = source.remaining(self.clock.monotonic()) - self._margin()
+        return asyncio.get_running_loop().time() + left
 
     def _hold(self, delivery: spool.Delivery) -> None:
         """No usable DKIM key for the From domain: keep the mail, never send it unsigned."""
@@ -396,7 +435,11 @@ class Engine:
             bucket[:] = keep
 
     def sources_changed(self, revoked: Sequence[str] = ()) -> None:
-        """Leases granted, renewed or revoked: move mail off dead sources, retry parked mail."""
+        """Leases granted, renewed or revoked: move running attempts' deadlines (a revoked
+        source's to now), move mail off dead sources, retry parked mail."""
+        for attempt in self._attempts:
+            if not attempt.timeout.expired():
+                attempt.timeout.reschedule(self._cutoff(attempt.source))
         for lane in list(self._lanes.values()):
             if lane.address in revoked or self._source(lane.address) is None:
                 self._evict(lane)
@@ -415,7 +458,7 @@ class Engine:
             self._routing[delivery.domain].append(delivery)
         self._wake.set()
 
-    def _expire_lanes(self, now: float) -> None:
+    def _expire_lanes(self) -> None:
         for lane in list(self._lanes.values()):
             if self._source(lane.address) is None:
                 self._evict(lane)
@@ -586,7 +629,10 @@ class Engine:
         finally:
             lane.workers -= 1
             if session is not None:
-                await session.close()
+                if self._source(lane.address) is None:
+                    session.abort()  # no QUIT from an address whose lease is ending
+                else:
+                    await session.close()
             if lane.queue and not self._halt:
                 if lane.closed:
                     self._close_lane(lane)
@@ -640,64 +686,114 @@ class Engine:
         """One attempt; returns the session to reuse (None when it must not be reused)."""
         self._inflight += 1
         reservation = self._reserve(source)
-        context = self._context(delivery, source.address)
+        attempt = Attempt(source=source, timeout=asyncio.timeout_at(self._cutoff(source)),
+                          session=session)
+        self._attempts.add(attempt)
         try:
-            data = await self._signed_data(delivery, context)
-            if data is None:
-                self._give_back(source, reservation)
-                self._hold(delivery)
-                return session
-            if session is not None and (
-                session.broken or session.sent >= self.cfg.delivery.messages_per_connection
-            ):
-                await session.close()
-                session = None
-            if session is None:
-                try:
-                    session = await delivering.connect(
-                        self._target(lane),
-                        source_address=self._bind_address(source),
-                        helo_name=source.helo_name,
-                        timeouts=self._timeouts(),
-                    )
-                except delivering.DeliveryFailure as failure:
-                    self._give_back(source, reservation)
-                    self._connection_failed(lane, delivery, failure.reply)
-                    return None
-            if self.hooks.is_suppressed(delivery.recipient, delivery.class_name):
-                # Suppressed while this attempt was being signed or connected: not attempted.
-                self._give_back(source, reservation)
-                self._suppress(delivery)
-                return session
-            sender = self.hooks.return_path(context) or delivery.sender
-            try:
-                reply = await session.send(sender=sender, recipient=delivery.recipient, data=data)
-            except delivering.DeliveryFailure as failure:
-                self._settle(source, reservation)
-                self._failed(delivery, failure.reply, source=source.address,
-                             provider=lane.provider, count_attempt=True, site=lane.site)
-                await session.close()
-                return None
-            self._settle(source, reservation)
-            if 200 <= reply.code < 300:
-                self._finish(
-                    delivery, "delivered", reply, verdict=hooks.Verdict.DELIVERED,
-                    source=source.address, provider=lane.provider, site=lane.site,
-                )
-            else:
-                self._failed(delivery, reply, source=source.address, provider=lane.provider,
-                             count_attempt=True, site=lane.site)
-            if session.broken:
-                await session.close()
-                return None
-            return session
+            async with attempt.timeout:
+                return await self._attempt(lane, attempt, delivery, reservation)
+        except (TimeoutError, LeaseEnding) as error:
+            if isinstance(error, TimeoutError) and not attempt.timeout.expired():
+                raise
+            self._lease_ended(attempt, delivery, reservation)
+            return None
         finally:
+            self._attempts.discard(attempt)
             if reservation.open:  # cancelled or crashed mid-attempt: it may have gone out
                 reservation.open = False
                 self._release_inflight(source.address)
             self._inflight -= 1
             if not self._inflight:
                 self._settled.set()
+
+    async def _attempt(
+        self,
+        lane: Lane,
+        attempt: Attempt,
+        delivery: spool.Delivery,
+        reservation: Reservation,
+    ) -> delivering.Session | None:
+        source, session = attempt.source, attempt.session
+        context = self._context(delivery, source.address)
+        data = await self._signed_data(delivery, context)
+        if data is None:
+            self._give_back(source, reservation)
+            self._hold(delivery)
+            return session
+        if session is not None and (
+            session.broken or session.sent >= self.cfg.delivery.messages_per_connection
+        ):
+            await session.close()
+            session = attempt.session = None
+        if not self._usable(source):
+            raise LeaseEnding
+        if session is None:
+            try:
+                session = attempt.session = await delivering.connect(
+                    self._target(lane),
+                    source_address=self._bind_address(source),
+                    helo_name=source.helo_name,
+                    timeouts=self._timeouts(),
+                )
+            except delivering.DeliveryFailure as failure:
+                self._give_back(source, reservation)
+                self._connection_failed(lane, delivery, failure.reply)
+                return None
+        if self.hooks.is_suppressed(delivery.recipient, delivery.class_name):
+            # Suppressed while this attempt was being signed or connected: not attempted.
+            self._give_back(source, reservation)
+            self._suppress(delivery)
+            return session
+        if not self._usable(source):
+            raise LeaseEnding
+        sender = self.hooks.return_path(context) or delivery.sender
+        attempt.sending = True
+        try:
+            reply = await session.send(sender=sender, recipient=delivery.recipient, data=data)
+        except delivering.DeliveryFailure as failure:
+            self._settle(source, reservation)
+            self._failed(delivery, failure.reply, source=source.address,
+                         provider=lane.provider, count_attempt=True, site=lane.site)
+            await session.close()
+            return None
+        self._settle(source, reservation)
+        if 200 <= reply.code < 300:
+            self._finish(
+                delivery, "delivered", reply, verdict=hooks.Verdict.DELIVERED,
+                source=source.address, provider=lane.provider, site=lane.site,
+            )
+        else:
+            self._failed(delivery, reply, source=source.address, provider=lane.provider,
+                         count_attempt=True, site=lane.site)
+        if session.broken:
+            await session.close()
+            return None
+        return session
+
+    def _lease_ended(
+        self, attempt: Attempt, delivery: spool.Delivery, reservation: Reservation
+    ) -> None:
+        """The attempt reached its lease's deadline (or its IP was revoked): drop the
+        connection and put the message back through source choice, as not attempted. The
+        reservation stands only if the end of DATA was written: it may have been delivered."""
+        session = attempt.session
+        if session is not None:
+            session.abort()
+        if not reservation.open:
+            return  # the outcome was recorded already (cut short while closing): nothing to redo
+        written = attempt.sending and session is not None and session.data_sent
+        if written:
+            self._settle(attempt.source, reservation)
+        else:
+            self._give_back(attempt.source, reservation)
+        self.totals["lease_aborted"] += 1
+        log.warning(
+            "attempt stopped at the end of its lease",
+            extra={"source": attempt.source.address, "delivery": delivery.id,
+                   "data_sent": written},
+        )
+        self._routing[delivery.domain].append(delivery)
+        self._wake.set()
 
     def _reserve(self, source: leases.Source) -> Reservation:
         """Count one message against the IP's quota and its `sent` count for today *before*
@@ -769,7 +865,9 @@ class Engine:
         )
 
     def _bind_address(self, source: leases.Source) -> str | None:
-        if source.address == LOCAL_SOURCE:
+        """The leased IP itself (attachment mode Bind), else the pod's own address: with
+        `bindSource: false` a CNI rewrites the holder pod's traffic to the leased IP."""
+        if source.address == LOCAL_SOURCE or not self.cfg.delivery.bind_source:
             return self.pod_ip
         return source.address
 

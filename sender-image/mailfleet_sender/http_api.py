@@ -315,7 +315,7 @@ class Api:
         try:
             status = self.backend.assign(assignment)
         except leases.StaleAssignment as exc:
-            return _error(409, str(exc), "stale")
+            return _error(409, str(exc), exc.code)
         return web.json_response(status.model_dump(mode="json", by_alias=True))
 
     async def post_drain(self, request: web.Request) -> web.Response:

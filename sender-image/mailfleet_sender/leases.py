@@ -1,10 +1,19 @@
-"""Source-IP leases granted by the operator (`PUT /v1/assignment`). Pure: times come in as
-arguments (wall-clock epoch seconds), no I/O.
+"""Source-IP leases granted by the operator (`PUT /v1/assignment`). No I/O: time comes from
+the injected `clock.Clock`, and only its monotonic side.
 
-Self-fencing: the sender uses an IP only while `now < expiresAt`, whatever happens to the
-operator or the network, so an operator that moves an IP to another pod only has to wait for
-the old lease to run out. Leases live in memory only: after a restart the pod holds none until
-the operator grants them again.
+Self-fencing: a lease lasts `ttlSeconds` from the moment the pod received it, counted on the
+monotonic clock, so neither clock skew between operator and pod nor an NTP step of the pod's
+wall clock can stretch it. The sender uses an IP only while its deadline lies ahead (the engine
+also keeps a safety margin, see `dispatching`), whatever happens to the operator or the
+network, so an operator that moves an IP to another pod only has to wait for the old lease's
+TTL (counted from before it sent the grant) to run out. Leases live in memory only: after a
+restart the pod holds none until the operator grants them again.
+
+Fencing epochs: every lease carries its IP's epoch (the Kubernetes Lease's leaseTransitions,
+raised on each transfer). The table remembers the highest epoch it ever accepted per address,
+also across revocations, for the life of the process; an assignment with an older epoch for
+any address comes from an operator that has not seen the transfer (a delayed request, a
+deposed leader) and is refused whole.
 
 Quota: `quotaRemaining` is what the IP may still send today as of the grant. The sender counts
 a message against it when its attempt *starts* (a reservation, returned if the attempt never
@@ -20,11 +29,20 @@ from __future__ import annotations
 
 import dataclasses
 
-from mailfleet_sender import wire
+from mailfleet_sender import clock, wire
 
 
 class StaleAssignment(ValueError):
-    """An assignment older than the one already applied (HTTP 409)."""
+    """An assignment older than the one already applied (HTTP 409, code `stale`)."""
+
+    code = "stale"
+
+
+class StaleEpoch(StaleAssignment):
+    """An assignment with a lease whose epoch is older than one already accepted for its
+    address (HTTP 409, code `staleEpoch`)."""
+
+    code = "staleEpoch"
 
 
 @dataclasses.dataclass
@@ -33,17 +51,24 @@ class Source:
 
     address: str
     helo_name: str
-    expires_at: float
+    deadline: float
+    """End of the lease on the monotonic clock (receipt time + TTL)."""
     lease_id: str
     warmup: bool
     quota: int | None
     classes: frozenset[str] | None
+    epoch: int = 0
     used: int = 0
     """Messages counted against `quota` since the grant (including the basis correction)."""
     revoked: bool = False
 
     def valid(self, now: float) -> bool:
-        return not self.revoked and now < self.expires_at
+        """`now` is monotonic."""
+        return not self.revoked and now < self.deadline
+
+    def remaining(self, now: float) -> float:
+        """Seconds of lease left at monotonic `now`; 0 when expired or revoked."""
+        return 0.0 if self.revoked else max(0.0, self.deadline - now)
 
     def quota_left(self) -> int | None:
         return None if self.quota is None else max(0, self.quota - self.used)
@@ -60,32 +85,38 @@ class Change:
     revoked: tuple[str, ...]
 
 
+_GrantKey = tuple[str, int, int | None, int | None]
+"""(leaseId, epoch, quotaRemaining, sentTodayBasis): the same key is a renewal."""
+
+
 class LeaseTable:
-    def __init__(self) -> None:
+    def __init__(self, clock_: clock.Clock | None = None) -> None:
+        self.clock = clock_ or clock.Clock()
         self.sources: dict[str, Source] = {}
         self.generation = 0
-        self._grants: dict[str, tuple[str, int | None, int | None]] = {}
+        self._grants: dict[str, _GrantKey] = {}
+        self._epochs: dict[str, int] = {}
+        """Highest epoch ever accepted per address, kept after revocation."""
 
     def apply(
         self,
         assignment: wire.Assignment,
         *,
-        now: float,
         sent_today: dict[str, int],
         in_flight: dict[str, int] | None = None,
     ) -> Change:
         """Replace the lease set; IPs not in the new set are revoked at once. `sent_today`
-        counts reservations (attempts started today); `in_flight` the ones not answered yet."""
-        if assignment.generation < self.generation:
-            raise StaleAssignment(
-                f"generation {assignment.generation} is older than {self.generation}"
-            )
+        counts reservations (attempts started today); `in_flight` the ones not answered yet.
+        Raises `StaleAssignment` (or its `StaleEpoch`) before changing anything."""
+        received = self.clock.monotonic()
+        self._check(assignment)
         self.generation = assignment.generation
         granted: list[str] = []
         kept: dict[str, Source] = {}
-        grants: dict[str, tuple[str, int | None, int | None]] = {}
+        grants: dict[str, _GrantKey] = {}
         for lease in assignment.leases:
-            key = (lease.lease_id, lease.quota_remaining, lease.sent_today_basis)
+            key = (lease.lease_id, lease.epoch, lease.quota_remaining, lease.sent_today_basis)
+            self._epochs[lease.address] = max(lease.epoch, self._epochs.get(lease.address, 0))
             old = self.sources.get(lease.address)
             if old is not None and self._grants.get(lease.address) == key and not old.revoked:
                 used = old.used
@@ -100,11 +131,12 @@ class LeaseTable:
             fresh = Source(
                 address=lease.address,
                 helo_name=lease.helo_name,
-                expires_at=lease.expires_at.timestamp(),
+                deadline=received + lease.ttl_seconds,
                 lease_id=lease.lease_id,
                 warmup=lease.warmup,
                 quota=lease.quota_remaining,
                 classes=frozenset(lease.classes) if lease.classes is not None else None,
+                epoch=lease.epoch,
                 used=used,
             )
             if old is not None and not old.revoked:
@@ -121,12 +153,32 @@ class LeaseTable:
         self._grants = grants
         return Change(granted=tuple(granted), revoked=tuple(revoked))
 
-    def valid(self, now: float) -> list[Source]:
+    def _check(self, assignment: wire.Assignment) -> None:
+        if assignment.generation < self.generation:
+            raise StaleAssignment(
+                f"generation {assignment.generation} is older than {self.generation}"
+            )
+        for lease in assignment.leases:
+            known = self._epochs.get(lease.address)
+            if known is not None and lease.epoch < known:
+                raise StaleEpoch(
+                    f"lease for {lease.address} has epoch {lease.epoch}, older than epoch "
+                    f"{known} already accepted for it"
+                )
+
+    def valid(self) -> list[Source]:
+        now = self.clock.monotonic()
         return [s for s in self.sources.values() if s.valid(now)]
+
+    def usable(self, margin: float) -> list[Source]:
+        """Sources with more than `margin` seconds of lease left: the ones a new connection
+        or transaction may start on."""
+        now = self.clock.monotonic()
+        return [s for s in self.sources.values() if s.remaining(now) > margin]
 
     def get(self, address: str) -> Source | None:
         return self.sources.get(address)
 
-    def next_expiry(self, now: float) -> float | None:
-        times = [s.expires_at for s in self.sources.values() if s.valid(now)]
-        return min(times) if times else None
+    def epoch_of(self, address: str) -> int | None:
+        """Highest epoch ever accepted for `address` (None: never leased here)."""
+        return self._epochs.get(address)

@@ -127,7 +127,7 @@ class Service:
         self.clock.day_length = units.duration_seconds(self.cfg.clock.day_length)
         self.hostname = self.cfg.submission.hostname or self.identity.pod_name
         self.keys = keys.KeyStore()
-        self.leases = leases.LeaseTable()
+        self.leases = leases.LeaseTable(self.clock)
         self.draining = False
         self.stopping = False
         self._stopped = asyncio.Event()
@@ -391,7 +391,7 @@ class Service:
     def assign(self, assignment: wire.Assignment) -> wire.AssignmentStatus:
         sent = {addr: n for (addr, kind), n in self.engine.counts_today().per_ip.items()
                 if kind == "sent"}
-        change = self.leases.apply(assignment, now=self.clock.wall(), sent_today=sent,
+        change = self.leases.apply(assignment, sent_today=sent,
                                    in_flight=self.engine.inflight_by_ip())
         log.info(
             "assignment applied",
@@ -402,7 +402,7 @@ class Service:
         return self.assignment_status()
 
     def assignment_status(self) -> wire.AssignmentStatus:
-        now = self.clock.wall()
+        now = self.clock.monotonic()
         counts = self.engine.counts_today()
         return wire.AssignmentStatus(
             pod=self.identity.pod_name,
@@ -413,7 +413,8 @@ class Service:
                     address=s.address,
                     helo_name=s.helo_name,
                     lease_id=s.lease_id,
-                    expires_at=datetime.datetime.fromtimestamp(s.expires_at, datetime.UTC),
+                    epoch=s.epoch,
+                    expires_in_seconds=s.remaining(now),
                     valid=s.valid(now),
                     warmup=s.warmup,
                     quota_remaining=s.quota_left(),
@@ -426,6 +427,7 @@ class Service:
     def stats(self) -> wire.Stats:
         counts = self.engine.counts_today()
         addresses = sorted({a for a, _ in counts.per_ip} | set(self.leases.sources))
+        wall, now = self.clock.wall(), self.clock.monotonic()
         ips = []
         for address in addresses:
             source = self.leases.get(address)
@@ -439,7 +441,9 @@ class Service:
                     complained_today=counts.per_ip.get((address, "complained"), 0),
                     quota_remaining=source.quota_left() if source else None,
                     lease_expires_at=(
-                        datetime.datetime.fromtimestamp(source.expires_at, datetime.UTC)
+                        datetime.datetime.fromtimestamp(
+                            wall + source.remaining(now), datetime.UTC
+                        )
                         if source
                         else None
                     ),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import datetime
 from typing import Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
 
 
@@ -24,12 +24,28 @@ class ResponseModel(BaseModel):
 
 
 class Lease(RequestModel):
-    """The right to send from one source IP until `expiresAt` (self-fencing: the sender stops
-    at expiry even if it never hears from the operator again)."""
+    """The right to send from one source IP for `ttlSeconds` from the moment the pod receives
+    it (self-fencing: the sender stops when the TTL ran out on its monotonic clock, even if it
+    never hears from the operator again; a skewed or stepped wall clock changes nothing).
+    `epoch` fences stale grants: the sender refuses an epoch older than one it accepted."""
 
     address: str = Field(description="Source IP address to bind outbound connections to.")
     helo_name: str = Field(description="EHLO name for connections from this IP.")
-    expires_at: AwareDatetime = Field(description="RFC 3339 time at which the lease ends.")
+    ttl_seconds: float = Field(
+        gt=0,
+        description=(
+            "How long the lease lasts from the moment the pod receives this request, counted "
+            "on the pod's monotonic clock (no wall-clock time crosses the wire)."
+        ),
+    )
+    epoch: int = Field(
+        ge=0,
+        description=(
+            "The IP's fencing epoch (its Kubernetes Lease's leaseTransitions). An assignment "
+            "carrying a lower epoch for an address than the pod ever accepted for it is "
+            "refused whole (409, code staleEpoch)."
+        ),
+    )
     quota_remaining: int | None = Field(
         default=None, ge=0, description="Messages this IP may still send today; null = no cap."
     )
@@ -50,7 +66,9 @@ class Lease(RequestModel):
 
 class Assignment(RequestModel):
     """PUT /v1/assignment: the complete set of leases this pod holds from now on. An IP absent
-    from the set is revoked at once; an older generation than the last one is refused (409)."""
+    from the set is revoked at once (SMTP transactions on it are aborted); an older generation
+    than the last one (409, code stale) or a lease with an older epoch than the pod accepted
+    for its address (409, code staleEpoch) is refused and changes nothing."""
 
     generation: int = Field(default=0, ge=0, description="Monotonic per pod, from the operator.")
     leases: list[Lease] = Field(default_factory=list)
@@ -60,7 +78,11 @@ class LeaseStatus(ResponseModel):
     address: str
     helo_name: str
     lease_id: str = ""
-    expires_at: datetime.datetime
+    epoch: int = 0
+    expires_in_seconds: float = Field(
+        default=0.0,
+        description="TTL left on the pod's monotonic clock; 0 when expired or revoked.",
+    )
     valid: bool
     warmup: bool = False
     quota_remaining: int | None = None
@@ -90,7 +112,13 @@ class IPStats(ResponseModel):
     deferred_today: int = 0
     complained_today: int = 0
     quota_remaining: int | None = None
-    lease_expires_at: datetime.datetime | None = None
+    lease_expires_at: datetime.datetime | None = Field(
+        default=None,
+        description=(
+            "For display only: the pod's wall-clock now plus the TTL left on its monotonic "
+            "clock (the lease itself is never judged by wall-clock time)."
+        ),
+    )
 
 
 class Totals(ResponseModel):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import datetime
 import os
 import socket
 import subprocess
@@ -26,7 +25,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from mailfleet_sandbox.dns import DNSServer
-from mailfleet_sender import dkim_signing, service
+from mailfleet_sender import clock, dkim_signing, service
 
 ADMIN_TOKEN = "admin-token-for-tests"
 API_KEY = "api-key-for-tests"
@@ -133,19 +132,22 @@ def lease(
     address: str,
     *,
     ttl: float = 300.0,
+    epoch: int = 0,
     quota: int | None = None,
     warmup: bool = False,
     helo: str | None = None,
     classes: list[str] | None = None,
+    lease_id: str | None = None,
 ) -> dict[str, Any]:
-    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=ttl)
+    """One lease of a `PUT /v1/assignment` body: `ttl` seconds from its receipt."""
     out: dict[str, Any] = {
         "address": address,
         "heloName": helo or f"mta-{address.replace('.', '-')}.example.test",
-        "expiresAt": expires.isoformat(),
+        "ttlSeconds": ttl,
+        "epoch": epoch,
         "quotaRemaining": quota,
         "warmup": warmup,
-        "leaseId": uuid.uuid4().hex[:8],
+        "leaseId": lease_id or uuid.uuid4().hex[:8],
     }
     if classes is not None:
         out["classes"] = classes
@@ -229,13 +231,16 @@ class SenderClient:
 class RunningSender:
     """An in-process sender started from a config dict (see `sender_factory`)."""
 
-    def __init__(self, directory: Path, cfg: dict[str, Any], env: dict[str, str]) -> None:
+    def __init__(
+        self, directory: Path, cfg: dict[str, Any], env: dict[str, str],
+        clock_: clock.Clock | None = None,
+    ) -> None:
         self.directory = directory
         self.cfg = cfg
         self.env = env
         self.config_path = write_projected(directory / "config", "sender.yaml",
                                            yaml.safe_dump(cfg))
-        self.service = service.Service(self.config_path, env=env, grace=5.0)
+        self.service = service.Service(self.config_path, env=env, clock_=clock_, grace=5.0)
         self.client = SenderClient(0)
 
     async def start(self) -> None:
@@ -260,15 +265,17 @@ SenderFactory = Callable[..., Awaitable[RunningSender]]
 
 @pytest.fixture
 async def sender_factory(tmp_path: Path) -> AsyncIterator[SenderFactory]:
-    """`await sender_factory(cfg_dict, pod="sender-0")` starts an in-process sender."""
+    """`await sender_factory(cfg_dict, pod="sender-0")` starts an in-process sender;
+    `clock_` gives it its own clock (e.g. a skewed wall clock)."""
     started: list[RunningSender] = []
 
     async def factory(cfg: dict[str, Any], *, pod: str = "sender-0",
-                      pod_ip: str | None = None) -> RunningSender:
+                      pod_ip: str | None = None,
+                      clock_: clock.Clock | None = None) -> RunningSender:
         env = {"POD_NAME": pod}
         if pod_ip:
             env["POD_IP"] = pod_ip
-        sender = RunningSender(tmp_path / pod, cfg, env)
+        sender = RunningSender(tmp_path / pod, cfg, env, clock_)
         await sender.start()
         started.append(sender)
         return sender

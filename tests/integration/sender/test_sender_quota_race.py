@@ -6,7 +6,6 @@ reservation leaks)."""
 from __future__ import annotations
 
 import asyncio
-import datetime
 import uuid
 from pathlib import Path
 from typing import Any
@@ -20,9 +19,8 @@ QUOTA = 40
 
 
 def _lease(quota: int, basis: int | None) -> dict[str, Any]:
-    expires = datetime.datetime.now(datetime.UTC) + datetime.timedelta(seconds=60)
     return {
-        "address": IP, "heloName": "mta-quota.example.test", "expiresAt": expires.isoformat(),
+        "address": IP, "heloName": "mta-quota.example.test", "ttlSeconds": 60, "epoch": 1,
         "quotaRemaining": quota, "sentTodayBasis": basis, "warmup": True,
         # A new grant id each time: the sender recomputes its count from the basis.
         "leaseId": uuid.uuid4().hex[:8],

@@ -1,12 +1,10 @@
 """Pure queue logic: token buckets and the priority gate, source choice under warm-up,
-ready-queue order, retries, leases."""
+ready-queue order, retries (leases: test_leases.py)."""
 
 from __future__ import annotations
 
-import datetime
-
 import pytest
-from mailfleet_sender import config, leases, scheduling, spool, throttles, wire
+from mailfleet_sender import config, leases, scheduling, spool, throttles
 
 
 def test_bucket_refills_at_its_rate_and_caps_at_its_burst() -> None:
@@ -35,7 +33,7 @@ def test_gate_serves_higher_priority_first_and_blocks_only_shared_buckets() -> N
 
 def _source(address: str, *, quota: int | None = None, warmup: bool = False,
             classes: frozenset[str] | None = None) -> leases.Source:
-    return leases.Source(address=address, helo_name="h", expires_at=1e12, lease_id="",
+    return leases.Source(address=address, helo_name="h", deadline=1e12, lease_id="",
                          warmup=warmup, quota=quota, classes=classes)
 
 
@@ -91,37 +89,3 @@ def test_class_max_age_falls_back_to_the_retry_max_age() -> None:
                               retry={"maxAge": "2d"})
     assert scheduling.max_age_seconds("a", cfg) == 3600
     assert scheduling.max_age_seconds("b", cfg) == 2 * 86400
-
-
-def _assignment(generation: int, *items: dict[str, object]) -> wire.Assignment:
-    expires = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC)
-    return wire.Assignment.model_validate({"generation": generation, "leases": [
-        {"address": "10.0.0.1", "heloName": "h", "expiresAt": expires, **item} for item in items
-    ]})
-
-
-def test_leases_revoke_missing_ips_refuse_stale_generations_and_count_quota() -> None:
-    table = leases.LeaseTable()
-    change = table.apply(_assignment(1, {"quotaRemaining": 10, "leaseId": "a"}), now=0,
-                         sent_today={})
-    assert change.granted == ("10.0.0.1",)
-    source = table.get("10.0.0.1")
-    assert source is not None
-    source.used = 4
-    table.apply(_assignment(2, {"quotaRemaining": 10, "leaseId": "a"}), now=0, sent_today={})
-    assert table.get("10.0.0.1").quota_left() == 6  # type: ignore[union-attr]  # renewal keeps count
-    table.apply(_assignment(3, {"quotaRemaining": 10, "leaseId": "b", "sentTodayBasis": 90}),
-                now=0, sent_today={"10.0.0.1": 93})
-    assert table.get("10.0.0.1").quota_left() == 7  # type: ignore[union-attr]  # stale read corrected
-    with pytest.raises(leases.StaleAssignment):
-        table.apply(_assignment(2), now=0, sent_today={})
-    change = table.apply(wire.Assignment(generation=4, leases=[]), now=0, sent_today={})
-    assert change.revoked == ("10.0.0.1",) and table.valid(0) == []
-    assert not source.valid(0)
-
-
-def test_lease_is_invalid_from_its_expiry_on() -> None:
-    table = leases.LeaseTable()
-    table.apply(_assignment(1, {}), now=0, sent_today={})
-    expiry = datetime.datetime(2030, 1, 1, tzinfo=datetime.UTC).timestamp()
-    assert table.valid(expiry - 0.001) and not table.valid(expiry)
