@@ -6,7 +6,8 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
-.PHONY: install test unit lint crds docs demo bench chart manifests images clean kube
+.PHONY: install test unit lint crds docs demo bench chart manifests images clean kube \
+	sandbox-tools
 
 install: $(STAMP)
 
@@ -21,7 +22,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: install lint kube
+test: install lint kube sandbox-tools
 	$(PY) -m pytest -q
 
 # The sandbox's real control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
@@ -32,6 +33,20 @@ kube:
 	@if command -v go >/dev/null 2>&1; then sandbox/kube-build/build.sh; \
 	else echo "make kube: skipped, no Go toolchain here; the sandbox uses its API emulator"; fi
 
+# Host tools the sandbox uses beyond Python: nft (Debian package nftables) for the egress
+# gateway stand-in (mailfleet_sandbox.egress_gateway). Installed only when missing and we are
+# root; otherwise a notice says what is missing (the sandbox then runs without the stand-in
+# and its tests skip).
+sandbox-tools:
+	@if command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "make sandbox-tools: installing nftables (nft) for the egress gateway stand-in"; \
+		(apt-get install -y --no-install-recommends nftables \
+		 || (apt-get update && apt-get install -y --no-install-recommends nftables)) \
+		 >/dev/null || echo "make sandbox-tools: apt-get could not install nftables"; \
+	else echo "make sandbox-tools: nft is missing (Debian package nftables, install as root);" \
+		"the sandbox runs without the egress gateway stand-in and its tests skip"; fi
+
 unit: install
 	$(PY) -m pytest -q tests/unit
 
@@ -41,7 +56,7 @@ crds: install
 docs: install
 	$(BIN)/mailfleet docs > docs/api-reference.md
 
-demo: install
+demo: install sandbox-tools
 	$(PY) -m mailfleet_sandbox.demo
 
 bench: install

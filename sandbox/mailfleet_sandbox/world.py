@@ -15,6 +15,8 @@ e2e tests run (DESIGN.md §5, issue 9).
   reports to it, and it hands them to the feedback port of a pod the pool's client Service
   routes to;
 - the node agent (nodes node-a, node-b, node-c) which runs the pods as processes;
+- the CiliumEgressGatewayPolicy CRD and, where nft is usable, the egress gateway stand-in
+  (`egress_gateway`: the policies' source NAT as nftables rules);
 - the operator as a Deployment in `mailfleet-system`, i.e. a separate process run by the node
   agent, configured for the sandbox by environment (`MAILFLEET_OPERATOR_*`): nameservers,
   the providers' SMTP port, the warm-up day length and short leases. Settings, never code
@@ -54,6 +56,7 @@ from aiosmtpd.smtp import SMTP, Envelope, Session
 from mailfleet_sandbox import (
     cluster_dns,
     control_plane,
+    egress_gateway,
     external_dns,
     kubelet,
     node_agent,
@@ -184,6 +187,7 @@ class SandboxWorld:
         self.external_dns: external_dns.ExternalDNS | None = None
         self.cluster_dns: cluster_dns.ClusterDNS | None = None
         self.agent: node_agent.NodeAgent | None = None
+        self.egress_gateway: egress_gateway.EgressGateway | None = None
         self.kubeconfig = self.root / "kubeconfig"
         self._stack = contextlib.AsyncExitStack()
         self._flush_task: asyncio.Task[None] | None = None
@@ -237,6 +241,9 @@ class SandboxWorld:
         await self._stack.enter_async_context(self.external_dns)
         self.cluster_dns = cluster_dns.ClusterDNS(self.api.url, self.dns, ssl_context=tls)
         await self._stack.enter_async_context(self.cluster_dns)
+        # Cilium's egress gateway stand-in (CRD always; nft rules when nft is usable here)
+        self.egress_gateway = await egress_gateway.start_for_world(
+            self._stack, self.api, self.api.url, ssl_context=tls)
         base = f"127.{random.randint(200, 250)}.{random.randint(0, 255)}."
         self.agent = node_agent.NodeAgent(
             self.api.url, [node_agent.NodeSpec(n, {"topology.kubernetes.io/zone": n[-1]})
