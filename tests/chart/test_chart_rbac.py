@@ -246,16 +246,37 @@ def test_kopf_needs_are_granted(mode: str) -> None:
     assert missing == set()
 
 
+DECLARED_AHEAD: set[Use] = {
+    (resource.group, resource.plural, verb)
+    for resource in (resources.CILIUM_EGRESS_GATEWAY_POLICIES, resources.ANTREA_EGRESSES,
+                     resources.OVN_EGRESS_IPS)
+    for verb in ("get", "list", "watch", "create", "patch", "delete")
+}
+"""Declared for a reconciler being written now: the per-IP CNI egress objects of
+`spec.egress.attachment` (logic/egress_attachment.py builds them; applying, listing by the
+pool's labels, watching and deleting them is wired in reconcile/). Remove an entry once the
+code uses it: `test_declared_ahead_is_not_yet_used` says which."""
+
+
 def test_the_table_declares_nothing_the_code_does_not_use() -> None:
     """Least privilege: every declared verb is used by a client call or by kopf."""
     used = code_uses() | kopf_uses(ha=True, cluster_wide=True) | kopf_uses(
         ha=True, cluster_wide=False)
     unused = declared(ha=True, cluster_wide=True) | declared(ha=True, cluster_wide=False)
-    unused -= used
+    unused -= used | DECLARED_AHEAD
     assert unused == set(), (
         "declared in mailfleet_operator/kube/resources.py but never used: "
         + ", ".join(f"{verb} {group or 'core'}/{res}" for group, res, verb in sorted(unused))
     )
+
+
+def test_declared_ahead_is_not_yet_used() -> None:
+    """The allowance above only covers what no code uses yet, so it cannot outlive the wiring:
+    once a verb is used, its entry must go (and the least-privilege check covers it)."""
+    used = code_uses() | kopf_uses(ha=True, cluster_wide=True) | kopf_uses(
+        ha=True, cluster_wide=False)
+    assert DECLARED_AHEAD & used == set(), "now used: remove from DECLARED_AHEAD"
+    assert DECLARED_AHEAD <= declared(ha=False, cluster_wide=True)
 
 
 def test_derivation_sees_known_calls() -> None:

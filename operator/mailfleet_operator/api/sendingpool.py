@@ -11,6 +11,7 @@ Throttle precedence (most specific wins): `throttling.defaults` < built-in provi
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, model_validator
@@ -23,6 +24,7 @@ from mailfleet_operator.api.common import (
     DomainName,
     Duration,
     IPAddress,
+    IPOrCIDR,
     KubeName,
     MXPattern,
     Quantity,
@@ -38,6 +40,8 @@ SINGULAR = "sendingpool"
 SHORT_NAMES = ("sp",)
 
 EgressMode = Literal["direct", "relay"]
+AttachmentMode = Literal["Bind", "Cilium", "Antrea", "OVNKubernetes"]
+LabelSelectorOperator = Literal["In", "NotIn", "Exists", "DoesNotExist"]
 RelayTLS = Literal["none", "starttls", "implicit"]
 WarmupOverflow = Literal["Defer", "WarmIPs"]
 IPState = Literal["Active", "Standby", "Draining", "Blocklisted", "Unassigned"]
@@ -168,8 +172,193 @@ class RelayConfig(SpecModel):
     )
 
 
+class LabelSelectorRequirement(SpecModel):
+    """One requirement of a label selector, as in `metav1.LabelSelectorRequirement`."""
+
+    key: str = Field(min_length=1, max_length=316, description="The label key.")
+    operator: LabelSelectorOperator = Field(description="In, NotIn, Exists or DoesNotExist.")
+    values: list[str] | None = Field(
+        default=None,
+        description="Values for In and NotIn (non-empty); empty for Exists and DoesNotExist.",
+    )
+
+
+class LabelSelector(SpecModel):
+    """A Kubernetes label selector (`matchLabels` and `matchExpressions`, ANDed)."""
+
+    match_labels: dict[str, str] | None = Field(
+        default=None, description="Labels an object must carry, e.g. {egress-gateway: 'true'}."
+    )
+    match_expressions: list[LabelSelectorRequirement] | None = Field(
+        default=None, description="Set-based requirements an object must meet."
+    )
+
+
+_SELECTS_SOMETHING = (
+    "(has(self.nodeSelector.matchLabels) && size(self.nodeSelector.matchLabels) > 0) || "
+    "(has(self.nodeSelector.matchExpressions) && size(self.nodeSelector.matchExpressions) > 0)"
+)
+
+
+class CiliumAttachment(SpecModel):
+    """Settings of the per-IP `CiliumEgressGatewayPolicy` objects (cilium.io/v2)."""
+
+    model_config = SpecModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": _SELECTS_SOMETHING,
+                    "message": (
+                        "cilium.nodeSelector selects every node: name the gateway nodes that "
+                        "carry the egress IPs with matchLabels or matchExpressions"
+                    ),
+                }
+            ]
+        }
+    }
+
+    node_selector: LabelSelector = Field(
+        description=(
+            "The gateway nodes: Cilium routes the holder pod's traffic to the first matching "
+            "node (by name) and SNATs it there, so the egress IPs must be configured on "
+            "these nodes. Required."
+        )
+    )
+    interface: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=15,
+        description=(
+            "SNAT with the first IPv4 address of this interface of the gateway node instead "
+            "of naming the egress IP (Cilium accepts one or the other). Only for a pool with "
+            "a single egress IP; leave empty to pin each IP by address."
+        ),
+    )
+    destination_cidrs: list[IPOrCIDR] | None = Field(
+        default=None,
+        alias="destinationCIDRs",
+        min_length=1,
+        description=(
+            "Destinations whose traffic leaves through the gateway; 0.0.0.0/0 for an IPv4 "
+            "egress IP and ::/0 for an IPv6 one when omitted (every destination)."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+    excluded_cidrs: list[IPOrCIDR] | None = Field(
+        default=None,
+        alias="excludedCIDRs",
+        description=(
+            "Destinations inside destinationCIDRs that keep the node's own address (e.g. a "
+            "relay or internal MX on a private network)."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
+    )
+
+    @model_validator(mode="after")
+    def _gateway_nodes_named(self) -> CiliumAttachment:
+        selector = self.node_selector
+        if not selector.match_labels and not selector.match_expressions:
+            raise ValueError(
+                "cilium.nodeSelector selects every node: name the gateway nodes that carry "
+                "the egress IPs with matchLabels or matchExpressions"
+            )
+        return self
+
+
+class AntreaAttachment(SpecModel):
+    """Settings of the per-IP Antrea `Egress` objects (crd.antrea.io/v1beta1)."""
+
+    external_ip_pool: KubeName | None = Field(
+        default=None,
+        alias="externalIPPool",
+        description=(
+            "ExternalIPPool the egress IPs belong to: Antrea then assigns each IP to a node "
+            "of the pool and moves it when the node fails. When omitted, each IP must be "
+            "configured on a node by hand."
+        ),
+    )
+
+
+_MODE_RULES: tuple[tuple[str, str], ...] = (
+    (
+        "self.mode != 'Cilium' || has(self.cilium)",
+        "egress.attachment.mode is Cilium but egress.attachment.cilium.nodeSelector is "
+        "missing: name the Cilium egress gateway nodes that carry the egress IPs",
+    ),
+    (
+        "!has(self.cilium) || self.mode == 'Cilium'",
+        "egress.attachment.cilium is set but mode is not Cilium",
+    ),
+    (
+        "!has(self.antrea) || self.mode == 'Antrea'",
+        "egress.attachment.antrea is set but mode is not Antrea",
+    ),
+)
+
+
+class Attachment(SpecModel):
+    """How an egress IP reaches the pod that holds its lease (see docs/sendingpool.md)."""
+
+    model_config = SpecModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {"rule": rule, "message": message} for rule, message in _MODE_RULES
+            ]
+        }
+    }
+
+    mode: AttachmentMode = Field(
+        default="Bind",
+        description=(
+            "Bind: the address is routable from the pod as it is (host-network pods on nodes "
+            "that carry it, or the sandbox) and the sender binds it. Cilium, Antrea, "
+            "OVNKubernetes: the CNI source-NATs the holder pod's traffic to the address; the "
+            "operator labels the holder pod and keeps one CNI egress object per IP selecting "
+            "that label, and the sender does not bind."
+        ),
+    )
+    cilium: CiliumAttachment | None = Field(
+        default=None,
+        description="CiliumEgressGatewayPolicy settings; required when mode is Cilium.",
+    )
+    antrea: AntreaAttachment | None = Field(
+        default=None, description="Antrea Egress settings; only when mode is Antrea."
+    )
+
+    @model_validator(mode="after")
+    def _settings_match_mode(self) -> Attachment:
+        if self.mode == "Cilium" and self.cilium is None:
+            raise ValueError(_MODE_RULES[0][1])
+        if self.cilium is not None and self.mode != "Cilium":
+            raise ValueError(f"egress.attachment.cilium is set but mode is {self.mode}")
+        if self.antrea is not None and self.mode != "Antrea":
+            raise ValueError(f"egress.attachment.antrea is set but mode is {self.mode}")
+        return self
+
+
+def _normalized_address(ip: EgressIP) -> str:
+    """One spelling per address (2001:DB8::10 is 2001:db8::10): per-IP names derive from it."""
+    return str(ipaddress.ip_address(ip.address))
+
+
+_INTERFACE_RULE = (
+    "!has(self.attachment) || !has(self.attachment.cilium) || "
+    "!has(self.attachment.cilium.interface) || size(self.ips) <= 1"
+)
+_INTERFACE_MESSAGE = (
+    "egress.attachment.cilium.interface SNATs every IP of the pool to the interface's first "
+    "address: with more than one egress IP leave it empty so each policy names its IP"
+)
+
+
 class Egress(SpecModel):
     """Where mail leaves from: the pool's own IPs (direct) or a smarthost (relay)."""
+
+    model_config = SpecModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [{"rule": _INTERFACE_RULE, "message": _INTERFACE_MESSAGE}]
+        }
+    }
 
     mode: EgressMode = Field(
         default="direct",
@@ -178,7 +367,7 @@ class Egress(SpecModel):
             "message to `relay`."
         ),
     )
-    ips: Annotated[list[EgressIP], common.unique_by("IP address", lambda ip: ip.address)] = Field(
+    ips: Annotated[list[EgressIP], common.unique_by("IP address", _normalized_address)] = Field(
         default_factory=list,
         description=(
             "Source IPs of the pool, each bound to one active pod. In direct mode with no IPs "
@@ -192,11 +381,25 @@ class Egress(SpecModel):
     relay: RelayConfig | None = Field(
         default=None, description="The smarthost; required when mode is relay."
     )
+    attachment: Attachment = Field(
+        default_factory=Attachment,
+        description=(
+            "How each IP reaches the pod holding its lease: bound by the sender (Bind) or "
+            "source-NATed by the CNI (Cilium, Antrea, OVNKubernetes)."
+        ),
+    )
 
     @model_validator(mode="after")
     def _relay_when_relay_mode(self) -> Egress:
         if self.mode == "relay" and self.relay is None:
             raise ValueError("egress.mode is relay but egress.relay is missing: set relay.host")
+        return self
+
+    @model_validator(mode="after")
+    def _interface_only_for_one_ip(self) -> Egress:
+        cilium = self.attachment.cilium
+        if cilium is not None and cilium.interface is not None and len(self.ips) > 1:
+            raise ValueError(_INTERFACE_MESSAGE)
         return self
 
 
@@ -465,8 +668,38 @@ class Submission(SpecModel):
 # --- spec ---------------------------------------------------------------------------------------
 
 
+_ONE_IP_PER_POD_RULE = (
+    "self.egress.attachment.mode == 'Bind' || "
+    "(has(self.autoscaling) ? self.autoscaling.minReplicas : self.replicas) "
+    ">= size(self.egress.ips)"
+)
+
+
+def _one_ip_per_pod_message(mode: str, pods: int, ips: int) -> str:
+    return (
+        f"egress.attachment.mode {mode} source-NATs whole pods, so each active pod holds one "
+        f"egress IP: {ips} IP(s) need at least {ips} active replicas "
+        f"(replicas, or autoscaling.minReplicas), not {pods}"
+    )
+
+
 class SendingPoolSpec(SpecModel):
     """Desired state of a SendingPool: pods, IPs, classes, throttles and guard rails."""
+
+    model_config = SpecModel.model_config | {
+        "json_schema_extra": {
+            "x-kubernetes-validations": [
+                {
+                    "rule": _ONE_IP_PER_POD_RULE,
+                    "message": (
+                        "a CNI attachment mode source-NATs whole pods: it needs at least as "
+                        "many active replicas (replicas, or autoscaling.minReplicas) as "
+                        "egress IPs"
+                    ),
+                }
+            ]
+        }
+    }
 
     replicas: int = Field(
         default=1,
@@ -553,6 +786,14 @@ class SendingPoolSpec(SpecModel):
         default=False,
         description="Stop delivering (mail is still accepted and queued) until set back to false.",
     )
+
+    @model_validator(mode="after")
+    def _one_ip_per_pod_under_snat(self) -> SendingPoolSpec:
+        mode = self.egress.attachment.mode
+        pods = self.autoscaling.min_replicas if self.autoscaling else self.replicas
+        if mode != "Bind" and pods < len(self.egress.ips):
+            raise ValueError(_one_ip_per_pod_message(mode, pods, len(self.egress.ips)))
+        return self
 
     @model_validator(mode="after")
     def _ip_classes_exist(self) -> SendingPoolSpec:

@@ -122,7 +122,8 @@ POD_DISRUPTION_BUDGETS = Resource(
 PODS = Resource(
     group="", version="v1", plural="pods", kind="Pod",
     verbs=_verbs("list", "watch", "patch"),
-    why="readiness of sender pods, for IP failover; the serving label on IP holders",
+    why="readiness of sender pods, for IP failover; the serving and per-IP holder labels on "
+    "IP holders",
 )
 NODES = Resource(
     group="", version="v1", plural="nodes", kind="Node", namespaced=False,
@@ -134,6 +135,26 @@ LEASES = Resource(
     verbs=_verbs("get", "create", "patch"),
     why="operator leader election (a Lease in the operator's namespace; the IP leases are "
     "Leases in each pool's namespace), written only with resourceVersion preconditions",
+)
+
+# --- per-IP CNI egress objects (spec.egress.attachment; logic/egress_attachment.py) ------------
+# Cluster-scoped, so no owner reference: listed by the pool's labels, applied, and deleted by
+# the operator when the pool or its IP goes (or the pool switches mode). Watched: drift repaired.
+_CNI_EGRESS: tuple[Verb, ...] = (*_READ, "create", "patch", "delete")
+CILIUM_EGRESS_GATEWAY_POLICIES = Resource(
+    group="cilium.io", version="v2", plural="ciliumegressgatewaypolicies",
+    kind="CiliumEgressGatewayPolicy", namespaced=False, verbs=_verbs(*_CNI_EGRESS),
+    why="per-IP source NAT of the IP's holder pod, attachment mode Cilium",
+)
+ANTREA_EGRESSES = Resource(
+    group="crd.antrea.io", version="v1beta1", plural="egresses", kind="Egress",
+    namespaced=False, verbs=_verbs(*_CNI_EGRESS),
+    why="per-IP source NAT of the IP's holder pod, attachment mode Antrea",
+)
+OVN_EGRESS_IPS = Resource(
+    group="k8s.ovn.org", version="v1", plural="egressips", kind="EgressIP",
+    namespaced=False, verbs=_verbs(*_CNI_EGRESS),
+    why="per-IP source NAT of the IP's holder pod, attachment mode OVNKubernetes",
 )
 
 ALL: tuple[Resource, ...] = (
@@ -154,6 +175,9 @@ ALL: tuple[Resource, ...] = (
     PODS,
     NODES,
     LEASES,
+    CILIUM_EGRESS_GATEWAY_POLICIES,
+    ANTREA_EGRESSES,
+    OVN_EGRESS_IPS,
 )
 
 

@@ -3,7 +3,8 @@
 One file per pool, read by every pod: limits are divided among the active pods here
 (`throttle_division`), so all pods get the same share. What differs per pod is not in the
 file: source IPs, HELO names and warm-up quotas travel in the pod's leases
-(`PUT /v1/assignment`, see `assigning`), so moving an IP never rewrites the file.
+(`PUT /v1/assignment`, see `assigning`), so moving an IP never rewrites the file. Only
+whether the sender binds them is here: not in the CNI attachment modes (`egress_attachment`).
 
 DKIM: per domain, the Active keys then the still-published Retiring ones (preference order:
 the sender signs, per algorithm, with the first key whose file loads), as files of the pool's
@@ -24,7 +25,7 @@ from mailfleet_sender import config as sc
 from mailfleet_operator.api import domainauth as da
 from mailfleet_operator.api import providers
 from mailfleet_operator.api import sendingpool as sp
-from mailfleet_operator.logic import children, throttle_division
+from mailfleet_operator.logic import children, egress_attachment, throttle_division
 
 # The key inside a DKIM key Secret that holds the PEM private key.
 DKIM_SECRET_KEY = "private.pem"
@@ -247,6 +248,9 @@ def render_config(spec_in: RenderInput) -> Rendered:
         submission.api_key_file = f"{mount.path}/{key}"
 
     delivery = sc.Delivery(mode=spec.egress.mode, require_lease=bool(spec.egress.ips))
+    if not egress_attachment.binds_source(spec.egress.attachment.mode):
+        # The CNI source-NATs the holder pod to the leased IP, which this pod does not own.
+        delivery.bind_source = False
     if spec_in.smtp_port is not None:
         delivery.smtp_port = spec_in.smtp_port
     if spec.egress.mode == "relay" and spec.egress.relay is not None:

@@ -24,6 +24,29 @@ OTHER_NS = "rbac-other"
 SA = f"system:serviceaccount:{OPERATOR_NS}:mailfleet-operator"
 
 
+def cni_egress_crd(res: resources.Resource) -> dict[str, object]:
+    """A stand-in CRD for a CNI's per-IP egress kind (Cilium, Antrea, OVN-Kubernetes), so that
+    kubectl resolves the name: the schema does not matter to RBAC."""
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": f"{res.plural}.{res.group}"},
+        "spec": {
+            "group": res.group,
+            "scope": "Namespaced" if res.namespaced else "Cluster",
+            "names": {"kind": res.kind, "listKind": f"{res.kind}List", "plural": res.plural,
+                      "singular": res.kind.lower()},
+            "versions": [{"name": res.version, "served": True, "storage": True, "schema": {
+                "openAPIV3Schema": {"type": "object",
+                                    "x-kubernetes-preserve-unknown-fields": True}}}],
+        },
+    }
+
+
+CNI_EGRESS = (resources.CILIUM_EGRESS_GATEWAY_POLICIES, resources.ANTREA_EGRESSES,
+              resources.OVN_EGRESS_IPS)
+
+
 @pytest.fixture(scope="module")
 def installed(real_control_plane: ThreadedControlPlane) -> ThreadedControlPlane:
     api = real_control_plane.api
@@ -34,7 +57,8 @@ def installed(real_control_plane: ThreadedControlPlane) -> ThreadedControlPlane:
         except ApiError as exc:
             assert exc.code == 409, exc
     crds = [yaml.safe_load(path.read_text()) for path in sorted(CRD_DIR.glob("*.yaml"))]
-    for crd in [*crds, external_dns.dnsendpoint_crd()]:  # kubectl resolves by discovery
+    cni = [cni_egress_crd(res) for res in CNI_EGRESS]
+    for crd in [*crds, external_dns.dnsendpoint_crd(), *cni]:  # kubectl resolves by discovery
         try:
             api.create(crd)
         except ApiError as exc:
