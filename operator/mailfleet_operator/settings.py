@@ -221,5 +221,10 @@ class Clock:
         elapsed = (time.monotonic() - self._origin_mono) * self.time_scale
         return self._origin_wall + datetime.timedelta(seconds=elapsed)
 
+    def monotonic(self) -> float:
+        """Seconds on a clock no wall-clock step moves (leases and deadlines): real seconds,
+        never scaled."""
+        return time.monotonic()
+
     def real_seconds(self, duration: datetime.timedelta) -> float:
         return max(duration.total_seconds() / self.time_scale, 0.0)

@@ -63,6 +63,10 @@ class FakeSender:
     pod: str
     host: str
     leases: list[wire.Lease] = dataclasses.field(default_factory=list)
+    expiries: dict[str, datetime.datetime] = dataclasses.field(default_factory=dict)
+    """When each lease of the last assignment ends: its TTL counted from receipt (`clock`)."""
+    epochs: dict[str, int] = dataclasses.field(default_factory=dict)
+    """The highest epoch accepted per IP; an assignment with an older one is refused (409)."""
     queue: int = 0
     """Depth of the `default` class queue reported in stats."""
     drains: list[bool] = dataclasses.field(default_factory=list)
@@ -88,7 +92,8 @@ class FakeSender:
         return [lease.address for lease in self.leases]
 
     def holds(self, address: str, now: datetime.datetime) -> bool:
-        return any(lease.address == address and lease.expires_at > now for lease in self.leases)
+        expiry = self.expiries.get(address)
+        return expiry is not None and expiry > now
 
 
 class FakeSenders:
@@ -183,7 +188,16 @@ class FakeSenders:
             if (refused := unreachable()) is not None:
                 return refused
             body = wire.Assignment.model_validate(await request.json())
+            if any(lease.epoch < sender.epochs.get(lease.address, 0) for lease in body.leases):
+                return web.json_response({"code": "stale"}, status=409)
+            received = self.clock()
             sender.leases = list(body.leases)
+            sender.expiries = {
+                lease.address: received + datetime.timedelta(seconds=lease.ttl_seconds)
+                for lease in body.leases
+            }
+            for lease in body.leases:
+                sender.epochs[lease.address] = lease.epoch
             self._check(sender)
             self._granted.set()
             answer = wire.AssignmentStatus(
@@ -194,7 +208,8 @@ class FakeSenders:
                     wire.LeaseStatus(
                         address=lease.address,
                         helo_name=lease.helo_name,
-                        expires_at=lease.expires_at,
+                        epoch=lease.epoch,
+                        expires_in_seconds=lease.ttl_seconds,
                         valid=True,
                     )
                     for lease in body.leases

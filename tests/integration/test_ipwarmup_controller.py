@@ -23,7 +23,7 @@ from mailfleet_operator import settings as settings_module
 from mailfleet_operator.kube import client as kube_client
 from mailfleet_operator.kube import config as kube_config
 from mailfleet_operator.kube import resources
-from mailfleet_operator.reconcile import context, pod_admin
+from mailfleet_operator.reconcile import context, pod_admin, pool_policy
 from mailfleet_operator.reconcile import ipwarmup as reconciler
 from mailfleet_operator.reconcile import sendingpool as pool_reconciler
 from mailfleet_sandbox import fake_senders
@@ -346,7 +346,7 @@ async def test_bad_references_and_two_warmups_on_one_ip_get_a_clear_condition(
     )
     assert "IPWarmup 'first'" in second["status"]["conditions"][0]["message"]
     # The pool follows only the running warm-up.
-    quotas = await pool_reconciler._read_warmup_quotas(harness.ctx, NS, "mail")
+    quotas = await pool_policy.read_warmup_quotas(harness.ctx, NS, "mail")
     assert quotas == {IP: 100}
     assert "ConflictingWarmup" in [r for r, _ in harness.events()]
 
@@ -358,7 +358,7 @@ async def test_bad_references_and_two_warmups_on_one_ip_get_a_clear_condition(
     assert cond(first, "Ready") == ("False", "InvalidSpec")
     assert "more than the 365 allowed" in first["status"]["conditions"][0]["message"]
     assert (first["status"]["phase"], first["status"]["day"]) == ("WarmingUp", 1)
-    assert await pool_reconciler._read_warmup_quotas(harness.ctx, NS, "mail") == {IP: 100}
+    assert await pool_policy.read_warmup_quotas(harness.ctx, NS, "mail") == {IP: 100}
 
 
 async def test_the_running_operator_waits_for_the_pool_then_starts_the_warmup(

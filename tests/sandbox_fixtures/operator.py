@@ -140,9 +140,13 @@ class ManualClock(settings_module.Clock):
     def __init__(self, start: datetime.datetime | None = None) -> None:
         super().__init__()
         self.moment = start or datetime.datetime.now(datetime.UTC)
+        self.origin = self.moment
 
     def now(self) -> datetime.datetime:
         return self.moment
+
+    def monotonic(self) -> float:
+        return (self.moment - self.origin).total_seconds()
 
     def advance(self, seconds: float) -> None:
         self.moment += datetime.timedelta(seconds=seconds)

@@ -49,6 +49,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
         client=client,
         settings=operator_settings,
         clock=memo.get("clock") or settings_module.Clock(operator_settings.time_scale),
+        leadership=memo.get("leadership"),  # set by running.py when elections are on
     )
 
 

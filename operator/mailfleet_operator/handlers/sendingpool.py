@@ -1,9 +1,9 @@
 """kopf handlers for SendingPool: thin, level-based, all calling `reconcile_pool`.
 
-Pods, nodes and the pool's IPWarmups come from kopf watch indexes, so a cycle costs no API
-list calls; the per-pool daemon runs a cycle every half lease-renewal interval (renewals must
-never lapse), and change handlers run one at once. The reconciler serializes cycles of one
-pool.
+Pods, nodes, the pool's IPWarmups and its IP Leases come from kopf watch indexes, so a cycle
+costs no API list calls. Each pool has two daemons: the main cycle (children, policy, status)
+every renewal interval, and the lease loop every half renewal interval, on its own so that
+renewals never wait for a slow read (DESIGN.md §4). Change handlers run a main cycle at once.
 Children are deleted by the garbage collector through their owner references.
 """
 
@@ -17,7 +17,7 @@ import kopf
 from mailfleet_operator import settings as settings_module
 from mailfleet_operator.api import common, ipwarmup, sendingpool
 from mailfleet_operator.handlers import reconciling
-from mailfleet_operator.logic import children
+from mailfleet_operator.logic import children, ip_leases
 from mailfleet_operator.reconcile import context, pod_admin
 from mailfleet_operator.reconcile import sendingpool as reconciler
 
@@ -40,6 +40,21 @@ def sendingpool_warmups(
     return {(namespace or "default", pool): dict(body)}
 
 
+@kopf.index("coordination.k8s.io", "v1", "leases", labels={ip_leases.POOL_LABEL: kopf.PRESENT})
+def sendingpool_leases(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """The pools' IP Leases: read every lease step, so from the watch (the last known state
+    survives an API outage)."""
+    return {(namespace or "default", labels[ip_leases.POOL_LABEL]): dict(body)}
+
+
+@kopf.index(*RESOURCE)
+def sendingpool_all(body: kopf.Body, **_: Any) -> dict[None, dict[str, Any]]:
+    """Every pool served, for "an IP is in at most one pool"."""
+    return {None: {"metadata": dict(body["metadata"]), "spec": dict(body.get("spec") or {})}}
+
+
 @kopf.index("nodes")
 def sendingpool_nodes(name: str, body: kopf.Body, **_: Any) -> dict[str, dict[str, Any]]:
     return {name: dict(body)}
@@ -55,6 +70,8 @@ def _world(namespace: str, name: str, indexes: Mapping[str, Any]) -> reconciler.
     pods: kopf.Index[Any, Any] = indexes["sendingpool_pods"]
     nodes: kopf.Index[Any, Any] = indexes["sendingpool_nodes"]
     warmups: kopf.Index[Any, Any] = indexes["sendingpool_warmups"]
+    leases: kopf.Index[Any, Any] = indexes["sendingpool_leases"]
+    pools: kopf.Index[Any, Any] = indexes["sendingpool_all"]
     node_map: dict[str, dict[str, Any]] = {}
     for key in nodes:
         for node in nodes[key]:
@@ -63,6 +80,8 @@ def _world(namespace: str, name: str, indexes: Mapping[str, Any]) -> reconciler.
         pods=list(pods.get((namespace, name), [])),
         nodes=node_map,
         warmups=list(warmups.get((namespace, name), [])),
+        leases=list(leases.get((namespace, name), [])),
+        pools=list(pools.get(None, [])),
     )
 
 
@@ -109,6 +128,34 @@ async def sendingpool_timer(
         _cycle(memo, body, namespace, name, kwargs),
         first_delay=settings.lease_renew_interval / 2,
         error_delay=settings.error_delay,
+        logger=logger,
+    )
+
+
+@kopf.daemon(*RESOURCE, cancellation_timeout=5.0)
+async def sendingpool_lease_loop(
+    stopped: kopf.DaemonStopped,
+    memo: kopf.Memo,
+    body: kopf.Body,
+    namespace: str | None,
+    name: str,
+    logger: Any,
+    **kwargs: Any,
+) -> None:
+    """The safety-critical loop: grants and renewals of the pool's egress-IP leases."""
+    settings = memo.ctx.settings
+    ns = namespace or "default"
+
+    async def step() -> float:
+        return await reconciler.renew_leases(
+            memo.ctx, _admin(memo), dict(body), _world(ns, name, kwargs)
+        )
+
+    await reconciling.run_timer(
+        stopped,
+        lambda: reconciling.measured("SendingPoolLeases", step),
+        first_delay=0.0,
+        error_delay=max(settings.lease_renew_interval / 2, 0.2),
         logger=logger,
     )
 

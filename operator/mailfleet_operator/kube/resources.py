@@ -132,7 +132,7 @@ NODES = Resource(
 
 LEASES = Resource(
     group="coordination.k8s.io", version="v1", plural="leases", kind="Lease",
-    verbs=_verbs("get", "create", "patch"),
+    verbs=_verbs("get", "list", "watch", "create", "patch"),
     why="operator leader election (a Lease in the operator's namespace; the IP leases are "
     "Leases in each pool's namespace), written only with resourceVersion preconditions",
 )

@@ -4,8 +4,8 @@ An egress IP is held through a *lease* the operator grants to one pod at a time.
 stops using an IP the moment its lease runs out (self-fencing), so the operator only has to
 be careful about one thing: never grant an IP while another pod may still hold a valid lease
 on it. An IP therefore moves only once the old holder confirmed the release, or its lease
-expired by the operator's (conservative) clock, or the old pod object is gone (a recreated
-pod with the same name has a new uid and starts with no lease).
+expired by the operator's (conservative) clock. A vanished pod object proves nothing: a
+forced delete on a partitioned node leaves the process running, still sending.
 
 `plan_assignment` is level-based: it reads the whole picture (IPs, pods, current leases,
 DNSBL listings, fenced IPs, the clock) and returns the desired picture plus what to tell
@@ -16,6 +16,7 @@ failover is a spare, so nothing flaps back.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import enum
 from collections.abc import Mapping, Sequence
@@ -88,6 +89,10 @@ class AssignmentInput:
     active_target: int  # how many pods should hold IPs (spec replicas, not standbys)
     listed: Mapping[str, Sequence[str]] = field(default_factory=dict)  # ip -> DNSBL zones
     fenced: frozenset[str] = frozenset()
+    # address -> "namespace/name" of an older pool that names the same IP: never ours.
+    elsewhere: Mapping[str, str] = field(default_factory=dict)
+    # Pods that did not answer their last renewal (frozen, partitioned): not renewed again.
+    unresponsive: frozenset[str] = frozenset()
     settings: AssignmentSettings = AssignmentSettings()
 
 
@@ -131,9 +136,13 @@ class AssignmentPlan:
         return None
 
 
-def classify_pod(pod: PodView, *, now: datetime, unhealthy_after: timedelta) -> PodHealth:
-    """Why a pod may or may not hold IPs. Node NotReady fails at once: the kubelet is gone."""
-    if pod.terminating or not pod.node_ready:
+def classify_pod(
+    pod: PodView, *, now: datetime, unhealthy_after: timedelta, unresponsive: bool = False
+) -> PodHealth:
+    """Why a pod may or may not hold IPs. Node NotReady fails at once: the kubelet is gone;
+    so does a pod that did not answer a renewal: extending a lease it may never see would
+    only delay the failover."""
+    if pod.terminating or not pod.node_ready or unresponsive:
         return PodHealth.FAILED
     if not pod.ready:
         since = pod.unready_since or now
@@ -144,12 +153,11 @@ def classify_pod(pod: PodView, *, now: datetime, unhealthy_after: timedelta) -> 
 
 
 def lease_is_live(lease: Lease, *, pods_by_name: Mapping[str, PodView], now: datetime) -> bool:
-    """Whether some pod may still be sending on the lease's IP (so it must not move)."""
+    """Whether some pod may still be sending on the lease's IP (so it must not move). Only a
+    confirmed release or expiry ends it: not the pod object's absence."""
+    del pods_by_name
     if lease.released:
         return False
-    pod = pods_by_name.get(lease.pod)
-    if pod is None or pod.uid != lease.pod_uid:
-        return False  # the pod object is gone: its process and lease went with it
     return now < lease.expires_at
 
 
@@ -159,7 +167,12 @@ def plan_assignment(spec: AssignmentInput) -> AssignmentPlan:
     now = spec.now
     pods_by_name = {pod.name: pod for pod in spec.pods}
     health = {
-        pod.name: classify_pod(pod, now=now, unhealthy_after=settings.unhealthy_after)
+        pod.name: classify_pod(
+            pod,
+            now=now,
+            unhealthy_after=settings.unhealthy_after,
+            unresponsive=pod.name in spec.unresponsive,
+        )
         for pod in spec.pods
     }
     wanted_ips = list(dict.fromkeys(spec.ips))
@@ -170,7 +183,9 @@ def plan_assignment(spec: AssignmentInput) -> AssignmentPlan:
     }
     # IPs each pod keeps (or is still releasing) after this cycle, and pending grants.
     keeps: dict[str, list[str]] = {pod.name: [] for pod in spec.pods}
-    releasing: dict[str, list[str]] = {pod.name: [] for pod in spec.pods}
+    # Also the holders whose pod object is gone: nobody to tell, the lease runs out.
+    releasing: dict[str, list[str]] = collections.defaultdict(list)
+    releasing.update({pod.name: [] for pod in spec.pods})
     decisions: dict[str, IPDecision] = {}
     to_place: list[str] = []
     failing_over = False
@@ -186,7 +201,7 @@ def plan_assignment(spec: AssignmentInput) -> AssignmentPlan:
     for address in wanted_ips:
         lease = live.get(address)
         zones = tuple(spec.listed.get(address, ()))
-        holder_health = health.get(lease.pod) if lease else None
+        holder_health = _holder_health(lease, pods_by_name, health) if lease else None
         if zones:
             if lease:
                 releasing[lease.pod].append(address)
@@ -200,6 +215,14 @@ def plan_assignment(spec: AssignmentInput) -> AssignmentPlan:
                 zones,
             )
             degraded.append(f"{address} is listed on {', '.join(zones)}")
+            continue
+        if address in spec.elsewhere:
+            if lease:
+                releasing[lease.pod].append(address)
+            decisions[address] = IPDecision(
+                address, IPState.UNASSIGNED, lease.pod if lease else None, "InAnotherPool"
+            )
+            degraded.append(f"{address} belongs to pool {spec.elsewhere[address]}")
             continue
         if address in spec.fenced:
             if lease:
@@ -221,7 +244,10 @@ def plan_assignment(spec: AssignmentInput) -> AssignmentPlan:
         if lease:
             # Holder failed or is leaving: revoke and wait for release or expiry.
             releasing[lease.pod].append(address)
-            if holder_health is PodHealth.FAILED:
+            if holder_health is None:
+                failing_over = True
+                reason = "HolderGone"  # a forced delete: the process may still run
+            elif holder_health is PodHealth.FAILED:
                 failing_over = True
                 drain.add(lease.pod)
                 reason = "HolderFailed"
@@ -320,6 +346,18 @@ def plan_assignment(spec: AssignmentInput) -> AssignmentPlan:
         failing_over=failing_over,
         degraded_reasons=tuple(degraded),
     )
+
+
+def _holder_health(
+    lease: Lease, pods_by_name: Mapping[str, PodView], health: Mapping[str, PodHealth]
+) -> PodHealth | None:
+    """The health of the lease's holder; None when its pod object is gone or was recreated
+    under the same name (a new uid: a new process that never got the lease). An empty uid
+    (a holder recorded by name only) matches by name."""
+    pod = pods_by_name.get(lease.pod)
+    if pod is None or (lease.pod_uid and pod.uid != lease.pod_uid):
+        return None
+    return health[pod.name]
 
 
 def _waiting(decisions: Mapping[str, IPDecision]) -> bool:

@@ -8,10 +8,18 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from typing import Any
+from typing import Any, Protocol
 
 from mailfleet_operator import settings as settings_module
 from mailfleet_operator.kube import client as kube_client
+
+
+class Leadership(Protocol):
+    """The operator's leader election as the controllers see it (`leadership.Leadership`)."""
+
+    def is_leading(self) -> bool: ...
+
+    def leading_since(self) -> float | None: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -19,6 +27,8 @@ class Context:
     client: kube_client.Client
     settings: settings_module.Settings
     clock: settings_module.Clock
+    # None: this process acts alone (tests, a single replica without election).
+    leadership: Leadership | None = None
 
 
 @dataclasses.dataclass(frozen=True)

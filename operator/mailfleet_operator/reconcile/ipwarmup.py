@@ -46,7 +46,7 @@ from mailfleet_operator.logic import (
 )
 from mailfleet_operator.reconcile import context as ctx_module
 from mailfleet_operator.reconcile import pod_admin
-from mailfleet_operator.reconcile import sendingpool as pool_reconcile
+from mailfleet_operator.reconcile import pool_state as pool_reconcile
 
 PAUSED_AT_ANNOTATION = "mailfleet.io/warmup-paused-at-generation"
 """Set by a gate Pause to the generation it paused at; a newer generation resumes."""

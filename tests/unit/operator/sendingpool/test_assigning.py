@@ -87,7 +87,10 @@ SPREAD = expect("Active p-0", "Active p-1", "Active p-0", "Active p-1")
 P0_DRAINING = expect("Draining p-0", "Active p-1", "Draining p-0", "Active p-1")
 """p-0's IPs revoked, waiting for its release or the lease end."""
 P0_MOVED_TO_STANDBY = expect("Active p-2", "Active p-1", "Active p-2", "Active p-1")
+P0_GONE = P0_DRAINING
+"""The holder p-0 (or the process the lease names) is gone: its IPs wait for the lease end."""
 THREE_PODS = [pod(0), pod(1), pod(2)]
+P0_EXPIRED = [lease(IPS[0], 0, ttl=0), HELD[1], lease(IPS[2], 0, ttl=0), HELD[3]]
 
 
 CASES = [
@@ -176,17 +179,34 @@ CASES = [
     ),
     pytest.param(
         dict(pods=[pod(1), pod(2)], leases=HELD),
+        P0_GONE,
+        {},
+        True,
+        id="a holder whose pod object is gone (forced delete) keeps its IPs until expiry",
+    ),
+    pytest.param(
+        dict(
+            pods=[pod(1), pod(2)],
+            leases=[lease(IPS[0], 0, ttl=0), HELD[1], lease(IPS[2], 0, ttl=-1), HELD[3]],
+        ),
         P0_MOVED_TO_STANDBY,
         {"p-2": (IPS[0], IPS[2])},
         False,
-        id="a holder whose pod object is gone frees its IPs at once",
+        id="a vanished holder's IPs move once its lease expired",
     ),
     pytest.param(
         dict(pods=[pod(0, uid="uid-0-new"), pod(1), pod(2)], leases=HELD),
-        SPREAD,
-        {"p-0": (IPS[0], IPS[2])},
-        False,
-        id="a pod recreated under the same name is a new pod without the old leases",
+        P0_GONE,
+        {"p-0": ()},
+        True,
+        id="a pod recreated under the same name does not inherit the old process's leases",
+    ),
+    pytest.param(
+        dict(pods=THREE_PODS, leases=HELD, unresponsive=frozenset({"p-0"})),
+        P0_DRAINING,
+        {"p-0": ()},
+        True,
+        id="a holder that did not answer its renewal is not renewed again",
     ),
     pytest.param(
         dict(pods=[pod(0, terminating=True), pod(1), pod(2)], leases=HELD),
@@ -196,14 +216,14 @@ CASES = [
         id="a terminating holder is revoked and its IPs wait for the release",
     ),
     pytest.param(
-        dict(pods=[pod(1), pod(2)], leases=HELD, ips=IPS),
+        dict(pods=[pod(1), pod(2)], leases=P0_EXPIRED, ips=IPS),
         P0_MOVED_TO_STANDBY,
         {"p-2": (IPS[0], IPS[2])},
         False,
         id="failover prefers the standby over loading the other active pod",
     ),
     pytest.param(
-        dict(pods=[pod(1)], leases=HELD),
+        dict(pods=[pod(1)], leases=P0_EXPIRED),
         expect("Active p-1", "Active p-1", "Active p-1", "Active p-1"),
         {"p-1": (IPS[1], IPS[3], IPS[0], IPS[2])},
         False,

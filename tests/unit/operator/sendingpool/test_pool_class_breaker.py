@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from mailfleet_operator.api import sendingpool as sp
 from mailfleet_operator.logic import reputation
+from mailfleet_operator.reconcile import pool_policy
 from mailfleet_operator.reconcile import sendingpool as reconciler
 from mailfleet_sender import wire
 
@@ -53,7 +54,7 @@ def test_a_class_with_a_bad_bounce_rate_over_all_pods_is_paused_alone() -> None:
         "mail-0": pod("mail-0", marketing=window(100, hard=8), transactional=window(500)),
         "mail-1": pod("mail-1", marketing=window(100, hard=14), transactional=window(500, 1)),
     }
-    outcome = reconciler._run_breaker(SPEC, {}, memory, NOW)
+    outcome = pool_policy.run_breaker(SPEC, {}, memory, NOW)
     assert outcome.newly_paused == ("marketing",)  # 22 of 200 = 11 % >= 10 %
     assert outcome.paused_classes == ("marketing",) and not outcome.pool_paused
     assert "class marketing" in outcome.state.reasons["marketing"]
@@ -64,9 +65,9 @@ def test_after_a_resume_classes_are_judged_again_only_once_a_whole_window_follow
     memory.stats = {"mail-0": pod("mail-0", marketing=window(200, hard=40))}
     since = NOW - timedelta(hours=2)  # resumed 2 h ago: the 24 h window still holds old mail
     state = f'{{"paused": [], "since": "{since.isoformat()}", "resumeToken": "a"}}'
-    annotations = {reconciler.BREAKER_ANNOTATION: state, reconciler.RESUME_ANNOTATION: "a"}
-    assert reconciler._run_breaker(SPEC, annotations, memory, NOW).newly_paused == ()
+    annotations = {pool_policy.BREAKER_ANNOTATION: state, pool_policy.RESUME_ANNOTATION: "a"}
+    assert pool_policy.run_breaker(SPEC, annotations, memory, NOW).newly_paused == ()
     later = NOW + timedelta(hours=23)
-    assert reconciler._run_breaker(SPEC, annotations, memory, later).newly_paused == (
+    assert pool_policy.run_breaker(SPEC, annotations, memory, later).newly_paused == (
         "marketing",
     )

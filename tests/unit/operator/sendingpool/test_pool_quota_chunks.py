@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from mailfleet_operator.logic import assigning
+from mailfleet_operator.logic import assigning, usage_book
 from mailfleet_operator.reconcile import sendingpool as reconciler
 from mailfleet_sender import wire
 
@@ -70,7 +70,7 @@ class World:
             return
         pod = self.pods[self.holder]
         day = self.memory.usage_day
-        remaining, basis = reconciler._lease_quota(
+        remaining, basis = usage_book.lease_quota(
             self.memory, IP, pod.name, self.quota, chunk=self.chunk
         )
         assert remaining is not None and basis is not None
@@ -85,8 +85,8 @@ class World:
                     sent_today=pod.sent,
                 )],
             )
-            reconciler._fold_answer(self.memory, pod.name, status, self.tick())
-            reconciler._acknowledged(
+            usage_book.fold_answer(self.memory, pod.name, status, self.tick())
+            usage_book.acknowledged(
                 self.memory, pod.name, {IP: basis + remaining}, granted_day=day,
                 answer_day=DAY,
             )
@@ -109,7 +109,7 @@ class World:
         self.pending = None
         fresh = {n: wire.Stats(pod=n, day=DAY, ips=[wire.IPStats(address=IP, sent_today=c)])
                  for n, c in counts.items()}
-        reconciler._merge_usage(self.memory, fresh, self.tick(), held)
+        usage_book.merge_usage(self.memory, fresh, self.tick(), held)
 
     def lose(self) -> None:
         """The holder is cut off (partition, frozen node): it keeps sending what its lease

@@ -1,0 +1,576 @@
+"""The safety-critical loop of a SendingPool: who holds which egress IP (DESIGN.md §4).
+
+Runs on its own kopf daemon, every half renewal interval, independent of gathering and
+applying children (`sendingpool.reconcile_pool` hands it its decisions through
+`PoolMemory.lease_inputs`). One step:
+1. gathers the pool's `coordination.k8s.io/v1` Leases (from the watch index; when a read
+   fails, the last known objects), pods and nodes (watch indexes: no API call);
+2. decides holders with `assigning.plan_assignment`;
+3. applies: a grant to a new holder is written to its Lease first, with a resourceVersion
+   precondition and `leaseTransitions` + 1 (the fencing epoch); only a successful write lets
+   the grant leave. Renewals go to the pods at once and their Lease writes run beside them,
+   never before them: an API blip must not let the leases lapse.
+
+Timing is on the operator's monotonic clock. A holder may send until the deadline recorded
+when its last grant or renewal left (`request timeout + TTL + skew` later; shortened to
+`answer + TTL + skew` once it answered). A Lease this process did not write is waited out
+from the moment it was first seen, never from its `renewTime`. A pod that does not answer a
+renewal is not renewed again (it may be frozen), so its IP moves at most one lease later.
+An IP is never re-granted because its pod object vanished (a forced delete on a partitioned
+node leaves the process running): only expiry or a confirmed release frees it.
+
+Only the elected leader (`Context.leadership`) grants and renews; a new leader knows no
+deadline and waits out every Lease it finds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from mailfleet_sender import units, wire
+
+from mailfleet_operator import metrics
+from mailfleet_operator.api import sendingpool as sp
+from mailfleet_operator.kube import client as kube_client
+from mailfleet_operator.kube import resources
+from mailfleet_operator.logic import assigning, ip_leases, usage_book
+from mailfleet_operator.reconcile import context as ctx_module
+from mailfleet_operator.reconcile import pod_admin
+from mailfleet_operator.reconcile.pool_state import (
+    PoolMemory,
+    World,
+    endpoint_of,
+    pod_view,
+    run_calls,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LeaseInputs:
+    """What the main cycle decided that the lease loop needs (the last good spec's view)."""
+
+    name: str
+    namespace: str
+    spec: sp.SendingPoolSpec
+    addresses: tuple[str, ...]
+    elsewhere: Mapping[str, str]  # address -> "namespace/name" of the pool that owns it
+    active: int
+    leaving: frozenset[str]
+    listed: Mapping[str, tuple[str, ...]]
+    fenced: frozenset[str]
+    frozen: bool
+    allowed: tuple[str, ...]  # classes the IPs may carry now (breaker, pause)
+    quotas: Mapping[str, int | None]
+    requota: frozenset[str]  # IPs whose quota changed since the last step
+    token: str
+    chunking: usage_book.Chunking | None
+    status_ips: tuple[Mapping[str, Any], ...] = ()  # status.ips at the first cycle (upgrade)
+
+
+@dataclasses.dataclass(frozen=True)
+class Timing:
+    ttl: float  # what a pod is told
+    request_timeout: float
+    skew: float
+    renew_interval: float
+
+    @property
+    def lease_seconds(self) -> int:
+        return ip_leases.lease_duration_seconds(self.ttl, self.request_timeout)
+
+
+def timing_of(ctx: ctx_module.Context) -> Timing:
+    s = ctx.settings
+    return Timing(
+        ttl=s.lease_duration,
+        request_timeout=s.pod_admin_timeout,
+        skew=s.lease_clock_skew,
+        renew_interval=s.lease_renew_interval,
+    )
+
+
+def leading(ctx: ctx_module.Context) -> bool:
+    return ctx.leadership is None or ctx.leadership.is_leading()
+
+
+async def renew_leases(
+    ctx: ctx_module.Context,
+    admin: pod_admin.PodAdmin,
+    body: Mapping[str, Any],
+    world: World,
+    memory: PoolMemory,
+) -> float:
+    """One step of the lease loop; returns the seconds until the next one."""
+    period = max(ctx.settings.lease_renew_interval / 2, 0.2)
+    async with memory.lease_lock:
+        inputs: LeaseInputs | None = memory.lease_inputs
+        if inputs is None or not leading(ctx):
+            return period
+        await _step(ctx, admin, body, world, memory, inputs)
+    return period
+
+
+async def _step(
+    ctx: ctx_module.Context,
+    admin: pod_admin.PodAdmin,
+    body: Mapping[str, Any],
+    world: World,
+    memory: PoolMemory,
+    inputs: LeaseInputs,
+) -> None:
+    timing = timing_of(ctx)
+    now, mono = ctx.clock.now(), ctx.clock.monotonic()
+    spec = inputs.spec
+    lease_settings = assigning.AssignmentSettings(
+        lease_duration=timedelta(seconds=timing.ttl),
+        renew_interval=timedelta(seconds=timing.renew_interval),
+        unhealthy_after=units.parse_duration(spec.failover.unhealthy_after),
+        drain_on_blocklist=spec.failover.drain_on_blocklist,
+    )
+    await _sync_leases(ctx, world, memory, inputs, mono, timing)
+    pods_by_name = {p["metadata"]["name"]: p for p in world.pods}
+    views = [
+        pod_view(p, nodes=world.nodes, leaving=p["metadata"]["name"] in inputs.leaving)
+        for p in world.pods
+    ]
+    assert memory.leases is not None
+    planned_leases = {
+        address: dataclasses.replace(
+            lease, expires_at=now + timedelta(seconds=memory.deadlines.get(address, mono) - mono)
+        )
+        for address, lease in memory.leases.items()
+    }
+    plan = assigning.plan_assignment(
+        assigning.AssignmentInput(
+            ips=inputs.addresses,
+            pods=views,
+            leases=planned_leases,
+            now=now,
+            active_target=inputs.active,
+            listed=inputs.listed,
+            fenced=inputs.fenced,
+            elsewhere=inputs.elsewhere,
+            unresponsive=frozenset(p for p, n in memory.unanswered.items() if n > 0),
+            settings=lease_settings,
+        )
+    )
+    if inputs.frozen:
+        plan = freeze(plan)
+    if memory.seed_allowances:
+        usage_book.seed_from_holders(memory, inputs.quotas)
+    # Write-ahead: a grant leaves only once its Lease names the new holder.
+    plan = await _record_grants(ctx, memory, inputs, plan, now, timing)
+    memory.plan = plan
+    grace = min(ctx.settings.pod_admin_timeout, max(timing.renew_interval / 4, 0.1))
+    failed = {n for n, h in plan.health.items() if h is assigning.PodHealth.FAILED}
+    await run_calls(
+        memory,
+        [
+            (
+                f"assignment/{order.pod}",
+                order.pod not in failed,
+                functools.partial(
+                    _send_assignment, ctx, admin, order, pods_by_name.get(order.pod),
+                    inputs, memory, timing,
+                ),
+            )
+            for order in plan.pods
+            if order.send or inputs.requota.intersection(order.ips)
+        ],
+        grace=grace,
+    )
+    memory.leases = assigning.forget_dead_leases(
+        memory.leases, pods=views, now=now, keep=inputs.addresses
+    )
+    for address in list(memory.deadlines):
+        if address not in memory.leases:
+            del memory.deadlines[address]
+    await _drain(admin, plan, pods_by_name, spec.submission.http.port, inputs.token, memory,
+                 now, failed, grace)
+
+
+def freeze(plan: assigning.AssignmentPlan) -> assigning.AssignmentPlan:
+    """Reconciliation disabled: keep holders and renew their leases, change nothing else."""
+    kept = tuple(
+        dataclasses.replace(
+            p, ips=tuple(a for a in p.ips if a not in p.granted), granted=(), revoked=()
+        )
+        for p in plan.pods
+    )
+    return dataclasses.replace(plan, pods=kept, drain=())
+
+
+# --- gathering the Leases ---------------------------------------------------------------------
+
+
+async def _sync_leases(
+    ctx: ctx_module.Context,
+    world: World,
+    memory: PoolMemory,
+    inputs: LeaseInputs,
+    mono: float,
+    timing: Timing,
+) -> None:
+    """Fold the Lease objects into the lease records. A holder we did not record (restart,
+    new leader, another writer) may send until its Lease's duration plus skew from now."""
+    objects: Sequence[Mapping[str, Any]] | None = world.leases
+    if objects is None:
+        try:
+            objects = await asyncio.wait_for(
+                ctx.client.list(
+                    resources.LEASES,
+                    namespace=inputs.namespace,
+                    label_selector=f"{ip_leases.POOL_LABEL}={inputs.name}",
+                ),
+                timeout=ctx.settings.pod_admin_timeout,
+            )
+        except (kube_client.ApiError, TimeoutError, OSError) as error:
+            log.debug("lease list failed; using the last known Leases", extra={"error": str(error)})
+            objects = None
+    if objects is not None:
+        for obj in objects:
+            lease = ip_leases.read_lease(obj)
+            if lease is None or lease.pool != inputs.name:
+                continue
+            known = memory.lease_objects.get(lease.address)
+            if known is None or _newer(obj, known):
+                memory.lease_objects[lease.address] = dict(obj)
+    first = memory.leases is None
+    records: dict[str, assigning.Lease] = dict(memory.leases or {})
+    for address, obj in memory.lease_objects.items():
+        lease = ip_leases.read_lease(obj)
+        if lease is None:
+            continue
+        mine = records.get(address)
+        if lease.holder is None:
+            if mine is not None and not mine.released and address not in memory.deadlines:
+                records[address] = dataclasses.replace(mine, released=True)
+            continue
+        pod, uid = lease.holder
+        if mine is not None and (mine.pod, mine.pod_uid) == (pod, uid) and (
+            address in memory.deadlines
+        ):
+            continue  # our own record: its deadline is exact
+        records[address] = assigning.Lease(
+            address=address, pod=pod, pod_uid=uid, expires_at=datetime.min
+        )
+        memory.deadlines[address] = max(
+            memory.deadlines.get(address, mono), mono + lease.duration + timing.skew
+        )
+    if first:
+        # Upgrade from a release that kept holders in status.ips: honour them too.
+        for entry in inputs.status_ips:
+            recorded, holder = entry.get("address"), entry.get("pod")
+            if not recorded or not holder or recorded in records:
+                continue
+            records[recorded] = assigning.Lease(
+                address=recorded, pod=holder, pod_uid="", expires_at=datetime.min
+            )
+            memory.deadlines[recorded] = mono + timing.lease_seconds + timing.skew
+        memory.seed_allowances = True
+    memory.leases = records
+
+
+def _newer(candidate: Mapping[str, Any], known: Mapping[str, Any]) -> bool:
+    """Whether an indexed Lease is newer than the one we hold (our own write may be ahead of
+    the watch). resourceVersions are opaque, but etcd's are integers; when they are not, the
+    index wins (a stale write then fails on its precondition and is re-read)."""
+    a = str((candidate.get("metadata") or {}).get("resourceVersion") or "")
+    b = str((known.get("metadata") or {}).get("resourceVersion") or "")
+    if a.isdigit() and b.isdigit():
+        return int(a) > int(b)
+    return a != b
+
+
+# --- writing the Leases -----------------------------------------------------------------------
+
+
+async def _write_lease(
+    ctx: ctx_module.Context,
+    memory: PoolMemory,
+    inputs: LeaseInputs,
+    address: str,
+    *,
+    holder: tuple[str, str] | None,
+    new_epoch: bool,
+    now: datetime,
+    timing: Timing,
+) -> bool:
+    """Create or update the IP's Lease with a resourceVersion precondition; True if it
+    landed. A conflict re-reads the Lease (the next step decides again)."""
+    known = memory.lease_objects.get(address)
+    current = ip_leases.read_lease(known) if known is not None else None
+    epoch = current.epoch if current is not None else memory.epochs.get(address, 0)
+    if new_epoch:
+        epoch += 1
+    acquired = None
+    if current is not None and current.holder == holder and not new_epoch and known is not None:
+        acquired_text = (known.get("spec") or {}).get("acquireTime")
+        acquired = _parse_micro(acquired_text)
+    body = ip_leases.build_lease(
+        address=address,
+        namespace=inputs.namespace,
+        pool=inputs.name,
+        holder=holder,
+        duration=timing.lease_seconds,
+        epoch=epoch,
+        now=now,
+        acquired=acquired,
+        resource_version=current.resource_version if current is not None else None,
+    )
+    name = body["metadata"]["name"]
+    timeout = ctx.settings.pod_admin_timeout
+    try:
+        if current is None:
+            written = await asyncio.wait_for(
+                ctx.client.create(resources.LEASES, namespace=inputs.namespace, body=body),
+                timeout=timeout,
+            )
+        else:
+            patch = {"metadata": body["metadata"], "spec": {
+                "holderIdentity": None, "renewTime": None, "acquireTime": None, **body["spec"]
+            }}
+            written = await asyncio.wait_for(
+                ctx.client.patch(
+                    resources.LEASES, name=name, namespace=inputs.namespace, patch=patch
+                ),
+                timeout=timeout,
+            )
+    except kube_client.Conflict:
+        try:
+            fresh = await asyncio.wait_for(
+                ctx.client.get(resources.LEASES, name=name, namespace=inputs.namespace),
+                timeout=timeout,
+            )
+        except (kube_client.ApiError, TimeoutError, OSError):
+            return False
+        if fresh is not None:
+            memory.lease_objects[address] = fresh
+        return False
+    except (kube_client.ApiError, TimeoutError, OSError) as error:
+        log.warning(
+            "lease write failed",
+            extra={"lease": name, "namespace": inputs.namespace, "error": str(error)},
+        )
+        return False
+    memory.lease_objects[address] = written
+    memory.epochs[address] = epoch
+    return True
+
+
+def _parse_micro(text: Any) -> datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
+async def _record_grants(
+    ctx: ctx_module.Context,
+    memory: PoolMemory,
+    inputs: LeaseInputs,
+    plan: assigning.AssignmentPlan,
+    now: datetime,
+    timing: Timing,
+) -> assigning.AssignmentPlan:
+    """Write each new holder to its Lease; a grant whose write did not land is withdrawn from
+    the plan (the IP waits for the next step: no grant without its record)."""
+    orders = []
+    for order in plan.pods:
+        if not order.granted:
+            orders.append(order)
+            continue
+        results = await asyncio.gather(*(
+            _write_lease(
+                ctx, memory, inputs, address, holder=(order.pod, order.pod_uid),
+                new_epoch=True, now=now, timing=timing,
+            )
+            for address in order.granted
+        ))
+        refused = {a for a, ok in zip(order.granted, results, strict=True) if not ok}
+        if refused:
+            order = dataclasses.replace(
+                order,
+                ips=tuple(a for a in order.ips if a not in refused),
+                granted=tuple(a for a in order.granted if a not in refused),
+            )
+        orders.append(order)
+    return dataclasses.replace(plan, pods=tuple(orders))
+
+
+def _renew_lease_records(
+    ctx: ctx_module.Context,
+    memory: PoolMemory,
+    inputs: LeaseInputs,
+    order: assigning.PodAssignment,
+    held: Sequence[str],
+    now: datetime,
+    timing: Timing,
+) -> None:
+    """After a pod answered: its held IPs' Leases get a new renewTime, the IPs it no longer
+    holds are released (so the next leader need not wait them out). In the background:
+    nothing waits for the API here."""
+    held_set = set(held)
+    calls: list[tuple[str, tuple[str, str] | None]] = []
+    for address in order.ips:
+        if address in held_set and address not in order.granted:
+            calls.append((address, (order.pod, order.pod_uid)))
+    for address, lease in (memory.leases or {}).items():
+        if lease.pod == order.pod and address not in held_set:
+            obj = memory.lease_objects.get(address)
+            current = ip_leases.read_lease(obj) if obj is not None else None
+            if current is not None and current.holder == (order.pod, order.pod_uid):
+                calls.append((address, None))
+    for address, holder in calls:
+        key = f"lease/{address}"
+        running = memory.inflight.get(key)
+        if running is not None and not running.done():
+            continue
+        task = asyncio.create_task(
+            _write_lease(ctx, memory, inputs, address, holder=holder, new_epoch=False,
+                         now=now, timing=timing),
+            name=f"mailfleet-{key}",
+        )
+        memory.inflight[key] = task
+        task.add_done_callback(functools.partial(_forget_task, memory, key))
+
+
+def _forget_task(memory: PoolMemory, key: str, task: asyncio.Task[Any]) -> None:
+    if memory.inflight.get(key) is task:
+        del memory.inflight[key]
+    if not task.cancelled():
+        task.exception()  # retrieved; a failed write is retried on the next renewal
+
+
+# --- telling the pods ---------------------------------------------------------------------------
+
+
+async def _send_assignment(
+    ctx: ctx_module.Context,
+    admin: pod_admin.PodAdmin,
+    order: assigning.PodAssignment,
+    pod: Mapping[str, Any] | None,
+    inputs: LeaseInputs,
+    memory: PoolMemory,
+    timing: Timing,
+) -> None:
+    assert memory.leases is not None
+    spec = inputs.spec
+    now, sent_at = ctx.clock.now(), ctx.clock.monotonic()
+    # Record first: the request may land as late as its timeout, and the pod's TTL counts
+    # from then. An earlier, longer deadline is never shortened here.
+    intent = sent_at + timing.request_timeout + timing.ttl + timing.skew
+    for address in order.ips:
+        lease = memory.leases.get(address)
+        if lease is None or (lease.pod, lease.pod_uid) != (order.pod, order.pod_uid):
+            memory.leases[address] = assigning.Lease(
+                address=address, pod=order.pod, pod_uid=order.pod_uid, expires_at=datetime.min
+            )
+        elif lease.released:
+            memory.leases[address] = dataclasses.replace(lease, released=False)
+        memory.deadlines[address] = max(memory.deadlines.get(address, intent), intent)
+    endpoint = endpoint_of(pod, spec.submission.http.port) if pod is not None else None
+    if endpoint is None:
+        return
+    by_address = {ip.address: ip for ip in spec.egress.ips}
+    generation = max(memory.generations.get(order.pod, 0) + 1, int(now.timestamp() * 1000))
+    memory.generations[order.pod] = generation
+    leases = []
+    day = memory.usage_day
+    allowances: dict[str, int] = {}  # what each warming lease of this call lets the pod reach
+    allowed = list(inputs.allowed)
+    for address in order.ips:
+        ip = by_address.get(address)
+        if ip is None:
+            continue
+        quota = inputs.quotas.get(address)
+        chunk = inputs.chunking.chunk(memory, address, quota) if inputs.chunking else None
+        remaining, basis = usage_book.lease_quota(memory, address, order.pod, quota, chunk=chunk)
+        if remaining is not None and basis is not None:
+            allowances[address] = basis + remaining
+        classes = allowed if ip.classes is None else [c for c in ip.classes if c in allowed]
+        leases.append(
+            wire.Lease(
+                address=address,
+                helo_name=ip.helo_name,
+                ttl_seconds=timing.ttl,
+                epoch=memory.epochs.get(address, 0),
+                quota_remaining=remaining,
+                sent_today_basis=basis,
+                warmup=quota is not None,
+                lease_id=f"{order.pod_uid[:8]}-{memory.epochs.get(address, 0)}",
+                classes=None if classes == [c.name for c in spec.classes] else classes,
+            )
+        )
+    try:
+        answer = await admin.put_assignment(
+            endpoint,
+            wire.Assignment(generation=generation, leases=leases),
+            token=inputs.token,
+        )
+    except pod_admin.PodUnreachable:
+        if order.ips:
+            memory.unanswered[order.pod] = memory.unanswered.get(order.pod, 0) + 1
+        return
+    answered_at = ctx.clock.monotonic()
+    memory.unanswered.pop(order.pod, None)
+    usage_book.fold_answer(memory, order.pod, answer, now)
+    if memory.generations.get(order.pod) != generation:
+        return  # answered late (a background call): a newer assignment has been sent since
+    held = [lease.address for lease in answer.leases if lease.valid]
+    usage_book.acknowledged(memory, order.pod, allowances, granted_day=day, answer_day=answer.day)
+    held_set = set(held)
+    for address in order.ips:
+        if address in held_set:
+            # The pod received it before it answered: its TTL ends before this.
+            memory.deadlines[address] = answered_at + timing.ttl + timing.skew
+    for address, lease in list(memory.leases.items()):
+        if (lease.pod, lease.pod_uid) == (order.pod, order.pod_uid) and address not in held_set:
+            memory.leases[address] = dataclasses.replace(lease, released=True)
+            memory.deadlines.pop(address, None)
+    _renew_lease_records(ctx, memory, inputs, order, held, now, timing)
+    if order.granted:
+        metrics.POOL_LEASE_GRANTS.inc(len(set(order.granted) & held_set))
+
+
+async def _drain(
+    admin: pod_admin.PodAdmin,
+    plan: assigning.AssignmentPlan,
+    pods: Mapping[str, Mapping[str, Any]],
+    port: int,
+    token: str,
+    memory: PoolMemory,
+    now: datetime,
+    failed: set[str],
+    grace: float,
+) -> None:
+    """Ask each pod to drain with hand-off once (best effort: a dead pod cannot answer)."""
+
+    async def one(endpoint: pod_admin.PodEndpoint, uid: str) -> None:
+        try:
+            await admin.drain(endpoint, token=token)
+            memory.drained.setdefault(uid, now)
+        except pod_admin.PodUnreachable:
+            pass
+
+    calls = []
+    for name in plan.drain:
+        pod = pods.get(name)
+        if pod is None:
+            continue
+        uid = pod["metadata"].get("uid", "")
+        endpoint = endpoint_of(pod, port)
+        if uid in memory.drained or endpoint is None:
+            continue
+        calls.append((f"drain/{name}", name not in failed, functools.partial(one, endpoint, uid)))
+    await run_calls(memory, calls, grace=grace)
