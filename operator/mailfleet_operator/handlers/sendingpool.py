@@ -18,7 +18,7 @@ from mailfleet_operator import settings as settings_module
 from mailfleet_operator.api import common, ipwarmup, sendingpool
 from mailfleet_operator.handlers import reconciling
 from mailfleet_operator.logic import children, ip_leases
-from mailfleet_operator.reconcile import context, pod_admin
+from mailfleet_operator.reconcile import context, pod_admin, pool_children
 from mailfleet_operator.reconcile import sendingpool as reconciler
 
 RESOURCE = (common.GROUP, common.VERSION, sendingpool.PLURAL)
@@ -179,6 +179,11 @@ async def sendingpool_cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
-async def sendingpool_deleted(body: kopf.Body, **_: Any) -> None:
-    """Children go by owner reference; only the operator's memory of the pool is dropped."""
-    reconciler.forget(body["metadata"]["uid"])
+async def sendingpool_deleted(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
+    """Namespaced children go by owner reference; the cluster-scoped CNI egress objects are
+    deleted here (by the pool's labels), and the operator's memory of the pool is dropped."""
+    meta = body["metadata"]
+    await pool_children.apply_egress_objects(
+        memo.ctx, None, meta.get("namespace") or "default", meta["name"], meta["uid"], None
+    )
+    reconciler.forget(meta["uid"])

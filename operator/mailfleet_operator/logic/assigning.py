@@ -78,6 +78,9 @@ class AssignmentSettings:
     unhealthy_after: timedelta = timedelta(seconds=5)
     drain_on_blocklist: bool = True
     rebalance: bool = True
+    # A CNI source-NATs a whole pod: a pod holding two IPs would send from either. Then a
+    # pod holds at most one IP, and an IP waits rather than double up.
+    one_ip_per_pod: bool = False
 
 
 @dataclass(frozen=True)
@@ -287,6 +290,9 @@ def plan_assignment(spec: AssignmentInput) -> AssignmentPlan:
         """A spare while fewer than `active_target` pods hold IPs, else the least loaded."""
         if not candidates:
             return None
+        if settings.one_ip_per_pod:
+            free = [p for p in candidates if load(p.name) == 0]
+            return free[0] if free else None
         spares = [p for p in candidates if load(p.name) == 0]
         if spares and holders() < max(spec.active_target, 1):
             return spares[0]
@@ -301,7 +307,10 @@ def plan_assignment(spec: AssignmentInput) -> AssignmentPlan:
         if spec.active_target == 0:
             decisions[address] = IPDecision(address, IPState.STANDBY, None, "NoActiveReplicas")
             continue
-        target = previous_holder(spec.leases.get(address)) or choose_target()
+        target = previous_holder(spec.leases.get(address))
+        if target is not None and settings.one_ip_per_pod and load(target.name):
+            target = None
+        target = target or choose_target()
         if target is None:
             if waiting_for_first_pod:
                 decisions[address] = IPDecision(address, IPState.STANDBY, None, "NoPodReadyYet")
@@ -312,7 +321,13 @@ def plan_assignment(spec: AssignmentInput) -> AssignmentPlan:
         granted[target.name].append(address)
         decisions[address] = IPDecision(address, IPState.ACTIVE, target.name, "Granted")
 
-    if settings.rebalance and not failing_over and not to_place and not _waiting(decisions):
+    if (
+        settings.rebalance
+        and not settings.one_ip_per_pod
+        and not failing_over
+        and not to_place
+        and not _waiting(decisions)
+    ):
         _rebalance_one(spec, candidates, keeps, releasing, decisions)
 
     pod_plans: list[PodAssignment] = []

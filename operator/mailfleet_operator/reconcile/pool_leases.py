@@ -39,9 +39,9 @@ from mailfleet_operator import metrics
 from mailfleet_operator.api import sendingpool as sp
 from mailfleet_operator.kube import client as kube_client
 from mailfleet_operator.kube import resources
-from mailfleet_operator.logic import assigning, ip_leases, usage_book
+from mailfleet_operator.logic import assigning, egress_attachment, ip_leases, usage_book
 from mailfleet_operator.reconcile import context as ctx_module
-from mailfleet_operator.reconcile import pod_admin
+from mailfleet_operator.reconcile import lease_records, pod_admin
 from mailfleet_operator.reconcile.pool_state import (
     PoolMemory,
     World,
@@ -134,8 +134,9 @@ async def _step(
         renew_interval=timedelta(seconds=timing.renew_interval),
         unhealthy_after=units.parse_duration(spec.failover.unhealthy_after),
         drain_on_blocklist=spec.failover.drain_on_blocklist,
+        one_ip_per_pod=not egress_attachment.binds_source(spec.egress.attachment.mode),
     )
-    await _sync_leases(ctx, world, memory, inputs, mono, timing)
+    await lease_records.sync_leases(ctx, world, memory, inputs, mono, timing)
     pods_by_name = {p["metadata"]["name"]: p for p in world.pods}
     views = [
         pod_view(p, nodes=world.nodes, leaving=p["metadata"]["name"] in inputs.leaving)
@@ -167,7 +168,9 @@ async def _step(
     if memory.seed_allowances:
         usage_book.seed_from_holders(memory, inputs.quotas)
     # Write-ahead: a grant leaves only once its Lease names the new holder.
-    plan = await _record_grants(ctx, memory, inputs, plan, now, timing)
+    plan = await lease_records.record_grants(ctx, memory, inputs, plan, now, timing)
+    if not egress_attachment.binds_source(spec.egress.attachment.mode):
+        plan = await _label_holders(ctx, memory, plan, world.pods, mono)
     memory.plan = plan
     grace = min(ctx.settings.pod_admin_timeout, max(timing.renew_interval / 4, 0.1))
     failed = {n for n, h in plan.health.items() if h is assigning.PodHealth.FAILED}
@@ -208,196 +211,62 @@ def freeze(plan: assigning.AssignmentPlan) -> assigning.AssignmentPlan:
     return dataclasses.replace(plan, pods=kept, drain=())
 
 
-# --- gathering the Leases ---------------------------------------------------------------------
+# --- the CNI's holder labels -------------------------------------------------------------------
 
 
-async def _sync_leases(
+async def _label_holders(
     ctx: ctx_module.Context,
-    world: World,
     memory: PoolMemory,
-    inputs: LeaseInputs,
+    plan: assigning.AssignmentPlan,
+    pods: Sequence[Mapping[str, Any]],
     mono: float,
-    timing: Timing,
-) -> None:
-    """Fold the Lease objects into the lease records. A holder we did not record (restart,
-    new leader, another writer) may send until its Lease's duration plus skew from now."""
-    objects: Sequence[Mapping[str, Any]] | None = world.leases
-    if objects is None:
+) -> assigning.AssignmentPlan:
+    """One label per IP on the pod whose traffic the CNI source-NATs to it. A pod keeps the
+    label while its lease may be valid (even while the IP drains: its mail must still leave
+    from that IP); a new holder gets it only with its grant, which the plan makes only once
+    the old lease expired plus skew. A grant whose label did not land is withdrawn."""
+    assert memory.leases is not None
+    wanted: dict[str, set[str]] = {p["metadata"]["name"]: set() for p in pods}
+    for address, lease in memory.leases.items():
+        if not lease.released and memory.deadlines.get(address, mono) > mono:
+            wanted.setdefault(lease.pod, set()).add(address)
+    for order in plan.pods:
+        wanted.setdefault(order.pod, set()).update(order.ips)
+    failed: set[tuple[str, str]] = set()
+
+    async def one(pod: Mapping[str, Any]) -> None:
+        meta = pod["metadata"]
+        labels = meta.get("labels") or {}
+        held = wanted.get(meta["name"], set())
+        patch: dict[str, str | None] = {}
+        for address in held:
+            key, value = egress_attachment.holder_label(address)
+            if labels.get(key) != value:
+                patch[key] = value
+        for key in labels:
+            if key.startswith(egress_attachment.HOLDER_LABEL_PREFIX) and key not in {
+                egress_attachment.holder_label(a)[0] for a in held
+            }:
+                patch[key] = None
+        if not patch:
+            return
         try:
-            objects = await asyncio.wait_for(
-                ctx.client.list(
-                    resources.LEASES,
-                    namespace=inputs.namespace,
-                    label_selector=f"{ip_leases.POOL_LABEL}={inputs.name}",
+            await asyncio.wait_for(
+                ctx.client.patch(
+                    resources.PODS, name=meta["name"], namespace=meta.get("namespace"),
+                    patch={"metadata": {"labels": patch}},
                 ),
                 timeout=ctx.settings.pod_admin_timeout,
             )
-        except (kube_client.ApiError, TimeoutError, OSError) as error:
-            log.debug("lease list failed; using the last known Leases", extra={"error": str(error)})
-            objects = None
-    if objects is not None:
-        for obj in objects:
-            lease = ip_leases.read_lease(obj)
-            if lease is None or lease.pool != inputs.name:
-                continue
-            known = memory.lease_objects.get(lease.address)
-            if known is None or _newer(obj, known):
-                memory.lease_objects[lease.address] = dict(obj)
-    first = memory.leases is None
-    records: dict[str, assigning.Lease] = dict(memory.leases or {})
-    for address, obj in memory.lease_objects.items():
-        lease = ip_leases.read_lease(obj)
-        if lease is None:
-            continue
-        mine = records.get(address)
-        if lease.holder is None:
-            if mine is not None and not mine.released and address not in memory.deadlines:
-                records[address] = dataclasses.replace(mine, released=True)
-            continue
-        pod, uid = lease.holder
-        if mine is not None and (mine.pod, mine.pod_uid) == (pod, uid) and (
-            address in memory.deadlines
-        ):
-            continue  # our own record: its deadline is exact
-        records[address] = assigning.Lease(
-            address=address, pod=pod, pod_uid=uid, expires_at=datetime.min
-        )
-        memory.deadlines[address] = max(
-            memory.deadlines.get(address, mono), mono + lease.duration + timing.skew
-        )
-    if first:
-        # Upgrade from a release that kept holders in status.ips: honour them too.
-        for entry in inputs.status_ips:
-            recorded, holder = entry.get("address"), entry.get("pod")
-            if not recorded or not holder or recorded in records:
-                continue
-            records[recorded] = assigning.Lease(
-                address=recorded, pod=holder, pod_uid="", expires_at=datetime.min
-            )
-            memory.deadlines[recorded] = mono + timing.lease_seconds + timing.skew
-        memory.seed_allowances = True
-    memory.leases = records
-
-
-def _newer(candidate: Mapping[str, Any], known: Mapping[str, Any]) -> bool:
-    """Whether an indexed Lease is newer than the one we hold (our own write may be ahead of
-    the watch). resourceVersions are opaque, but etcd's are integers; when they are not, the
-    index wins (a stale write then fails on its precondition and is re-read)."""
-    a = str((candidate.get("metadata") or {}).get("resourceVersion") or "")
-    b = str((known.get("metadata") or {}).get("resourceVersion") or "")
-    if a.isdigit() and b.isdigit():
-        return int(a) > int(b)
-    return a != b
-
-
-# --- writing the Leases -----------------------------------------------------------------------
-
-
-async def _write_lease(
-    ctx: ctx_module.Context,
-    memory: PoolMemory,
-    inputs: LeaseInputs,
-    address: str,
-    *,
-    holder: tuple[str, str] | None,
-    new_epoch: bool,
-    now: datetime,
-    timing: Timing,
-) -> bool:
-    """Create or update the IP's Lease with a resourceVersion precondition; True if it
-    landed. A conflict re-reads the Lease (the next step decides again)."""
-    known = memory.lease_objects.get(address)
-    current = ip_leases.read_lease(known) if known is not None else None
-    epoch = current.epoch if current is not None else memory.epochs.get(address, 0)
-    if new_epoch:
-        epoch += 1
-    acquired = None
-    if current is not None and current.holder == holder and not new_epoch and known is not None:
-        acquired_text = (known.get("spec") or {}).get("acquireTime")
-        acquired = _parse_micro(acquired_text)
-    body = ip_leases.build_lease(
-        address=address,
-        namespace=inputs.namespace,
-        pool=inputs.name,
-        holder=holder,
-        duration=timing.lease_seconds,
-        epoch=epoch,
-        now=now,
-        acquired=acquired,
-        resource_version=current.resource_version if current is not None else None,
-    )
-    name = body["metadata"]["name"]
-    timeout = ctx.settings.pod_admin_timeout
-    try:
-        if current is None:
-            written = await asyncio.wait_for(
-                ctx.client.create(resources.LEASES, namespace=inputs.namespace, body=body),
-                timeout=timeout,
-            )
-        else:
-            patch = {"metadata": body["metadata"], "spec": {
-                "holderIdentity": None, "renewTime": None, "acquireTime": None, **body["spec"]
-            }}
-            written = await asyncio.wait_for(
-                ctx.client.patch(
-                    resources.LEASES, name=name, namespace=inputs.namespace, patch=patch
-                ),
-                timeout=timeout,
-            )
-    except kube_client.Conflict:
-        try:
-            fresh = await asyncio.wait_for(
-                ctx.client.get(resources.LEASES, name=name, namespace=inputs.namespace),
-                timeout=timeout,
-            )
         except (kube_client.ApiError, TimeoutError, OSError):
-            return False
-        if fresh is not None:
-            memory.lease_objects[address] = fresh
-        return False
-    except (kube_client.ApiError, TimeoutError, OSError) as error:
-        log.warning(
-            "lease write failed",
-            extra={"lease": name, "namespace": inputs.namespace, "error": str(error)},
-        )
-        return False
-    memory.lease_objects[address] = written
-    memory.epochs[address] = epoch
-    return True
+            failed.update((meta["name"], a) for a in held)
 
-
-def _parse_micro(text: Any) -> datetime | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-
-
-async def _record_grants(
-    ctx: ctx_module.Context,
-    memory: PoolMemory,
-    inputs: LeaseInputs,
-    plan: assigning.AssignmentPlan,
-    now: datetime,
-    timing: Timing,
-) -> assigning.AssignmentPlan:
-    """Write each new holder to its Lease; a grant whose write did not land is withdrawn from
-    the plan (the IP waits for the next step: no grant without its record)."""
+    await asyncio.gather(*(one(p) for p in pods))
+    if not failed:
+        return plan
     orders = []
     for order in plan.pods:
-        if not order.granted:
-            orders.append(order)
-            continue
-        results = await asyncio.gather(*(
-            _write_lease(
-                ctx, memory, inputs, address, holder=(order.pod, order.pod_uid),
-                new_epoch=True, now=now, timing=timing,
-            )
-            for address in order.granted
-        ))
-        refused = {a for a, ok in zip(order.granted, results, strict=True) if not ok}
+        refused = {a for a in order.granted if (order.pod, a) in failed}
         if refused:
             order = dataclasses.replace(
                 order,
@@ -406,50 +275,6 @@ async def _record_grants(
             )
         orders.append(order)
     return dataclasses.replace(plan, pods=tuple(orders))
-
-
-def _renew_lease_records(
-    ctx: ctx_module.Context,
-    memory: PoolMemory,
-    inputs: LeaseInputs,
-    order: assigning.PodAssignment,
-    held: Sequence[str],
-    now: datetime,
-    timing: Timing,
-) -> None:
-    """After a pod answered: its held IPs' Leases get a new renewTime, the IPs it no longer
-    holds are released (so the next leader need not wait them out). In the background:
-    nothing waits for the API here."""
-    held_set = set(held)
-    calls: list[tuple[str, tuple[str, str] | None]] = []
-    for address in order.ips:
-        if address in held_set and address not in order.granted:
-            calls.append((address, (order.pod, order.pod_uid)))
-    for address, lease in (memory.leases or {}).items():
-        if lease.pod == order.pod and address not in held_set:
-            obj = memory.lease_objects.get(address)
-            current = ip_leases.read_lease(obj) if obj is not None else None
-            if current is not None and current.holder == (order.pod, order.pod_uid):
-                calls.append((address, None))
-    for address, holder in calls:
-        key = f"lease/{address}"
-        running = memory.inflight.get(key)
-        if running is not None and not running.done():
-            continue
-        task = asyncio.create_task(
-            _write_lease(ctx, memory, inputs, address, holder=holder, new_epoch=False,
-                         now=now, timing=timing),
-            name=f"mailfleet-{key}",
-        )
-        memory.inflight[key] = task
-        task.add_done_callback(functools.partial(_forget_task, memory, key))
-
-
-def _forget_task(memory: PoolMemory, key: str, task: asyncio.Task[Any]) -> None:
-    if memory.inflight.get(key) is task:
-        del memory.inflight[key]
-    if not task.cancelled():
-        task.exception()  # retrieved; a failed write is retried on the next renewal
 
 
 # --- telling the pods ---------------------------------------------------------------------------
@@ -538,7 +363,7 @@ async def _send_assignment(
         if (lease.pod, lease.pod_uid) == (order.pod, order.pod_uid) and address not in held_set:
             memory.leases[address] = dataclasses.replace(lease, released=True)
             memory.deadlines.pop(address, None)
-    _renew_lease_records(ctx, memory, inputs, order, held, now, timing)
+    lease_records.renew_lease_records(ctx, memory, inputs, order, held, now, timing)
     if order.granted:
         metrics.POOL_LEASE_GRANTS.inc(len(set(order.granted) & held_set))
 
