@@ -130,12 +130,14 @@ def rbac_rules() -> dict[str, list[dict[str, list[str]]]]:
 
     namespaced: namespaced kinds (a ClusterRole when cluster-wide, a Role per watched namespace);
     cluster: cluster-scoped kinds (always a ClusterRole); peeringCluster / peeringNamespaced:
-    the kopf peering kinds, granted only in HA mode and only the one the scope uses.
+    the kopf peering kinds, granted only in HA mode and only the one the scope uses;
+    leaderElection: the Lease rules again, for the leader Lease in the operator's namespace.
     """
     from mailfleet_operator.kube import resources
 
     groups: dict[str, list[dict[str, list[str]]]] = {
         "namespaced": [], "cluster": [], "peeringCluster": [], "peeringNamespaced": [],
+        "leaderElection": [],
     }
     for resource in resources.ALL:
         peering = resource.group == "kopf.dev"
@@ -144,6 +146,7 @@ def rbac_rules() -> dict[str, list[dict[str, list[str]]]]:
         else:
             key = "namespaced" if resource.namespaced else "cluster"
         groups[key].extend(rule.as_dict() for rule in resources.rbac_rules([resource]))
+    groups["leaderElection"] = [rule.as_dict() for rule in resources.rbac_rules([resources.LEASES])]
     return groups
 
 

@@ -27,7 +27,9 @@ EVERY_SETTING: dict[str, Any] = {
     "senderSmtpPort": 2525, "leaseDuration": 20, "leaseRenewInterval": 4,
     "leaseClockSkew": 2.5, "podAdminTimeout": 3, "statsInterval": 15, "drainTimeout": 1000000,
     "autoscaleStabilization": 120, "warmupDaySeconds": 60, "timeScale": 10,
-    "warmupQuotaChunk": 25,
+    "warmupQuotaChunk": 25, "leaderElection": False, "leaderElectionNamespace": "ops",
+    "leaderLeaseName": "leader", "leaderLeaseDuration": 30, "leaderRenewDeadline": 20,
+    "leaderRetryPeriod": 5,
 }
 
 

@@ -128,14 +128,18 @@ def test_operator_pod_meets_the_restricted_pod_security_standard(name: str) -> N
         assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
 
 
-def test_default_is_one_replica_recreated_without_peering() -> None:
+def test_default_is_two_replicas_electing_a_leader_recreated_without_peering() -> None:
     objs = cs.objects()
     deployment = cs.one(objs, "Deployment")
-    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["replicas"] == 2
     assert deployment["spec"]["strategy"] == {"type": "Recreate"}
     env = cs.env_of(_pod_spec(deployment)["containers"][0])
     assert env["MAILFLEET_OPERATOR_STANDALONE"] == "true"
     assert env["MAILFLEET_OPERATOR_ALL_NAMESPACES"] == "true"
+    assert env["MAILFLEET_OPERATOR_LEADER_ELECTION"] == "true"
+    # The election's identity and the leader Lease's namespace, from the downward API.
+    assert env["POD_NAME"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert cs.find(objs, "StatefulSet") == cs.find(objs, "PodDisruptionBudget") == []
     assert not [o for o in objs if o["apiVersion"].startswith("kopf.dev")]
 
@@ -171,6 +175,9 @@ def test_ha_priority_env_parses_as_the_operator_setting() -> None:
     assert (parsed.priority, parsed.standalone, parsed.peering_name) == (2, False, "mailfleet")
 
 
+DOWNWARD_API = ("POD_ID", "POD_NAME", "POD_NAMESPACE")
+"""Variables the pod gets from the downward API, not operator settings."""
+
 def test_every_operator_env_variable_is_a_known_setting() -> None:
     from mailfleet_operator import settings
 
@@ -179,20 +186,29 @@ def test_every_operator_env_variable_is_a_known_setting() -> None:
         workload = (cs.find(objs, "Deployment") + cs.find(objs, "StatefulSet"))[0]
         env = cs.env_of(_pod_spec(workload)["containers"][0])
         for key in env:
-            if key == "POD_ID":
+            if key in DOWNWARD_API:
                 continue
             field = key.removeprefix(settings.ENV_PREFIX).lower()
             assert field in settings.Settings.model_fields, f"{key} is not an operator setting"
-        static = {k: v for k, v in env.items() if isinstance(v, str) and k != "POD_ID"}
+        static = {k: v for k, v in env.items() if isinstance(v, str) and k not in DOWNWARD_API}
         settings.Settings.from_env(static)  # the values parse
 
 
 def test_namespaced_mode_grants_write_access_only_in_watched_namespaces() -> None:
     objs = cs.objects(cs.VALUE_SETS["namespaced"])
     roles = cs.find(objs, "Role")
-    assert sorted(r["metadata"]["namespace"] for r in roles) == ["mail", "mail-staging"]
+    served = [r for r in roles if not r["metadata"]["name"].endswith("-leader-election")]
+    assert sorted(r["metadata"]["namespace"] for r in served) == ["mail", "mail-staging"]
     bindings = cs.find(objs, "RoleBinding")
-    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["mail", "mail-staging"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == [
+        "mail", "mail-staging", "mailfleet-system"]
+    # Leader election: Leases only, in the operator's own namespace.
+    leader = [r for r in roles if r["metadata"]["name"].endswith("-leader-election")]
+    assert [r["metadata"]["namespace"] for r in leader] == ["mailfleet-system"]
+    assert {g for r in leader[0]["rules"] for g in r["apiGroups"]} == {"coordination.k8s.io"}
+    assert {p for r in leader[0]["rules"] for p in r["resources"]} == {"leases"}
+    # Leases (the egress-IP Leases) wherever pools are served.
+    assert all(any("leases" in rule["resources"] for rule in r["rules"]) for r in served)
     cluster_role = cs.one(objs, "ClusterRole")
     # Writes cluster-wide only on the per-IP CNI egress objects, which are cluster-scoped.
     cni_egress = {("cilium.io", "ciliumegressgatewaypolicies"), ("crd.antrea.io", "egresses"),
@@ -211,7 +227,7 @@ def test_namespaced_ha_meets_in_a_namespaced_peering() -> None:
     peering = cs.one(objs, "KopfPeering")
     assert peering["metadata"]["namespace"] == "mail"
     assert cs.find(objs, "ClusterKopfPeering") == []
-    role = cs.one(objs, "Role")
+    role = next(r for r in cs.find(objs, "Role") if r["metadata"]["namespace"] == "mail")
     assert any("kopfpeerings" in r["resources"] for r in role["rules"])
 
 
