@@ -74,22 +74,27 @@ class Settings(BaseModel):
     )
     # --- SendingPool controller (issue 7) ---
     lease_duration: float = Field(
-        default=10.0, gt=0,
+        default=5.0, gt=0,
         description=(
             "Seconds an egress IP lease lasts; bounds how long a partitioned pod may keep an "
             "IP before another pod can get it (failover time of a partition)."
         ),
     )
     lease_renew_interval: float = Field(
-        default=3.0, gt=0,
+        default=1.5, gt=0,
         description="Seconds between lease renewals; also the pool reconcile period (halved).",
     )
     lease_clock_skew: float = Field(
-        default=1.0, ge=0,
+        default=0.5, ge=0,
         description="Seconds of clock difference between operator and pods the leases allow for.",
     )
     pod_admin_timeout: float = Field(
-        default=2.0, gt=0, description="Seconds per call to a sender pod's admin endpoint."
+        default=1.5, gt=0,
+        description=(
+            "Seconds per call to a sender pod's admin endpoint. A holder that does not answer "
+            "a renewal within it is not renewed again, so its IP moves at most "
+            "renewal interval + this + lease duration + skew after it froze."
+        ),
     )
     drain_timeout: float = Field(
         default=600.0, gt=0,

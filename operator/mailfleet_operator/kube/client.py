@@ -155,7 +155,13 @@ class Client:
             method, path, data=data, params=params, headers=headers
         ) as response:
             text = await response.text()
-            payload: Any = json.loads(text) if text else {}
+            try:
+                payload: Any = json.loads(text) if text else {}
+            except ValueError:
+                # Not a Status: e.g. "404 page not found" for a kind the cluster does not serve.
+                if response.status < 400:
+                    raise
+                payload = text
             if response.status >= 400:
                 reason = payload.get("reason", "") if isinstance(payload, dict) else ""
                 message = payload.get("message", text) if isinstance(payload, dict) else text

@@ -36,6 +36,10 @@ class UsageBook:
     # Set when leases were rebuilt from the API (restart): each recorded holder of a warming
     # IP counts with the whole day until it acknowledges a lease of ours.
     seed_allowances: bool = False
+    # Counts every quota grant (`lease_quota`); (ip, pod) -> the count at its last grant. A
+    # stats read that started before a pod's last grant cannot make its count final.
+    grant_seq: int = 0
+    last_grant: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
 
 
 def sent_today(book: UsageBook) -> dict[str, int]:
@@ -115,12 +119,14 @@ def merge_usage(
     fresh: Mapping[str, wire.Stats],
     now: datetime | None = None,
     held_before: Collection[tuple[str, str]] = (),
+    read_started: int | None = None,
 ) -> None:
     """Fold a stats read into the day's per-pod counts; a new sender day starts afresh.
 
     A pod's count is final only if it held the IP neither when the read started
-    (`held_before`: (address, pod)) nor now: a read answered just before a release may miss
-    the last messages."""
+    (`held_before`: (address, pod)) nor now, nor was granted it in between (`read_started`:
+    `grant_seq` when the read left): a read answered just before a release may miss the last
+    messages, and one that left before a short-lived grant misses all of them."""
     if not fresh:
         return
     day = max(stats.day for stats in fresh.values())
@@ -138,7 +144,11 @@ def merge_usage(
             lease = leases.get(address)
             final = book.ip_final.setdefault(address, set())
             holding = lease is not None and lease.pod == pod and not lease.released
-            if holding or (address, pod) in held_before:
+            granted_since = (
+                read_started is not None
+                and book.last_grant.get((address, pod), -1) >= read_started
+            )
+            if holding or granted_since or (address, pod) in held_before:
                 final.discard(pod)  # still holding: it may send more
             else:
                 final.add(pod)
@@ -192,6 +202,8 @@ def lease_quota(
     sent = book.ip_sent.get(address, {})
     allowances = book.ip_allowance.setdefault(address, {})
     book.ip_final.setdefault(address, set()).discard(pod)  # it holds the IP: not final
+    book.last_grant[(address, pod)] = book.grant_seq
+    book.grant_seq += 1
     own = sent.get(pod, 0)
     holders = [warmup_quotas.HolderUsage(pod=pod, sent=own)]
     for other in sorted((set(sent) | set(allowances)) - {pod}):

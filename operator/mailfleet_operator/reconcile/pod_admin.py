@@ -22,7 +22,14 @@ log = logging.getLogger(__name__)
 
 
 class PodUnreachable(ConnectionError):
-    """The pod did not answer, or answered with an error; the message says which."""
+    """The pod did not answer, or answered with an error; the message says which.
+
+    `delivered` is False only when the request certainly never reached the pod (the
+    connection could not be opened: refused, no route); a lease sent that way holds nothing."""
+
+    def __init__(self, message: str, *, delivered: bool = True) -> None:
+        super().__init__(message)
+        self.delivered = delivered
 
 
 @dataclass(frozen=True)
@@ -77,6 +84,10 @@ class PodAdmin:
                     text = (await response.text())[:200]
                     raise PodUnreachable(f"{pod.name}: {method} {path} -> {response.status} {text}")
                 return await response.json(content_type=None)
+        except aiohttp.ClientConnectorError as exc:
+            raise PodUnreachable(
+                f"{pod.name}: {method} {path} failed: {exc!r}", delivered=False
+            ) from exc
         except (aiohttp.ClientError, TimeoutError, ValueError) as exc:
             raise PodUnreachable(f"{pod.name}: {method} {path} failed: {exc!r}") from exc
 

@@ -295,6 +295,7 @@ async def _send_assignment(
     # Record first: the request may land as late as its timeout, and the pod's TTL counts
     # from then. An earlier, longer deadline is never shortened here.
     intent = sent_at + timing.request_timeout + timing.ttl + timing.skew
+    before = {a: memory.deadlines.get(a) for a in order.ips}
     for address in order.ips:
         lease = memory.leases.get(address)
         if lease is None or (lease.pod, lease.pod_uid) != (order.pod, order.pod_uid):
@@ -343,9 +344,16 @@ async def _send_assignment(
             wire.Assignment(generation=generation, leases=leases),
             token=inputs.token,
         )
-    except pod_admin.PodUnreachable:
+    except pod_admin.PodUnreachable as error:
         if order.ips:
             memory.unanswered[order.pod] = memory.unanswered.get(order.pod, 0) + 1
+        if not error.delivered:
+            # Never reached the pod (its process is gone): this grant extends nothing.
+            for address, deadline in before.items():
+                if deadline is None:
+                    memory.deadlines.pop(address, None)
+                else:
+                    memory.deadlines[address] = deadline
         return
     answered_at = ctx.clock.monotonic()
     memory.unanswered.pop(order.pod, None)

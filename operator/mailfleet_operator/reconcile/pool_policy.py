@@ -65,6 +65,7 @@ async def read_stats(
         for address, lease in (memory.leases or {}).items()
         if not lease.released
     }
+    started = memory.grant_seq
     results = await asyncio.gather(*(one(p) for p in pods))
     fresh: dict[str, wire.Stats] = {}
     for name, uid, stats in results:
@@ -81,7 +82,7 @@ async def read_stats(
         )
     memory.stats = fresh
     memory.stats_at = now
-    usage_book.merge_usage(memory, fresh, now, held_before)
+    usage_book.merge_usage(memory, fresh, now, held_before, read_started=started)
     memory.samples = reputation.prune_samples(memory.samples, now=now, window=timedelta(days=1))
 
 

@@ -73,7 +73,10 @@ async def reconcile_pool(
     body: Mapping[str, Any],
     world: World,
 ) -> ctx_module.Outcome:
-    """One main cycle for one pool. Safe to call concurrently: cycles of a pool serialize."""
+    """One main cycle for one pool. Safe to call concurrently: cycles of a pool serialize.
+    Only the elected leader acts; other replicas wait."""
+    if not pool_leases.leading(ctx):
+        return ctx_module.Outcome(requeue_after=max(ctx.settings.lease_renew_interval, 0.5))
     memory = memory_for(body["metadata"]["uid"])
     async with memory.lock:
         return await _reconcile_locked(ctx, admin, body, world, memory)

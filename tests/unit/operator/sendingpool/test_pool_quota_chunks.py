@@ -45,7 +45,7 @@ class World:
         self.pods = {f"mail-{i}": Sender(f"mail-{i}") for i in range(3)}
         self.holder: str | None = None
         self.clock = T0
-        self.pending: tuple[dict[str, int], set[tuple[str, str]]] | None = None
+        self.pending: tuple[dict[str, int], set[tuple[str, str]], int] | None = None
 
     def tick(self) -> datetime:
         self.clock += timedelta(seconds=1)
@@ -81,7 +81,7 @@ class World:
             status = wire.AssignmentStatus(
                 pod=pod.name, generation=1, day=DAY,
                 leases=[wire.LeaseStatus(
-                    address=IP, helo_name="h", expires_at=T0, valid=True, warmup=True,
+                    address=IP, helo_name="h", valid=True, warmup=True,
                     sent_today=pod.sent,
                 )],
             )
@@ -100,16 +100,16 @@ class World:
         counts = {n: s.sent for n, s in self.pods.items() if s.reachable}
         held = {(IP, lease.pod) for lease in (self.memory.leases or {}).values()
                 if not lease.released}
-        self.pending = (counts, held)
+        self.pending = (counts, held, self.memory.grant_seq)
 
     def stats_end(self) -> None:
         if self.pending is None:
             return
-        counts, held = self.pending
+        counts, held, started = self.pending
         self.pending = None
         fresh = {n: wire.Stats(pod=n, day=DAY, ips=[wire.IPStats(address=IP, sent_today=c)])
                  for n, c in counts.items()}
-        usage_book.merge_usage(self.memory, fresh, self.tick(), held)
+        usage_book.merge_usage(self.memory, fresh, self.tick(), held, read_started=started)
 
     def lose(self) -> None:
         """The holder is cut off (partition, frozen node): it keeps sending what its lease
