@@ -297,7 +297,8 @@ async def _reconcile_locked(
         await pool_children.apply_dkim_secret(ctx, pool_objects, key_data, memory, cycle)
         for child in children.build_children(spec, pool_objects, config_yaml=rendered.text):
             await pool_children.apply_child(ctx, child, memory, cycle)
-        egress_key = (spec.egress.model_dump_json(), now.timestamp() // max(settings.stats_interval, 1.0))
+        recheck = now.timestamp() // max(settings.stats_interval, 1.0)  # drift: re-read
+        egress_key = (spec.egress.model_dump_json(), recheck)
         if memory.applied.get("egress-objects") != str(egress_key):
             await pool_children.apply_egress_objects(
                 ctx, spec, namespace, name, meta["uid"], cycle
