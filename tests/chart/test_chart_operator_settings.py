@@ -71,7 +71,7 @@ def test_production_defaults_never_scale_time_and_extra_env_wins() -> None:
     assert "MAILFLEET_OPERATOR_TIME_SCALE" not in env
     assert "MAILFLEET_OPERATOR_SENDER_SMTP_PORT" not in env
     assert "MAILFLEET_OPERATOR_DNS_NAMESERVERS" not in env  # empty list: not passed
-    assert env["MAILFLEET_OPERATOR_LEASE_CLOCK_SKEW"] == "1"
+    assert env["MAILFLEET_OPERATOR_LEASE_CLOCK_SKEW"] == "0.5"
 
     extra = [{"name": "MAILFLEET_OPERATOR_ERROR_DELAY", "value": "5"}]
     objs = cs.objects({"operator": {"extraEnv": extra}})

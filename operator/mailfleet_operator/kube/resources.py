@@ -139,8 +139,9 @@ LEASES = Resource(
 
 # --- per-IP CNI egress objects (spec.egress.attachment; logic/egress_attachment.py) ------------
 # Cluster-scoped, so no owner reference: listed by the pool's labels, applied, and deleted by
-# the operator when the pool or its IP goes (or the pool switches mode). Watched: drift repaired.
-_CNI_EGRESS: tuple[Verb, ...] = (*_READ, "create", "patch", "delete")
+# the operator when the pool or its IP goes (or the pool switches mode); re-listed now and then
+# (drift repaired).
+_CNI_EGRESS: tuple[Verb, ...] = ("list", "create", "patch", "delete")
 CILIUM_EGRESS_GATEWAY_POLICIES = Resource(
     group="cilium.io", version="v2", plural="ciliumegressgatewaypolicies",
     kind="CiliumEgressGatewayPolicy", namespaced=False, verbs=_verbs(*_CNI_EGRESS),

@@ -215,13 +215,6 @@ def hostport(text: str) -> tuple[str, int]:
     return text, 53
 
 
-_CNI_RESOURCES = (
-    resources.CILIUM_EGRESS_GATEWAY_POLICIES,
-    resources.ANTREA_EGRESSES,
-    resources.OVN_EGRESS_IPS,
-)
-
-
 async def apply_egress_objects(
     ctx: ctx_module.Context,
     spec: sp.SendingPoolSpec | None,
@@ -234,46 +227,64 @@ async def apply_egress_objects(
     the pool's labels, not owner references): created or patched to the desired content,
     and the pool's others deleted (an IP removed, a mode switch, or `spec` None: the pool is
     gone). A kind the cluster does not serve (that CNI is not installed) has nothing to
-    delete; a desired object of such a kind fails loudly in the Ready condition's events."""
+    delete; a desired object of such a kind is an error of the cycle."""
     desired = (
-        {o["metadata"]["name"]: o for o in egress_attachment.build_egress_objects(
-            spec, namespace, name, uid)}
-        if spec is not None else {}
+        egress_attachment.build_egress_objects(spec, namespace, name, uid)
+        if spec is not None else []
     )
     selector = egress_attachment.owner_selector(namespace, name)
-    for resource in _CNI_RESOURCES:
-        wanted = {n: o for n, o in desired.items() if o["kind"] == resource.kind}
-        try:
-            existing = await ctx.client.list(resource, label_selector=selector)
-        except kube_client.NotFound:
-            existing = []
-        except kube_client.ApiError:
-            if wanted:
-                raise
-            existing = []
-        have = {o["metadata"]["name"]: o for o in existing}
-        for obj_name, body in wanted.items():
-            current = have.get(obj_name)
-            if current is None:
-                try:
-                    await ctx.client.create(resource, body=body)
-                except kube_client.Conflict:
-                    continue  # not listed by our labels: someone else's object, never taken
-                if cycle is not None:
-                    cycle.writes += 1
-            elif current.get("spec") != body["spec"] or any(
-                (current["metadata"].get("labels") or {}).get(k) != v
-                for k, v in body["metadata"]["labels"].items()
-            ):
-                await ctx.client.patch(
-                    resource, name=obj_name,
-                    patch={"metadata": {"labels": body["metadata"]["labels"]},
-                           "spec": body["spec"]},
-                    patch_type="merge",
-                )
-                if cycle is not None:
-                    cycle.writes += 1
-        for obj_name in set(have) - set(wanted):
-            await ctx.client.delete(resource, name=obj_name)
-            if cycle is not None:
-                cycle.writes += 1
+
+    def wanted(kind: str) -> dict[str, Mapping[str, Any]]:
+        return {o["metadata"]["name"]: o for o in desired if o["kind"] == kind}
+
+    cilium, antrea, ovn = (
+        resources.CILIUM_EGRESS_GATEWAY_POLICIES, resources.ANTREA_EGRESSES,
+        resources.OVN_EGRESS_IPS,
+    )
+    await _apply_egress_kind(
+        ctx, resources.CILIUM_EGRESS_GATEWAY_POLICIES, wanted(cilium.kind), selector, cycle
+    )
+    await _apply_egress_kind(
+        ctx, resources.ANTREA_EGRESSES, wanted(antrea.kind), selector, cycle
+    )
+    await _apply_egress_kind(ctx, resources.OVN_EGRESS_IPS, wanted(ovn.kind), selector, cycle)
+
+
+async def _apply_egress_kind(
+    ctx: ctx_module.Context,
+    resource: resources.Resource,
+    wanted: Mapping[str, Mapping[str, Any]],
+    selector: str,
+    cycle: Cycle | None,
+) -> None:
+    try:
+        existing = await ctx.client.list(resource, label_selector=selector)
+    except kube_client.ApiError:
+        if wanted:
+            raise
+        existing = []  # the kind is not served here: nothing of ours to delete
+    have = {o["metadata"]["name"]: o for o in existing}
+    for obj_name, body in wanted.items():
+        current = have.get(obj_name)
+        if current is None:
+            try:
+                await ctx.client.create(resource, body=body)
+            except kube_client.Conflict:
+                continue  # not listed by our labels: someone else's object, never taken
+        elif current.get("spec") != body["spec"] or any(
+            (current["metadata"].get("labels") or {}).get(k) != v
+            for k, v in body["metadata"]["labels"].items()
+        ):
+            await ctx.client.patch(
+                resource,
+                name=obj_name,
+                patch={"metadata": {"labels": body["metadata"]["labels"]}, "spec": body["spec"]},
+            )
+        else:
+            continue
+        if cycle is not None:
+            cycle.writes += 1
+    for obj_name in set(have) - set(wanted):
+        await ctx.client.delete(resource, name=obj_name)
+        if cycle is not None:
+            cycle.writes += 1

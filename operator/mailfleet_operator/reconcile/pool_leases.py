@@ -41,8 +41,9 @@ from mailfleet_operator.kube import client as kube_client
 from mailfleet_operator.kube import resources
 from mailfleet_operator.logic import assigning, egress_attachment, ip_leases, usage_book
 from mailfleet_operator.reconcile import context as ctx_module
-from mailfleet_operator.reconcile import lease_records, pod_admin
+from mailfleet_operator.reconcile import lease_records, pod_admin, pool_status
 from mailfleet_operator.reconcile.pool_state import (
+    Cycle,
     PoolMemory,
     World,
     endpoint_of,
@@ -171,6 +172,7 @@ async def _step(
     plan = await lease_records.record_grants(ctx, memory, inputs, plan, now, timing)
     if not egress_attachment.binds_source(spec.egress.attachment.mode):
         plan = await _label_holders(ctx, memory, plan, world.pods, mono)
+    _post_ip_events(ctx, body, memory.plan, plan, memory)
     memory.plan = plan
     grace = min(ctx.settings.pod_admin_timeout, max(timing.renew_interval / 4, 0.1))
     failed = {n for n, h in plan.health.items() if h is assigning.PodHealth.FAILED}
@@ -209,6 +211,46 @@ def freeze(plan: assigning.AssignmentPlan) -> assigning.AssignmentPlan:
         for p in plan.pods
     )
     return dataclasses.replace(plan, pods=kept, drain=())
+
+
+def _ip_view(plan: assigning.AssignmentPlan | None) -> dict[str, Any]:
+    return {"ips": [
+        {"address": d.address, "state": d.state.value, "pod": d.pod,
+         "listedOn": list(d.listed_on)}
+        for d in (plan.ips if plan is not None else ())
+    ]}
+
+
+def _post_ip_events(
+    ctx: ctx_module.Context,
+    body: Mapping[str, Any],
+    before: assigning.AssignmentPlan | None,
+    after: assigning.AssignmentPlan,
+    memory: PoolMemory,
+) -> None:
+    """An event per IP transition, as the lease loop sees it (the main cycle may never see a
+    short Draining). Posted in the background: events never hold up a renewal."""
+    cycle = Cycle()
+    pool_status.ip_events(_ip_view(before), _ip_view(after), cycle)
+    if not cycle.events:
+        return
+
+    async def post() -> None:
+        for type_, reason, message in cycle.events:
+            try:
+                await asyncio.wait_for(
+                    ctx.client.post_event(
+                        regarding=body, type_=type_, reason=reason,
+                        message=message,  # type: ignore[arg-type]
+                    ),
+                    timeout=ctx.settings.pod_admin_timeout * 4,
+                )
+            except (kube_client.ApiError, TimeoutError, OSError):
+                pass  # events are best effort
+
+    task = asyncio.create_task(post(), name="mailfleet-ip-events")
+    memory.background.add(task)
+    task.add_done_callback(memory.background.discard)
 
 
 # --- the CNI's holder labels -------------------------------------------------------------------

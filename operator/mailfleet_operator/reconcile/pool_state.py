@@ -63,6 +63,8 @@ class PoolMemory(usage_book.UsageBook):
     lease_objects: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     # address -> the fencing epoch last written to its Lease (leaseTransitions).
     epochs: dict[str, int] = dataclasses.field(default_factory=dict)
+    # Fire-and-forget tasks (events of the lease loop), kept referenced until done.
+    background: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
     # pod -> renewals in a row it did not answer (it may be frozen: stop extending its leases).
     unanswered: dict[str, int] = dataclasses.field(default_factory=dict)
 

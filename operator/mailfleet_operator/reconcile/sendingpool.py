@@ -323,7 +323,7 @@ async def _reconcile_locked(
         spec, plan, rendered, status, breaker, frozen, sts_replicas, desired_total, active,
         pool_paused,
     )
-    status_module.ip_events(old_status, status, cycle)
+    # IP transitions are the lease loop's events (pool_leases), not this cycle's.
     if breaker.newly_paused:
         for scope in breaker.newly_paused:
             metrics.POOL_PAUSES.labels(scope="pool" if scope == reputation.POOL else "class").inc()
