@@ -47,6 +47,8 @@ async def _run(memo: Any, *, namespace: str, name: str) -> None:
     loop = asyncio.get_running_loop()
 
     async def reconcile() -> float:
+        if not context.leading(ctx):
+            return context.FOLLOWER_DELAY
         outcome = await reconciler.reconcile(ctx, namespace=namespace, name=name)
         return outcome.requeue_after
 

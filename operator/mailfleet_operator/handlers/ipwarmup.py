@@ -50,6 +50,8 @@ def _cycle(
     ns = namespace or "default"
 
     async def reconcile() -> float:
+        if not context.leading(ctx):
+            return context.FOLLOWER_DELAY
         outcome = await reconciler.reconcile_warmup(
             ctx, _admin(memo), dict(body), pods=_pods(body, ns, kwargs)
         )

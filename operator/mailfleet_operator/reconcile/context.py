@@ -31,6 +31,16 @@ class Context:
     leadership: Leadership | None = None
 
 
+def leading(ctx: Context) -> bool:
+    """Whether this replica may act: the elected leader (or one acting alone). Followers
+    watch and wait, so two replicas never write the same objects."""
+    return ctx.leadership is None or ctx.leadership.is_leading()
+
+
+FOLLOWER_DELAY = 2.0
+"""Seconds a follower waits before looking again (it acts only once it leads)."""
+
+
 @dataclasses.dataclass(frozen=True)
 class Outcome:
     """Result of one reconcile: when (real seconds from now) the object wants another look."""

@@ -98,8 +98,7 @@ def timing_of(ctx: ctx_module.Context) -> Timing:
     )
 
 
-def leading(ctx: ctx_module.Context) -> bool:
-    return ctx.leadership is None or ctx.leadership.is_leading()
+leading = ctx_module.leading
 
 
 async def renew_leases(
