@@ -599,3 +599,73 @@ async def test_a_warming_ips_new_holder_gets_quota_within_a_lease_after_its_hold
         if not memory.inflight:
             break
         await asyncio.sleep(0.02)
+
+
+async def test_a_force_deleted_holder_keeps_its_ip_until_its_lease_ran_out(
+    harness: Harness,
+) -> None:
+    """`kubectl delete --force` of a pod on a partitioned node removes the object while the
+    process may still send: the IP waits for the lease, and no second pod ever holds it."""
+    harness.api.create(pool(harness.pods.port))
+    await harness.cycle()
+    await harness.run_pods(3)
+    body = await harness.cycle()
+    holder = harness.ips(body)[IPS[0]][1]
+    assert holder is not None
+    harness.pods[holder].reachable = False  # partitioned: hears nothing, keeps its lease
+    harness.api.delete("v1", "Pod", holder, NS, grace_period=0)
+    harness.node_of.pop(holder, None)
+    seen = []
+    for _ in range(10):  # the lease (10 s), the skew and the request timeout, then it moves
+        harness.clock.advance(1.5)
+        body = await harness.cycle()  # the harness asserts no IP is held by two pods
+        seen.append(harness.ips(body)[IPS[0]])
+        if harness.pods.holders(IPS[0]) == [holder]:
+            assert seen[-1] == ("Draining", holder)  # not re-granted while it may send
+    assert seen[-1][0] == "Active" and seen[-1][1] != holder
+    assert ("Draining", holder) in seen
+
+
+async def test_a_new_leader_waits_out_leases_it_did_not_grant_but_renews_a_healthy_holder(
+    harness: Harness,
+) -> None:
+    """A new leader (here: a restarted operator) finds the IP Leases in the API. It renews a
+    holder that is still healthy at once, and moves the IP of a lost holder only once the
+    Lease it found has run out by its own clock."""
+    harness.api.create(pool(harness.pods.port))
+    await harness.cycle()
+    await harness.run_pods(3)
+    body = await harness.cycle()
+    lost, kept = harness.ips(body)[IPS[0]][1], harness.ips(body)[IPS[1]][1]
+    assert lost and kept and lost != kept
+    leases = {
+        item["metadata"]["annotations"]["mailfleet.io/egress-ip"]: item
+        for item in harness.api.list("coordination.k8s.io/v1", "Lease", NS)
+    }
+    assert leases[IPS[0]]["spec"]["holderIdentity"].startswith(f"{lost}/")
+    epoch = leases[IPS[0]]["spec"]["leaseTransitions"]
+    harness.pods[lost].reachable = False
+    await harness.api.set_pod_status(NS, lost, ready=False, pod_ip=harness.pods[lost].host)
+    reconciler.MEMORY.clear()  # a new leader: knows nothing but the API
+    renewed = dict(harness.pods[kept].expiries)
+    harness.clock.advance(6)  # the lost holder is past unhealthyAfter
+    body = await harness.cycle()
+    assert harness.pods[kept].expiries != renewed  # the healthy holder was renewed
+    assert harness.ips(body)[IPS[0]] == ("Draining", lost)
+    states = []
+    for _ in range(12):
+        harness.clock.advance(1.5)
+        body = await harness.cycle()
+        states.append(harness.ips(body)[IPS[0]])
+    assert states[-1][0] == "Active" and states[-1][1] not in (lost, None)
+    waited = states.index(states[-1])
+    assert all(state == ("Draining", lost) for state in states[:waited])
+    # Waited the Lease it found (TTL + request timeout) plus the skew, by its own clock.
+    found = leases[IPS[0]]["spec"]["leaseDurationSeconds"] + harness.ctx.settings.lease_clock_skew
+    assert (waited + 1) * 1.5 >= found
+    moved = next(
+        item for item in harness.api.list("coordination.k8s.io/v1", "Lease", NS)
+        if item["metadata"]["annotations"]["mailfleet.io/egress-ip"] == IPS[0]
+    )
+    assert moved["spec"]["holderIdentity"].startswith(f"{states[-1][1]}/")
+    assert moved["spec"]["leaseTransitions"] == epoch + 1  # the fencing epoch grew

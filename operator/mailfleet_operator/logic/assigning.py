@@ -69,6 +69,9 @@ class Lease:
     pod_uid: str
     expires_at: datetime
     released: bool = False  # the pod acknowledged an assignment without this IP
+    # Found in the API, not granted by this process (a restart, a new leader): when the pod's
+    # own lease ends is unknown, so a healthy holder is renewed at once.
+    inherited: bool = False
 
 
 @dataclass(frozen=True)
@@ -336,7 +339,8 @@ def plan_assignment(spec: AssignmentInput) -> AssignmentPlan:
         held = tuple(keeps[pod.name]) + tuple(granted[pod.name])
         revoked = tuple(releasing[pod.name])
         renew_due = any(
-            live[address].expires_at - now <= renew_when_below for address in keeps[pod.name]
+            live[address].inherited or live[address].expires_at - now <= renew_when_below
+            for address in keeps[pod.name]
         )
         send = bool(granted[pod.name] or revoked or renew_due)
         if send or held:

@@ -77,7 +77,7 @@ async def sync_leases(
         ):
             continue  # our own record: its deadline is exact
         records[address] = assigning.Lease(
-            address=address, pod=pod, pod_uid=uid, expires_at=datetime.min
+            address=address, pod=pod, pod_uid=uid, expires_at=datetime.min, inherited=True
         )
         memory.deadlines[address] = max(
             memory.deadlines.get(address, mono), mono + lease.duration + timing.skew
@@ -89,7 +89,8 @@ async def sync_leases(
             if not recorded or not holder or recorded in records:
                 continue
             records[recorded] = assigning.Lease(
-                address=recorded, pod=holder, pod_uid="", expires_at=datetime.min
+                address=recorded, pod=holder, pod_uid="", expires_at=datetime.min,
+                inherited=True,
             )
             memory.deadlines[recorded] = mono + timing.lease_seconds + timing.skew
         memory.seed_allowances = True

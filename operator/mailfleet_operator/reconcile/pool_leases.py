@@ -408,6 +408,9 @@ async def _send_assignment(
         if address in held_set:
             # The pod received it before it answered: its TTL ends before this.
             memory.deadlines[address] = answered_at + timing.ttl + timing.skew
+            lease = memory.leases.get(address)
+            if lease is not None and lease.inherited:
+                memory.leases[address] = dataclasses.replace(lease, inherited=False)
     for address, lease in list(memory.leases.items()):
         if (lease.pod, lease.pod_uid) == (order.pod, order.pod_uid) and address not in held_set:
             memory.leases[address] = dataclasses.replace(lease, released=True)

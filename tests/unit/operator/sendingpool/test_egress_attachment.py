@@ -452,7 +452,7 @@ def test_the_api_table_declares_each_kind_cluster_scoped(mode: str,
     assert egress_attachment.kind_for(mode) == resource.kind  # type: ignore[arg-type]
     assert not resource.namespaced
     assert resource in resources.ALL
-    assert {"get", "list", "watch", "create", "patch", "delete"} <= resource.verbs
+    assert {"list", "create", "patch", "delete"} <= resource.verbs
     assert resource.path(name="x", namespace="ignored") == (
         f"/apis/{resource.group}/{resource.version}/{resource.plural}/x")
     assert egress_attachment.CNI_MODES == tuple(ATTACHMENTS)
