@@ -460,7 +460,7 @@ async def inject(
     from mailfleet_sender import spool as spool_module
 
     svc = sender.service
-    now = time.time()
+    now = svc.clock.wall()  # the sender's own (maybe skewed) wall clock
     batch = []
     for i in range(count):
         data = (

@@ -137,12 +137,13 @@ async def test_sending_stops_within_a_second_of_lease_expiry(
     sender_factory: SenderFactory,
 ) -> None:
     cfg = _config(tmp_path, dns_server, provider_fleet, rate="100/s")
+    cfg["delivery"]["leaseMargin"] = "500ms"  # sending stops half a second before expiry
     sender = await sender_factory(cfg)
     orange = provider_fleet["orange"]
     await inject(sender, 1000, to=lambda i: f"o{i}@orange.test")
     granted = time.time()
-    await sender.client.assign([lease("127.0.0.35", ttl=1.5)])
-    expires = granted + 1.5
+    await sender.client.assign([lease("127.0.0.35", ttl=2.0)])
+    expires = granted + 2.0
 
     await asyncio.sleep(max(0.0, expires + 1.2 - time.time()))
     count = len(orange.messages)
