@@ -28,6 +28,8 @@ Choices, and why:
   `workdir/pvcs/<ns>/<claim>` that outlives pods (no PV binding is modelled).
 - API access for pods: there are no service account tokens or TLS in the sandbox, so every
   pod gets `KUBECONFIG` pointing at a kubeconfig for the emulator (the operator uses it).
+  `pod_api_servers` gives the pods of a namespace another address (a fault proxy in front of
+  the API server), as kubeconfig or `KUBERNETES_SERVICE_HOST/PORT`.
 - Node failure (`fail_node`) models a partition: the Node turns `Ready=Unknown` with the
   `node.kubernetes.io/unreachable` taints, its pods turn `Ready=False` (what the node lifecycle
   controller does), and their processes are frozen with SIGSTOP, so they neither answer nor
@@ -61,8 +63,9 @@ import signal
 import ssl
 import sys
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal
@@ -503,7 +506,7 @@ class _Container:
         agent, pod = self.pod.agent, self.pod
         pod.project_volumes()
         env = dict(agent.base_env)
-        env.update({"HOSTNAME": pod.name, **agent.pod_api_env()})
+        env.update({"HOSTNAME": pod.name, **agent.pod_api_env(pod.namespace)})
         env.update(build_env(self.spec, pod.downward_view(), pod.lookup))
         command = [expand_vars(a, env) for a in self.spec.get("command") or []]
         args = [expand_vars(a, env) for a in self.spec.get("args") or []]
@@ -858,9 +861,13 @@ class NodeAgent:
                  extra_env: Mapping[str, str] | None = None,
                  cluster: kubelet.ClusterAccess | None = None,
                  heartbeat_interval: float = 1.0, status_interval: float = 10.0,
-                 refresh_interval: float = 1.0) -> None:
+                 refresh_interval: float = 1.0,
+                 pod_api_servers: Mapping[str, str] | None = None) -> None:
         self.cluster = cluster
         self.api_url = cluster.url if cluster is not None else api_server_url(api)
+        self.pod_api_servers = dict(pod_api_servers or {})
+        """namespace -> the API server URL its pods are given instead of the agent's (e.g. a
+        fault proxy in front of it); the node agent itself keeps talking to the API server."""
         self.heartbeat_interval = heartbeat_interval
         self.status_interval = status_interval
         self.refresh_interval = refresh_interval
@@ -983,13 +990,23 @@ class NodeAgent:
         """The client a node's kubelet uses: its own identity on a real control plane."""
         return self._node_clients.get(node, self._client)
 
-    def pod_api_env(self) -> dict[str, str]:
+    def pod_api_env(self, namespace: str = "") -> dict[str, str]:
         """How a pod's process reaches the API: in-cluster settings on a real control plane
         (with the service-account token the pod's projected volume holds), else a kubeconfig
-        for the emulator, which has no authentication."""
+        for the emulator, which has no authentication. Pods of a namespace in
+        `pod_api_servers` are given that server instead."""
+        override = self.pod_api_servers.get(namespace)
         if self.cluster is not None:
-            return self.cluster.pod_env()
-        return {"KUBECONFIG": str(self.kubeconfig_path)}
+            if override is None:
+                return self.cluster.pod_env()
+            url = urllib.parse.urlsplit(override)
+            return replace(self.cluster, service_host=url.hostname or "",
+                           service_port=url.port or 443).pod_env()
+        if override is None:
+            return {"KUBECONFIG": str(self.kubeconfig_path)}
+        path = self.workdir / f"kubeconfig-{namespace}"
+        self._write_kubeconfig(path, override)
+        return {"KUBECONFIG": str(path)}
 
     def all_pods(self) -> list[JSON]:
         return [p for informer in self.pod_informers for p in informer.items.values()]
@@ -998,15 +1015,15 @@ class NodeAgent:
     def session(self) -> aiohttp.ClientSession:
         return self.client.session
 
-    def _write_kubeconfig(self) -> None:
+    def _write_kubeconfig(self, path: Path | None = None, server: str | None = None) -> None:
         config = {
             "apiVersion": "v1", "kind": "Config", "preferences": {},
-            "clusters": [{"name": "sandbox", "cluster": {"server": self.api_url}}],
+            "clusters": [{"name": "sandbox", "cluster": {"server": server or self.api_url}}],
             "users": [{"name": "sandbox", "user": {}}],
             "contexts": [{"name": "sandbox", "context": {"cluster": "sandbox",
                                                          "user": "sandbox"}}],
             "current-context": "sandbox"}
-        self.kubeconfig_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        (path or self.kubeconfig_path).write_text(yaml.safe_dump(config, sort_keys=False))
 
     # --------------------------------------------------------------- nodes
     def node_ip(self, name: str) -> str:

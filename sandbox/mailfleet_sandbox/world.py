@@ -17,7 +17,8 @@ e2e tests run (DESIGN.md §5, issue 9).
 - the node agent (nodes node-a, node-b, node-c) which runs the pods as processes;
 - the CiliumEgressGatewayPolicy CRD and, where nft is usable, the egress gateway stand-in
   (`egress_gateway`: the policies' source NAT as nftables rules);
-- the operator as a Deployment in `mailfleet-system`, i.e. a separate process run by the node
+- the operator as a Deployment in `mailfleet-system` (`operator_replicas` pods electing a
+  leader; with `operator_api_proxy`, behind an `ApiFaultProxy`), i.e. processes run by the node
   agent, configured for the sandbox by environment (`MAILFLEET_OPERATOR_*`): nameservers,
   the providers' SMTP port, the warm-up day length and short leases. Settings, never code
   branches: the operator does not know it runs in a sandbox.
@@ -54,6 +55,7 @@ import yaml
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
 from mailfleet_sandbox import (
+    api_fault_proxy,
     cluster_dns,
     control_plane,
     egress_gateway,
@@ -118,6 +120,13 @@ class WorldSettings:
     default of `control_plane.default_control_plane()`."""
     pod_security: str = "restricted"
     """The Pod Security level enforced in the mail and operator namespaces."""
+    pod_admin_timeout: float = 1.0
+    operator_replicas: int = 2
+    """Operator pods of the Deployment (the chart's `replicas`); they elect a leader."""
+    operator_api_proxy: bool = False
+    """Put an `ApiFaultProxy` between the operator's pods and the API server
+    (`SandboxWorld.operator_api_proxy`), so a scene can fail the operator's API traffic
+    alone; the node agent, the senders and the sandbox itself keep the direct address."""
 
 
 @dataclass
@@ -188,6 +197,7 @@ class SandboxWorld:
         self.cluster_dns: cluster_dns.ClusterDNS | None = None
         self.agent: node_agent.NodeAgent | None = None
         self.egress_gateway: egress_gateway.EgressGateway | None = None
+        self.operator_api_proxy: api_fault_proxy.ApiFaultProxy | None = None
         self.kubeconfig = self.root / "kubeconfig"
         self._stack = contextlib.AsyncExitStack()
         self._flush_task: asyncio.Task[None] | None = None
@@ -244,13 +254,22 @@ class SandboxWorld:
         # Cilium's egress gateway stand-in (CRD always; nft rules when nft is usable here)
         self.egress_gateway = await egress_gateway.start_for_world(
             self._stack, self.api, self.api.url, ssl_context=tls)
+        pod_api_servers = {}
+        if s.operator_api_proxy:
+            self.operator_api_proxy = (
+                api_fault_proxy.ApiFaultProxy(upstream=self.api.url) if self.control is None
+                else api_fault_proxy.ApiFaultProxy.for_control_plane(self.control,
+                                                                     host=self.control.host))
+            await self._stack.enter_async_context(self.operator_api_proxy)
+            pod_api_servers[s.operator_namespace] = self.operator_api_proxy.url
         base = f"127.{random.randint(200, 250)}.{random.randint(0, 255)}."
         self.agent = node_agent.NodeAgent(
             self.api.url, [node_agent.NodeSpec(n, {"topology.kubernetes.io/zone": n[-1]})
                            for n in NODES],
             self.root / "nodes", pod_ip_base=base, node_ip_base="127.0.99.",
             probe_time_scale=s.probe_time_scale, restart_backoff=(0.2, 2.0),
-            backoff_reset=5.0, max_termination_grace=5.0, cluster=self._cluster_access())
+            backoff_reset=5.0, max_termination_grace=5.0, cluster=self._cluster_access(),
+            pod_api_servers=pod_api_servers)
         await self._stack.enter_async_context(self.agent)
         for obj in self.operator_objects():
             self.api.create(obj)
@@ -337,7 +356,7 @@ class SandboxWorld:
             "errorDelay": 1, "warmupDaySeconds": s.warmup_day_seconds,
             "leaseDuration": s.lease_duration, "leaseRenewInterval": s.lease_renew_interval,
             "leaseClockSkew": s.lease_clock_skew, "statsInterval": s.stats_interval,
-            "podAdminTimeout": 1, "drainTimeout": 30, "logFormat": "text",
+            "podAdminTimeout": s.pod_admin_timeout, "drainTimeout": 30, "logFormat": "text",
         }
 
     def operator_objects(self) -> list[JSON]:
@@ -346,6 +365,7 @@ class SandboxWorld:
         values = operator_install.sandbox_values(
             watch_namespace=self.settings.namespace, operator_image=OPERATOR_IMAGE,
             sender_image=SENDER_IMAGE, settings=self.operator_settings(), node=OPERATOR_NODE)
+        values["replicas"] = self.settings.operator_replicas
         return operator_install.render(values, namespace=self.settings.operator_namespace)
 
     def _relay_port(self) -> int:
