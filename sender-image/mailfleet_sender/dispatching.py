@@ -214,6 +214,7 @@ class Engine:
                 bucket.reconfigure(rate, None, self.clock.monotonic())
         for lane in list(self._lanes.values()):
             self._close_lane(lane)
+        self._reschedule_attempts()  # leaseMargin may have changed
         self._wake.set()
 
     # --- intake ---------------------------------------------------------------------------
@@ -437,13 +438,16 @@ class Engine:
     def sources_changed(self, revoked: Sequence[str] = ()) -> None:
         """Leases granted, renewed or revoked: move running attempts' deadlines (a revoked
         source's to now), move mail off dead sources, retry parked mail."""
-        for attempt in self._attempts:
-            if not attempt.timeout.expired():
-                attempt.timeout.reschedule(self._cutoff(attempt.source))
+        self._reschedule_attempts()
         for lane in list(self._lanes.values()):
             if lane.address in revoked or self._source(lane.address) is None:
                 self._evict(lane)
         self._redispatch_parked()
+
+    def _reschedule_attempts(self) -> None:
+        for attempt in self._attempts:
+            if not attempt.timeout.expired():
+                attempt.timeout.reschedule(self._cutoff(attempt.source))
 
     def keys_changed(self) -> None:
         held, self._held = self._held, []
