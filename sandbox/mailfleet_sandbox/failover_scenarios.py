@@ -672,10 +672,7 @@ async def run_scenario(world: SandboxWorld, ledger: scenes.Ledger, name: str, pr
         ended = time.time()
     left = await scenes.settle(world, ledger, within=within, scene=scene)
     out.lost = [s.message_id for s in left]
-    accepted = [s for s in ledger.accepted if s.scene == scene]
-    got = scenes.received_index(world)
-    out.accepted = len(accepted)
-    out.delivered = sum(1 for s in accepted if s.message_id in got)
+    _count(out, world, ledger, scene)
     found = deliveries(world, key, since=run.started)
     out.overlaps = overlaps(found, gap=prof.lease_duration)
     out.pause_s = longest_gap(found, out.ip, out.failed_at, ended)
@@ -727,12 +724,19 @@ async def forced_delete_on_partitioned_node(world: SandboxWorld, ledger: scenes.
         ended = time.time()
     left = await scenes.settle(world, ledger, within=within, scene=scene)
     out.lost = [s.message_id for s in left]
-    out.accepted = sum(1 for s in ledger.accepted if s.scene == scene)
+    _count(out, world, ledger, scene)
     found = deliveries(world, key, since=run.started)
     out.overlaps = overlaps(found, gap=prof.lease_duration)
     out.pause_s = longest_gap(found, ip, out.failed_at, ended)
     await wait_healthy(world, within=within)
     return out
+
+
+def _count(out: Outcome, world: SandboxWorld, ledger: scenes.Ledger, scene: str) -> None:
+    accepted = [s for s in ledger.accepted if s.scene == scene]
+    got = scenes.received_index(world)
+    out.accepted = len(accepted)
+    out.delivered = sum(1 for s in accepted if s.message_id in got)
 
 
 def _alive(pid: int) -> bool:

@@ -12,6 +12,7 @@ API blip no IP changed pod. How long a failover takes is the bench's question
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -50,6 +51,7 @@ async def run(fw: FailoverWorld, name: str) -> fs.Outcome:
 
 def assert_safe(outcome: fs.Outcome) -> None:
     report = outcome.to_json()
+    print(json.dumps(report))  # the figures, for -s runs
     assert not outcome.overlaps, f"one IP sent from two pods at once: {report}"
     assert not outcome.lost, f"accepted messages never delivered: {report}"
     assert outcome.accepted > 0, report
