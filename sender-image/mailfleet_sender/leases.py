@@ -97,6 +97,8 @@ class LeaseTable:
         self._grants: dict[str, _GrantKey] = {}
         self._epochs: dict[str, int] = {}
         """Highest epoch ever accepted per address, kept after revocation."""
+        self._ended: dict[str, int] = {}
+        """Highest epoch whose lease ended here per address (ran out or revoked): not revived."""
 
     def apply(
         self,
@@ -114,7 +116,16 @@ class LeaseTable:
         granted: list[str] = []
         kept: dict[str, Source] = {}
         grants: dict[str, _GrantKey] = {}
+        for address, source in self.sources.items():
+            if not source.valid(received):
+                self._ended[address] = max(source.epoch, self._ended.get(address, -1))
         for lease in assignment.leases:
+            if lease.epoch <= self._ended.get(lease.address, -1):
+                # A lease of this epoch already ended here (it ran out, or was revoked): a
+                # renewal of it that arrives now was sent before that (e.g. queued while the
+                # process was frozen) and must not bring it back; only a new grant (a higher
+                # epoch) can. The answer shows the IP as not held.
+                continue
             key = (lease.lease_id, lease.epoch, lease.quota_remaining, lease.sent_today_basis)
             self._epochs[lease.address] = max(lease.epoch, self._epochs.get(lease.address, 0))
             old = self.sources.get(lease.address)
@@ -149,6 +160,7 @@ class LeaseTable:
         revoked = [a for a in self.sources if a not in kept]
         for address in revoked:
             self.sources[address].revoked = True
+            self._ended[address] = max(self.sources[address].epoch, self._ended.get(address, -1))
         self.sources = kept
         self._grants = grants
         return Change(granted=tuple(granted), revoked=tuple(revoked))

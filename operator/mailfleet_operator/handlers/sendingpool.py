@@ -163,11 +163,11 @@ async def sendingpool_lease_loop(
 @kopf.on.startup()
 async def sendingpool_startup(memo: kopf.Memo, **_: Any) -> None:
     """One admin client for every pool, in the operator-wide memo (kopf gives each object a
-    shallow copy of it, so one set later on a copy would never be closed); and a (re)started
-    operator remembers nothing: leases come back from status, not from memory."""
+    shallow copy of it, so one set later on a copy would never be closed). A (re)started
+    operator remembers nothing: its memory is keyed by its new API client, and leases come
+    back from the IP Leases in the API."""
     settings: settings_module.Settings = memo.settings
     memo.pod_admin = pod_admin.PodAdmin(timeout=settings.pod_admin_timeout)
-    reconciler.MEMORY.clear()
 
 
 @kopf.on.cleanup()
@@ -175,7 +175,9 @@ async def sendingpool_cleanup(memo: kopf.Memo, **_: Any) -> None:
     admin = memo.get("pod_admin")
     if isinstance(admin, pod_admin.PodAdmin):
         await admin.close()
-    reconciler.MEMORY.clear()
+    ctx = memo.get("ctx")
+    if ctx is not None:
+        reconciler.forget(owner=ctx.client)
 
 
 @kopf.on.delete(*RESOURCE, optional=True)
@@ -186,4 +188,4 @@ async def sendingpool_deleted(memo: kopf.Memo, body: kopf.Body, **_: Any) -> Non
     await pool_children.apply_egress_objects(
         memo.ctx, None, meta.get("namespace") or "default", meta["name"], meta["uid"], None
     )
-    reconciler.forget(meta["uid"])
+    reconciler.forget(meta["uid"])  # every instance's memory of the pool

@@ -66,6 +66,8 @@ async def sync_leases(
         lease = ip_leases.read_lease(obj)
         if lease is None:
             continue
+        # The epoch the pods know: a new leader must renew with it, not from zero.
+        memory.epochs[address] = max(memory.epochs.get(address, 0), lease.epoch)
         mine = records.get(address)
         if lease.holder is None:
             if mine is not None and not mine.released and address not in memory.deadlines:

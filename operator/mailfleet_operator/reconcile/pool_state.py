@@ -69,15 +69,20 @@ class PoolMemory(usage_book.UsageBook):
     unanswered: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
-MEMORY: dict[str, PoolMemory] = {}
+MEMORY: dict[tuple[int, str], PoolMemory] = {}
+"""(operator instance, pool uid) -> memory. The instance is its API client: two operators
+in one process (tests) never share a pool's memory."""
 
 
-def memory_for(uid: str) -> PoolMemory:
-    return MEMORY.setdefault(uid, PoolMemory())
+def memory_for(uid: str, owner: object) -> PoolMemory:
+    return MEMORY.setdefault((id(owner), uid), PoolMemory())
 
 
-def forget(uid: str) -> None:
-    MEMORY.pop(uid, None)
+def forget(uid: str | None = None, owner: object | None = None) -> None:
+    """Drop a pool's memory (all instances'), or everything of one operator instance."""
+    for key in list(MEMORY):
+        if (uid is None or key[1] == uid) and (owner is None or key[0] == id(owner)):
+            del MEMORY[key]
     publish_ip_states()
 
 

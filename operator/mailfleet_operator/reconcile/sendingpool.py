@@ -77,7 +77,7 @@ async def reconcile_pool(
     Only the elected leader acts; other replicas wait."""
     if not pool_leases.leading(ctx):
         return ctx_module.Outcome(requeue_after=max(ctx.settings.lease_renew_interval, 0.5))
-    memory = memory_for(body["metadata"]["uid"])
+    memory = memory_for(body["metadata"]["uid"], ctx.client)
     async with memory.lock:
         return await _reconcile_locked(ctx, admin, body, world, memory)
 
@@ -89,7 +89,7 @@ async def renew_leases(
     world: World,
 ) -> float:
     """One step of the pool's lease loop (`pool_leases`); the seconds until the next."""
-    memory = memory_for(body["metadata"]["uid"])
+    memory = memory_for(body["metadata"]["uid"], ctx.client)
     return await pool_leases.renew_leases(ctx, admin, body, world, memory)
 
 

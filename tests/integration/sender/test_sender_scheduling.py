@@ -156,8 +156,8 @@ async def test_sending_stops_within_a_second_of_lease_expiry(
                                          token="admin-token-for-tests")
     assert status[1]["leases"][0]["valid"] is False
 
-    # A restart-free renewal resumes sending.
-    await sender.client.assign([lease("127.0.0.35", ttl=60)], generation=2)
+    # A new grant after the lease ran out: a new epoch (the old one is never revived).
+    await sender.client.assign([lease("127.0.0.35", ttl=60, epoch=1)], generation=2)
     await orange.wait_for(count + 10, timeout=20)
 
 

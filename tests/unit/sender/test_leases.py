@@ -109,6 +109,28 @@ def test_an_older_epoch_is_refused_even_after_the_ip_was_revoked_and_regranted()
         table.apply(_assignment(5, {"epoch": 2}), sent_today={})
 
 
+def test_a_late_renewal_never_revives_a_lease_that_ran_out() -> None:
+    """A renewal queued while the process was frozen arrives after its lease ran out (and the
+    IP may already send from another pod): the same epoch does not come back; a new grant
+    (a higher epoch) does."""
+    time, table = _table()
+    table.apply(_assignment(1, {"ttlSeconds": 5, "epoch": 4}), sent_today={})
+    time.mono_now += 6  # frozen past the lease
+    change = table.apply(_assignment(2, {"ttlSeconds": 5, "epoch": 4}), sent_today={})
+    assert change.granted == () and table.valid() == []
+    assert table.get(IP) is None
+    change = table.apply(_assignment(3, {"ttlSeconds": 5, "epoch": 5}), sent_today={})
+    assert change.granted == (IP,) and [s.address for s in table.valid()] == [IP]
+
+
+def test_a_revoked_lease_is_not_revived_by_a_renewal_of_the_same_epoch() -> None:
+    _, table = _table()
+    table.apply(_assignment(1, {"epoch": 2}), sent_today={})
+    table.apply(wire.Assignment(generation=2, leases=[]), sent_today={})
+    table.apply(_assignment(3, {"epoch": 2}), sent_today={})
+    assert table.valid() == []
+
+
 def test_renewal_with_the_same_grant_and_epoch_keeps_the_usage_counters() -> None:
     _, table = _table()
     table.apply(_assignment(1, {"quotaRemaining": 10, "leaseId": "a", "epoch": 7}),
