@@ -74,7 +74,7 @@ class Settings(BaseModel):
     )
     # --- SendingPool controller (issue 7) ---
     lease_duration: float = Field(
-        default=5.0, gt=0,
+        default=4.0, gt=0,
         description=(
             "Seconds an egress IP lease lasts; bounds how long a partitioned pod may keep an "
             "IP before another pod can get it (failover time of a partition)."
