@@ -19,7 +19,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -365,6 +365,26 @@ def plan_assignment(spec: AssignmentInput) -> AssignmentPlan:
         failing_over=failing_over,
         degraded_reasons=tuple(degraded),
     )
+
+
+def withdraw_grants(
+    plan: AssignmentPlan, refused: Collection[tuple[str, str]]
+) -> AssignmentPlan:
+    """The plan without the grants `refused` ((pod, address)): a grant whose record or CNI
+    label did not land waits for the next step rather than leave."""
+    if not refused:
+        return plan
+    orders = []
+    for order in plan.pods:
+        dropped = {a for a in order.granted if (order.pod, a) in refused}
+        if dropped:
+            order = dataclasses.replace(
+                order,
+                ips=tuple(a for a in order.ips if a not in dropped),
+                granted=tuple(a for a in order.granted if a not in dropped),
+            )
+        orders.append(order)
+    return dataclasses.replace(plan, pods=tuple(orders))
 
 
 def _holder_health(

@@ -202,10 +202,9 @@ async def record_grants(
 ) -> assigning.AssignmentPlan:
     """Write each new holder to its Lease; a grant whose write did not land is withdrawn from
     the plan (the IP waits for the next step: no grant without its record)."""
-    orders = []
+    refused: set[tuple[str, str]] = set()
     for order in plan.pods:
         if not order.granted:
-            orders.append(order)
             continue
         results = await asyncio.gather(*(
             _write_lease(
@@ -214,15 +213,8 @@ async def record_grants(
             )
             for address in order.granted
         ))
-        refused = {a for a, ok in zip(order.granted, results, strict=True) if not ok}
-        if refused:
-            order = dataclasses.replace(
-                order,
-                ips=tuple(a for a in order.ips if a not in refused),
-                granted=tuple(a for a in order.granted if a not in refused),
-            )
-        orders.append(order)
-    return dataclasses.replace(plan, pods=tuple(orders))
+        refused |= {(order.pod, a) for a, ok in zip(order.granted, results, strict=True) if not ok}
+    return assigning.withdraw_grants(plan, refused)
 
 
 def renew_lease_records(

@@ -303,19 +303,7 @@ async def _label_holders(
             failed.update((meta["name"], a) for a in held)
 
     await asyncio.gather(*(one(p) for p in pods))
-    if not failed:
-        return plan
-    orders = []
-    for order in plan.pods:
-        refused = {a for a in order.granted if (order.pod, a) in failed}
-        if refused:
-            order = dataclasses.replace(
-                order,
-                ips=tuple(a for a in order.ips if a not in refused),
-                granted=tuple(a for a in order.granted if a not in refused),
-            )
-        orders.append(order)
-    return dataclasses.replace(plan, pods=tuple(orders))
+    return assigning.withdraw_grants(plan, failed)
 
 
 # --- telling the pods ---------------------------------------------------------------------------
