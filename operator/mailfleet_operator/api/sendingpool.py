@@ -616,8 +616,9 @@ class Failover(SpecModel):
     unhealthy_after: Duration = Field(
         default="5s",
         description=(
-            "Move an IP once its pod or node has been unready for this long. With the "
-            "default lease settings this keeps failover under 10 s."
+            "Move an IP once its pod or node has been unready for this long. A holder that "
+            "stops answering its renewals moves sooner: within about 9 s with the default "
+            "lease settings (docs/sendingpool.md gives the bound per failure)."
         ),
     )
     drain_on_blocklist: bool = Field(
