@@ -66,7 +66,7 @@ class Progress:
             self._task = asyncio.create_task(self._refresh())
 
     def end_scene(self, result: scenes.SceneResult) -> None:
-        mark = "✔" if result.ok else "✘"
+        mark = "-" if result.outcome == "skipped" else "✔" if result.ok else "✘"
         timings = ", ".join(f"{k} {v}" for k, v in result.timings.items())
         extra = f"; {timings}" if timings else ""
         line = f"{mark} {result.title} ({result.duration_s:.1f}s{extra})"
@@ -75,6 +75,8 @@ class Progress:
         self.out.write(line + "\n")
         for failure in result.failures():
             self.out.write(f"    ✘ {failure}\n")
+        if result.skipped:
+            self.out.write(f"    skipped: {result.skipped}\n")
         self.out.flush()
 
     async def stop(self) -> None:
@@ -112,6 +114,7 @@ async def run_demo(out_dir: Path, root: Path, day_seconds: float, count: int) ->
             ("IP blocklisted", lambda: scenes.blocklisted(sandbox, ledger)),
             ("DKIM rotation", lambda: scenes.dkim_rotation(sandbox, ledger)),
             ("Suppression", lambda: scenes.suppression(sandbox, ledger)),
+            ("Gateway mode", lambda: scenes.gateway_mode(sandbox, ledger)),
             ("Accounting", lambda: scenes.accounting(sandbox, ledger)),
         ]
         results: list[scenes.SceneResult] = []

@@ -3,7 +3,9 @@ shown in the terminal. Pure rendering (no I/O) apart from `write_report`.
 
 `build_summary` gathers the scenes' results into the dict written to
 `demo-report/summary.json`: accepted, delivered, bounced, deferred, lost, the three pass rates,
-quota_violations, failover_s, rotation_s and one entry per scene with its outcome.
+quota_violations, failover_s, rotation_s, each pool's egress attachment mode
+(`pool_attachments`, from the scenes' `details["attachments"]`) and one entry per scene with
+its outcome (passed, failed or skipped with the reason).
 """
 
 from __future__ import annotations
@@ -30,9 +32,13 @@ def build_summary(results: Sequence[SceneResult], figures: JSON, *,
     warmup = by_name.get("warmup")
     rotation = by_name.get("dkim_rotation")
     violations = list((warmup.details.get("quota_violations") or []) if warmup else [])
+    attachments: dict[str, str] = {}
+    for r in results:
+        attachments.update(r.details.get("attachments") or {})
     return {
         "ok": all(r.ok for r in results),
         "control_plane": control_plane,
+        "pool_attachments": attachments,
         "total_s": round(total_s, 1),
         "warmup_day_seconds": day_seconds,
         "accepted": figures.get("accepted", 0),
@@ -56,7 +62,7 @@ def build_summary(results: Sequence[SceneResult], figures: JSON, *,
                     "duration_s": r.duration_s, "timings": r.timings,
                     "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail}
                                for c in r.checks],
-                    "error": r.error} for r in results],
+                    "error": r.error, "skipped": r.skipped} for r in results],
     }
 
 
@@ -68,6 +74,12 @@ def _secs(value: Any) -> str:
     return "-" if value is None else f"{float(value):.1f} s"
 
 
+def attachments_line(summary: JSON) -> str:
+    """`pool marketing: attachment Bind; pool mail-gw: attachment Cilium (...)`."""
+    pools = summary.get("pool_attachments") or {}
+    return "; ".join(f"pool {name}: attachment {mode}" for name, mode in pools.items())
+
+
 def render_markdown(summary: JSON) -> str:
     verdict = "all scenes passed" if summary["ok"] else "SOME SCENES FAILED"
     lines = [
@@ -76,6 +88,8 @@ def render_markdown(summary: JSON) -> str:
         f"{summary['warmup_day_seconds']:g} s; {verdict}. Every figure below comes from what "
         "the simulated providers recorded (messages, peer IPs, SPF/DKIM/DMARC verdicts, "
         "answers), not from the senders.", "",
+        *([f"Egress attachment per pool: {attachments_line(summary)}.", ""]
+          if summary.get("pool_attachments") else []),
         "## Summary", "",
         "| figure | value |", "|---|---|",
         f"| accepted | {summary['accepted']} |",
@@ -108,6 +122,8 @@ def render_markdown(summary: JSON) -> str:
             lines.append(f"- {mark} {check['name']}{detail}")
         if scene["error"]:
             lines.append(f"- ✘ {scene['error']}")
+        if scene.get("skipped"):
+            lines.append(f"- skipped: {scene['skipped']}")
         lines.append("")
     lines += ["## Per provider", "",
               "| provider | delivered | bounced (5xx) | deferred (4xx) | complaints | DKIM | "
@@ -179,7 +195,7 @@ def render_console(summary: JSON) -> str:
     """The report as shown at the end of `make demo`."""
     lines = ["", "mailfleet demo report", "=" * 21]
     for scene in summary["scenes"]:
-        mark = "ok " if scene["outcome"] == "passed" else "FAIL"
+        mark = {"passed": "ok ", "skipped": "skip"}.get(scene["outcome"], "FAIL")
         timings = ", ".join(f"{k}={v}" for k, v in scene["timings"].items())
         lines.append(f"[{mark}] {scene['title']:<64} {scene['duration_s']:6.1f}s  {timings}")
         for check in scene["checks"]:
@@ -187,6 +203,10 @@ def render_console(summary: JSON) -> str:
                 lines.append(f"       ✘ {check['name']}: {check['detail']}")
         if scene["error"]:
             lines.append(f"       ✘ {scene['error']}")
+        if scene.get("skipped"):
+            lines.append(f"       skipped: {scene['skipped']}")
+    if summary.get("pool_attachments"):
+        lines += ["", "egress attachment: " + attachments_line(summary)]
     lines += ["", f"{'provider':<10}{'delivered':>10}{'bounced':>9}{'deferred':>10}"
               f"{'complaints':>12}{'DKIM':>9}{'SPF':>9}{'DMARC':>9}"]
     for name, p in summary["providers"].items():

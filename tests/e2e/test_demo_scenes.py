@@ -78,6 +78,19 @@ async def test_bounced_and_complained_addresses_are_not_attempted_again(
     assert_scene(result)
 
 
+async def test_a_cilium_mode_pool_sends_from_its_egress_ip_through_the_gateway(
+        e2e_world: E2EWorld, e2e_campaign: scenes.SceneResult) -> None:
+    result = await scenes.gateway_mode(e2e_world.world, e2e_world.ledger, within=45)
+    assert result.details["attachments"][scenes.GATEWAY_POOL].startswith("Cilium")
+    if e2e_world.world.egress_gateway is None:
+        assert result.outcome == "skipped" and result.skipped, result
+        pytest.skip(result.skipped)
+    assert_scene(result)
+    assert result.outcome == "passed"
+    assert result.details["peers"] == {scenes.GATEWAY_IP[0]: 8}
+    assert result.details["attachments"][e2e_world.world.settings.pool] == "Bind"
+
+
 async def test_final_ledger_nothing_lost(
         e2e_world: E2EWorld, e2e_campaign: scenes.SceneResult) -> None:
     result = await scenes.accounting(e2e_world.world, e2e_world.ledger, within=20)
