@@ -83,14 +83,20 @@ async def run_operator(
         scope: dict[str, object] = {"clusterwide": True}
     else:
         scope = {"namespaces": list(settings.namespaces) or [connection.default_namespace]}
-    if not settings.standalone:
+    # With leader election, the elected leader is the only one that acts, so kopf runs
+    # standalone: kopf peering could pick another replica than the Lease did, and then
+    # neither would act. Peering serves only when election is off.
+    peering = not settings.standalone and not settings.leader_election
+    if peering:
         # A peering name makes peering mandatory: replicas wait for the peering object
         # rather than run unsupervised side by side.
         scope.update(peering_name=settings.peering_name, priority=settings.priority)
+    elif not settings.standalone:
+        log.info("kopf peering is not used: leader election decides which replica acts")
     try:
         operator_task = asyncio.create_task(
             kopf.operator(
-                standalone=settings.standalone,
+                standalone=not peering,
                 stop_flag=stop_flag,
                 ready_flag=ready,
                 memo=memo,

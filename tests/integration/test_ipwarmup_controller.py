@@ -100,9 +100,10 @@ class Harness:
         pods = await self.client.list(
             resources.PODS, namespace=NS, label_selector="mailfleet.io/pool=mail"
         )
-        await pool_reconciler.reconcile_pool(
-            self.ctx, self.admin, body, pool_reconciler.World(pods=pods, nodes={})
-        )
+        world = pool_reconciler.World(pods=pods, nodes={})
+        # Main cycle, then a step of the pool's lease loop (its own daemon in the operator).
+        await pool_reconciler.reconcile_pool(self.ctx, self.admin, body, world)
+        await pool_reconciler.renew_leases(self.ctx, self.admin, body, world)
 
     async def run_pool(self) -> None:
         """The pool's StatefulSet pod, ready on 127.0.0.60, holding the IP."""

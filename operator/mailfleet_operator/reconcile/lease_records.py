@@ -75,9 +75,9 @@ async def sync_leases(
             continue
         pod, uid = lease.holder
         if mine is not None and (mine.pod, mine.pod_uid) == (pod, uid) and (
-            address in memory.deadlines
+            address in memory.deadlines or mine.released
         ):
-            continue  # our own record: its deadline is exact
+            continue  # our own record (its deadline is exact), or a release the pod confirmed
         records[address] = assigning.Lease(
             address=address, pod=pod, pod_uid=uid, expires_at=datetime.min, inherited=True
         )
@@ -235,7 +235,7 @@ def renew_lease_records(
         if address in held_set and address not in order.granted:
             calls.append((address, (order.pod, order.pod_uid)))
     for address, lease in (memory.leases or {}).items():
-        if lease.pod == order.pod and address not in held_set:
+        if lease.pod == order.pod and address not in held_set and address not in order.ips:
             obj = memory.lease_objects.get(address)
             current = ip_leases.read_lease(obj) if obj is not None else None
             if current is not None and current.holder == (order.pod, order.pod_uid):

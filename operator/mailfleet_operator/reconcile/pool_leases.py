@@ -380,7 +380,7 @@ async def _send_assignment(
             # Never reached the pod (its process is gone): this grant extends nothing.
             for address, deadline in before.items():
                 if deadline is None:
-                    memory.deadlines.pop(address, None)
+                    memory.deadlines[address] = sent_at  # held nothing, ever
                 else:
                     memory.deadlines[address] = deadline
         return
@@ -401,8 +401,14 @@ async def _send_assignment(
                 memory.leases[address] = dataclasses.replace(lease, inherited=False)
     for address, lease in list(memory.leases.items()):
         if (lease.pod, lease.pod_uid) == (order.pod, order.pod_uid) and address not in held_set:
-            memory.leases[address] = dataclasses.replace(lease, released=True)
-            memory.deadlines.pop(address, None)
+            memory.deadlines[address] = answered_at  # it says it does not hold it: not sending
+            if address in order.ips:
+                # Asked to keep it, it refused: its lease had run out (e.g. no leader for a
+                # while) and a lapsed lease is never revived. Not a release: the IP goes
+                # back to the same pod with a new grant (new epoch), its queue with it.
+                memory.leases[address] = dataclasses.replace(lease, inherited=False)
+            else:
+                memory.leases[address] = dataclasses.replace(lease, released=True)
     lease_records.renew_lease_records(ctx, memory, inputs, order, held, now, timing)
     if order.granted:
         metrics.POOL_LEASE_GRANTS.inc(len(set(order.granted) & held_set))
