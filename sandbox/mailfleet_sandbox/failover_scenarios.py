@@ -374,16 +374,23 @@ def operator_pods(world: SandboxWorld) -> list[JSON]:
             if not p["metadata"].get("deletionTimestamp")]
 
 
-def leader_pod(world: SandboxWorld) -> str:
-    """The operator pod whose identity holds the leader Lease ("" when none)."""
+def leader(world: SandboxWorld) -> tuple[str, str]:
+    """(pod, identity) of the operator process holding the leader Lease, ("", "") when none.
+    The identity, not the pod, names a leader: a killed replica's container restarts in the
+    same pod as a new candidate with a new identity, and may win the next election."""
     lease = world.api.get("coordination.k8s.io/v1", "Lease", LEADER_LEASE,
                           world.settings.operator_namespace)
     holder = str((lease.get("spec") or {}).get("holderIdentity") or "")
     for pod in operator_pods(world):
         name = pod["metadata"]["name"]
         if holder == name or holder.startswith(name + "_"):
-            return str(name)
-    return ""
+            return str(name), holder
+    return "", ""
+
+
+def leader_pod(world: SandboxWorld) -> str:
+    """The operator pod whose process holds the leader Lease ("" when none)."""
+    return leader(world)[0]
 
 
 def healthy(world: SandboxWorld) -> bool:
@@ -626,15 +633,15 @@ async def scenario_leader_killed(run: Run) -> None:
     assert world.agent is not None
     ip, holder, _ = await call(world, pick_holder, world)
     out.ip, out.holder = ip, holder
-    leader = await call(world, leader_pod, world)
-    out.details["leader"] = leader
+    pod, identity = await call(world, leader, world)
+    out.details["leader"] = identity
     out.details["epochs_before"] = await ip_leases(world)
     out.failed_at = time.time()
-    world.agent.kill_pod_process(world.settings.operator_namespace, leader, signal.SIGKILL)
+    world.agent.kill_pod_process(world.settings.operator_namespace, pod, signal.SIGKILL)
 
     async def new_leader() -> str:
-        name = await call(world, leader_pod, world)
-        return name if name and name != leader else ""
+        _, current = await call(world, leader, world)
+        return current if current and current != identity else ""
 
     # The other replica (or the restarted one, under a new identity) leads ...
     out.details["new_leader"] = await poll(world, new_leader, within=run.within,
