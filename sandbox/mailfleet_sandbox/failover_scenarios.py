@@ -34,12 +34,10 @@ miss two senders. Times are the receivers' own (`received_at`), one clock for al
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import itertools
 import logging
 import signal
-import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
@@ -49,10 +47,9 @@ from typing import Any, TypeVar
 
 import aiohttp
 from mailfleet_operator import settings as operator_settings
-from mailfleet_sender import config as sender_config
-from mailfleet_sender import deliverability, reports
+from mailfleet_sender import deliverability
 
-from mailfleet_sandbox import scenes
+from mailfleet_sandbox import attribution, scenes
 from mailfleet_sandbox.kube.errors import ApiError
 from mailfleet_sandbox.providers import ReceivedMessage
 from mailfleet_sandbox.world import (
@@ -172,12 +169,11 @@ async def poll(world: SandboxWorld, check: Callable[[], Awaitable[Any]], *, with
 
 # ------------------------------------------------------------------ who sent what
 def trace_key(world: SandboxWorld) -> bytes:
-    """The pool's trace key, derived from its admin token as the senders derive it."""
-    secret = world.api.get("v1", "Secret", f"{POOL}-admin", world.settings.namespace)
-    token = base64.b64decode((secret.get("data") or {})["token"]).decode().splitlines()[0]
-    keys = deliverability.load_keys(sender_config.SenderConfig(pool=POOL),
-                                    admin_token=token.strip(), spool_dir=tempfile.gettempdir())
-    return keys.trace
+    """The failover pool's trace key."""
+    return attribution.trace_key(world, POOL)
+
+
+sending_pod = attribution.sending_pod
 
 
 @dataclass(frozen=True)
@@ -188,17 +184,6 @@ class Delivery:
     pod: str
     at: float
     message_id: str
-
-
-def sending_pod(message: ReceivedMessage, key: bytes) -> str:
-    value = message.header(reports.TRACE_HEADER)
-    if not value:
-        return ""
-    try:
-        trace = reports.decode_trace(value, key)
-    except reports.ReportError:
-        return ""
-    return trace.message_id.partition(".")[0]
 
 
 def pod_ref(pod: str) -> str:

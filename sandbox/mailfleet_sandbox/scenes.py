@@ -29,7 +29,7 @@ from typing import Any
 
 import aiohttp
 
-from mailfleet_sandbox import egress_gateway, reports, verifying
+from mailfleet_sandbox import attribution, egress_gateway, reports, verifying
 from mailfleet_sandbox.dns import SANDBOX_DNSBL_ZONE
 from mailfleet_sandbox.kube.errors import ApiError
 from mailfleet_sandbox.providers import ReceivedMessage
@@ -321,15 +321,21 @@ async def settle(world: SandboxWorld, ledger: Ledger, *, within: float,
     return outstanding()
 
 
-def ip_overlaps(world: SandboxWorld, ledger: Ledger, window: float) -> list[str]:
+def ip_overlaps(world: SandboxWorld, window: float) -> list[str]:
     """Signs of one IP used by two pods at once, from the receivers' records: on an IP, mail
-    of pod A, then of pod B, then of A again, all within `window` seconds (a lease can only
-    move once the previous holder released it or its lease expired, so a genuine hand-over
-    never flips back that fast)."""
-    pods = ledger.pod_of()
+    sent by pod A, then by pod B, then by A again, all within `window` seconds (a lease can
+    only move once the previous holder released it or its lease expired, so a genuine
+    hand-over never flips back that fast). The sending pod is read from each message's sealed
+    trace (`attribution`), not from the ledger: a hand-off sends a pod's accepted mail from
+    another pod."""
+    keys = []
+    with contextlib.suppress(LookupError, ApiError):
+        for pool in world.api.list(API_VERSION, "SendingPool", world.settings.namespace):
+            with contextlib.suppress(LookupError, ApiError, KeyError, ValueError):
+                keys.append(attribution.trace_key(world, pool["metadata"]["name"]))
     by_ip: dict[str, list[tuple[float, str]]] = defaultdict(list)
     for message in world.fleet.messages:
-        pod = pods.get(message_id_of(message))
+        pod = next((p for key in keys if (p := attribution.sending_pod(message, key))), "")
         if pod:
             by_ip[message.peer_ip].append((message.received_at, pod))
     problems = []
@@ -580,7 +586,7 @@ async def sender_killed(result: SceneResult, world: SandboxWorld, ledger: Ledger
                  first - killed_at <= bound, f"{first - killed_at:.1f}s")
     left = await settle(world, ledger, within=within, scene="killed")
     result.check("no accepted message lost", not left, f"{len(left)} outstanding")
-    overlaps = ip_overlaps(world, ledger, world.settings.lease_duration)
+    overlaps = ip_overlaps(world, world.settings.lease_duration)
     result.check("no IP used by two pods at once", not overlaps, "; ".join(overlaps[:3]))
 
 
@@ -669,7 +675,7 @@ async def node_failed(result: SceneResult, world: SandboxWorld, ledger: Ledger,
     left = await settle(world, ledger, within=within, scene="partition")
     result.check("no accepted message lost", not left,
                  f"{len(left)} outstanding, e.g. {[s.message_id for s in left[:3]]}")
-    overlaps = ip_overlaps(world, ledger, world.settings.lease_duration)
+    overlaps = ip_overlaps(world, world.settings.lease_duration)
     result.check("no IP used by two pods at once", not overlaps, "; ".join(overlaps[:3]))
 
 

@@ -99,6 +99,8 @@ class AssignmentInput:
     elsewhere: Mapping[str, str] = field(default_factory=dict)
     # Pods that did not answer their last renewal (frozen, partitioned): not renewed again.
     unresponsive: frozenset[str] = frozenset()
+    # Pods that reported accepted mail in their queues at the last stats read.
+    queued: frozenset[str] = frozenset()
     settings: AssignmentSettings = AssignmentSettings()
 
 
@@ -355,6 +357,17 @@ def plan_assignment(spec: AssignmentInput) -> AssignmentPlan:
                 )
             )
     drain |= {name for name in blocklist_drain if not keeps[name] and not granted[name]}
+    # Accepted mail on a healthy pod that no lease names (its IP moved on while it was down,
+    # or its spool came back on a new pod) can leave only through the holders: hand it off.
+    # A pod a lease still names (a listed IP it waits for) keeps its mail.
+    recorded = {held.pod for held in spec.leases.values()}
+    drain |= {
+        name
+        for name in spec.queued
+        if health.get(name) is PodHealth.HEALTHY
+        and name not in recorded
+        and not (keeps.get(name) or granted.get(name) or releasing.get(name))
+    }
     # A drained pod never gets new IPs in the same cycle.
     drain -= {p.pod for p in pod_plans if p.granted}
     return AssignmentPlan(

@@ -73,6 +73,7 @@ class LeaseInputs:
     requota: frozenset[str]  # IPs whose quota changed since the last step
     token: str
     chunking: usage_book.Chunking | None
+    queued: frozenset[str] = frozenset()  # pods whose last stats showed queued mail
     status_ips: tuple[Mapping[str, Any], ...] = ()  # status.ips at the first cycle (upgrade)
 
 
@@ -160,6 +161,7 @@ async def _step(
             fenced=inputs.fenced,
             elsewhere=inputs.elsewhere,
             unresponsive=frozenset(p for p, n in memory.unanswered.items() if n > 0),
+            queued=inputs.queued,
             settings=lease_settings,
         )
     )

@@ -234,6 +234,11 @@ async def _reconcile_locked(
             renew_interval=settings.lease_renew_interval,
         ),
         status_ips=tuple(old_status.get("ips") or ()),
+        queued=frozenset(
+            pod_name
+            for pod_name, stats in memory.stats.items()
+            if not stats.draining and any(q.depth > 0 for q in stats.queues.values())
+        ),
     )
     if memory.plan is None:
         await pool_leases.renew_leases(ctx, admin, body, world, memory)

@@ -337,6 +337,33 @@ def test_a_blocklisted_ip_drains_its_pod_only_when_the_pod_is_left_without_ips()
     assert result.drain == ()
 
 
+def test_queued_mail_on_a_pod_no_lease_names_is_handed_off() -> None:
+    # p-0 was killed and restarted while its IP moved to p-2: its spool still holds mail.
+    moved = [lease(IPS[0], 2), lease(IPS[1], 1)]
+    result = plan(pods=THREE_PODS, leases=moved, ips=IPS[:2], queued=frozenset({"p-0"}))
+    assert result.drain == ("p-0",)
+    # Holders keep their queues; a pod without mail is left alone as a spare.
+    result = plan(pods=THREE_PODS, leases=moved, ips=IPS[:2],
+                  queued=frozenset({"p-1", "p-2"}))
+    assert result.drain == ()
+
+
+def test_queued_mail_waits_on_a_pod_whose_released_lease_still_names_it() -> None:
+    # Its only IP is listed (no drain on blocklist): the mail waits for the IP to return.
+    released = [lease(IPS[0], 0, released=True), lease(IPS[1], 1)]
+    result = plan(pods=THREE_PODS, leases=released, ips=IPS[:2], listed={IPS[0]: ["z"]},
+                  queued=frozenset({"p-0"}))
+    assert "p-0" not in result.drain
+
+
+def test_queued_mail_on_an_unready_pod_is_not_asked_to_move() -> None:
+    # A pod that cannot answer cannot hand off; it is judged by its health first.
+    unready = pod(0, ready=False, unready_since=T0)
+    result = plan(pods=[unready, pod(1), pod(2)], leases=[lease(IPS[1], 1)], ips=IPS[:2],
+                  queued=frozenset({"p-0"}))
+    assert "p-0" not in result.drain
+
+
 def test_the_write_ahead_record_bounds_a_grant_that_may_land_late() -> None:
     result = plan(pods=THREE_PODS)
     grant = next(p for p in result.pods if p.pod == "p-0")
