@@ -79,30 +79,46 @@ def _program(rule: str) -> celpy.Runner:
     return _ENV.program(_ENV.compile(rule), functions=KUBERNETES_FUNCTIONS)
 
 
-def validate(obj: JSON, schema: JSON) -> list[errors.Cause]:
-    """Every rule of the schema that `obj` breaks, as the API server's causes."""
+_ABSENT = object()
+
+
+def validate(obj: JSON, schema: JSON, old: JSON | None = None) -> list[errors.Cause]:
+    """Every rule of the schema that `obj` breaks, as the API server's causes.
+
+    On an update, a value equal to the old one is not checked again (kube-apiserver's
+    validation ratcheting): a status write is not refused for a spec that an older CRD let in.
+    """
     causes: list[errors.Cause] = []
     props = schema.get("properties") or {}
     for key, value in obj.items():
         if key not in ("apiVersion", "kind", "metadata") and key in props:
-            for path, node, node_schema in _nodes(value, props[key], key):
+            before = _ABSENT if old is None else old.get(key, _ABSENT)
+            for path, node, node_schema in _nodes(value, props[key], key, before):
                 causes += _check(node, node_schema, path)
     return causes
 
 
-def _nodes(value: Any, schema: JSON, path: str) -> Iterator[tuple[str, Any, JSON]]:
-    """Each value of the object with the schema that describes it, depth first."""
+def _nodes(value: Any, schema: JSON, path: str, old: Any) -> Iterator[tuple[str, Any, JSON]]:
+    """Each changed value of the object with the schema that describes it, depth first."""
+    if old is not _ABSENT and value == old:
+        return
     yield path, value, schema
     if isinstance(value, dict):
         props = schema.get("properties") or {}
         extra = schema.get("additionalProperties")
+        old_map = old if isinstance(old, dict) else {}
         for key, child in value.items():
             child_schema = props.get(key, extra if isinstance(extra, dict) else None)
             if child_schema is not None:
-                yield from _nodes(child, child_schema, f"{path}.{key}")
+                yield from _nodes(child, child_schema, f"{path}.{key}",
+                                  old_map.get(key, _ABSENT))
     elif isinstance(value, list) and isinstance(schema.get("items"), dict):
+        # List items are compared by position only for maps and atomic lists alike: enough
+        # for ratcheting, which only ever skips work.
+        old_list = old if isinstance(old, list) else []
         for index, item in enumerate(value):
-            yield from _nodes(item, schema["items"], f"{path}[{index}]")
+            before = old_list[index] if index < len(old_list) else _ABSENT
+            yield from _nodes(item, schema["items"], f"{path}[{index}]", before)
 
 
 def _check(value: Any, schema: JSON, path: str) -> list[errors.Cause]:

@@ -74,3 +74,13 @@ def test_an_evaluation_error_names_the_error_and_the_message() -> None:
 
 def test_transition_rules_are_skipped() -> None:
     assert _rule("self == oldSelf", {"a": 1}) == []
+
+
+def test_an_unchanged_value_is_not_checked_again_on_update() -> None:
+    """Validation ratcheting: a status write does not fail on a spec an older CRD let in."""
+    schema = {"properties": {"spec": {"properties": {"a": {"x-kubernetes-validations": [
+        {"rule": "self > 1", "message": "a too small"}]}}}, "status": {}}}
+    old = {"spec": {"a": 0}, "status": {"n": 1}}
+    assert cel_rules.validate({"spec": {"a": 0}, "status": {"n": 2}}, schema, old) == []
+    changed = cel_rules.validate({"spec": {"a": -1}, "status": {"n": 2}}, schema, old)
+    assert [c.field for c in changed] == ["spec.a"]
