@@ -105,8 +105,7 @@ class Rule:
 def _rules_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
     """`json_schema_extra` of every spec model: its `rules` become CEL rules in the CRD."""
     rules: tuple[Rule, ...] = getattr(cls, "rules", ())
-    own = cls.__dict__.get("rules")  # a subclass re-states its rules; never inherited twice
-    if rules and own is not None:
+    if rules:
         schema["x-kubernetes-validations"] = [
             *schema.get("x-kubernetes-validations", []),
             *(rule.validation() for rule in rules),
