@@ -617,8 +617,8 @@ class Failover(SpecModel):
     unhealthy_after: Annotated[Duration, common.at_least("1s")] = Field(
         default="5s",
         description=(
-            "Move an IP once its pod or node has been unready for this long; at least 1s, so "
-            "one missed readiness probe does not move an IP. A holder that "
+            "Move an IP once its pod or node has been unready for this long; at least 1s "
+            "(0s would move an IP on the first unready report). A holder that "
             "stops answering its renewals moves sooner: within about 9 s with the default "
             "lease settings (docs/sendingpool.md gives the bound per failure)."
         ),
