@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import email.utils
+from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import dkim
@@ -20,8 +22,10 @@ from sandbox_fixtures.operator import (
     create_domainauth,
     domainauth,
     events,
+    install_crds,
     key_secrets,
     key_states,
+    operator_settings,
     publisher,
     rotate,
     wait_for,
@@ -34,7 +38,23 @@ async def active_first_key(api: ApiServer, dns_server: DNSServer, spec: dict[str
         await wait_for(lambda: key_states(api) == {"mf-1": "Active"}, message="mf-1 Active")
 
 
-ROTATING = {"dkim": {"overlap": "2s", "rotateEvery": "90d"}}
+ROTATING = {"dkim": {"overlap": "1h", "rotateEvery": "90d"}}
+# overlap is at least 1h at the door; the operator here runs its clock 1800x faster, so the
+# retiring key withdraws after 2 s of the test's time.
+TIME_SCALE = 1800.0
+
+
+@pytest.fixture
+async def operator(
+    kube_api: ApiServer, kubeconfig: Path, dns_server: DNSServer
+) -> AsyncIterator[OperatorRunner]:
+    install_crds(kube_api)
+    runner = OperatorRunner(operator_settings(kubeconfig, dns_server, time_scale=TIME_SCALE))
+    await runner.start()
+    try:
+        yield runner
+    finally:
+        await runner.stop()
 
 
 async def test_a_full_rotation_is_published_verified_activated_and_retired(

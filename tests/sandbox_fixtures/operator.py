@@ -258,7 +258,7 @@ NAME = "example-com"
 
 
 def create_domainauth(api: ApiServer, spec: dict[str, Any], name: str = NAME) -> None:
-    body = {"domain": "example.com", "verification": {"interval": "1s"}, **spec}
+    body = {"domain": "example.com", "verification": {"interval": "10s"}, **spec}
     api.create({"apiVersion": API_VERSION, "kind": "DomainAuth",
                 "metadata": {"name": name, "namespace": "default"}, "spec": body})
 

@@ -16,11 +16,12 @@ Conventions for the models of this package:
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import ipaddress
 import re
 from collections.abc import Callable, Iterable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal, Self
 
 from mailfleet_sender import units
 from pydantic import (
@@ -29,10 +30,14 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
     ValidationError,
     WithJsonSchema,
+    model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import core_schema
 
 GROUP = "mailfleet.io"
 VERSION = "v1alpha1"
@@ -44,14 +49,90 @@ Duration = units.Duration
 RateStr = units.RateStr
 
 
+# --- rules checked at the door ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    """A rule written once and checked twice, with one message: by the API server as a CEL
+    `x-kubernetes-validations` rule of the generated CRD (`kubectl apply` refuses), and by
+    pydantic with `holds` (the operator refuses, e.g. on a cluster whose CRDs are older).
+
+    `cel` and `holds` state the same condition of `self`: the model a rule is listed on
+    (`SpecModel.rules`) or the value of a field annotated with it
+    (`Annotated[str, Rule(...)]`). The unit tests run every refused case through both
+    (tests/unit/api/test_door_rules.py), the integration tests through kube-apiserver.
+    Messages are fixed text: kube-apiserver shows the field path before it, as
+    `describe_errors` does.
+    """
+
+    cel: str
+    message: str
+    holds: Callable[[Any], bool] = dataclasses.field(compare=False)
+    max_length: int | None = None
+    """For string fields: a `maxLength` too, so the API server can bound the rule's cost."""
+
+    def check(self, value: Any) -> Any:
+        if self.max_length is not None and len(value) > self.max_length:
+            raise ValueError(f"at most {self.max_length} characters allowed")
+        if not self.holds(value):
+            raise ValueError(self.message)
+        return value
+
+    def validation(self) -> dict[str, str]:
+        """The `x-kubernetes-validations` entry."""
+        return {"rule": self.cel, "message": self.message}
+
+    # As field metadata (`Annotated[T, rule]`): validate after T, add the CEL rule to T's schema.
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_after_validator_function(self.check, handler(source))
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> dict[str, Any]:
+        json = dict(handler(schema))
+        if self.max_length is not None:
+            json["maxLength"] = self.max_length
+        json["x-kubernetes-validations"] = [
+            *json.get("x-kubernetes-validations", []),
+            self.validation(),
+        ]
+        return json
+
+
+def _rules_schema(schema: dict[str, Any], cls: type[BaseModel]) -> None:
+    """`json_schema_extra` of every spec model: its `rules` become CEL rules in the CRD."""
+    rules: tuple[Rule, ...] = getattr(cls, "rules", ())
+    if rules:
+        schema["x-kubernetes-validations"] = [
+            *schema.get("x-kubernetes-validations", []),
+            *(rule.validation() for rule in rules),
+        ]
+
+
 class SpecModel(BaseModel):
-    """Base of everything a user writes: camelCase, strict about unknown fields."""
+    """Base of everything a user writes: camelCase, strict about unknown fields.
+
+    Cross-field rules are listed in `rules` (checked in order, the first broken one is
+    reported), never written as free-standing validators, so each has its CEL twin.
+    """
 
     model_config = ConfigDict(
         alias_generator=to_camel,
         populate_by_name=True,
         extra="forbid",
+        json_schema_extra=_rules_schema,
     )
+
+    rules: ClassVar[tuple[Rule, ...]] = ()
+
+    @model_validator(mode="after")
+    def _check_rules(self) -> Self:
+        for rule in type(self).rules:
+            rule.check(self)
+        return self
 
 
 class StatusModel(BaseModel):
@@ -261,6 +342,86 @@ MailtoURI = Annotated[
     ),
     _pattern(MAILTO_PATTERN, max_length=512),
 ]
+
+
+# --- durations with a floor -------------------------------------------------------------------
+
+DURATION_MAX_LENGTH = 64
+"""Long enough for any sensible duration; bounded so the CEL rules' cost is bounded."""
+
+# Seconds per unit of `units.DURATION_PATTERN`; the CEL rule below spells the same table.
+_UNIT_SECONDS: dict[str, float] = {
+    "ms": 0.001,
+    "s": 1.0,
+    "m": 60.0,
+    "h": 3600.0,
+    "d": 86400.0,
+    "w": 604800.0,
+}
+_SEGMENT = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
+
+
+def duration_sum(text: str) -> float:
+    """Seconds of a duration, added up segment by segment exactly as the CEL rule does."""
+    return sum(float(number) * _UNIT_SECONDS[unit] for number, unit in _SEGMENT.findall(text))
+
+
+def _cel_unit_seconds(var: str) -> str:
+    # "ms" before "s" and "m": "500ms" ends with both.
+    order = ("ms", "s", "m", "h", "d")
+    chain = " : ".join(f"{var}.endsWith('{u}') ? {_UNIT_SECONDS[u]!r}" for u in order)
+    return f"({chain} : {_UNIT_SECONDS['w']!r})"
+
+
+# Kubernetes CEL's duration() reads Go durations (no days or weeks), so the rule adds the
+# segments up itself: findAll (regex library), double(), sum() (lists library).
+CEL_DURATION_SECONDS = (
+    "self.findAll('[0-9]+([.][0-9]+)?(ms|s|m|h|d|w)')"
+    f".map(p, double(p.find('^[0-9]+([.][0-9]+)?')) * {_cel_unit_seconds('p')}).sum()"
+)
+
+
+def at_least(minimum: str) -> Rule:
+    """For `Annotated[Duration, at_least("10s")]`: refuse values shorter than `minimum` ("0s"
+    for a polling interval would spin, "1s" for a key rotation would churn DNS)."""
+    floor = units.duration_seconds(minimum)
+    return Rule(
+        cel=f"{CEL_DURATION_SECONDS} >= {floor!r}",
+        message=f"must be at least {minimum}",
+        holds=lambda value: duration_sum(value) >= floor,
+        max_length=DURATION_MAX_LENGTH,
+    )
+
+
+# --- addresses mail may leave from --------------------------------------------------------------
+
+# Unspecified (0.0.0.0, ::), limited broadcast and multicast (224.0.0.0/4, ff00::/8): no
+# socket sends mail from them. Anchored, so CEL's matches() and re.fullmatch agree.
+NOT_A_SOURCE_PATTERN = (
+    r"^(0[.]0[.]0[.]0|255[.]255[.]255[.]255|(22[4-9]|23[0-9])[.].*|[0:]+"
+    r"|[fF][fF][0-9A-Fa-f]{2}:.*)$"
+)
+SOURCE_ADDRESS_RULE = Rule(
+    cel=f"!self.matches('{NOT_A_SOURCE_PATTERN}')",
+    message=(
+        "not an address mail can be sent from: unspecified (0.0.0.0, ::), broadcast "
+        "(255.255.255.255) and multicast addresses are refused"
+    ),
+    holds=lambda value: re.fullmatch(NOT_A_SOURCE_PATTERN, value) is None,
+    max_length=45,  # the longest IPv6 text form
+)
+
+SourceAddress = Annotated[IPAddress, SOURCE_ADDRESS_RULE]
+"""An IP address a socket can send from (loopback is left to the operator's settings)."""
+
+
+def unique_items(what: str) -> Rule:
+    """A list rule refusing repeated entries (lists the API server cannot key as a set)."""
+    return Rule(
+        cel="self.all(x, self.exists_one(y, y == x))",
+        message=f"duplicate {what}: each must appear once",
+        holds=lambda items: len(set(items)) == len(items),
+    )
 
 
 def _validate_quantity(value: Any) -> Any:

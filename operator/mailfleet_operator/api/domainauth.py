@@ -23,6 +23,7 @@ from mailfleet_operator.api.common import (
     IPOrCIDR,
     MailtoURI,
     RecordName,
+    Rule,
     SpecModel,
     StatusModel,
 )
@@ -50,6 +51,10 @@ CONDITION_TYPES = (READY, DKIM_READY, SPF_VALID, DMARC_VALID, BIMI_VALID, DKIM_R
 
 SELECTOR_PREFIX_PATTERN = r"^[a-z0-9]([-a-z0-9]{0,30}[a-z0-9])?$"
 
+SPF_LOOKUP_LIMIT = 10
+"""RFC 7208 §4.6.4: DNS lookups one SPF check may cause (include, a, mx, ptr, exists)."""
+MAX_REPORT_URIS = 16
+
 
 class DKIM(SpecModel):
     """DKIM signing keys and their rotation."""
@@ -72,12 +77,19 @@ class DKIM(SpecModel):
             "never reuses a published name."
         ),
     )
-    rotate_every: Duration = Field(
-        default="90d", description="Rotate the active key once it is older than this."
+    rotate_every: Annotated[Duration, common.at_least("1d")] = Field(
+        default="90d",
+        description=(
+            "Rotate the active key once it is older than this; at least 1d, as every "
+            "rotation publishes a record and waits for DNS and the pools before the switch."
+        ),
     )
-    overlap: Duration = Field(
+    overlap: Annotated[Duration, common.at_least("1h")] = Field(
         default="7d",
-        description="How long a retired key stays published so mail in flight still verifies.",
+        description=(
+            "How long a retired key stays published so mail in flight still verifies; at "
+            "least 1h, as receivers verify queued and retried mail long after it was signed."
+        ),
     )
     revision_history_limit: int = Field(
         default=2,
@@ -89,6 +101,18 @@ class DKIM(SpecModel):
 
 class SPF(SpecModel):
     """The domain's one v=spf1 record; the pools' egress IPs are added automatically."""
+
+    rules = (
+        Rule(
+            cel=f"self.flatten || size(self.include) <= {SPF_LOOKUP_LIMIT}",
+            message=(
+                f"spf.include names more than {SPF_LOOKUP_LIMIT} domains: RFC 7208 allows "
+                f"{SPF_LOOKUP_LIMIT} DNS lookups per SPF check; drop includes or set "
+                "spf.flatten"
+            ),
+            holds=lambda spf: spf.flatten or len(spf.include) <= SPF_LOOKUP_LIMIT,
+        ),
+    )
 
     include: list[RecordName] = Field(
         default_factory=list,
@@ -126,12 +150,15 @@ class DMARC(SpecModel):
     pct: int = Field(
         default=100, ge=0, le=100, description="Percentage of failing mail the policy applies to."
     )
-    rua: Annotated[list[MailtoURI], common.unique_by("rua URI")] = Field(
+    rua: Annotated[list[MailtoURI], common.unique_items("rua URI")] = Field(
         default_factory=list,
+        max_length=MAX_REPORT_URIS,
         description="Where aggregate reports go, e.g. mailto:dmarc@example.com.",
     )
-    ruf: Annotated[list[MailtoURI], common.unique_by("ruf URI")] = Field(
-        default_factory=list, description="Where failure (forensic) reports go."
+    ruf: Annotated[list[MailtoURI], common.unique_items("ruf URI")] = Field(
+        default_factory=list,
+        max_length=MAX_REPORT_URIS,
+        description="Where failure (forensic) reports go.",
     )
     adkim: Alignment = Field(default="r", description="DKIM alignment: r (relaxed) or s (strict).")
     aspf: Alignment = Field(default="r", description="SPF alignment: r (relaxed) or s (strict).")
@@ -169,11 +196,40 @@ class Verification(SpecModel):
         description="Resolvers to query (IPs); the operator's system resolvers when empty.",
     )
     port: int = Field(default=53, ge=1, le=65535, description="DNS port of the nameservers.")
-    interval: Duration = Field(default="5m", description="How often the records are checked.")
+    interval: Annotated[Duration, common.at_least("10s")] = Field(
+        default="5m",
+        description=(
+            "How often the records are checked; at least 10s, as each check queries every "
+            "nameserver for every record (0s would query them in a loop)."
+        ),
+    )
+
+
+def _inside_domain(spec: DomainAuthSpec) -> bool:
+    if spec.return_path is None:
+        return True
+    path, domain = spec.return_path.lower(), spec.domain.lower()
+    return path == domain or path.endswith("." + domain)
 
 
 class DomainAuthSpec(SpecModel):
     """Desired DNS authentication of one sending domain."""
+
+    rules = (
+        Rule(
+            cel=(
+                "!has(self.returnPath) || self.returnPath.lowerAscii() == "
+                "self.domain.lowerAscii() || "
+                "self.returnPath.lowerAscii().endsWith('.' + self.domain.lowerAscii())"
+            ),
+            message=(
+                "returnPath must be the domain or a name under it (e.g. bounces.example.com "
+                "for example.com): its SPF record is written in the domain's zone, and DMARC "
+                "aligns SPF on it"
+            ),
+            holds=_inside_domain,
+        ),
+    )
 
     domain: DomainName = Field(description="The sending domain (RFC 5322 From), e.g. example.com.")
     dkim: DKIM = Field(default_factory=DKIM, description="DKIM keys and rotation.")

@@ -11,7 +11,7 @@ import datetime
 import zoneinfo
 from typing import Annotated, Any, Literal
 
-from pydantic import ConfigDict, Field, field_validator, model_validator
+from pydantic import Field
 
 from mailfleet_operator.api import common
 from mailfleet_operator.api.common import (
@@ -19,6 +19,7 @@ from mailfleet_operator.api.common import (
     DNSLabel,
     IPAddress,
     LocalObjectReference,
+    Rule,
     SpecModel,
     StatusModel,
 )
@@ -39,6 +40,26 @@ COMPLETED = "Completed"
 CONDITION_TYPES = (READY, PROGRESSING, HELD, COMPLETED)
 
 TIMEZONE_PATTERN = r"^[A-Za-z][A-Za-z0-9_+-]*(/[A-Za-z0-9_+-]+)*$"
+MAX_STEPS = 365
+
+
+def _known_timezone(name: str) -> bool:
+    if name == "Local":  # Go's name for the server's own zone, not an IANA name
+        return False
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+# CEL has no "is this a zone" test, but a timestamp function given an unknown zone fails, and
+# kube-apiserver then refuses the object with "unknown time zone X evaluating rule: <message>".
+TIMEZONE_RULE = Rule(
+    cel="self != 'Local' && timestamp('2000-01-01T00:00:00Z').getFullYear(self) > 0",
+    message="unknown time zone: expected an IANA name like UTC or Europe/Paris",
+    holds=_known_timezone,
+)
 
 
 class LinearSchedule(SpecModel):
@@ -65,36 +86,26 @@ class Schedule(SpecModel):
     steps: list[Annotated[int, Field(ge=1)]] | None = Field(
         default=None,
         min_length=1,
+        max_length=MAX_STEPS,
         description=(
             "Explicit daily quotas: day n allows steps[n-1]; the last step must reach the "
             "target (a list that ends below it is refused by the operator)."
         ),
     )
 
-    # The API server checks "exactly one" too; the oneOf holds value validation only.
-    model_config = ConfigDict(
-        json_schema_extra={
-            "oneOf": [
-                {"required": ["linear"]},
-                {"required": ["exponential"]},
-                {"required": ["steps"]},
-            ]
-        }
+    rules = (
+        Rule(
+            cel="[has(self.linear), has(self.exponential), has(self.steps)]"
+            ".filter(set, set).size() == 1",
+            message="set exactly one of schedule.linear, schedule.exponential or schedule.steps",
+            holds=lambda s: [s.linear, s.exponential, s.steps].count(None) == 2,
+        ),
+        Rule(
+            cel="!has(self.steps) || self.steps.isSorted()",
+            message="schedule.steps must not decrease",
+            holds=lambda s: s.steps is None or s.steps == sorted(s.steps),
+        ),
     )
-
-    @model_validator(mode="after")
-    def _exactly_one(self) -> Schedule:
-        chosen = [
-            name for name in ("linear", "exponential", "steps") if getattr(self, name) is not None
-        ]
-        if len(chosen) != 1:
-            raise ValueError(
-                "set exactly one of schedule.linear, schedule.exponential or schedule.steps, "
-                f"got {chosen or 'none'}"
-            )
-        if self.steps is not None and self.steps != sorted(self.steps):
-            raise ValueError(f"schedule.steps must not decrease, got {self.steps}")
-        return self
 
 
 class ProviderShare(SpecModel):
@@ -142,8 +153,28 @@ class Safety(SpecModel):
     )
 
 
+def _first_quota(schedule: Schedule) -> int:
+    if schedule.linear:
+        return schedule.linear.start
+    if schedule.exponential:
+        return schedule.exponential.start
+    return (schedule.steps or [0])[0]
+
+
 class IPWarmupSpec(SpecModel):
     """Desired warm-up of some or all IPs of one SendingPool."""
+
+    rules = (
+        Rule(
+            cel=(
+                "(has(self.schedule.linear) ? self.schedule.linear.start : "
+                "has(self.schedule.exponential) ? self.schedule.exponential.start : "
+                "has(self.schedule.steps) ? self.schedule.steps[0] : 0) <= self.target"
+            ),
+            message="the schedule starts above the target: day 1's quota must not exceed target",
+            holds=lambda spec: _first_quota(spec.schedule) <= spec.target,
+        ),
+    )
 
     pool_ref: LocalObjectReference = Field(
         description="The SendingPool (same namespace) whose IPs are warmed up."
@@ -167,7 +198,7 @@ class IPWarmupSpec(SpecModel):
             "x-kubernetes-list-map-keys": ["provider"],
         },
     )
-    timezone: str = Field(
+    timezone: Annotated[str, TIMEZONE_RULE] = Field(
         default="UTC",
         pattern=TIMEZONE_PATTERN,
         max_length=64,
@@ -178,33 +209,6 @@ class IPWarmupSpec(SpecModel):
         default=False,
         description="Stop advancing and send nothing from the warming IPs while true.",
     )
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_timezone(cls, value: str) -> str:
-        try:
-            zoneinfo.ZoneInfo(value)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ValueError(
-                f"unknown time zone {value!r}: expected an IANA name like UTC or Europe/Paris"
-            ) from None
-        return value
-
-    @model_validator(mode="after")
-    def _start_below_target(self) -> IPWarmupSpec:
-        schedule = self.schedule
-        first = (
-            schedule.linear.start
-            if schedule.linear
-            else schedule.exponential.start
-            if schedule.exponential
-            else (schedule.steps or [0])[0]
-        )
-        if first > self.target:
-            raise ValueError(
-                f"the schedule starts at {first} messages a day, above the target {self.target}"
-            )
-        return self
 
 
 # --- status -------------------------------------------------------------------------------------

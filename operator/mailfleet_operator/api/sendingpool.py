@@ -14,8 +14,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, model_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field
 
 from mailfleet_operator.api import common
 from mailfleet_operator.api.common import (
@@ -23,13 +22,14 @@ from mailfleet_operator.api.common import (
     DNSLabel,
     DomainName,
     Duration,
-    IPAddress,
     IPOrCIDR,
     KubeName,
     MXPattern,
     Quantity,
     RateStr,
+    Rule,
     SecretKeyRef,
+    SourceAddress,
     SpecModel,
     StatusModel,
 )
@@ -54,11 +54,24 @@ PROGRESSING = "Progressing"
 CONDITION_TYPES = (READY, DEGRADED, FAILING_OVER, PROGRESSING)
 
 
+# Bounds on lists that CEL rules loop over: the API server refuses a rule whose worst case
+# (estimated from maxItems) is too costly.
+MAX_CLASSES = 32
+MAX_EGRESS_IPS = 256
+
 # --- pods -------------------------------------------------------------------------------------
 
 
 class Autoscaling(SpecModel):
     """Scale the pool on queue depth, read from the pods' /v1/stats."""
+
+    rules = (
+        Rule(
+            cel="self.minReplicas <= self.maxReplicas",
+            message="minReplicas must not exceed maxReplicas",
+            holds=lambda a: a.min_replicas <= a.max_replicas,
+        ),
+    )
 
     min_replicas: int = Field(
         default=1, ge=0, description="Fewest sender pods kept running, even with empty queues."
@@ -72,15 +85,6 @@ class Autoscaling(SpecModel):
             "this), clamped to [minReplicas, maxReplicas]."
         ),
     )
-
-    @model_validator(mode="after")
-    def _min_not_above_max(self) -> Autoscaling:
-        if self.min_replicas > self.max_replicas:
-            raise ValueError(
-                f"minReplicas ({self.min_replicas}) must not exceed maxReplicas "
-                f"({self.max_replicas})"
-            )
-        return self
 
 
 class ResourceRequirements(SpecModel):
@@ -136,7 +140,12 @@ class Storage(SpecModel):
 class EgressIP(SpecModel):
     """A source IP the pool sends from, bound to exactly one active pod at a time."""
 
-    address: IPAddress = Field(description="The IPv4 or IPv6 source address, e.g. 203.0.113.10.")
+    address: SourceAddress = Field(
+        description=(
+            "The IPv4 or IPv6 source address, e.g. 203.0.113.10; unspecified, broadcast and "
+            "multicast addresses are refused."
+        )
+    )
     helo_name: DomainName = Field(
         description=(
             "Name announced in EHLO from this IP; its A/AAAA and the IP's PTR record should "
@@ -145,6 +154,7 @@ class EgressIP(SpecModel):
     )
     classes: list[DNSLabel] | None = Field(
         default=None,
+        max_length=MAX_CLASSES,
         description="Names of the classes this IP may carry; every class when omitted.",
     )
 
@@ -203,19 +213,16 @@ _SELECTS_SOMETHING = (
 class CiliumAttachment(SpecModel):
     """Settings of the per-IP `CiliumEgressGatewayPolicy` objects (cilium.io/v2)."""
 
-    model_config = SpecModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": _SELECTS_SOMETHING,
-                    "message": (
-                        "cilium.nodeSelector selects every node: name the gateway nodes that "
-                        "carry the egress IPs with matchLabels or matchExpressions"
-                    ),
-                }
-            ]
-        }
-    }
+    rules = (
+        Rule(
+            cel=_SELECTS_SOMETHING,
+            message=(
+                "cilium.nodeSelector selects every node: name the gateway nodes that carry the "
+                "egress IPs with matchLabels or matchExpressions"
+            ),
+            holds=lambda c: bool(c.node_selector.match_labels or c.node_selector.match_expressions),
+        ),
+    )
 
     node_selector: LabelSelector = Field(
         description=(
@@ -254,16 +261,6 @@ class CiliumAttachment(SpecModel):
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
-    @model_validator(mode="after")
-    def _gateway_nodes_named(self) -> CiliumAttachment:
-        selector = self.node_selector
-        if not selector.match_labels and not selector.match_expressions:
-            raise ValueError(
-                "cilium.nodeSelector selects every node: name the gateway nodes that carry "
-                "the egress IPs with matchLabels or matchExpressions"
-            )
-        return self
-
 
 class AntreaAttachment(SpecModel):
     """Settings of the per-IP Antrea `Egress` objects (crd.antrea.io/v1beta1)."""
@@ -279,19 +276,24 @@ class AntreaAttachment(SpecModel):
     )
 
 
-_MODE_RULES: tuple[tuple[str, str], ...] = (
-    (
-        "self.mode != 'Cilium' || has(self.cilium)",
-        "egress.attachment.mode is Cilium but egress.attachment.cilium.nodeSelector is "
-        "missing: name the Cilium egress gateway nodes that carry the egress IPs",
+_MODE_RULES = (
+    Rule(
+        cel="self.mode != 'Cilium' || has(self.cilium)",
+        message=(
+            "egress.attachment.mode is Cilium but egress.attachment.cilium.nodeSelector is "
+            "missing: name the Cilium egress gateway nodes that carry the egress IPs"
+        ),
+        holds=lambda a: a.mode != "Cilium" or a.cilium is not None,
     ),
-    (
-        "!has(self.cilium) || self.mode == 'Cilium'",
-        "egress.attachment.cilium is set but mode is not Cilium",
+    Rule(
+        cel="!has(self.cilium) || self.mode == 'Cilium'",
+        message="egress.attachment.cilium is set but mode is not Cilium",
+        holds=lambda a: a.cilium is None or a.mode == "Cilium",
     ),
-    (
-        "!has(self.antrea) || self.mode == 'Antrea'",
-        "egress.attachment.antrea is set but mode is not Antrea",
+    Rule(
+        cel="!has(self.antrea) || self.mode == 'Antrea'",
+        message="egress.attachment.antrea is set but mode is not Antrea",
+        holds=lambda a: a.antrea is None or a.mode == "Antrea",
     ),
 )
 
@@ -299,13 +301,7 @@ _MODE_RULES: tuple[tuple[str, str], ...] = (
 class Attachment(SpecModel):
     """How an egress IP reaches the pod that holds its lease (see docs/sendingpool.md)."""
 
-    model_config = SpecModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {"rule": rule, "message": message} for rule, message in _MODE_RULES
-            ]
-        }
-    }
+    rules = _MODE_RULES
 
     mode: AttachmentMode = Field(
         default="Bind",
@@ -324,16 +320,6 @@ class Attachment(SpecModel):
     antrea: AntreaAttachment | None = Field(
         default=None, description="Antrea Egress settings; only when mode is Antrea."
     )
-
-    @model_validator(mode="after")
-    def _settings_match_mode(self) -> Attachment:
-        if self.mode == "Cilium" and self.cilium is None:
-            raise ValueError(_MODE_RULES[0][1])
-        if self.cilium is not None and self.mode != "Cilium":
-            raise ValueError(f"egress.attachment.cilium is set but mode is {self.mode}")
-        if self.antrea is not None and self.mode != "Antrea":
-            raise ValueError(f"egress.attachment.antrea is set but mode is {self.mode}")
-        return self
 
 
 def _normalized_address(ip: EgressIP) -> str:
@@ -354,11 +340,22 @@ _INTERFACE_MESSAGE = (
 class Egress(SpecModel):
     """Where mail leaves from: the pool's own IPs (direct) or a smarthost (relay)."""
 
-    model_config = SpecModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [{"rule": _INTERFACE_RULE, "message": _INTERFACE_MESSAGE}]
-        }
-    }
+    rules = (
+        Rule(
+            cel="self.mode != 'relay' || has(self.relay)",
+            message="egress.mode is relay but egress.relay is missing: set relay.host",
+            holds=lambda e: e.mode != "relay" or e.relay is not None,
+        ),
+        Rule(
+            cel=_INTERFACE_RULE,
+            message=_INTERFACE_MESSAGE,
+            holds=lambda e: (
+                e.attachment.cilium is None
+                or e.attachment.cilium.interface is None
+                or len(e.ips) <= 1
+            ),
+        ),
+    )
 
     mode: EgressMode = Field(
         default="direct",
@@ -369,6 +366,7 @@ class Egress(SpecModel):
     )
     ips: Annotated[list[EgressIP], common.unique_by("IP address", _normalized_address)] = Field(
         default_factory=list,
+        max_length=MAX_EGRESS_IPS,
         description=(
             "Source IPs of the pool, each bound to one active pod. In direct mode with no IPs "
             "the pods send from their own address (useful only for tests)."
@@ -388,19 +386,6 @@ class Egress(SpecModel):
             "source-NATed by the CNI (Cilium, Antrea, OVNKubernetes)."
         ),
     )
-
-    @model_validator(mode="after")
-    def _relay_when_relay_mode(self) -> Egress:
-        if self.mode == "relay" and self.relay is None:
-            raise ValueError("egress.mode is relay but egress.relay is missing: set relay.host")
-        return self
-
-    @model_validator(mode="after")
-    def _interface_only_for_one_ip(self) -> Egress:
-        cilium = self.attachment.cilium
-        if cilium is not None and cilium.interface is not None and len(self.ips) > 1:
-            raise ValueError(_INTERFACE_MESSAGE)
-        return self
 
 
 # --- classes, throttles, reputation -------------------------------------------------------------
@@ -518,6 +503,19 @@ class ReputationThresholds(SpecModel):
 class Reputation(SpecModel):
     """Guard rails on the pool's rolling bounce and complaint rates."""
 
+    rules = (
+        Rule(
+            cel="self.warnAt.bounceRate <= self.pauseAt.bounceRate",
+            message="warnAt.bounceRate must not exceed pauseAt.bounceRate",
+            holds=lambda r: r.warn_at.bounce_rate <= r.pause_at.bounce_rate,
+        ),
+        Rule(
+            cel="self.warnAt.complaintRate <= self.pauseAt.complaintRate",
+            message="warnAt.complaintRate must not exceed pauseAt.complaintRate",
+            holds=lambda r: r.warn_at.complaint_rate <= r.pause_at.complaint_rate,
+        ),
+    )
+
     warn_at: ReputationThresholds = Field(
         default_factory=lambda: ReputationThresholds(bounce_rate=0.05, complaint_rate=0.001),
         description="Rates at which the pool turns Degraded and emits warning events.",
@@ -529,25 +527,18 @@ class Reputation(SpecModel):
             "resumed with the annotation mailfleet.io/resume."
         ),
     )
-    window: Duration = Field(
-        default="24h", description="Rolling window the rates are computed over."
+    window: Annotated[Duration, common.at_least("1m")] = Field(
+        default="24h",
+        description=(
+            "Rolling window the rates are computed over; at least 1m, as rates over a "
+            "shorter window swing on a handful of messages."
+        ),
     )
     min_messages: int = Field(
         default=500,
         ge=1,
         description="Rates are judged only once the window holds at least this many messages.",
     )
-
-    @model_validator(mode="after")
-    def _warn_before_pause(self) -> Reputation:
-        for name in ("bounce_rate", "complaint_rate"):
-            warn, pause = getattr(self.warn_at, name), getattr(self.pause_at, name)
-            if warn > pause:
-                field = to_camel(name)
-                raise ValueError(
-                    f"warnAt.{field} ({warn}) must not exceed pauseAt.{field} ({pause})"
-                )
-        return self
 
 
 # --- retries, bounces, health, failover, submission ---------------------------------------------
@@ -561,8 +552,12 @@ class Retry(SpecModel):
         min_length=1,
         description="Waits between attempts; the last one repeats until maxAge.",
     )
-    max_age: Duration = Field(
-        default="3d", description="Bounce a message still undelivered after this long."
+    max_age: Annotated[Duration, common.at_least("1m")] = Field(
+        default="3d",
+        description=(
+            "Bounce a message still undelivered after this long; at least 1m, as a shorter "
+            "age bounces mail a receiver merely greylisted."
+        ),
     )
 
 
@@ -599,7 +594,13 @@ class DNSBLCheck(SpecModel):
         description="Blocklist zones to query, e.g. zen.spamhaus.org; no checks when empty.",
         json_schema_extra={"x-kubernetes-list-type": "set"},
     )
-    interval: Duration = Field(default="5m", description="How often each IP is looked up.")
+    interval: Annotated[Duration, common.at_least("1s")] = Field(
+        default="5m",
+        description=(
+            "How often each IP is looked up; at least 1s, as a blocklist rate-limits (and "
+            "may list) a client that polls it in a loop."
+        ),
+    )
 
 
 class HealthChecks(SpecModel):
@@ -613,10 +614,11 @@ class HealthChecks(SpecModel):
 class Failover(SpecModel):
     """When an IP moves from its pod to a standby."""
 
-    unhealthy_after: Duration = Field(
+    unhealthy_after: Annotated[Duration, common.at_least("1s")] = Field(
         default="5s",
         description=(
-            "Move an IP once its pod or node has been unready for this long. A holder that "
+            "Move an IP once its pod or node has been unready for this long; at least 1s "
+            "(0s would move an IP on the first unready report). A holder that "
             "stops answering its renewals moves sooner: within about 9 s with the default "
             "lease settings (docs/sendingpool.md gives the bound per failure)."
         ),
@@ -676,31 +678,37 @@ _ONE_IP_PER_POD_RULE = (
 )
 
 
-def _one_ip_per_pod_message(mode: str, pods: int, ips: int) -> str:
-    return (
-        f"egress.attachment.mode {mode} source-NATs whole pods, so each active pod holds one "
-        f"egress IP: {ips} IP(s) need at least {ips} active replicas "
-        f"(replicas, or autoscaling.minReplicas), not {pods}"
-    )
+def _active_pods(spec: SendingPoolSpec) -> int:
+    return spec.autoscaling.min_replicas if spec.autoscaling else spec.replicas
 
 
 class SendingPoolSpec(SpecModel):
     """Desired state of a SendingPool: pods, IPs, classes, throttles and guard rails."""
 
-    model_config = SpecModel.model_config | {
-        "json_schema_extra": {
-            "x-kubernetes-validations": [
-                {
-                    "rule": _ONE_IP_PER_POD_RULE,
-                    "message": (
-                        "a CNI attachment mode source-NATs whole pods: it needs at least as "
-                        "many active replicas (replicas, or autoscaling.minReplicas) as "
-                        "egress IPs"
-                    ),
-                }
-            ]
-        }
-    }
+    rules = (
+        Rule(
+            cel=_ONE_IP_PER_POD_RULE,
+            message=(
+                "a CNI attachment mode source-NATs whole pods: it needs at least as many "
+                "active replicas (replicas, or autoscaling.minReplicas) as egress IPs"
+            ),
+            holds=lambda s: (
+                s.egress.attachment.mode == "Bind" or _active_pods(s) >= len(s.egress.ips)
+            ),
+        ),
+        Rule(
+            cel=(
+                "self.egress.ips.all(ip, !has(ip.classes) || "
+                "ip.classes.all(c, self.classes.exists(k, k.name == c)))"
+            ),
+            message="egress.ips[].classes names a class the pool does not have in classes",
+            holds=lambda s: all(
+                name in {c.name for c in s.classes}
+                for ip in s.egress.ips
+                for name in ip.classes or ()
+            ),
+        ),
+    )
 
     replicas: int = Field(
         default=1,
@@ -748,6 +756,7 @@ class SendingPoolSpec(SpecModel):
         Field(
             default_factory=default_classes,
             min_length=1,
+            max_length=MAX_CLASSES,
             description=(
                 "Priority classes of mail. When omitted: transactional (priority 100, maxAge "
                 "1d) and marketing (priority 10, maxAge 3d, bulk)."
@@ -787,26 +796,6 @@ class SendingPoolSpec(SpecModel):
         default=False,
         description="Stop delivering (mail is still accepted and queued) until set back to false.",
     )
-
-    @model_validator(mode="after")
-    def _one_ip_per_pod_under_snat(self) -> SendingPoolSpec:
-        mode = self.egress.attachment.mode
-        pods = self.autoscaling.min_replicas if self.autoscaling else self.replicas
-        if mode != "Bind" and pods < len(self.egress.ips):
-            raise ValueError(_one_ip_per_pod_message(mode, pods, len(self.egress.ips)))
-        return self
-
-    @model_validator(mode="after")
-    def _ip_classes_exist(self) -> SendingPoolSpec:
-        known = {c.name for c in self.classes}
-        for index, ip in enumerate(self.egress.ips):
-            unknown = [name for name in ip.classes or () if name not in known]
-            if unknown:
-                raise ValueError(
-                    f"egress.ips[{index}].classes names unknown class(es) {unknown}: "
-                    f"the pool's classes are {sorted(known)}"
-                )
-        return self
 
 
 # --- status -------------------------------------------------------------------------------------

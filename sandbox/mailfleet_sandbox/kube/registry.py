@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from mailfleet_sandbox.kube import (
+    cel_rules,
     decoding,
     errors,
     kinds,
@@ -294,7 +295,8 @@ class Registry:
             warnings += [f'unknown field "{u}"' for u in unknown]
         if rt.crd and rt.schema is not None:
             obj = schemas.apply_defaults(pruned, rt.schema)
-            causes = schemas.validate(obj, rt.schema)
+            causes = schemas.validate(obj, rt.schema) or cel_rules.validate(
+                obj, rt.schema, old)
         else:
             obj = pruned
             kinds.default_object(rt, obj, old, self._allocate_ip)

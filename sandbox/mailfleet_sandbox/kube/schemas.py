@@ -1,7 +1,7 @@
 """OpenAPI v3 structural-schema handling for custom resources: pruning, defaulting and
 validation, in the order and with the messages of apiextensions-apiserver (pure, no I/O).
 
-Not done: CEL rules (`x-kubernetes-validations`), which are ignored.
+CEL rules (`x-kubernetes-validations`) are evaluated afterwards, by `cel_rules`.
 """
 
 from __future__ import annotations

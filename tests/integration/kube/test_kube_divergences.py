@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import secrets
 import time
-from typing import Any
 
 import pytest
 import urllib3
@@ -47,36 +46,6 @@ def test_requests_are_authenticated_and_authorized_by_rbac(raw: Raw, ns: str) ->
     reply = anonymous_tls.request("GET", configuration.host + "/api/v1/namespaces/kube-system/"
                                   "secrets", headers={"Authorization": f"Bearer {token}"})
     assert reply.status == 403
-
-
-CEL_CRD: dict[str, Any] = {
-    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
-    "metadata": {"name": "ranges.divergence.mailfleet.io"},
-    "spec": {"group": "divergence.mailfleet.io", "scope": "Namespaced",
-             "names": {"plural": "ranges", "singular": "range", "kind": "Range"},
-             "versions": [{"name": "v1", "served": True, "storage": True, "schema": {
-                 "openAPIV3Schema": {"type": "object", "properties": {"spec": {
-                     "type": "object",
-                     "x-kubernetes-validations": [{"rule": "self.low <= self.high",
-                                                   "message": "low must not exceed high"}],
-                     "properties": {"low": {"type": "integer"},
-                                    "high": {"type": "integer"}}}}}}}]}}
-
-
-def test_cel_validation_rules_refuse_what_they_forbid(raw: Raw, ns: str) -> None:
-    """`x-kubernetes-validations` rules run at the door: 422 Invalid with the rule's message."""
-    created = raw("POST", "/apis/apiextensions.k8s.io/v1/customresourcedefinitions", CEL_CRD)
-    assert created.status in (201, 409), created.body
-    path = f"/apis/divergence.mailfleet.io/v1/namespaces/{ns}/ranges"
-    deadline = time.monotonic() + 30
-    while raw("GET", path).status != 200:
-        assert time.monotonic() < deadline, "the CRD is not served"
-        time.sleep(0.2)
-    bad = {"apiVersion": "divergence.mailfleet.io/v1", "kind": "Range",
-           "metadata": {"name": "upside-down"}, "spec": {"low": 5, "high": 1}}
-    reply = raw("POST", path, bad)
-    assert (reply.status, reply.body["reason"]) == (422, "Invalid"), reply.body
-    assert "low must not exceed high" in reply.body["message"]
 
 
 def test_pod_security_admission_refuses_a_privileged_pod(raw: Raw) -> None:

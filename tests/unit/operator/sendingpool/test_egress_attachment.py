@@ -358,8 +358,8 @@ def _error(attachment: dict[str, Any], ips: list[dict[str, Any]] = IPS,
     ({"mode": "Cilium", "cilium": {"nodeSelector": {"matchLabels": {}}}},
      "cilium.nodeSelector selects every node"),
     ({"mode": "Antrea", "cilium": {"nodeSelector": {"matchLabels": {"a": "b"}}}},
-     "egress.attachment.cilium is set but mode is Antrea"),
-    ({"mode": "Bind", "antrea": {}}, "egress.attachment.antrea is set but mode is Bind"),
+     "egress.attachment.cilium is set but mode is not Cilium"),
+    ({"mode": "Bind", "antrea": {}}, "egress.attachment.antrea is set but mode is not Antrea"),
     ({"mode": "Calico"}, "Input should be 'Bind', 'Cilium', 'Antrea' or 'OVNKubernetes'"),
     ({"mode": "OVNKubernetes", "extra": 1}, "Extra inputs are not permitted"),
 ], ids=["cilium mode without cilium settings", "cilium settings without a node selector",
@@ -380,10 +380,11 @@ def test_a_cilium_interface_is_refused_for_more_than_one_ip() -> None:
 @pytest.mark.parametrize("mode", list(ATTACHMENTS))
 def test_cni_modes_need_an_active_pod_per_ip(mode: str) -> None:
     """Source NAT is per pod: a pod holding two IPs would leave from either."""
-    assert "3 IP(s) need at least 3 active replicas" in _error(ATTACHMENTS[mode], IPS, 2)
+    needs = "at least as many active replicas (replicas, or autoscaling.minReplicas) as egress"
+    assert needs in _error(ATTACHMENTS[mode], IPS, 2)
     autoscaled = {"autoscaling": {"minReplicas": 2, "maxReplicas": 9},
                   "egress": {"ips": IPS, "attachment": ATTACHMENTS[mode]}}
-    with pytest.raises(ValidationError, match="not 2"):
+    with pytest.raises(ValidationError, match=r"autoscaling\.minReplicas\) as egress IPs"):
         sp.SendingPoolSpec.model_validate(autoscaled)
     spec_for({"mode": "Bind"}, IPS, 1)  # the sender binds: one pod may hold several IPs
 

@@ -116,7 +116,7 @@ def test_name_picks_one_ipwarmup_of_the_file(
             id="an exponential factor of one is refused with its path",
         ),
         pytest.param(
-            "linear: {start: 6000, increment: 500}", 5000, "above the target 5000",
+            "linear: {start: 6000, increment: 500}", 5000, "spec: the schedule starts above",
             id="a target below the start is refused",
         ),
     ],
