@@ -407,3 +407,44 @@ async def test_the_running_operator_waits_for_the_pool_then_starts_the_warmup(
         )
     finally:
         await runner.stop()
+
+
+async def test_an_invalid_warmup_holds_its_ips_at_the_last_quota_never_unlimited(
+    harness: Harness,
+) -> None:
+    """Fail closed: a warm-up that stops validating (stored before the API refused such specs,
+    or its status corrupted) keeps its IPs at the quota it last published; one that never
+    published a quota holds them at 0. Neither lifts the limit."""
+    await harness.run_pool()
+    harness.create_warmup()
+    await harness.cycle()
+    await harness.pool_cycle()
+    assert harness.lease().quota_remaining == 100
+
+    broken = harness.warmup()
+    broken["spec"]["schedule"] = {"linear": {"start": 500, "increment": 100}}  # above target
+    assert await pool_policy.read_warmup_quotas(harness.ctx, NS, "mail", [broken]) == {IP: 100}
+    await reconciler.reconcile_warmup(harness.ctx, harness.admin, broken)
+    body = harness.warmup()
+    assert cond(body, "Ready") == ("False", "InvalidSpec")
+    message = next(c["message"] for c in body["status"]["conditions"] if c["type"] == "Ready")
+    assert "above the target" in message
+    assert f"held at their last quota until it is fixed ({IP} at 100/day)" in message
+    assert (body["status"]["day"], body["status"]["dailyQuota"]) == (1, 100)
+
+    corrupt = {**harness.warmup(), "status": {"phase": "WarmingUp", "day": "one"}}
+    never = {**broken, "status": None}
+    for stored in (corrupt, never):
+        assert await pool_policy.read_warmup_quotas(harness.ctx, NS, "mail", [stored]) == {IP: 0}
+
+
+async def test_a_spec_refused_before_the_start_holds_its_ips_at_zero(harness: Harness) -> None:
+    await harness.run_pool()
+    await harness.pool_cycle()
+    assert harness.lease().quota_remaining is None
+    # Valid for the schema, refused by the controller: 100 days of +1 cannot reach 100000.
+    harness.create_warmup(schedule={"linear": {"start": 100, "increment": 1}}, target=100000)
+    body = await harness.cycle()
+    assert (body["status"]["phase"], cond(body, "Ready")) == ("Pending", ("False", "InvalidSpec"))
+    await harness.pool_cycle()
+    assert harness.lease().quota_remaining == 0

@@ -42,6 +42,7 @@ from mailfleet_operator.logic import (
     schedules,
     warmup_clock,
     warmup_gates,
+    warmup_holds,
     warmup_progress,
 )
 from mailfleet_operator.reconcile import context as ctx_module
@@ -162,6 +163,14 @@ async def _reconcile_locked(
         status = old.model_copy(update={"phase": phase, "next_advance_at": None})
         day = old.day
         quota = old.daily_quota
+        if problem is not None and problem.reason == "InvalidSpec" and not completed:
+            # Fail closed: the pool holds the IPs at the last published quota (0 if none).
+            held = warmup_holds.imposed_quotas(
+                {**body, "status": {**old_raw, "conditions": [_INVALID]}}
+            )
+            problem = warmup_progress.Problem(
+                problem.reason, f"{problem.message}; {warmup_holds.hold_message(held)}"
+            )
         verdicts = warmup_progress.verdicts(
             phase=status.phase,
             problem=problem,
@@ -582,6 +591,8 @@ async def _apply(
         except kube_client.ApiError:
             pass  # events are best effort
 
+
+_INVALID = {"type": ipw.READY, "reason": "InvalidSpec"}
 
 _PROBLEM_REASONS = frozenset(
     {

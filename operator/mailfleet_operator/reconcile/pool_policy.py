@@ -15,11 +15,16 @@ from pydantic import ValidationError
 
 from mailfleet_operator import metrics
 from mailfleet_operator.api import domainauth as da
-from mailfleet_operator.api import ipwarmup as ipw
 from mailfleet_operator.api import sendingpool as sp
 from mailfleet_operator.kube import client as kube_client
 from mailfleet_operator.kube import resources
-from mailfleet_operator.logic import assigning, autoscaling, reputation, usage_book
+from mailfleet_operator.logic import (
+    assigning,
+    autoscaling,
+    reputation,
+    usage_book,
+    warmup_holds,
+)
 from mailfleet_operator.reconcile import context as ctx_module
 from mailfleet_operator.reconcile import pod_admin
 from mailfleet_operator.reconcile.pool_state import (
@@ -105,8 +110,10 @@ async def read_warmup_quotas(
     pool: str,
     indexed: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, int | None]:
-    """ip -> today's quota from the pool's IPWarmups (None: warm, no cap)."""
-    quotas: dict[str, int | None] = {}
+    """ip -> today's quota from the pool's IPWarmups (absent: no warm-up limit).
+
+    Fail closed (`warmup_holds`): an IPWarmup that no longer validates keeps its IPs at the
+    last quota it published (0 when it never published one); two naming one IP, the smaller."""
     items: Sequence[Mapping[str, Any]]
     if indexed is not None:
         items = indexed
@@ -114,20 +121,10 @@ async def read_warmup_quotas(
         try:
             items = await ctx.client.list(resources.IP_WARMUPS, namespace=namespace)
         except kube_client.ApiError:
-            return quotas
-    for raw in items:
-        try:
-            warmup = ipw.IPWarmup.model_validate(raw)
-        except ValidationError:
-            continue
-        if warmup.spec.pool_ref.name != pool or warmup.status is None:
-            continue
-        if warmup.status.phase in ("Completed", "Pending"):
-            continue
-        per_ip = {p.address: p.daily_quota for p in warmup.status.ips}
-        for address in warmup.spec.addresses or per_ip:
-            quotas[address] = per_ip.get(address, warmup.status.daily_quota)
-    return quotas
+            return {}
+    return warmup_holds.merge_quotas(
+        warmup_holds.imposed_quotas(raw) for raw in items if warmup_holds.pool_of(raw) == pool
+    )
 
 
 def decide_active(
