@@ -448,3 +448,25 @@ async def test_a_spec_refused_before_the_start_holds_its_ips_at_zero(harness: Ha
     assert (body["status"]["phase"], cond(body, "Ready")) == ("Pending", ("False", "InvalidSpec"))
     await harness.pool_cycle()
     assert harness.lease().quota_remaining == 0
+
+
+async def test_an_operator_restart_remembers_what_the_ip_sent_today(harness: Harness) -> None:
+    """A holder lost mid-day after 900 of 1000 (its pod recreated without its counters), and
+    the operator restarted meanwhile: the new grant is the 100 that remain, not 1000 again."""
+    await harness.run_pool()
+    harness.create_warmup(schedule={"steps": [1000, 2000]}, target=2000)
+    await harness.cycle()
+    await harness.pool_cycle()
+    assert harness.lease().quota_remaining == 1000
+    harness.senders.report("mail-0", IP, sent=900)
+    body = await harness.cycle()
+    (usage,) = body["status"]["ips"][0]["usage"]
+    assert (usage["day"], usage["pod"], usage["sent"]) == (harness.senders.day(), "mail-0", 900)
+
+    reconciler.MEMORY.clear()
+    pool_reconciler.MEMORY.clear()
+    harness.senders.report("mail-0", IP, sent=0)
+    await harness.pool_cycle()
+    assert (harness.lease().quota_remaining, harness.lease().sent_today_basis) == (100, 900)
+    body = await harness.cycle()
+    assert (body["status"]["sentToday"], body["status"]["ips"][0]["usage"][0]["sent"]) == (900, 900)

@@ -101,3 +101,29 @@ def hold_message(quotas: Mapping[str, int | None]) -> str:
         return "its IPs get no warm-up quota until it is fixed"
     described = ", ".join(f"{a} at {q}/day" for a, q in sorted(held.items()))
     return f"its IPs are held at their last quota until it is fixed ({described})"
+
+
+Recorded = dict[str, dict[int, dict[str, int]]]
+"""address -> sender day -> pod -> the highest `sentToday` the warm-up controller saw."""
+
+
+def recorded_usage(found: Iterable[Mapping[str, Any]]) -> Recorded:
+    """What the pool's warm-ups persisted of their IPs' sends (`status.ips[].usage`), read
+    leniently: after an operator restart it seeds the quota accounting (`usage_book`)."""
+    recorded: Recorded = {}
+    for raw in found:
+        status = _mapping(raw.get("status"))
+        if status.get("phase") == "Completed":
+            continue
+        for entry in status.get("ips") or []:
+            address = _mapping(entry).get("address")
+            if not isinstance(address, str):
+                continue
+            for usage in _mapping(entry).get("usage") or []:
+                usage = _mapping(usage)
+                day, pod, sent = _int(usage.get("day")), usage.get("pod"), _int(usage.get("sent"))
+                if day is None or not isinstance(pod, str) or sent is None:
+                    continue
+                pods = recorded.setdefault(address, {}).setdefault(day, {})
+                pods[pod] = max(pods.get(pod, 0), sent)
+    return recorded

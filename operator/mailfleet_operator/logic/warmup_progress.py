@@ -8,10 +8,13 @@ a warm-up day is exactly one sender day. With another timezone the warm-up day i
 the sender day that overlaps most of it (its midpoint's).
 
 Counters reset when the sender's day rolls over, and a day is judged just after it ended, so
-the figures of a day are the highest counts seen per pod (by uid: a recreated pod counts
-again) while that day ran, kept in the operator's memory and summed over pods. A pod that
-disappears still counts with what it last reported, so an IP that moved mid-day is judged on
-everything it sent, and the quota that remains is quota minus that sum.
+the figures of a day are the highest counts seen per pod (by name: a StatefulSet pod that is
+recreated keeps its spool, and the sender reloads the day's counters from it) while that day
+ran, kept in the operator's memory and summed over pods. A pod that disappears still counts
+with what it last reported, so an IP that moved mid-day is judged on everything it sent, and
+the quota that remains is quota minus that sum. The same figures are persisted in the
+IPWarmup's status (`ips[].usage`, `usage_entries`) and read back after a restart
+(`readings_from_usage`), so a restart forgets nothing the operator had seen.
 
 Several IPs in one IPWarmup share its schedule day: each IP is judged on its own figures and
 the most severe verdict wins (Pause, then Rollback, then Hold, then Advance/Complete), so one
@@ -64,7 +67,7 @@ def sender_day_of(
 class PodReading:
     """One pod's `/v1/stats` counts for one IP on one sender day."""
 
-    pod_uid: str
+    pod: str
     address: str
     sender_day: int
     figures: warmup_gates.DayFigures
@@ -96,8 +99,8 @@ def merge_readings(
         if reading.sender_day < keep_from_day:
             continue
         pods = merged.setdefault((reading.address, reading.sender_day), {})
-        old = pods.get(reading.pod_uid)
-        pods[reading.pod_uid] = (
+        old = pods.get(reading.pod)
+        pods[reading.pod] = (
             reading.figures if old is None else _max_figures(old, reading.figures)
         )
     return merged
@@ -115,6 +118,46 @@ def figures_for(counts: DayCounts, *, address: str, sender_day: int) -> warmup_g
             deferrals=total.deferrals + figures.deferrals,
         )
     return total
+
+
+def usage_entries(
+    counts: DayCounts, *, address: str, from_day: int
+) -> list[ipwarmup.PodDayUsage]:
+    """One IP's per-pod figures from `from_day` on, for `status.ips[].usage`."""
+    return [
+        ipwarmup.PodDayUsage(
+            day=day,
+            pod=pod,
+            sent=figures.sent,
+            delivered=figures.delivered,
+            hard_bounces=figures.hard_bounces,
+            complaints=figures.complaints,
+            deferrals=figures.deferrals,
+        )
+        for (ip, day), pods in sorted(counts.items())
+        if ip == address and day >= from_day
+        for pod, figures in sorted(pods.items())
+    ]
+
+
+def readings_from_usage(ips: Iterable[ipwarmup.IPProgress]) -> list[PodReading]:
+    """The figures persisted in status, as readings (merged like fresh ones: highest wins)."""
+    return [
+        PodReading(
+            pod=entry.pod,
+            address=ip.address,
+            sender_day=entry.day,
+            figures=warmup_gates.DayFigures(
+                sent=entry.sent,
+                delivered=entry.delivered,
+                hard_bounces=entry.hard_bounces,
+                complaints=entry.complaints,
+                deferrals=entry.deferrals,
+            ),
+        )
+        for ip in ips
+        for entry in ip.usage
+    ]
 
 
 # --- the decision over several IPs ----------------------------------------------------------

@@ -10,9 +10,10 @@ One level-based cycle (`reconcile_warmup`) serves create, update, resume and the
    figures) and per transition. A gate `Pause` also records the generation it paused at in
    an annotation, so any later spec edit by a person resumes it.
 
-Everything that must survive a restart is in status (`day`, `nextAdvanceAt`, `history`) or
-in the senders (today's counts). Process memory only keeps the highest counts seen per pod
-and day, so the day that just ended can still be judged after the senders' counters reset.
+Everything that must survive a restart is in status (`day`, `nextAdvanceAt`, `history`, and
+per IP the highest counts seen per pod and sender day, `ips[].usage`) or in the senders (their
+per-day counters). Process memory keeps the same counts between cycles and is seeded from
+status after a restart, so a restart forgets nothing the operator had seen.
 
 The SendingPool controller reads `status.ips[].dailyQuota` of running warm-ups and puts what
 remains of it into each IP's lease; 0 while paused, no limit once Completed.
@@ -63,6 +64,8 @@ class WarmupMemory:
     """Per IPWarmup, in this process: the highest counts seen per IP, sender day and pod."""
 
     counts: warmup_progress.DayCounts = dataclasses.field(default_factory=dict)
+    seeded: bool = False
+    """The counts persisted in status were folded in (once per process)."""
     token: str | None = None
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     placed: tuple[str, ipw.Phase] | None = None
@@ -215,6 +218,9 @@ async def _reconcile_locked(
 
     # --- the senders' figures ----------------------------------------------------------------
     readings = await _read_stats(ctx, admin, body, pool, pods, addresses, memory)
+    if not memory.seeded:
+        readings = warmup_progress.readings_from_usage(old.ips) + readings
+        memory.seeded = True
     today_sender_day = warmup_progress.sender_day_of(
         clock.day_start(now), clock.day_end(now), sender_day_seconds=sender_day_seconds
     )
@@ -293,7 +299,15 @@ async def _reconcile_locked(
         started_at=started_at,
         history=history,
         ips=[
-            ipw.IPProgress(address=a, day=day, daily_quota=allowed, sent_today=sent[a])
+            ipw.IPProgress(
+                address=a,
+                day=day,
+                daily_quota=allowed,
+                sent_today=sent[a],
+                usage=warmup_progress.usage_entries(
+                    memory.counts, address=a, from_day=today_sender_day - 1
+                ),
+            )
             for a in addresses
         ],
     )
@@ -503,17 +517,17 @@ async def _read_stats(
     wanted = set(addresses)
 
     async def one(pod: Mapping[str, Any]) -> tuple[str, wire.Stats | None]:
-        uid = pod["metadata"].get("uid") or pod["metadata"]["name"]
+        name = str(pod["metadata"]["name"])
         endpoint = pool_reconcile.endpoint_of(pod, port)
         if endpoint is None:
-            return uid, None
+            return name, None
         try:
-            return uid, await admin.get_stats(endpoint, token=token)
+            return name, await admin.get_stats(endpoint, token=token)
         except pod_admin.PodUnreachable:
-            return uid, None
+            return name, None
 
     readings = []
-    for uid, stats in await asyncio.gather(*(one(p) for p in pods)):
+    for name, stats in await asyncio.gather(*(one(p) for p in pods)):
         if stats is None:
             continue
         for ip in stats.ips:
@@ -521,7 +535,7 @@ async def _read_stats(
                 continue
             readings.append(
                 warmup_progress.PodReading(
-                    pod_uid=uid,
+                    pod=name,
                     address=ip.address,
                     sender_day=stats.day,
                     figures=warmup_gates.DayFigures(

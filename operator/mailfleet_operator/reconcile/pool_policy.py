@@ -109,11 +109,15 @@ async def read_warmup_quotas(
     namespace: str,
     pool: str,
     indexed: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    book: usage_book.UsageBook | None = None,
 ) -> dict[str, int | None]:
     """ip -> today's quota from the pool's IPWarmups (absent: no warm-up limit).
 
     Fail closed (`warmup_holds`): an IPWarmup that no longer validates keeps its IPs at the
-    last quota it published (0 when it never published one); two naming one IP, the smaller."""
+    last quota it published (0 when it never published one); two naming one IP, the smaller.
+    `book`: seeded with what the warm-ups persisted of today's sends (`status.ips[].usage`),
+    so after an operator restart a new holder is granted the quota minus what was sent."""
     items: Sequence[Mapping[str, Any]]
     if indexed is not None:
         items = indexed
@@ -122,9 +126,10 @@ async def read_warmup_quotas(
             items = await ctx.client.list(resources.IP_WARMUPS, namespace=namespace)
         except kube_client.ApiError:
             return {}
-    return warmup_holds.merge_quotas(
-        warmup_holds.imposed_quotas(raw) for raw in items if warmup_holds.pool_of(raw) == pool
-    )
+    mine = [raw for raw in items if warmup_holds.pool_of(raw) == pool]
+    if book is not None:
+        usage_book.seed_recorded(book, warmup_holds.recorded_usage(mine))
+    return warmup_holds.merge_quotas(warmup_holds.imposed_quotas(raw) for raw in mine)
 
 
 def decide_active(
