@@ -470,3 +470,58 @@ async def test_an_operator_restart_remembers_what_the_ip_sent_today(harness: Har
     assert (harness.lease().quota_remaining, harness.lease().sent_today_basis) == (100, 900)
     body = await harness.cycle()
     assert (body["status"]["sentToday"], body["status"]["ips"][0]["usage"][0]["sent"]) == (900, 900)
+
+
+async def test_a_day_the_operator_missed_is_judged_on_the_pods_counters_never_blind(
+    harness: Harness,
+) -> None:
+    """Down across midnight: the ended day's figures are read from the pods' per-day counters
+    (`days` in /v1/stats) before it is judged; while a pod cannot tell them, the day waits
+    (the quota stays) with a condition saying so."""
+    await harness.run_pool()
+    harness.create_warmup()
+    body = await harness.cycle()
+    # The day's mail goes out while the operator is down; it restarts after midnight.
+    harness.senders.report("mail-0", IP, sent=90)
+    reconciler.MEMORY.clear()
+    harness.clock.to(parse(body["status"]["nextAdvanceAt"]) + datetime.timedelta(seconds=5))
+    body = await harness.cycle()
+    assert decisions(body) == [(1, "Advance", None)]
+    assert body["status"]["history"][0]["sent"] == 90
+    assert (body["status"]["day"], body["status"]["dailyQuota"]) == (2, 200)
+
+    # The next day ends while the pod does not answer: nothing is judged until it does.
+    harness.senders.report("mail-0", IP, sent=150)
+    harness.senders["mail-0"].reachable = False
+    ended_at = body["status"]["nextAdvanceAt"]
+    harness.clock.to(parse(ended_at) + datetime.timedelta(seconds=1))
+    body = await harness.cycle()
+    assert (len(body["status"]["history"]), body["status"]["day"]) == (1, 2)
+    assert body["status"]["dailyQuota"] == 200
+    assert cond(body, "Held") == ("True", "AwaitingFigures")
+    held = next(c["message"] for c in body["status"]["conditions"] if c["type"] == "Held")
+    assert "waiting for mail-0" in held
+    assert body["status"]["nextAdvanceAt"] == ended_at  # the judgement is still due
+
+    harness.senders["mail-0"].reachable = True
+    body = await harness.cycle()
+    assert decisions(body)[-1] == (2, "Advance", None)
+    assert body["status"]["history"][-1]["sent"] == 150
+    assert cond(body, "Held")[0] == "False"
+    assert parse(body["status"]["nextAdvanceAt"]) > harness.clock.now()
+
+
+async def test_a_second_warmup_in_another_timezone_on_the_pool_is_refused_and_held(
+    harness: Harness,
+) -> None:
+    other = "192.0.2.51"
+    harness.create_pool(ips=(IP, other))
+    harness.create_warmup(name="paris", timezone="Europe/Paris")
+    assert (await harness.cycle("paris"))["status"]["phase"] == "WarmingUp"
+    harness.create_warmup(name="tokyo", addresses=[other], timezone="Asia/Tokyo")
+    body = await harness.cycle("tokyo")
+    assert cond(body, "Ready") == ("False", "TimezoneConflict")
+    message = body["status"]["conditions"][0]["message"]
+    assert "Asia/Tokyo differs from Europe/Paris of IPWarmup 'paris'" in message
+    quotas = await pool_policy.read_warmup_quotas(harness.ctx, NS, "mail")
+    assert quotas == {IP: 100, other: 0}

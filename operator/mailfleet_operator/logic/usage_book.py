@@ -40,6 +40,9 @@ class UsageBook:
     # stats read that started before a pod's last grant cannot make its count final.
     grant_seq: int = 0
     last_grant: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    # The zone of the senders' quota days (the pool's warm-up's timezone), rendered into
+    # their config so their day is the warm-up's day.
+    quota_timezone: str = "UTC"
 
 
 def sent_today(book: UsageBook) -> dict[str, int]:

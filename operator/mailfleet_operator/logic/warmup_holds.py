@@ -10,12 +10,16 @@ IPs to others.
 
 from __future__ import annotations
 
+import zoneinfo
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from pydantic import ValidationError
 
 from mailfleet_operator.api import ipwarmup as ipw
+
+REFUSED = frozenset({"InvalidSpec", "TimezoneConflict"})
+"""Ready reasons of a spec the controller refused: its IPs are held like an invalid one's."""
 
 
 def _int(value: Any) -> int | None:
@@ -41,15 +45,16 @@ def pool_of(raw: Mapping[str, Any]) -> str:
 
 
 def is_valid(raw: Mapping[str, Any]) -> bool:
-    """The object validates, and the controller did not refuse its spec (`InvalidSpec`: the
-    checks beyond the schema, such as a schedule too long or a step list short of target)."""
+    """The object validates, and the controller did not refuse its spec (`REFUSED`: the
+    checks beyond the schema, such as a schedule too long, or a timezone other than the one
+    the pool's senders already follow)."""
     try:
         ipw.IPWarmup.model_validate(raw)
     except ValidationError:
         return False
     for entry in _mapping(raw.get("status")).get("conditions") or []:
         if isinstance(entry, Mapping) and entry.get("type") == ipw.READY:
-            return entry.get("reason") != "InvalidSpec"
+            return entry.get("reason") not in REFUSED
     return True
 
 
@@ -127,3 +132,50 @@ def recorded_usage(found: Iterable[Mapping[str, Any]]) -> Recorded:
                 pods = recorded.setdefault(address, {}).setdefault(day, {})
                 pods[pod] = max(pods.get(pod, 0), sent)
     return recorded
+
+
+def timezone_of(raw: Mapping[str, Any]) -> str:
+    """`spec.timezone` when it names a known zone, else UTC (the default)."""
+    name = _mapping(raw.get("spec")).get("timezone")
+    if not isinstance(name, str) or not name:
+        return "UTC"
+    try:
+        zoneinfo.ZoneInfo(name)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        return "UTC"
+    return name
+
+
+def _created(raw: Mapping[str, Any]) -> tuple[str, str]:
+    meta = _mapping(raw.get("metadata"))
+    return str(meta.get("creationTimestamp") or ""), str(meta.get("name") or "")
+
+
+def pool_timezone(found: Iterable[Mapping[str, Any]]) -> str:
+    """The zone whose midnight starts the pool's senders' quota day: the oldest unfinished
+    warm-up's (a pool's senders count one day; a later warm-up in another zone is refused
+    with a condition, `zone_conflict`). UTC when nothing warms up."""
+    running = sorted(
+        (raw for raw in found if _mapping(raw.get("status")).get("phase") != "Completed"),
+        key=_created,
+    )
+    return timezone_of(running[0]) if running else "UTC"
+
+
+def zone_conflict(
+    me: Mapping[str, Any], others: Iterable[Mapping[str, Any]]
+) -> Mapping[str, Any] | None:
+    """The older unfinished warm-up of the same pool whose timezone differs from `me`'s (the
+    pool's senders follow it), or None."""
+    mine = _created(me)
+    older = [
+        raw
+        for raw in others
+        if pool_of(raw) == pool_of(me)
+        and _mapping(raw.get("status")).get("phase") != "Completed"
+        and _created(raw) < mine
+    ]
+    if not older:
+        return None
+    first = min(older, key=_created)
+    return first if timezone_of(first) != timezone_of(me) else None

@@ -2,10 +2,12 @@
 phase and the conditions. Pure (no I/O): the controller gathers, these functions decide.
 
 Day figures. The senders count per IP and per *quota day* (`/v1/stats`: `day` is the index of
-the sender's day, `dayLength` seconds from the Unix epoch; 24 h = UTC days). The operator's
-scaled clock counts from the epoch too, so with the time scale on, and with UTC calendar days,
-a warm-up day is exactly one sender day. With another timezone the warm-up day is read from
-the sender day that overlaps most of it (its midpoint's).
+the sender's day): calendar days of the warm-up's timezone, which the operator renders into
+their config, or with the time scale on days of `dayLength` seconds from the epoch, as the
+operator's scaled clock counts them. Either way a warm-up day is exactly one sender day
+(`warmup_clock.sender_day`). The senders also report the persisted counters of the days
+before today (`days`): a day is judged only once every pod's figures of it are known
+(`missing_figures`), so an operator down across midnight never judges a day blind.
 
 Counters reset when the sender's day rolls over, and a day is judged just after it ended, so
 the figures of a day are the highest counts seen per pod (by name: a StatefulSet pod that is
@@ -160,6 +162,34 @@ def readings_from_usage(ips: Iterable[ipwarmup.IPProgress]) -> list[PodReading]:
     ]
 
 
+@dataclasses.dataclass(frozen=True)
+class PodAnswer:
+    """What one pod's stats say about which days' figures it has reported."""
+
+    day: int
+    """Its current quota day."""
+    past: frozenset[int] | None
+    """The past days it reported (`days`); None from a sender that does not report them."""
+
+
+def missing_figures(
+    listed: Sequence[str], answers: Mapping[str, PodAnswer], *, day: int
+) -> list[str]:
+    """The pods whose figures of the ended sender `day` are not known yet: a pod that did not
+    answer, or whose own day has not ended (clock skew). A sender without per-day counters, or
+    a day older than it keeps, is judged on what was seen of it (nothing more can be had)."""
+    missing = []
+    for pod in listed:
+        answer = answers.get(pod)
+        if answer is None or answer.day <= day:
+            missing.append(pod)
+        elif answer.past is not None and day not in answer.past and day >= min(
+            answer.past, default=day + 1
+        ):
+            missing.append(pod)
+    return missing
+
+
 # --- the decision over several IPs ----------------------------------------------------------
 
 
@@ -240,6 +270,7 @@ def verdicts(
     target: int,
     paused_by: str | None,
     last: ipwarmup.DayRecord | None,
+    awaiting: str | None = None,
 ) -> list[conditions.Verdict]:
     """Ready (True once Completed), Progressing, Held and Completed for this state."""
     completed = phase == "Completed"
@@ -264,6 +295,9 @@ def verdicts(
         progressing = conditions.Verdict(
             ipwarmup.PROGRESSING, False, paused_by, f"paused on {where}"
         )
+    elif awaiting is not None:
+        held = conditions.Verdict(ipwarmup.HELD, True, "AwaitingFigures", awaiting)
+        progressing = conditions.Verdict(ipwarmup.PROGRESSING, True, "AwaitingFigures", awaiting)
     elif last is not None and last.decision in ("Hold", "Rollback"):
         text = f"{last.decision} after day {last.day} ({last.reason}); now {where}"
         held = conditions.Verdict(ipwarmup.HELD, True, last.reason or last.decision, text)

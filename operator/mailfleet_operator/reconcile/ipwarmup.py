@@ -166,10 +166,10 @@ async def _reconcile_locked(
         status = old.model_copy(update={"phase": phase, "next_advance_at": None})
         day = old.day
         quota = old.daily_quota
-        if problem is not None and problem.reason == "InvalidSpec" and not completed:
+        if problem is not None and problem.reason in warmup_holds.REFUSED and not completed:
             # Fail closed: the pool holds the IPs at the last published quota (0 if none).
             held = warmup_holds.imposed_quotas(
-                {**body, "status": {**old_raw, "conditions": [_INVALID]}}
+                {**body, "status": {**old_raw, "conditions": [_refused(problem.reason)]}}
             )
             problem = warmup_progress.Problem(
                 problem.reason, f"{problem.message}; {warmup_holds.hold_message(held)}"
@@ -195,7 +195,6 @@ async def _reconcile_locked(
         seconds_per_day=settings.warmup_day_seconds,
         origin=warmup_progress.EPOCH,
     )
-    sender_day_seconds = settings.warmup_day_seconds or warmup_progress.DEFAULT_SENDER_DAY
     day, started_at, next_advance = old.day, old.started_at, old.next_advance_at
     if day < 1:
         day, started_at, next_advance = 1, now, None
@@ -217,26 +216,37 @@ async def _reconcile_locked(
             await _set_paused_at(ctx, body, None)  # the "Resumed" event follows below
 
     # --- the senders' figures ----------------------------------------------------------------
-    readings = await _read_stats(ctx, admin, body, pool, pods, addresses, memory)
+    readings, listed, answers = await _read_stats(ctx, admin, body, pool, pods, addresses, memory)
     if not memory.seeded:
         readings = warmup_progress.readings_from_usage(old.ips) + readings
         memory.seeded = True
-    today_sender_day = warmup_progress.sender_day_of(
-        clock.day_start(now), clock.day_end(now), sender_day_seconds=sender_day_seconds
+    today_sender_day = warmup_clock.sender_day(clock, now)
+    paused = spec.paused or gate_paused
+    day_over = not paused and warmup_clock.is_day_over(now=now, next_advance=next_advance)
+    ended = (
+        warmup_clock.sender_day(clock, next_advance - datetime.timedelta(microseconds=1))
+        if day_over and next_advance is not None
+        else today_sender_day
     )
     memory.counts = warmup_progress.merge_readings(
-        memory.counts, readings, keep_from_day=today_sender_day - 2
+        memory.counts, readings, keep_from_day=min(today_sender_day - 2, ended)
     )
 
     # --- day end -------------------------------------------------------------------------------
-    paused = spec.paused or gate_paused
-    if not paused and warmup_clock.is_day_over(now=now, next_advance=next_advance):
+    awaiting: str | None = None
+    missing = (
+        warmup_progress.missing_figures(listed, answers, day=ended) if day_over else []
+    )
+    if missing:
+        # Fail closed: a day is judged on its figures, never blind; the quota stays meanwhile.
         assert next_advance is not None
-        ended = warmup_progress.sender_day_of(
-            clock.day_start(next_advance - datetime.timedelta(microseconds=1)),
-            next_advance,
-            sender_day_seconds=sender_day_seconds,
+        awaiting = (
+            f"day {day} ended at {next_advance.isoformat()}; it is judged once the senders' "
+            f"counters of that day are read (waiting for {', '.join(missing)}); the quota "
+            f"stays at {schedules.quota_for_day(schedule, day, spec.target)}/day per IP"
         )
+    elif day_over:
+        assert next_advance is not None
         quota = schedules.quota_for_day(schedule, day, spec.target)
         group = warmup_progress.decide_group(
             [
@@ -279,11 +289,12 @@ async def _reconcile_locked(
     phase = warmup_progress.phase_of(
         problem=None, started=True, paused=paused, last_action=last_action
     )
-    next_advance = (
-        None
-        if completed
-        else warmup_clock.next_advance_at(clock, now=now, current=next_advance, paused=paused)
-    )
+    if completed:
+        next_advance = None
+    elif awaiting is None:
+        next_advance = warmup_clock.next_advance_at(
+            clock, now=now, current=next_advance, paused=paused
+        )
     sent = {
         address: warmup_progress.figures_for(
             memory.counts, address=address, sender_day=today_sender_day
@@ -322,6 +333,7 @@ async def _reconcile_locked(
         target=spec.target,
         paused_by=paused_by,
         last=history[-1] if history else None,
+        awaiting=awaiting,
     )
     if completed and old.phase != "Completed":
         cycle.event(
@@ -330,6 +342,8 @@ async def _reconcile_locked(
             f"{', '.join(addresses)} warm after {len(history)} days: quota limit removed",
         )
     await _apply(ctx, body, old_raw, status, verdicts, now, cycle)
+    if awaiting is not None:
+        return ctx_module.Outcome(requeue_after=max(settings.stats_interval, 0.05))
     return ctx_module.Outcome(requeue_after=_requeue(ctx, now, next_advance, completed))
 
 
@@ -461,6 +475,19 @@ async def _check(
             pool,
             [],
         )
+    older = warmup_holds.zone_conflict(body, others)
+    if older is not None:
+        return (
+            warmup_progress.Problem(
+                "TimezoneConflict",
+                f"spec.timezone: {spec.timezone} differs from "
+                f"{warmup_holds.timezone_of(older)} of IPWarmup "
+                f"{older['metadata']['name']!r} on the same pool: the pool's senders count "
+                "one quota day, in the older warm-up's zone; use the same timezone",
+            ),
+            pool,
+            [],
+        )
     mine = _created(body)
     for other in sorted(others, key=_created):
         shared = sorted(_claimed(other) & set(addresses))
@@ -501,9 +528,10 @@ async def _read_stats(
     pods: Sequence[Mapping[str, Any]] | None,
     addresses: Sequence[str],
     memory: WarmupMemory,
-) -> list[warmup_progress.PodReading]:
-    """Every pod's counts for the warm-up's IPs; a pod that does not answer is skipped (its
-    earlier counts stay in memory)."""
+) -> tuple[list[warmup_progress.PodReading], list[str], dict[str, warmup_progress.PodAnswer]]:
+    """Every pod's counts for the warm-up's IPs, today's and the past days' it reports; a pod
+    that does not answer is skipped (its earlier counts stay in memory). Also the pods listed
+    and, per pod that answered, which days it reported (`missing_figures`)."""
     namespace = body["metadata"].get("namespace") or "default"
     pool_name = body["spec"]["poolRef"]["name"]
     if pods is None:
@@ -527,9 +555,29 @@ async def _read_stats(
             return name, None
 
     readings = []
+    answers: dict[str, warmup_progress.PodAnswer] = {}
     for name, stats in await asyncio.gather(*(one(p) for p in pods)):
         if stats is None:
             continue
+        past = None if stats.days is None else frozenset(d.day for d in stats.days)
+        answers[name] = warmup_progress.PodAnswer(day=stats.day, past=past)
+        for past_day in stats.days or ():
+            for counted in past_day.ips:
+                if counted.address in wanted:
+                    readings.append(
+                        warmup_progress.PodReading(
+                            pod=name,
+                            address=counted.address,
+                            sender_day=past_day.day,
+                            figures=warmup_gates.DayFigures(
+                                sent=counted.sent,
+                                delivered=counted.delivered,
+                                hard_bounces=counted.bounced,
+                                complaints=counted.complained,
+                                deferrals=counted.deferred,
+                            ),
+                        )
+                    )
         for ip in stats.ips:
             if ip.address not in wanted:
                 continue
@@ -547,7 +595,7 @@ async def _read_stats(
                     ),
                 )
             )
-    return readings
+    return readings, [str(p["metadata"]["name"]) for p in pods], answers
 
 
 async def _set_paused_at(
@@ -606,7 +654,9 @@ async def _apply(
             pass  # events are best effort
 
 
-_INVALID = {"type": ipw.READY, "reason": "InvalidSpec"}
+def _refused(reason: str) -> dict[str, str]:
+    return {"type": ipw.READY, "reason": reason}
+
 
 _PROBLEM_REASONS = frozenset(
     {
@@ -616,5 +666,6 @@ _PROBLEM_REASONS = frozenset(
         "AddressNotInPool",
         "NoAddresses",
         "ConflictingWarmup",
+        "TimezoneConflict",
     }
 )

@@ -117,7 +117,8 @@ async def read_warmup_quotas(
     Fail closed (`warmup_holds`): an IPWarmup that no longer validates keeps its IPs at the
     last quota it published (0 when it never published one); two naming one IP, the smaller.
     `book`: seeded with what the warm-ups persisted of today's sends (`status.ips[].usage`),
-    so after an operator restart a new holder is granted the quota minus what was sent."""
+    so after an operator restart a new holder is granted the quota minus what was sent, and
+    with the zone of the senders' quota days (`quota_timezone`)."""
     items: Sequence[Mapping[str, Any]]
     if indexed is not None:
         items = indexed
@@ -129,6 +130,7 @@ async def read_warmup_quotas(
     mine = [raw for raw in items if warmup_holds.pool_of(raw) == pool]
     if book is not None:
         usage_book.seed_recorded(book, warmup_holds.recorded_usage(mine))
+        book.quota_timezone = warmup_holds.pool_timezone(mine)
     return warmup_holds.merge_quotas(warmup_holds.imposed_quotas(raw) for raw in mine)
 
 

@@ -267,6 +267,7 @@ async def _reconcile_locked(
             day_length=units.format_duration(settings.warmup_day_seconds)
             if settings.warmup_day_seconds
             else None,
+            timezone=memory.quota_timezone,
         )
     )
     # Scale-down: shrink the StatefulSet only past pods whose queue emptied (or timed out).

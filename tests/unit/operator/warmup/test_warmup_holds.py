@@ -98,3 +98,46 @@ def test_recorded_usage_seeds_the_book_without_counting_a_pod_twice() -> None:
     live = usage_book.UsageBook(usage_day=7, ip_sent={IP: {"mail-0": 950}})
     usage_book.seed_recorded(live, recorded)
     assert usage_book.sent_today(live) == {IP: 950}  # the fresher, higher figure stands
+
+
+def _named(
+    name: str, created: str, timezone: str | None, phase: str = "WarmingUp"
+) -> dict[str, Any]:
+    body = warmup({"timezone": timezone} if timezone else {}, {"phase": phase})
+    body["metadata"] = {"name": name, "creationTimestamp": created}
+    return body
+
+
+def test_the_pool_counts_quota_days_in_the_oldest_unfinished_warmups_zone() -> None:
+    done = _named("done", "2026-01-01T00:00:00Z", "Asia/Tokyo", phase="Completed")
+    paris = _named("paris", "2026-02-01T00:00:00Z", "Europe/Paris")
+    later = _named("later", "2026-03-01T00:00:00Z", "America/New_York")
+    assert warmup_holds.pool_timezone([later, done, paris]) == "Europe/Paris"
+    assert warmup_holds.pool_timezone([done]) == "UTC"
+    assert warmup_holds.zone_conflict(later, [done, paris]) is paris
+    assert warmup_holds.zone_conflict(paris, [done, later]) is None
+    same = _named("same", "2026-04-01T00:00:00Z", "Europe/Paris")
+    assert warmup_holds.zone_conflict(same, [paris, later]) is None
+
+
+def test_the_rendered_sender_config_carries_the_zone_unless_days_are_scaled() -> None:
+    from mailfleet_operator.api import sendingpool as sp
+    from mailfleet_operator.logic import sender_config
+    from mailfleet_sender import config as sc
+
+    spec = sp.SendingPoolSpec.model_validate(
+        {"replicas": 1, "egress": {"ips": [{"address": IP, "heloName": "m.example.com"}]}}
+    )
+
+    def rendered(**extra: Any) -> sc.SenderConfig:
+        out = sender_config.render_config(
+            sender_config.RenderInput(
+                name="mail", namespace="ns", spec=spec, active_pods=1, domain_auths={}, **extra
+            )
+        )
+        return sc.parse_config(out.text)
+
+    assert rendered(timezone="Europe/Paris").clock.timezone == "Europe/Paris"
+    assert rendered().clock.timezone == "UTC"
+    scaled = rendered(timezone="Europe/Paris", day_length="100s")
+    assert (scaled.clock.timezone, scaled.clock.day_length) == ("UTC", "100s")
