@@ -525,3 +525,18 @@ async def test_a_second_warmup_in_another_timezone_on_the_pool_is_refused_and_he
     assert "Asia/Tokyo differs from Europe/Paris of IPWarmup 'paris'" in message
     quotas = await pool_policy.read_warmup_quotas(harness.ctx, NS, "mail")
     assert quotas == {IP: 100, other: 0}
+
+    # With real (calendar) days the pool's senders count their quota days in Paris.
+    harness.ctx = context.Context(
+        client=harness.client,
+        settings=harness.ctx.settings.model_copy(update={"warmup_day_seconds": None}),
+        clock=harness.clock,
+    )
+    await harness.pool_cycle()
+    config = sender_config.SenderConfig.model_validate(
+        yaml.safe_load(harness.api.get("v1", "ConfigMap", "mail-config", NS)["data"]["sender.yaml"])
+    )
+    assert (config.clock.timezone, units.duration_seconds(config.clock.day_length)) == (
+        "Europe/Paris",
+        86400,
+    )
