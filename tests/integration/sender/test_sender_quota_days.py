@@ -78,3 +78,12 @@ async def test_the_quota_day_rolls_over_at_local_midnight_and_the_ended_day_stay
     (ended,) = days[expected_day]["ips"]
     assert (ended["address"], ended["sent"], ended["delivered"]) == (IP, 5, 5)
     assert days[expected_day - 1]["ips"] == []  # listed although nothing was sent
+
+    # A restart keeps every day's counters: today's count and the ended day's figures.
+    await sender.stop()
+    restarted = await sender_factory(
+        cfg, pod="sender-1", clock_=clock.Clock(wall=lambda: time.time() + offset[0])
+    )
+    again = await restarted.client.stats()
+    assert again["day"] == expected_day + 1
+    assert {d["day"]: d["ips"] for d in again["days"]}[expected_day] == days[expected_day]["ips"]
