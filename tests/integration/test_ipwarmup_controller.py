@@ -436,6 +436,8 @@ async def test_an_invalid_warmup_holds_its_ips_at_the_last_quota_never_unlimited
     never = {**broken, "status": None}
     for stored in (corrupt, never):
         assert await pool_policy.read_warmup_quotas(harness.ctx, NS, "mail", [stored]) == {IP: 0}
+    no_pool = {**broken, "spec": {**broken["spec"], "poolRef": None}}
+    assert await pool_policy.read_warmup_quotas(harness.ctx, NS, "mail", [no_pool]) == {IP: 100}
 
 
 async def test_a_spec_refused_before_the_start_holds_its_ips_at_zero(harness: Harness) -> None:

@@ -131,7 +131,10 @@ async def read_warmup_quotas(
     if book is not None:
         usage_book.seed_recorded(book, warmup_holds.recorded_usage(mine))
         book.quota_timezone = warmup_holds.pool_timezone(mine)
-    return warmup_holds.merge_quotas(warmup_holds.imposed_quotas(raw) for raw in mine)
+    # One whose poolRef is unreadable may be any pool's: its addresses are held wherever
+    # they are (a pool only applies the quotas of its own IPs).
+    lost = [raw for raw in items if not warmup_holds.pool_of(raw)]
+    return warmup_holds.merge_quotas(warmup_holds.imposed_quotas(raw) for raw in mine + lost)
 
 
 def decide_active(
