@@ -504,6 +504,9 @@ async def test_a_day_the_operator_missed_is_judged_on_the_pods_counters_never_bl
     held = next(c["message"] for c in body["status"]["conditions"] if c["type"] == "Held")
     assert "waiting for mail-0" in held
     assert body["status"]["nextAdvanceAt"] == ended_at  # the judgement is still due
+    assert harness.events()[-1][0] == "AwaitingFigures"
+    await harness.cycle()
+    assert [r for r, _ in harness.events()].count("AwaitingFigures") == 1  # once, not per cycle
 
     harness.senders["mail-0"].reachable = True
     body = await harness.cycle()

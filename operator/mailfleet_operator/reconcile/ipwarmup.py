@@ -245,6 +245,9 @@ async def _reconcile_locked(
             f"counters of that day are read (waiting for {', '.join(missing)}); the quota "
             f"stays at {schedules.quota_for_day(schedule, day, spec.target)}/day per IP"
         )
+        was = conditions.parse_conditions(old_raw.get("conditions"))
+        if not any(c.type == ipw.HELD and c.reason == "AwaitingFigures" for c in was):
+            cycle.event("Warning", "AwaitingFigures", awaiting)
     elif day_over:
         assert next_advance is not None
         quota = schedules.quota_for_day(schedule, day, spec.target)
