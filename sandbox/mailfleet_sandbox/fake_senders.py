@@ -100,7 +100,9 @@ class FakeSenders:
     """The admin endpoints of a pool's pods, all on `port` (each pod on its own host).
 
     `clock` is what "now" means for lease validity and for the sender day (days of
-    `day_seconds` counted from the epoch, as the real sender counts them).
+    `day_seconds` counted from the epoch, as the real sender counts them). `past_days`: how
+    many days before today stats report in `days`, as the real sender does (7); None for a
+    sender that does not report them.
     """
 
     def __init__(
@@ -109,8 +111,10 @@ class FakeSenders:
         *,
         clock: Callable[[], datetime.datetime] = _wall_clock,
         day_seconds: float = DEFAULT_DAY_SECONDS,
+        past_days: int | None = 7,
     ) -> None:
         self.port, self.clock, self.day_seconds = port, clock, day_seconds
+        self.past_days = past_days
         self.pods: dict[str, FakeSender] = {}
         self.violations: list[str] = []
         self._granted = asyncio.Event()
@@ -123,8 +127,8 @@ class FakeSenders:
         return math.floor(self.clock().timestamp() / self.day_seconds)
 
     def report(self, pod: str, ip: str, **counts: int) -> None:
-        """What `pod` has sent from `ip` so far in the current sender day; counts of a past
-        day vanish from stats, as in a real sender."""
+        """What `pod` has sent from `ip` so far in the current sender day; once the day is
+        over its counts move from `ips` to `days`, as in a real sender."""
         self.pods[pod].counts[(ip, self.day())] = counts
 
     def holders(self, address: str) -> list[str]:
@@ -161,9 +165,30 @@ class FakeSenders:
             for (ip, day), c in sender.counts.items()
             if day == today
         ]
+        days = None
+        if self.past_days is not None:
+            days = [
+                wire.DayStats(
+                    day=day,
+                    ips=[
+                        wire.DayIPStats(
+                            address=ip,
+                            sent=c.get("sent", 0),
+                            delivered=c.get("delivered", c.get("sent", 0)),
+                            bounced=c.get("bounced", 0),
+                            complained=c.get("complained", 0),
+                            deferred=c.get("deferred", 0),
+                        )
+                        for (ip, counted), c in sender.counts.items()
+                        if counted == day
+                    ],
+                )
+                for day in range(today - self.past_days, today)
+            ]
         return wire.Stats(
             pod=sender.pod,
             day=today,
+            days=days,
             draining=sender.draining,
             handoff=wire.HandoffStats(state=sender.handoff),  # type: ignore[arg-type]
             queues={"default": wire.QueueStats(depth=sender.queue)},

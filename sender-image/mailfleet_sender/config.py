@@ -13,11 +13,19 @@ from __future__ import annotations
 
 import fnmatch
 import hashlib
+import zoneinfo
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from mailfleet_sender import shaping as shaping_rules
@@ -291,10 +299,27 @@ class Clock(ConfigModel):
     day_length: units.Duration = Field(
         default="24h",
         description=(
-            "Length of a quota day, counted from the Unix epoch (24h = UTC days). The sandbox "
-            "shortens it to run warm-up schedules in seconds."
+            "Length of a quota day. 24h: calendar days in `timezone`; another length: days of "
+            "that many seconds from the Unix epoch (the sandbox runs warm-ups in seconds)."
         ),
     )
+    timezone: str = Field(
+        default="UTC",
+        max_length=64,
+        description=(
+            "IANA zone whose local midnight starts a quota day (24h days only): the "
+            "warm-up's `timezone`, so the senders' day is the warm-up's day."
+        ),
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            zoneinfo.ZoneInfo(value)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown time zone {value!r}") from None
+        return value
 
 
 class Bounces(ConfigModel):

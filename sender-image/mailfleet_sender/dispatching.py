@@ -206,6 +206,7 @@ class Engine:
         """Apply a reloaded config: classes, retries, throttles, DKIM domains, day length."""
         self.cfg = cfg
         self.clock.day_length = units.duration_seconds(cfg.clock.day_length)
+        self.clock.timezone = cfg.clock.timezone
         for key, bucket in list(self._buckets.items()):
             rate = self._rate_for(key)
             if rate is None:
@@ -1075,9 +1076,13 @@ class Engine:
             log.exception("outcome observer failed")
 
     def _roll_day(self) -> None:
+        """A new quota day: its counts start from what the spool holds for it (nothing after
+        midnight; the earlier figures when a new timezone moved the day back)."""
         day = self.clock.day()
         if day != self.today.day:
             self.today = DayCounts(day=day)
+            for key, n in self.spool.load_counters(day).items():
+                self.today.per_ip[key] = n
 
     def _count(self, address: str, kind: str, *, day: int | None = None, n: int = 1) -> None:
         """+n on a per-IP counter of `day` (today when None); persisted in the spool."""

@@ -67,6 +67,8 @@ log = logging.getLogger(__name__)
 RELOAD_INTERVAL = 1.0
 """How often the config and key files are checked for changes."""
 DEFAULT_GRACE = 25.0
+PAST_DAYS = 7
+"""Quota days before today whose persisted counters `/v1/stats` reports (`days`)."""
 """Seconds SIGTERM waits for in-flight transactions (under Kubernetes' default 30 s)."""
 
 
@@ -125,6 +127,7 @@ class Service:
         self._config_stamp = _file_stamp(self.config_path)
         self.metrics.config_valid.set(1)
         self.clock.day_length = units.duration_seconds(self.cfg.clock.day_length)
+        self.clock.timezone = self.cfg.clock.timezone
         self.hostname = self.cfg.submission.hostname or self.identity.pod_name
         self.keys = keys.KeyStore()
         self.leases = leases.LeaseTable(self.clock)
@@ -462,6 +465,7 @@ class Service:
             config_hash=self.config_hash,
             config_error=self.config_error,
             day=counts.day,
+            days=self._past_days(counts.day),
             draining=self.draining,
             queues={
                 name: wire.QueueStats(depth=depth, oldest_age_seconds=age, held=held)
@@ -491,6 +495,32 @@ class Service:
             handoff=self.handoff.status() if self.handoff else wire.HandoffStats(),
             dkim=self._dkim_stats(),
         )
+
+    def _past_days(self, today: int) -> list[wire.DayStats]:
+        """The persisted counters of the `PAST_DAYS` days before today, every day listed: the
+        operator judges a warm-up day it missed (down across midnight) on them."""
+        first = today - PAST_DAYS
+        found = self.spool.load_counters_between(first, today - 1)
+        days = []
+        for day in range(first, today):
+            counts = found.get(day, {})
+            days.append(
+                wire.DayStats(
+                    day=day,
+                    ips=[
+                        wire.DayIPStats(
+                            address=address,
+                            sent=counts.get((address, "sent"), 0),
+                            delivered=counts.get((address, "delivered"), 0),
+                            bounced=counts.get((address, "bounced"), 0),
+                            deferred=counts.get((address, "deferred"), 0),
+                            complained=counts.get((address, "complained"), 0),
+                        )
+                        for address in sorted({a for a, _ in counts})
+                    ],
+                )
+            )
+        return days
 
     def _dkim_stats(self) -> dict[str, wire.DKIMDomainStats]:
         unusable = self.keys.unusable()

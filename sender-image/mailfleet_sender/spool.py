@@ -285,6 +285,20 @@ class Spool:
             ).fetchall()
         return {(address, kind): n for address, kind, n in rows}
 
+    def load_counters_between(
+        self, first: int, last: int
+    ) -> dict[int, dict[tuple[str, str], int]]:
+        """Per day from `first` to `last` (inclusive): (address, kind) -> n."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT day, address, kind, n FROM counters WHERE day BETWEEN ? AND ?",
+                (first, last),
+            ).fetchall()
+        found: dict[int, dict[tuple[str, str], int]] = {}
+        for day, address, kind, n in rows:
+            found.setdefault(int(day), {})[(str(address), str(kind))] = int(n)
+        return found
+
     def count_pending(self) -> int:
         with self._connect() as db:
             (n,) = db.execute("SELECT COUNT(*) FROM deliveries").fetchone()

@@ -219,6 +219,24 @@ class DKIMDomainStats(ResponseModel):
     )
 
 
+class DayIPStats(ResponseModel):
+    """One IP's persisted counters of one past quota day."""
+
+    address: str
+    sent: int = 0
+    delivered: int = 0
+    bounced: int = 0
+    deferred: int = 0
+    complained: int = 0
+
+
+class DayStats(ResponseModel):
+    """One past quota day's counters (final: that day is over for this pod)."""
+
+    day: int = Field(description="Index of the quota day, as `Stats.day`.")
+    ips: list[DayIPStats] = Field(default_factory=list)
+
+
 class Stats(ResponseModel):
     """GET /v1/stats: what the operator reads for status, autoscaling and warm-up gates."""
 
@@ -230,6 +248,14 @@ class Stats(ResponseModel):
         default=None, description="Why the last reload failed; the last good config still runs."
     )
     day: int = 0
+    days: list[DayStats] | None = Field(
+        default=None,
+        description=(
+            "The quota days before `day` still kept in the spool (the last 7), oldest first, "
+            "each listed with or without sends: what the operator judges a warm-up day on "
+            "when it missed that day's end. Null from a sender that does not report them."
+        ),
+    )
     draining: bool = False
     queues: dict[str, QueueStats] = Field(default_factory=dict, description="Per class.")
     ips: list[IPStats] = Field(default_factory=list)

@@ -407,3 +407,141 @@ async def test_the_running_operator_waits_for_the_pool_then_starts_the_warmup(
         )
     finally:
         await runner.stop()
+
+
+async def test_an_invalid_warmup_holds_its_ips_at_the_last_quota_never_unlimited(
+    harness: Harness,
+) -> None:
+    """Fail closed: a warm-up that stops validating (stored before the API refused such specs,
+    or its status corrupted) keeps its IPs at the quota it last published; one that never
+    published a quota holds them at 0. Neither lifts the limit."""
+    await harness.run_pool()
+    harness.create_warmup()
+    await harness.cycle()
+    await harness.pool_cycle()
+    assert harness.lease().quota_remaining == 100
+
+    broken = harness.warmup()
+    broken["spec"]["schedule"] = {"linear": {"start": 500, "increment": 100}}  # above target
+    assert await pool_policy.read_warmup_quotas(harness.ctx, NS, "mail", [broken]) == {IP: 100}
+    await reconciler.reconcile_warmup(harness.ctx, harness.admin, broken)
+    body = harness.warmup()
+    assert cond(body, "Ready") == ("False", "InvalidSpec")
+    message = next(c["message"] for c in body["status"]["conditions"] if c["type"] == "Ready")
+    assert "above the target" in message
+    assert f"held at their last quota until it is fixed ({IP} at 100/day)" in message
+    assert (body["status"]["day"], body["status"]["dailyQuota"]) == (1, 100)
+
+    corrupt = {**harness.warmup(), "status": {"phase": "WarmingUp", "day": "one"}}
+    never = {**broken, "status": None}
+    for stored in (corrupt, never):
+        assert await pool_policy.read_warmup_quotas(harness.ctx, NS, "mail", [stored]) == {IP: 0}
+    no_pool = {**broken, "spec": {**broken["spec"], "poolRef": None}}
+    assert await pool_policy.read_warmup_quotas(harness.ctx, NS, "mail", [no_pool]) == {IP: 100}
+
+
+async def test_a_spec_refused_before_the_start_holds_its_ips_at_zero(harness: Harness) -> None:
+    await harness.run_pool()
+    await harness.pool_cycle()
+    assert harness.lease().quota_remaining is None
+    # Valid for the schema, refused by the controller: 100 days of +1 cannot reach 100000.
+    harness.create_warmup(schedule={"linear": {"start": 100, "increment": 1}}, target=100000)
+    body = await harness.cycle()
+    assert (body["status"]["phase"], cond(body, "Ready")) == ("Pending", ("False", "InvalidSpec"))
+    await harness.pool_cycle()
+    assert harness.lease().quota_remaining == 0
+
+
+async def test_an_operator_restart_remembers_what_the_ip_sent_today(harness: Harness) -> None:
+    """A holder lost mid-day after 900 of 1000 (its pod recreated without its counters), and
+    the operator restarted meanwhile: the new grant is the 100 that remain, not 1000 again."""
+    await harness.run_pool()
+    harness.create_warmup(schedule={"steps": [1000, 2000]}, target=2000)
+    await harness.cycle()
+    await harness.pool_cycle()
+    assert harness.lease().quota_remaining == 1000
+    harness.senders.report("mail-0", IP, sent=900)
+    body = await harness.cycle()
+    (usage,) = body["status"]["ips"][0]["usage"]
+    assert (usage["day"], usage["pod"], usage["sent"]) == (harness.senders.day(), "mail-0", 900)
+
+    reconciler.MEMORY.clear()
+    pool_reconciler.MEMORY.clear()
+    harness.senders.report("mail-0", IP, sent=0)
+    await harness.pool_cycle()
+    assert (harness.lease().quota_remaining, harness.lease().sent_today_basis) == (100, 900)
+    body = await harness.cycle()
+    assert (body["status"]["sentToday"], body["status"]["ips"][0]["usage"][0]["sent"]) == (900, 900)
+
+
+async def test_a_day_the_operator_missed_is_judged_on_the_pods_counters_never_blind(
+    harness: Harness,
+) -> None:
+    """Down across midnight: the ended day's figures are read from the pods' per-day counters
+    (`days` in /v1/stats) before it is judged; while a pod cannot tell them, the day waits
+    (the quota stays) with a condition saying so."""
+    await harness.run_pool()
+    harness.create_warmup()
+    body = await harness.cycle()
+    # The day's mail goes out while the operator is down; it restarts after midnight.
+    harness.senders.report("mail-0", IP, sent=90)
+    reconciler.MEMORY.clear()
+    harness.clock.to(parse(body["status"]["nextAdvanceAt"]) + datetime.timedelta(seconds=5))
+    body = await harness.cycle()
+    assert decisions(body) == [(1, "Advance", None)]
+    assert body["status"]["history"][0]["sent"] == 90
+    assert (body["status"]["day"], body["status"]["dailyQuota"]) == (2, 200)
+
+    # The next day ends while the pod does not answer: nothing is judged until it does.
+    harness.senders.report("mail-0", IP, sent=150)
+    harness.senders["mail-0"].reachable = False
+    ended_at = body["status"]["nextAdvanceAt"]
+    harness.clock.to(parse(ended_at) + datetime.timedelta(seconds=1))
+    body = await harness.cycle()
+    assert (len(body["status"]["history"]), body["status"]["day"]) == (1, 2)
+    assert body["status"]["dailyQuota"] == 200
+    assert cond(body, "Held") == ("True", "AwaitingFigures")
+    held = next(c["message"] for c in body["status"]["conditions"] if c["type"] == "Held")
+    assert "waiting for mail-0" in held
+    assert body["status"]["nextAdvanceAt"] == ended_at  # the judgement is still due
+    assert harness.events()[-1][0] == "AwaitingFigures"
+    await harness.cycle()
+    assert [r for r, _ in harness.events()].count("AwaitingFigures") == 1  # once, not per cycle
+
+    harness.senders["mail-0"].reachable = True
+    body = await harness.cycle()
+    assert decisions(body)[-1] == (2, "Advance", None)
+    assert body["status"]["history"][-1]["sent"] == 150
+    assert cond(body, "Held")[0] == "False"
+    assert parse(body["status"]["nextAdvanceAt"]) > harness.clock.now()
+
+
+async def test_a_second_warmup_in_another_timezone_on_the_pool_is_refused_and_held(
+    harness: Harness,
+) -> None:
+    other = "192.0.2.51"
+    harness.create_pool(ips=(IP, other))
+    harness.create_warmup(name="paris", timezone="Europe/Paris")
+    assert (await harness.cycle("paris"))["status"]["phase"] == "WarmingUp"
+    harness.create_warmup(name="tokyo", addresses=[other], timezone="Asia/Tokyo")
+    body = await harness.cycle("tokyo")
+    assert cond(body, "Ready") == ("False", "TimezoneConflict")
+    message = body["status"]["conditions"][0]["message"]
+    assert "Asia/Tokyo differs from Europe/Paris of IPWarmup 'paris'" in message
+    quotas = await pool_policy.read_warmup_quotas(harness.ctx, NS, "mail")
+    assert quotas == {IP: 100, other: 0}
+
+    # With real (calendar) days the pool's senders count their quota days in Paris.
+    harness.ctx = context.Context(
+        client=harness.client,
+        settings=harness.ctx.settings.model_copy(update={"warmup_day_seconds": None}),
+        clock=harness.clock,
+    )
+    await harness.pool_cycle()
+    config = sender_config.SenderConfig.model_validate(
+        yaml.safe_load(harness.api.get("v1", "ConfigMap", "mail-config", NS)["data"]["sender.yaml"])
+    )
+    assert (config.clock.timezone, units.duration_seconds(config.clock.day_length)) == (
+        "Europe/Paris",
+        86400,
+    )

@@ -229,6 +229,19 @@ class DayRecord(StatusModel):
     reason: str | None = Field(default=None, description="Why, when not Advance.")
 
 
+class PodDayUsage(StatusModel):
+    """What one pod reported sending from an IP on one sender quota day (persisted so an
+    operator restart neither forgets it in the quota nor judges the day without it)."""
+
+    day: int = Field(description="The senders' quota day (index, as in the pods' /v1/stats).")
+    pod: str = Field(description="The pod that sent.")
+    sent: int = Field(default=0, ge=0, description="Messages sent (reserved) that day.")
+    delivered: int = Field(default=0, ge=0, description="Messages delivered.")
+    hard_bounces: int = Field(default=0, ge=0, description="Hard bounces.")
+    complaints: int = Field(default=0, ge=0, description="Complaints.")
+    deferrals: int = Field(default=0, ge=0, description="Deferrals (4xx).")
+
+
 class IPProgress(StatusModel):
     """Warm-up progress of one IP."""
 
@@ -236,6 +249,13 @@ class IPProgress(StatusModel):
     day: int = Field(default=0, ge=0, description="Current day of this IP (0 before it starts).")
     daily_quota: int = Field(default=0, ge=0, description="Today's quota of this IP.")
     sent_today: int = Field(default=0, ge=0, description="Messages sent from this IP today.")
+    usage: list[PodDayUsage] = Field(
+        default_factory=list,
+        description=(
+            "Per pod and sender day (today's and the day before), the highest figures the pods "
+            "reported; seeds the quota accounting and the day's judgement after a restart."
+        ),
+    )
 
 
 class IPWarmupStatus(StatusModel):

@@ -50,6 +50,7 @@ class RenderInput:
     generation: int | None = None
     nameservers: Sequence[tuple[str, int]] = ()  # resolvers for the pods (sandbox, tests)
     day_length: str | None = None  # sandbox time scale
+    timezone: str = "UTC"  # the warm-ups' zone: the senders' quota day starts at its midnight
     smtp_port: int | None = None  # MX port of the recipients (sandbox); 25 when None
     submission_secrets: Mapping[str, str] = field(default_factory=dict)
     # DomainAuth key Secrets copied into the pool's DKIM Secret (None: assume all).
@@ -292,6 +293,8 @@ def render_config(spec_in: RenderInput) -> Rendered:
     )
     if spec_in.day_length:
         config.clock = sc.Clock(day_length=spec_in.day_length)
+    elif spec_in.timezone != "UTC":
+        config.clock = sc.Clock(timezone=spec_in.timezone)
     # Validate the assembled model once more: assignments above bypass field validation.
     config = sc.SenderConfig.model_validate(config.model_dump(by_alias=True))
     text = sc.dump_config(config)

@@ -40,6 +40,9 @@ class UsageBook:
     # stats read that started before a pod's last grant cannot make its count final.
     grant_seq: int = 0
     last_grant: dict[tuple[str, str], int] = dataclasses.field(default_factory=dict)
+    # The zone of the senders' quota days (the pool's warm-up's timezone), rendered into
+    # their config so their day is the warm-up's day.
+    quota_timezone: str = "UTC"
 
 
 def sent_today(book: UsageBook) -> dict[str, int]:
@@ -163,6 +166,24 @@ def seed_from_holders(book: UsageBook, quotas: Mapping[str, int | None]) -> None
         if quota is not None and not lease.released:
             allowances = book.ip_allowance.setdefault(address, {})
             allowances[lease.pod] = max(allowances.get(lease.pod, 0), quota)
+
+
+def seed_recorded(book: UsageBook, recorded: Mapping[str, Mapping[int, Mapping[str, int]]]) -> None:
+    """Fold in the per-pod counts the warm-up controller persisted (address -> sender day ->
+    pod -> sent), highest figure per pod as for a stats read: after an operator restart a pod
+    lost mid-day still counts with what it sent, so its IP's new holder gets only what remains.
+    Before any count was read (day unknown) the latest recorded day is taken: at worst it
+    under-grants until the first read."""
+    day = book.usage_day
+    if day is None:
+        day = max((d for by_day in recorded.values() for d in by_day), default=None)
+    if day is None:
+        return
+    for address, by_day in recorded.items():
+        pods = by_day.get(day)
+        if pods:
+            by_pod = book.ip_sent.setdefault(address, {})
+            by_pod.update(warmup_quotas.merge_sent_counts(by_pod, pods))
 
 
 @dataclasses.dataclass(frozen=True)

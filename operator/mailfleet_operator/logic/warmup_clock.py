@@ -127,6 +127,19 @@ def make_clock(
     return CalendarDays(timezone=timezone or "UTC")
 
 
+_EPOCH_DATE = datetime.date(1970, 1, 1)
+
+
+def sender_day(clock: CalendarDays | ScaledDays, instant: datetime.datetime) -> int:
+    """The senders' quota-day index holding `instant`. The operator renders the warm-up's
+    timezone into their config (`clock.timezone`), so with calendar days they count the
+    local date's days since 1970-01-01, the warm-up's own day; scaled days count from the
+    epoch on both sides (the scaled clock's origin)."""
+    if isinstance(clock, CalendarDays):
+        return (clock._local_date(instant) - _EPOCH_DATE).days
+    return clock._index(instant)
+
+
 def validate_timezone(name: str | None, *, prefix: str = "spec") -> list[schedules.Problem]:
     """An unknown timezone is a spec error with a path, not a crash at the first day end."""
     if name is None:

@@ -2,16 +2,21 @@
 phase and the conditions. Pure (no I/O): the controller gathers, these functions decide.
 
 Day figures. The senders count per IP and per *quota day* (`/v1/stats`: `day` is the index of
-the sender's day, `dayLength` seconds from the Unix epoch; 24 h = UTC days). The operator's
-scaled clock counts from the epoch too, so with the time scale on, and with UTC calendar days,
-a warm-up day is exactly one sender day. With another timezone the warm-up day is read from
-the sender day that overlaps most of it (its midpoint's).
+the sender's day): calendar days of the warm-up's timezone, which the operator renders into
+their config, or with the time scale on days of `dayLength` seconds from the epoch, as the
+operator's scaled clock counts them. Either way a warm-up day is exactly one sender day
+(`warmup_clock.sender_day`). The senders also report the persisted counters of the days
+before today (`days`): a day is judged only once every pod's figures of it are known
+(`missing_figures`), so an operator down across midnight never judges a day blind.
 
 Counters reset when the sender's day rolls over, and a day is judged just after it ended, so
-the figures of a day are the highest counts seen per pod (by uid: a recreated pod counts
-again) while that day ran, kept in the operator's memory and summed over pods. A pod that
-disappears still counts with what it last reported, so an IP that moved mid-day is judged on
-everything it sent, and the quota that remains is quota minus that sum.
+the figures of a day are the highest counts seen per pod (by name: a StatefulSet pod that is
+recreated keeps its spool, and the sender reloads the day's counters from it) while that day
+ran, kept in the operator's memory and summed over pods. A pod that disappears still counts
+with what it last reported, so an IP that moved mid-day is judged on everything it sent, and
+the quota that remains is quota minus that sum. The same figures are persisted in the
+IPWarmup's status (`ips[].usage`, `usage_entries`) and read back after a restart
+(`readings_from_usage`), so a restart forgets nothing the operator had seen.
 
 Several IPs in one IPWarmup share its schedule day: each IP is judged on its own figures and
 the most severe verdict wins (Pause, then Rollback, then Hold, then Advance/Complete), so one
@@ -64,7 +69,7 @@ def sender_day_of(
 class PodReading:
     """One pod's `/v1/stats` counts for one IP on one sender day."""
 
-    pod_uid: str
+    pod: str
     address: str
     sender_day: int
     figures: warmup_gates.DayFigures
@@ -96,8 +101,8 @@ def merge_readings(
         if reading.sender_day < keep_from_day:
             continue
         pods = merged.setdefault((reading.address, reading.sender_day), {})
-        old = pods.get(reading.pod_uid)
-        pods[reading.pod_uid] = (
+        old = pods.get(reading.pod)
+        pods[reading.pod] = (
             reading.figures if old is None else _max_figures(old, reading.figures)
         )
     return merged
@@ -115,6 +120,74 @@ def figures_for(counts: DayCounts, *, address: str, sender_day: int) -> warmup_g
             deferrals=total.deferrals + figures.deferrals,
         )
     return total
+
+
+def usage_entries(
+    counts: DayCounts, *, address: str, from_day: int
+) -> list[ipwarmup.PodDayUsage]:
+    """One IP's per-pod figures from `from_day` on, for `status.ips[].usage`."""
+    return [
+        ipwarmup.PodDayUsage(
+            day=day,
+            pod=pod,
+            sent=figures.sent,
+            delivered=figures.delivered,
+            hard_bounces=figures.hard_bounces,
+            complaints=figures.complaints,
+            deferrals=figures.deferrals,
+        )
+        for (ip, day), pods in sorted(counts.items())
+        if ip == address and day >= from_day
+        for pod, figures in sorted(pods.items())
+    ]
+
+
+def readings_from_usage(ips: Iterable[ipwarmup.IPProgress]) -> list[PodReading]:
+    """The figures persisted in status, as readings (merged like fresh ones: highest wins)."""
+    return [
+        PodReading(
+            pod=entry.pod,
+            address=ip.address,
+            sender_day=entry.day,
+            figures=warmup_gates.DayFigures(
+                sent=entry.sent,
+                delivered=entry.delivered,
+                hard_bounces=entry.hard_bounces,
+                complaints=entry.complaints,
+                deferrals=entry.deferrals,
+            ),
+        )
+        for ip in ips
+        for entry in ip.usage
+    ]
+
+
+@dataclasses.dataclass(frozen=True)
+class PodAnswer:
+    """What one pod's stats say about which days' figures it has reported."""
+
+    day: int
+    """Its current quota day."""
+    past: frozenset[int] | None
+    """The past days it reported (`days`); None from a sender that does not report them."""
+
+
+def missing_figures(
+    listed: Sequence[str], answers: Mapping[str, PodAnswer], *, day: int
+) -> list[str]:
+    """The pods whose figures of the ended sender `day` are not known yet: a pod that did not
+    answer, or whose own day has not ended (clock skew). A sender without per-day counters, or
+    a day older than it keeps, is judged on what was seen of it (nothing more can be had)."""
+    missing = []
+    for pod in listed:
+        answer = answers.get(pod)
+        if answer is None or answer.day <= day:
+            missing.append(pod)
+        elif answer.past is not None and day not in answer.past and day >= min(
+            answer.past, default=day + 1
+        ):
+            missing.append(pod)
+    return missing
 
 
 # --- the decision over several IPs ----------------------------------------------------------
@@ -197,6 +270,7 @@ def verdicts(
     target: int,
     paused_by: str | None,
     last: ipwarmup.DayRecord | None,
+    awaiting: str | None = None,
 ) -> list[conditions.Verdict]:
     """Ready (True once Completed), Progressing, Held and Completed for this state."""
     completed = phase == "Completed"
@@ -221,6 +295,9 @@ def verdicts(
         progressing = conditions.Verdict(
             ipwarmup.PROGRESSING, False, paused_by, f"paused on {where}"
         )
+    elif awaiting is not None:
+        held = conditions.Verdict(ipwarmup.HELD, True, "AwaitingFigures", awaiting)
+        progressing = conditions.Verdict(ipwarmup.PROGRESSING, True, "AwaitingFigures", awaiting)
     elif last is not None and last.decision in ("Hold", "Rollback"):
         text = f"{last.decision} after day {last.day} ({last.reason}); now {where}"
         held = conditions.Verdict(ipwarmup.HELD, True, last.reason or last.decision, text)

@@ -10,9 +10,10 @@ One level-based cycle (`reconcile_warmup`) serves create, update, resume and the
    figures) and per transition. A gate `Pause` also records the generation it paused at in
    an annotation, so any later spec edit by a person resumes it.
 
-Everything that must survive a restart is in status (`day`, `nextAdvanceAt`, `history`) or
-in the senders (today's counts). Process memory only keeps the highest counts seen per pod
-and day, so the day that just ended can still be judged after the senders' counters reset.
+Everything that must survive a restart is in status (`day`, `nextAdvanceAt`, `history`, and
+per IP the highest counts seen per pod and sender day, `ips[].usage`) or in the senders (their
+per-day counters). Process memory keeps the same counts between cycles and is seeded from
+status after a restart, so a restart forgets nothing the operator had seen.
 
 The SendingPool controller reads `status.ips[].dailyQuota` of running warm-ups and puts what
 remains of it into each IP's lease; 0 while paused, no limit once Completed.
@@ -42,6 +43,7 @@ from mailfleet_operator.logic import (
     schedules,
     warmup_clock,
     warmup_gates,
+    warmup_holds,
     warmup_progress,
 )
 from mailfleet_operator.reconcile import context as ctx_module
@@ -62,6 +64,8 @@ class WarmupMemory:
     """Per IPWarmup, in this process: the highest counts seen per IP, sender day and pod."""
 
     counts: warmup_progress.DayCounts = dataclasses.field(default_factory=dict)
+    seeded: bool = False
+    """The counts persisted in status were folded in (once per process)."""
     token: str | None = None
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)
     placed: tuple[str, ipw.Phase] | None = None
@@ -162,6 +166,14 @@ async def _reconcile_locked(
         status = old.model_copy(update={"phase": phase, "next_advance_at": None})
         day = old.day
         quota = old.daily_quota
+        if problem is not None and problem.reason in warmup_holds.REFUSED and not completed:
+            # Fail closed: the pool holds the IPs at the last published quota (0 if none).
+            held = warmup_holds.imposed_quotas(
+                {**body, "status": {**old_raw, "conditions": [_refused(problem.reason)]}}
+            )
+            problem = warmup_progress.Problem(
+                problem.reason, f"{problem.message}; {warmup_holds.hold_message(held)}"
+            )
         verdicts = warmup_progress.verdicts(
             phase=status.phase,
             problem=problem,
@@ -183,7 +195,6 @@ async def _reconcile_locked(
         seconds_per_day=settings.warmup_day_seconds,
         origin=warmup_progress.EPOCH,
     )
-    sender_day_seconds = settings.warmup_day_seconds or warmup_progress.DEFAULT_SENDER_DAY
     day, started_at, next_advance = old.day, old.started_at, old.next_advance_at
     if day < 1:
         day, started_at, next_advance = 1, now, None
@@ -205,23 +216,40 @@ async def _reconcile_locked(
             await _set_paused_at(ctx, body, None)  # the "Resumed" event follows below
 
     # --- the senders' figures ----------------------------------------------------------------
-    readings = await _read_stats(ctx, admin, body, pool, pods, addresses, memory)
-    today_sender_day = warmup_progress.sender_day_of(
-        clock.day_start(now), clock.day_end(now), sender_day_seconds=sender_day_seconds
+    readings, listed, answers = await _read_stats(ctx, admin, body, pool, pods, addresses, memory)
+    if not memory.seeded:
+        readings = warmup_progress.readings_from_usage(old.ips) + readings
+        memory.seeded = True
+    today_sender_day = warmup_clock.sender_day(clock, now)
+    paused = spec.paused or gate_paused
+    day_over = not paused and warmup_clock.is_day_over(now=now, next_advance=next_advance)
+    ended = (
+        warmup_clock.sender_day(clock, next_advance - datetime.timedelta(microseconds=1))
+        if day_over and next_advance is not None
+        else today_sender_day
     )
     memory.counts = warmup_progress.merge_readings(
-        memory.counts, readings, keep_from_day=today_sender_day - 2
+        memory.counts, readings, keep_from_day=min(today_sender_day - 2, ended)
     )
 
     # --- day end -------------------------------------------------------------------------------
-    paused = spec.paused or gate_paused
-    if not paused and warmup_clock.is_day_over(now=now, next_advance=next_advance):
+    awaiting: str | None = None
+    missing = (
+        warmup_progress.missing_figures(listed, answers, day=ended) if day_over else []
+    )
+    if missing:
+        # Fail closed: a day is judged on its figures, never blind; the quota stays meanwhile.
         assert next_advance is not None
-        ended = warmup_progress.sender_day_of(
-            clock.day_start(next_advance - datetime.timedelta(microseconds=1)),
-            next_advance,
-            sender_day_seconds=sender_day_seconds,
+        awaiting = (
+            f"day {day} ended at {next_advance.isoformat()}; it is judged once the senders' "
+            f"counters of that day are read (waiting for {', '.join(missing)}); the quota "
+            f"stays at {schedules.quota_for_day(schedule, day, spec.target)}/day per IP"
         )
+        was = conditions.parse_conditions(old_raw.get("conditions"))
+        if not any(c.type == ipw.HELD and c.reason == "AwaitingFigures" for c in was):
+            cycle.event("Warning", "AwaitingFigures", awaiting)
+    elif day_over:
+        assert next_advance is not None
         quota = schedules.quota_for_day(schedule, day, spec.target)
         group = warmup_progress.decide_group(
             [
@@ -264,11 +292,12 @@ async def _reconcile_locked(
     phase = warmup_progress.phase_of(
         problem=None, started=True, paused=paused, last_action=last_action
     )
-    next_advance = (
-        None
-        if completed
-        else warmup_clock.next_advance_at(clock, now=now, current=next_advance, paused=paused)
-    )
+    if completed:
+        next_advance = None
+    elif awaiting is None:
+        next_advance = warmup_clock.next_advance_at(
+            clock, now=now, current=next_advance, paused=paused
+        )
     sent = {
         address: warmup_progress.figures_for(
             memory.counts, address=address, sender_day=today_sender_day
@@ -284,7 +313,15 @@ async def _reconcile_locked(
         started_at=started_at,
         history=history,
         ips=[
-            ipw.IPProgress(address=a, day=day, daily_quota=allowed, sent_today=sent[a])
+            ipw.IPProgress(
+                address=a,
+                day=day,
+                daily_quota=allowed,
+                sent_today=sent[a],
+                usage=warmup_progress.usage_entries(
+                    memory.counts, address=a, from_day=today_sender_day - 1
+                ),
+            )
             for a in addresses
         ],
     )
@@ -299,6 +336,7 @@ async def _reconcile_locked(
         target=spec.target,
         paused_by=paused_by,
         last=history[-1] if history else None,
+        awaiting=awaiting,
     )
     if completed and old.phase != "Completed":
         cycle.event(
@@ -307,6 +345,8 @@ async def _reconcile_locked(
             f"{', '.join(addresses)} warm after {len(history)} days: quota limit removed",
         )
     await _apply(ctx, body, old_raw, status, verdicts, now, cycle)
+    if awaiting is not None:
+        return ctx_module.Outcome(requeue_after=max(settings.stats_interval, 0.05))
     return ctx_module.Outcome(requeue_after=_requeue(ctx, now, next_advance, completed))
 
 
@@ -438,6 +478,19 @@ async def _check(
             pool,
             [],
         )
+    older = warmup_holds.zone_conflict(body, others)
+    if older is not None:
+        return (
+            warmup_progress.Problem(
+                "TimezoneConflict",
+                f"spec.timezone: {spec.timezone} differs from "
+                f"{warmup_holds.timezone_of(older)} of IPWarmup "
+                f"{older['metadata']['name']!r} on the same pool: the pool's senders count "
+                "one quota day, in the older warm-up's zone; use the same timezone",
+            ),
+            pool,
+            [],
+        )
     mine = _created(body)
     for other in sorted(others, key=_created):
         shared = sorted(_claimed(other) & set(addresses))
@@ -478,9 +531,10 @@ async def _read_stats(
     pods: Sequence[Mapping[str, Any]] | None,
     addresses: Sequence[str],
     memory: WarmupMemory,
-) -> list[warmup_progress.PodReading]:
-    """Every pod's counts for the warm-up's IPs; a pod that does not answer is skipped (its
-    earlier counts stay in memory)."""
+) -> tuple[list[warmup_progress.PodReading], list[str], dict[str, warmup_progress.PodAnswer]]:
+    """Every pod's counts for the warm-up's IPs, today's and the past days' it reports; a pod
+    that does not answer is skipped (its earlier counts stay in memory). Also the pods listed
+    and, per pod that answered, which days it reported (`missing_figures`)."""
     namespace = body["metadata"].get("namespace") or "default"
     pool_name = body["spec"]["poolRef"]["name"]
     if pods is None:
@@ -494,25 +548,45 @@ async def _read_stats(
     wanted = set(addresses)
 
     async def one(pod: Mapping[str, Any]) -> tuple[str, wire.Stats | None]:
-        uid = pod["metadata"].get("uid") or pod["metadata"]["name"]
+        name = str(pod["metadata"]["name"])
         endpoint = pool_reconcile.endpoint_of(pod, port)
         if endpoint is None:
-            return uid, None
+            return name, None
         try:
-            return uid, await admin.get_stats(endpoint, token=token)
+            return name, await admin.get_stats(endpoint, token=token)
         except pod_admin.PodUnreachable:
-            return uid, None
+            return name, None
 
     readings = []
-    for uid, stats in await asyncio.gather(*(one(p) for p in pods)):
+    answers: dict[str, warmup_progress.PodAnswer] = {}
+    for name, stats in await asyncio.gather(*(one(p) for p in pods)):
         if stats is None:
             continue
+        past = None if stats.days is None else frozenset(d.day for d in stats.days)
+        answers[name] = warmup_progress.PodAnswer(day=stats.day, past=past)
+        for past_day in stats.days or ():
+            for counted in past_day.ips:
+                if counted.address in wanted:
+                    readings.append(
+                        warmup_progress.PodReading(
+                            pod=name,
+                            address=counted.address,
+                            sender_day=past_day.day,
+                            figures=warmup_gates.DayFigures(
+                                sent=counted.sent,
+                                delivered=counted.delivered,
+                                hard_bounces=counted.bounced,
+                                complaints=counted.complained,
+                                deferrals=counted.deferred,
+                            ),
+                        )
+                    )
         for ip in stats.ips:
             if ip.address not in wanted:
                 continue
             readings.append(
                 warmup_progress.PodReading(
-                    pod_uid=uid,
+                    pod=name,
                     address=ip.address,
                     sender_day=stats.day,
                     figures=warmup_gates.DayFigures(
@@ -524,7 +598,7 @@ async def _read_stats(
                     ),
                 )
             )
-    return readings
+    return readings, [str(p["metadata"]["name"]) for p in pods], answers
 
 
 async def _set_paused_at(
@@ -583,6 +657,10 @@ async def _apply(
             pass  # events are best effort
 
 
+def _refused(reason: str) -> dict[str, str]:
+    return {"type": ipw.READY, "reason": reason}
+
+
 _PROBLEM_REASONS = frozenset(
     {
         "InvalidSpec",
@@ -591,5 +669,6 @@ _PROBLEM_REASONS = frozenset(
         "AddressNotInPool",
         "NoAddresses",
         "ConflictingWarmup",
+        "TimezoneConflict",
     }
 )

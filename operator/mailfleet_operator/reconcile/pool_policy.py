@@ -15,11 +15,16 @@ from pydantic import ValidationError
 
 from mailfleet_operator import metrics
 from mailfleet_operator.api import domainauth as da
-from mailfleet_operator.api import ipwarmup as ipw
 from mailfleet_operator.api import sendingpool as sp
 from mailfleet_operator.kube import client as kube_client
 from mailfleet_operator.kube import resources
-from mailfleet_operator.logic import assigning, autoscaling, reputation, usage_book
+from mailfleet_operator.logic import (
+    assigning,
+    autoscaling,
+    reputation,
+    usage_book,
+    warmup_holds,
+)
 from mailfleet_operator.reconcile import context as ctx_module
 from mailfleet_operator.reconcile import pod_admin
 from mailfleet_operator.reconcile.pool_state import (
@@ -104,9 +109,16 @@ async def read_warmup_quotas(
     namespace: str,
     pool: str,
     indexed: Sequence[Mapping[str, Any]] | None = None,
+    *,
+    book: usage_book.UsageBook | None = None,
 ) -> dict[str, int | None]:
-    """ip -> today's quota from the pool's IPWarmups (None: warm, no cap)."""
-    quotas: dict[str, int | None] = {}
+    """ip -> today's quota from the pool's IPWarmups (absent: no warm-up limit).
+
+    Fail closed (`warmup_holds`): an IPWarmup that no longer validates keeps its IPs at the
+    last quota it published (0 when it never published one); two naming one IP, the smaller.
+    `book`: seeded with what the warm-ups persisted of today's sends (`status.ips[].usage`),
+    so after an operator restart a new holder is granted the quota minus what was sent, and
+    with the zone of the senders' quota days (`quota_timezone`)."""
     items: Sequence[Mapping[str, Any]]
     if indexed is not None:
         items = indexed
@@ -114,20 +126,15 @@ async def read_warmup_quotas(
         try:
             items = await ctx.client.list(resources.IP_WARMUPS, namespace=namespace)
         except kube_client.ApiError:
-            return quotas
-    for raw in items:
-        try:
-            warmup = ipw.IPWarmup.model_validate(raw)
-        except ValidationError:
-            continue
-        if warmup.spec.pool_ref.name != pool or warmup.status is None:
-            continue
-        if warmup.status.phase in ("Completed", "Pending"):
-            continue
-        per_ip = {p.address: p.daily_quota for p in warmup.status.ips}
-        for address in warmup.spec.addresses or per_ip:
-            quotas[address] = per_ip.get(address, warmup.status.daily_quota)
-    return quotas
+            return {}
+    mine = [raw for raw in items if warmup_holds.pool_of(raw) == pool]
+    if book is not None:
+        usage_book.seed_recorded(book, warmup_holds.recorded_usage(mine))
+        book.quota_timezone = warmup_holds.pool_timezone(mine)
+    # One whose poolRef is unreadable may be any pool's: its addresses are held wherever
+    # they are (a pool only applies the quotas of its own IPs).
+    lost = [raw for raw in items if not warmup_holds.pool_of(raw)]
+    return warmup_holds.merge_quotas(warmup_holds.imposed_quotas(raw) for raw in mine + lost)
 
 
 def decide_active(

@@ -160,7 +160,9 @@ async def _reconcile_locked(
         memory.dkim_keys = {}  # re-read with the DomainAuths
     # Warm-up quotas every cycle: a day's new quota or a pause reaches the leases at once.
     previous_quotas = memory.quotas
-    memory.quotas = await pool_policy.read_warmup_quotas(ctx, namespace, name, world.warmups)
+    memory.quotas = await pool_policy.read_warmup_quotas(
+        ctx, namespace, name, world.warmups, book=memory
+    )
     requota = {
         a
         for a in set(previous_quotas) | set(memory.quotas)
@@ -270,6 +272,7 @@ async def _reconcile_locked(
             day_length=units.format_duration(settings.warmup_day_seconds)
             if settings.warmup_day_seconds
             else None,
+            timezone=memory.quota_timezone,
         )
     )
     # Scale-down: shrink the StatefulSet only past pods whose queue emptied (or timed out).

@@ -194,3 +194,18 @@ def test_a_pause_spanning_midnights_freezes_the_day_count_through_status_alone()
     assert (day, boundary) == (2, utc(2025, 6, 6))
     reconcile(utc(2025, 6, 6, 0, 1), paused=False)
     assert (day, evaluated) == (3, [1, 2])
+
+
+def test_the_senders_day_index_is_the_warmups_local_date() -> None:
+    import datetime as dt
+
+    from mailfleet_operator.logic import warmup_clock as wc
+
+    auckland = wc.CalendarDays("Pacific/Auckland")
+    before = dt.datetime(2026, 12, 5, 10, 59, tzinfo=dt.UTC)
+    after = dt.datetime(2026, 12, 5, 11, 0, tzinfo=dt.UTC)  # local midnight
+    assert wc.sender_day(auckland, after) == wc.sender_day(auckland, before) + 1
+    assert wc.sender_day(auckland, after) == (dt.date(2026, 12, 6) - dt.date(1970, 1, 1)).days
+    assert wc.sender_day(wc.CalendarDays("UTC"), after) == int(after.timestamp() // 86400)
+    scaled = wc.ScaledDays(origin=dt.datetime(1970, 1, 1, tzinfo=dt.UTC), seconds_per_day=100)
+    assert wc.sender_day(scaled, after) == int(after.timestamp() // 100)

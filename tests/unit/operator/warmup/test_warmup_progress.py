@@ -97,3 +97,20 @@ def test_a_gate_pause_lifted_by_a_person_runs_again_and_a_spec_pause_wins() -> N
     assert phase(problem=None, started=True, paused=True, last_action=None) == "Paused"
     complete = warmup_gates.Action.COMPLETE
     assert phase(problem=None, started=True, paused=True, last_action=complete) == "Completed"
+
+
+def test_a_day_is_judged_only_once_every_pod_reported_its_figures() -> None:
+    answer = warmup_progress.PodAnswer
+    ended = 100
+    past = frozenset(range(93, 100 + 1))
+    assert warmup_progress.missing_figures(
+        ["a", "b"], {"a": answer(101, past), "b": answer(101, past)}, day=ended
+    ) == []
+    # b did not answer; c's own day has not ended yet (clock skew).
+    assert warmup_progress.missing_figures(
+        ["a", "b", "c"], {"a": answer(101, past), "c": answer(100, frozenset())}, day=ended
+    ) == ["b", "c"]
+    # A sender without per-day counters, or a day older than it keeps: judged on what was seen.
+    assert warmup_progress.missing_figures(["a"], {"a": answer(101, None)}, day=ended) == []
+    assert warmup_progress.missing_figures(["a"], {"a": answer(120, past)}, day=ended) == []
+    assert warmup_progress.missing_figures([], {}, day=ended) == []
