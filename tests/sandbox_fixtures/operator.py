@@ -228,6 +228,8 @@ def operator_settings(
         "http_host": "127.0.0.1",
         "http_port": 0,
         "dns_nameservers": (f"{dns.host}:{dns.port}",),
+        # the zones' nameservers (NS records the sandbox DNS serves) answer on its port
+        "dns_authoritative_port": dns.port,
         "dns_timeout": 1.0,
         "step_delay": 0.1,
         "error_delay": 0.5,
@@ -255,6 +257,8 @@ async def operator(
 # --- DomainAuth helpers (shared by the test_domainauth_* modules) -----------------------
 
 NAME = "example-com"
+PUBLISH_TTL = 1
+"""TTL of the records `publisher` writes: short, so a key's TTL wait takes a second."""
 
 
 def create_domainauth(api: ApiServer, spec: dict[str, Any], name: str = NAME) -> None:
@@ -294,20 +298,24 @@ def rotate(api: ApiServer, value: str) -> None:
 @contextlib.asynccontextmanager
 async def publisher(
     api: ApiServer, dns_server: DNSServer, *, hold: Callable[[str], bool] = lambda _n: False,
+    ttl: int = PUBLISH_TTL, also: tuple[DNSServer, ...] = (),
 ) -> AsyncIterator[None]:
     """Copy status.records into DNS continuously, like a diligent human (or external-dns)
-    would; names for which `hold(name)` is true are left alone."""
+    would; names for which `hold(name)` is true are left alone. Records get a short `ttl`
+    (the key's TTL wait before Verified is one of it); `also` are more nameservers of the
+    zone, which get the same records."""
 
     async def loop() -> None:
         while True:
             status = domainauth(api).get("status") or {}
             wanted = {(r["name"], r["type"]): r["value"] for r in status.get("records") or []}
-            for (name, rtype), value in wanted.items():
-                if not hold(name) and dns_server.records(name, rtype) != [value]:
-                    dns_server.set_records(name, rtype, [value])
-            for name in dns_server.names():
-                if "._domainkey." in name and (name, "TXT") not in wanted and not hold(name):
-                    dns_server.remove_records(name, "TXT")
+            for server in (dns_server, *also):
+                for (name, rtype), value in wanted.items():
+                    if not hold(name) and server.records(name, rtype) != [value]:
+                        server.set_records(name, rtype, [value], ttl=ttl)
+                for name in server.names():
+                    if "._domainkey." in name and (name, "TXT") not in wanted and not hold(name):
+                        server.remove_records(name, "TXT")
             await asyncio.sleep(0.05)
 
     task = asyncio.create_task(loop())

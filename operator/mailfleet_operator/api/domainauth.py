@@ -11,7 +11,8 @@ from __future__ import annotations
 import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from mailfleet_sender import units
+from pydantic import Field, field_validator
 
 from mailfleet_operator.api import common
 from mailfleet_operator.api.common import (
@@ -34,6 +35,7 @@ SHORT_NAMES = ("da",)
 
 DKIMAlgorithm = Literal["rsa-2048", "rsa-3072", "ed25519", "dual"]
 KeyAlgorithm = Literal["rsa-2048", "rsa-3072", "ed25519"]
+KeyRetention = Literal["Retain", "Delete"]
 KeyState = Literal["Pending", "Published", "Verified", "Active", "Retiring", "Retired"]
 DMARCPolicy = Literal["none", "quarantine", "reject"]
 Alignment = Literal["r", "s"]
@@ -76,8 +78,11 @@ class DKIM(SpecModel):
         default="90d", description="Rotate the active key once it is older than this."
     )
     overlap: Duration = Field(
-        default="7d",
-        description="How long a retired key stays published so mail in flight still verifies.",
+        default="1h",
+        description=(
+            "How long a replaced key stays published once no pool signs with it, so mail "
+            "signed with it still verifies; at least the TTL of its record. 0s is refused."
+        ),
     )
     revision_history_limit: int = Field(
         default=2,
@@ -85,6 +90,23 @@ class DKIM(SpecModel):
         le=10,
         description="Retired keys kept (as Secrets) after their record is removed.",
     )
+    key_retention: KeyRetention = Field(
+        default="Retain",
+        description=(
+            "Retain: the private-key Secrets outlive the DomainAuth (no owner reference), and "
+            "a DomainAuth re-created with the same name and domain adopts them; Delete: they "
+            "are owned by the DomainAuth and garbage-collected with it."
+        ),
+    )
+
+    @field_validator("overlap")
+    @classmethod
+    def _overlap_not_zero(cls, value: str) -> str:
+        # A zero overlap withdraws a key's record the moment it stops signing: mail signed
+        # a second earlier fails DKIM at every receiver still to look it up.
+        if units.parse_duration(value) <= datetime.timedelta(0):
+            raise ValueError("overlap must be longer than 0s (the record's TTL at least)")
+        return value
 
 
 class SPF(SpecModel):
@@ -206,7 +228,11 @@ class DNSRecord(StatusModel):
     value: str = Field(description="Record value as it should be published.")
     published: bool = Field(default=False, description="Whether DNS served exactly this value.")
     checked_at: datetime.datetime | None = Field(
-        default=None, description="When DNS was last checked."
+        default=None,
+        description=(
+            "When a check first found DNS as `published` and `problem` say (checks that find "
+            "nothing new do not rewrite it)."
+        ),
     )
     problem: str | None = Field(default=None, description="What is wrong, when not published.")
 

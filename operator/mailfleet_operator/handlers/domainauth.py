@@ -109,8 +109,9 @@ async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, seconds: floa
 async def domainauth_deleted(
     *, body: kopf.Body, memo: Any, namespace: str | None, name: str, **_: Any
 ) -> None:
-    """Warn when pools still sign for the domain; remove the DNSEndpoint now (its Secrets go
-    by owner reference)."""
+    """Warn when pools still sign for the domain; remove the DNSEndpoint now. Key Secrets
+    stay with `keyRetention: Retain` (the default: a DomainAuth re-created with the same
+    name and domain adopts them) and go by owner reference with `Delete`."""
     ctx: context.Context = memo.ctx
     raw = dict(body)
     pools = reconciler.referencing_pools(
