@@ -298,24 +298,22 @@ def rotate(api: ApiServer, value: str) -> None:
 @contextlib.asynccontextmanager
 async def publisher(
     api: ApiServer, dns_server: DNSServer, *, hold: Callable[[str], bool] = lambda _n: False,
-    ttl: int = PUBLISH_TTL, also: tuple[DNSServer, ...] = (),
+    ttl: int = PUBLISH_TTL,
 ) -> AsyncIterator[None]:
     """Copy status.records into DNS continuously, like a diligent human (or external-dns)
     would; names for which `hold(name)` is true are left alone. Records get a short `ttl`
-    (the key's TTL wait before Verified is one of it); `also` are more nameservers of the
-    zone, which get the same records."""
+    (the key's TTL wait before Verified is one of it)."""
 
     async def loop() -> None:
         while True:
             status = domainauth(api).get("status") or {}
             wanted = {(r["name"], r["type"]): r["value"] for r in status.get("records") or []}
-            for server in (dns_server, *also):
-                for (name, rtype), value in wanted.items():
-                    if not hold(name) and server.records(name, rtype) != [value]:
-                        server.set_records(name, rtype, [value], ttl=ttl)
-                for name in server.names():
-                    if "._domainkey." in name and (name, "TXT") not in wanted and not hold(name):
-                        server.remove_records(name, "TXT")
+            for (name, rtype), value in wanted.items():
+                if not hold(name) and dns_server.records(name, rtype) != [value]:
+                    dns_server.set_records(name, rtype, [value], ttl=ttl)
+            for name in dns_server.names():
+                if "._domainkey." in name and (name, "TXT") not in wanted and not hold(name):
+                    dns_server.remove_records(name, "TXT")
             await asyncio.sleep(0.05)
 
     task = asyncio.create_task(loop())
