@@ -213,3 +213,58 @@ async def test_a_key_secret_edited_to_hold_garbage_is_reported_and_never_overwri
     secrets = key_secrets(kube_api)
     assert set(secrets) == {"mf-1"}
     assert secrets["mf-1"]["data"]["private.pem"] == garbage
+
+
+def gone(api: ApiServer) -> bool:
+    try:
+        domainauth(api)
+    except ApiError:
+        return True
+    return False
+
+
+async def test_a_deleted_and_recreated_domainauth_keeps_and_adopts_its_private_keys(
+    operator: OperatorRunner, kube_api: ApiServer, dns_server: DNSServer
+) -> None:
+    create_domainauth(kube_api, {})
+    async with publisher(kube_api, dns_server):
+        await wait_for(lambda: key_states(kube_api) == {"mf-1": "Active"})
+    before = key_secrets(kube_api)["mf-1"]
+    assert before["immutable"] is True
+    assert not before["metadata"].get("ownerReferences")  # keyRetention: Retain
+
+    kube_api.delete(API_VERSION, "DomainAuth", NAME, "default")
+    await wait_for(lambda: gone(kube_api), message="DomainAuth deleted")
+    await kube_api.settle()  # garbage collection has had its chance
+    kept = key_secrets(kube_api)
+    assert set(kept) == {"mf-1"}
+    assert kept["mf-1"]["data"] == before["data"]
+
+    # Re-created (by a GitOps tool, a restore, a mistake): the same key signs on.
+    create_domainauth(kube_api, {})
+    async with publisher(kube_api, dns_server):
+        await wait_for(lambda: key_states(kube_api) == {"mf-1": "Active"})
+    after = key_secrets(kube_api)
+    assert set(after) == {"mf-1"}
+    assert after["mf-1"]["metadata"]["uid"] == before["metadata"]["uid"]
+    assert after["mf-1"]["data"]["private.pem"] == before["data"]["private.pem"]
+    assert events(kube_api).count("KeyGenerated") == 1
+
+
+async def test_key_retention_delete_owns_the_keys_so_they_go_with_the_domainauth(
+    operator: OperatorRunner, kube_api: ApiServer, dns_server: DNSServer
+) -> None:
+    create_domainauth(kube_api, {})
+    await wait_for(lambda: "mf-1" in key_secrets(kube_api))
+    kube_api.patch(API_VERSION, "DomainAuth", NAME,
+                   {"spec": {"dkim": {"keyRetention": "Delete"}}}, "default")
+    uid = domainauth(kube_api)["metadata"]["uid"]
+    await wait_for(
+        lambda: [o["uid"] for o in key_secrets(kube_api)["mf-1"]["metadata"].get(
+            "ownerReferences") or []] == [uid],
+        message="the DomainAuth owns its key",
+    )
+    kube_api.delete(API_VERSION, "DomainAuth", NAME, "default")
+    await wait_for(lambda: gone(kube_api), message="DomainAuth deleted")
+    await kube_api.settle()
+    await wait_for(lambda: not key_secrets(kube_api), message="key Secrets collected")
