@@ -239,6 +239,7 @@ async def test_a_deleted_and_recreated_domainauth_keeps_and_adopts_its_private_k
     kept = key_secrets(kube_api)
     assert set(kept) == {"mf-1"}
     assert kept["mf-1"]["data"] == before["data"]
+    assert "KeysRetained" in events(kube_api)
 
     # Re-created (by a GitOps tool, a restore, a mistake): the same key signs on.
     create_domainauth(kube_api, {})

@@ -131,3 +131,18 @@ async def domainauth_deleted(
             now=ctx.clock.now(),
         )
     await reconciler.delete_dns_endpoint(ctx, raw)
+    retention = ((raw.get("spec") or {}).get("dkim") or {}).get("keyRetention", "Retain")
+    if retention == "Retain":
+        kept = await reconciler.key_secret_names(ctx, raw)
+        if kept:
+            await ctx.client.post_event(
+                regarding=raw,
+                type_="Normal",
+                reason="KeysRetained",
+                message=(
+                    f"{len(kept)} private-key Secret(s) kept (keyRetention: Retain); a "
+                    f"DomainAuth {name} for the same domain adopts them. Remove them with "
+                    f"kubectl delete secret -l mailfleet.io/domainauth={name}"
+                ),
+                now=ctx.clock.now(),
+            )

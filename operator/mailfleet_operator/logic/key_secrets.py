@@ -160,9 +160,16 @@ class KeySecret:
     trigger: str
     domain: str = ""
     """The domain the key was made for (annotation)."""
-    owner_uids: tuple[str, ...] = ()
-    """UIDs of the Secret's owner references (a DomainAuth's with `keyRetention: Delete`)."""
+    owner_references: tuple[Mapping[str, Any], ...] = ()
+    """The Secret's owner references (a DomainAuth's with `keyRetention: Delete`)."""
     seen_at: datetime.datetime | None = None
+    immutable: bool = False
+    """Whether the API server refuses changes of the data (Secrets made before keys were
+    created immutable are made so)."""
+
+    @property
+    def owner_uids(self) -> tuple[str, ...]:
+        return tuple(str(o.get("uid", "")) for o in self.owner_references)
 
 
 def read_key_secret(secret: Mapping[str, Any], *, now: datetime.datetime) -> KeySecret | None:
@@ -239,11 +246,11 @@ def read_key_secret(secret: Mapping[str, Any], *, now: datetime.datetime) -> Key
         algorithms=algorithms,
         trigger=str(annotations.get(ANNOTATION_TRIGGER, "")),
         domain=str(annotations.get(ANNOTATION_DOMAIN, "")),
-        owner_uids=tuple(
-            str(o.get("uid", "")) for o in metadata.get("ownerReferences") or []
-            if isinstance(o, Mapping)
+        owner_references=tuple(
+            dict(o) for o in metadata.get("ownerReferences") or [] if isinstance(o, Mapping)
         ),
         seen_at=seen_at,
+        immutable=secret.get("immutable") is True,
     )
 
 

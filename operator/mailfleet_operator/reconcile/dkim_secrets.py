@@ -70,20 +70,27 @@ async def converge_retention(
     *,
     retention: domainauth.KeyRetention,
 ) -> None:
-    """Owner reference on each key Secret as `retention` says (metadata only)."""
+    """Owner reference on each key Secret as `retention` says, and every key Secret
+    immutable (metadata and the immutable flag only: the data is never touched)."""
     metadata = body["metadata"]
     uid = metadata.get("uid")
     for secret in secrets:
+        patch: dict[str, Any] = {}
+        others = [dict(o) for o in secret.owner_references if o.get("uid") != uid]
         owned = uid in secret.owner_uids
         if retention == "Delete" and not owned:
-            patch: dict[str, Any] = {"ownerReferences": [kube_client.owner_reference(body)]}
+            patch["metadata"] = {
+                "ownerReferences": [*others, kube_client.owner_reference(body)]
+            }
         elif retention == "Retain" and owned:
-            patch = {"ownerReferences": None}
-        else:
+            patch["metadata"] = {"ownerReferences": others or None}
+        if not secret.immutable:
+            patch["immutable"] = True
+        if not patch:
             continue
         await ctx.client.patch(
             resources.SECRETS, name=secret.secret_name, namespace=metadata["namespace"],
-            patch={"metadata": patch},
+            patch=patch,
         )
         context.object_logger(domainauth.KIND, body).info(
             "key secret retention", extra={"secret": secret.secret_name, "retention": retention}

@@ -393,6 +393,13 @@ async def _publish(
         await delete_dns_endpoint(ctx, body)
 
 
+async def key_secret_names(ctx: context.Context, body: dict[str, Any]) -> list[str]:
+    """Names of the key Secrets the DomainAuth uses (for the deletion event)."""
+    domain = str((body.get("spec") or {}).get("domain", "")).lower()
+    found = await dkim_secrets.gather(ctx, body, domain=domain)
+    return sorted(s.secret_name for s in found.mine)
+
+
 async def delete_dns_endpoint(ctx: context.Context, body: dict[str, Any]) -> bool:
     """Remove the DomainAuth's DNSEndpoint if there is one (and the CRD exists at all)."""
     metadata = body["metadata"]
