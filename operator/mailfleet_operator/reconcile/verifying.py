@@ -91,7 +91,9 @@ class Verifier:
         self.authoritative_port = authoritative_port
         self._async = dns.asyncresolver.Resolver(configure=not servers.servers)
         _configure(self._async, servers, timeout)
-        self._zones: dict[str, tuple[tuple[tuple[str, str], ...], str | None]] = {}
+        self._zones: dict[
+            str, tuple[tuple[tuple[str, tuple[str, ...]], ...], str | None]
+        ] = {}
 
     async def authoritative(
         self, questions: Sequence[tuple[str, str]]
@@ -108,17 +110,27 @@ class Verifier:
         if error is not None:
             return domainauths.AtServers(error=error)
         answers = await asyncio.gather(
-            *(self._ask_server(address, name, rtype) for _label, address in servers)
+            *(self._ask_host(host, addresses, name, rtype) for host, addresses in servers)
         )
-        return domainauths.AtServers(
-            answers=tuple(
-                domainauths.ServerAnswer(server=label, answer=answer)
-                for (label, _address), answer in zip(servers, answers, strict=True)
-            )
-        )
+        return domainauths.AtServers(answers=tuple(answers))
 
-    async def _servers_for(self, name: str) -> tuple[tuple[tuple[str, str], ...], str | None]:
-        """(label, address) of every nameserver of the zone holding `name`."""
+    async def _ask_host(
+        self, host: str, addresses: tuple[str, ...], name: str, rtype: str
+    ) -> domainauths.ServerAnswer:
+        """A nameserver answers through any of its addresses (IPv4 first): a cluster without
+        IPv6 egress still reaches a server that also has an AAAA record."""
+        answer = domainauths.Answer(error="no address")
+        address = ""
+        for address in addresses:
+            answer = await self._ask_server(address, name, rtype)
+            if answer.error is None:
+                break
+        return domainauths.ServerAnswer(server=f"{host} ({address})", answer=answer)
+
+    async def _servers_for(
+        self, name: str
+    ) -> tuple[tuple[tuple[str, tuple[str, ...]], ...], str | None]:
+        """(host, addresses) of every nameserver of the zone holding `name`."""
         try:
             zone = await dns.asyncresolver.zone_for_name(
                 name, resolver=self._async, lifetime=self.timeout * 2
@@ -132,22 +144,22 @@ class Verifier:
 
     async def _nameservers_of(
         self, zone: dns.name.Name
-    ) -> tuple[tuple[tuple[str, str], ...], str | None]:
+    ) -> tuple[tuple[tuple[str, tuple[str, ...]], ...], str | None]:
         text = zone.to_text(omit_final_dot=True)
         try:
             answer = await self._async.resolve(zone, "NS")
         except dns.exception.DNSException as error:
             return (), f"NS of {text}: {type(error).__name__}"
         hosts = sorted({rdata.target.to_text(omit_final_dot=True).lower() for rdata in answer})
-        found: list[tuple[str, str]] = []
+        found: list[tuple[str, tuple[str, ...]]] = []
         for host in hosts:
             addresses: list[str] = []
             for rtype in ("A", "AAAA"):
                 result = await self.answer(host, rtype)
-                addresses += list(result.values)
+                addresses += sorted(result.values)
             if not addresses:
                 return (), f"nameserver {host} of {text} has no address"
-            found += [(f"{host} ({address})", address) for address in sorted(addresses)]
+            found.append((host, tuple(addresses)))
         return tuple(found), None
 
     async def _ask_server(self, address: str, name: str, rtype: str) -> domainauths.Answer:
