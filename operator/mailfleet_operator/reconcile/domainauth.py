@@ -18,6 +18,7 @@ reaches status, events or logs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 from typing import Any
 
@@ -186,10 +187,16 @@ async def _reconcile(ctx: context.Context, body: dict[str, Any]) -> context.Outc
         )
     next_rotation = _next_rotation(after, policy)
     # The plan as it stands after this step (what status and conditions describe).
+    after = [
+        dataclasses.replace(g, seen_at=now) if g.number in plan.seen
+        else dataclasses.replace(g, seen_at=None) if g.number in plan.unseen
+        else g
+        for g in after
+    ]
     settled = rotating.plan_rotation(
         generations=after, policy=policy, now=now, rotate_annotation="", dns=dns_view,
         ttls=ttls, pools=signing,
-    ) if transition is not None else plan
+    )
     verdicts = [
         domainauths.dkim_verdict(
             generations=after, checks=checks, error=desired.errors.get("dkim"),
