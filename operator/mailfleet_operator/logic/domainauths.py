@@ -51,23 +51,6 @@ class Answer:
 Answers = Mapping[tuple[str, str], Answer]
 
 
-@dataclasses.dataclass(frozen=True)
-class ServerAnswer:
-    """One authoritative nameserver's answer; `server` names it for messages."""
-
-    server: str
-    answer: Answer
-
-
-@dataclasses.dataclass(frozen=True)
-class AtServers:
-    """What every authoritative nameserver of the record's zone answered for it."""
-
-    answers: tuple[ServerAnswer, ...] = ()
-    error: str | None = None
-    """Why the zone's nameservers are not known (no SOA, no NS): no verdict on the record."""
-
-
 def answer_key(name: str, rtype: str) -> tuple[str, str]:
     return (name.lower().rstrip("."), rtype.upper())
 
@@ -219,34 +202,6 @@ def check_record(record: records.DnsRecord, answer: Answer | None) -> RecordChec
     if record.family == "dkim":
         return RecordCheck(record, False, "DNS returns a different key for this selector")
     return RecordCheck(record, False, f"DNS returns a different value: {found[0]!r}")
-
-
-def check_at_servers(record: records.DnsRecord, at: AtServers | None) -> RecordCheck:
-    """Published only when every authoritative nameserver of the zone returns exactly the
-    record: a resolver's answer may come from one server, or from a cache, and receivers'
-    resolvers may ask any of them. The worst answer is reported, naming its server."""
-    if at is None:
-        return RecordCheck(record, False, "not checked yet")
-    if at.error is not None or not at.answers:
-        why = at.error or "the zone has no NS records"
-        return RecordCheck(
-            record, False, f"authoritative nameservers unknown: {why}", failed=True
-        )
-    checks = [(a.server, check_record(record, a.answer)) for a in at.answers]
-    if all(c.published for _, c in checks):
-        ttls = [c.ttl for _, c in checks if c.ttl is not None]
-        return RecordCheck(record, True, None, ttl=max(ttls) if ttls else None)
-
-    def rank(check: RecordCheck) -> int:
-        return 2 if check.failed else (1 if check.absent else 0)
-
-    server, worst = min(((s, c) for s, c in checks if not c.published),
-                        key=lambda pair: rank(pair[1]))
-    missing = sum(1 for _, c in checks if not c.published)
-    return dataclasses.replace(
-        worst,
-        problem=f"{worst.problem} at {server} ({missing} of {len(checks)} nameservers)",
-    )
 
 
 def _absent_or_other(got: list[str]) -> str:

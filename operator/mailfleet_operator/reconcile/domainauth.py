@@ -30,6 +30,7 @@ from mailfleet_operator.api import common, domainauth
 from mailfleet_operator.kube import client as kube_client
 from mailfleet_operator.kube import resources
 from mailfleet_operator.logic import (
+    authoritative_answers,
     conditions,
     domainauths,
     key_secrets,
@@ -104,7 +105,7 @@ async def _reconcile(ctx: context.Context, body: dict[str, Any]) -> context.Outc
             resolver=verifier.spf_resolver(),
         )
     answers: dict[tuple[str, str], domainauths.Answer] = {}
-    at_servers: dict[tuple[str, str], domainauths.AtServers] = {}
+    at_servers: dict[tuple[str, str], authoritative_answers.AtServers] = {}
     await _ask(verifier, probe.records, answers, at_servers)
     probed = _check(probe.records, answers, at_servers)
     dns_view = domainauths.dkim_checks(probed)
@@ -326,7 +327,7 @@ async def _ask(
     verifier: verifying.Verifier,
     wanted: tuple[records.DnsRecord, ...],
     answers: dict[tuple[str, str], domainauths.Answer],
-    at_servers: dict[tuple[str, str], domainauths.AtServers],
+    at_servers: dict[tuple[str, str], authoritative_answers.AtServers],
 ) -> None:
     """Ask DNS what is not asked yet: DKIM records at every authoritative nameserver of the
     zone (a key's life depends on them), the others at the resolver (what receivers see)."""
@@ -341,13 +342,13 @@ async def _ask(
 def _check(
     wanted: tuple[records.DnsRecord, ...],
     answers: dict[tuple[str, str], domainauths.Answer],
-    at_servers: dict[tuple[str, str], domainauths.AtServers],
+    at_servers: dict[tuple[str, str], authoritative_answers.AtServers],
 ) -> list[domainauths.RecordCheck]:
     checks = []
     for record in wanted:
         key = domainauths.answer_key(record.name, record.type)
         if record.family == "dkim":
-            checks.append(domainauths.check_at_servers(record, at_servers.get(key)))
+            checks.append(authoritative_answers.check_at_servers(record, at_servers.get(key)))
         else:
             checks.append(domainauths.check_record(record, answers.get(key)))
     return checks

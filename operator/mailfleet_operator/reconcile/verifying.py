@@ -30,7 +30,7 @@ import dns.rcode
 import dns.rdatatype
 import dns.resolver
 
-from mailfleet_operator.logic import domainauths, spf_lookups
+from mailfleet_operator.logic import authoritative_answers, domainauths, spf_lookups
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,7 +97,7 @@ class Verifier:
 
     async def authoritative(
         self, questions: Sequence[tuple[str, str]]
-    ) -> dict[tuple[str, str], domainauths.AtServers]:
+    ) -> dict[tuple[str, str], authoritative_answers.AtServers]:
         """Each question asked at every authoritative nameserver of its zone."""
         results = await asyncio.gather(*(self._at_servers(n, t) for n, t in questions))
         return {
@@ -105,18 +105,18 @@ class Verifier:
             for (name, rtype), result in zip(questions, results, strict=True)
         }
 
-    async def _at_servers(self, name: str, rtype: str) -> domainauths.AtServers:
+    async def _at_servers(self, name: str, rtype: str) -> authoritative_answers.AtServers:
         servers, error = await self._servers_for(name)
         if error is not None:
-            return domainauths.AtServers(error=error)
+            return authoritative_answers.AtServers(error=error)
         answers = await asyncio.gather(
             *(self._ask_host(host, addresses, name, rtype) for host, addresses in servers)
         )
-        return domainauths.AtServers(answers=tuple(answers))
+        return authoritative_answers.AtServers(answers=tuple(answers))
 
     async def _ask_host(
         self, host: str, addresses: tuple[str, ...], name: str, rtype: str
-    ) -> domainauths.ServerAnswer:
+    ) -> authoritative_answers.ServerAnswer:
         """A nameserver answers through any of its addresses (IPv4 first): a cluster without
         IPv6 egress still reaches a server that also has an AAAA record."""
         answer = domainauths.Answer(error="no address")
@@ -125,7 +125,7 @@ class Verifier:
             answer = await self._ask_server(address, name, rtype)
             if answer.error is None:
                 break
-        return domainauths.ServerAnswer(server=f"{host} ({address})", answer=answer)
+        return authoritative_answers.ServerAnswer(server=f"{host} ({address})", answer=answer)
 
     async def _servers_for(
         self, name: str

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from mailfleet_operator.kube import resources
 from mailfleet_operator.logic import (
+    authoritative_answers,
     domainauths,
     key_secrets,
     keys,
@@ -136,9 +137,9 @@ def test_nameserver_parsing(entries: list[str], servers: tuple[tuple[str, int], 
     assert verifying.Nameservers.parse(entries).servers == servers
 
 
-def _at(*answers: tuple[str, domainauths.Answer]) -> domainauths.AtServers:
-    return domainauths.AtServers(
-        answers=tuple(domainauths.ServerAnswer(server=s, answer=a) for s, a in answers)
+def _at(*answers: tuple[str, domainauths.Answer]) -> authoritative_answers.AtServers:
+    return authoritative_answers.AtServers(
+        answers=tuple(authoritative_answers.ServerAnswer(server=s, answer=a) for s, a in answers)
     )
 
 
@@ -156,16 +157,19 @@ def _at(*answers: tuple[str, domainauths.Answer]) -> domainauths.AtServers:
                      False, "DNS lookup failed: Timeout at ns2 (1 of 2 nameservers)",
                      rotating.DnsCheck.FAILED,
                      id="a nameserver that does not answer concludes nothing"),
-        pytest.param(domainauths.AtServers(error="no zone found for x"), False,
+        pytest.param(authoritative_answers.AtServers(error="no zone found for x"), False,
                      "authoritative nameservers unknown: no zone found for x",
                      rotating.DnsCheck.FAILED,
                      id="a zone whose nameservers are unknown concludes nothing"),
     ],
 )
 def test_a_dkim_record_is_published_only_when_every_authoritative_nameserver_returns_it(
-    at: domainauths.AtServers, published: bool, problem: str | None, check: rotating.DnsCheck
+    at: authoritative_answers.AtServers,
+    published: bool,
+    problem: str | None,
+    check: rotating.DnsCheck,
 ) -> None:
-    result = domainauths.check_at_servers(DKIM, at)
+    result = authoritative_answers.check_at_servers(DKIM, at)
     assert (result.published, result.problem) == (published, problem)
     assert domainauths.dkim_checks([result]) == {"mf-1": check}
     if published:
