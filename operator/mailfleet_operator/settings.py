@@ -46,6 +46,13 @@ class Settings(BaseModel):
         ),
     )
     dns_timeout: float = Field(default=3.0, gt=0, description="Seconds per DNS query.")
+    dns_authoritative_port: int = Field(
+        default=53, ge=1, le=65535,
+        description=(
+            "Port on which the zones' authoritative nameservers (found through NS records) "
+            "are asked for DKIM records; 53 everywhere but a test bed."
+        ),
+    )
     step_delay: float = Field(
         default=1.0, ge=0,
         description="Seconds before the next reconcile after a rotation step (one step each).",

@@ -20,6 +20,13 @@ Negative answers need an SOA: the closest enclosing SOA in the data (set one wit
 name's last two labels ("example.test." for "_dmarc.example.test."), which is close enough to a
 real zone cut for a sandbox.
 
+The server is also every zone's nameserver, as a real authoritative server would say: at a zone
+apex (an SOA in the data, or a synthesized one) SOA and NS questions are answered, the NS
+naming `nameserver_name` (default `ns.sandbox.test`), whose A record is the server's own
+address (on 127.0.0.0/8). So a client can find a record's zone and its nameservers and ask
+them directly, as the operator verifies DKIM keys. Static SOA or NS records win (a test gives
+a zone a second nameserver that way).
+
 Records come from the static store (set_records and friends) and from attached sources
 (`attach_source`), callables returning `Record`s on each query (`external_dns` feeds the API
 emulator's DNSEndpoint objects in there, `cluster_dns` its Services and Pods, each returning a
@@ -128,6 +135,13 @@ def _build_rrset(name: str, rtype: str, values: tuple[str, ...], ttl: int) -> dn
     return dns.rrset.from_rdata_list(_to_name(name), ttl, rdatas)
 
 
+def _is_ipv4(text: str) -> bool:
+    try:
+        return ipaddress.ip_address(text).version == 4
+    except ValueError:
+        return False
+
+
 def dnsbl_query_name(zone: str, ip: str) -> dns.name.Name:
     """`4.3.2.1.zen.example.test.` for 1.2.3.4, nibbles for IPv6 (RFC 5782 §2.1, §2.4)."""
     reverse = dns.reversename.from_address(ip)
@@ -149,8 +163,11 @@ class DNSServer:
         *,
         negative_ttl: int = 30,
         udp_payload_limit: int | None = None,
+        nameserver_name: str = "ns.sandbox.test",
     ) -> None:
         self.host = host
+        self.nameserver_name = _to_name(nameserver_name)
+        """The host name the synthesized NS records name; its A record is `host`."""
         self.port = port
         self.negative_ttl = negative_ttl
         """SOA minimum of synthesized SOAs: how long resolvers cache NXDOMAIN/NODATA."""
@@ -432,6 +449,13 @@ class DNSServer:
         if failure is not None:
             response.set_rcode(failure)
             return
+        synthesized = self._synthesize(view, qname, qtype)
+        if synthesized is not None:
+            if len(synthesized):
+                response.answer.append(synthesized)
+            else:
+                response.authority.append(self._soa_for(view, qname))
+            return
         name = qname
         for _hop in range(MAX_CNAME_CHAIN):
             node = view.get(name)
@@ -458,6 +482,28 @@ class DNSServer:
             response.answer.append(dns.rrset.from_rdata_list(name, cname.ttl, list(cname)))
             name = cname[0].target
         response.set_rcode(dns.rcode.SERVFAIL)  # CNAME loop or too long a chain
+
+    def _synthesize(
+        self, view: dict[dns.name.Name, _Node], name: dns.name.Name,
+        qtype: dns.rdatatype.RdataType,
+    ) -> dns.rrset.RRset | None:
+        """This server as the zone's nameserver: SOA and NS at an apex, the A record of
+        `nameserver_name` (an empty rrset: NODATA there). None: answer from the data."""
+        static = view.get(name, {})
+        if qtype in static:
+            return None
+        if name == self.nameserver_name:
+            if qtype == dns.rdatatype.A and _is_ipv4(self.host):
+                return dns.rrset.from_text(name, 300, "IN", "A", self.host)
+            return dns.rrset.RRset(name, dns.rdataclass.IN, qtype)
+        if qtype not in (dns.rdatatype.SOA, dns.rdatatype.NS):
+            return None
+        soa = self._soa_for(view, name)
+        if soa.name != name:
+            return None
+        if qtype == dns.rdatatype.SOA:
+            return soa
+        return dns.rrset.from_text(name, 300, "IN", "NS", self.nameserver_name.to_text())
 
     @staticmethod
     def _add_mx_glue(

@@ -12,7 +12,9 @@ order, duplicates dropped), which is what the zone would hold. An endpoint whose
 valid zone text for its type is skipped with a warning rather than breaking every answer.
 
 `lag` (seconds) delays each change before it is visible in DNS, to model slow propagation;
-status is written when the change becomes visible.
+status is written when the change becomes visible. `max_ttl` caps the TTL records are served
+with, as providers that clamp TTLs do: the sandbox serves its records for a few seconds, so the
+operator's wait of one TTL before a DKIM key counts as Verified stays short in the demo.
 """
 
 from __future__ import annotations
@@ -65,8 +67,8 @@ def _valid(rtype: str, value: str) -> bool:
     return True
 
 
-def endpoint_records(objects: Iterable[JSON],
-                     default_ttl: int = DEFAULT_TTL) -> list[sandbox_dns.Record]:
+def endpoint_records(objects: Iterable[JSON], default_ttl: int = DEFAULT_TTL,
+                     max_ttl: int | None = None) -> list[sandbox_dns.Record]:
     """The record sets a set of DNSEndpoint objects publishes (pure, no I/O)."""
     merged: dict[tuple[str, str], tuple[list[str], int]] = {}
     for obj in sorted(objects, key=lambda o: (o["metadata"].get("namespace", ""),
@@ -87,7 +89,8 @@ def endpoint_records(objects: Iterable[JSON],
             values, _ = merged.setdefault((name, rtype), ([], int(
                 endpoint.get("recordTTL") or default_ttl)))
             values.extend(t for t in good if t not in values)
-    return [sandbox_dns.Record(name, rtype, tuple(values), ttl)
+    return [sandbox_dns.Record(name, rtype, tuple(values),
+                               ttl if max_ttl is None else min(ttl, max_ttl))
             for (name, rtype), (values, ttl) in sorted(merged.items())]
 
 
@@ -118,11 +121,12 @@ class ExternalDNS:
 
     def __init__(self, api: str | Path, server: sandbox_dns.DNSServer, *, lag: float = 0.0,
                  default_ttl: int = DEFAULT_TTL, register_crd: bool = True,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, max_ttl: int | None = None) -> None:
         self.api_url = node_agent.api_server_url(api)
         self.server = server
         self.lag = lag
         self.default_ttl = default_ttl
+        self.max_ttl = max_ttl
         self.register_crd = register_crd
         self._client = node_agent.ApiClient(self.api_url, ssl_context)
         self._informer = node_agent.Informer(self._client, f"/apis/{GROUP}/{VERSION}/dnsendpoints",
@@ -166,7 +170,7 @@ class ExternalDNS:
 
     def _changed(self) -> None:
         objects = [dict(o) for o in self._informer.items.values()]
-        snapshot = endpoint_records(objects, self.default_ttl)
+        snapshot = endpoint_records(objects, self.default_ttl, self.max_ttl)
         task = asyncio.create_task(self._publish(snapshot, objects))
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)

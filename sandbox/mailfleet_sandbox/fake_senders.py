@@ -85,6 +85,8 @@ class FakeSender:
     (SIGSTOP) whose kernel still accepts connections."""
     counts: dict[tuple[str, int], dict[str, int]] = dataclasses.field(default_factory=dict)
     """(ip, sender day) -> sent, delivered, bounced, complained, deferred."""
+    signing: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
+    """domain -> algorithm (rsa, ed25519) -> the DKIM selector the pod reports signing with."""
 
     @property
     def addresses(self) -> list[str]:
@@ -193,6 +195,10 @@ class FakeSenders:
             handoff=wire.HandoffStats(state=sender.handoff),  # type: ignore[arg-type]
             queues={"default": wire.QueueStats(depth=sender.queue)},
             ips=ips,
+            dkim={
+                domain: wire.DKIMDomainStats(selectors=dict(selectors))
+                for domain, selectors in sender.signing.items()
+            },
         )
 
     async def start(self, pod: str, host: str) -> FakeSender:

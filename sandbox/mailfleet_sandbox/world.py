@@ -80,6 +80,10 @@ SENDER_IMAGE = "ghcr.io/mailfleet/sender:0.1.0"
 NODES = ("node-a", "node-b", "node-c")
 OPERATOR_NODE = "node-c"
 DNS_HOST = "127.0.53.1"
+RECORD_TTL = 3
+"""Seconds the sandbox's external-dns stand-in serves records for (publish.ttl is at least
+30): a DKIM key is Verified one TTL after every nameserver shows it, so the demo's rotation
+takes seconds, not minutes."""
 RELAY_HOST = "127.0.30.1"
 SERVING_LABEL = "mailfleet.io/serving"
 """The label the operator puts on pods that take submissions; the client Service selects it."""
@@ -247,7 +251,8 @@ class SandboxWorld:
         self.fleet.set_feedback_target((RELAY_HOST, relay_port), s.feedback_rcpt)
         await self._stack.enter_async_context(self.fleet)
         self.fleet.set_feedback_target((RELAY_HOST, relay_port), s.feedback_rcpt)
-        self.external_dns = external_dns.ExternalDNS(self.api.url, self.dns, ssl_context=tls)
+        self.external_dns = external_dns.ExternalDNS(self.api.url, self.dns, ssl_context=tls,
+                                                     max_ttl=RECORD_TTL)
         await self._stack.enter_async_context(self.external_dns)
         self.cluster_dns = cluster_dns.ClusterDNS(self.api.url, self.dns, ssl_context=tls)
         await self._stack.enter_async_context(self.cluster_dns)
@@ -352,6 +357,8 @@ class SandboxWorld:
         dns = f"{self.dns.host}:{self.dns.port}"
         return {
             "dnsNameservers": [dns], "senderNameservers": [dns],
+            # the zones' nameservers: the sandbox DNS answers NS for its zones with itself
+            "dnsAuthoritativePort": self.dns.port,
             "senderSmtpPort": self.fleet.port, "dnsTimeout": 1, "stepDelay": 0.2,
             "errorDelay": 1, "warmupDaySeconds": s.warmup_day_seconds,
             "leaseDuration": s.lease_duration, "leaseRenewInterval": s.lease_renew_interval,

@@ -23,6 +23,7 @@ NOT_UNDER_OPERATOR = {
 EVERY_SETTING: dict[str, Any] = {
     "logLevel": "DEBUG", "logFormat": "text", "httpPort": 10000,
     "dnsNameservers": ["10.0.0.10:53", "10.0.0.11"], "dnsTimeout": 1.5, "stepDelay": 0.5,
+    "dnsAuthoritativePort": 5353,
     "stallChecks": 5, "errorDelay": 7, "senderNameservers": ["10.0.0.12"],
     "senderSmtpPort": 2525, "leaseDuration": 20, "leaseRenewInterval": 4,
     "leaseClockSkew": 2.5, "podAdminTimeout": 3, "statsInterval": 15, "drainTimeout": 1000000,

@@ -140,8 +140,9 @@ async def test_externaldns_mode_writes_one_owned_dnsendpoint_and_deletion_remove
     kube_api.delete(API_VERSION, "DomainAuth", NAME, "default")
     await wait_for(lambda: endpoint() is None, message="DNSEndpoint removed")
     assert "StillReferenced" in events(kube_api)
+    # keyRetention: Retain (the default): the private key outlives its DomainAuth.
     await kube_api.settle()
-    await wait_for(lambda: not key_secrets(kube_api), message="key Secrets collected")
+    assert set(key_secrets(kube_api)) == {"mf-1"}
 
 
 @pytest.mark.parametrize(
@@ -188,8 +189,17 @@ async def test_a_key_secret_edited_to_hold_garbage_is_reported_and_never_overwri
         await wait_for(lambda: key_states(kube_api) == {"mf-1": "Active"})
     garbage = base64.b64encode(b"-----BEGIN PRIVATE KEY-----\ngarbage\n").decode()
     secret = key_secrets(kube_api)["mf-1"]
-    kube_api.patch("v1", "Secret", secret["metadata"]["name"],
-                   {"data": {"private.pem": garbage}}, "default")
+    # Key Secrets are immutable: an edit of the key is refused by the API server...
+    with pytest.raises(ApiError, match="immutable"):
+        kube_api.patch("v1", "Secret", secret["metadata"]["name"],
+                       {"data": {"private.pem": garbage}}, "default")
+    # ...so garbage gets there only by replacing the Secret, labels and annotations kept.
+    kube_api.delete("v1", "Secret", secret["metadata"]["name"], "default")
+    replacement = {k: v for k, v in secret.items() if k in ("apiVersion", "kind", "type")}
+    replacement["metadata"] = {k: secret["metadata"][k]
+                               for k in ("name", "namespace", "labels", "annotations")}
+    replacement["data"] = {**secret["data"], "private.pem": garbage}
+    kube_api.create(replacement)
     invalid = await wait_for(
         lambda: cond(kube_api, "DKIMReady").get("reason") == "SecretInvalid"
         and cond(kube_api, "DKIMReady"),
@@ -198,8 +208,64 @@ async def test_a_key_secret_edited_to_hold_garbage_is_reported_and_never_overwri
     assert "example-com-dkim-mf-1" in invalid["message"]
     assert "garbage" not in invalid["message"]
     # Still there as the user left it, no second key, and the operator keeps reconciling.
-    before = domainauth(kube_api)["status"]["records"][0]["checkedAt"]
-    await wait_for(lambda: domainauth(kube_api)["status"]["records"][0]["checkedAt"] != before)
+    asked = dns_server.query_count("_dmarc.example.com", "TXT")
+    await wait_for(lambda: dns_server.query_count("_dmarc.example.com", "TXT") >= asked + 2)
     secrets = key_secrets(kube_api)
     assert set(secrets) == {"mf-1"}
     assert secrets["mf-1"]["data"]["private.pem"] == garbage
+
+
+def gone(api: ApiServer) -> bool:
+    try:
+        domainauth(api)
+    except ApiError:
+        return True
+    return False
+
+
+async def test_a_deleted_and_recreated_domainauth_keeps_and_adopts_its_private_keys(
+    operator: OperatorRunner, kube_api: ApiServer, dns_server: DNSServer
+) -> None:
+    create_domainauth(kube_api, {})
+    async with publisher(kube_api, dns_server):
+        await wait_for(lambda: key_states(kube_api) == {"mf-1": "Active"})
+    before = key_secrets(kube_api)["mf-1"]
+    assert not before["metadata"].get("ownerReferences")  # keyRetention: Retain
+    assert before.get("immutable") is True
+
+    kube_api.delete(API_VERSION, "DomainAuth", NAME, "default")
+    await wait_for(lambda: gone(kube_api), message="DomainAuth deleted")
+    await kube_api.settle()  # garbage collection has had its chance
+    kept = key_secrets(kube_api)
+    assert set(kept) == {"mf-1"}
+    assert kept["mf-1"]["data"] == before["data"]
+    assert "KeysRetained" in events(kube_api)
+
+    # Re-created (by a GitOps tool, a restore, a mistake): the same key signs on.
+    create_domainauth(kube_api, {})
+    async with publisher(kube_api, dns_server):
+        await wait_for(lambda: key_states(kube_api) == {"mf-1": "Active"})
+    after = key_secrets(kube_api)
+    assert set(after) == {"mf-1"}
+    assert after["mf-1"]["metadata"]["uid"] == before["metadata"]["uid"]
+    assert after["mf-1"]["data"]["private.pem"] == before["data"]["private.pem"]
+    assert events(kube_api).count("KeyGenerated") == 1
+
+
+async def test_key_retention_delete_owns_the_keys_so_they_go_with_the_domainauth(
+    operator: OperatorRunner, kube_api: ApiServer, dns_server: DNSServer
+) -> None:
+    create_domainauth(kube_api, {})
+    await wait_for(lambda: "mf-1" in key_secrets(kube_api))
+    kube_api.patch(API_VERSION, "DomainAuth", NAME,
+                   {"spec": {"dkim": {"keyRetention": "Delete"}}}, "default")
+    uid = domainauth(kube_api)["metadata"]["uid"]
+    await wait_for(
+        lambda: [o["uid"] for o in key_secrets(kube_api)["mf-1"]["metadata"].get(
+            "ownerReferences") or []] == [uid],
+        message="the DomainAuth owns its key",
+    )
+    kube_api.delete(API_VERSION, "DomainAuth", NAME, "default")
+    await wait_for(lambda: gone(kube_api), message="DomainAuth deleted")
+    await kube_api.settle()
+    await wait_for(lambda: not key_secrets(kube_api), message="key Secrets collected")

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
+import datetime
 import email.utils
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -14,9 +16,13 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
+from mailfleet_sandbox import fake_senders
 from mailfleet_sandbox.dns import DNSServer
+from mailfleet_sandbox.fake_senders import FakeSender, FakeSenders, free_port
 from mailfleet_sandbox.kube import ApiServer
 from sandbox_fixtures.operator import (
+    API_VERSION,
+    NAME,
     OperatorRunner,
     condition,
     create_domainauth,
@@ -131,14 +137,16 @@ async def test_a_wrong_key_in_dns_never_becomes_active(
             return None
 
         await wait_for(lambda: "different key" in (problem() or ""), within=20)
-        # Several verifications later it still has not switched.
+        # Several verifications later (each asks the nameserver again) it still has not
+        # switched, and a check that finds DNS unchanged does not rewrite the status.
         first_check = problem()
-        for _ in range(3):
-            before = domainauth(kube_api)["status"]["records"][0]["checkedAt"]
-            await wait_for(
-                lambda b=before: domainauth(kube_api)["status"]["records"][0]["checkedAt"] != b,
-                within=20,
-            )
+        records_before = domainauth(kube_api)["status"]["records"]
+        asked = dns_server.query_count("mf-2._domainkey.example.com", "TXT")
+        await wait_for(
+            lambda: dns_server.query_count("mf-2._domainkey.example.com", "TXT") >= asked + 3,
+            within=20,
+        )
+        assert domainauth(kube_api)["status"]["records"] == records_before
         assert key_states(kube_api)["mf-2"] == "Published"
         assert domainauth(kube_api)["status"]["activeSelector"] == "mf-1"
         assert problem() == first_check
@@ -208,3 +216,129 @@ async def test_mail_signed_with_the_active_key_verifies_with_dkimpy_against_dns(
         assert ok, f"{key['selector']} did not verify"
         tampered = signed.replace(b"Hello there.", b"Hello thar.")
         assert not await asyncio.to_thread(dkim.verify, tampered, dnsfunc=dnsfunc)
+
+
+# --- retirement waits for the pools ----------------------------------------------------------
+
+POD_HOST = "127.0.0.81"  # the fake sender pod of the pool answers here
+
+
+@contextlib.asynccontextmanager
+async def signing_pool(
+    api: ApiServer, kubeconfig: Path, dns_server: DNSServer
+) -> AsyncIterator[FakeSender]:
+    """An operator (stats read every 0.3 s) and a SendingPool `mail` signing for the domain,
+    its one pod a fake sender whose `signing` report the test sets."""
+    port = free_port(POD_HOST)
+    fleet = FakeSenders(port)
+    runner = OperatorRunner(operator_settings(kubeconfig, dns_server, stats_interval=0.3,
+                                              lease_renew_interval=1.0))
+    install_crds(api)
+    await runner.start()
+    api.create(fake_senders.pool_body("mail", port=port, ips=["192.0.2.10"],
+                                      domains=[NAME]))
+
+    async def kubelet() -> None:
+        while True:
+            for pod in api.list("v1", "Pod", "default", label_selector="mailfleet.io/pool=mail"):
+                if not (pod.get("status") or {}).get("podIP"):
+                    await fleet.start(pod["metadata"]["name"], POD_HOST)
+                    await api.set_pod_status("default", pod["metadata"]["name"], ready=True,
+                                             pod_ip=POD_HOST)
+            await asyncio.sleep(0.05)
+
+    task = asyncio.create_task(kubelet())
+    try:
+        await wait_for(lambda: "mail-0" in fleet.pods, message="the pool's pod")
+        yield fleet["mail-0"]
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await runner.stop()
+        await fleet.stop()
+
+
+def pool_signing(api: ApiServer) -> set[str]:
+    status = api.get(API_VERSION, "SendingPool", "mail", "default").get("status") or {}
+    return {e["selector"] for e in status.get("dkim") or [] if e["domain"] == "example.com"}
+
+
+def parse_time(text: str) -> datetime.datetime:
+    return datetime.datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+async def test_a_replaced_key_retires_only_after_the_pool_signs_with_the_new_one_and_the_overlap(
+    kube_api: ApiServer, kubeconfig: Path, dns_server: DNSServer
+) -> None:
+    overlap = datetime.timedelta(seconds=3)
+    async with signing_pool(kube_api, kubeconfig, dns_server) as pod, \
+            publisher(kube_api, dns_server):
+        create_domainauth(kube_api, {"dkim": {"overlap": "3s"}})
+        await wait_for(lambda: key_states(kube_api) == {"mf-1": "Active"}, message="mf-1")
+        pod.signing = {"example.com": {"rsa": "mf-1"}}
+        await wait_for(lambda: pool_signing(kube_api) == {"mf-1"}, message="pool reports mf-1")
+        rotate(kube_api, "now")
+        await wait_for(lambda: key_states(kube_api).get("mf-2") == "Active", message="switch")
+
+        # The pod still signs with mf-1 (a paused or frozen pool would): however long that
+        # lasts, mf-1 stays Active and published, and DKIMReady says who holds it.
+        asked = dns_server.query_count("mf-2._domainkey.example.com", "TXT")
+        await wait_for(
+            lambda: dns_server.query_count("mf-2._domainkey.example.com", "TXT") >= asked + 5,
+            message="five checks", within=30,
+        )
+        assert key_states(kube_api) == {"mf-1": "Active", "mf-2": "Active"}
+        ready = condition(domainauth(kube_api), "DKIMReady")
+        assert ready is not None and "SendingPool mail still signs with mf-1" in ready["message"]
+        assert dns_server.txt_values("mf-1._domainkey.example.com")  # still published
+
+        switched = datetime.datetime.now(datetime.UTC)
+        pod.signing = {"example.com": {"rsa": "mf-2"}}
+        retiring = await wait_for(
+            lambda: next((k for k in domainauth(kube_api)["status"]["dkim"]["keys"]
+                          if k["selector"] == "mf-1" and k["state"] == "Retiring"), None),
+            message="mf-1 Retiring", within=30,
+        )
+        began = parse_time(retiring["retiringSince"])
+        assert began >= switched  # only once the pod said it signs with mf-2
+        assert pool_signing(kube_api) == {"mf-2"}
+        await wait_for(lambda: key_states(kube_api).get("mf-1") == "Retired", within=30,
+                       message="mf-1 Retired")
+        secret = key_secrets(kube_api)["mf-1"]
+        ended = parse_time(secret["metadata"]["annotations"]["mailfleet.io/dkim-state-since"])
+        assert ended - began >= overlap
+    assert "KeyRetiring" in events(kube_api)
+
+
+async def test_a_record_missing_at_one_authoritative_nameserver_keeps_the_key_from_verified(
+    operator: OperatorRunner, kube_api: ApiServer, dns_server: DNSServer
+) -> None:
+    # example.com has two nameservers; the second (same port, 127.0.0.2) lags behind.
+    dns_server.set_records("example.com", "NS", ["ns1.example.com.", "ns2.example.com."])
+    dns_server.set_records("ns1.example.com", "A", [dns_server.host])
+    dns_server.set_records("ns2.example.com", "A", ["127.0.0.2"])
+    async with DNSServer("127.0.0.2", dns_server.port) as second:
+        create_domainauth(kube_api, {})
+        async with publisher(kube_api, dns_server), publisher(kube_api, second):
+            await wait_for(lambda: key_states(kube_api) == {"mf-1": "Active"}, message="mf-1")
+        rotate(kube_api, "now")
+        lagging = True
+        async with publisher(kube_api, dns_server), publisher(
+            kube_api, second, hold=lambda n: lagging and n.startswith("mf-2.")
+        ):
+            await wait_for(lambda: key_states(kube_api).get("mf-2") == "Published")
+            # The resolver (the first server) returns the key; the second server does not.
+            await wait_for(lambda: dns_server.txt_values("mf-2._domainkey.example.com"))
+            asked = dns_server.query_count("mf-2._domainkey.example.com", "TXT")
+            await wait_for(
+                lambda: dns_server.query_count("mf-2._domainkey.example.com", "TXT") >= asked + 4,
+                within=30, message="four checks",
+            )
+            assert key_states(kube_api)["mf-2"] == "Published"
+            record = next(r for r in domainauth(kube_api)["status"]["records"]
+                          if r["name"] == "mf-2._domainkey.example.com")
+            assert not record["published"]
+            assert "ns2.example.com (127.0.0.2)" in record["problem"]
+            lagging = False
+            await wait_for(lambda: key_states(kube_api).get("mf-2") == "Active", within=30)

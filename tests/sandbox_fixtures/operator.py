@@ -228,6 +228,8 @@ def operator_settings(
         "http_host": "127.0.0.1",
         "http_port": 0,
         "dns_nameservers": (f"{dns.host}:{dns.port}",),
+        # the zones' nameservers (NS records the sandbox DNS serves) answer on its port
+        "dns_authoritative_port": dns.port,
         "dns_timeout": 1.0,
         "step_delay": 0.1,
         "error_delay": 0.5,
@@ -255,6 +257,8 @@ async def operator(
 # --- DomainAuth helpers (shared by the test_domainauth_* modules) -----------------------
 
 NAME = "example-com"
+PUBLISH_TTL = 1
+"""TTL of the records `publisher` writes: short, so a key's TTL wait takes a second."""
 
 
 def create_domainauth(api: ApiServer, spec: dict[str, Any], name: str = NAME) -> None:
@@ -294,9 +298,11 @@ def rotate(api: ApiServer, value: str) -> None:
 @contextlib.asynccontextmanager
 async def publisher(
     api: ApiServer, dns_server: DNSServer, *, hold: Callable[[str], bool] = lambda _n: False,
+    ttl: int = PUBLISH_TTL,
 ) -> AsyncIterator[None]:
     """Copy status.records into DNS continuously, like a diligent human (or external-dns)
-    would; names for which `hold(name)` is true are left alone."""
+    would; names for which `hold(name)` is true are left alone. Records get a short `ttl`
+    (the key's TTL wait before Verified is one of it)."""
 
     async def loop() -> None:
         while True:
@@ -304,7 +310,7 @@ async def publisher(
             wanted = {(r["name"], r["type"]): r["value"] for r in status.get("records") or []}
             for (name, rtype), value in wanted.items():
                 if not hold(name) and dns_server.records(name, rtype) != [value]:
-                    dns_server.set_records(name, rtype, [value])
+                    dns_server.set_records(name, rtype, [value], ttl=ttl)
             for name in dns_server.names():
                 if "._domainkey." in name and (name, "TXT") not in wanted and not hold(name):
                     dns_server.remove_records(name, "TXT")

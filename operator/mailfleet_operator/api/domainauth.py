@@ -35,6 +35,7 @@ SHORT_NAMES = ("da",)
 
 DKIMAlgorithm = Literal["rsa-2048", "rsa-3072", "ed25519", "dual"]
 KeyAlgorithm = Literal["rsa-2048", "rsa-3072", "ed25519"]
+KeyRetention = Literal["Retain", "Delete"]
 KeyState = Literal["Pending", "Published", "Verified", "Active", "Retiring", "Retired"]
 DMARCPolicy = Literal["none", "quarantine", "reject"]
 Alignment = Literal["r", "s"]
@@ -85,10 +86,11 @@ class DKIM(SpecModel):
         ),
     )
     overlap: Annotated[Duration, common.at_least("1h")] = Field(
-        default="7d",
+        default="1h",
         description=(
-            "How long a retired key stays published so mail in flight still verifies; at "
-            "least 1h, as receivers verify queued and retried mail long after it was signed."
+            "How long a replaced key stays published once no pool signs with it, so mail "
+            "signed with it still verifies; at least 1h and at least the TTL of its record "
+            "(receivers verify queued and retried mail long after it was signed)."
         ),
     )
     revision_history_limit: int = Field(
@@ -96,6 +98,14 @@ class DKIM(SpecModel):
         ge=0,
         le=10,
         description="Retired keys kept (as Secrets) after their record is removed.",
+    )
+    key_retention: KeyRetention = Field(
+        default="Retain",
+        description=(
+            "Retain: the private-key Secrets outlive the DomainAuth (no owner reference), and "
+            "a DomainAuth re-created with the same name and domain adopts them; Delete: they "
+            "are owned by the DomainAuth and garbage-collected with it."
+        ),
     )
 
 
@@ -262,7 +272,11 @@ class DNSRecord(StatusModel):
     value: str = Field(description="Record value as it should be published.")
     published: bool = Field(default=False, description="Whether DNS served exactly this value.")
     checked_at: datetime.datetime | None = Field(
-        default=None, description="When DNS was last checked."
+        default=None,
+        description=(
+            "When a check first found DNS as `published` and `problem` say (checks that find "
+            "nothing new do not rewrite it)."
+        ),
     )
     problem: str | None = Field(default=None, description="What is wrong, when not published.")
 

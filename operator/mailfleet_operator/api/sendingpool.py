@@ -843,6 +843,13 @@ class Deliveries(StatusModel):
     )
 
 
+class SigningSelector(StatusModel):
+    """A DKIM selector the pool's pods sign a domain's mail with."""
+
+    domain: str = Field(description="The signing domain (a DomainAuth's spec.domain).")
+    selector: str = Field(description="The selector, as the pods report it.")
+
+
 class SendingPoolStatus(StatusModel):
     """Observed state of a SendingPool."""
 
@@ -879,6 +886,19 @@ class SendingPoolStatus(StatusModel):
         default=0, alias="activeIPs", ge=0, description="Number of IPs in state Active."
     )
     queue_depth: int = Field(default=0, ge=0, description="Messages queued over every class.")
+    dkim: list[SigningSelector] = Field(
+        default_factory=list,
+        description=(
+            "The DKIM selectors the pods report signing with, per domain. A pod that did not "
+            "answer keeps the previous entries in place, so a selector leaves the list only "
+            "once every pod has stopped signing with it; a DomainAuth retires a replaced key "
+            "only once every pool signing for its domain lists the new selector alone."
+        ),
+        json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["domain", "selector"],
+        },
+    )
 
 
 class SendingPool(SpecModel):

@@ -109,8 +109,9 @@ async def _sleep(stopped: kopf.DaemonStopped, wake: asyncio.Event, seconds: floa
 async def domainauth_deleted(
     *, body: kopf.Body, memo: Any, namespace: str | None, name: str, **_: Any
 ) -> None:
-    """Warn when pools still sign for the domain; remove the DNSEndpoint now (its Secrets go
-    by owner reference)."""
+    """Warn when pools still sign for the domain; remove the DNSEndpoint now. Key Secrets
+    stay with `keyRetention: Retain` (the default: a DomainAuth re-created with the same
+    name and domain adopts them) and go by owner reference with `Delete`."""
     ctx: context.Context = memo.ctx
     raw = dict(body)
     pools = reconciler.referencing_pools(
@@ -130,3 +131,18 @@ async def domainauth_deleted(
             now=ctx.clock.now(),
         )
     await reconciler.delete_dns_endpoint(ctx, raw)
+    retention = ((raw.get("spec") or {}).get("dkim") or {}).get("keyRetention", "Retain")
+    if retention == "Retain":
+        kept = await reconciler.key_secret_names(ctx, raw)
+        if kept:
+            await ctx.client.post_event(
+                regarding=raw,
+                type_="Normal",
+                reason="KeysRetained",
+                message=(
+                    f"{len(kept)} private-key Secret(s) kept (keyRetention: Retain); a "
+                    f"DomainAuth {name} for the same domain adopts them. Remove them with "
+                    f"kubectl delete secret -l mailfleet.io/domainauth={name}"
+                ),
+                now=ctx.clock.now(),
+            )

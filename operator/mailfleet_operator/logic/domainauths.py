@@ -44,6 +44,8 @@ class Answer:
 
     values: tuple[str, ...] = ()
     error: str | None = None
+    ttl: int | None = None
+    """Seconds the record may be cached, as an authoritative nameserver serves it."""
 
 
 Answers = Mapping[tuple[str, str], Answer]
@@ -60,6 +62,10 @@ class RecordCheck:
     problem: str | None
     failed: bool = False
     """The lookup itself failed: no verdict on the record."""
+    absent: bool = False
+    """DNS answered that the record is not there (at some nameserver)."""
+    ttl: int | None = None
+    """The longest TTL the authoritative nameservers serve the record with."""
 
 
 # --- desired records ---------------------------------------------------------------------------
@@ -179,11 +185,11 @@ def check_record(record: records.DnsRecord, answer: Answer | None) -> RecordChec
         got = [v.lower().rstrip(".") for v in answer.values]
         if got == [record.value.lower()]:
             return RecordCheck(record, True, None)
-        return RecordCheck(record, False, _absent_or_other(got))
+        return RecordCheck(record, False, _absent_or_other(got), absent=not got)
     relevant, same = _matcher(record)
     found = [v for v in answer.values if relevant(v)]
     if not found:
-        return RecordCheck(record, False, "not in DNS")
+        return RecordCheck(record, False, "not in DNS", absent=True)
     if len(found) > 1:
         what = {"spf": "SPF records", "dmarc": "DMARC records", "bimi": "BIMI records"}.get(
             record.family, "records"
@@ -192,7 +198,7 @@ def check_record(record: records.DnsRecord, answer: Answer | None) -> RecordChec
             record, False, f"{len(found)} {what} at {record.name}, exactly one is allowed"
         )
     if same(found[0], record.value):
-        return RecordCheck(record, True, None)
+        return RecordCheck(record, True, None, ttl=answer.ttl)
     if record.family == "dkim":
         return RecordCheck(record, False, "DNS returns a different key for this selector")
     return RecordCheck(record, False, f"DNS returns a different value: {found[0]!r}")
@@ -224,7 +230,7 @@ def dkim_checks(checks: Sequence[RecordCheck]) -> dict[str, rotating.DnsCheck]:
             out[selector] = rotating.DnsCheck.MATCH
         elif check.failed:
             out[selector] = rotating.DnsCheck.FAILED
-        elif check.problem == "not in DNS":
+        elif check.absent:
             out[selector] = rotating.DnsCheck.ABSENT
         else:
             out[selector] = rotating.DnsCheck.MISMATCH
@@ -244,8 +250,10 @@ def dkim_verdict(
     checks: Sequence[RecordCheck],
     error: str | None,
     next_rotation_at: datetime.datetime | None,
+    waiting_for: Sequence[str] = (),
 ) -> conditions.Verdict:
-    """DKIMReady: true when an Active key exists and DNS returns exactly its record."""
+    """DKIMReady: true when an Active key exists and DNS returns exactly its record; the
+    message says which pools hold the replaced key's retirement."""
     kind = domainauth.DKIM_READY
     if error:
         return conditions.Verdict(kind, False, "InvalidSpec", error)
@@ -272,8 +280,18 @@ def dkim_verdict(
                 f"Active selector {'+'.join(current.selectors)}: {problem}; publish {hint}",
             )
         when = f"; next rotation at {_rfc3339(next_rotation_at)}" if next_rotation_at else ""
+        replaced = [
+            "+".join(g.selectors) for g in active[:-1]
+        ]
+        held = (
+            f"; {', '.join(replaced)} retires once every pool signs with "
+            f"{'+'.join(current.selectors)}: {'; '.join(waiting_for)}"
+            if replaced and waiting_for
+            else ""
+        )
         return conditions.Verdict(
-            kind, True, "KeyActive", f"signing with selector {'+'.join(current.selectors)}{when}"
+            kind, True, "KeyActive",
+            f"signing with selector {'+'.join(current.selectors)}{when}{held}",
         )
     broken = next((g for g in generations if g.problem), None)
     if broken is not None:
@@ -284,9 +302,10 @@ def dkim_verdict(
     waiting = [c for c in checks if c.record.family == "dkim" and not c.published]
     if waiting:
         first = waiting[0]
-        reason = {
-            "not in DNS": "AwaitingDNS",
-        }.get(first.problem or "", "LookupFailed" if first.failed else "WrongKeyInDNS")
+        reason = (
+            "AwaitingDNS" if first.absent
+            else ("LookupFailed" if first.failed else "WrongKeyInDNS")
+        )
         return conditions.Verdict(
             kind, False, reason,
             f"no Active key yet: {first.problem}; publish {_publish_hint(first.record)}",
@@ -337,7 +356,7 @@ def family_verdict(
             problem = check.problem or ""
             if " records at " in problem:
                 reason = "DuplicateRecords"
-            elif problem == "not in DNS":
+            elif check.absent:
                 reason = "NotPublished"
             else:
                 reason = "WrongValue"
@@ -426,10 +445,17 @@ def _rsa_first(generation: rotating.Generation) -> list[str]:
 
 
 def record_status(
-    checks: Sequence[RecordCheck], *, checked_at: datetime.datetime | None
+    checks: Sequence[RecordCheck],
+    *,
+    checked_at: datetime.datetime | None,
+    previous: Sequence[domainauth.DNSRecord] = (),
 ) -> list[domainauth.DNSRecord]:
-    return [
-        domainauth.DNSRecord(
+    """Status of each record. `checkedAt` moves only when the verdict on the record changes:
+    a check that finds DNS as it was writes nothing (status is not a heartbeat)."""
+    before = {(r.name, r.type, r.value): r for r in previous}
+    out = []
+    for c in checks:
+        entry = domainauth.DNSRecord(
             name=c.record.name,
             type=c.record.type,
             value=c.record.value,
@@ -437,8 +463,11 @@ def record_status(
             checked_at=checked_at,
             problem=c.problem,
         )
-        for c in checks
-    ]
+        old = before.get((entry.name, entry.type, entry.value))
+        if old is not None and (old.published, old.problem) == (entry.published, entry.problem):
+            entry = entry.model_copy(update={"checked_at": old.checked_at})
+        out.append(entry)
+    return out
 
 
 def dns_endpoint_spec(desired: Desired, *, ttl: int) -> dict[str, Any]:

@@ -7,8 +7,10 @@ it was, and a status lost or rewritten by hand changes nothing.
 Layout, one Secret per selector (the contract with the SendingPool controller and senders):
 
     name         <domainauth>-dkim-<selector>        e.g. example-com-dkim-mf-3
-    type         Opaque
-    owner        the DomainAuth (controller reference: deleted with it)
+    type         Opaque, immutable (the key material never changes; annotations may)
+    owner        none with `keyRetention: Retain` (the default): the keys outlive the
+                 DomainAuth, and one re-created with the same name and domain adopts them;
+                 the DomainAuth (controller reference) with `keyRetention: Delete`
     labels       app.kubernetes.io/managed-by=mailfleet
                  mailfleet.io/domainauth=<domainauth>   mailfleet.io/selector=<selector>
                  mailfleet.io/dkim-generation=<n>
@@ -16,12 +18,14 @@ Layout, one Secret per selector (the contract with the SendingPool controller an
                  mailfleet.io/dkim-algorithms (the generation's, comma-separated),
                  mailfleet.io/dkim-generation, mailfleet.io/dkim-state (Pending..Retired),
                  mailfleet.io/dkim-state-since, mailfleet.io/dkim-created-at,
-                 mailfleet.io/dkim-activated-at, mailfleet.io/rotate-trigger
+                 mailfleet.io/dkim-activated-at, mailfleet.io/rotate-trigger,
+                 mailfleet.io/dkim-seen-at (when every authoritative nameserver first
+                 returned the record; the TTL wait before Verified counts from it)
     data         private.pem   PKCS#8 PEM, unencrypted
                  public.txt    the DNS TXT record value (v=DKIM1; k=...; p=...), for humans
 
-The operator never rewrites `data` of an existing Secret: a key is created once. Only the
-state annotations change.
+The operator never rewrites `data` of an existing Secret (the API server refuses it too): a
+key is created once. Only the state annotations and the owner reference change.
 """
 
 from __future__ import annotations
@@ -48,6 +52,7 @@ ANNOTATION_ALGORITHMS = PREFIX + "dkim-algorithms"
 ANNOTATION_GENERATION = PREFIX + "dkim-generation"
 ANNOTATION_TRIGGER = PREFIX + "rotate-trigger"
 ANNOTATION_DOMAIN = PREFIX + "domain"
+ANNOTATION_SEEN_AT = PREFIX + "dkim-seen-at"
 ROTATE_ANNOTATION = PREFIX + "rotate"
 PRIVATE_KEY = "private.pem"
 PUBLIC_RECORD = "public.txt"
@@ -99,6 +104,7 @@ def key_secret_body(
     stamp = format_time(now)
     return {
         "type": "Opaque",
+        "immutable": True,
         "metadata": {
             "name": secret_name(domainauth=domainauth, selector=selector),
             "labels": {
@@ -135,6 +141,12 @@ def state_annotations(
     return patch
 
 
+def seen_annotations(*, seen_at: datetime.datetime | None) -> dict[str, str | None]:
+    """The annotation patch recording (or, with None, forgetting) when DNS showed the key
+    at every authoritative nameserver."""
+    return {ANNOTATION_SEEN_AT: format_time(seen_at) if seen_at is not None else None}
+
+
 @dataclasses.dataclass(frozen=True)
 class KeySecret:
     """One Secret as read: its key (public half) and its recorded state."""
@@ -146,6 +158,18 @@ class KeySecret:
     created_at: datetime.datetime
     algorithms: tuple[keys.KeyAlgorithm, ...]
     trigger: str
+    domain: str = ""
+    """The domain the key was made for (annotation)."""
+    owner_references: tuple[Mapping[str, Any], ...] = ()
+    """The Secret's owner references (a DomainAuth's with `keyRetention: Delete`)."""
+    seen_at: datetime.datetime | None = None
+    immutable: bool = False
+    """Whether the API server refuses changes of the data (Secrets made before keys were
+    created immutable are made so)."""
+
+    @property
+    def owner_uids(self) -> tuple[str, ...]:
+        return tuple(str(o.get("uid", "")) for o in self.owner_references)
 
 
 def read_key_secret(secret: Mapping[str, Any], *, now: datetime.datetime) -> KeySecret | None:
@@ -185,6 +209,12 @@ def read_key_secret(secret: Mapping[str, Any], *, now: datetime.datetime) -> Key
         except ValueError:
             times[annotation] = now
             problems.append(f"annotation {annotation} is not a time")
+    seen_at = None
+    if annotations.get(ANNOTATION_SEEN_AT):
+        try:
+            seen_at = parse_time(str(annotations[ANNOTATION_SEEN_AT]))
+        except ValueError:
+            seen_at = None  # not seen: the TTL wait simply starts again
     activated_at = None
     if annotations.get(ANNOTATION_ACTIVATED_AT):
         try:
@@ -215,6 +245,12 @@ def read_key_secret(secret: Mapping[str, Any], *, now: datetime.datetime) -> Key
         created_at=times[ANNOTATION_CREATED_AT],
         algorithms=algorithms,
         trigger=str(annotations.get(ANNOTATION_TRIGGER, "")),
+        domain=str(annotations.get(ANNOTATION_DOMAIN, "")),
+        owner_references=tuple(
+            dict(o) for o in metadata.get("ownerReferences") or [] if isinstance(o, Mapping)
+        ),
+        seen_at=seen_at,
+        immutable=secret.get("immutable") is True,
     )
 
 
@@ -241,6 +277,11 @@ def group_generations(secrets: Sequence[KeySecret]) -> list[rotating.Generation]
                 state_since=laggard.state_since,
                 trigger=members[0].trigger,
                 problem="; ".join(problems) or None,
+                seen_at=(
+                    None
+                    if any(m.seen_at is None for m in members)
+                    else max(m.seen_at for m in members if m.seen_at is not None)
+                ),
             )
         )
     return generations

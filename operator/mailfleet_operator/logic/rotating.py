@@ -1,21 +1,30 @@
 """The DKIM rotation state machine: one pure step from what exists to what should change.
 
-No I/O. The reconciler gathers the key generations (from their Secrets), what DNS answers for
-each selector, the time and the rotate annotation; `plan_rotation` returns at most one
-transition (each one an event and a status change, so a rotation can be followed in
-`kubectl describe` and resumed after a restart at any point), plus housekeeping.
+No I/O. The reconciler gathers the key generations (from their Secrets), what the zone's
+authoritative nameservers answer for each selector (and with which TTL), what the SendingPools
+signing for the domain report they sign with, the time and the rotate annotation;
+`plan_rotation` returns at most one transition (each one an event and a status change, so a
+rotation can be followed in `kubectl describe` and resumed after a restart at any point), plus
+housekeeping.
 
 A *generation* is the set of keys created together: one key, or two for `dual` (RSA and
 Ed25519, which rotate together because the sender signs with both). Its life:
 
     Pending    key stored in its Secret, record not yet emitted
     Published  record emitted (DNSEndpoint written or listed in status for manual publishing)
-    Verified   a DNS query returned exactly its key, for every selector of the generation
+    Verified   every authoritative nameserver of the zone returns exactly its key, for every
+               selector of the generation, and has done so for one TTL of the record (so no
+               resolver still holds an older answer)
     Active     the pools sign with it (the switch happens on the reconcile after Verified,
-               and only if DNS still returns the key)
-    Retiring   replaced, still published for `overlap` so that mail signed just before the
-               switch still verifies at receivers
+               and only if DNS still returns the key). The Active key it replaces stays
+               Active, as the pods' fallback, until every pool reports signing with the new one
+    Retiring   no pool signs with it any more; still published for the overlap (at least one
+               TTL of its record) so that mail signed with it still verifies at receivers
     Retired    record withdrawn; its Secret is kept for `revisionHistoryLimit` generations
+
+Why retirement waits for the pools: a pool whose pods never got the new key (paused, frozen,
+unreachable) keeps signing with the old one, and a key whose record is withdrawn fails every
+message signed with it. Time since the switch proves nothing; only the pods' reports do.
 
 Triggers for a new generation: none is Active and none is on its way, the
 Active one is older than `rotateEvery`, the `mailfleet.io/rotate` annotation holds a value no
@@ -75,6 +84,9 @@ class Generation:
     """The rotate-annotation value this generation was created for."""
     problem: str | None = None
     """Why the generation's key material cannot be used (unreadable Secret, ...)."""
+    seen_at: datetime.datetime | None = None
+    """When every authoritative nameserver first returned every selector's record (the TTL
+    wait before Verified counts from here); None while not seen everywhere."""
 
     @property
     def complete(self) -> bool:
@@ -94,12 +106,25 @@ class Policy:
     history_limit: int
     stall_after: datetime.timedelta
     """How long a generation may sit in Published before the rotation is reported stalled."""
+    default_ttl: datetime.timedelta = datetime.timedelta(seconds=300)
+    """The records' TTL when DNS did not tell (the TTL the spec publishes with)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSigning:
+    """What one SendingPool that signs for the domain reports its pods sign with."""
+
+    pool: str
+    selectors: frozenset[str]
+    """Selectors reported for the domain; empty when the pool reports none (no pod running,
+    no report yet, or mail held), which proves nothing and so holds retirement."""
 
 
 class TransitionKind(enum.StrEnum):
     CREATE = "Create"
     ADVANCE = "Advance"
     SWITCH = "Switch"
+    RETIRE = "Retire"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,6 +156,13 @@ class Plan:
     stalled: Generation | None
     """A generation Published for longer than `stall_after` without DNS showing it."""
     rotation_due_at: datetime.datetime | None
+    seen: tuple[int, ...] = ()
+    """Generations now seen at every authoritative nameserver: record the moment (seen_at)."""
+    unseen: tuple[int, ...] = ()
+    """Generations seen before that a nameserver no longer returns: forget seen_at, so the
+    TTL wait starts again once they are back."""
+    waiting_for: tuple[str, ...] = ()
+    """Why a replaced Active key is not Retiring yet: one line per pool still to switch."""
 
 
 def selectors_for(
@@ -191,18 +223,41 @@ def plan_rotation(
     now: datetime.datetime,
     rotate_annotation: str,
     dns: Mapping[str, DnsCheck],
+    ttls: Mapping[str, datetime.timedelta] | None = None,
+    pools: Sequence[PoolSigning] = (),
+    taken: int = 0,
 ) -> Plan:
-    """The next step of the rotation; see the module docstring for the rules."""
+    """The next step of the rotation; see the module docstring for the rules.
+
+    `dns` is what the zone's authoritative nameservers answer per selector (MATCH only when
+    every one of them returns exactly the key), `ttls` the longest TTL they serve each
+    selector's record with, `pools` what every SendingPool signing for the domain reports,
+    `taken` the highest generation number other Secrets of the same name already use.
+    """
     ordered = sorted(generations, key=lambda g: g.number)
     active = [g for g in ordered if g.state == KeyState.ACTIVE]
     in_progress = [g for g in ordered if g.state in IN_PROGRESS]
     newest = ordered[-1] if ordered else None
     current = active[-1] if active else None
     rotation_due_at = current.created_at + policy.rotate_every if current else None
+    observed = ttls or {}
 
     def verified(generation: Generation) -> bool:
         return all(dns.get(s) == DnsCheck.MATCH for s in generation.selectors)
 
+    def ttl(generation: Generation) -> datetime.timedelta:
+        return max(
+            (observed.get(s, policy.default_ttl) for s in generation.selectors),
+            default=policy.default_ttl,
+        )
+
+    def lost(generation: Generation) -> bool:
+        """A nameserver answers without the key (a failed lookup concludes nothing)."""
+        return any(
+            dns.get(s) in (DnsCheck.ABSENT, DnsCheck.MISMATCH) for s in generation.selectors
+        )
+
+    waiting = _pools_still_signing(current, pools) if len(active) > 1 else ()
     transition = _next_transition(
         ordered=ordered,
         active=active,
@@ -212,28 +267,44 @@ def plan_rotation(
         now=now,
         rotate_annotation=rotate_annotation,
         verified=verified,
+        ttl=ttl,
         rotation_due_at=rotation_due_at,
+        waiting=waiting,
+        taken=taken,
     )
 
     retired = [g for g in ordered if g.state == KeyState.RETIRED]
     keep = max(policy.history_limit, 0)
     prune = tuple(g.number for g in (retired[:-keep] if keep else retired))
 
+    published = [g for g in in_progress if g.state == KeyState.PUBLISHED and g.usable]
+    seen = tuple(g.number for g in published if g.seen_at is None and verified(g))
+    unseen = tuple(g.number for g in published if g.seen_at is not None and lost(g))
+
     stalled = next(
         (
             g
             for g in in_progress
-            if g.state == KeyState.PUBLISHED and now - g.state_since >= policy.stall_after
+            if g.state == KeyState.PUBLISHED
+            and g.seen_at is None
+            and now - g.state_since >= policy.stall_after
         ),
         None,
     )
     deadlines = [
-        g.state_since + policy.overlap for g in ordered if g.state == KeyState.RETIRING
+        g.state_since + max(policy.overlap, ttl(g))
+        for g in ordered
+        if g.state == KeyState.RETIRING
     ]
     deadlines += [
         g.state_since + policy.stall_after
         for g in in_progress
         if g.state == KeyState.PUBLISHED and now - g.state_since < policy.stall_after
+    ]
+    deadlines += [
+        g.seen_at + ttl(g)
+        for g in published
+        if g.seen_at is not None and g.number not in unseen
     ]
     if rotation_due_at is not None and not in_progress:
         deadlines.append(rotation_due_at)
@@ -243,7 +314,27 @@ def plan_rotation(
         next_check=min(deadlines) if deadlines else None,
         stalled=stalled,
         rotation_due_at=rotation_due_at,
+        seen=seen,
+        unseen=unseen,
+        waiting_for=waiting,
     )
+
+
+def _pools_still_signing(
+    current: Generation | None, pools: Sequence[PoolSigning]
+) -> tuple[str, ...]:
+    """Pools that do not (yet) report signing with the current key alone, each with why."""
+    if current is None:
+        return ()
+    wanted = set(current.selectors)
+    out = []
+    for report in sorted(pools, key=lambda p: p.pool):
+        if not report.selectors:
+            out.append(f"SendingPool {report.pool} reports no selector for the domain")
+        elif not report.selectors <= wanted:
+            others = ", ".join(sorted(report.selectors - wanted))
+            out.append(f"SendingPool {report.pool} still signs with {others}")
+    return tuple(out)
 
 
 def _next_transition(
@@ -256,7 +347,10 @@ def _next_transition(
     now: datetime.datetime,
     rotate_annotation: str,
     verified: Callable[[Generation], bool],
+    ttl: Callable[[Generation], datetime.timedelta],
     rotation_due_at: datetime.datetime | None,
+    waiting: tuple[str, ...],
+    taken: int,
 ) -> Transition | None:
     # An interrupted creation (a dual generation with one Secret): finish it, same names.
     for generation in in_progress:
@@ -277,30 +371,56 @@ def _next_transition(
                 ),
             )
 
-    # Switch: a verified generation becomes Active, the current one starts retiring.
+    # Switch: a verified generation becomes Active; the one it replaces keeps signing (it
+    # stays Active, after the new one) until every pool reports the new selector.
     for generation in in_progress:
         if generation.state == KeyState.VERIFIED and generation.usable and verified(generation):
-            changes = [(generation.number, KeyState.ACTIVE)]
-            changes += [(g.number, KeyState.RETIRING) for g in active]
-            old = ", ".join(_names(g) for g in active) or "none"
+            old = ", ".join(_names(g) for g in active)
             return Transition(
                 kind=TransitionKind.SWITCH,
                 reason="KeyActivated",
                 message=(
-                    f"selector {_names(generation)} is now Active; previous: {old}"
-                    + (f" (retiring after {_human(policy.overlap)})" if active else "")
+                    f"selector {_names(generation)} is now Active"
+                    + (
+                        f"; {old} stays published and retires once every SendingPool signs "
+                        f"with {_names(generation)}"
+                        if active
+                        else ""
+                    )
                 ),
-                changes=tuple(changes),
+                changes=((generation.number, KeyState.ACTIVE),),
             )
+
+    # Retire the replaced keys once every pool signs with the current one.
+    if len(active) > 1 and not waiting:
+        replaced = active[:-1]
+        return Transition(
+            kind=TransitionKind.RETIRE,
+            reason="KeyRetiring",
+            message=(
+                f"every SendingPool signs with {_names(active[-1])}: "
+                f"{', '.join(_names(g) for g in replaced)} stays published for "
+                f"{_human(max([policy.overlap, *(ttl(g) for g in replaced)]))}, then retires"
+            ),
+            changes=tuple((g.number, KeyState.RETIRING) for g in replaced),
+        )
 
     for generation in in_progress:
         if not generation.usable:
             continue
-        if generation.state == KeyState.PUBLISHED and verified(generation):
+        if (
+            generation.state == KeyState.PUBLISHED
+            and verified(generation)
+            and generation.seen_at is not None
+            and now >= generation.seen_at + ttl(generation)
+        ):
             return Transition(
                 kind=TransitionKind.ADVANCE,
                 reason="KeyVerified",
-                message=f"DNS returns the key of selector {_names(generation)}",
+                message=(
+                    f"every authoritative nameserver has returned the key of selector "
+                    f"{_names(generation)} for one TTL ({_human(ttl(generation))})"
+                ),
                 changes=((generation.number, KeyState.VERIFIED),),
             )
         if generation.state == KeyState.PENDING:
@@ -312,20 +432,21 @@ def _next_transition(
             )
 
     for generation in ordered:
-        if generation.state == KeyState.RETIRING and now >= generation.state_since + policy.overlap:
+        overlap = max(policy.overlap, ttl(generation))
+        if generation.state == KeyState.RETIRING and now >= generation.state_since + overlap:
             return Transition(
                 kind=TransitionKind.ADVANCE,
                 reason="KeyRetired",
                 message=(
                     f"selector {_names(generation)} retired after an overlap of "
-                    f"{_human(policy.overlap)}; its record is withdrawn"
+                    f"{_human(overlap)} with no pool signing with it; its record is withdrawn"
                 ),
                 changes=((generation.number, KeyState.RETIRED),),
             )
 
     if in_progress:
         return None
-    number = (newest.number + 1) if newest else 1
+    number = max((newest.number + 1) if newest else 1, taken + 1)
     reason: str | None = None
     message = ""
     current = active[-1] if active else None

@@ -1,12 +1,15 @@
 """The DomainAuth reconciler: gather, evaluate with pure functions, apply once.
 
-Gather: the DomainAuth (fresh from the API), its key Secrets, the SendingPools that sign for
-it (their egress IPs go into SPF), and what DNS answers for every record.
+Gather: the DomainAuth (fresh from the API), its key Secrets (adopting retained ones), the
+SendingPools that sign for it (their egress IPs go into SPF; what their pods report signing
+with decides when a replaced key retires), and what DNS answers for every record (DKIM at
+every authoritative nameserver of the zone).
 Evaluate: `logic.rotating` picks at most one key transition; `logic.domainauths` builds the
 records, checks DNS answers and derives conditions and status.
 Apply, in an order that makes every crash point safe to resume: new key Secrets (created
 once, never overwritten), then the DNSEndpoint, then the Secrets' state annotations (the
-rotation's durable record), then one status patch if anything changed, then events.
+rotation's durable record), then one status patch if anything changed (a check that finds
+DNS as it was writes nothing), then events.
 
 Private key material is only ever in the Secret bodies built by `logic.key_secrets`; it never
 reaches status, events or logs.
@@ -15,6 +18,7 @@ reaches status, events or logs.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime
 from typing import Any
 
@@ -26,6 +30,7 @@ from mailfleet_operator.api import common, domainauth
 from mailfleet_operator.kube import client as kube_client
 from mailfleet_operator.kube import resources
 from mailfleet_operator.logic import (
+    authoritative_answers,
     conditions,
     domainauths,
     key_secrets,
@@ -35,7 +40,7 @@ from mailfleet_operator.logic import (
     rotating,
     spf_lookups,
 )
-from mailfleet_operator.reconcile import context, verifying
+from mailfleet_operator.reconcile import context, dkim_secrets, verifying
 
 KIND = domainauth.KIND
 
@@ -66,10 +71,20 @@ async def _reconcile(ctx: context.Context, body: dict[str, Any]) -> context.Outc
 
     interval = units.parse_duration(spec.verification.interval)
     namespace = metadata["namespace"]
-    secrets = await _gather_secrets(ctx, body)
-    pool_ips = await _gather_pool_ips(ctx, namespace=namespace, name=metadata["name"])
+    domain = spec.domain.lower()
+    found = await dkim_secrets.gather(ctx, body, domain=domain)
+    secrets = found.mine
+    await dkim_secrets.converge_retention(
+        ctx, body, secrets, retention=spec.dkim.key_retention
+    )
+    pools = referencing_pools(
+        await ctx.client.list(resources.SENDING_POOLS, namespace=namespace),
+        name=metadata["name"],
+    )
+    pool_ips = _pool_ips(pools)
     verifier = verifying.Verifier(
-        _nameservers(ctx, spec), timeout=ctx.settings.dns_timeout
+        _nameservers(ctx, spec), timeout=ctx.settings.dns_timeout,
+        authoritative_port=ctx.settings.dns_authoritative_port,
     )
 
     generations = key_secrets.group_generations(secrets)
@@ -89,11 +104,11 @@ async def _reconcile(ctx: context.Context, body: dict[str, Any]) -> context.Outc
             spf_lookups.flatten_includes, list(spec.spf.include),
             resolver=verifier.spf_resolver(),
         )
-    answers = await verifier.answers(domainauths.questions(probe))
-    dns_view = domainauths.dkim_checks([
-        domainauths.check_record(r, answers.get(domainauths.answer_key(r.name, r.type)))
-        for r in probe.records
-    ])
+    answers: dict[tuple[str, str], domainauths.Answer] = {}
+    at_servers: dict[tuple[str, str], authoritative_answers.AtServers] = {}
+    await _ask(verifier, probe.records, answers, at_servers)
+    probed = _check(probe.records, answers, at_servers)
+    dns_view = domainauths.dkim_checks(probed)
 
     policy = rotating.Policy(
         algorithms=keys.algorithms_for(spec.dkim.algorithm),
@@ -102,7 +117,14 @@ async def _reconcile(ctx: context.Context, body: dict[str, Any]) -> context.Outc
         overlap=units.parse_duration(spec.dkim.overlap),
         history_limit=spec.dkim.revision_history_limit,
         stall_after=interval * ctx.settings.stall_checks,
+        default_ttl=datetime.timedelta(seconds=spec.publish.ttl),
     )
+    ttls = {
+        c.record.selector: datetime.timedelta(seconds=c.ttl)
+        for c in probed
+        if c.record.family == "dkim" and c.record.selector and c.ttl is not None
+    }
+    signing = _pool_signing(pools, domain=domain)
     plan = rotating.plan_rotation(
         generations=generations,
         policy=policy,
@@ -111,12 +133,17 @@ async def _reconcile(ctx: context.Context, body: dict[str, Any]) -> context.Outc
             key_secrets.ROTATE_ANNOTATION, ""
         )),
         dns=dns_view,
+        ttls=ttls,
+        pools=signing,
+        taken=found.taken,
     )
     transition = plan.transition
 
     # --- apply: key Secrets first (created once), so every later step can reference them.
     if transition is not None and transition.create is not None:
-        created = await _create_keys(ctx, body, spec, transition.create, secrets, now=now)
+        created = await dkim_secrets.create_keys(
+            ctx, body, spec, transition.create, secrets, now=now
+        )
         secrets = [*secrets, *created]
         stored = [s.stored for s in secrets]
     after = (
@@ -128,13 +155,14 @@ async def _reconcile(ctx: context.Context, body: dict[str, Any]) -> context.Outc
     desired = domainauths.desired_records(
         spec=spec, published_keys=published_keys, pool_ips=pool_ips, flattened=flattened
     )
-    missing = [q for q in domainauths.questions(desired) if q not in answers]
-    if missing:
-        answers.update(await verifier.answers(missing))
+    await _ask(verifier, desired.records, answers, at_servers)
 
     await _publish(ctx, body, spec, desired)
+    await dkim_secrets.record_seen(ctx, secrets, plan, namespace=namespace, now=now)
     if transition is not None and transition.changes:
-        await _record_transition(ctx, secrets, transition, namespace=namespace, now=now)
+        await dkim_secrets.record_transition(
+            ctx, secrets, transition, namespace=namespace, now=now
+        )
     for number in plan.prune:
         for secret in secrets:
             if secret.stored.generation == number:
@@ -146,13 +174,10 @@ async def _reconcile(ctx: context.Context, body: dict[str, Any]) -> context.Outc
         after = [g for g in after if g.number not in plan.prune]
 
     # --- evaluate the outcome for status and conditions.
-    checks = [
-        domainauths.check_record(r, answers.get(domainauths.answer_key(r.name, r.type)))
-        for r in desired.records
-    ]
+    checks = _check(desired.records, answers, at_servers)
     for check in checks:
         result = "published" if check.published else (
-            "failed" if check.failed else ("missing" if check.problem == "not in DNS" else "wrong")
+            "failed" if check.failed else ("missing" if check.absent else "wrong")
         )
         metrics.DNS_VERIFICATIONS.labels(family=check.record.family, result=result).inc()
     spf_count = None
@@ -162,10 +187,22 @@ async def _reconcile(ctx: context.Context, body: dict[str, Any]) -> context.Outc
             spf_lookups.count_lookups, spf_record.record.value, resolver=verifier.spf_resolver()
         )
     next_rotation = _next_rotation(after, policy)
+    # The plan as it stands after this step (what status and conditions describe).
+    after = [
+        dataclasses.replace(g, seen_at=now) if g.number in plan.seen
+        else dataclasses.replace(g, seen_at=None) if g.number in plan.unseen
+        else g
+        for g in after
+    ]
+    settled = rotating.plan_rotation(
+        generations=after, policy=policy, now=now, rotate_annotation="", dns=dns_view,
+        ttls=ttls, pools=signing,
+    )
     verdicts = [
         domainauths.dkim_verdict(
             generations=after, checks=checks, error=desired.errors.get("dkim"),
             next_rotation_at=next_rotation,
+            waiting_for=settled.waiting_for,
         ),
         domainauths.family_verdict(
             type_=domainauth.SPF_VALID, family="spf", checks=checks,
@@ -184,10 +221,7 @@ async def _reconcile(ctx: context.Context, body: dict[str, Any]) -> context.Outc
             )
         )
     verdicts.append(conditions.ready_verdict(verdicts))
-    stalled = rotating.plan_rotation(
-        generations=after, policy=policy, now=now, rotate_annotation="", dns=dns_view
-    ).stalled if transition is not None else plan.stalled
-    verdicts.append(domainauths.stalled_verdict(stalled=stalled, checks=checks))
+    verdicts.append(domainauths.stalled_verdict(stalled=settled.stalled, checks=checks))
 
     new_conditions = conditions.set_conditions(
         old_status.conditions, verdicts, now=now, observed_generation=generation
@@ -198,7 +232,9 @@ async def _reconcile(ctx: context.Context, body: dict[str, Any]) -> context.Outc
     new_status = domainauth.DomainAuthStatus(
         observed_generation=generation,
         conditions=new_conditions,
-        records=domainauths.record_status(checks, checked_at=now),
+        records=domainauths.record_status(
+            checks, checked_at=now, previous=old_status.records
+        ),
         dkim=dkim,
         active_selector=dkim.active,
     )
@@ -256,32 +292,15 @@ def _nameservers(ctx: context.Context, spec: domainauth.DomainAuthSpec) -> verif
     )
 
 
-async def _gather_secrets(
-    ctx: context.Context, body: dict[str, Any]
-) -> list[key_secrets.KeySecret]:
-    metadata = body["metadata"]
-    items = await ctx.client.list(
-        resources.SECRETS,
-        namespace=metadata["namespace"],
-        label_selector=f"{key_secrets.LABEL_DOMAINAUTH}={key_secrets.label_value(metadata['name'])}",
-    )
-    now = ctx.clock.now()
-    found = []
-    for item in items:
-        owners = item.get("metadata", {}).get("ownerReferences") or []
-        if not any(o.get("uid") == metadata.get("uid") for o in owners):
-            continue  # a leftover of a deleted DomainAuth of the same name
-        parsed = key_secrets.read_key_secret(item, now=now)
-        if parsed is not None:
-            found.append(parsed)
-    return found
+def referencing_pools(pools: list[dict[str, Any]], *, name: str) -> list[dict[str, Any]]:
+    """SendingPools listing this DomainAuth in `spec.domains`."""
+    return [p for p in pools if name in ((p.get("spec") or {}).get("domains") or [])]
 
 
-async def _gather_pool_ips(ctx: context.Context, *, namespace: str, name: str) -> list[str]:
-    """Egress IPs of every SendingPool listing this DomainAuth in `spec.domains`."""
-    pools = await ctx.client.list(resources.SENDING_POOLS, namespace=namespace)
+def _pool_ips(pools: list[dict[str, Any]]) -> list[str]:
+    """The pools' egress IPs (they go into SPF)."""
     ips: list[str] = []
-    for pool in referencing_pools(pools, name=name):
+    for pool in pools:
         egress = (pool.get("spec") or {}).get("egress") or {}
         for entry in egress.get("ips") or []:
             if isinstance(entry, dict) and isinstance(entry.get("address"), str):
@@ -289,8 +308,50 @@ async def _gather_pool_ips(ctx: context.Context, *, namespace: str, name: str) -
     return ips
 
 
-def referencing_pools(pools: list[dict[str, Any]], *, name: str) -> list[dict[str, Any]]:
-    return [p for p in pools if name in ((p.get("spec") or {}).get("domains") or [])]
+def _pool_signing(pools: list[dict[str, Any]], *, domain: str) -> list[rotating.PoolSigning]:
+    """What each pool reports its pods sign `domain` with (`status.dkim`)."""
+    out = []
+    for pool in pools:
+        entries = (pool.get("status") or {}).get("dkim") or []
+        selectors = frozenset(
+            str(e["selector"])
+            for e in entries
+            if isinstance(e, dict) and str(e.get("domain", "")).lower() == domain
+            and e.get("selector")
+        )
+        out.append(rotating.PoolSigning(pool=pool["metadata"]["name"], selectors=selectors))
+    return out
+
+
+async def _ask(
+    verifier: verifying.Verifier,
+    wanted: tuple[records.DnsRecord, ...],
+    answers: dict[tuple[str, str], domainauths.Answer],
+    at_servers: dict[tuple[str, str], authoritative_answers.AtServers],
+) -> None:
+    """Ask DNS what is not asked yet: DKIM records at every authoritative nameserver of the
+    zone (a key's life depends on them), the others at the resolver (what receivers see)."""
+    dkim = {domainauths.answer_key(r.name, r.type) for r in wanted if r.family == "dkim"}
+    other = {domainauths.answer_key(r.name, r.type) for r in wanted if r.family != "dkim"}
+    if todo := [q for q in dkim if q not in at_servers]:
+        at_servers.update(await verifier.authoritative(todo))
+    if todo := [q for q in other if q not in answers]:
+        answers.update(await verifier.answers(todo))
+
+
+def _check(
+    wanted: tuple[records.DnsRecord, ...],
+    answers: dict[tuple[str, str], domainauths.Answer],
+    at_servers: dict[tuple[str, str], authoritative_answers.AtServers],
+) -> list[domainauths.RecordCheck]:
+    checks = []
+    for record in wanted:
+        key = domainauths.answer_key(record.name, record.type)
+        if record.family == "dkim":
+            checks.append(authoritative_answers.check_at_servers(record, at_servers.get(key)))
+        else:
+            checks.append(domainauths.check_record(record, answers.get(key)))
+    return checks
 
 
 def _state_of(
@@ -310,42 +371,6 @@ def _next_rotation(
 
 
 # --- apply -------------------------------------------------------------------------------------
-
-
-async def _create_keys(
-    ctx: context.Context,
-    body: dict[str, Any],
-    spec: domainauth.DomainAuthSpec,
-    new: rotating.NewGeneration,
-    existing: list[key_secrets.KeySecret],
-    *,
-    now: datetime.datetime,
-) -> list[key_secrets.KeySecret]:
-    """Create the generation's missing Secrets; an existing Secret is kept as it is."""
-    have = {s.stored.selector for s in existing}
-    created: list[key_secrets.KeySecret] = []
-    namespace = body["metadata"]["namespace"]
-    for algorithm, selector in zip(new.algorithms, new.selectors, strict=True):
-        if selector in have:
-            continue
-        key = await asyncio.to_thread(keys.generate_key, algorithm)
-        secret = key_secrets.key_secret_body(
-            domainauth=body["metadata"]["name"], domain=spec.domain.lower(), selector=selector,
-            generation=new, key=key, now=now,
-        )
-        secret["metadata"]["ownerReferences"] = [kube_client.owner_reference(body)]
-        try:
-            result = await ctx.client.create(resources.SECRETS, body=secret, namespace=namespace)
-        except kube_client.Conflict:
-            # Same deterministic name already there (a step interrupted earlier, or a
-            # leftover): never overwrite a key; read what is there instead.
-            result = await ctx.client.get(
-                resources.SECRETS, name=secret["metadata"]["name"], namespace=namespace
-            ) or {}
-        parsed = key_secrets.read_key_secret(result, now=now)
-        if parsed is not None:
-            created.append(parsed)
-    return created
 
 
 async def _publish(
@@ -376,6 +401,13 @@ async def _publish(
         await delete_dns_endpoint(ctx, body)
 
 
+async def key_secret_names(ctx: context.Context, body: dict[str, Any]) -> list[str]:
+    """Names of the key Secrets the DomainAuth uses (for the deletion event)."""
+    domain = str((body.get("spec") or {}).get("domain", "")).lower()
+    found = await dkim_secrets.gather(ctx, body, domain=domain)
+    return sorted(s.secret_name for s in found.mine)
+
+
 async def delete_dns_endpoint(ctx: context.Context, body: dict[str, Any]) -> bool:
     """Remove the DomainAuth's DNSEndpoint if there is one (and the CRD exists at all)."""
     metadata = body["metadata"]
@@ -394,29 +426,6 @@ async def delete_dns_endpoint(ctx: context.Context, body: dict[str, Any]) -> boo
     return await ctx.client.delete(
         resources.DNS_ENDPOINTS, name=metadata["name"], namespace=metadata["namespace"]
     )
-
-
-async def _record_transition(
-    ctx: context.Context,
-    secrets: list[key_secrets.KeySecret],
-    transition: rotating.Transition,
-    *,
-    namespace: str,
-    now: datetime.datetime,
-) -> None:
-    changes = dict(transition.changes)
-    for secret in secrets:
-        state = changes.get(secret.stored.generation)
-        if state is None or secret.state == state:
-            continue
-        await ctx.client.patch(
-            resources.SECRETS,
-            name=secret.secret_name,
-            namespace=namespace,
-            patch={
-                "metadata": {"annotations": key_secrets.state_annotations(state=state, now=now)}
-            },
-        )
 
 
 async def _write_status(
@@ -454,7 +463,8 @@ async def _invalid(
     new_conditions = conditions.set_conditions(
         old.conditions, verdicts, now=now, observed_generation=generation
     )
-    new = old.model_copy(update={"conditions": new_conditions, "observed_generation": generation})
+    # observedGeneration stays at the last generation acted on: nothing was done for this one.
+    new = old.model_copy(update={"conditions": new_conditions})
     await _write_status(ctx, body, old, new)
     if conditions.changed_conditions(old.conditions, new_conditions):
         await _event(ctx, body, "Warning", "InvalidSpec", message)

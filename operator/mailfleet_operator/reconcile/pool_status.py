@@ -36,6 +36,8 @@ def build_status(
     memory: PoolMemory,
     quotas: Mapping[str, int | None],
     active: int,
+    *,
+    old_status: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     holders = {p.pod for p in plan.pods if p.ips}
     staying = [v for v in views if v.name not in leaving]
@@ -80,11 +82,36 @@ def build_status(
         deliveries_24h=sp.Deliveries(**deliveries),  # type: ignore[call-arg]
         active_ips=sum(1 for d in plan.ips if d.state is assigning.IPState.ACTIVE),
         queue_depth=sum(d for d, _ in queues.values()),
+        dkim=signing_selectors(memory, views, (old_status or {}).get("dkim")),
     )
     data = dump_status(status)
     data.pop("conditions", None)
     data.pop("observedGeneration", None)
     return data
+
+
+def signing_selectors(
+    memory: PoolMemory, views: Sequence[assigning.PodView], previous: Any
+) -> list[sp.SigningSelector]:
+    """What the pods report signing with, per domain (`status.dkim`).
+
+    A pod that should have answered and did not (ready, terminating with its queue, or on a
+    lost node where it may still be sending) could still sign with any key it had: the
+    previous entries are kept alongside, so a DomainAuth never retires a key on a partial
+    report. Pods that never ran (no container to sign with) do not hold anything up."""
+    found: set[tuple[str, str]] = set()
+    for stats in memory.stats.values():
+        for domain, signing in stats.dkim.items():
+            found.update((domain, selector) for selector in signing.selectors.values())
+    silent = [
+        v for v in views
+        if v.name not in memory.stats and (v.ready or v.terminating or not v.node_ready)
+    ]
+    if silent:
+        for entry in previous or []:
+            if isinstance(entry, Mapping) and entry.get("domain") and entry.get("selector"):
+                found.add((str(entry["domain"]), str(entry["selector"])))
+    return [sp.SigningSelector(domain=d, selector=s) for d, s in sorted(found)]
 
 
 def verdicts(

@@ -326,7 +326,9 @@ async def _reconcile_locked(
     for decision in plan.ips:
         memory.ip_states[decision.state.value] = memory.ip_states.get(decision.state.value, 0) + 1
     publish_ip_states()
-    status = status_module.build_status(spec, name, plan, views, leaving, memory, quotas, active)
+    status = status_module.build_status(
+        spec, name, plan, views, leaving, memory, quotas, active, old_status=old_status
+    )
     verdicts = status_module.verdicts(
         spec, plan, rendered, status, breaker, frozen, sts_replicas, desired_total, active,
         pool_paused,

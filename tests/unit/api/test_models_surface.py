@@ -46,7 +46,7 @@ def test_a_minimal_domain_gets_the_documented_defaults() -> None:
     spec = domainauth.DomainAuthSpec(domain="example.com")
     assert spec.dkim.algorithm == "rsa-2048"
     assert spec.dkim.selector_prefix == "mf"
-    assert (spec.dkim.rotate_every, spec.dkim.overlap) == ("90d", "7d")
+    assert (spec.dkim.rotate_every, spec.dkim.overlap) == ("90d", "1h")
     assert spec.spf.all == "~all"
     assert spec.publish.mode == "Manual"
 

@@ -12,6 +12,7 @@ S = rotating.KeyState
 D = rotating.DnsCheck
 T0 = datetime.datetime(2025, 1, 1, tzinfo=datetime.UTC)
 DAY = datetime.timedelta(days=1)
+TTL = datetime.timedelta(minutes=5)
 POLICY = rotating.Policy(
     algorithms=("rsa-2048",),
     selector_prefix="mf",
@@ -19,6 +20,7 @@ POLICY = rotating.Policy(
     overlap=7 * DAY,
     history_limit=2,
     stall_after=datetime.timedelta(hours=1),
+    default_ttl=TTL,
 )
 
 
@@ -32,6 +34,7 @@ def gen(
     problem: str | None = None,
     algorithms: tuple[str, ...] = ("rsa-2048",),
     selectors: tuple[str, ...] | None = None,
+    seen: datetime.datetime | None = None,
 ) -> rotating.Generation:
     return rotating.Generation(
         number=number,
@@ -42,6 +45,7 @@ def gen(
         state_since=since or created,
         trigger=trigger,
         problem=problem,
+        seen_at=seen,
     )
 
 
@@ -63,8 +67,15 @@ CASES: dict[str, Case] = {
     "a published key whose selector returns another key never advances": (
         [gen(1, S.PUBLISHED)], {"mf-1": D.MISMATCH}, "", T0, None,
     ),
-    "a published key DNS returns exactly becomes verified": (
-        [gen(1, S.PUBLISHED)], {"mf-1": D.MATCH}, "", T0, ("KeyVerified", ((1, S.VERIFIED),), None),
+    "a published key every nameserver returns is not verified before one TTL has passed": (
+        [gen(1, S.PUBLISHED, seen=T0)], {"mf-1": D.MATCH}, "", T0 + TTL / 2, None,
+    ),
+    "a published key every nameserver has returned for one TTL becomes verified": (
+        [gen(1, S.PUBLISHED, seen=T0)], {"mf-1": D.MATCH}, "", T0 + TTL,
+        ("KeyVerified", ((1, S.VERIFIED),), None),
+    ),
+    "a key seen long ago but missing at a nameserver now is not verified": (
+        [gen(1, S.PUBLISHED, seen=T0)], {"mf-1": D.ABSENT}, "", T0 + DAY, None,
     ),
     "the first verified key becomes active with nothing to retire": (
         [gen(1, S.VERIFIED)], {"mf-1": D.MATCH}, "", T0, ("KeyActivated", ((1, S.ACTIVE),), None),
@@ -73,9 +84,9 @@ CASES: dict[str, Case] = {
         [gen(1, S.ACTIVE), gen(2, S.VERIFIED)], {"mf-1": D.MATCH, "mf-2": D.ABSENT}, "",
         T0 + DAY, None,
     ),
-    "the switch activates the new key and starts retiring the old one together": (
+    "the switch activates the new key and leaves the old one signing as well": (
         [gen(1, S.ACTIVE), gen(2, S.VERIFIED)], {"mf-1": D.MATCH, "mf-2": D.MATCH}, "",
-        T0 + DAY, ("KeyActivated", ((2, S.ACTIVE), (1, S.RETIRING)), None),
+        T0 + DAY, ("KeyActivated", ((2, S.ACTIVE),), None),
     ),
     "an active key younger than rotateEvery is left alone": (
         [gen(1, S.ACTIVE)], {"mf-1": D.MATCH}, "", T0 + 89 * DAY, None,
@@ -143,12 +154,21 @@ def test_a_full_rotation_walks_every_state_one_step_at_a_time() -> None:
     now = T0 + 90 * DAY
     seen: list[list[tuple[int, str]]] = []
     dns = {"mf-1": D.MATCH, "mf-2": D.MATCH}
-    for _step in range(8):
+    pools = [rotating.PoolSigning("marketing", frozenset({"mf-1"}))]
+    for _step in range(12):
         plan = rotating.plan_rotation(
-            generations=generations, policy=POLICY, now=now, rotate_annotation="", dns=dns
+            generations=generations, policy=POLICY, now=now, rotate_annotation="", dns=dns,
+            pools=pools,
         )
+        generations = [
+            dataclasses.replace(g, seen_at=now) if g.number in plan.seen else g
+            for g in generations
+        ]
         if plan.transition is None:
             now += 7 * DAY
+            # the pods pick the new key up once it is Active
+            if any(g.number == 2 and g.state == S.ACTIVE for g in generations):
+                pools = [rotating.PoolSigning("marketing", frozenset({"mf-2"}))]
             continue
         generations = rotating.apply_transition(generations, plan.transition, now=now)
         seen.append([(g.number, g.state.value) for g in generations])
@@ -156,9 +176,85 @@ def test_a_full_rotation_walks_every_state_one_step_at_a_time() -> None:
         [(1, "Active"), (2, "Pending")],
         [(1, "Active"), (2, "Published")],
         [(1, "Active"), (2, "Verified")],
+        [(1, "Active"), (2, "Active")],
         [(1, "Retiring"), (2, "Active")],
         [(1, "Retired"), (2, "Active")],
     ]
+
+
+SWITCHED = [gen(1, S.ACTIVE, since=T0), gen(2, S.ACTIVE, created=T0 + DAY, since=T0 + DAY)]
+
+
+@pytest.mark.parametrize(
+    ("pools", "retires"),
+    [
+        ([], True),
+        ([rotating.PoolSigning("a", frozenset({"mf-2"}))], True),
+        ([rotating.PoolSigning("a", frozenset({"mf-2"})),
+          rotating.PoolSigning("paused", frozenset({"mf-1"}))], False),
+        ([rotating.PoolSigning("a", frozenset({"mf-1", "mf-2"}))], False),
+        ([rotating.PoolSigning("silent", frozenset())], False),
+    ],
+    ids=[
+        "no pool signs for the domain: the replaced key retires",
+        "every pool signs with the new key: the replaced key retires",
+        "a pool still signing with the old key holds its retirement, however long it takes",
+        "a pool whose pods sign with both keys holds it",
+        "a pool that reports no selector for the domain holds it",
+    ],
+)
+def test_a_replaced_key_retires_only_when_every_pool_signs_with_the_new_one(
+    pools: list[rotating.PoolSigning], retires: bool
+) -> None:
+    plan = rotating.plan_rotation(
+        generations=SWITCHED, policy=POLICY, now=T0 + 30 * DAY, rotate_annotation="",
+        dns={"mf-1": D.MATCH, "mf-2": D.MATCH}, pools=pools,
+    )
+    if retires:
+        assert plan.transition is not None and plan.transition.reason == "KeyRetiring"
+        assert plan.transition.changes == ((1, S.RETIRING),)
+        assert plan.waiting_for == ()
+    else:
+        assert plan.transition is None
+        assert plan.waiting_for
+
+
+def test_the_overlap_is_at_least_the_ttl_of_the_record() -> None:
+    short = dataclasses.replace(POLICY, overlap=datetime.timedelta(seconds=1))
+    retiring = [gen(1, S.RETIRING, since=T0), gen(2, S.ACTIVE)]
+    ttls = {"mf-1": datetime.timedelta(minutes=10)}
+
+    def at(moment: datetime.datetime) -> rotating.Plan:
+        return rotating.plan_rotation(
+            generations=retiring, policy=short, now=moment, rotate_annotation="", dns={},
+            ttls=ttls,
+        )
+
+    assert at(T0 + datetime.timedelta(minutes=9)).transition is None
+    assert at(T0 + datetime.timedelta(minutes=9)).next_check == T0 + datetime.timedelta(
+        minutes=10)
+    late = at(T0 + datetime.timedelta(minutes=10)).transition
+    assert late is not None and late.reason == "KeyRetired"
+
+
+def test_a_key_is_marked_seen_when_every_nameserver_returns_it_and_unseen_when_one_loses_it(
+) -> None:
+    fresh = rotating.plan_rotation(
+        generations=[gen(1, S.ACTIVE), gen(2, S.PUBLISHED)], policy=POLICY, now=T0,
+        rotate_annotation="", dns={"mf-2": D.MATCH},
+    )
+    assert fresh.seen == (2,) and fresh.transition is None
+    assert fresh.next_check is not None
+    lost = rotating.plan_rotation(
+        generations=[gen(1, S.ACTIVE), gen(2, S.PUBLISHED, seen=T0)], policy=POLICY,
+        now=T0 + DAY, rotate_annotation="", dns={"mf-2": D.ABSENT},
+    )
+    assert lost.unseen == (2,) and lost.transition is None
+    flaky = rotating.plan_rotation(
+        generations=[gen(1, S.ACTIVE), gen(2, S.PUBLISHED, seen=T0)], policy=POLICY,
+        now=T0 + DAY, rotate_annotation="", dns={"mf-2": D.FAILED},
+    )
+    assert flaky.unseen == () and flaky.transition is None
 
 
 def test_new_selectors_are_deterministic_and_dual_gets_an_ed_suffix() -> None:
@@ -176,10 +272,10 @@ def test_a_dual_generation_is_verified_only_when_both_selectors_match() -> None:
         dns={"mf-1": D.MATCH, "mf-1-ed": D.ABSENT},
     )
     both = rotating.plan_rotation(
-        generations=[dual], policy=policy, now=T0, rotate_annotation="",
-        dns={"mf-1": D.MATCH, "mf-1-ed": D.MATCH},
+        generations=[dataclasses.replace(dual, seen_at=T0)], policy=policy, now=T0 + TTL,
+        rotate_annotation="", dns={"mf-1": D.MATCH, "mf-1-ed": D.MATCH},
     )
-    assert half.transition is None
+    assert half.transition is None and half.seen == ()
     assert both.transition is not None and both.transition.reason == "KeyVerified"
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from mailfleet_operator.kube import resources
 from mailfleet_operator.logic import (
+    authoritative_answers,
     domainauths,
     key_secrets,
     keys,
@@ -134,3 +135,53 @@ def test_the_client_refuses_a_verb_the_resource_table_does_not_declare() -> None
 )
 def test_nameserver_parsing(entries: list[str], servers: tuple[tuple[str, int], ...]) -> None:
     assert verifying.Nameservers.parse(entries).servers == servers
+
+
+def _at(*answers: tuple[str, domainauths.Answer]) -> authoritative_answers.AtServers:
+    return authoritative_answers.AtServers(
+        answers=tuple(authoritative_answers.ServerAnswer(server=s, answer=a) for s, a in answers)
+    )
+
+
+@pytest.mark.parametrize(
+    ("at", "published", "problem", "check"),
+    [
+        pytest.param(_at(("ns1", A(values=(DKIM.value,), ttl=300)),
+                         ("ns2", A(values=(DKIM.value,), ttl=600))), True, None,
+                     rotating.DnsCheck.MATCH,
+                     id="the key at every nameserver is published, with the longest TTL"),
+        pytest.param(_at(("ns1", A(values=(DKIM.value,), ttl=300)), ("ns2", A(values=()))),
+                     False, "not in DNS at ns2 (1 of 2 nameservers)", rotating.DnsCheck.ABSENT,
+                     id="the key missing at one nameserver is not published, naming it"),
+        pytest.param(_at(("ns1", A(values=(DKIM.value,))), ("ns2", A(error="Timeout"))),
+                     False, "DNS lookup failed: Timeout at ns2 (1 of 2 nameservers)",
+                     rotating.DnsCheck.FAILED,
+                     id="a nameserver that does not answer concludes nothing"),
+        pytest.param(authoritative_answers.AtServers(error="no zone found for x"), False,
+                     "authoritative nameservers unknown: no zone found for x",
+                     rotating.DnsCheck.FAILED,
+                     id="a zone whose nameservers are unknown concludes nothing"),
+    ],
+)
+def test_a_dkim_record_is_published_only_when_every_authoritative_nameserver_returns_it(
+    at: authoritative_answers.AtServers,
+    published: bool,
+    problem: str | None,
+    check: rotating.DnsCheck,
+) -> None:
+    result = authoritative_answers.check_at_servers(DKIM, at)
+    assert (result.published, result.problem) == (published, problem)
+    assert domainauths.dkim_checks([result]) == {"mf-1": check}
+    if published:
+        assert result.ttl == 600
+
+
+def test_checked_at_moves_only_when_the_verdict_on_a_record_changes() -> None:
+    same = domainauths.check_record(SPF, A(values=(SPF.value,)))
+    first = domainauths.record_status([same], checked_at=NOW)
+    later = NOW + datetime.timedelta(minutes=5)
+    again = domainauths.record_status([same], checked_at=later, previous=first)
+    assert again == first
+    changed = domainauths.check_record(SPF, A(values=()))
+    moved = domainauths.record_status([changed], checked_at=later, previous=first)
+    assert moved[0].checked_at == later and not moved[0].published
