@@ -627,6 +627,20 @@ class Failover(SpecModel):
     )
 
 
+class Deletion(SpecModel):
+    """What deleting the pool does with mail it has already accepted (docs/sendingpool.md)."""
+
+    drain_timeout: Duration = Field(
+        default="1h",
+        description=(
+            "How long a deleted pool drains (intake stopped, queued mail delivered, IPs kept) "
+            "before it reports DrainTimedOut. Past it the pool still stays, and keeps "
+            "draining, until its queues are empty or the annotation "
+            "mailfleet.io/deletion=abandon-queued-mail is set."
+        ),
+    )
+
+
 class SMTPSubmission(SpecModel):
     """The SMTP submission listener of every sender pod (AUTH + STARTTLS)."""
 
@@ -786,6 +800,9 @@ class SendingPoolSpec(SpecModel):
     paused: bool = Field(
         default=False,
         description="Stop delivering (mail is still accepted and queued) until set back to false.",
+    )
+    deletion: Deletion = Field(
+        default_factory=Deletion, description="How a deleted pool drains before it goes."
     )
 
     @model_validator(mode="after")
