@@ -84,12 +84,6 @@ async def test_a_deleted_pool_delivers_its_queue_from_its_ips_before_it_goes(
 ) -> None:
     async with world(kube_api, kubeconfig, dns_server, port) as kubelet:
         await running_pool(kube_api, kubelet, port)
-        sts = get(kube_api, "apps/v1", "StatefulSet", "mail")
-        assert sts is not None
-        # The spool outlives the StatefulSet: only the operator removes it, once empty.
-        assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {
-            "whenDeleted": "Retain", "whenScaled": "Retain"
-        }
         busy, idle = kubelet.senders["mail-0"], kubelet.senders["mail-1"]
         busy.queue = 3  # accepted (250), not delivered yet: the receiver defers it
         kube_api.delete(API, "SendingPool", "mail", NS)
@@ -104,7 +98,12 @@ async def test_a_deleted_pool_delivers_its_queue_from_its_ips_before_it_goes(
         await wait_for(lambda: renewed_after(busy, deleted_at), within=30,
                        message="the busy pod's lease renewed after the deletion")
         assert pool(kube_api) is not None
-        assert get(kube_api, "apps/v1", "StatefulSet", "mail") is not None
+        sts = get(kube_api, "apps/v1", "StatefulSet", "mail")
+        assert sts is not None
+        # The spool outlives the StatefulSet: only the operator removes it, once empty.
+        assert sts["spec"]["persistentVolumeClaimRetentionPolicy"] == {
+            "whenDeleted": "Retain", "whenScaled": "Retain"
+        }
         assert {"spool-mail-0", "spool-mail-1"} <= set(pvcs(kube_api))
         ready = condition(pool(kube_api) or {}, "Ready")
         assert ready and ready["status"] == "False" and ready["reason"] == "Draining"

@@ -117,9 +117,9 @@ def decide_deletion(given: DeletionInput) -> DeletionDecision:
         phase=Phase.TIMED_OUT, drain=drain, replicas=replicas, remaining=remaining,
         message=(
             f"not drained within drainTimeout ({_duration(given.drain_timeout)}): "
-            f"{describe(remaining)}. The pool stays, still draining, until "
-            f"its queues empty; to delete it anyway set the annotation "
-            f"{DELETION_ANNOTATION}={ABANDON} (the spool volumes are kept)"
+            f"{describe(remaining)}. The pool stays, still draining, until its queues empty "
+            f"or the annotation {DELETION_ANNOTATION}={ABANDON} is set (the spool volumes "
+            f"are then kept)"
         ),
     )
 
