@@ -262,8 +262,11 @@ async def _renew(
         memory.lease_inputs = dataclasses.replace(inputs, addresses=(), active=0)
     await pool_leases.renew_leases(ctx, admin, body, world, memory)
     if release:
-        # The release is confirmed by the pods' answers, one step later.
+        # The release is confirmed by the pods' answers, one step later; its Lease writes run
+        # in the background, and the pool's memory goes with it: wait for them here.
         await pool_leases.renew_leases(ctx, admin, body, world, memory)
+        writes = [t for key, t in memory.inflight.items() if key.startswith("lease/")]
+        await asyncio.gather(*writes, return_exceptions=True)
 
 
 async def _inputs_after_restart(
