@@ -32,6 +32,7 @@ from integration.test_sendingpool_operator import (
     pvcs,
     world,
 )
+from mailfleet_sandbox import fake_senders
 from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sandbox.fake_senders import FakeSender, free_port
 from mailfleet_sandbox.kube import ApiServer
@@ -150,3 +151,70 @@ async def test_a_queue_that_cannot_drain_in_time_keeps_the_pool_until_the_mail_i
                        message="its StatefulSet gone")
         # The mail is abandoned by the pool, not destroyed: its volume is kept for a person.
         assert "spool-mail-1" in pvcs(kube_api)
+
+
+class OtherKubelet(Kubelet):
+    """The pods of a second pool, each on 127.0.0.(OTHER_BASE + N)."""
+
+    async def _step(self) -> None:
+        for pod in self.api.list("v1", "Pod", NS, label_selector=f"mailfleet.io/pool={self.pool}"):
+            name = pod["metadata"]["name"]
+            if (pod.get("status") or {}).get("podIP") or pod["metadata"].get("deletionTimestamp"):
+                continue
+            ordinal = int(name.rsplit("-", 1)[1])
+            sender = await self.fleet.start(name, f"127.0.0.{OTHER_BASE + ordinal}")
+            await self.api.set_pod_status(NS, name, ready=True, pod_ip=sender.host)
+
+
+OTHER_BASE = HOST_BASE + 10
+
+
+async def test_a_deleted_pool_hands_its_queue_to_the_pool_named_in_handoff_to(
+    kube_api: ApiServer, kubeconfig: Path, dns_server: DNSServer, port: int
+) -> None:
+    async with world(kube_api, kubeconfig, dns_server, port) as kubelet:
+        other = OtherKubelet(kube_api, "other", port)
+        other.start()
+        try:
+            kube_api.create(fake_senders.pool_body(
+                "other", port=port, ips=["192.0.2.20"], namespace=NS,
+                throttling={"rate": "100/s"},
+            ))
+            await wait_for(lambda: pool_status(kube_api, "other").get("activeIPs") == 1,
+                           message="the other pool's IP active")
+            await running_pool(kube_api, kubelet, port, deletion={"handoffTo": "other"})
+            busy = kubelet.senders["mail-0"]
+            busy.queue = 3
+            kube_api.delete(API, "SendingPool", "mail", NS)
+
+            cond = await wait_for(lambda: deleting(kube_api, "Draining"), message="Draining")
+            assert cond["message"].startswith("handing the queues to pool other"), cond
+            await wait_for(lambda: busy.drains, message="the busy pod asked to hand off")
+            assert busy.drains[0] is True
+            assert busy.targets[0] == {"urls": [f"http://127.0.0.{OTHER_BASE}:{port}"]}
+            assert pool(kube_api) is not None
+
+            busy.queue = 0  # handed off
+            await wait_for(lambda: pool(kube_api) is None, message="the pool gone")
+            assert get(kube_api, API, "SendingPool", "other") is not None
+        finally:
+            await other.stop()
+
+
+async def test_a_handoff_target_that_cannot_take_mail_leaves_the_pods_delivering(
+    kube_api: ApiServer, kubeconfig: Path, dns_server: DNSServer, port: int
+) -> None:
+    async with world(kube_api, kubeconfig, dns_server, port) as kubelet:
+        await running_pool(kube_api, kubelet, port, deletion={"handoffTo": "nowhere"})
+        busy = kubelet.senders["mail-0"]
+        busy.queue = 2
+        kube_api.delete(API, "SendingPool", "mail", NS)
+        cond = await wait_for(lambda: deleting(kube_api, "Draining"), message="Draining")
+        assert cond["message"].startswith(
+            "cannot hand off to pool nowhere (no such pool in the namespace): delivering from "
+            "this pool's IPs meanwhile"
+        ), cond
+        await wait_for(lambda: busy.drains, message="drained")
+        assert busy.drains[0] is False and busy.targets[0] is None
+        busy.queue = 0
+        await wait_for(lambda: pool(kube_api) is None, message="the pool gone")

@@ -639,6 +639,15 @@ class Deletion(SpecModel):
             "mailfleet.io/deletion=abandon-queued-mail is set."
         ),
     )
+    handoff_to: KubeName | None = Field(
+        default=None,
+        description=(
+            "Another SendingPool in the namespace that takes the queued mail when this one is "
+            "deleted (handed to its serving pods over their submission API, exactly once); "
+            "while it cannot (missing, being deleted, no Ready pod), the mail is delivered "
+            "from this pool's IPs meanwhile."
+        ),
+    )
 
 
 class SMTPSubmission(SpecModel):

@@ -1,12 +1,14 @@
 """What a deleted SendingPool does next (pure: no I/O).
 
 A pool marked for deletion holds on to the operator's finalizer until the mail it accepted
-has left: its pods stop taking mail (drain, no hand-off: every peer is leaving too), keep their
-IPs and deliver what is queued. The pool goes when every pod reports, while draining, an
-empty queue and every spool volume has a pod that reported. Past `spec.deletion.drainTimeout`
-with mail left it stays, still draining, with a condition naming what is left, until its
-queues empty or a person sets `mailfleet.io/deletion: abandon-queued-mail` (which lets it go and
-keeps the spool volumes for them to inspect).
+has left: its pods stop taking mail and keep their IPs, and deliver what is queued (a drain
+without hand-off: every peer is leaving too); or, with `spec.deletion.handoffTo`, hand it to
+that pool's pods (delivering it themselves while that pool cannot take it). The pool goes
+when every pod reports, while draining, an empty queue and every spool volume has a pod that
+reported. Past `spec.deletion.drainTimeout` with mail left it stays, still draining, with a
+condition naming what is left, until its queues empty or a person sets
+`mailfleet.io/deletion: abandon-queued-mail` (which lets it go and keeps the spool volumes
+for them to inspect).
 """
 
 from __future__ import annotations
@@ -44,6 +46,14 @@ class PodQueue:
 
 
 @dataclasses.dataclass(frozen=True)
+class HandoffTarget:
+    """`spec.deletion.handoffTo` as gathered: the pool, and why it cannot take mail now."""
+
+    pool: str
+    problem: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class DeletionInput:
     started: datetime  # metadata.deletionTimestamp
     now: datetime
@@ -54,6 +64,7 @@ class DeletionInput:
     """Ordinals of the pool's spool volumes (PVCs), whether or not a pod runs on them."""
     replicas: int = 0
     """The StatefulSet's current replicas."""
+    handoff: HandoffTarget | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +77,9 @@ class DeletionDecision:
     remaining: Mapping[str, int | None]
     """Pod (or volume without a pod) -> messages left; None when unknown."""
     message: str
+    handoff: bool = False
+    """`drain` hands the queues to the handoffTo pool (asked again every step, so that a
+    restarted pod hears the target again); else each pod delivers its own."""
 
     @property
     def finish(self) -> bool:
@@ -93,8 +107,17 @@ def decide_deletion(given: DeletionInput) -> DeletionDecision:
     }
     for volume in orphans:
         remaining.setdefault(f"volume {volume} (no pod yet)", None)
-    drain = tuple(sorted(p.name for p in given.pods if p.draining is not True))
+    target = given.handoff
+    handoff = target is not None and target.problem is None
+    drain = tuple(sorted(p.name for p in given.pods if handoff or p.draining is not True))
     replicas = wanted if wanted != given.replicas else None
+    if target is None:
+        doing = "draining before deletion (intake stopped, IPs kept)"
+    elif handoff:
+        doing = f"handing the queues to pool {target.pool} before deletion"
+    else:
+        doing = (f"cannot hand off to pool {target.pool} ({target.problem}): delivering from "
+                 f"this pool's IPs meanwhile")
     if abandoned(given.annotations):
         return DeletionDecision(
             phase=Phase.ABANDONED, drain=(), replicas=None, remaining=remaining,
@@ -111,15 +134,16 @@ def decide_deletion(given: DeletionInput) -> DeletionDecision:
     if elapsed < given.drain_timeout:
         return DeletionDecision(
             phase=Phase.DRAINING, drain=drain, replicas=replicas, remaining=remaining,
-            message=f"draining before deletion (intake stopped, IPs kept): {describe(remaining)}",
+            message=f"{doing}: {describe(remaining)}", handoff=handoff,
         )
     return DeletionDecision(
         phase=Phase.TIMED_OUT, drain=drain, replicas=replicas, remaining=remaining,
+        handoff=handoff,
         message=(
-            f"not drained within drainTimeout ({_duration(given.drain_timeout)}): "
+            f"{doing}; not drained within drainTimeout ({_duration(given.drain_timeout)}): "
             f"{describe(remaining)}. The pool stays, still draining, until its queues empty "
             f"or the annotation {DELETION_ANNOTATION}={ABANDON} is set (the spool volumes "
-            f"are then kept)"
+            f"are then kept), or spec.deletion.handoffTo names a pool that can take them"
         ),
     )
 

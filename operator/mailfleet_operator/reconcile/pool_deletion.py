@@ -21,6 +21,7 @@ its IPs away from the very mail they must carry.
 from __future__ import annotations
 
 import asyncio
+import base64
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -112,6 +113,10 @@ async def reconcile_deletion(
     timeout = units.parse_duration(
         spec.deletion.drain_timeout if spec is not None else sp.Deletion().drain_timeout
     )
+    wanted = spec.deletion.handoff_to if spec is not None else None
+    target, handoff = (
+        await _handoff_target(ctx, namespace, name, wanted) if wanted else (None, None)
+    )
 
     # --- evaluate -------------------------------------------------------------------------
     decision = pool_deletion.decide_deletion(
@@ -124,6 +129,7 @@ async def reconcile_deletion(
                   for p in world.pods],
             volumes=sorted(volumes),
             replicas=replicas,
+            handoff=handoff,
         )
     )
 
@@ -133,7 +139,8 @@ async def reconcile_deletion(
             resources.STATEFUL_SETS, name=name, namespace=namespace,
             patch={"spec": {"replicas": decision.replicas}},
         )
-    await _drain(admin, world.pods, decision.drain, port, token)
+    await _drain(admin, world.pods, decision.drain, port, token,
+                 target if decision.handoff else None)
     draining = {n for n, s in stats.items() if s.draining}
     if spec is not None:
         lease_world = dataclasses.replace(
@@ -216,8 +223,9 @@ async def _drain(
     names: Sequence[str],
     port: int,
     token: str,
+    target: wire.HandoffTarget | None,
 ) -> None:
-    """Stop intake; the queue stays with the pod, which delivers it (idempotent)."""
+    """Stop intake; the pod delivers its queue, or hands it to `target` (idempotent)."""
     by_name = {p["metadata"]["name"]: p for p in pods}
 
     async def one(name: str) -> None:
@@ -226,11 +234,75 @@ async def _drain(
         if endpoint is None:
             return
         try:
-            await admin.drain(endpoint, token=token, handoff=False)
+            await admin.drain(endpoint, token=token, handoff=target is not None, target=target)
         except pod_admin.PodUnreachable:
             pass  # asked again next step
 
     await asyncio.gather(*(one(n) for n in names))
+
+
+async def _handoff_target(
+    ctx: ctx_module.Context, namespace: str, name: str, other: str
+) -> tuple[wire.HandoffTarget | None, pool_deletion.HandoffTarget]:
+    """The pods of the `handoffTo` pool that take mail now (its serving pods: those its
+    client Service routes submissions to) and its submission API key; or why not."""
+
+    def problem(text: str) -> tuple[None, pool_deletion.HandoffTarget]:
+        return None, pool_deletion.HandoffTarget(other, problem=text)
+
+    if other == name:
+        return problem("it is this pool")
+    body = await ctx.client.get(resources.SENDING_POOLS, name=other, namespace=namespace)
+    if body is None:
+        return problem("no such pool in the namespace")
+    if body["metadata"].get("deletionTimestamp"):
+        return problem("it is being deleted too")
+    try:
+        spec = sp.SendingPoolSpec.model_validate(body.get("spec") or {})
+    except ValidationError:
+        return problem("its spec is invalid")
+    pods = await ctx.client.list(
+        resources.PODS, namespace=namespace, label_selector=f"{children.POOL_LABEL}={other}"
+    )
+    ready = [p for p in pods if _is_ready(p) and (p.get("status") or {}).get("podIP")
+             and not p["metadata"].get("deletionTimestamp")]
+    serving = [p for p in ready
+               if (p["metadata"].get("labels") or {}).get(children.SERVING_LABEL) == "true"]
+    chosen = serving or ready
+    if not chosen:
+        return problem("it has no Ready pod")
+    api_key: str | None = None
+    ref = spec.submission.http.api_key_secret_ref
+    if ref is not None:
+        secret = await ctx.client.get(resources.SECRETS, name=ref.name, namespace=namespace)
+        api_key = _secret_value(secret, ref.key or API_KEY_DEFAULT)
+        if not api_key:
+            return problem(f"its API key (Secret {ref.name}) cannot be read")
+    port = spec.submission.http.port
+    urls = sorted(pod_admin.PodEndpoint(p["metadata"]["name"], p["status"]["podIP"], port)
+                  .base_url for p in chosen)
+    return wire.HandoffTarget(urls=urls, api_key=api_key), pool_deletion.HandoffTarget(other)
+
+
+API_KEY_DEFAULT = "api-key"  # the key of apiKeySecretRef when `key` is omitted
+
+
+def _secret_value(secret: Mapping[str, Any] | None, key: str) -> str | None:
+    if secret is None:
+        return None
+    raw = (secret.get("data") or {}).get(key)
+    if raw is not None:
+        try:
+            return base64.b64decode(raw).decode().strip() or None
+        except (ValueError, UnicodeDecodeError):
+            return None
+    text = (secret.get("stringData") or {}).get(key)
+    return str(text).strip() or None if text is not None else None
+
+
+def _is_ready(pod: Mapping[str, Any]) -> bool:
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in (pod.get("status") or {}).get("conditions") or [])
 
 
 def _ready(pod: Mapping[str, Any]) -> dict[str, Any]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -81,10 +82,43 @@ def test_the_timed_out_condition_says_what_is_left_and_how_to_decide() -> None:
         given(PodQueue("mail-0", draining=True, queued=5), PodQueue("mail-1"), after=120)
     )
     assert decision.message == (
-        "not drained within drainTimeout (1m00s): 5+ messages (mail-0: 5, mail-1: unknown). "
-        "The pool stays, still draining, until its queues empty or the annotation "
-        "mailfleet.io/deletion=abandon-queued-mail is set (the spool volumes are then kept)"
+        "draining before deletion (intake stopped, IPs kept); not drained within drainTimeout "
+        "(1m00s): 5+ messages (mail-0: 5, mail-1: unknown). The pool stays, still draining, "
+        "until its queues empty or the annotation mailfleet.io/deletion=abandon-queued-mail is "
+        "set (the spool volumes are then kept), or spec.deletion.handoffTo names a pool that "
+        "can take them"
     )
+
+
+def handing(*pods: PodQueue, problem: str | None = None) -> DeletionInput:
+    return dataclasses.replace(
+        given(*pods), handoff=pool_deletion.HandoffTarget("other", problem=problem)
+    )
+
+
+def test_with_a_usable_handoff_target_every_pod_is_asked_to_hand_off_each_step() -> None:
+    decision = pool_deletion.decide_deletion(
+        handing(PodQueue("mail-0", draining=True, queued=3), PodQueue("mail-1"))
+    )
+    assert decision.handoff is True
+    assert decision.drain == ("mail-0", "mail-1")  # a restarted pod hears the target again
+    assert decision.message.startswith("handing the queues to pool other before deletion: 3+")
+
+
+def test_a_handoff_target_that_cannot_take_mail_leaves_the_pods_delivering_themselves() -> None:
+    decision = pool_deletion.decide_deletion(
+        handing(PodQueue("mail-0", draining=True, queued=3), problem="it has no Ready pod")
+    )
+    assert decision.handoff is False
+    assert decision.drain == ()
+    assert decision.message.startswith(
+        "cannot hand off to pool other (it has no Ready pod): delivering from this pool's IPs"
+    )
+
+
+def test_a_handed_off_queue_that_is_empty_lets_the_pool_go() -> None:
+    decision = pool_deletion.decide_deletion(handing(EMPTY))
+    assert decision.phase is Phase.DRAINED
 
 
 def test_only_the_exact_annotation_value_abandons_mail() -> None:
