@@ -135,10 +135,15 @@ async def test_a_queue_that_cannot_drain_in_time_keeps_the_pool_until_the_mail_i
         assert "5 messages (mail-1: 5)" in cond["message"]
         assert "mailfleet.io/deletion=abandon-queued-mail" in cond["message"]
         assert await wait_for(lambda: events(kube_api, "DrainTimedOut"), message="event")
-        # Past the bound it stays, and keeps draining and renewing.
+        # Past the bound it stays, and keeps draining and renewing, also after the operator
+        # restarted (it remembers nothing: the drain resumes from the API and the pods).
+        assert kubelet.operator is not None
+        await kubelet.operator.stop()
+        await kubelet.operator.start()
         now = datetime.datetime.now(datetime.UTC)
         await wait_for(lambda: renewed_after(stuck, now), within=30, message="renewed")
         assert pool(kube_api) is not None
+        assert deleting(kube_api, "DrainTimedOut")
 
         kube_api.patch(API, "SendingPool", "mail", {
             "metadata": {"annotations": {"mailfleet.io/deletion": "abandon-queued-mail"}}
