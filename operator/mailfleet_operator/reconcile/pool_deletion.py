@@ -69,8 +69,15 @@ async def drain_until_done(
     operator stops (the finalizer stays; the next operator resumes here)."""
     meta = body["metadata"]
     current: Mapping[str, Any] | None = body
+    period = max(ctx.settings.lease_renew_interval / 2, 0.2)
     while current is not None:
-        step = await reconcile_deletion(ctx, admin, current, world())
+        try:
+            step = await reconcile_deletion(ctx, admin, current, world())
+        except (kube_client.ApiError, OSError, TimeoutError) as error:
+            # Not a kopf retry (its back-off would leave the leases unrenewed): next step.
+            log.warning("pool deletion step failed", extra={
+                "pool": meta["name"], "namespace": meta.get("namespace"), "error": str(error)})
+            step = Step(finished=False, requeue_after=period)
         if step.finished:
             return
         await asyncio.sleep(step.requeue_after)
@@ -107,6 +114,13 @@ async def reconcile_deletion(
     memory.token = token or None
     port = spec.submission.http.port if spec is not None else sp.HTTPSubmission().port
     stats = await _read_stats(admin, world.pods, port, token)
+    # The leases first: a slow or failing API read below must not let them lapse.
+    draining = {n for n, s in stats.items() if s.draining}
+    lease_world = dataclasses.replace(
+        world, pods=[_ready(p) if p["metadata"]["name"] in draining else p for p in world.pods],
+    )
+    if spec is not None:
+        await _renew(ctx, admin, body, lease_world, memory, spec, token, release=False)
     sts = await ctx.client.get(resources.STATEFUL_SETS, name=name, namespace=namespace)
     replicas = int(((sts or {}).get("spec") or {}).get("replicas") or 0)
     volumes = await _spool_volumes(ctx, namespace, name)
@@ -141,13 +155,8 @@ async def reconcile_deletion(
         )
     await _drain(admin, world.pods, decision.drain, port, token,
                  target if decision.handoff else None)
-    draining = {n for n, s in stats.items() if s.draining}
-    if spec is not None:
-        lease_world = dataclasses.replace(
-            world, pods=[_ready(p) if p["metadata"]["name"] in draining else p
-                         for p in world.pods],
-        )
-        await _renew(ctx, admin, body, lease_world, memory, spec, token, release=decision.finish)
+    if spec is not None and decision.finish:
+        await _renew(ctx, admin, body, lease_world, memory, spec, token, release=True)
     await _report(ctx, body, decision, now)
     if not decision.finish:
         return Step(finished=False, requeue_after=period, decision=decision)
