@@ -124,3 +124,73 @@ async def test_a_deleted_pool_delivers_its_deferred_mail_from_its_ips_before_it_
                             label_selector=f"mailfleet.io/pool={fs.POOL}")
     assert [c for c in claims if not c["metadata"].get("deletionTimestamp")] == []
     assert all(not spec.get("holderIdentity") for spec in _leases(world).values())
+
+
+RESCUE = "rescue"
+RESCUE_IP = ("127.0.20.3", "mta3.example.test")
+
+
+def _rescue_ready(world: SandboxWorld) -> bool:
+    pods = world.ready_pods(RESCUE)
+    holders = world.ip_holders(RESCUE)
+    return len(pods) == 1 and holders.get(RESCUE_IP[0]) == pods[0]["metadata"]["name"]
+
+
+async def test_a_deleted_pool_hands_its_mail_to_the_pool_named_in_handoff_to(
+    world: SandboxWorld,
+) -> None:
+    ns = world.settings.namespace
+    prof = fs.profile("default")
+    # The pool that takes the mail: its own IP, and a submission API key in a Secret (which
+    # the leaving pool's pods are given for the hand-off, not their own).
+    await fs.call(world, world.api.create, {
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "rescue-api", "namespace": ns},
+        "stringData": {"api-key": "the-rescue-pools-key"},
+    })
+    rescue = fs.pool_body(prof, ns)
+    rescue["metadata"]["name"] = RESCUE
+    rescue["spec"].update({
+        "replicas": 1, "standbyReplicas": 0,
+        "egress": {"mode": "direct", "ips": [{"address": RESCUE_IP[0], "heloName": RESCUE_IP[1]}]},
+    })
+    rescue["spec"]["submission"]["http"]["apiKeySecretRef"] = {"name": "rescue-api"}
+    await fs.call(world, world.api.create, rescue)
+    leaving = fs.pool_body(prof, ns)
+    leaving["spec"]["deletion"] = {"handoffTo": RESCUE}
+    await fs.poll(world, lambda: fs.call(world, lambda: _pool(world) is None), within=WITHIN,
+                  what="the first test's pool gone")
+    await fs.call(world, world.api.create, leaving)
+    await fs.wait_healthy(world, within=WITHIN)
+    await fs.poll(world, lambda: fs.call(world, _rescue_ready, world), within=WITHIN,
+                  what="the rescue pool holding its IP")
+
+    gmail = world.fleet["gmail"]
+    rcpts = [f"rescued{i}@gmail.test" for i in range(5)]
+    for rcpt in rcpts:
+        gmail.behaviour.scripted[rcpt] = (451, "4.3.0 Temporary system problem, try again later")
+    ledger = scenes.Ledger()
+    async with aiohttp.ClientSession() as session:
+        sent = [await scenes.submit(world, ledger, session, rcpt=r, klass="transactional",
+                                    scene="handoff") for r in rcpts]
+    assert [s.status for s in sent] == [202] * len(rcpts)
+    await fs.poll(world, lambda: fs.call(world, lambda: {
+        a.rcpt for a in gmail.attempts if a.rcpt in rcpts} == set(rcpts)),
+        within=WITHIN, what="every message deferred once")
+
+    await fs.call(world, world.api.delete, API_VERSION, "SendingPool", fs.POOL, ns)
+    # Handed over (the rescue pool answers 202), the leaving pool goes while the mail is
+    # still deferred: it is the rescue pool's now.
+    await fs.poll(world, lambda: fs.call(world, lambda: _pool(world) is None),
+                  within=WITHIN, what="the leaving pool gone")
+    assert not [m for m in gmail.messages if set(m.rcpt_to) & set(rcpts)]
+    for rcpt in rcpts:
+        gmail.behaviour.scripted.pop(rcpt, None)
+
+    def delivered() -> list[Any]:
+        return [m for m in gmail.messages if set(m.rcpt_to) & set(rcpts)]
+
+    await fs.poll(world, lambda: fs.call(world, lambda: len(delivered()) >= len(rcpts)),
+                  within=WITHIN, what="the handed-off mail delivered")
+    got = delivered()
+    assert sorted(r for m in got for r in m.rcpt_to) == sorted(rcpts)  # each exactly once
+    assert {m.peer_ip for m in got} == {RESCUE_IP[0]}  # from the rescue pool's IP
