@@ -157,8 +157,10 @@ async def test_a_deleted_pool_hands_its_mail_to_the_pool_named_in_handoff_to(
     await fs.call(world, world.api.create, rescue)
     leaving = fs.pool_body(prof, ns)
     leaving["spec"]["deletion"] = {"handoffTo": RESCUE}
+    if await fs.call(world, _pool, world) is not None:  # run alone: the fixture's pool
+        await fs.call(world, world.api.delete, API_VERSION, "SendingPool", fs.POOL, ns)
     await fs.poll(world, lambda: fs.call(world, lambda: _pool(world) is None), within=WITHIN,
-                  what="the first test's pool gone")
+                  what="the earlier pool gone")
     await fs.call(world, world.api.create, leaving)
     await fs.wait_healthy(world, within=WITHIN)
     await fs.poll(world, lambda: fs.call(world, _rescue_ready, world), within=WITHIN,
