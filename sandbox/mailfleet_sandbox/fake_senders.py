@@ -71,6 +71,8 @@ class FakeSender:
     """Depth of the `default` class queue reported in stats."""
     drains: list[bool] = dataclasses.field(default_factory=list)
     """The `handoff` flag of every drain request, in order."""
+    targets: list[dict[str, Any] | None] = dataclasses.field(default_factory=list)
+    """The hand-off `target` of every drain request (another pool's pods), in order."""
     draining: bool = False
     """Set by a drain, cleared by its cancellation (`DELETE /v1/drain`); reported in stats."""
     undrains: int = 0
@@ -260,6 +262,8 @@ class FakeSenders:
             if (refused := unreachable()) is not None:
                 return refused
             sender.drains.append(request.query.get("handoff") == "true")  # as the sender reads it
+            body = await request.json() if request.can_read_body else {}
+            sender.targets.append((body or {}).get("target"))
             sender.draining = True
             return web.json_response({"draining": True})
 

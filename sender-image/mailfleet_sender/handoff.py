@@ -84,7 +84,7 @@ class HandOff:
         spool_: spool.Spool,
         peers: PeersProvider,
         self_urls: Sequence[str],
-        api_key: str | None,
+        api_key: str | Callable[[], str | None] | None,
         pod: str,
         cfg: config.Handoff,
         metric_set: metrics.Metrics,
@@ -94,7 +94,9 @@ class HandOff:
         self.spool = spool_
         self._peers = peers
         self._self = {u.rstrip("/") for u in self_urls}
-        self._api_key = api_key
+        self._api_key: Callable[[], str | None] = (
+            api_key if callable(api_key) else (lambda: api_key)  # type: ignore[misc]
+        )
         self.pod = pod
         self.cfg = cfg
         self.metrics = metric_set
@@ -167,9 +169,8 @@ class HandOff:
     async def run(self) -> None:
         self.state = "running"
         timeout = aiohttp.ClientTimeout(total=units.duration_seconds(self.cfg.timeout))
-        headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
         pause = units.duration_seconds(self.cfg.retry_every)
-        async with aiohttp.ClientSession(timeout=timeout, headers=headers) as http:
+        async with aiohttp.ClientSession(timeout=timeout) as http:
             while not self._stopping:
                 items = await asyncio.to_thread(self.spool.load_handoff, BATCH)
                 if not items:
@@ -275,6 +276,14 @@ class HandOff:
                 return False
             refused.add(url)
 
+    def _headers(self, key: str) -> dict[str, str]:
+        """Per request: the key follows the target (the pool's peers, or another pool)."""
+        headers = {"Content-Type": "message/rfc822", "X-Mailfleet-Handoff": key}
+        api_key = self._api_key()
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key}"
+        return headers
+
     async def _submit(
         self, http: aiohttp.ClientSession, url: str, key: str, item: spool.HandoffItem
     ) -> tuple[str, str]:
@@ -288,7 +297,7 @@ class HandOff:
                 f"{url}/v1/messages",
                 params=params,
                 data=item.data,
-                headers={"Content-Type": "message/rfc822", "X-Mailfleet-Handoff": key},
+                headers=self._headers(key),
             ) as response:
                 sent = True
                 text = await response.text()

@@ -51,7 +51,9 @@ class Backend(Protocol):
 
     def assign(self, assignment: wire.Assignment) -> wire.AssignmentStatus: ...
 
-    def drain(self, *, handoff: bool = False) -> None: ...
+    def drain(
+        self, *, handoff: bool = False, target: wire.HandoffTarget | None = None
+    ) -> None: ...
 
     async def undrain(self) -> wire.DrainStatus: ...
 
@@ -323,7 +325,15 @@ class Api:
         if denied is not None:
             return denied
         handoff = request.query.get("handoff", "false").lower() in ("true", "1", "yes")
-        self.backend.drain(handoff=handoff)
+        target: wire.HandoffTarget | None = None
+        if request.can_read_body:
+            try:
+                body = wire.DrainRequest.model_validate_json(await request.read())
+            except pydantic.ValidationError as exc:
+                return _error(400, f"bad drain request: {exc}", "badRequest")
+            handoff = handoff or body.handoff
+            target = body.target if handoff else None
+        self.backend.drain(handoff=handoff, target=target)
         status = self.backend.drain_status()
         return web.json_response(status.model_dump(mode="json", by_alias=True), status=202)
 

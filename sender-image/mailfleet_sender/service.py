@@ -153,6 +153,8 @@ class Service:
         self._handoff_task: asyncio.Task[None] | None = None
         self._handoff_draining = False
         """A hand-off drain is on (engine stopped, queue marked or being marked)."""
+        self._handoff_target: wire.HandoffTarget | None = None
+        """Another pool's pods to hand to (`POST /v1/drain` with a target); None: own peers."""
         self._handed_off_before = 0
         """Messages handed off by runners that have ended (totals.handedOff)."""
         self._drain_lock = asyncio.Lock()
@@ -620,13 +622,16 @@ class Service:
     def ready(self) -> bool:
         return self.intake.accepting and not self.stopping
 
-    def drain(self, *, handoff: bool = False) -> None:
+    def drain(self, *, handoff: bool = False, target: wire.HandoffTarget | None = None) -> None:
         """Refuse new mail from now on; queued mail keeps going out, or with `handoff` moves
-        to the pool's other pods. Idempotent."""
+        to the pool's other pods (or to `target`, another pool's pods: a hand-off under way
+        follows a new target from its next message). Idempotent."""
         if not self.draining:
-            log.info("draining", extra={"handoff": handoff})
+            log.info("draining", extra={"handoff": handoff, "target": bool(target)})
         self.draining = True
         self.intake.accepting = False
+        if handoff:
+            self._handoff_target = target
         if handoff and not self._handoff_draining:
             self._handoff_draining = True
             self._handoff_task = asyncio.create_task(self._begin_handoff(), name="handoff")
@@ -644,11 +649,23 @@ class Service:
     def _new_runner(
         self, carry: tuple[dict[str, handoff._Sticky], dict[str, int]] | None = None
     ) -> handoff.HandOff:
+        own = self._peers(self.cfg, admin=False) or suppression.static_peers([])
+
+        async def peers() -> Sequence[str]:
+            target = self._handoff_target
+            return list(target.urls) if target is not None else await own()
+
+        def api_key() -> str | None:
+            target = self._handoff_target
+            if target is not None:
+                return target.api_key
+            return self._api_keys[0] if self._api_keys else None
+
         return handoff.HandOff(
             spool_=self.spool,
-            peers=self._peers(self.cfg, admin=False) or suppression.static_peers([]),
+            peers=peers,
             self_urls=self._self_urls(),
-            api_key=self._api_keys[0] if self._api_keys else None,
+            api_key=api_key,
             pod=self.identity.pod_name,
             cfg=self.cfg.deliverability.handoff,
             metric_set=self.metrics,
@@ -708,6 +725,7 @@ class Service:
                     self.handoff = self._new_runner(carry)
                     self.handoff.start()
                 self._handoff_draining = False
+                self._handoff_target = None
                 log.info("hand-off cancelled", extra={"requeued_deliveries": returned,
                                                       "unsettled_messages": len(keep)})
             self.draining = False

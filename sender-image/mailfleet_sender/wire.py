@@ -189,6 +189,32 @@ class HandoffStats(ResponseModel):
     last_error: str | None = None
 
 
+class HandoffTarget(RequestModel):
+    """Where a hand-off goes instead of the pool's own peers: the pods of another pool (a
+    deleted pool handing its queue over, `spec.deletion.handoffTo`)."""
+
+    urls: list[str] = Field(
+        min_length=1, description="Base URLs of the receiving pods' HTTP submission API."
+    )
+    api_key: str | None = Field(
+        default=None, description="Bearer key of the receiving pool's submission API."
+    )
+
+
+class DrainRequest(RequestModel):
+    """Body of `POST /v1/drain` (optional: the query string `handoff=true` suffices to hand
+    the queue to the pool's own peers)."""
+
+    handoff: bool = Field(default=False, description="Hand the queue off instead of delivering.")
+    target: HandoffTarget | None = Field(
+        default=None,
+        description=(
+            "With handoff: the pods to hand to (replaces the previous target; the pool's own "
+            "peers when null). Kept in memory only: the operator repeats it."
+        ),
+    )
+
+
 class DrainStatus(ResponseModel):
     """Answer of `POST /v1/drain` (202) and `DELETE /v1/drain` (200)."""
 

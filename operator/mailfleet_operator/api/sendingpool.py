@@ -629,6 +629,29 @@ class Failover(SpecModel):
     )
 
 
+class Deletion(SpecModel):
+    """What deleting the pool does with mail it has already accepted (docs/sendingpool.md)."""
+
+    drain_timeout: Duration = Field(
+        default="1h",
+        description=(
+            "How long a deleted pool drains (intake stopped, queued mail delivered, IPs kept) "
+            "before it reports DrainTimedOut. Past it the pool still stays, and keeps "
+            "draining, until its queues are empty or the annotation "
+            "mailfleet.io/deletion=abandon-queued-mail is set."
+        ),
+    )
+    handoff_to: KubeName | None = Field(
+        default=None,
+        description=(
+            "Another SendingPool in the namespace that takes the queued mail when this one is "
+            "deleted (handed to its serving pods over their submission API, exactly once); "
+            "while it cannot (missing, being deleted, no Ready pod), the mail is delivered "
+            "from this pool's IPs meanwhile."
+        ),
+    )
+
+
 class SMTPSubmission(SpecModel):
     """The SMTP submission listener of every sender pod (AUTH + STARTTLS)."""
 
@@ -795,6 +818,9 @@ class SendingPoolSpec(SpecModel):
     paused: bool = Field(
         default=False,
         description="Stop delivering (mail is still accepted and queued) until set back to false.",
+    )
+    deletion: Deletion = Field(
+        default_factory=Deletion, description="How a deleted pool drains before it goes."
     )
 
 

@@ -4,7 +4,8 @@ Pods, nodes, the pool's IPWarmups and its IP Leases come from kopf watch indexes
 costs no API list calls. Each pool has two daemons: the main cycle (children, policy, status)
 every renewal interval, and the lease loop every half renewal interval, on its own so that
 renewals never wait for a slow read (DESIGN.md §4). Change handlers run a main cycle at once.
-Children are deleted by the garbage collector through their owner references.
+A deleted pool drains first (`pool_deletion`, under the operator's finalizer); its children
+then go by the garbage collector through their owner references.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from mailfleet_operator import settings as settings_module
 from mailfleet_operator.api import common, ipwarmup, sendingpool
 from mailfleet_operator.handlers import reconciling
 from mailfleet_operator.logic import children, ip_leases
-from mailfleet_operator.reconcile import context, pod_admin, pool_children
+from mailfleet_operator.reconcile import context, pod_admin, pool_children, pool_deletion
 from mailfleet_operator.reconcile import sendingpool as reconciler
 
 RESOURCE = (common.GROUP, common.VERSION, sendingpool.PLURAL)
@@ -180,12 +181,19 @@ async def sendingpool_cleanup(memo: kopf.Memo, **_: Any) -> None:
         reconciler.forget(owner=ctx.client)
 
 
-@kopf.on.delete(*RESOURCE, optional=True)
-async def sendingpool_deleted(memo: kopf.Memo, body: kopf.Body, **_: Any) -> None:
-    """Namespaced children go by owner reference; the cluster-scoped CNI egress objects are
-    deleted here (by the pool's labels), and the operator's memory of the pool is dropped."""
-    meta = body["metadata"]
-    await pool_children.apply_egress_objects(
-        memo.ctx, None, meta.get("namespace") or "default", meta["name"], meta["uid"], None
+@kopf.on.delete(*RESOURCE)
+async def sendingpool_deleted(
+    memo: kopf.Memo, body: kopf.Body, namespace: str | None, name: str, **kwargs: Any
+) -> None:
+    """The operator's finalizer holds the pool until its accepted mail has left
+    (`pool_deletion`): intake stops, the queues drain from the pool's IPs within
+    `spec.deletion.drainTimeout`, or the pool stays until they do or a person abandons the
+    mail. Then the cluster-scoped CNI egress objects are deleted here (namespaced children
+    go by owner reference) and the operator's memory of the pool is dropped."""
+    ns = namespace or "default"
+    await pool_deletion.drain_until_done(
+        memo.ctx, _admin(memo), dict(body), lambda: _world(ns, name, kwargs)
     )
+    meta = body["metadata"]
+    await pool_children.apply_egress_objects(memo.ctx, None, ns, meta["name"], meta["uid"], None)
     reconciler.forget(meta["uid"])  # every instance's memory of the pool

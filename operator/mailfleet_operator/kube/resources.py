@@ -119,6 +119,12 @@ POD_DISRUPTION_BUDGETS = Resource(
     group="policy", version="v1", plural="poddisruptionbudgets", kind="PodDisruptionBudget",
     verbs=_verbs(*_OWNED), why="one voluntary eviction at a time per SendingPool",
 )
+PERSISTENT_VOLUME_CLAIMS = Resource(
+    group="", version="v1", plural="persistentvolumeclaims", kind="PersistentVolumeClaim",
+    verbs=_verbs("list", "delete"),
+    why="spool volumes of a deleted SendingPool, removed once every queue is confirmed empty "
+    "(the StatefulSet retains them)",
+)
 PODS = Resource(
     group="", version="v1", plural="pods", kind="Pod",
     verbs=_verbs("list", "watch", "patch"),
@@ -173,6 +179,7 @@ ALL: tuple[Resource, ...] = (
     SERVICES,
     CONFIG_MAPS,
     POD_DISRUPTION_BUDGETS,
+    PERSISTENT_VOLUME_CLAIMS,
     PODS,
     NODES,
     LEASES,

@@ -292,10 +292,13 @@ def build_statefulset(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, 
             "serviceName": names.headless_service,
             "podManagementPolicy": "Parallel",
             "updateStrategy": {"type": "RollingUpdate"},
-            # Spool volumes outlive scale-downs: a pod removed before its queue emptied
-            # comes back to the same mail.
+            # Spool volumes hold mail already answered with 250: they outlive scale-downs (a
+            # pod removed before its queue emptied comes back to the same mail) and the
+            # StatefulSet itself (deleted by hand, or by a cascade before the pool drained).
+            # A deleted pool removes them itself once every queue is confirmed empty
+            # (`reconcile.pool_deletion`).
             "persistentVolumeClaimRetentionPolicy": {
-                "whenDeleted": "Delete",
+                "whenDeleted": "Retain",
                 "whenScaled": "Retain",
             },
             "selector": {"matchLabels": selector_labels(pool.name)},

@@ -108,11 +108,23 @@ class PodAdmin:
         except ValidationError as exc:
             raise PodUnreachable(f"{pod.name}: bad stats answer: {exc}") from exc
 
-    async def drain(self, pod: PodEndpoint, *, token: str, handoff: bool = True) -> None:
-        """Refuse new mail; with `handoff`, pass the queue to the pool's other pods. The sender
-        reads the flag from the query string (the body repeats it for older senders)."""
+    async def drain(
+        self,
+        pod: PodEndpoint,
+        *,
+        token: str,
+        handoff: bool = True,
+        target: wire.HandoffTarget | None = None,
+    ) -> None:
+        """Refuse new mail; with `handoff`, pass the queue to the pool's other pods, or to
+        `target` (another pool's pods). The sender reads the flag from the query string (the
+        body repeats it for older senders, with the target)."""
         path = f"/v1/drain?handoff={'true' if handoff else 'false'}"
-        await self._call("POST", pod, path, token=token, body={"handoff": handoff})
+        body = wire.DrainRequest(handoff=handoff, target=target if handoff else None)
+        await self._call(
+            "POST", pod, path, token=token,
+            body=body.model_dump(mode="json", by_alias=True, exclude_none=True),
+        )
 
     async def undrain(self, pod: PodEndpoint, *, token: str) -> None:
         """Cancel a drain (`DELETE /v1/drain`, idempotent): the pod takes mail again and

@@ -75,7 +75,8 @@ async def reconcile_pool(
 ) -> ctx_module.Outcome:
     """One main cycle for one pool. Safe to call concurrently: cycles of a pool serialize.
     Only the elected leader acts; other replicas wait."""
-    if not pool_leases.leading(ctx):
+    if not pool_leases.leading(ctx) or body["metadata"].get("deletionTimestamp"):
+        # A deleted pool is drained by `pool_deletion`: a main cycle would undrain its pods.
         return ctx_module.Outcome(requeue_after=max(ctx.settings.lease_renew_interval, 0.5))
     memory = memory_for(body["metadata"]["uid"], ctx.client)
     async with memory.lock:
