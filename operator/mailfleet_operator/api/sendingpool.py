@@ -632,11 +632,11 @@ class Failover(SpecModel):
 class Deletion(SpecModel):
     """What deleting the pool does with mail it has already accepted (docs/sendingpool.md)."""
 
-    drain_timeout: Duration = Field(
+    drain_timeout: Annotated[Duration, common.at_least("1s")] = Field(
         default="1h",
         description=(
             "How long a deleted pool drains (intake stopped, queued mail delivered, IPs kept) "
-            "before it reports DrainTimedOut. Past it the pool still stays, and keeps "
+            "before it reports DrainTimedOut; at least 1s. Past it the pool still stays, and keeps "
             "draining, until its queues are empty or the annotation "
             "mailfleet.io/deletion=abandon-queued-mail is set."
         ),
