@@ -632,8 +632,10 @@ class _Container:
                 await self.proc.wait()
         if self.task is not None:
             self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            # asyncio.wait, not `suppress(CancelledError): await task`: a cancellation of the
+            # caller itself (the sync loop stopping this container) must not be swallowed,
+            # or the caller runs on and the agent's shutdown waits for it forever.
+            await asyncio.wait([self.task])
 
 
 class _PodWorker:
@@ -820,8 +822,7 @@ class _PodWorker:
         await asyncio.gather(*(c.stop(grace) for c in self.containers))
         if self._reporter is not None:
             self._reporter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._reporter
+            await asyncio.wait([self._reporter])  # the caller's own cancellation propagates
         shutil.rmtree(self.root, ignore_errors=True)
 
     def grace(self) -> float:
@@ -959,9 +960,10 @@ class NodeAgent:
     async def stop(self) -> None:
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        if self._tasks:
+            _, stuck = await asyncio.wait(self._tasks, timeout=10.0)
+            if stuck:
+                log.warning("node agent stop: %d loops did not end within 10 s", len(stuck))
         self._tasks = []
         # Bounded: a pod that will not stop must not hang the agent's shutdown (a test run's
         # teardown); whatever is left gets SIGKILL.
