@@ -127,7 +127,9 @@ async def timed(check: Any, *, message: str) -> float:
     """Seconds until `check` holds (fails past REPAIRED_WITHIN)."""
     started = time.monotonic()
     await wait_for(check, within=REPAIRED_WITHIN, message=message)
-    return time.monotonic() - started
+    seconds = time.monotonic() - started
+    print(f"{message}: {seconds:.1f} s")  # the measured figure, with -s
+    return seconds
 
 
 async def started_pool(api: ApiServer, port: int) -> str:
