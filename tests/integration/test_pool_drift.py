@@ -45,6 +45,7 @@ class Kubelet:
     def __init__(self, api: ApiServer, port: int) -> None:
         self.api = api
         self.fleet = FakeSenders(port)
+        self.operator: OperatorRunner | None = None
         self._task: asyncio.Task[None] | None = None
 
     async def _loop(self) -> None:
@@ -88,6 +89,7 @@ async def world(
     runner = OperatorRunner(operator_settings(kubeconfig, dns, **values))
     await runner.start()
     kubelet = Kubelet(api, port)
+    kubelet.operator = runner
     kubelet.start()
     try:
         yield kubelet
@@ -320,6 +322,26 @@ async def test_a_refused_egress_ip_keeps_the_last_good_spec_running_with_leases_
         await wait_for(lambda: ready(kube_api).get("status") == "True", message="Ready again")
         body = kube_api.get(API, "SendingPool", "mail", NS)
         assert body["status"]["observedGeneration"] == body["metadata"]["generation"]
+
+
+async def test_an_operator_restarted_while_the_spec_is_refused_runs_the_last_good_one(
+    kube_api: ApiServer, kubeconfig: Path, dns_server: DNSServer, port: int
+) -> None:
+    """The last good spec survives the operator (a restart, a new leader): it is kept beside
+    the config rendered from it, so the IPs keep their holders across the restart."""
+    async with world(kube_api, kubeconfig, dns_server, port,
+                     refused_egress_networks=egress_networks.DEFAULT_REFUSED) as kubelet:
+        kube_api.create(pool_body(port))
+        await wait_for(lambda: ready(kube_api).get("status") == "True", message="Ready")
+        holders = await both_ips_held(kubelet)
+        bad = pool_body(port, ips=[*IPS, "127.0.0.1"])["spec"]
+        kube_api.patch(API, "SendingPool", "mail", {"spec": {"egress": bad["egress"]}}, NS)
+        await wait_for(lambda: ready(kube_api).get("reason") == "InvalidSpec",
+                       message="Ready=False InvalidSpec")
+        assert kubelet.operator is not None
+        await kubelet.operator.restart()
+        await hold_for(kubelet, holders, seconds=10)
+        assert ready(kube_api)["reason"] == "InvalidSpec"
 
 
 async def test_an_invalid_spec_keeps_the_last_good_spec_running_with_leases_held(

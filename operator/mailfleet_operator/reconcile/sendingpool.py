@@ -22,6 +22,7 @@ says `InvalidSpec` and why, and `status.observedGeneration` stays at the generat
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -36,6 +37,7 @@ from mailfleet_operator.api.common import describe_errors
 from mailfleet_operator.kube import client as kube_client
 from mailfleet_operator.logic import (
     assigning,
+    child_drift,
     children,
     conditions,
     egress_networks,
@@ -69,6 +71,9 @@ from mailfleet_operator.reconcile.pool_state import (
 __all__ = ["MEMORY", "PoolMemory", "World", "forget", "reconcile_pool", "renew_leases"]
 
 INVALID_SPEC = "InvalidSpec"
+GOOD_SPEC_ANNOTATION = "mailfleet.io/rendered-from"
+"""On the pool's ConfigMap: the spec (and generation) the config was rendered from, so that
+the last good spec outlives the operator's memory."""
 CHILD_NOT_OWNED = "ChildNotOwned"
 FENCED_ANNOTATION = "mailfleet.io/fenced-ips"
 RECONCILIATION_ANNOTATION = "mailfleet.io/reconciliation"  # "disabled" pauses (as CNPG)
@@ -120,11 +125,14 @@ async def _reconcile_locked(
         spec = sp.SendingPoolSpec.model_validate(body.get("spec") or {})
         generation = meta.get("generation")
         memory.good = (spec, generation)
-    elif memory.good is not None:
-        # Last good spec: the pool keeps running (leases, children, status) as it was; the
-        # refused generation is reported, never acted on.
-        spec, generation = memory.good
     else:
+        # Last good spec: the pool keeps running (leases, children, status) as it was; the
+        # refused generation is reported, never acted on. A restarted operator (or a new
+        # leader) finds it beside the config rendered from it.
+        memory.good = memory.good or await _recorded_spec(ctx, body, world, settings)
+    if refused is not None and memory.good is not None:
+        spec, generation = memory.good
+    elif refused is not None:
         # Nothing good known yet (a new pool, or an operator that restarted since): hold.
         verdicts = [conditions.Verdict(sp.READY, False, INVALID_SPEC, refused)]
         await status_module.write_status(
@@ -317,6 +325,9 @@ async def _reconcile_locked(
             ctx, pool_objects, key_data, memory, cycle, live=world.children, applied=applied
         )
         for child in children.build_children(spec, pool_objects, config_yaml=rendered.text):
+            if child["kind"] == "ConfigMap":
+                annotations_of = child["metadata"].setdefault("annotations", {})
+                annotations_of[GOOD_SPEC_ANNOTATION] = _spec_record(spec, generation)
             await pool_children.apply_child(
                 ctx, child, meta["uid"], memory, cycle, live=world.children, applied=applied
             )
@@ -384,6 +395,47 @@ def _refusal(body: Mapping[str, Any], settings: settings_module.Settings) -> str
         [ip.address for ip in spec.egress.ips], settings.refused_egress_networks
     )
     return "; ".join(problems)[:2000] if problems else None
+
+
+def _spec_record(spec: sp.SendingPoolSpec, generation: int | None) -> str:
+    """The spec a config was rendered from, as kept on the ConfigMap (no secrets: a spec
+    holds only references to Secrets)."""
+    return json.dumps(
+        {"generation": generation,
+         "spec": spec.model_dump(mode="json", by_alias=True, exclude_unset=True)},
+        sort_keys=True, separators=(",", ":"),
+    )
+
+
+async def _recorded_spec(
+    ctx: ctx_module.Context,
+    body: Mapping[str, Any],
+    world: World,
+    settings: settings_module.Settings,
+) -> tuple[sp.SendingPoolSpec, int | None] | None:
+    """The last good spec as the pool's own ConfigMap records it; None when there is none
+    the operator would still accept (then the pool holds)."""
+    meta = body["metadata"]
+    config_map = await pool_children.read_live(
+        ctx, "ConfigMap", children.Names(meta["name"]).config_map,
+        meta.get("namespace") or "default", world.children,
+    )
+    if config_map is None or not child_drift.owned_by(config_map, meta["uid"]):
+        return None
+    text = ((config_map.get("metadata") or {}).get("annotations") or {}).get(
+        GOOD_SPEC_ANNOTATION
+    )
+    try:
+        record = json.loads(text) if text else None
+        if not isinstance(record, dict):
+            return None
+        if _refusal({"spec": record.get("spec")}, settings) is not None:
+            return None
+        spec = sp.SendingPoolSpec.model_validate(record.get("spec") or {})
+    except (ValueError, ValidationError):
+        return None
+    generation = record.get("generation")
+    return spec, generation if isinstance(generation, int) else None
 
 
 def _held_verdicts(
