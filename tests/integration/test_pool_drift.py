@@ -174,16 +174,27 @@ async def test_a_statefulset_deleted_by_hand_is_back_within_15_seconds(
 async def test_a_config_map_edited_by_hand_is_back_within_15_seconds(
     kube_api: ApiServer, kubeconfig: Path, dns_server: DNSServer, port: int
 ) -> None:
-    async with world(kube_api, kubeconfig, dns_server, port):
+    async with world(kube_api, kubeconfig, dns_server, port) as kubelet:
         await started_pool(kube_api, port)
+        # Rendered for two holders (the rate is divided among them): the config is settled.
+        await wait_for(lambda: ready(kube_api).get("status") == "True", message="Ready")
+        await both_ips_held(kubelet)
         rendered = kube_api.get("v1", "ConfigMap", "mail-config", NS)["data"]
         kube_api.patch("v1", "ConfigMap", "mail-config",
                        {"data": {"sender.yaml": "edited: by hand\n", "extra": "x"}}, NS)
-        await timed(
-            lambda: (get(kube_api, "v1", "ConfigMap", "mail-config") or {}).get("data", {}).get(
-                "sender.yaml") == rendered["sender.yaml"],
-            message="the rendered config back in the ConfigMap",
-        )
+        try:
+            await timed(
+                lambda: (get(kube_api, "v1", "ConfigMap", "mail-config") or {}).get(
+                    "data", {}).get("sender.yaml") == rendered["sender.yaml"],
+                message="the rendered config back in the ConfigMap",
+            )
+        except AssertionError:
+            import difflib
+            now = kube_api.get("v1", "ConfigMap", "mail-config", NS)
+            print("DEBUG", "\n".join(difflib.unified_diff(
+                rendered["sender.yaml"].splitlines(), now["data"]["sender.yaml"].splitlines())),
+                now["metadata"].get("managedFields"))
+            raise
 
 
 async def test_a_statefulset_image_edited_by_hand_is_reverted(
@@ -232,7 +243,8 @@ async def test_the_headless_service_pdb_and_admin_secret_deleted_are_recreated(
         await asyncio.sleep(0)
         await wait_for(lambda: all(kubelet.fleet.holders(ip) for ip in IPS),
                        message="both IPs held after the Secret came back")
-        assert "ChildRecreated" in event_reasons(kube_api)
+        await wait_for(lambda: "ChildRecreated" in event_reasons(kube_api),
+                       message="an event ChildRecreated")
 
 
 async def test_a_foreign_object_with_a_childs_name_is_never_taken_over_and_the_pool_says_why(

@@ -83,10 +83,9 @@ async def ensure_admin_secret(
     current = await read_live(ctx, "Secret", names.admin_secret, namespace, live)
     if current is not None and not child_drift.owned_by(current, meta["uid"]):
         token = children.admin_token(current) or memory.token or ""
-    elif current is not None and children.admin_token(current):
-        token = children.admin_token(current)
     else:
-        token = memory.token or secrets.token_urlsafe(32)
+        # The token the pods hold first: an edited or deleted Secret gets it back.
+        token = memory.token or children.admin_token(current) or secrets.token_urlsafe(32)
     pool = children.PoolObjects(
         name=meta["name"], namespace=namespace, uid=meta["uid"], replicas=0
     )
