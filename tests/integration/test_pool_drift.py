@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import difflib
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -182,19 +183,17 @@ async def test_a_config_map_edited_by_hand_is_back_within_15_seconds(
         rendered = kube_api.get("v1", "ConfigMap", "mail-config", NS)["data"]
         kube_api.patch("v1", "ConfigMap", "mail-config",
                        {"data": {"sender.yaml": "edited: by hand\n", "extra": "x"}}, NS)
+        def restored() -> bool:
+            data = (get(kube_api, "v1", "ConfigMap", "mail-config") or {}).get("data") or {}
+            return data.get("sender.yaml") == rendered["sender.yaml"]
+
         try:
-            await timed(
-                lambda: (get(kube_api, "v1", "ConfigMap", "mail-config") or {}).get(
-                    "data", {}).get("sender.yaml") == rendered["sender.yaml"],
-                message="the rendered config back in the ConfigMap",
-            )
+            await timed(restored, message="the rendered config back in the ConfigMap")
         except AssertionError:
-            import difflib
-            now = kube_api.get("v1", "ConfigMap", "mail-config", NS)
-            print("DEBUG", "\n".join(difflib.unified_diff(
-                rendered["sender.yaml"].splitlines(), now["data"]["sender.yaml"].splitlines())),
-                now["metadata"].get("managedFields"))
-            raise
+            now = kube_api.get("v1", "ConfigMap", "mail-config", NS)["data"]["sender.yaml"]
+            diff = "\n".join(difflib.unified_diff(rendered["sender.yaml"].splitlines(),
+                                                  now.splitlines(), lineterm=""))
+            raise AssertionError(f"the ConfigMap differs from the config rendered:\n{diff}")
 
 
 async def test_a_statefulset_image_edited_by_hand_is_reverted(
