@@ -189,11 +189,12 @@ async def test_a_config_map_edited_by_hand_is_back_within_15_seconds(
 
         try:
             await timed(restored, message="the rendered config back in the ConfigMap")
-        except AssertionError:
+        except AssertionError as error:
             now = kube_api.get("v1", "ConfigMap", "mail-config", NS)["data"]["sender.yaml"]
             diff = "\n".join(difflib.unified_diff(rendered["sender.yaml"].splitlines(),
                                                   now.splitlines(), lineterm=""))
-            raise AssertionError(f"the ConfigMap differs from the config rendered:\n{diff}")
+            raise AssertionError(f"the ConfigMap differs from the config rendered:\n{diff}") \
+                from error
 
 
 async def test_a_statefulset_image_edited_by_hand_is_reverted(
