@@ -172,6 +172,20 @@ async def test_a_statefulset_deleted_by_hand_is_back_within_15_seconds(
         await timed(back, message="a new StatefulSet owned by the pool")
 
 
+async def test_a_settled_pool_finds_no_drift_in_what_the_api_server_returns(
+    kube_api: ApiServer, kubeconfig: Path, dns_server: DNSServer, port: int
+) -> None:
+    """The defaults the API server adds (and the empty maps it drops) are not drift: a
+    settled pool repairs nothing, cycle after cycle (else it would apply a child every cycle
+    and post an event each time)."""
+    async with world(kube_api, kubeconfig, dns_server, port) as kubelet:
+        await started_pool(kube_api, port)
+        await wait_for(lambda: ready(kube_api).get("status") == "True", message="Ready")
+        await both_ips_held(kubelet)
+        await asyncio.sleep(3)  # six cycles that must find nothing to repair
+        assert "ChildRepaired" not in event_reasons(kube_api)
+
+
 async def test_a_config_map_edited_by_hand_is_back_within_15_seconds(
     kube_api: ApiServer, kubeconfig: Path, dns_server: DNSServer, port: int
 ) -> None:

@@ -57,7 +57,7 @@ def stamped(desired: Mapping[str, Any]) -> dict[str, Any]:
 def contains(live: Any, desired: Any) -> bool:
     """Whether every field of `desired` is in `live` with the same value. Lists match item by
     item (same length: the server neither adds nor reorders items of the lists we set);
-    `None` in `desired` asks for nothing."""
+    `None` in `desired` asks for nothing, and an empty map or list matches an absent one."""
     return first_difference(live, desired) is None
 
 
@@ -71,6 +71,8 @@ def first_difference(live: Any, desired: Any, path: str = "") -> str | None:
     and events: says what drifted, never a value)."""
     if desired is None:
         return None
+    if live is None and isinstance(desired, Mapping | list) and not desired:
+        return None  # the API server drops an empty map or list (a Secret with no data)
     if isinstance(desired, Mapping):
         if not isinstance(live, Mapping):
             return path or "."

@@ -84,3 +84,11 @@ def test_the_digest_follows_the_intent_and_ignores_an_old_stamp() -> None:
     two = desired(**{"sender.yaml": "x: 2\n"})["metadata"]["annotations"][
         child_drift.DIGEST_ANNOTATION]
     assert one != two
+
+
+def test_an_empty_map_matches_the_absent_field_the_api_server_leaves() -> None:
+    """A Secret applied with `data: {}` comes back without `data`: not a drift (else it
+    would be applied again every cycle)."""
+    assert child_drift.contains({"metadata": {}}, {"data": {}})
+    assert child_drift.contains({}, {"items": []})
+    assert not child_drift.contains({}, {"data": {"k": "v"}})
