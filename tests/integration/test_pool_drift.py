@@ -135,8 +135,8 @@ async def timed(check: Any, *, message: str) -> float:
     return seconds
 
 
-async def started_pool(api: ApiServer, port: int) -> str:
-    uid: str = api.create(pool_body(port))["metadata"]["uid"]
+async def started_pool(api: ApiServer, port: int, **spec: Any) -> str:
+    uid: str = api.create(pool_body(port, **spec))["metadata"]["uid"]
     for api_version, kind, name in CHILDREN:
         await wait_for(lambda v=api_version, k=kind, n=name: owned_by_pool(  # type: ignore[misc]
             get(api, v, k, n), uid), message=f"{kind} {name}")
@@ -177,9 +177,9 @@ async def test_a_settled_pool_finds_no_drift_in_what_the_api_server_returns(
 ) -> None:
     """The defaults the API server adds (and the empty maps it drops) are not drift: a
     settled pool repairs nothing, cycle after cycle (else it would apply a child every cycle
-    and post an event each time)."""
+    and post an event each time). kube-apiserver writes "0.5" CPU as "500m"."""
     async with world(kube_api, kubeconfig, dns_server, port) as kubelet:
-        await started_pool(kube_api, port)
+        await started_pool(kube_api, port, resources={"requests": {"cpu": "0.5"}})
         await wait_for(lambda: ready(kube_api).get("status") == "True", message="Ready")
         await both_ips_held(kubelet)
         await asyncio.sleep(3)  # six cycles that must find nothing to repair

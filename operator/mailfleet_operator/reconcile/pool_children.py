@@ -138,8 +138,15 @@ async def apply_child(
         memory.applied[key] = desired["metadata"]["annotations"][child_drift.DIGEST_ANNOTATION]
         return verdict.action
     digest = desired["metadata"]["annotations"][child_drift.DIGEST_ANNOTATION]
+    if (
+        verdict.action is child_drift.Action.REPAIR
+        and memory.normalized.get(key) == (digest, verdict.why)
+    ):
+        # The API server itself answered our apply with that field otherwise (a quantity
+        # it normalizes, "0.5" -> "500m"): not drift, and applying again would change nothing.
+        return child_drift.Action.KEEP
     try:
-        await ctx.client.apply(
+        answer = await ctx.client.apply(
             resource, body=desired, namespace=namespace,
             force=verdict.action is child_drift.Action.REPAIR,
         )
@@ -152,6 +159,11 @@ async def apply_child(
         applied.failures.append(f"{kind} {namespace}/{name} could not be applied: {error}"[:500])
         return verdict.action
     cycle.writes += 1
+    rest = child_drift.first_difference(answer, desired)
+    if rest is None:
+        memory.normalized.pop(key, None)
+    else:
+        memory.normalized[key] = (digest, rest.lstrip(".") or "object")
     before = memory.applied.get(key)
     if verdict.action is child_drift.Action.CREATE and before is not None:
         cycle.event("Normal", "ChildRecreated", f"{kind} {name} was missing: recreated")

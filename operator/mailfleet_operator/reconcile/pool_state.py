@@ -70,6 +70,8 @@ class PoolMemory(usage_book.UsageBook):
     good: tuple[Any, int | None] | None = None
     # Children the pool may not write (someone else's object has the name), as reported.
     clashes: set[str] = dataclasses.field(default_factory=set)
+    # child -> (digest, field) the API server's answer to our apply had otherwise (normalized).
+    normalized: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     # pod -> renewals in a row it did not answer (it may be frozen: stop extending its leases).
     unanswered: dict[str, int] = dataclasses.field(default_factory=dict)
 
