@@ -13,7 +13,9 @@ import time
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from mailfleet_operator.logic import egress_networks
 
 ENV_PREFIX = "MAILFLEET_OPERATOR_"
 
@@ -141,6 +143,15 @@ class Settings(BaseModel):
             " on an unprivileged port."
         ),
     )
+    refused_egress_networks: tuple[str, ...] = Field(
+        default=egress_networks.DEFAULT_REFUSED,
+        description=(
+            "Networks (CIDR) from which a SendingPool may not take an egress IP; a pool naming "
+            "one is refused like an invalid spec (its last good spec keeps running). Default: "
+            "unspecified, loopback, link-local, multicast and broadcast, which a real cluster "
+            "cannot send mail from; the sandbox allows loopback. Empty: refuse none."
+        ),
+    )
     # --- Leader election (issue 14): what keeps two replicas from granting IPs at once ---
     leader_election: bool = Field(
         default=True,
@@ -180,6 +191,12 @@ class Settings(BaseModel):
     )
     log_format: Literal["json", "text"] = Field(default="json", description="Log line format.")
     log_level: str = Field(default="INFO", description="Python logging level.")
+
+    @field_validator("refused_egress_networks")
+    @classmethod
+    def _networks_parse(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        egress_networks.parse_networks(value)  # ValueError names the bad one
+        return value
 
     @model_validator(mode="after")
     def _leader_timings_nest(self) -> Settings:

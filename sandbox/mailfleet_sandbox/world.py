@@ -53,6 +53,7 @@ from typing import Any
 import aiosmtplib
 import yaml
 from aiosmtpd.smtp import SMTP, Envelope, Session
+from mailfleet_operator.logic import egress_networks
 
 from mailfleet_sandbox import (
     api_fault_proxy,
@@ -364,6 +365,8 @@ class SandboxWorld:
             "leaseDuration": s.lease_duration, "leaseRenewInterval": s.lease_renew_interval,
             "leaseClockSkew": s.lease_clock_skew, "statsInterval": s.stats_interval,
             "podAdminTimeout": s.pod_admin_timeout, "drainTimeout": 30, "logFormat": "text",
+            # The sandbox's egress IPs are 127.x: loopback is its Internet.
+            "refusedEgressNetworks": list(egress_networks.allowing_loopback()),
         }
 
     def operator_objects(self) -> list[JSON]:

@@ -30,7 +30,7 @@ EVERY_SETTING: dict[str, Any] = {
     "autoscaleStabilization": 120, "warmupDaySeconds": 60, "timeScale": 10,
     "warmupQuotaChunk": 25, "leaderElection": False, "leaderElectionNamespace": "ops",
     "leaderLeaseName": "leader", "leaderLeaseDuration": 30, "leaderRenewDeadline": 20,
-    "leaderRetryPeriod": 5,
+    "leaderRetryPeriod": 5, "refusedEgressNetworks": ["127.0.0.0/8", "fe80::/10"],
 }
 
 

@@ -24,8 +24,8 @@ from chart import chart_support as cs
 from mailfleet_operator.kube import resources
 
 OPERATOR = cs.ROOT / "operator" / "mailfleet_operator"
-CLIENT_METHODS = ("get", "list", "create", "patch", "patch_status", "delete", "apply_child",
-                  "post_event")
+CLIENT_METHODS = ("get", "list", "create", "patch", "patch_status", "delete", "apply",
+                  "apply_child", "post_event")
 Use = tuple[str, str, str]  # (api group, resource[/subresource], verb)
 
 

@@ -28,6 +28,7 @@ import pytest
 import yaml
 from mailfleet_operator import running
 from mailfleet_operator import settings as settings_module
+from mailfleet_operator.logic import egress_networks
 from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sandbox.kube import ApiServer
 from mailfleet_sandbox.kube.errors import ApiError
@@ -234,6 +235,8 @@ def operator_settings(
         "step_delay": 0.1,
         "error_delay": 0.5,
         "log_format": "text",
+        # The sandbox's egress IPs are 127.x: loopback is its Internet.
+        "refused_egress_networks": egress_networks.allowing_loopback(),
     }
     values.update(overrides)
     return settings_module.Settings(**values)

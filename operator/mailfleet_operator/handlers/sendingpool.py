@@ -17,6 +17,7 @@ import kopf
 
 from mailfleet_operator import settings as settings_module
 from mailfleet_operator.api import common, ipwarmup, sendingpool
+from mailfleet_operator.handlers import pool_children as pool_children_watch
 from mailfleet_operator.handlers import reconciling
 from mailfleet_operator.logic import children, ip_leases
 from mailfleet_operator.reconcile import context, pod_admin, pool_children, pool_deletion
@@ -83,6 +84,7 @@ def _world(namespace: str, name: str, indexes: Mapping[str, Any]) -> reconciler.
         warmups=list(warmups.get((namespace, name), [])),
         leases=list(leases.get((namespace, name), [])),
         pools=list(pools.get(None, [])),
+        children=pool_children_watch.live_children(namespace, name, indexes),
     )
 
 

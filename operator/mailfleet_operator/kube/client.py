@@ -32,6 +32,7 @@ _CONTENT_TYPES: dict[PatchType, str] = {
     "json": "application/json-patch+json",
     "strategic": "application/strategic-merge-patch+json",
 }
+APPLY_CONTENT_TYPE = "application/apply-patch+yaml"  # a JSON body is valid YAML
 FIELD_MANAGER = "mailfleet-operator"
 
 
@@ -263,6 +264,35 @@ class Client:
         except NotFound:
             return False
         return True
+
+    async def apply(
+        self,
+        resource: resources.Resource,
+        *,
+        body: Mapping[str, Any],
+        force: bool,
+        namespace: str | None = None,
+    ) -> dict[str, Any]:
+        """Server-side apply of `body` (the whole intent: fields this manager applied before
+        and no longer applies are removed) under the one field manager; creates the object
+        when it does not exist.
+
+        `force` takes fields another manager set (a `kubectl edit`); pass it only for an
+        object the operator alone owns. Without it a field held by someone else with another
+        value is a Conflict (409), so a foreign object is never silently taken over.
+        """
+        _check(resource, "patch", None)
+        _check(resource, "create", None)  # an apply that creates is authorized as a create
+        metadata = body.get("metadata") or {}
+        full = {"apiVersion": resource.api_version, "kind": resource.kind, **body}
+        params = {"fieldManager": FIELD_MANAGER}
+        if force:
+            params["force"] = "true"
+        return await self._request(
+            "PATCH",
+            resource.path(namespace=namespace or metadata.get("namespace"), name=metadata["name"]),
+            body=full, params=params, content_type=APPLY_CONTENT_TYPE,
+        )
 
     # --- composite helpers --------------------------------------------------------------------
 

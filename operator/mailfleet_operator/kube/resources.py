@@ -48,8 +48,9 @@ def _verbs(*verbs: Verb) -> frozenset[Verb]:
 
 _READ: tuple[Verb, ...] = ("get", "list", "watch")
 _WRITE: tuple[Verb, ...] = ("create", "patch", "delete")
-# Owned children are read one by one, created and patched; garbage collection deletes them.
-_OWNED: tuple[Verb, ...] = ("get", "create", "patch")
+# Owned children are watched (drift is repaired), read, created and server-side applied;
+# garbage collection deletes them.
+_OWNED: tuple[Verb, ...] = ("get", "list", "watch", "create", "patch")
 
 DOMAIN_AUTHS = Resource(
     group="mailfleet.io", version="v1alpha1", plural="domainauths", kind="DomainAuth",
@@ -68,8 +69,9 @@ IP_WARMUPS = Resource(
 )
 SECRETS = Resource(
     group="", version="v1", plural="secrets", kind="Secret",
-    verbs=_verbs("get", "list", *_WRITE),
-    why="DKIM private keys (one Secret per selector, owned by the DomainAuth; copied to the "
+    verbs=_verbs(*_READ, *_WRITE),
+    why="watched: a pool's admin and DKIM Secrets (owned, repaired); DKIM private keys "
+    "(one Secret per selector, owned by the DomainAuth; copied to the "
     "pool's <pool>-dkim Secret)",
 )
 EVENTS = Resource(

@@ -639,7 +639,9 @@ async def _apply(
         if cond.type == ipw.READY and cond.status != "True" and cond.reason in _PROBLEM_REASONS:
             cycle.event("Warning", cond.reason, cond.message or cond.reason)
     new = common.dump_status(status.model_copy(update={"conditions": merged}))
-    new["observedGeneration"] = meta.get("generation")
+    # Observed only when acted on: a held generation (a refused spec, a problem) keeps the last.
+    held = any(v.type == ipw.READY and v.reason in _PROBLEM_REASONS for v in verdicts)
+    new["observedGeneration"] = old.get("observedGeneration") if held else meta.get("generation")
     if "nextAdvanceAt" not in new:
         new["nextAdvanceAt"] = None  # merge patch: null removes it (paused, completed)
     comparable = {k: v for k, v in old.items() if k in new}

@@ -1,13 +1,18 @@
 """Applying a SendingPool's owned children: the admin and DKIM Secrets, the StatefulSet,
 Services, ConfigMap and PodDisruptionBudget (built by `logic.children`), and the serving label.
+
+Level-based: every cycle compares each desired child with the live one (from the watch of
+the owned kinds, else a read) and server-side applies it when it differs (`logic.child_drift`),
+so a child deleted or edited by hand is back within a cycle. An object of a child's name that
+the pool does not own is never written.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
-import json
+import dataclasses
+import logging
 import secrets
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -15,15 +20,48 @@ from typing import Any
 from mailfleet_operator.api import sendingpool as sp
 from mailfleet_operator.kube import client as kube_client
 from mailfleet_operator.kube import resources
-from mailfleet_operator.logic import assigning, children, egress_attachment, sender_config
+from mailfleet_operator.logic import (
+    assigning,
+    child_drift,
+    children,
+    egress_attachment,
+    sender_config,
+)
 from mailfleet_operator.reconcile import context as ctx_module
 from mailfleet_operator.reconcile.pool_state import Cycle, PoolMemory
 
-HASH_ANNOTATION = "mailfleet.io/applied-hash"
+log = logging.getLogger(__name__)
+
+Live = Mapping[tuple[str, str], Mapping[str, Any]]
+"""A pool's children as the watch last saw them, by (kind, name)."""
 
 
-def hash(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:16]
+@dataclasses.dataclass
+class Applied:
+    """What applying a cycle's children found: objects it must not touch (someone else's)
+    and objects it could not write, each as a sentence for the Ready condition."""
+
+    clashes: list[str] = dataclasses.field(default_factory=list)
+    failures: list[str] = dataclasses.field(default_factory=list)
+
+
+async def read_live(
+    ctx: ctx_module.Context, kind: str, name: str, namespace: str, live: Live | None
+) -> Mapping[str, Any] | None:
+    """The live child: from the watch when it has it, else from the API (an object the
+    watch does not show may still exist: a foreign one without the pool's labels)."""
+    if live is not None:
+        found = live.get((kind, name))
+        if found is not None:
+            return found
+    resource = {  # spelled out (not a shared table): the RBAC test reads the calls' kinds
+        "StatefulSet": resources.STATEFUL_SETS,
+        "Service": resources.SERVICES,
+        "ConfigMap": resources.CONFIG_MAPS,
+        "PodDisruptionBudget": resources.POD_DISRUPTION_BUDGETS,
+        "Secret": resources.SECRETS,
+    }[kind]
+    return await ctx.client.get(resource, name=name, namespace=namespace)
 
 
 async def ensure_admin_secret(
@@ -32,79 +70,109 @@ async def ensure_admin_secret(
     names: children.Names,
     memory: PoolMemory,
     cycle: Cycle,
+    live: Live | None = None,
+    applied: Applied | None = None,
 ) -> str:
-    if memory.token:
-        return memory.token
-    namespace = body["metadata"].get("namespace") or "default"
-    current = await ctx.client.get(resources.SECRETS, name=names.admin_secret, namespace=namespace)
-    if current is None:
-        token = secrets.token_urlsafe(32)
-        pool = children.PoolObjects(
-            name=body["metadata"]["name"],
-            namespace=namespace,
-            uid=body["metadata"]["uid"],
-            replicas=0,
-        )
-        try:
-            await ctx.client.create(
-                resources.SECRETS,
-                namespace=namespace,
-                body=children.build_admin_secret(pool, token=token),
-            )
-            cycle.writes += 1
-            memory.token = token
-            return token
-        except kube_client.Conflict:
-            current = await ctx.client.get(
-                resources.SECRETS, name=names.admin_secret, namespace=namespace
-            )
-    memory.token = children.admin_token(current)
-    return memory.token
+    """The pods' admin token, its Secret applied like any child. A Secret deleted by hand
+    comes back with the token the operator remembers, which the pods still hold (they read
+    the file at start and on a config reload); only an operator that restarted meanwhile
+    has none to give and makes a new one. A foreign Secret of that name is not written, but
+    its token is the one the pods mount, so it is the one used."""
+    meta = body["metadata"]
+    namespace = meta.get("namespace") or "default"
+    current = await read_live(ctx, "Secret", names.admin_secret, namespace, live)
+    if current is not None and not child_drift.owned_by(current, meta["uid"]):
+        token = children.admin_token(current) or memory.token or ""
+    else:
+        # The token the pods hold first: an edited or deleted Secret gets it back.
+        token = memory.token or children.admin_token(current) or secrets.token_urlsafe(32)
+    pool = children.PoolObjects(
+        name=meta["name"], namespace=namespace, uid=meta["uid"], replicas=0
+    )
+    desired = children.build_admin_secret(pool, token=token)
+    text = desired.pop("stringData")
+    # `data` as the API stores it, so the live Secret compares equal.
+    desired["data"] = {k: base64.b64encode(v.encode()).decode() for k, v in text.items()}
+    await apply_child(
+        ctx, desired, meta["uid"], memory, cycle, live=live,
+        applied=applied if applied is not None else Applied(), current=current,
+    )
+    memory.token = token
+    return token
 
 
 async def apply_child(
-    ctx: ctx_module.Context, body: dict[str, Any], memory: PoolMemory, cycle: Cycle
-) -> None:
-    """Create or update an owned child; skipped when its content hash is unchanged."""
+    ctx: ctx_module.Context,
+    body: Mapping[str, Any],
+    uid: str,
+    memory: PoolMemory,
+    cycle: Cycle,
+    *,
+    live: Live | None,
+    applied: Applied,
+    current: Mapping[str, Any] | None = None,
+) -> child_drift.Action:
+    """Make one owned child look like `body` (server-side apply), compared with the live
+    object every cycle: a deletion or a hand edit is repaired; an object of that name the
+    pool does not own is never written (noted in `applied.clashes`)."""
+    kind, meta = body["kind"], body["metadata"]
+    name, namespace = meta["name"], meta["namespace"]
     resource = {
         "StatefulSet": resources.STATEFUL_SETS,
         "Service": resources.SERVICES,
         "ConfigMap": resources.CONFIG_MAPS,
         "PodDisruptionBudget": resources.POD_DISRUPTION_BUDGETS,
-    }[body["kind"]]
-    meta = body["metadata"]
-    key = f"{body['kind']}/{meta['name']}"
-    digest = hash(body)
-    if memory.applied.get(key) == digest:
-        return
-    meta.setdefault("annotations", {})[HASH_ANNOTATION] = digest
-    current = await ctx.client.get(resource, name=meta["name"], namespace=meta["namespace"])
+        "Secret": resources.SECRETS,
+    }[kind]
+    desired = child_drift.stamped(body)
     if current is None:
-        try:
-            await ctx.client.create(resource, body=body, namespace=meta["namespace"])
-            cycle.writes += 1
-        except kube_client.Conflict:
-            return  # someone else created it: compare next cycle
-    elif (current["metadata"].get("annotations") or {}).get(HASH_ANNOTATION) != digest:
-        patch: dict[str, Any] = {
-            "metadata": {
-                "labels": meta["labels"],
-                "annotations": meta["annotations"],
-                "ownerReferences": meta["ownerReferences"],
-            },
-        }
-        for field in ("spec", "data"):
-            if field in body:
-                patch[field] = body[field]
-        if body["kind"] == "StatefulSet":
-            template = patch["spec"]["template"]["spec"]
-            for optional in ("nodeSelector", "tolerations"):
-                template.setdefault(optional, None)  # merge patch: null removes a dropped field
-        await ctx.client.patch(
-            resource, name=meta["name"], namespace=meta["namespace"], patch=patch
+        current = await read_live(ctx, kind, name, namespace, live)
+    verdict = child_drift.judge(desired, current, uid)
+    key = f"{kind}/{name}"
+    if verdict.action is child_drift.Action.CLASH:
+        applied.clashes.append(
+            child_drift.describe_clash(kind, namespace, name, meta["ownerReferences"][0]["name"])
         )
-        cycle.writes += 1
+        return verdict.action
+    if verdict.action is child_drift.Action.KEEP:
+        memory.applied[key] = desired["metadata"]["annotations"][child_drift.DIGEST_ANNOTATION]
+        return verdict.action
+    digest = desired["metadata"]["annotations"][child_drift.DIGEST_ANNOTATION]
+    if (
+        verdict.action is child_drift.Action.REPAIR
+        and memory.normalized.get(key) == (digest, verdict.why)
+    ):
+        # The API server itself answered our apply with that field otherwise (a quantity
+        # it normalizes, "0.5" -> "500m"): not drift, and applying again would change nothing.
+        return child_drift.Action.KEEP
+    try:
+        answer = await ctx.client.apply(
+            resource, body=desired, namespace=namespace,
+            force=verdict.action is child_drift.Action.REPAIR,
+        )
+    except kube_client.Conflict as error:
+        # Only an apply without force conflicts: an object appeared under the name since it
+        # was read as absent, with other values. Not ours: left alone, judged next cycle.
+        log.info("child appeared before its creation", extra={"child": key, "error": str(error)})
+        return verdict.action
+    except kube_client.ApiError as error:
+        applied.failures.append(f"{kind} {namespace}/{name} could not be applied: {error}"[:500])
+        return verdict.action
+    cycle.writes += 1
+    rest = child_drift.first_difference(answer, desired)
+    if rest is None:
+        memory.normalized.pop(key, None)
+    else:
+        memory.normalized[key] = (digest, rest.lstrip(".") or "object")
+    before = memory.applied.get(key)
+    if verdict.action is child_drift.Action.CREATE and before is not None:
+        cycle.event("Normal", "ChildRecreated", f"{kind} {name} was missing: recreated")
+    elif verdict.action is child_drift.Action.REPAIR and before == digest:
+        cycle.event(
+            "Normal", "ChildRepaired", f"{kind} {name} differed at {verdict.why}: repaired"
+        )
     memory.applied[key] = digest
+    return verdict.action
 
 
 async def read_dkim_keys(
@@ -136,39 +204,20 @@ async def apply_dkim_secret(
     keys: Mapping[str, str],
     memory: PoolMemory,
     cycle: Cycle,
+    *,
+    live: Live | None = None,
+    applied: Applied | None = None,
 ) -> None:
     """Make `<pool>-dkim` hold exactly `keys` (by `children.dkim_key_name`). Its files change
     in place in the pods (the kubelet swaps them), so a rotation never touches the pod
-    template. Keys dropped from it are removed (null in the merge patch)."""
+    template. Keys dropped from it are removed (server-side apply drops what the operator
+    no longer applies)."""
     data = {children.dkim_key_name(name): value for name, value in keys.items()}
-    if memory.dkim_applied == data:
-        return
     body = children.build_dkim_secret(pool, data=data)
-    meta = body["metadata"]
-    current = await ctx.client.get(resources.SECRETS, name=meta["name"], namespace=pool.namespace)
-    if current is None:
-        try:
-            await ctx.client.create(resources.SECRETS, body=body, namespace=pool.namespace)
-            cycle.writes += 1
-        except kube_client.Conflict:
-            return  # created meanwhile: compare next cycle
-    else:
-        have = current.get("data") or {}
-        if have != body["data"]:
-            stale: dict[str, str | None] = {key: None for key in have if key not in data}
-            await ctx.client.patch(
-                resources.SECRETS,
-                name=meta["name"],
-                namespace=pool.namespace,
-                patch={
-                    "metadata": {
-                        "labels": meta["labels"],
-                        "ownerReferences": meta["ownerReferences"],
-                    },
-                    "data": {**stale, **body["data"]},
-                },
-            )
-            cycle.writes += 1
+    await apply_child(
+        ctx, body, pool.uid, memory, cycle, live=live,
+        applied=applied if applied is not None else Applied(),
+    )
     memory.dkim_applied = data
 
 

@@ -65,6 +65,13 @@ class PoolMemory(usage_book.UsageBook):
     epochs: dict[str, int] = dataclasses.field(default_factory=dict)
     # Fire-and-forget tasks (events of the lease loop), kept referenced until done.
     background: set[asyncio.Task[None]] = dataclasses.field(default_factory=set)
+    # The last spec the operator accepted and its generation: what runs while a newer one is
+    # refused (`sendingpool._refusal`).
+    good: tuple[Any, int | None] | None = None
+    # Children the pool may not write (someone else's object has the name), as reported.
+    clashes: set[str] = dataclasses.field(default_factory=set)
+    # child -> (digest, field) the API server's answer to our apply had otherwise (normalized).
+    normalized: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
     # pod -> renewals in a row it did not answer (it may be frozen: stop extending its leases).
     unanswered: dict[str, int] = dataclasses.field(default_factory=dict)
 
@@ -106,6 +113,9 @@ class World:
     # Every SendingPool the operator serves, for "an IP is in at most one pool"; None: only
     # this one.
     pools: Sequence[Mapping[str, Any]] | None = None
+    # The pool's namespaced children as watched, by (kind, name); None: read them from the
+    # API (a child the watch does not show is read too).
+    children: Mapping[tuple[str, str], Mapping[str, Any]] | None = None
 
 
 def parse_time(text: str | None) -> datetime | None:

@@ -247,7 +247,12 @@ async def write_status(
     verdicts: Sequence[conditions.Verdict],
     now: datetime,
     cycle: Cycle,
+    *,
+    acted_on: int | None,
 ) -> None:
+    """One status patch when something changed. `acted_on` is the generation the cycle ran
+    (`status.observedGeneration`): a refused generation is reported in the conditions (they
+    were judged on it) but never marked observed."""
     meta = body["metadata"]
     existing = conditions.parse_conditions(old.get("conditions"))
     merged = conditions.set_conditions(
@@ -255,7 +260,7 @@ async def write_status(
     )
     new = dict(status)
     new["conditions"] = [dump_status(c) for c in merged]
-    new["observedGeneration"] = meta.get("generation")
+    new["observedGeneration"] = acted_on
     comparable_old = {k: v for k, v in old.items() if k in new}
     if comparable_old == new:
         return

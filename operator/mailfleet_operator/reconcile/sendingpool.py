@@ -12,12 +12,17 @@ One level-based cycle (`reconcile_pool`) serves create, update, resume and the t
    changed (`pool_status`), and an event per transition.
 
 Who holds which IP is not decided here: the lease loop (`pool_leases`) runs on its own daemon
-with the last inputs this cycle handed it, so a slow read, an API error or a spec the
-operator refuses never holds up a renewal (the last good inputs stay in force).
+with the last inputs this cycle handed it, so a slow read or an API error never holds up a
+renewal (the last good inputs stay in force).
+
+A spec the operator refuses (its models' validation, an egress IP in a refused network) is
+never acted on: the cycle goes on with the last good spec (leases, children, status), Ready
+says `InvalidSpec` and why, and `status.observedGeneration` stays at the generation acted on.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -26,14 +31,16 @@ from mailfleet_sender import units
 from pydantic import ValidationError
 
 from mailfleet_operator import metrics
+from mailfleet_operator import settings as settings_module
 from mailfleet_operator.api import sendingpool as sp
 from mailfleet_operator.api.common import describe_errors
 from mailfleet_operator.kube import client as kube_client
-from mailfleet_operator.kube import resources
 from mailfleet_operator.logic import (
     assigning,
+    child_drift,
     children,
     conditions,
+    egress_networks,
     ip_leases,
     reputation,
     sender_config,
@@ -63,6 +70,11 @@ from mailfleet_operator.reconcile.pool_state import (
 
 __all__ = ["MEMORY", "PoolMemory", "World", "forget", "reconcile_pool", "renew_leases"]
 
+INVALID_SPEC = "InvalidSpec"
+GOOD_SPEC_ANNOTATION = "mailfleet.io/rendered-from"
+"""On the pool's ConfigMap: the spec (and generation) the config was rendered from, so that
+the last good spec outlives the operator's memory."""
+CHILD_NOT_OWNED = "ChildNotOwned"
 FENCED_ANNOTATION = "mailfleet.io/fenced-ips"
 RECONCILIATION_ANNOTATION = "mailfleet.io/reconciliation"  # "disabled" pauses (as CNPG)
 
@@ -109,18 +121,33 @@ async def _reconcile_locked(
     period = max(settings.lease_renew_interval, 0.5)
     cycle = Cycle()
     old_status = dict(body.get("status") or {})
-    try:
+    refused = _refusal(body, settings)
+    if refused is None:
         spec = sp.SendingPoolSpec.model_validate(body.get("spec") or {})
-    except ValidationError as exc:
-        # The lease loop keeps running on the last good spec: a bad edit stops no mail.
-        message = "; ".join(describe_errors(exc, prefix="spec"))[:2000]
-        verdicts = [conditions.Verdict(sp.READY, False, "InvalidSpec", message)]
-        await status_module.write_status(ctx, body, old_status, {}, verdicts, now, cycle)
+        generation = meta.get("generation")
+        memory.good = (spec, generation)
+    else:
+        # Last good spec: the pool keeps running (leases, children, status) as it was; the
+        # refused generation is reported, never acted on. A restarted operator (or a new
+        # leader) finds it beside the config rendered from it.
+        memory.good = memory.good or await _recorded_spec(ctx, body, world, settings)
+    if refused is not None and memory.good is not None:
+        spec, generation = memory.good
+    elif refused is not None:
+        # Nothing good known yet (a new pool, or an operator that restarted since): hold.
+        verdicts = [conditions.Verdict(sp.READY, False, INVALID_SPEC, refused)]
+        await status_module.write_status(
+            ctx, body, old_status, {}, verdicts, now, cycle,
+            acted_on=old_status.get("observedGeneration"),
+        )
         return ctx_module.Outcome(requeue_after=settings.error_delay)
 
     frozen = annotations.get(RECONCILIATION_ANNOTATION, "").lower() == "disabled"
     names = children.Names(name)
-    token = await pool_children.ensure_admin_secret(ctx, body, names, memory, cycle)
+    applied = pool_children.Applied()
+    token = await pool_children.ensure_admin_secret(
+        ctx, body, names, memory, cycle, live=world.children, applied=applied
+    )
 
     # --- gather: stats, DNSBL, DomainAuths, warm-ups -------------------------------------
     http_port = spec.submission.http.port
@@ -150,7 +177,7 @@ async def _reconcile_locked(
     elif not zones:
         memory.listed = {}
     # DomainAuths and IPWarmups change slowly: re-read them with the stats, or on a spec change.
-    slow_key = (meta.get("generation"), tuple(spec.domains))
+    slow_key = (generation, tuple(spec.domains))
     if (
         memory.slow_key != slow_key
         or memory.slow_at is None
@@ -173,8 +200,8 @@ async def _reconcile_locked(
 
     # --- decide replicas ----------------------------------------------------------------
     if memory.sts_replicas is None:
-        sts = await ctx.client.get(
-            resources.STATEFUL_SETS, name=names.statefulset, namespace=namespace
+        sts = await pool_children.read_live(
+            ctx, "StatefulSet", names.statefulset, namespace, world.children
         )
         memory.sts_replicas = int(((sts or {}).get("spec") or {}).get("replicas") or 0)
     current_total = memory.sts_replicas
@@ -266,7 +293,7 @@ async def _reconcile_locked(
             active_pods=divisor,
             domain_auths=domain_auths,
             dkim_available=frozenset(key_data),
-            generation=meta.get("generation"),
+            generation=generation,
             nameservers=tuple(pool_children.hostport(s) for s in settings.sender_nameservers),
             smtp_port=settings.sender_smtp_port,
             # The senders' quota day must be the operator's warm-up day (sandbox time scale).
@@ -303,9 +330,16 @@ async def _reconcile_locked(
     if not frozen:
         # The keys first: a config naming a key the Secret does not hold yet would make the
         # senders fall back to the previous key (or hold mail) for nothing.
-        await pool_children.apply_dkim_secret(ctx, pool_objects, key_data, memory, cycle)
+        await pool_children.apply_dkim_secret(
+            ctx, pool_objects, key_data, memory, cycle, live=world.children, applied=applied
+        )
         for child in children.build_children(spec, pool_objects, config_yaml=rendered.text):
-            await pool_children.apply_child(ctx, child, memory, cycle)
+            if child["kind"] == "ConfigMap":
+                annotations_of = child["metadata"].setdefault("annotations", {})
+                annotations_of[GOOD_SPEC_ANNOTATION] = _spec_record(spec, generation)
+            await pool_children.apply_child(
+                ctx, child, meta["uid"], memory, cycle, live=world.children, applied=applied
+            )
         recheck = now.timestamp() // max(settings.stats_interval, 1.0)  # drift: re-read
         egress_key = (spec.egress.model_dump_json(), recheck)
         if memory.applied.get("egress-objects") != str(egress_key):
@@ -334,6 +368,7 @@ async def _reconcile_locked(
         spec, plan, rendered, status, breaker, frozen, sts_replicas, desired_total, active,
         pool_paused,
     )
+    verdicts = _held_verdicts(verdicts, refused, applied, memory, cycle)
     # IP transitions are the lease loop's events (pool_leases), not this cycle's.
     if breaker.newly_paused:
         for scope in breaker.newly_paused:
@@ -344,7 +379,9 @@ async def _reconcile_locked(
     if breaker.resumed:
         cycle.event("Normal", "ReputationResumed", "sending resumed by annotation")
     await pool_policy.save_breaker(ctx, body, breaker, cycle)
-    await status_module.write_status(ctx, body, old_status, status, verdicts, now, cycle)
+    await status_module.write_status(
+        ctx, body, old_status, status, verdicts, now, cycle, acted_on=generation
+    )
     for type_, reason, message in cycle.events:
         try:
             await ctx.client.post_event(
@@ -356,6 +393,89 @@ async def _reconcile_locked(
         except kube_client.ApiError:
             pass  # events are best effort
     return ctx_module.Outcome(requeue_after=period, changed=cycle.writes > 0)
+
+
+def _refusal(body: Mapping[str, Any], settings: settings_module.Settings) -> str | None:
+    """Why the operator refuses the pool's spec (None: it is good): its models' validation,
+    then egress IPs in networks this operator refuses (`refused_egress_networks`)."""
+    try:
+        spec = sp.SendingPoolSpec.model_validate(body.get("spec") or {})
+    except ValidationError as exc:
+        return "; ".join(describe_errors(exc, prefix="spec"))[:2000]
+    problems = egress_networks.refusals(
+        [ip.address for ip in spec.egress.ips], settings.refused_egress_networks
+    )
+    return "; ".join(problems)[:2000] if problems else None
+
+
+def _spec_record(spec: sp.SendingPoolSpec, generation: int | None) -> str:
+    """The spec a config was rendered from, as kept on the ConfigMap (no secrets: a spec
+    holds only references to Secrets)."""
+    return json.dumps(
+        {"generation": generation,
+         "spec": spec.model_dump(mode="json", by_alias=True, exclude_unset=True)},
+        sort_keys=True, separators=(",", ":"),
+    )
+
+
+async def _recorded_spec(
+    ctx: ctx_module.Context,
+    body: Mapping[str, Any],
+    world: World,
+    settings: settings_module.Settings,
+) -> tuple[sp.SendingPoolSpec, int | None] | None:
+    """The last good spec as the pool's own ConfigMap records it; None when there is none
+    the operator would still accept (then the pool holds)."""
+    meta = body["metadata"]
+    config_map = await pool_children.read_live(
+        ctx, "ConfigMap", children.Names(meta["name"]).config_map,
+        meta.get("namespace") or "default", world.children,
+    )
+    if config_map is None or not child_drift.owned_by(config_map, meta["uid"]):
+        return None
+    text = ((config_map.get("metadata") or {}).get("annotations") or {}).get(
+        GOOD_SPEC_ANNOTATION
+    )
+    try:
+        record = json.loads(text) if text else None
+        if not isinstance(record, dict):
+            return None
+        if _refusal({"spec": record.get("spec")}, settings) is not None:
+            return None
+        spec = sp.SendingPoolSpec.model_validate(record.get("spec") or {})
+    except (ValueError, ValidationError):
+        return None
+    generation = record.get("generation")
+    return spec, generation if isinstance(generation, int) else None
+
+
+def _held_verdicts(
+    verdicts: list[conditions.Verdict],
+    refused: str | None,
+    applied: pool_children.Applied,
+    memory: PoolMemory,
+    cycle: Cycle,
+) -> list[conditions.Verdict]:
+    """Ready says first what the operator refused to do: a spec it holds (the last good one
+    runs), then children it may not or could not write. A new clash is a Warning event."""
+    for clash in applied.clashes:
+        if clash not in memory.clashes:
+            cycle.event("Warning", CHILD_NOT_OWNED, clash)
+    memory.clashes = set(applied.clashes)
+    if refused is not None:
+        ready = conditions.Verdict(
+            sp.READY, False, INVALID_SPEC,
+            f"spec refused, the last good spec keeps running: {refused}"[:2000],
+        )
+    elif applied.clashes:
+        ready = conditions.Verdict(sp.READY, False, CHILD_NOT_OWNED, "; ".join(applied.clashes))
+    elif applied.failures:
+        ready = conditions.Verdict(
+            sp.READY, False, "ChildNotApplied", "; ".join(applied.failures)
+        )
+    else:
+        return verdicts
+    return [ready if v.type == sp.READY else v for v in verdicts]
 
 
 def _empty_plan(addresses: list[str]) -> assigning.AssignmentPlan:

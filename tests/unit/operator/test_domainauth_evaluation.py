@@ -112,7 +112,7 @@ def test_merge_patch_diff(old: dict[str, Any], new: dict[str, Any], patch: dict[
 
 def test_rbac_rules_grant_exactly_the_declared_verbs_including_status() -> None:
     rules = {rule.resources: rule for rule in resources.rbac_rules()}
-    assert rules[("secrets",)].verbs == ("create", "delete", "get", "list", "patch")
+    assert rules[("secrets",)].verbs == ("create", "delete", "get", "list", "patch", "watch")
     assert rules[("domainauths/status",)].verbs == ("patch",)
     assert rules[("domainauths",)].api_groups == ("mailfleet.io",)
 
