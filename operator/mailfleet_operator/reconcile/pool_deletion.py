@@ -412,7 +412,9 @@ async def _report(
     )
     cycle = Cycle()
     try:
-        await pool_status.write_status(ctx, body, old, {}, verdicts, now, cycle)
+        # A deleting pool drains on the spec it has; no new generation is acted on.
+        await pool_status.write_status(ctx, body, old, {}, verdicts, now, cycle,
+                                       acted_on=old.get("observedGeneration"))
     except kube_client.ApiError:
         return
     if before.get("reason") != decision.phase.value:
