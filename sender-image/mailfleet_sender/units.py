@@ -25,6 +25,8 @@ _UNIT_SECONDS: dict[str, float] = {
     "d": 86400.0,
     "w": 604800.0,
 }
+UNIT_SECONDS = _UNIT_SECONDS
+"""Public: the operator's CRD rules (CEL) spell the same table."""
 _UNIT_NAMES = "ms, s, m, h, d, w"
 
 # Also used, verbatim, as the OpenAPI `pattern` in the CRDs, so it must stay in the regex

@@ -350,14 +350,7 @@ DURATION_MAX_LENGTH = 64
 """Long enough for any sensible duration; bounded so the CEL rules' cost is bounded."""
 
 # Seconds per unit of `units.DURATION_PATTERN`; the CEL rule below spells the same table.
-_UNIT_SECONDS: dict[str, float] = {
-    "ms": 0.001,
-    "s": 1.0,
-    "m": 60.0,
-    "h": 3600.0,
-    "d": 86400.0,
-    "w": 604800.0,
-}
+_UNIT_SECONDS = units.UNIT_SECONDS
 _SEGMENT = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
 
 
