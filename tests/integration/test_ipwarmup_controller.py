@@ -23,7 +23,7 @@ from mailfleet_operator import settings as settings_module
 from mailfleet_operator.kube import client as kube_client
 from mailfleet_operator.kube import config as kube_config
 from mailfleet_operator.kube import resources
-from mailfleet_operator.reconcile import context, pod_admin, pool_policy
+from mailfleet_operator.reconcile import context, pod_admin, pool_policy, warmup_figures
 from mailfleet_operator.reconcile import ipwarmup as reconciler
 from mailfleet_operator.reconcile import sendingpool as pool_reconciler
 from mailfleet_sandbox import fake_senders
@@ -164,7 +164,7 @@ async def harness(kube_api: ApiServer, kubeconfig: Path) -> AsyncIterator[Harnes
         finally:
             await h.admin.close()
             await h.senders.stop()
-            reconciler.MEMORY.clear()
+            warmup_figures.MEMORY.clear()
             pool_reconciler.MEMORY.clear()
 
 
@@ -294,7 +294,7 @@ async def test_rollback_gate_pause_spec_pause_and_restart_keep_the_day(harness: 
 
     # An operator restart (memory gone) keeps the day and the history, and carries on.
     history = body["status"]["history"]
-    reconciler.MEMORY.clear()
+    warmup_figures.MEMORY.clear()
     harness.senders.report("mail-0", IP, sent=200)
     body = await harness.cycle()
     assert (body["status"]["day"], body["status"]["history"]) == (2, history)
@@ -465,7 +465,7 @@ async def test_an_operator_restart_remembers_what_the_ip_sent_today(harness: Har
     (usage,) = body["status"]["ips"][0]["usage"]
     assert (usage["day"], usage["pod"], usage["sent"]) == (harness.senders.day(), "mail-0", 900)
 
-    reconciler.MEMORY.clear()
+    warmup_figures.MEMORY.clear()
     pool_reconciler.MEMORY.clear()
     harness.senders.report("mail-0", IP, sent=0)
     await harness.pool_cycle()
@@ -485,7 +485,7 @@ async def test_a_day_the_operator_missed_is_judged_on_the_pods_counters_never_bl
     body = await harness.cycle()
     # The day's mail goes out while the operator is down; it restarts after midnight.
     harness.senders.report("mail-0", IP, sent=90)
-    reconciler.MEMORY.clear()
+    warmup_figures.MEMORY.clear()
     harness.clock.to(parse(body["status"]["nextAdvanceAt"]) + datetime.timedelta(seconds=5))
     body = await harness.cycle()
     assert decisions(body) == [(1, "Advance", None)]

@@ -14,7 +14,7 @@ import pytest
 from mailfleet_operator import settings as settings_module
 from mailfleet_operator.kube import client as kube_client
 from mailfleet_operator.kube import config as kube_config
-from mailfleet_operator.reconcile import context, pod_admin
+from mailfleet_operator.reconcile import context, pod_admin, warmup_figures
 from mailfleet_operator.reconcile import ipwarmup as reconciler
 from mailfleet_sandbox import fake_senders
 from mailfleet_sandbox.kube import ApiServer
@@ -32,7 +32,7 @@ async def ctx(kube_api: ApiServer, kubeconfig: Path) -> AsyncIterator[context.Co
     settings = settings_module.Settings(warmup_day_seconds=100.0, sender_image="s:t")
     async with kube_client.Client(connection) as client:
         yield context.Context(client=client, settings=settings, clock=ManualClock())
-    reconciler.MEMORY.clear()
+    warmup_figures.MEMORY.clear()
 
 
 def ready(body: dict[str, Any]) -> str:

@@ -28,7 +28,9 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence, Set
+
+from mailfleet_sender import wire
 
 from mailfleet_operator.api import ipwarmup
 from mailfleet_operator.logic import conditions, warmup_gates
@@ -170,6 +172,53 @@ class PodAnswer:
     """Its current quota day."""
     past: frozenset[int] | None
     """The past days it reported (`days`); None from a sender that does not report them."""
+
+
+def answer_of(stats: wire.Stats) -> PodAnswer:
+    """Which days a pod that answered has reported (for `missing_figures`)."""
+    past = None if stats.days is None else frozenset(d.day for d in stats.days)
+    return PodAnswer(day=stats.day, past=past)
+
+
+def readings_from_stats(pod: str, stats: wire.Stats, *, wanted: Set[str]) -> list[PodReading]:
+    """One pod's `/v1/stats` counts for the warm-up's IPs (`wanted`): the past days it
+    reports, then today's."""
+    readings = []
+    for past_day in stats.days or ():
+        for counted in past_day.ips:
+            if counted.address in wanted:
+                readings.append(
+                    PodReading(
+                        pod=pod,
+                        address=counted.address,
+                        sender_day=past_day.day,
+                        figures=warmup_gates.DayFigures(
+                            sent=counted.sent,
+                            delivered=counted.delivered,
+                            hard_bounces=counted.bounced,
+                            complaints=counted.complained,
+                            deferrals=counted.deferred,
+                        ),
+                    )
+                )
+    for ip in stats.ips:
+        if ip.address not in wanted:
+            continue
+        readings.append(
+            PodReading(
+                pod=pod,
+                address=ip.address,
+                sender_day=stats.day,
+                figures=warmup_gates.DayFigures(
+                    sent=ip.sent_today,
+                    delivered=ip.delivered_today,
+                    hard_bounces=ip.bounced_today,
+                    complaints=ip.complained_today,
+                    deferrals=ip.deferred_today,
+                ),
+            )
+        )
+    return readings
 
 
 def missing_figures(
