@@ -28,8 +28,8 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from mailfleet_sender import report_limits, units
 from mailfleet_sender import shaping as shaping_rules
-from mailfleet_sender import units
 
 
 class ConfigModel(BaseModel):
@@ -402,6 +402,10 @@ class Deliverability(ConfigModel):
     )
     feedback_max_connections: int = Field(
         default=100, ge=1, description="Simultaneous sessions on the feedback port."
+    )
+    reports: report_limits.ReportLimits = Field(
+        default_factory=report_limits.ReportLimits,
+        description="Replay window, per-source rate and size caps of the feedback port.",
     )
     trace_key_file: str | None = Field(default=None, description="Secret for traces and VERP.")
     unsubscribe_key_file: str | None = Field(

@@ -37,6 +37,8 @@ from mailfleet_sender import (
     hooks,
     metrics,
     rates,
+    report_limits,
+    reported_copies,
     reports,
     shaping,
     spool,
@@ -152,13 +154,26 @@ class Deliverability:
         self.soft_counts: dict[str, int] = spool_.load_soft_counts()
         self.used_tokens = unsubscribe.MemoryUsedTokens()
         self.count_feedback: FeedbackCounter = lambda ip, kind: None
+        limits = cfg.deliverability.reports
+        self.reported = reported_copies.ReportedCopies(
+            Path(suppression_path).parent / reported_copies.FILE,
+            window=units.duration_seconds(limits.replay_window),
+            capacity=limits.max_remembered,
+        )
+
+    @property
+    def limits(self) -> report_limits.ReportLimits:
+        return self.cfg.deliverability.reports
 
     def reconfigure(self, cfg: config.SenderConfig) -> None:
         self.cfg = cfg
         self.shaper.update_rules(cfg.deliverability.shaping)
+        self.reported.window = units.duration_seconds(cfg.deliverability.reports.replay_window)
+        self.reported.capacity = cfg.deliverability.reports.max_remembered
 
     def close(self) -> None:
         self.suppressions.close()
+        self.reported.close()
 
     def hook_set(self) -> hooks.Hooks:
         return hooks.Hooks(
@@ -320,20 +335,49 @@ class Deliverability:
         self.metrics.suppressions.labels(reason).inc()
         return True
 
-    def apply_report(self, raw: bytes, envelope_rcpts: Sequence[str]) -> feedback.Reading:
-        """Read one report and act on it; ReportError (counted) when it is unusable."""
-        try:
-            reading = feedback.read_report(raw, envelope_rcpts, self.marks)
-        except reports.ReportError as error:
-            self.metrics.feedback_refused.labels(error.reason).inc()
-            self.metrics.feedback_reports.labels("unknown", "refused").inc()
-            log.info("report refused", extra={"reason": error.reason})
-            raise
+    def read_report(self, raw: bytes, envelope_rcpts: Sequence[str]) -> feedback.Reading:
+        """Parse and match one report under the configured caps. Touches no state of this
+        object (keys and limits only), so it runs in a worker thread; ReportError when unusable.
+        """
+        limits = self.limits
+        return feedback.read_report(raw, envelope_rcpts, self.marks,
+                                    max_bytes=limits.max_bytes, max_parts=limits.max_parts)
+
+    def refuse_report(self, error: reports.ReportError) -> None:
+        self.metrics.feedback_refused.labels(error.reason).inc()
+        self.metrics.feedback_reports.labels("unknown", "refused").inc()
+        log.info("report refused", extra={"reason": error.reason})
+
+    def apply_reading(self, reading: feedback.Reading) -> int:
+        """Act on a matched report: each event counts once per copy (`reported_copies`); how
+        many counted (0: all were about copies already counted). LedgerFull when the ledger
+        cannot remember one more copy: nothing more is counted, the reporter should retry."""
         now = self.clock.wall()
+        counted = 0
         for event in reading.events:
-            self._apply_event(event, now)
-        result = "applied" if reading.events else "ignored"
+            key = reported_copies.identity(event.kind.value, event.message_ref, event.recipient)
+            try:
+                fresh = self.reported.claim(key, now)
+            except reported_copies.LedgerFull:
+                self.metrics.feedback_reports.labels(reading.report, "deferred").inc()
+                log.warning("report ledger full: reports are refused for now",
+                            extra={"capacity": self.reported.capacity})
+                raise
+            if fresh:
+                self._apply_event(event, now)
+                counted += 1
+        result = "applied" if counted else "duplicate" if reading.events else "ignored"
         self.metrics.feedback_reports.labels(reading.report, result).inc()
+        return counted
+
+    def apply_report(self, raw: bytes, envelope_rcpts: Sequence[str]) -> feedback.Reading:
+        """`read_report` then `apply_reading`, on the caller's thread (tests, small reports)."""
+        try:
+            reading = self.read_report(raw, envelope_rcpts)
+        except reports.ReportError as error:
+            self.refuse_report(error)
+            raise
+        self.apply_reading(reading)
         return reading
 
     def _apply_event(self, event: feedback.Event, now: float) -> None:

@@ -5,9 +5,10 @@ and envelope in, typed events out; `deliverability` acts on them.
 Matching trusts only our own marks (see `reports`): the sealed trace header in the returned
 headers names recipient, class and source IP; failing that, the VERP return path the report
 was sent to (or that an ARF report quotes as Original-Mail-From) names the message and binds
-one recipient, which must be one the report lists. A report with neither, or whose marks do
-not verify, is refused (`ReportError`), so nobody can suppress an address by mailing us a
-report we did not cause.
+one recipient, which must be one the report lists, and the event has no class and no source IP
+(an ARF report's `Source-IP` field is the reporter's word, never used for accounting). A
+report with neither, or whose marks do not verify, is refused (`ReportError`), so nobody can
+suppress an address by mailing us a report we did not cause.
 """
 
 from __future__ import annotations
@@ -64,15 +65,22 @@ class Marks:
     verp_prefix: str = "b"
 
 
-def read_report(raw: bytes, envelope_rcpts: Sequence[str], marks: Marks) -> Reading:
-    """Parse a DSN or an ARF report and match it; ReportError when unusable or not ours."""
-    try:
-        dsn = reports.parse_dsn(raw)
-    except reports.ReportError as error:
-        if error.reason != "wrong_report_type":
-            raise
-        return _read_arf(reports.parse_arf(raw), envelope_rcpts, marks)
-    return _read_dsn(dsn, envelope_rcpts, marks)
+def read_report(
+    raw: bytes,
+    envelope_rcpts: Sequence[str],
+    marks: Marks,
+    *,
+    max_bytes: int = reports.MAX_REPORT_BYTES,
+    max_parts: int = reports.MAX_REPORT_PARTS,
+) -> Reading:
+    """Parse a DSN or an ARF report and match it; ReportError when unusable or not ours.
+
+    CPU-bound on big reports and free of shared state: callers run it off the event loop.
+    """
+    report = reports.parse_report(raw, max_bytes=max_bytes, max_parts=max_parts)
+    if isinstance(report, reports.FeedbackReport):
+        return _read_arf(report, envelope_rcpts, marks)
+    return _read_dsn(report, envelope_rcpts, marks)
 
 
 def unsubscribe_token(raw: bytes) -> str | None:
@@ -178,8 +186,9 @@ def _read_arf(
             raise reports.ReportError(
                 "unknown_recipient", "the report names no recipient matching its VERP tag"
             )
+        # The report's Source-IP is whatever the reporter wrote: never used for accounting.
         event = Event(Kind.COMPLAINT, recipient, reason=arf.feedback_type,
-                      source_ip=arf.source_ip or "", message_ref=tag.message_id)
+                      message_ref=tag.message_id)
     if arf.feedback_type not in COMPLAINT_TYPES:
         return Reading("arf", (), note=f"feedback type {arf.feedback_type} is not a complaint")
     return Reading("arf", (event,))

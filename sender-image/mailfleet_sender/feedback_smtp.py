@@ -3,10 +3,16 @@ addresses deliver DSNs, ARF complaint reports and mailto unsubscribes. Protocol 
 message goes to `deliverability` (which reads it with `feedback` and acts), and this module
 turns the verdict into an SMTP reply.
 
-Replies: 250 once a report was applied (or understood and needing nothing, like a delay);
-554 5.6.0 with the reason for anything unusable (not a report, malformed, a mark that does not
-verify, a message we never sent), so the reporter sees a clear error and nothing changes here.
+Replies: 250 once a report was applied, or understood and needing nothing (a delay, or a copy
+already counted: `duplicate`); 554 5.6.0 with the reason for anything unusable (not a report,
+malformed, too big or too many parts, a mark that does not verify, a message we never sent), so
+the reporter sees a clear error and nothing changes here; 451 4.7.1 at MAIL FROM to a source
+over its rate (`report_limits`), 451 4.3.2 when the replay ledger is full.
 No AUTH: reports come from the whole Internet, and only our sealed marks are trusted.
+
+Parsing runs in worker threads (`parseConcurrency` at a time): a 10 MB report takes seconds of
+CPU in the email package, which on the event loop would stall every listener of the pod and its
+probes. Matching results are applied back on the loop, which owns the state.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailfleet_sender import deliverability, feedback, reports
+from mailfleet_sender import deliverability, feedback, report_limits, reported_copies, reports
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +38,21 @@ def _one_line(text: str, limit: int = 200) -> str:
 class Handler:
     def __init__(self, layer: deliverability.Deliverability) -> None:
         self.layer = layer
+        limits = layer.limits
+        self.sources = report_limits.SourceLimiter.from_limits(limits)
+        self.parsing = asyncio.Semaphore(limits.parse_concurrency)
+
+    async def handle_MAIL(
+        self, server: SMTP, session: Session, envelope: Envelope, address: str,
+        mail_options: list[str],
+    ) -> str:
+        peer = session.peer[0] if isinstance(session.peer, tuple) else str(session.peer)
+        if not self.sources.allow(peer, asyncio.get_running_loop().time()):
+            self.layer.metrics.feedback_rate_limited.inc()
+            return "451 4.7.1 Too many reports from your address, try again later"
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 OK"
 
     async def handle_RCPT(
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
@@ -53,14 +74,21 @@ class Handler:
                     return "250 2.0.0 Unsubscribed"
                 return f"554 5.7.1 Unsubscribe refused: {result.result}"
         try:
-            reading = self.layer.apply_report(data, rcpts)
+            async with self.parsing:
+                reading = await asyncio.to_thread(self.layer.read_report, data, rcpts)
+            counted = self.layer.apply_reading(reading)
         except reports.ReportError as error:
+            self.layer.refuse_report(error)
             return f"554 5.6.0 Report refused: {error.reason}: {_one_line(error.detail)}"
+        except reported_copies.LedgerFull:
+            return "451 4.3.2 Too many reports to remember, try again later"
         except Exception:  # a bug must not lose the report silently: the reporter retries
             log.exception("report processing failed")
             return "451 4.3.0 Temporary local problem"
+        if counted:
+            return f"250 2.0.0 {reading.report} applied ({counted} recipients)"
         if reading.events:
-            return f"250 2.0.0 {reading.report} applied ({len(reading.events)} recipients)"
+            return f"250 2.0.0 {reading.report} duplicate: already counted"
         return f"250 2.0.0 {reading.report} noted: {reading.note or 'nothing to do'}"
 
 
@@ -110,7 +138,7 @@ class FeedbackServer:
             self,
             hostname=self.hostname,
             ident="mailfleet feedback",
-            data_size_limit=reports.MAX_REPORT_BYTES,
+            data_size_limit=self.handler.layer.limits.max_bytes,
             enable_SMTPUTF8=True,
             decode_data=False,
             timeout=60,

@@ -70,7 +70,7 @@ class Metrics:
         self.feedback_reports = Counter(
             f"{PREFIX}_feedback_reports",
             "Reports on the feedback port by type (dsn, arf, unsubscribe) and result "
-            "(applied, ignored, refused).",
+            "(applied, duplicate, ignored, refused, deferred).",
             ["report", "result"],
             registry=r,
         )
@@ -84,6 +84,11 @@ class Metrics:
             f"{PREFIX}_feedback_refused",
             "Unusable reports by reason (not_multipart_report, forged_trace, unknown_message...).",
             ["reason"],
+            registry=r,
+        )
+        self.feedback_rate_limited = Counter(
+            f"{PREFIX}_feedback_rate_limited",
+            "Report transactions refused (451 4.7.1) because their source was over its rate.",
             registry=r,
         )
         self.unsubscribes = Counter(

@@ -44,6 +44,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 __all__ = [
     "MAX_REPORT_BYTES",
+    "MAX_REPORT_PARTS",
     "TRACE_HEADER",
     "DeliveryStatusReport",
     "FeedbackReport",
@@ -58,6 +59,7 @@ __all__ = [
     "encode_verp_return_path",
     "parse_arf",
     "parse_dsn",
+    "parse_report",
 ]
 
 TRACE_HEADER = "X-Mailfleet-Trace"
@@ -65,6 +67,9 @@ TRACE_HEADER = "X-Mailfleet-Trace"
 
 MAX_REPORT_BYTES = 10 * 1024 * 1024
 """Reports larger than this are refused: a report returns at most the original message."""
+
+MAX_REPORT_PARTS = 32
+"""MIME parts (all levels, the returned message's included) a report may have."""
 
 _ACTIONS = frozenset({"failed", "delayed", "delivered", "relayed", "expanded"})
 _STATUS = re.compile(r"^([245])\.(\d{1,3})\.(\d{1,3})")
@@ -264,14 +269,27 @@ class FeedbackReport:
     original_recipient_hint: str | None
 
 
-def _parse(raw: bytes) -> email.message.Message:
+_BOUNDARY_LINE = re.compile(rb"(?m)^--")
+
+
+def _parse(raw: bytes, max_bytes: int, max_parts: int) -> email.message.Message:
+    """The parsed report, refused before parsing when too big or with too many boundary lines
+    (a part needs one; the scan runs at C speed, the parser does not), and after parsing when
+    it has more than `max_parts` parts."""
     if not isinstance(raw, bytes | bytearray):
         raise ReportError("not_bytes", "a report is raw bytes")
-    if len(raw) > MAX_REPORT_BYTES:
-        raise ReportError("oversized", f"report is {len(raw)} bytes, limit {MAX_REPORT_BYTES}")
+    limit = min(max_bytes, MAX_REPORT_BYTES)
+    if len(raw) > limit:
+        raise ReportError("oversized", f"report is {len(raw)} bytes, limit {limit}")
     if not raw.strip():
         raise ReportError("empty", "the report is empty")
-    return email.message_from_bytes(bytes(raw), policy=email.policy.compat32)
+    if len(_BOUNDARY_LINE.findall(raw, 0, len(raw))) > 4 * max_parts + 4:
+        raise ReportError("too_many_parts", f"more boundary lines than {max_parts} parts need")
+    msg = email.message_from_bytes(bytes(raw), policy=email.policy.compat32)
+    parts = sum(1 for _ in msg.walk())
+    if parts > max_parts:
+        raise ReportError("too_many_parts", f"{parts} MIME parts, limit {max_parts}")
+    return msg
 
 
 def _report_parts(msg: email.message.Message, report_type: str) -> list[email.message.Message]:
@@ -363,9 +381,25 @@ def _returned_fields(headers: email.message.Message | None) -> tuple[str | None,
     return (trace.replace(" ", "") if trace else None), message_id
 
 
-def parse_dsn(raw: bytes) -> DeliveryStatusReport:
+def parse_dsn(
+    raw: bytes, *, max_bytes: int = MAX_REPORT_BYTES, max_parts: int = MAX_REPORT_PARTS
+) -> DeliveryStatusReport:
     """Parse an RFC 3464 DSN; ReportError when it is not one or has no usable recipient."""
-    msg = _parse(raw)
+    return _dsn(_parse(raw, max_bytes, max_parts))
+
+
+def parse_report(
+    raw: bytes, *, max_bytes: int = MAX_REPORT_BYTES, max_parts: int = MAX_REPORT_PARTS
+) -> DeliveryStatusReport | FeedbackReport:
+    """A DSN or an ARF report, whichever `report-type` says, parsed once."""
+    msg = _parse(raw, max_bytes, max_parts)
+    declared = msg.get_param("report-type") if msg.get_content_type() == "multipart/report" else ""
+    if isinstance(declared, str) and declared.lower() == "feedback-report":
+        return _arf(msg)
+    return _dsn(msg)
+
+
+def _dsn(msg: email.message.Message) -> DeliveryStatusReport:
     parts = _report_parts(msg, "delivery-status")
     status_part = next(
         (p for p in parts if p.get_content_type() in ("message/delivery-status",
@@ -420,9 +454,14 @@ def parse_dsn(raw: bytes) -> DeliveryStatusReport:
     )
 
 
-def parse_arf(raw: bytes) -> FeedbackReport:
+def parse_arf(
+    raw: bytes, *, max_bytes: int = MAX_REPORT_BYTES, max_parts: int = MAX_REPORT_PARTS
+) -> FeedbackReport:
     """Parse an RFC 5965 feedback report; ReportError when it is not one."""
-    msg = _parse(raw)
+    return _arf(_parse(raw, max_bytes, max_parts))
+
+
+def _arf(msg: email.message.Message) -> FeedbackReport:
     parts = _report_parts(msg, "feedback-report")
     feedback_part = next(
         (p for p in parts if p.get_content_type() == "message/feedback-report"), None
