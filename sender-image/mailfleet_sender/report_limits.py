@@ -45,10 +45,10 @@ class ReportLimits(BaseModel):
         description="Report identities kept; when full, nothing more is counted (451).",
     )
     per_source_rate: units.RateStr = Field(
-        default="60/m", description="Reports per reporting source (peer address)."
+        default="600/m", description="Reports per reporting source (peer address)."
     )
     per_source_burst: int = Field(
-        default=30, ge=1, description="Reports a source may send at once."
+        default=100, ge=1, description="Reports a source may send at once."
     )
     max_sources: int = Field(
         default=10_000, ge=1, description="Sources tracked by the rate limiter."
@@ -57,7 +57,7 @@ class ReportLimits(BaseModel):
         default=10 * 1024 * 1024, ge=64 * 1024, le=64 * 1024 * 1024,
         description="Size of one report (SMTP DATA).",
     )
-    max_parts: int = Field(default=32, ge=3, le=1000, description="MIME parts in one report.")
+    max_parts: int = Field(default=64, ge=3, le=1000, description="MIME parts in one report.")
     parse_concurrency: int = Field(
         default=2, ge=1, le=16, description="Reports parsed at once (off the event loop)."
     )
