@@ -25,6 +25,7 @@ from mailfleet_sender import bounces, reports
 COMPLAINT_TYPES = frozenset({"abuse", "fraud", "other"})
 """ARF feedback types that count as a complaint (not-spam, virus, auth-failure do not)."""
 
+_UNSUBSCRIBE_HEAD_BYTES = 64 * 1024
 _UNSUBSCRIBE_SUBJECT = re.compile(r"^\s*unsubscribe\s+([A-Za-z0-9_-]{20,})\s*$", re.IGNORECASE)
 
 
@@ -84,8 +85,12 @@ def read_report(
 
 
 def unsubscribe_token(raw: bytes) -> str | None:
-    """The token of a mailto unsubscribe (`Subject: unsubscribe <token>`), if it is one."""
-    head = raw.split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    """The token of a mailto unsubscribe (`Subject: unsubscribe <token>`), if it is one.
+
+    Runs on the event loop: only the first `_UNSUBSCRIBE_HEAD_BYTES` are parsed (a mailto
+    unsubscribe is a few hundred bytes; a 10 MB header section would stall the loop).
+    """
+    head = raw[:_UNSUBSCRIBE_HEAD_BYTES].split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
     message = email.message_from_bytes(head + b"\r\n\r\n", policy=email.policy.compat32)
     subject = " ".join(str(message.get("Subject", "")).split())
     match = _UNSUBSCRIBE_SUBJECT.match(subject)
