@@ -363,9 +363,14 @@ class Deliverability:
                 log.warning("report ledger full: reports are refused for now",
                             extra={"capacity": self.reported.capacity})
                 raise
-            if fresh:
+            if not fresh:
+                continue
+            try:
                 self._apply_event(event, now)
-                counted += 1
+            except Exception:
+                self.reported.release(key)  # not counted: the reporter's retry must count
+                raise
+            counted += 1
         result = "applied" if counted else "duplicate" if reading.events else "ignored"
         self.metrics.feedback_reports.labels(reading.report, result).inc()
         return counted

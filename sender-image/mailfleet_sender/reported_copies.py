@@ -93,6 +93,11 @@ class ReportedCopies:
             self._size += 1
         return True
 
+    def release(self, key: bytes) -> None:
+        """Forget `key` again: it was claimed but acting on the report failed."""
+        cursor = self._db.execute("DELETE FROM counted WHERE id = ?", (key,))
+        self._size -= max(cursor.rowcount, 0)
+
     def prune(self, now: float) -> int:
         """Forget identities older than the window; how many went."""
         cursor = self._db.execute("DELETE FROM counted WHERE at <= ?", (now - self.window,))

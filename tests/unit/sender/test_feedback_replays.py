@@ -50,6 +50,8 @@ def test_an_identity_counts_once_within_the_window_and_again_after_it(tmp_path: 
     assert ledger.claim(key, 500.0) is False  # a clock stepped back does not reopen it
     assert ledger.claim(key, 1000.0 + 30 * DAY) is True
     assert len(ledger) == 1
+    ledger.release(key)  # acting on it failed: the next report counts
+    assert len(ledger) == 0 and ledger.claim(key, 1000.0 + 30 * DAY) is True
     ledger.close()
 
 
@@ -190,3 +192,20 @@ def test_a_verp_dsn_listing_its_recipient_many_times_counts_one_soft_bounce(
         layer.apply_report(repeated, [verp])
     assert layer.soft_counts == {"jane@gmail.test": 1}  # not escalated to a hard bounce
     assert not layer.suppressions.is_suppressed("jane@gmail.test")
+
+
+def test_a_report_whose_action_failed_counts_when_it_comes_again(
+    layer: deliverability.Deliverability,
+) -> None:
+    def broken(ip: str, kind: str) -> None:
+        raise OSError("disk full")
+
+    layer.count_feedback = broken
+    arf = sandbox_reports.build_arf(_traced(), source_ip="192.0.2.10",
+                                    mail_from="news@example.test", rcpt_to="x@gmail.test")
+    with pytest.raises(OSError):
+        layer.apply_report(arf, [])
+    counted: list[tuple[str, str]] = []
+    layer.count_feedback = lambda ip, kind: counted.append((ip, kind))
+    layer.apply_report(arf, [])
+    assert counted == [("192.0.2.10", "complained")]
