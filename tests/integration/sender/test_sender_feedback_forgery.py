@@ -107,6 +107,14 @@ async def test_replayed_complaint_and_bounce_reports_count_once_even_after_a_res
     assert 'feedback_reports_total{report="arf",result="duplicate"} 24.0' in metrics
     assert 'feedback_reports_total{report="dsn",result="duplicate"} 24.0' in metrics
 
+    # The same copy's bounce, matched by its VERP return path only, is the same bounce.
+    untraced = re.sub(rb"(?im)^X-Mailfleet-Trace:.*\r\n(?:[ \t].*\r\n)*", b"", copy.data)
+    verp_dsn = sandbox_reports.build_dsn(untraced, "angry@gmail.test")
+    answers = await _mail_reports(sender.service.feedback_port, [verp_dsn], rcpt=copy.mail_from)
+    assert answers == [(250, "applied or noted")]
+    _, metrics = await sender.client.request("GET", "/metrics")
+    assert 'feedback_reports_total{report="dsn",result="duplicate"} 25.0' in metrics
+
     # A restart does not reopen the door: the ledger is on the spool volume.
     await sender.stop()
     sender = await _started(sender_factory, cfg)
