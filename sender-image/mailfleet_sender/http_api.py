@@ -47,6 +47,8 @@ class Backend(Protocol):
 
     def stats(self) -> wire.Stats: ...
 
+    async def settle_counters(self) -> None: ...
+
     def assignment_status(self) -> wire.AssignmentStatus: ...
 
     def assign(self, assignment: wire.Assignment) -> wire.AssignmentStatus: ...
@@ -297,6 +299,9 @@ class Api:
         denied = self._admin_denied(request)
         if denied is not None:
             return denied
+        # The past days' figures are read from the spool: counter updates still queued for
+        # the writer must land first, or a day that just ended reads short.
+        await self.backend.settle_counters()
         return web.json_response(self.backend.stats().model_dump(mode="json", by_alias=True))
 
     async def get_assignment(self, request: web.Request) -> web.Response:

@@ -429,6 +429,12 @@ class Service:
             ],
         )
 
+    async def settle_counters(self) -> None:
+        """Wait until the counter updates queued so far are committed to the spool (a spool
+        whose writer stopped answers with what it holds: stats still serve)."""
+        with contextlib.suppress(spool.SpoolError):
+            await self.spool.flush()
+
     def stats(self) -> wire.Stats:
         counts = self.engine.counts_today()
         addresses = sorted({a for a, _ in counts.per_ip} | set(self.leases.sources))
