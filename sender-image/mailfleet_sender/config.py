@@ -378,6 +378,13 @@ class Handoff(ConfigModel):
             "pod (it may have stored it) until that pod is gone from the peer list this long."
         ),
     )
+    give_up_after: units.Duration = Field(
+        default="10m",
+        description=(
+            "A message every pod rejects (HTTP 4xx other than auth, rate and draining answers) "
+            "for this long is bounced, so the drain ends."
+        ),
+    )
 
 
 class Deliverability(ConfigModel):

@@ -186,6 +186,8 @@ class HandoffStats(ResponseModel):
     handed_off: int = 0
     duplicates: int = 0
     failures: int = 0
+    bounced: int = 0
+    """Recipients bounced because every pod rejected their message for `giveUpAfter`."""
     last_error: str | None = None
 
 
