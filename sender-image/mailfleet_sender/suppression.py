@@ -609,9 +609,9 @@ def suppression_routes(
         except bodies.TooLarge as exc:
             lst.metrics.import_rejected += 1
             return _error(413, "import_too_large", str(exc), maxBytes=max_import_bytes)
-        except ValueError:
+        except ValueError as exc:
             lst.metrics.import_rejected += 1
-            return bad("bad_json", "body is not JSON")
+            return bad("bad_json", str(exc))
         items = body.get("entries") if isinstance(body, dict) else None
         if not isinstance(items, list):
             lst.metrics.import_rejected += 1
