@@ -5,7 +5,9 @@ metrics and admin API for Kubernetes and the operator.
   RFC 5322 (`Content-Type: message/rfc822`, recipients in `to` query parameters, else the
   To/Cc/Bcc headers). 202 once the message is on disk; the same checks and codes as SMTP
   (`intake`), as HTTP statuses. `X-Mailfleet-Handoff: <key>` marks a message another pod hands
-  off: the key is stored with it and a repeat answers 202 without storing it twice.
+  off: the key is stored with it and a repeat answers 202 without storing it twice. Hand-offs
+  carry their envelope in the body (`envelopes.CONTENT_TYPE`); the query form stays accepted.
+  Every body is read whole under a cap per kind (`bodies`; 413 beyond it).
 - `POST /v1/unsubscribe/{token}` (RFC 8058 one-click, body `List-Unsubscribe=One-Click`):
   unauthenticated, the token is the credential; `GET` shows a confirmation form and changes
   nothing (link scanners fetch URLs).
