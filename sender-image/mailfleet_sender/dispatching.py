@@ -663,9 +663,11 @@ class Engine:
             base = self._rate_for(key)
             if base is not None and not math.isclose(bucket.rate, base * factor):
                 bucket.reconfigure(base * factor, None, now)
+        name = self._shaping_key(lane)
+        if factor >= 1.0:
+            self._shape_buckets.pop(name, None)  # recovered: no state kept per site
         if factor >= 1.0 or lane.rated:
             return lane.buckets
-        name = self._shaping_key(lane)
         rate = units.parse_rate(self.cfg.deliverability.shaping_base_rate).per_second * factor
         shape = self._shape_buckets.get(name)
         if shape is None:
