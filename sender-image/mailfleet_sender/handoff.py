@@ -261,11 +261,12 @@ class HandOff:
         key = handoff_key(self.pod, item)
         refused: set[str] = set()
         every_one_rejected = True
+        answer = ""
         while True:
             url = self._choose(key, targets, refused)
             if url is None:
                 if refused and every_one_rejected:
-                    return await self._rejected_everywhere(key, item)
+                    return await self._rejected_everywhere(key, item, answer)
                 self.failures += 1
                 self.metrics.handoff.labels("failed").inc()
                 return False
@@ -281,7 +282,7 @@ class HandOff:
                     self.duplicates += 1
                 self.metrics.handoff.labels(outcome).inc()
                 return True
-            self.last_error = f"{url}: {detail}"
+            self.last_error = answer = f"{url}: {detail}"
             if outcome in (Outcome.REFUSED, Outcome.REJECTED) and key in self._sticky:
                 # The pod that may hold it refuses for now (e.g. draining, before it looks
                 # at the key): try it again later rather than elsewhere (no double).
@@ -298,7 +299,8 @@ class HandOff:
                 return False
             refused.add(url)
 
-    async def _rejected_everywhere(self, key: str, item: spool.HandoffItem) -> bool:
+    async def _rejected_everywhere(self, key: str, item: spool.HandoffItem, answer: str
+                                   ) -> bool:
         """Every target rejected the message this round: wait `giveUpAfter`, then bounce it
         (True: the message is settled here)."""
         now = self.clock.monotonic()
@@ -307,7 +309,7 @@ class HandOff:
             self.failures += 1
             self.metrics.handoff.labels("failed").inc()
             return False
-        reason = f"hand-off rejected by every pod: {self.last_error or 'no answer'}"[:500]
+        reason = f"hand-off rejected by every pod; last: {answer}"[:500]
         self.spool.update(
             [spool.Update(did, item.message, "bounced", 0, 0.0, reason)
              for did, _ in item.deliveries]
@@ -318,7 +320,7 @@ class HandOff:
         self.metrics.handoff.labels("bounced").inc()
         log.warning("hand-off gave up: message bounced",
                     extra={"message_id": item.message_id, "recipients": len(item.deliveries),
-                           "last_error": self.last_error})
+                           "answer": answer})
         return True
 
     def _headers(self, key: str, content_type: str) -> dict[str, str]:
