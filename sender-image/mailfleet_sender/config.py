@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from mailfleet_sender import report_limits, units
+from mailfleet_sender import hostnames, report_limits, units
 from mailfleet_sender import shaping as shaping_rules
 
 
@@ -173,6 +173,11 @@ class Delivery(ConfigModel):
             "leased IP."
         ),
     )
+
+    @field_validator("helo_name")
+    @classmethod
+    def _helo_name_valid(cls, value: str | None) -> str | None:
+        return None if value is None else hostnames.check_helo_name(value)
 
     @model_validator(mode="after")
     def _relay_when_relay_mode(self) -> Delivery:
@@ -378,6 +383,13 @@ class Handoff(ConfigModel):
             "pod (it may have stored it) until that pod is gone from the peer list this long."
         ),
     )
+    give_up_after: units.Duration = Field(
+        default="10m",
+        description=(
+            "A message every pod rejects (HTTP 4xx other than auth, rate and draining answers) "
+            "for this long is bounced, so the drain ends."
+        ),
+    )
 
 
 class Deliverability(ConfigModel):
@@ -442,6 +454,16 @@ class Deliverability(ConfigModel):
         description="Rate a provider without a configured rate is slowed down from.",
     )
     handoff: Handoff = Field(default_factory=Handoff)
+
+    @field_validator("unsubscribe_base_url")
+    @classmethod
+    def _unsubscribe_https(cls, value: str | None) -> str | None:
+        """RFC 8058 wants https; loopback http is for tests (as `unsubscribe` allows)."""
+        if value is not None and not (
+            value.startswith("https://") or value.startswith("http://127.")
+        ):
+            raise ValueError("must be an https:// URL (RFC 8058 one-click unsubscribe)")
+        return value
 
 
 class SenderConfig(ConfigModel):

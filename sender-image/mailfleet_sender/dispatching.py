@@ -42,6 +42,7 @@ from mailfleet_sender import (
     keys,
     leases,
     metrics,
+    mishaps,
     mx,
     scheduling,
     spool,
@@ -662,9 +663,11 @@ class Engine:
             base = self._rate_for(key)
             if base is not None and not math.isclose(bucket.rate, base * factor):
                 bucket.reconfigure(base * factor, None, now)
+        name = self._shaping_key(lane)
+        if factor >= 1.0:
+            self._shape_buckets.pop(name, None)  # recovered: no state kept per site
         if factor >= 1.0 or lane.rated:
             return lane.buckets
-        name = self._shaping_key(lane)
         rate = units.parse_rate(self.cfg.deliverability.shaping_base_rate).per_second * factor
         shape = self._shape_buckets.get(name)
         if shape is None:
@@ -701,6 +704,9 @@ class Engine:
             if isinstance(error, TimeoutError) and not attempt.timeout.expired():
                 raise
             self._lease_ended(attempt, delivery, reservation)
+            return None
+        except Exception as error:  # the delivery's failure, not the worker's: see mishaps
+            self._mishap(lane, attempt, delivery, reservation, error)
             return None
         finally:
             self._attempts.discard(attempt)
@@ -774,6 +780,28 @@ class Engine:
             await session.close()
             return None
         return session
+
+    def _mishap(self, lane: Lane, attempt: Attempt, delivery: spool.Delivery,
+                reservation: Reservation, error: Exception) -> None:
+        session = attempt.session
+        if session is not None:
+            session.abort()
+        if reservation.open:
+            if attempt.sending and session is not None and session.data_sent:
+                self._settle(attempt.source, reservation)
+            else:
+                self._give_back(attempt.source, reservation)
+        self.totals["mishaps"] += 1
+        log.error("delivery attempt raised", exc_info=error, extra={"delivery": delivery.id})
+        if delivery.id not in self._pending.get(delivery.class_name, {}):
+            return  # its outcome was recorded before the exception
+        mishap = mishaps.classify(error)
+        if mishap.permanent:
+            self._finish(delivery, "bounced", mishap.reply, verdict=hooks.Verdict.BOUNCED,
+                         source=attempt.source.address, provider=lane.provider, site=lane.site)
+        else:
+            self._failed(delivery, mishap.reply, source=attempt.source.address,
+                         provider=lane.provider, count_attempt=True, site=lane.site, local=True)
 
     def _lease_ended(
         self, attempt: Attempt, delivery: spool.Delivery, reservation: Reservation
@@ -916,7 +944,7 @@ class Engine:
     ) -> bytes | None:
         data = await self._message_data(delivery)
         if data is None:
-            raise RuntimeError(f"message {delivery.message} missing from the spool")
+            raise mishaps.MessageMissing(f"message {delivery.message} missing from the spool")
         prepared = self.hooks.prepare(data, context)
         signing_keys = self.keys.keys_for(delivery.from_domain)
         if not signing_keys:
@@ -951,10 +979,16 @@ class Engine:
         provider: str,
         count_attempt: bool,
         site: str = "",
+        local: bool = False,
     ) -> None:
+        """A failed attempt: bounced or retried after the backoff. `local`: our own failure
+        (mishaps), retried without telling the hooks (not the recipient's nor the IP's)."""
         if provider and provider != "other":
             reply = dataclasses.replace(reply, provider=provider)
-        classification = self.hooks.classify(reply, delivery.recipient)
+        classification = (
+            hooks.Classification(hooks.Verdict.DEFERRED, "deferred", "local error") if local
+            else self.hooks.classify(reply, delivery.recipient)
+        )
         if classification.verdict == hooks.Verdict.BOUNCED:
             self._finish(
                 delivery, "bounced", reply, verdict=hooks.Verdict.BOUNCED, source=source,
@@ -986,9 +1020,10 @@ class Engine:
             ]
         )
         heapq.heappush(self._timers, (next_attempt, delivery.id, delivery))
-        self._observe(
-            delivery, hooks.Verdict.DEFERRED, reply, classification, source, provider, site
-        )
+        if not local:
+            self._observe(
+                delivery, hooks.Verdict.DEFERRED, reply, classification, source, provider, site
+            )
         self._wake.set()
 
     def _expire(

@@ -17,6 +17,11 @@ Exactly once, across crashes of either side:
   connection dropped after sending) is retried at that pod only; another pod is chosen when
   it answered "not stored" (connection refused, 503 draining, any other refusal) or has been
   gone from the peer list for `handoff.retargetAfter`.
+- The envelope travels in the body (`envelopes`), so any number of recipients fits; a peer of
+  the previous version answers 415 to that and gets the old form (envelope in the query) when
+  the request line stays short enough. A message every peer rejects for itself (4xx other than
+  auth, rate and draining answers) for `handoff.giveUpAfter` is bounced here: its rows leave
+  the spool as `bounced` with the last answer, logged and counted, and the drain can end.
 
 Cancelling (`DELETE /v1/drain`, `finish_now`): no new re-submission starts, the ones under way
 get their answer. A message whose last attempt ended without a clear answer may be stored at
@@ -32,11 +37,12 @@ import contextlib
 import dataclasses
 import hashlib
 import logging
+import urllib.parse
 from collections.abc import Awaitable, Callable, Sequence
 
 import aiohttp
 
-from mailfleet_sender import clock, config, metrics, spool, units, wire
+from mailfleet_sender import clock, config, envelopes, metrics, spool, units, wire
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +50,10 @@ BATCH = 100
 """Messages read from the spool per round."""
 CONCURRENCY = 4
 """Re-submissions in flight at once."""
+LEGACY_MAX_QUERY = 6000
+"""Longest query the old form may use: aiohttp refuses request lines over 8,190 bytes."""
+NOT_THE_MESSAGE = frozenset({401, 403, 404, 408, 409, 425, 429})
+"""4xx answers about the request's credentials or timing, not the message: not a rejection."""
 
 PeersProvider = Callable[[], Awaitable[Sequence[str]]]
 
@@ -67,6 +77,9 @@ class Outcome:
     """The target says it did not store the message: another target may be tried."""
     UNCLEAR = "unclear"
     """We do not know whether the target stored it: only that target may be retried."""
+    REJECTED = "rejected"
+    """The target read the message and refuses it (not stored): another target may be tried,
+    and if every one rejects it for `giveUpAfter`, it is bounced."""
 
 
 @dataclasses.dataclass
@@ -105,7 +118,10 @@ class HandOff:
         self.handed_off = 0
         self.duplicates = 0
         self.failures = 0
+        self.bounced = 0
         self.last_error: str | None = None
+        self._rejected_since: dict[str, float] = {}
+        """handoff key -> when every target first rejected it (monotonic)."""
         sticky, unclear = carry if carry is not None else ({}, {})
         self._sticky: dict[str, _Sticky] = dict(sticky)
         self._unclear: dict[str, int] = dict(unclear)
@@ -122,6 +138,7 @@ class HandOff:
             handed_off=self.handed_off,
             duplicates=self.duplicates,
             failures=self.failures,
+            bounced=self.bounced,
             last_error=self.last_error,
         )
 
@@ -243,24 +260,30 @@ class HandOff:
         """One message; True when it is done (accepted somewhere and removed here)."""
         key = handoff_key(self.pod, item)
         refused: set[str] = set()
+        every_one_rejected = True
+        answer = ""
         while True:
             url = self._choose(key, targets, refused)
             if url is None:
+                if refused and every_one_rejected:
+                    return await self._rejected_everywhere(key, item, answer)
                 self.failures += 1
                 self.metrics.handoff.labels("failed").inc()
                 return False
             outcome, detail = await self._submit(http, url, key, item)
+            every_one_rejected = every_one_rejected and outcome == Outcome.REJECTED
             if outcome in (Outcome.ACCEPTED, Outcome.DUPLICATE):
                 await self.spool.finish_handoff(item)
                 self._sticky.pop(key, None)
                 self._unclear.pop(key, None)
+                self._rejected_since.pop(key, None)
                 self.handed_off += 1
                 if outcome == Outcome.DUPLICATE:
                     self.duplicates += 1
                 self.metrics.handoff.labels(outcome).inc()
                 return True
-            self.last_error = f"{url}: {detail}"
-            if outcome == Outcome.REFUSED and key in self._sticky:
+            self.last_error = answer = f"{url}: {detail}"
+            if outcome in (Outcome.REFUSED, Outcome.REJECTED) and key in self._sticky:
                 # The pod that may hold it refuses for now (e.g. draining, before it looks
                 # at the key): try it again later rather than elsewhere (no double).
                 self.failures += 1
@@ -276,9 +299,33 @@ class HandOff:
                 return False
             refused.add(url)
 
-    def _headers(self, key: str) -> dict[str, str]:
+    async def _rejected_everywhere(self, key: str, item: spool.HandoffItem, answer: str
+                                   ) -> bool:
+        """Every target rejected the message this round: wait `giveUpAfter`, then bounce it
+        (True: the message is settled here)."""
+        now = self.clock.monotonic()
+        since = self._rejected_since.setdefault(key, now)
+        if now - since < units.duration_seconds(self.cfg.give_up_after):
+            self.failures += 1
+            self.metrics.handoff.labels("failed").inc()
+            return False
+        reason = f"hand-off rejected by every pod; last: {answer}"[:500]
+        self.spool.update(
+            [spool.Update(did, item.message, "bounced", 0, 0.0, reason)
+             for did, _ in item.deliveries]
+        )
+        await self.spool.flush()
+        self._rejected_since.pop(key, None)
+        self.bounced += len(item.deliveries)
+        self.metrics.handoff.labels("bounced").inc()
+        log.warning("hand-off gave up: message bounced",
+                    extra={"message_id": item.message_id, "recipients": len(item.deliveries),
+                           "answer": answer})
+        return True
+
+    def _headers(self, key: str, content_type: str) -> dict[str, str]:
         """Per request: the key follows the target (the pool's peers, or another pool)."""
-        headers = {"Content-Type": "message/rfc822", "X-Mailfleet-Handoff": key}
+        headers = {"Content-Type": content_type, "X-Mailfleet-Handoff": key}
         api_key = self._api_key()
         if api_key:
             headers["Authorization"] = f"Bearer {api_key}"
@@ -287,20 +334,46 @@ class HandOff:
     async def _submit(
         self, http: aiohttp.ClientSession, url: str, key: str, item: spool.HandoffItem
     ) -> tuple[str, str]:
-        params: list[tuple[str, str]] = [("to", rcpt) for _, rcpt in item.deliveries]
+        envelope = envelopes.Envelope(
+            sender=item.sender,
+            recipients=tuple(rcpt for _, rcpt in item.deliveries),
+            class_name=item.class_name,
+            tier=item.tier,
+        )
+        outcome = await self._post(
+            http, url, data=envelopes.encode(envelope, item.data), params=(),
+            headers=self._headers(key, envelopes.CONTENT_TYPE),
+        )
+        if outcome != (Outcome.REFUSED, "HTTP 415"):
+            return outcome
+        # A peer of the previous version: the envelope goes in the query if it fits there.
+        params: list[tuple[str, str]] = [("to", rcpt) for rcpt in envelope.recipients]
         params += [("from", item.sender), ("class", item.class_name)]
         if item.tier:
             params.append(("tier", item.tier))
+        if len(urllib.parse.urlencode(params)) > LEGACY_MAX_QUERY:
+            return Outcome.REFUSED, "HTTP 415 and too many recipients for the old form"
+        return await self._post(http, url, data=item.data, params=params,
+                                headers=self._headers(key, "message/rfc822"))
+
+    async def _post(
+        self,
+        http: aiohttp.ClientSession,
+        url: str,
+        *,
+        data: bytes,
+        params: Sequence[tuple[str, str]],
+        headers: dict[str, str],
+    ) -> tuple[str, str]:
         sent = False
         try:
             async with http.post(
-                f"{url}/v1/messages",
-                params=params,
-                data=item.data,
-                headers=self._headers(key),
+                f"{url}/v1/messages", params=params, data=data, headers=headers
             ) as response:
                 sent = True
                 text = await response.text()
+                if response.status == 415:
+                    return Outcome.REFUSED, "HTTP 415"
                 if response.status == 202:
                     try:
                         duplicate = wire.SubmitResponse.model_validate_json(text).duplicate
@@ -310,7 +383,10 @@ class HandOff:
                 if response.status >= 500 and response.status != 503:
                     return Outcome.UNCLEAR, f"HTTP {response.status}: {text[:200]}"
                 # Refusals (4xx, 503 draining or spool failure) come before anything is stored.
-                return Outcome.REFUSED, f"HTTP {response.status}: {text[:200]}"
+                detail = f"HTTP {response.status}: {text[:200]}"
+                if 400 <= response.status < 500 and response.status not in NOT_THE_MESSAGE:
+                    return Outcome.REJECTED, detail
+                return Outcome.REFUSED, detail
         except aiohttp.ClientConnectorError as exc:
             return Outcome.REFUSED, f"cannot connect: {exc}"
         except (aiohttp.ClientError, TimeoutError) as exc:

@@ -5,7 +5,9 @@ metrics and admin API for Kubernetes and the operator.
   RFC 5322 (`Content-Type: message/rfc822`, recipients in `to` query parameters, else the
   To/Cc/Bcc headers). 202 once the message is on disk; the same checks and codes as SMTP
   (`intake`), as HTTP statuses. `X-Mailfleet-Handoff: <key>` marks a message another pod hands
-  off: the key is stored with it and a repeat answers 202 without storing it twice.
+  off: the key is stored with it and a repeat answers 202 without storing it twice. Hand-offs
+  carry their envelope in the body (`envelopes.CONTENT_TYPE`); the query form stays accepted.
+  Every body is read whole under a cap per kind (`bodies`; 413 beyond it).
 - `POST /v1/unsubscribe/{token}` (RFC 8058 one-click, body `List-Unsubscribe=One-Click`):
   unauthenticated, the token is the credential; `GET` shows a confirmation form and changes
   nothing (link scanners fetch URLs).
@@ -21,14 +23,22 @@ from __future__ import annotations
 import email.utils
 import hmac
 import html
-import json
 import logging
 from typing import Protocol
 
 import pydantic
 from aiohttp import web
 
-from mailfleet_sender import deliverability, intake, leases, messages, metrics, wire
+from mailfleet_sender import (
+    bodies,
+    deliverability,
+    envelopes,
+    intake,
+    leases,
+    messages,
+    metrics,
+    wire,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +46,9 @@ RAW_TYPES = ("message/rfc822", "text/plain", "application/octet-stream")
 HANDOFF_HEADER = "X-Mailfleet-Handoff"
 MAX_HANDOFF_KEY = 128
 ONE_CLICK = "List-Unsubscribe=One-Click"
+MAX_UNSUBSCRIBE_BODY = 4096
+MAX_ADMIN_BODY = 1024 * 1024
+"""Assignment and drain requests (a few leases, a target): far below this."""
 
 
 class Backend(Protocol):
@@ -144,27 +157,61 @@ class Api:
         intake_ = self.backend.intake
         if not intake_.accepting:
             return _rejection(intake.DRAINING)
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _rejection(messages.TOO_BIG)
         content_type = request.content_type
+        if content_type != "application/json" and content_type not in RAW_TYPES and (
+            content_type != envelopes.CONTENT_TYPE
+        ):
+            return _error(415, f"unsupported content type {content_type!r}", "content-type")
+        try:
+            body = await bodies.read_body(request, self._body_cap(content_type))
+        except bodies.TooLarge:
+            return _rejection(messages.TOO_BIG)
         if content_type == "application/json":
             return await self._post_json(body)
-        if content_type in RAW_TYPES:
-            key = request.headers.get(HANDOFF_HEADER)
-            if key is not None and not (0 < len(key) <= MAX_HANDOFF_KEY and key.isascii()):
-                return _error(400, f"{HANDOFF_HEADER}: 1-{MAX_HANDOFF_KEY} ASCII characters",
-                              "invalid")
-            return await self._post_raw(request, body, handoff_key=key)
-        return _error(415, f"unsupported content type {content_type!r}", "content-type")
+        key = request.headers.get(HANDOFF_HEADER)
+        if key is not None and not (0 < len(key) <= MAX_HANDOFF_KEY and key.isascii()):
+            return _error(400, f"{HANDOFF_HEADER}: 1-{MAX_HANDOFF_KEY} ASCII characters",
+                          "invalid")
+        if content_type == envelopes.CONTENT_TYPE:
+            return await self._post_handoff(body, handoff_key=key)
+        return await self._post_raw(request, body, handoff_key=key)
+
+    def _body_cap(self, content_type: str) -> int:
+        """Per kind of body: the message, plus JSON escaping (which can double it) or the
+        hand-off envelope (up to maxRecipients addresses)."""
+        s = self.backend.intake.cfg.submission
+        if content_type == "application/json":
+            return s.max_message_size * 2 + 64 * 1024
+        if content_type == envelopes.CONTENT_TYPE:
+            return s.max_message_size + envelopes.max_envelope_bytes(s.max_recipients)
+        return s.max_message_size + 64 * 1024
+
+    async def _post_handoff(self, body: bytes, *, handoff_key: str | None) -> web.Response:
+        """A message another pod hands off, its envelope in the body (`envelopes`)."""
+        max_recipients = self.backend.intake.cfg.submission.max_recipients
+        try:
+            envelope, data = envelopes.decode(
+                body, max_envelope=envelopes.max_envelope_bytes(max_recipients)
+            )
+        except envelopes.BadEnvelope as exc:
+            return _error(400, str(exc), "invalid")
+        result = await self.backend.intake.submit(
+            sender=envelope.sender,
+            recipients=envelope.recipients,
+            data=data,
+            via="handoff" if handoff_key else "http",
+            class_name=envelope.class_name,
+            tier=envelope.tier,
+            handoff_key=handoff_key,
+        )
+        return self._answer(result)
 
     async def _post_json(self, body: bytes) -> web.Response:
         intake_ = self.backend.intake
         try:
-            payload = json.loads(body)
-        except (ValueError, UnicodeDecodeError) as exc:
-            return _error(400, f"malformed JSON: {exc}", "json")
+            payload = bodies.loads(body)
+        except bodies.BadJSON as exc:
+            return _error(400, str(exc), "json")
         try:
             request = wire.SubmitRequest.model_validate(payload)
         except pydantic.ValidationError as exc:
@@ -252,7 +299,10 @@ class Api:
 
     async def post_unsubscribe(self, request: web.Request) -> web.Response:
         layer = self.backend.deliverability
-        body = (await request.read())[:4096]
+        try:
+            body = await bodies.read_body(request, MAX_UNSUBSCRIBE_BODY)
+        except bodies.TooLarge as exc:
+            return _error(413, str(exc), "too_large")
         if ONE_CLICK.encode() not in body.replace(b"%3D", b"=").replace(b"%3d", b"="):
             layer.metrics.unsubscribes.labels("one-click", "bad_request").inc()
             return _error(400, f"the body must contain {ONE_CLICK} (RFC 8058)", "bad_request")
@@ -316,7 +366,11 @@ class Api:
         if denied is not None:
             return denied
         try:
-            assignment = wire.Assignment.model_validate_json(await request.read())
+            assignment = wire.Assignment.model_validate_json(
+                await bodies.read_body(request, MAX_ADMIN_BODY)
+            )
+        except bodies.TooLarge as exc:
+            return _error(413, str(exc), "too_large")
         except pydantic.ValidationError as exc:
             return _error(400, str(exc), "invalid")
         try:
@@ -333,7 +387,11 @@ class Api:
         target: wire.HandoffTarget | None = None
         if request.can_read_body:
             try:
-                body = wire.DrainRequest.model_validate_json(await request.read())
+                body = wire.DrainRequest.model_validate_json(
+                    await bodies.read_body(request, MAX_ADMIN_BODY)
+                )
+            except bodies.TooLarge as exc:
+                return _error(413, str(exc), "too_large")
             except pydantic.ValidationError as exc:
                 return _error(400, f"bad drain request: {exc}", "badRequest")
             handoff = handoff or body.handoff

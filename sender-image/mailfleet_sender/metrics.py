@@ -112,7 +112,7 @@ class Metrics:
         )
         self.handoff = Counter(
             f"{PREFIX}_handoff_messages",
-            "Messages handed off to other pods on drain, by result (accepted, duplicate, "
+            "Messages handed off to other pods on drain, by result (accepted, duplicate, bounced, "
             "failed).",
             ["result"],
             registry=r,

@@ -12,6 +12,7 @@ one, so connection limits and rates apply to what is really one destination (Kum
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import random
 import time
@@ -80,8 +81,15 @@ def order_hosts(hosts: Sequence[MXHost], rng: random.Random) -> tuple[MXHost, ..
     return tuple(sorted(shuffled, key=lambda h: h.preference))
 
 
+MAX_CACHED_DOMAINS = 10_000
+"""Domains whose route is cached at once. Recipients' domains are chosen by whoever submits
+mail, so the cache must not grow with them: beyond the cap expired entries go first, then the
+least recently used."""
+
+
 class MXResolver:
-    """Resolve and cache routes. `clock` is monotonic seconds (injectable for tests)."""
+    """Resolve and cache routes (at most `max_entries` domains, LRU). `clock` is monotonic
+    seconds (injectable for tests)."""
 
     def __init__(
         self,
@@ -91,20 +99,42 @@ class MXResolver:
         max_ttl: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
+        max_entries: int = MAX_CACHED_DOMAINS,
     ) -> None:
         self.resolver = resolver
         self.min_ttl = min_ttl
         self.max_ttl = max_ttl
         self._clock = clock
         self._rng = rng or random.Random()
-        self._cache: dict[str, tuple[float, Route | RouteError]] = {}
+        self.max_entries = max_entries
+        self._cache: collections.OrderedDict[str, tuple[float, Route | RouteError]] = (
+            collections.OrderedDict()
+        )
         self.lookups = 0
+
+    def __len__(self) -> int:
+        return len(self._cache)
 
     def cached(self, domain: str) -> Route | RouteError | None:
         entry = self._cache.get(domain)
-        if entry is None or entry[0] <= self._clock():
+        if entry is None:
             return None
+        if entry[0] <= self._clock():
+            del self._cache[domain]
+            return None
+        self._cache.move_to_end(domain)
         return entry[1]
+
+    def _remember(self, domain: str, until: float, value: Route | RouteError) -> None:
+        self._cache[domain] = (until, value)
+        self._cache.move_to_end(domain)
+        if len(self._cache) <= self.max_entries:
+            return
+        now = self._clock()
+        for name in [n for n, (t, _) in self._cache.items() if t <= now]:
+            del self._cache[name]
+        while len(self._cache) > self.max_entries:
+            self._cache.popitem(last=False)
 
     async def resolve(self, domain: str) -> Route:
         """The route for a domain; raises RouteError."""
@@ -119,9 +149,9 @@ class MXResolver:
             route, ttl = await self._lookup(domain)
         except RouteError as error:
             if error.permanent:
-                self._cache[domain] = (self._clock() + self.min_ttl, error)
+                self._remember(domain, self._clock() + self.min_ttl, error)
             raise
-        self._cache[domain] = (self._clock() + self._clamp(ttl), route)
+        self._remember(domain, self._clock() + self._clamp(ttl), route)
         return route
 
     def _clamp(self, ttl: float) -> float:

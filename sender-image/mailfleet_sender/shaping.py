@@ -155,10 +155,19 @@ class ProviderState:
     recent: collections.deque[float] = dataclasses.field(default_factory=collections.deque)
 
 
+MAX_TRACKED = 1000
+"""Providers and sites with shaping state at once. A site no provider entry names is shaped on
+its own (by its MX host set), and recipients' domains are chosen by whoever submits mail, so
+beyond the cap the states that are back to normal (factor 1.0, not suspended: the same as no
+state) are forgotten first, then the least recently used."""
+
+
 class Shaper:
     """The reactive shaping state of one sender, for every provider it talks to."""
 
-    def __init__(self, rules: ShapingRules | None = None) -> None:
+    def __init__(self, rules: ShapingRules | None = None, *, max_tracked: int = MAX_TRACKED
+                 ) -> None:
+        self.max_tracked = max_tracked
         self._rules = rules or ShapingRules()
         self._states: dict[str, ProviderState] = {}
         self._events: list[ShapingEvent] = []
@@ -172,7 +181,22 @@ class Shaper:
         self._rules = rules
 
     def _state(self, provider: str) -> ProviderState:
-        return self._states.setdefault(provider.lower(), ProviderState())
+        key = provider.lower()
+        state = self._states.pop(key, None)  # re-inserted last: dicts keep insertion order
+        if state is None:
+            state = ProviderState()
+            if len(self._states) >= self.max_tracked:
+                self._forget_some()
+        self._states[key] = state
+        return state
+
+    def _forget_some(self) -> None:
+        normal = [k for k, s in self._states.items()
+                  if s.factor >= 1.0 and s.suspended_until is None]
+        for key in normal[: max(1, len(self._states) - self.max_tracked + 1)]:
+            del self._states[key]
+        while len(self._states) >= self.max_tracked:
+            del self._states[next(iter(self._states))]
 
     def _emit(self, provider: str, transition: Transition, factor: float, at: float) -> None:
         self._events.append(ShapingEvent(provider.lower(), transition, factor, at))

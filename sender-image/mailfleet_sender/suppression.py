@@ -39,7 +39,6 @@ import contextlib
 import dataclasses
 import enum
 import hmac
-import json
 import logging
 import math
 import re
@@ -54,6 +53,8 @@ import aiohttp
 import dns.asyncresolver
 import dns.exception
 from aiohttp import web
+
+from mailfleet_sender import bodies
 
 __all__ = [
     "MAX_IMPORT_BYTES",
@@ -82,6 +83,12 @@ MAX_IMPORT_BYTES = 2 * 1024 * 1024
 """Body size of a bulk import request."""
 PAGE_LIMIT = 1000
 """Entries per page of the changes feed and of the listing."""
+MAX_ENTRY_BYTES = 16 * 1024
+"""Body size of a request about one address (PUT)."""
+MAX_SKEW_US = 5 * 60 * 1_000_000
+"""Entries from peers stamped later than now plus this are refused (not clamped: a clamped
+copy would differ from the origin's, and the list would no longer be the same everywhere).
+One entry with ts = 2**63-1 otherwise made every later local write overflow."""
 
 _LOCAL_PART = re.compile(r"^[^\s@\"<>()\[\],;:\\\x00-\x1f\x7f]{1,64}$")
 _DOMAIN = re.compile(
@@ -247,13 +254,39 @@ class SuppressionList:
         self._active: set[str] = {
             str(key) for (key,) in self._db.execute("SELECT key FROM entries WHERE suppressed")
         }
-        seq, ts = self._db.execute("SELECT MAX(seq), MAX(ts) FROM entries").fetchone()
+        (seq,) = self._db.execute("SELECT MAX(seq) FROM entries").fetchone()
         self._seq = int(seq or 0)
-        self._hlc = int(ts or 0)
+        self._hlc = 0
         self._listeners: list[Listener] = []
+        self._heal_future_entries()
+        self._hlc = int(self._db.execute("SELECT MAX(ts) FROM entries").fetchone()[0] or 0)
 
     def close(self) -> None:
         self._db.close()
+
+    def _horizon(self) -> int:
+        """The latest timestamp believed: now plus MAX_SKEW (see `merge`)."""
+        return int(self._clock() * 1_000_000) + MAX_SKEW_US
+
+    def _heal_future_entries(self) -> None:
+        """A file written before timestamps were bounded may hold one far in the future
+        (2**63-1 made every later write overflow): such entries are re-stamped with now,
+        and so replicate again with a sane timestamp, keeping their content."""
+        horizon = self._horizon()
+        rows = self._db.execute(
+            "SELECT key FROM entries WHERE ts > ? ORDER BY key", (horizon,)
+        ).fetchall()
+        if not rows:
+            return
+        now = int(self._clock() * 1_000_000)
+        self._db.execute("BEGIN IMMEDIATE")
+        for (key,) in rows:
+            self._seq += 1
+            self._db.execute("UPDATE entries SET ts = ?, seq = ? WHERE key = ?",
+                             (now, self._seq, key))
+        self._db.execute("COMMIT")
+        log.warning("suppression entries with a timestamp in the future re-stamped at start",
+                    extra={"entries": len(rows)})
 
     # ---------------------------------------------------------------- reading
 
@@ -401,9 +434,18 @@ class SuppressionList:
 
     async def merge(self, entries: Iterable[Entry]) -> list[Entry]:
         """Apply entries from a peer; returns those that changed this copy."""
-        batch = list(entries)
-        for entry in batch:
+        horizon = self._horizon()
+        batch, future = [], 0
+        for entry in entries:
+            if entry.ts > horizon:  # refused, not clamped: see MAX_SKEW_US
+                future += 1
+                continue
+            batch.append(entry)
             self._hlc = max(self._hlc, entry.ts)
+        if future:
+            self.metrics.merge_rejected += future
+            log.warning("suppression entries from the future refused",
+                        extra={"entries": future, "max_skew_s": MAX_SKEW_US // 1_000_000})
         applied = self._write(batch)
         self.metrics.merged += len(applied)
         return applied
@@ -524,9 +566,11 @@ def suppression_routes(
         body: Any = {}
         if request.can_read_body:
             try:
-                body = await request.json()
-            except ValueError:
-                return bad("bad_json", "body is not JSON")
+                body = bodies.loads(await bodies.read_body(request, MAX_ENTRY_BYTES))
+            except bodies.TooLarge as exc:
+                return _error(413, "too_large", str(exc), maxBytes=MAX_ENTRY_BYTES)
+            except ValueError as exc:
+                return bad("bad_json", f"body is not JSON: {exc}")
         if not isinstance(body, dict):
             return bad("bad_body", "body must be an object")
         reason = body.get("reason", Reason.MANUAL)
@@ -554,12 +598,7 @@ def suppression_routes(
         return web.json_response(entry.to_json())
 
     async def read_limited(request: web.Request) -> Any:
-        if request.content_length is not None and request.content_length > max_import_bytes:
-            raise _TooLarge(f"body of {request.content_length} bytes, limit {max_import_bytes}")
-        raw = await request.content.read(max_import_bytes + 1)
-        if len(raw) > max_import_bytes:
-            raise _TooLarge(f"body over {max_import_bytes} bytes")
-        return json.loads(raw)
+        return bodies.loads(await bodies.read_body(request, max_import_bytes))
 
     @routes.post("/v1/suppressions")
     async def bulk_import(request: web.Request) -> web.Response:
@@ -567,12 +606,12 @@ def suppression_routes(
             return denied
         try:
             body = await read_limited(request)
-        except _TooLarge as exc:
+        except bodies.TooLarge as exc:
             lst.metrics.import_rejected += 1
             return _error(413, "import_too_large", str(exc), maxBytes=max_import_bytes)
-        except ValueError:
+        except ValueError as exc:
             lst.metrics.import_rejected += 1
-            return bad("bad_json", "body is not JSON")
+            return bad("bad_json", str(exc))
         items = body.get("entries") if isinstance(body, dict) else None
         if not isinstance(items, list):
             lst.metrics.import_rejected += 1
@@ -615,17 +654,16 @@ def suppression_routes(
             if not isinstance(items, list):
                 raise ValueError("entries must be a list")
             entries = [Entry.from_json(item) for item in items]
-        except (ValueError, KeyError, InvalidAddress, _TooLarge) as exc:
+        except bodies.TooLarge as exc:
+            lst.metrics.merge_rejected += 1
+            return _error(413, "replication_too_large", str(exc), maxBytes=max_import_bytes)
+        except (ValueError, KeyError, InvalidAddress) as exc:
             lst.metrics.merge_rejected += 1
             return bad("bad_replication", str(exc))
         applied = await lst.merge(entries)
         return web.json_response({"node": lst.node_id, "applied": len(applied)})
 
     return routes
-
-
-class _TooLarge(Exception):
-    pass
 
 
 # ------------------------------------------------------------------------ replication
@@ -831,7 +869,7 @@ class Replicator:
                         raise aiohttp.ClientResponseError(
                             response.request_info, (), status=response.status
                         )
-                    page = await response.json()
+                    page = bodies.loads(await response.read())
                 if page["node"] == self._lst.node_id:
                     self._skip.add(url)
                     return 0

@@ -9,10 +9,12 @@ pass as "no value"), responses ignore them (an older operator reads a newer send
 from __future__ import annotations
 
 import datetime
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic.alias_generators import to_camel
+
+from mailfleet_sender import hostnames
 
 
 class RequestModel(BaseModel):
@@ -30,7 +32,9 @@ class Lease(RequestModel):
     `epoch` fences stale grants: the sender refuses an epoch older than one it accepted."""
 
     address: str = Field(description="Source IP address to bind outbound connections to.")
-    helo_name: str = Field(description="EHLO name for connections from this IP.")
+    helo_name: Annotated[str, AfterValidator(hostnames.check_helo_name)] = Field(
+        description="EHLO name for connections from this IP."
+    )
     ttl_seconds: float = Field(
         gt=0,
         description=(
@@ -186,6 +190,8 @@ class HandoffStats(ResponseModel):
     handed_off: int = 0
     duplicates: int = 0
     failures: int = 0
+    bounced: int = 0
+    """Recipients bounced because every pod rejected their message for `giveUpAfter`."""
     last_error: str | None = None
 
 

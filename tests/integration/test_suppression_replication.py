@@ -194,16 +194,17 @@ async def test_conflicting_add_and_remove_resolve_by_timestamp_everywhere(
         await a.lst.add(address, "manual", "test")
         await eventually(lambda a=address: c.lst.is_suppressed(a), "initial add everywhere")  # type: ignore[misc]
     cluster.partitioned = {"pod-0", "pod-1", "pod-2"}
-    # Partitioned: pod-0 removes one address at t=3000, pod-1 re-adds it at t=2500 after a
-    # removal at t=2000; the other address the other way round.
-    cluster.clocks.update({"pod-0": 3000.0, "pod-1": 2000.0})
+    # Partitioned: pod-0 removes one address at t=1030, pod-1 re-adds it at t=1025 after a
+    # removal at t=1020; the other address the other way round. (Clocks within the 5 minutes
+    # of skew a peer's timestamp may have; later ones are refused.)
+    cluster.clocks.update({"pod-0": 1030.0, "pod-1": 1020.0})
     await a.lst.remove("late-remove@example.org")
     await b.lst.remove("late-remove@example.org")
     await a.lst.remove("late-add@example.org")
     await b.lst.remove("late-add@example.org")
-    cluster.clocks["pod-1"] = 2500.0
+    cluster.clocks["pod-1"] = 1025.0
     await b.lst.add("late-remove@example.org", "manual", "test")
-    cluster.clocks["pod-1"] = 4000.0
+    cluster.clocks["pod-1"] = 1040.0
     await b.lst.add("late-add@example.org", "manual", "test")
     assert a.lst.is_suppressed("late-add@example.org") is False
     cluster.partitioned = set()
@@ -404,12 +405,13 @@ async def test_local_changes_are_announced_and_merges_are_not() -> None:
     seen: list[str] = []
     lst.add_listener(lambda batch: seen.extend(e.address for e in batch))
     await lst.add("a@example.org", "r", "s")
-    await lst.merge([suppression.Entry("b@example.org", True, "r", "s", 10**18, "pod-9")])
+    ahead = int(time.time() * 1_000_000) + 60_000_000  # a peer's clock a minute ahead
+    await lst.merge([suppression.Entry("b@example.org", True, "r", "s", ahead, "pod-9")])
     await lst.remove("a@example.org")
     assert seen == ["a@example.org", "a@example.org"]
     # Seeing a peer's timestamp moves our clock past it.
     later = await lst.add("c@example.org", "r", "s")
-    assert later.ts > 10**18
+    assert later.ts > ahead
 
 
 AsyncCheck = Callable[[], Awaitable[bool]]

@@ -17,6 +17,7 @@ import pytest
 from aiohttp import web
 from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sandbox.providers import ProviderFleet
+from mailfleet_sender import envelopes
 from sandbox_fixtures.sender import (
     ADMIN_TOKEN,
     SenderFactory,
@@ -91,7 +92,9 @@ class ScriptedPeer:
 
     async def post_message(self, request: web.Request) -> web.Response:
         key = request.headers["X-Mailfleet-Handoff"]
-        rcpts = request.query.getall("to")
+        body = await request.read()
+        envelope, _ = envelopes.decode(body, max_envelope=len(body))
+        rcpts = list(envelope.recipients)
         self.requests += 1
         if self.answering or (key in self.stored and len(self.stored) < self.accept):
             duplicate = key in self.stored
