@@ -58,8 +58,9 @@ REPLIES: list[tuple[str, int, str, str | None, bounces.Category]] = [
      "gmail", C.THROTTLED),
     ("gmail message too large is a soft bounce", 552,
      "552-5.3.4 Your message exceeded Google's message size limits.", "gmail", C.SOFT_BOUNCE),
-    ("gmail malformed message is a soft bounce", 554,
-     "554 5.6.0 Mail message is malformed. Not accepted.", "gmail", C.SOFT_BOUNCE),
+    # Our own malformed message is a sender-side fault: it must not count against the address.
+    ("gmail malformed message is a block not a bounce", 554,
+     "554 5.6.0 Mail message is malformed. Not accepted.", "gmail", C.BLOCKED),
     ("gmail temporary system problem is a deferral", 451,
      "451-4.3.0 Mail server temporarily rejected message.", "gmail", C.DEFERRED),
     ("gmail recipient domain policy is a block", 550,
@@ -290,6 +291,10 @@ def test_classification_tells_the_scheduler_what_to_do() -> None:
     assert (hard.retryable, hard.suppresses) == (False, True)
     assert (full.retryable, full.suppresses) == (True, False)
     assert (full_perm.retryable, full_perm.suppresses) == (False, False)
+    # The reply code's class decides retry versus final, never the category alone.
+    assert bounces.classify_reply(550, "5.7.1 rate limited").retryable is False
+    assert bounces.classify_reply(450, "5.1.1 user unknown").category is C.DEFERRED
+    assert bounces.classify_reply(450, "4.1.1 user unknown").retryable is True
     assert (throttled.retryable, throttled.suppresses) == (True, False)
     assert (blocked.retryable, blocked.suppresses) == (False, False)
     assert str(hard.enhanced) == "5.1.1"
