@@ -42,6 +42,8 @@ from collections.abc import Sequence
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from mailfleet_sender import report_addresses
+
 __all__ = [
     "MAX_REPORT_BYTES",
     "MAX_REPORT_PARTS",
@@ -230,6 +232,9 @@ class RecipientStatus:
     action: str
     status: str
     original_recipient: str | None = None
+    # RFC 3464 address types, lowercase: "rfc822", "utf-8" (RFC 6533), "unknown", any atom.
+    final_recipient_type: str = "rfc822"
+    original_recipient_type: str | None = None
     diagnostic_type: str | None = None
     diagnostic_code: int | None = None
     diagnostic_text: str | None = None
@@ -411,11 +416,13 @@ def _dsn(msg: email.message.Message) -> DeliveryStatusReport:
     per_message, per_recipient = blocks[0], blocks[1:]
     recipients: list[RecipientStatus] = []
     for block in per_recipient:
-        final = _typed_address(_value(block, "Final-Recipient"))
+        typed = report_addresses.typed_recipient(_value(block, "Final-Recipient"))
         action = (_value(block, "Action") or "").lower()
         status = _value(block, "Status") or ""
-        if final is None or "@" not in final:
+        if typed is None or (typed[0] in ("rfc822", "utf-8") and "@" not in typed[1]):
             raise ReportError("bad_recipient", "a recipient block lacks a Final-Recipient")
+        final_type, final = typed
+        original = report_addresses.typed_recipient(_value(block, "Original-Recipient"))
         if action not in _ACTIONS:
             raise ReportError("bad_action", f"Action {action!r} for {final}")
         match = _STATUS.match(status)
@@ -434,7 +441,9 @@ def _dsn(msg: email.message.Message) -> DeliveryStatusReport:
                 final_recipient=final,
                 action=action,
                 status=match.group(0),
-                original_recipient=_typed_address(_value(block, "Original-Recipient")),
+                original_recipient=original[1] if original else None,
+                final_recipient_type=final_type,
+                original_recipient_type=original[0] if original else None,
                 diagnostic_type=diag_type,
                 diagnostic_code=diag_code,
                 diagnostic_text=diag_text,
