@@ -275,6 +275,9 @@ class Service:
                 port=d.feedback_port,
                 hostname=self.hostname,
                 max_connections=d.feedback_max_connections,
+                max_connections_per_client=d.feedback_max_connections_per_client,
+                idle_timeout=units.duration_seconds(d.feedback_idle_timeout),
+                data_timeout=units.duration_seconds(d.feedback_data_timeout),
             )
             await self.feedback.start()
             self.feedback_port = self.feedback.port
