@@ -89,11 +89,23 @@ class Submission(ConfigModel):
     max_connections: int = Field(
         default=500, ge=1, description="Simultaneous SMTP sessions; more get 421."
     )
+    max_connections_per_client: int = Field(
+        default=20, ge=1, description="Simultaneous SMTP sessions from one IP address; more "
+        "get 421 4.7.0 before the greeting.",
+    )
     messages_per_connection: int = Field(
         default=10000, ge=1, description="Transactions per SMTP session before 421."
     )
     idle_timeout: units.Duration = Field(
         default="5m", description="An SMTP session idle this long is closed."
+    )
+    data_timeout: units.Duration = Field(
+        default="4m",
+        description=(
+            "Time for one whole DATA phase, from the DATA command to the final dot; a slower "
+            "client gets 421 4.4.2 and nothing is queued. Below idleTimeout, whose timer also "
+            "runs during DATA (and closes without a reply)."
+        ),
     )
     default_class: str | None = Field(
         default=None, description="Class of mail submitted without one; the first class if unset."
@@ -103,7 +115,15 @@ class Submission(ConfigModel):
     def _tls_pair(self) -> Submission:
         if (self.tls_cert_file is None) != (self.tls_key_file is None):
             raise ValueError("tlsCertFile and tlsKeyFile must be set together")
+        _data_within_idle(self.data_timeout, self.idle_timeout, "dataTimeout", "idleTimeout")
         return self
+
+
+def _data_within_idle(data: str, idle: str, data_name: str, idle_name: str) -> None:
+    """aiosmtpd's idle timer is not restarted during DATA: a deadline at or past it would
+    never answer 421."""
+    if units.duration_seconds(data) >= units.duration_seconds(idle):
+        raise ValueError(f"{data_name} ({data}) must be shorter than {idle_name} ({idle})")
 
 
 class Relay(ConfigModel):
@@ -415,6 +435,17 @@ class Deliverability(ConfigModel):
     feedback_max_connections: int = Field(
         default=100, ge=1, description="Simultaneous sessions on the feedback port."
     )
+    feedback_max_connections_per_client: int = Field(
+        default=10, ge=1, description="Simultaneous feedback sessions from one IP address."
+    )
+    feedback_idle_timeout: units.Duration = Field(
+        default="60s", description="A feedback session idle this long is closed."
+    )
+    feedback_data_timeout: units.Duration = Field(
+        default="50s",
+        description="Time for one DATA phase on the feedback port (421 4.4.2 when over); "
+        "below feedbackIdleTimeout.",
+    )
     reports: report_limits.ReportLimits = Field(
         default_factory=report_limits.ReportLimits,
         description="Replay window, per-source rate and size caps of the feedback port.",
@@ -454,6 +485,12 @@ class Deliverability(ConfigModel):
         description="Rate a provider without a configured rate is slowed down from.",
     )
     handoff: Handoff = Field(default_factory=Handoff)
+
+    @model_validator(mode="after")
+    def _feedback_data_within_idle(self) -> Deliverability:
+        _data_within_idle(self.feedback_data_timeout, self.feedback_idle_timeout,
+                          "feedbackDataTimeout", "feedbackIdleTimeout")
+        return self
 
     @field_validator("unsubscribe_base_url")
     @classmethod

@@ -179,6 +179,7 @@ class Deliverability:
         return hooks.Hooks(
             classify=self.classify,
             is_suppressed=self.is_suppressed,
+            hold_reason=self.hold_reason,
             prepare=self.prepare,
             stamp=self.stamp,
             return_path=self.return_path,
@@ -222,6 +223,16 @@ class Deliverability:
         return self.cfg.deliverability.suppression.enabled and self.suppressions.is_suppressed(
             recipient
         )
+
+    def hold_reason(self, class_name: str) -> str | None:
+        """Fail closed: bulk mail waits while the suppression list is lost (its file was
+        corrupt and set aside) until a peer or an admin restores it."""
+        if not self.suppressions.resync_pending:
+            return None
+        klass = self.cfg.class_named(class_name)
+        if klass is None or not klass.bulk:
+            return None
+        return "suppression list lost, waiting for it to be restored"
 
     def prepare(self, data: bytes, context: hooks.PrepareContext) -> bytes:
         """List-Unsubscribe + List-Unsubscribe-Post for bulk classes (signed after this)."""

@@ -343,7 +343,10 @@ class Engine:
                 self._suppress(delivery)
                 continue
             if self.cfg.dkim.require_signature and not self.keys.keys_for(delivery.from_domain):
-                self._hold(delivery)
+                self._hold(delivery, "no usable DKIM key for " + delivery.from_domain)
+                continue
+            if (reason := self.hooks.hold_reason(delivery.class_name)) is not None:
+                self._hold(delivery, reason)
                 continue
             source = self._pick_source(delivery.class_name)
             if source is None:
@@ -406,8 +409,9 @@ class Engine:
         left = source.remaining(self.clock.monotonic()) - self._margin()
         return asyncio.get_running_loop().time() + left
 
-    def _hold(self, delivery: spool.Delivery) -> None:
-        """No usable DKIM key for the From domain: keep the mail, never send it unsigned."""
+    def _hold(self, delivery: spool.Delivery, reason: str) -> None:
+        """Keep the mail, never send it as it is: no usable DKIM key for the From domain
+        (never unsigned), or a hook's hold (bulk mail while the suppression list is lost)."""
         if delivery.state != "held":
             delivery.state = "held"
             self.metrics.held.inc()
@@ -419,7 +423,7 @@ class Engine:
                         "held",
                         delivery.attempts,
                         delivery.next_attempt,
-                        "no usable DKIM key for " + delivery.from_domain,
+                        reason,
                     )
                 ]
             )
@@ -452,6 +456,10 @@ class Engine:
                 attempt.timeout.reschedule(self._cutoff(attempt.source))
 
     def keys_changed(self) -> None:
+        self.release_held()
+
+    def release_held(self) -> None:
+        """Route held mail again (what still cannot go is held again)."""
         held, self._held = self._held, []
         for delivery in held:
             delivery.state = "queued"
@@ -729,7 +737,7 @@ class Engine:
         data = await self._signed_data(delivery, context)
         if data is None:
             self._give_back(source, reservation)
-            self._hold(delivery)
+            self._hold(delivery, "no usable DKIM key for " + delivery.from_domain)
             return session
         if session is not None and (
             session.broken or session.sent >= self.cfg.delivery.messages_per_connection

@@ -23,7 +23,14 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, Envelope, Session
 
-from mailfleet_sender import deliverability, feedback, report_limits, reported_copies, reports
+from mailfleet_sender import (
+    deliverability,
+    feedback,
+    report_limits,
+    reported_copies,
+    reports,
+    session_limits,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +71,7 @@ class Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        session_limits.data_complete(server)
         data = envelope.original_content or b""
         rcpts = list(envelope.rcpt_tos)
         if any(r.partition("@")[0].lower() == UNSUBSCRIBE_LOCAL_PART for r in rcpts):
@@ -92,7 +100,7 @@ class Handler:
         return f"250 2.0.0 {reading.report} noted: {reading.note or 'nothing to do'}"
 
 
-class FeedbackSMTP(SMTP):  # type: ignore[misc]
+class FeedbackSMTP(session_limits.LimitedSMTP):
     def __init__(self, server: FeedbackServer, **kwargs: Any) -> None:
         super().__init__(server.handler, **kwargs)
         self._server = server
@@ -124,6 +132,9 @@ class FeedbackServer:
         port: int,
         hostname: str,
         max_connections: int,
+        max_connections_per_client: int = 10,
+        idle_timeout: float = 60.0,
+        data_timeout: float = 50.0,
     ) -> None:
         self.handler = Handler(layer)
         self.host = host
@@ -131,6 +142,10 @@ class FeedbackServer:
         self.hostname = hostname
         self.max_connections = max_connections
         self.sessions: set[FeedbackSMTP] = set()
+        self.clients = session_limits.ClientCounter()
+        self.max_connections_per_client = max_connections_per_client
+        self.idle_timeout = idle_timeout
+        self.data_timeout = data_timeout
         self._server: asyncio.AbstractServer | None = None
 
     def _protocol(self) -> FeedbackSMTP:
@@ -141,8 +156,13 @@ class FeedbackServer:
             data_size_limit=self.handler.layer.limits.max_bytes,
             enable_SMTPUTF8=True,
             decode_data=False,
-            timeout=60,
+            timeout=self.idle_timeout,
             command_call_limit={"*": 30, "RCPT": MAX_RECIPIENTS + 10},
+            limits=session_limits.Limits(
+                clients=self.clients,
+                per_client=self.max_connections_per_client,
+                data_timeout=self.data_timeout,
+            ),
         )
 
     async def start(self) -> None:

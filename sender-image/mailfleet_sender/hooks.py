@@ -11,6 +11,8 @@ The core asks these questions and reports one thing (`deliverability.py` answers
 - `stamp(signed, context)`: headers added after signing, left out of the signature on purpose
   (the sealed trace header: per recipient, so signing it would cost a signature per copy).
 - `return_path(context)`: the envelope sender of one copy (VERP), None to keep the submitted one.
+- `hold_reason(class)`: why mail of this class must wait now (kept, not sent), None to go on;
+  the default never holds.
 - `pace(provider)`: a multiplier of the provider's rate (reactive shaping); 0 holds it back.
 - `observe(outcome)`: every attempt's result, for shaping, suppression and rates.
 """
@@ -99,6 +101,10 @@ class SuppressionCheck(Protocol):
     def __call__(self, recipient: str, class_name: str) -> bool: ...
 
 
+class HoldCheck(Protocol):
+    def __call__(self, class_name: str) -> str | None: ...
+
+
 class Preparer(Protocol):
     def __call__(self, data: bytes, context: PrepareContext) -> bytes: ...
 
@@ -126,6 +132,10 @@ def never_suppressed(recipient: str, class_name: str) -> bool:
     return False
 
 
+def never_held(class_name: str) -> str | None:
+    return None
+
+
 def unchanged(data: bytes, context: PrepareContext) -> bytes:
     return data
 
@@ -148,6 +158,7 @@ class Hooks:
 
     classify: Classifier = classify_by_code
     is_suppressed: SuppressionCheck = never_suppressed
+    hold_reason: HoldCheck = never_held
     prepare: Preparer = unchanged
     stamp: Preparer = unchanged
     return_path: ReturnPath = keep_sender

@@ -65,7 +65,16 @@ class Metrics:
             f"{PREFIX}_config_reloads", "Config reloads applied.", registry=r
         )
         self.held = Counter(
-            f"{PREFIX}_held_messages", "Deliveries held for lack of a DKIM key.", registry=r
+            f"{PREFIX}_held_messages",
+            "Deliveries held: no DKIM key, or bulk mail while the suppression list is lost.",
+            registry=r,
+        )
+        self.quarantined = Counter(
+            f"{PREFIX}_spool_quarantined",
+            "Corrupt databases on the spool volume set aside at start (spool, suppression, "
+            "reports): the pod started with an empty one.",
+            ["database"],
+            registry=r,
         )
         self.feedback_reports = Counter(
             f"{PREFIX}_feedback_reports",

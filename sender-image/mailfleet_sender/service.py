@@ -54,6 +54,8 @@ from mailfleet_sender import (
     leases,
     metrics,
     mx,
+    quarantining,
+    reported_copies,
     spool,
     submission_smtp,
     suppression,
@@ -67,6 +69,12 @@ log = logging.getLogger(__name__)
 RELOAD_INTERVAL = 1.0
 """How often the config and key files are checked for changes."""
 DEFAULT_GRACE = 25.0
+QUARANTINABLE = {
+    "spool": spool.SPOOL_FILE,
+    "suppression": deliverability.SUPPRESSION_FILE,
+    "reports": reported_copies.FILE,
+}
+"""The databases on the spool volume a corrupt copy of which is set aside at start."""
 PAST_DAYS = 7
 """Quota days before today whose persisted counters `/v1/stats` reports (`days`)."""
 """Seconds SIGTERM waits for in-flight transactions (under Kubernetes' default 30 s)."""
@@ -143,6 +151,7 @@ class Service:
         self.admin_port = 0
         self.feedback_port = 0
         self.spool: spool.Spool
+        self.quarantined: list[quarantining.SetAside] = []
         self.engine: dispatching.Engine
         self.intake: intake.Intake
         self.smtp: submission_smtp.SMTPServer
@@ -170,6 +179,12 @@ class Service:
         cfg = self.cfg
         self._load_secrets(cfg)
         self.keys.configure(cfg.dkim.domains)
+        self.quarantined = await asyncio.to_thread(
+            quarantining.set_aside_corrupt, Path(cfg.spool_dir), QUARANTINABLE,
+            now=self.clock.wall(),
+        )
+        for moved in self.quarantined:
+            self.metrics.quarantined.labels(moved.database).inc()
         self.spool = spool.Spool.open(cfg.spool_dir, sync=cfg.spool_sync)
         self.deliverability = deliverability.Deliverability(
             cfg=cfg,
@@ -197,6 +212,10 @@ class Service:
             hostname=self.hostname,
         )
         self.deliverability.count_feedback = self.engine.record_feedback
+        lost = self.deliverability.suppressions
+        if any(m.database == "suppression" for m in self.quarantined):
+            lost.require_resync()
+        lost.resync_listeners.append(self.engine.release_held)
         pending = self.spool.load_pending()
         self.engine.load(pending)
         self.spool.start()
@@ -256,6 +275,9 @@ class Service:
                 port=d.feedback_port,
                 hostname=self.hostname,
                 max_connections=d.feedback_max_connections,
+                max_connections_per_client=d.feedback_max_connections_per_client,
+                idle_timeout=units.duration_seconds(d.feedback_idle_timeout),
+                data_timeout=units.duration_seconds(d.feedback_data_timeout),
             )
             await self.feedback.start()
             self.feedback_port = self.feedback.port
@@ -500,6 +522,17 @@ class Service:
                 for name, state in self.deliverability.shaping_snapshot().items()
             },
             suppression=self._suppression_stats(),
+            spool=wire.SpoolStats(
+                quarantined=[
+                    wire.QuarantinedDatabase(
+                        database=m.database, path=str(m.moved_to), reason=m.reason,
+                        at=datetime.datetime.fromtimestamp(m.at, datetime.UTC),
+                    )
+                    for m in self.quarantined
+                ],
+                commit_failures=self.spool.commit_failures,
+                unrecorded_updates=self.spool.unrecorded,
+            ),
             handoff=self.handoff.status() if self.handoff else wire.HandoffStats(),
             dkim=self._dkim_stats(),
         )
@@ -550,6 +583,7 @@ class Service:
             peers=r.peers,
             peer_discovery_failures=sum(r.discovery_failures.values()),
             last_discovery_error=r.last_discovery_error,
+            resync_pending=lst.resync_pending,
         )
 
     def _collect(self) -> list[GaugeMetricFamily]:
@@ -615,7 +649,19 @@ class Service:
             for reason, n in sorted(r.discovery_failures.items()):
                 discovery.add_metric([reason], n)
         return [depth, oldest, quota, sent, draining, entries, problems, replication, factor,
-                in_use, unusable, peers, discovery]
+                in_use, unusable, peers, discovery, *self._spool_gauges()]
+
+    def _spool_gauges(self) -> list[GaugeMetricFamily]:
+        failures = gauge("spool_commit_failures", "Spool transactions that failed; their "
+                         "outcome and counter updates are retried (counter).", [])
+        failures.add_metric([], self.spool.commit_failures)
+        unrecorded = gauge("spool_unrecorded_updates", "Outcome and counter updates of failed "
+                           "spool commits waiting for a retry.", [])
+        unrecorded.add_metric([], self.spool.unrecorded)
+        resync = gauge("suppression_resync_pending", "1 while the suppression list is lost and "
+                       "not restored (bulk mail held).", [])
+        resync.add_metric([], 1 if self.deliverability.suppressions.resync_pending else 0)
+        return [failures, unrecorded, resync]
 
     # --- Backend protocol for the HTTP API -----------------------------------------------
 

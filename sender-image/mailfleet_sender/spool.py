@@ -11,7 +11,9 @@ server to run. Durability rules:
   previous fsync ran (group commit): under load one fsync covers many submissions.
 - Outcome updates (delivered, deferred, bounced) are queued without waiting. A crash can lose
   the last few, which only means a message delivered just before the crash is delivered again
-  after restart: exactly the window between the remote 250 and the local commit.
+  after restart: exactly the window between the remote 250 and the local commit. A commit
+  that fails (disk full, I/O error, a read-only volume) loses none of them: they are kept in
+  order and committed, before anything newer, once a retry succeeds (`unrecorded` counts them).
 - Only non-final deliveries are kept; a final one removes its row, and the message body goes
   with its last recipient. Per-IP daily counters live in the same file so `sentToday` survives
   restarts, and so do per-address soft-bounce counts (`softToHardAfter` spans restarts).
@@ -41,6 +43,9 @@ log = logging.getLogger(__name__)
 SPOOL_FILE = "spool.sqlite3"
 MAX_BATCH = 2000
 """Operations per write transaction; bounds the latency of one commit under a flood."""
+RETRY_FIRST = 0.05
+RETRY_MAX = 5.0
+"""Seconds between tries of updates whose commit failed (doubling from the first)."""
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -195,6 +200,10 @@ class _Op:
     future: concurrent.futures.Future[object] | None
 
 
+_IDLE = _Op("barrier", None, None)
+"""What the writer takes from an empty queue when it wakes only to retry."""
+
+
 class SpoolError(RuntimeError):
     """The spool cannot take the write (disk full, I/O error); the client gets a 4xx."""
 
@@ -210,6 +219,11 @@ class Spool:
         self._reader = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="spool-read")
         self._reader_local = threading.local()
         self.commits = 0
+        self.commit_failures = 0
+        self._retry: list[_Op] = []
+        self._retry_delay = RETRY_FIRST
+        self.unrecorded = 0
+        """Outcome and counter updates of failed commits waiting for a retry."""
         with self._connect() as db:
             db.executescript(_SCHEMA)
 
@@ -404,11 +418,15 @@ class Spool:
         db = self._connect()
         stopping = False
         while not stopping:
-            first = self._queue.get()
+            retrying = bool(self._retry)
+            try:
+                first = self._queue.get(timeout=self._retry_delay if retrying else None)
+            except queue.Empty:
+                first = _IDLE
             batch: list[_Op] = []
             if first is None:
                 stopping = True
-            else:
+            elif first is not _IDLE:
                 batch.append(first)
             while len(batch) < MAX_BATCH:
                 try:
@@ -419,11 +437,37 @@ class Spool:
                     stopping = True
                     break
                 batch.append(item)
-            if batch:
-                self._write_batch(db, batch)
+            if self._retry:
+                held, self._retry = self._retry, []
+                db = self._write_batch(db, held + batch)
+                self._retried(len(held))
+            elif batch:
+                db = self._write_batch(db, batch)
+            self.unrecorded = len(self._retry)
+        if self._retry:
+            held, self._retry = self._retry, []
+            db = self._write_batch(db, held)
+        if self._retry:
+            log.error(
+                "spool writer stopped with outcome updates not recorded; their deliveries are "
+                "tried again after restart",
+                extra={"ops": len(self._retry)},
+            )
         db.close()
 
-    def _write_batch(self, db: sqlite3.Connection, batch: list[_Op]) -> None:
+    def _retried(self, held: int) -> None:
+        """Back off while the fault lasts; the held updates always go first, in order, in the
+        same transaction as newer writes (a newer update of a row must win)."""
+        if self._retry:
+            self._retry_delay = min(self._retry_delay * 2, RETRY_MAX)
+        else:
+            self._retry_delay = RETRY_FIRST
+            log.info("spool writes recovered", extra={"ops": held})
+
+    def _write_batch(self, db: sqlite3.Connection, batch: list[_Op]) -> sqlite3.Connection:
+        """One transaction for the batch; on failure the callers waiting for an answer get
+        `SpoolError` and the queued-without-waiting updates are kept (in order) for a retry,
+        so an outcome or counter is never dropped by a failed commit."""
         results: list[object] = []
         try:
             db.execute("BEGIN IMMEDIATE")
@@ -432,7 +476,12 @@ class Spool:
             db.execute("COMMIT")
             self.commits += 1
         except Exception as exc:  # any failure: roll back, fail the callers, keep the writer
-            log.error("spool write failed", extra={"error": str(exc), "ops": len(batch)})
+            self.commit_failures += 1
+            unanswered = [op for op in batch if op.future is None]
+            log.error(
+                "spool write failed",
+                extra={"error": str(exc), "ops": len(batch), "kept_for_retry": len(unanswered)},
+            )
             if db.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
@@ -440,10 +489,22 @@ class Spool:
             for op in batch:
                 if op.future is not None and not op.future.done():
                     op.future.set_exception(error)
-            return
+            self._retry.extend(unanswered)
+            return self._reconnect(db)
         for op, result in zip(batch, results, strict=True):
             if op.future is not None and not op.future.done():
                 op.future.set_result(result)
+        return db
+
+    def _reconnect(self, db: sqlite3.Connection) -> sqlite3.Connection:
+        """A fresh handle after a failure (a remounted volume, a handle left read-only)."""
+        with contextlib.suppress(sqlite3.Error):
+            db.close()
+        try:
+            return self._connect()
+        except sqlite3.Error as exc:  # the closed handle fails the next try, which reopens
+            log.error("spool reopen failed", extra={"error": str(exc)})
+            return db
 
     def _apply(self, db: sqlite3.Connection, op: _Op) -> object:
         if op.kind == "submit":

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from mailfleet_sender import config, intake, messages, units
+from mailfleet_sender import config, intake, messages, session_limits, units
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +112,7 @@ class Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        session_limits.data_complete(server)
         data = envelope.original_content or b""
         result = await self.intake.submit(
             sender=envelope.mail_from or "",
@@ -125,8 +126,9 @@ class Handler:
         return f"250 2.0.0 OK queued as {result.spool_id}"
 
 
-class SubmissionSMTP(SMTP):  # type: ignore[misc]
-    """aiosmtpd's protocol plus a connection limit and a transaction limit per session."""
+class SubmissionSMTP(session_limits.LimitedSMTP):
+    """aiosmtpd's protocol plus a connection limit and a transaction limit per session (and
+    the per-client cap and DATA deadline of `session_limits`)."""
 
     def __init__(self, server: SMTPServer, **kwargs: Any) -> None:
         super().__init__(server.handler, **kwargs)
@@ -177,6 +179,7 @@ class SMTPServer:
         self.hostname = hostname
         self.handler = Handler(intake_)
         self.sessions: set[SubmissionSMTP] = set()
+        self.clients = session_limits.ClientCounter()
         self._server: asyncio.AbstractServer | None = None
         self._tls = tls_context(cfg)
         users = load_credentials(cfg.credentials_file)
@@ -220,6 +223,11 @@ class SMTPServer:
             auth_require_tls=auth and self._tls is not None and not cfg.allow_plaintext_auth,
             authenticator=self._authenticator,
             command_call_limit=limits,
+            limits=session_limits.Limits(
+                clients=self.clients,
+                per_client=cfg.max_connections_per_client,
+                data_timeout=units.duration_seconds(cfg.data_timeout),
+            ),
         )
 
     async def start(self) -> None:

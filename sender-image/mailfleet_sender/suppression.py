@@ -254,6 +254,10 @@ class SuppressionList:
         self._active: set[str] = {
             str(key) for (key,) in self._db.execute("SELECT key FROM entries WHERE suppressed")
         }
+        self._resync = (
+            self._db.execute("SELECT v FROM meta WHERE k='resync'").fetchone() is not None
+        )
+        self.resync_listeners: list[Callable[[], None]] = []
         (seq,) = self._db.execute("SELECT MAX(seq) FROM entries").fetchone()
         self._seq = int(seq or 0)
         self._hlc = 0
@@ -287,6 +291,29 @@ class SuppressionList:
         self._db.execute("COMMIT")
         log.warning("suppression entries with a timestamp in the future re-stamped at start",
                     extra={"entries": len(rows)})
+
+    # ---------------------------------------------------------------- re-sync after a loss
+
+    @property
+    def resync_pending(self) -> bool:
+        """The list was lost (a corrupt file set aside) and is not restored yet: bulk mail is
+        held meanwhile (fail closed). Kept in the file, so a restart does not forget it."""
+        return self._resync
+
+    def require_resync(self) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('resync', 'pending')")
+        self._resync = True
+
+    def resynced(self, via: str) -> None:
+        """Restored: a full pull from a peer, or an admin confirming an import finished."""
+        if not self._resync:
+            return
+        self._db.execute("DELETE FROM meta WHERE k='resync'")
+        self._resync = False
+        log.warning("suppression list restored after a loss; held mail goes out",
+                    extra={"via": via, "entries": len(self._active)})
+        for listener in self.resync_listeners:
+            listener()
 
     # ---------------------------------------------------------------- reading
 
@@ -507,6 +534,8 @@ def suppression_routes(
     POST   /v1/suppressions                 bulk import {"entries": [{"address", "reason"?}]};
                                             all or nothing: 400 on any bad entry, 413 too big
     POST   /v1/suppressions/_replicate      peers push {"entries": [entry...]}
+    POST   /v1/suppressions/_resynced       the list is restored after a loss: release held
+                                            bulk mail (also done by a full pull from a peer)
     """
     routes = web.RouteTableDef()
 
@@ -643,6 +672,15 @@ def suppression_routes(
                        errors=errors[:50])
         added = await lst.add_many(pairs, source="import")
         return web.json_response({"received": len(pairs), "added": added})
+
+    @routes.post("/v1/suppressions/_resynced")
+    async def resynced(request: web.Request) -> web.Response:
+        """An admin confirms the list is restored (imported) after a loss with no peer to
+        pull it from: held bulk mail goes out."""
+        if (denied := guard(request)) is not None:
+            return denied
+        lst.resynced("admin")
+        return web.json_response({"resyncPending": lst.resync_pending})
 
     @routes.post("/v1/suppressions/_replicate")
     async def replicate(request: web.Request) -> web.Response:
@@ -890,4 +928,5 @@ class Replicator:
             log.debug("suppression pull failed", extra={"peer": url, "error": repr(exc)})
             return applied
         self.metrics.pulls += 1
+        self._lst.resynced(f"pull:{url}")
         return applied

@@ -182,6 +182,29 @@ class SuppressionStats(ResponseModel):
         default=0, description="Discoveries that failed or found no pod at all (counter)."
     )
     last_discovery_error: str | None = None
+    resync_pending: bool = Field(
+        default=False,
+        description="The list was lost (corrupt file) and is not restored: bulk mail is held.",
+    )
+
+
+class QuarantinedDatabase(ResponseModel):
+    """A corrupt database set aside when this process started (docs/sender.md)."""
+
+    database: str = Field(description="spool, suppression or reports.")
+    path: str = Field(description="Where the corrupt file (and its -wal, -shm) now lies.")
+    reason: str = ""
+    at: datetime.datetime | None = None
+
+
+class SpoolStats(ResponseModel):
+    quarantined: list[QuarantinedDatabase] = Field(
+        default_factory=list, description="Corrupt databases set aside at start."
+    )
+    commit_failures: int = Field(default=0, description="Spool transactions that failed.")
+    unrecorded_updates: int = Field(
+        default=0, description="Outcome and counter updates waiting to be committed again."
+    )
 
 
 class HandoffStats(ResponseModel):
@@ -301,6 +324,7 @@ class Stats(ResponseModel):
         default_factory=dict, description="Providers slowed down or suspended right now."
     )
     suppression: SuppressionStats = Field(default_factory=SuppressionStats)
+    spool: SpoolStats = Field(default_factory=SpoolStats)
     handoff: HandoffStats = Field(default_factory=HandoffStats)
     dkim: dict[str, DKIMDomainStats] = Field(
         default_factory=dict, description="Per signing domain: selectors in use, bad keys."
