@@ -744,7 +744,7 @@ class Replicator:
         lst: SuppressionList,
         peers: PeersProvider,
         *,
-        token: str,
+        token: str | Callable[[], str | None],
         self_url: str | None = None,
         pull_interval: float = 5.0,
         push_attempts: int = 3,
@@ -754,7 +754,8 @@ class Replicator:
         self.metrics = ReplicationMetrics()
         self._lst = lst
         self._peers = peers
-        self._headers = {"Authorization": f"Bearer {token}"}
+        # A callable: the pod's peer token file is re-read when it changes (rotation).
+        self._token = token if callable(token) else (lambda: token)
         self._skip: set[str] = {self_url.rstrip("/")} if self_url else set()
         self._pull_interval = pull_interval
         self._last_discovery_warning = -math.inf
@@ -767,12 +768,16 @@ class Replicator:
         self._session: aiohttp.ClientSession | None = None
         lst.add_listener(self._queue)
 
+    def _auth(self) -> dict[str, str]:
+        token = self._token()
+        return {"Authorization": f"Bearer {token}"} if token else {}
+
     def _queue(self, entries: Sequence[Entry]) -> None:
         self._pending.extend(entries)
         self._wake.set()
 
     async def start(self) -> None:
-        self._session = aiohttp.ClientSession(timeout=self._timeout, headers=self._headers)
+        self._session = aiohttp.ClientSession(timeout=self._timeout)
         self._tasks = [
             asyncio.create_task(self._push_loop(), name="suppression-push"),
             asyncio.create_task(self._pull_loop(), name="suppression-pull"),
@@ -839,7 +844,7 @@ class Replicator:
         for attempt in range(self._push_attempts):
             try:
                 async with self._session.post(f"{url}/v1/suppressions/_replicate",
-                                              json=body) as response:
+                                              json=body, headers=self._auth()) as response:
                     if response.status == 200:
                         reply = await response.json()
                         if reply.get("node") == self._lst.node_id:
@@ -874,7 +879,8 @@ class Replicator:
         try:
             while True:
                 async with self._session.get(
-                    f"{url}/v1/suppressions", params={"since": str(cursor)}
+                    f"{url}/v1/suppressions", params={"since": str(cursor)},
+                    headers=self._auth(),
                 ) as response:
                     if response.status != 200:
                         raise aiohttp.ClientResponseError(
