@@ -20,7 +20,7 @@ Which pod sent a received message: the receivers record the peer address (the eg
 the HELO name, which is the lease's, the same for every pod. What tells the pods apart is the
 pool's own mark on every copy it sends, the sealed trace header (`X-Mailfleet-Trace`), whose
 message reference starts with the sending pod's name (`mailfleet_sender.deliverability.
-message_ref`); it opens with the key the pool derives from its admin token, as the pool's
+message_ref`); it opens with the pool's link keys (its `-links` Secret), as the pool's
 feedback port opens the copies that come back in reports.
 
 Two pods "sent from one IP at once" when, on that IP, pod B's messages fall inside pod A's
@@ -168,8 +168,8 @@ async def poll(world: SandboxWorld, check: Callable[[], Awaitable[Any]], *, with
 
 
 # ------------------------------------------------------------------ who sent what
-def trace_key(world: SandboxWorld) -> bytes:
-    """The failover pool's trace key."""
+def trace_key(world: SandboxWorld) -> list[bytes]:
+    """The failover pool's link keys (any may have sealed a trace)."""
     return attribution.trace_key(world, POOL)
 
 
@@ -196,7 +196,7 @@ _ATTRIBUTED: dict[int, tuple[ReceivedMessage, Delivery]] = {}
 its id is not reused)."""
 
 
-def deliveries(world: SandboxWorld, key: bytes, *, since: float) -> list[Delivery]:
+def deliveries(world: SandboxWorld, key: list[bytes], *, since: float) -> list[Delivery]:
     out = []
     for m in world.fleet.messages:
         if m.received_at < since:
@@ -414,7 +414,7 @@ async def wait_healthy(world: SandboxWorld, *, within: float) -> None:
                interval=0.5)
 
 
-async def flowing(world: SandboxWorld, key: bytes, *, since: float, ip: str | None = None,
+async def flowing(world: SandboxWorld, key: list[bytes], *, since: float, ip: str | None = None,
                   count: int = 3, within: float, not_pod: str | None = None) -> float:
     """Wait for `count` messages received after `since` (from `ip`, from a pod other than
     `not_pod`); returns the time of the first of them."""
@@ -479,7 +479,7 @@ class Run:
     world: SandboxWorld
     ledger: scenes.Ledger
     prof: Profile
-    key: bytes
+    key: list[bytes]
     within: float
     outcome: Outcome
     started: float = field(default_factory=time.time)

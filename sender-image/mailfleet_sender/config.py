@@ -415,10 +415,12 @@ class Handoff(ConfigModel):
 class Deliverability(ConfigModel):
     """The bounce, feedback, suppression, unsubscribe and shaping layer (docs/deliverability.md).
 
-    Keys: `traceKeyFile` seals the trace header and the VERP tags, `unsubscribeKeyFile` the
-    unsubscribe tokens, `peerTokenFile` authenticates pods to each other. All must be the same
-    on every pod of the pool (mounted from one Secret). When a file is not given the key is
-    derived from the pool's admin token (also pool-wide), so a pool works without extra Secrets.
+    Keys (`link_keys`): `linkKeyDir` holds the key list that seals unsubscribe tokens, trace
+    headers and VERP tags (`key-<unix seconds>` files, mounted from the pool's `-links`
+    Secret); `peerTokenFile` the token pods use with each other (`-peers` Secret). Both must be
+    the same on every pod, so a config with `peers` and without them is refused: nothing is
+    derived from the admin token (rotating it would break every link sent). A lone pod without
+    `linkKeyDir` seals with a random key of its own, kept in its spool.
     """
 
     bounce_domain: str | None = Field(
@@ -450,12 +452,13 @@ class Deliverability(ConfigModel):
         default_factory=report_limits.ReportLimits,
         description="Replay window, per-source rate and size caps of the feedback port.",
     )
-    trace_key_file: str | None = Field(default=None, description="Secret for traces and VERP.")
-    unsubscribe_key_file: str | None = Field(
-        default=None, description="Secret for unsubscribe tokens."
-    )
-    retired_unsubscribe_key_files: list[str] = Field(
-        default_factory=list, description="Old unsubscribe secrets still accepted (rotation)."
+    link_key_dir: str | None = Field(
+        default=None,
+        description=(
+            "Directory of link keys, files key-<unix seconds> (each at least 16 bytes): the "
+            "newest whose time has come seals unsubscribe tokens, traces and VERP tags; every "
+            "listed key verifies. Required with peers; a lone pod's own key when unset."
+        ),
     )
     unsubscribe_base_url: str | None = Field(
         default=None,
@@ -472,7 +475,11 @@ class Deliverability(ConfigModel):
         default="60d", description="Unsubscribe tokens older than this are refused."
     )
     peer_token_file: str | None = Field(
-        default=None, description="Bearer token pods use with each other; the admin token if unset."
+        default=None,
+        description=(
+            "Bearer tokens pods use with each other, one per line: the first is sent, every "
+            "line is accepted (rotation). Required with peers."
+        ),
     )
     peers: Peers = Field(default_factory=Peers)
     suppression: Suppression = Field(default_factory=Suppression)
@@ -490,6 +497,20 @@ class Deliverability(ConfigModel):
     def _feedback_data_within_idle(self) -> Deliverability:
         _data_within_idle(self.feedback_data_timeout, self.feedback_idle_timeout,
                           "feedbackDataTimeout", "feedbackIdleTimeout")
+        return self
+
+    @model_validator(mode="after")
+    def _pool_keys_given(self) -> Deliverability:
+        """Pods of a pool must share their keys: refused, never derived, when missing."""
+        if self.peers.service or self.peers.urls:
+            missing = [name for name, value in (
+                ("linkKeyDir", self.link_key_dir), ("peerTokenFile", self.peer_token_file),
+            ) if value is None]
+            if missing:
+                raise ValueError(
+                    f"{' and '.join(missing)} required with peers: every pod of a pool must "
+                    "hold the same keys (mount the pool's -links and -peers Secrets)"
+                )
         return self
 
     @field_validator("unsubscribe_base_url")

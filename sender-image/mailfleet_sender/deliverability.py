@@ -10,21 +10,17 @@ soft-bounce counts in the spool (so `softToHardAfter` spans restarts), shaping f
 rolling counters in memory (a restarted pod starts at full speed with empty windows, which the
 operator's gates tolerate: a rate without traffic is null, not 0).
 
-Keys: every pod of the pool must hold the same trace and unsubscribe secrets, or a report or
-an unsubscribe that lands on another pod would not verify. Files from a mounted Secret win;
-otherwise they are derived from the pool's admin token (one Secret per pool already). A pod
-with neither keeps a random key in its spool directory and says so in the log: it works for a
-lone pod, not across a pool.
+Keys: every pod of the pool must hold the same link keys, or a report or an unsubscribe that
+lands on another pod would not verify; they come from the pool's own Secret, as a list so a
+rotation keeps old links valid (`link_keys`). Nothing is derived from the admin token. A lone
+pod without `linkKeyDir` keeps a random key in its spool directory and says so in the log.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import hmac
 import logging
 import re
-import secrets
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +31,7 @@ from mailfleet_sender import (
     config,
     feedback,
     hooks,
+    link_keys,
     metrics,
     rates,
     report_limits,
@@ -50,20 +47,11 @@ from mailfleet_sender import (
 log = logging.getLogger(__name__)
 
 SUPPRESSION_FILE = "suppression.sqlite3"
-LOCAL_KEY_FILE = "feedback.key"
 _LIST_UNSUBSCRIBE = re.compile(rb"(?im)^list-unsubscribe:")
 _REF_CHARS = re.compile(r"[^A-Za-z0-9_]")
 
 FeedbackCounter = Callable[[str, str], None]
 """(source IP, kind) -> count a report against the IP's day (complained, bounced)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Keys:
-    trace: bytes
-    unsubscribe: tuple[bytes, ...]
-    """Current first, then retired ones (verification only)."""
-    peer_token: str | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,46 +62,21 @@ class UnsubscribeResult:
     recipient: str | None = None
 
 
-def _derive(secret: str, label: str) -> bytes:
-    return hmac.new(secret.encode(), f"mailfleet/{label}".encode(), hashlib.sha256).digest()
-
-
-def load_keys(
-    cfg: config.SenderConfig, *, admin_token: str | None, spool_dir: str | Path
-) -> Keys:
-    """The pool's keys from their files, else derived from the admin token (module docstring)."""
+def load_keys(cfg: config.SenderConfig, *, spool_dir: str | Path) -> link_keys.PoolKeys:
+    """The pool's link keys and peer tokens from their files (a lone pod without a key dir:
+    its own key). Raises config.ConfigError when a file given cannot be used: fail closed."""
     d = cfg.deliverability
-    fallback: bytes | None = None
-    if admin_token is None and (d.trace_key_file is None or d.unsubscribe_key_file is None):
-        fallback = _local_key(Path(spool_dir))
-    trace = (
-        unsubscribe.load_key(d.trace_key_file) if d.trace_key_file
-        else _derive(admin_token, "trace") if admin_token
-        else hashlib.sha256(b"trace" + (fallback or b"")).digest()
-    )
-    current = (
-        unsubscribe.load_key(d.unsubscribe_key_file) if d.unsubscribe_key_file
-        else _derive(admin_token, "unsubscribe") if admin_token
-        else hashlib.sha256(b"unsubscribe" + (fallback or b"")).digest()
-    )
-    retired = tuple(unsubscribe.load_key(path) for path in d.retired_unsubscribe_key_files)
-    peer_token = admin_token
-    if d.peer_token_file:
-        peer_token = Path(d.peer_token_file).read_text(encoding="utf-8").strip() or None
-    return Keys(trace=trace, unsubscribe=(current, *retired), peer_token=peer_token)
-
-
-def _local_key(directory: Path) -> bytes:
-    path = directory / LOCAL_KEY_FILE
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        key = secrets.token_bytes(32)
-        directory.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(key)
-        log.warning("no pool-wide feedback key: using a key local to this pod",
-                    extra={"path": str(path)})
-        return key
+        links = (
+            link_keys.read_key_dir(d.link_key_dir) if d.link_key_dir
+            else (link_keys.local_key(spool_dir),)
+        )
+        tokens = link_keys.read_peer_tokens(d.peer_token_file) if d.peer_token_file else ()
+    except link_keys.LinkKeyError as exc:
+        raise config.ConfigError(f"deliverability: {exc}") from exc
+    return link_keys.PoolKeys(
+        links, tokens, link_dir=d.link_key_dir, peer_token_file=d.peer_token_file
+    )
 
 
 def message_ref(pod: str, spool_id: str) -> str:
@@ -133,7 +96,7 @@ class Deliverability:
         self,
         *,
         cfg: config.SenderConfig,
-        keys: Keys,
+        keys: link_keys.PoolKeys,
         node_id: str,
         spool_: spool.Spool,
         clock_: clock.Clock,
@@ -191,7 +154,7 @@ class Deliverability:
 
     @property
     def marks(self) -> feedback.Marks:
-        return feedback.Marks(trace_keys=(self.keys.trace,))
+        return feedback.Marks(trace_keys=self.keys.verifying)
 
     def _ref(self, context: hooks.PrepareContext) -> str:
         return message_ref(self.node_id, context.message_id)
@@ -245,7 +208,7 @@ class Deliverability:
             context.recipient,
             d.unsubscribe_base_url,
             d.unsubscribe_mailto_domain or d.bounce_domain,
-            self.keys.unsubscribe[0],
+            self.keys.sealing(self.clock.wall()),
             list_id=f"{self.cfg.pool}/{context.class_name}",
             now=self.clock.wall(),
         )
@@ -263,7 +226,7 @@ class Deliverability:
             klass=context.class_name,
             source_ip=context.source_ip,
         )
-        value = reports.encode_trace(trace, self.keys.trace)
+        value = reports.encode_trace(trace, self.keys.sealing(self.clock.wall()))
         return f"{reports.TRACE_HEADER}: {value}\r\n".encode() + data
 
     def return_path(self, context: hooks.PrepareContext) -> str | None:
@@ -273,7 +236,8 @@ class Deliverability:
         if not domain or not context.sender:
             return None
         return reports.encode_verp_return_path(
-            domain, self._ref(context), context.recipient, key=self.keys.trace
+            domain, self._ref(context), context.recipient,
+            key=self.keys.sealing(self.clock.wall()),
         )
 
     def pace(self, provider: str) -> float:
@@ -432,7 +396,7 @@ class Deliverability:
         max_age = units.duration_seconds(self.cfg.deliverability.unsubscribe_max_age)
         try:
             verified = unsubscribe.verify_token(
-                token, list(self.keys.unsubscribe), self.used_tokens, now=self.clock.wall(),
+                token, self.keys.verifying, self.used_tokens, now=self.clock.wall(),
                 max_age=max_age,
             )
         except unsubscribe.UnsubscribeError as error:

@@ -52,6 +52,7 @@ from mailfleet_sender import (
     intake,
     keys,
     leases,
+    link_keys,
     metrics,
     mx,
     quarantining,
@@ -188,9 +189,7 @@ class Service:
         self.spool = spool.Spool.open(cfg.spool_dir, sync=cfg.spool_sync)
         self.deliverability = deliverability.Deliverability(
             cfg=cfg,
-            keys=deliverability.load_keys(
-                cfg, admin_token=self._admin_token, spool_dir=cfg.spool_dir
-            ),
+            keys=deliverability.load_keys(cfg, spool_dir=cfg.spool_dir),
             node_id=self.identity.pod_name,
             spool_=self.spool,
             clock_=self.clock,
@@ -257,12 +256,11 @@ class Service:
     async def _start_deliverability(self, cfg: config.SenderConfig) -> None:
         d = cfg.deliverability
         peers = self._peers(cfg, admin=True)
-        token = self.deliverability.keys.peer_token
-        if peers is not None and token is not None:
+        if peers is not None and self.deliverability.keys.peer_token is not None:
             self.replicator = suppression.Replicator(
                 self.deliverability.suppressions,
                 peers,
-                token=token,
+                token=lambda: self.deliverability.keys.peer_token,
                 self_url=f"http://{self.identity.pod_ip}:{self.admin_port}"
                 if self.identity.pod_ip else None,
                 pull_interval=units.duration_seconds(d.peers.pull_interval),
@@ -300,10 +298,12 @@ class Service:
 
     def suppression_app_routes(self) -> web.RouteTableDef:
         s = self.cfg.deliverability.suppression
-        tokens = [t for t in (self._admin_token, self.deliverability.keys.peer_token) if t]
         return suppression.suppression_routes(
             self.deliverability.suppressions,
-            _token_authorizer(tokens),
+            # Read per request: both the admin token and the peer tokens may be rotated.
+            lambda request: _token_authorizer([
+                t for t in (self._admin_token, *self.deliverability.keys.peer_tokens) if t
+            ])(request),
             max_import_entries=s.max_import_entries,
             max_import_bytes=s.max_import_bytes,
         )
@@ -351,6 +351,15 @@ class Service:
         if cfg.admin_token_file is not None and self._admin_token is None:
             raise config.ConfigError(f"admin token file {cfg.admin_token_file} is empty")
 
+    def _keys_for(self, cfg: config.SenderConfig) -> link_keys.PoolKeys:
+        """The running keys when the new config names the same files, else read afresh (a
+        config naming files that cannot be used is refused, as at start)."""
+        d, old = cfg.deliverability, self.cfg.deliverability
+        running = self.deliverability.keys
+        if (d.link_key_dir, d.peer_token_file) == (old.link_key_dir, old.peer_token_file):
+            return running
+        return deliverability.load_keys(cfg, spool_dir=cfg.spool_dir)
+
     # --- reload ---------------------------------------------------------------------------
 
     async def _watch(self) -> None:
@@ -365,6 +374,7 @@ class Service:
         """Reload the config if its file changed, and any changed key file; True on reload."""
         if self.keys.refresh():
             self.engine.keys_changed()
+        self.deliverability.keys.refresh()
         stamp = _file_stamp(self.config_path)
         if stamp == self._config_stamp:
             return False
@@ -372,6 +382,7 @@ class Service:
         try:
             cfg, digest = config.load_config(self.config_path)
             self._load_secrets(cfg)
+            keys = self._keys_for(cfg)
         except (config.ConfigError, OSError) as exc:
             self.config_error = str(exc)
             self.metrics.config_valid.set(0)
@@ -382,6 +393,7 @@ class Service:
         if digest == self.config_hash and self.config_error is None:
             return False
         self._apply(cfg)
+        self.deliverability.keys = keys
         self.config_hash = digest
         self.config_error = None
         self.metrics.config_valid.set(1)

@@ -148,6 +148,8 @@ async def test_a_pool_gets_owned_children_and_its_ips_spread_over_active_pods(
         ("v1", "ConfigMap", "mail-config"),
         ("policy/v1", "PodDisruptionBudget", "mail"),
         ("v1", "Secret", "mail-admin"),
+        ("v1", "Secret", "mail-links"),  # link keys: apart from the admin token
+        ("v1", "Secret", "mail-peers"),
     ]:
         child = harness.api.get(api_version, kind, name, NS)
         assert child["metadata"]["ownerReferences"][0]["uid"] == uid, kind

@@ -28,6 +28,9 @@ from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sender import clock, dkim_signing, service
 
 ADMIN_TOKEN = "admin-token-for-tests"
+LINK_KEY = "link-key-for-tests-0123456789abcdef"
+LINK_KEY_NAME = "key-1700000000"
+PEER_TOKEN = "peer-token-for-tests"
 API_KEY = "api-key-for-tests"
 
 
@@ -122,6 +125,31 @@ def write_projected(directory: Path, name: str, content: str) -> Path:
     return target
 
 
+def write_secret_volume(directory: Path, files: dict[str, str]) -> Path:
+    """Write a Secret's data keys the way the kubelet updates a Secret volume: a new version
+    directory with every file, an atomic swap of `..data`, a `name -> ..data/name` symlink per
+    key, and the symlinks of keys no longer there removed."""
+    directory.mkdir(parents=True, exist_ok=True)
+    version = directory / f"..{time.time_ns()}_{uuid.uuid4().hex[:6]}"
+    version.mkdir()
+    for name, content in files.items():
+        (version / name).write_text(content)
+    tmp_link = directory / "..data_tmp"
+    with contextlib.suppress(FileNotFoundError):
+        tmp_link.unlink()
+    tmp_link.symlink_to(version.name)
+    os.replace(tmp_link, directory / "..data")
+    for entry in directory.iterdir():
+        if entry.name.startswith(".."):
+            continue
+        if entry.name not in files:
+            entry.unlink()
+    for name in files:
+        if not (directory / name).is_symlink():
+            (directory / name).symlink_to(Path("..data") / name)
+    return directory
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
@@ -161,6 +189,10 @@ def base_config(
     (tmp / "secrets").mkdir(parents=True, exist_ok=True)
     (tmp / "secrets" / "admin-token").write_text(ADMIN_TOKEN + "\n")
     (tmp / "secrets" / "api-key").write_text(API_KEY + "\n")
+    # The pool's link keys and peer token, as the operator mounts them from the pool's -links
+    # and -peers Secrets: pods made from one base config share them.
+    write_secret_volume(tmp / "secrets" / "links", {LINK_KEY_NAME: LINK_KEY + "\n"})
+    (tmp / "secrets" / "peer-token").write_text(PEER_TOKEN + "\n")
     cfg: dict[str, Any] = {
         "pool": "test-pool",
         "namespace": "default",
@@ -176,6 +208,10 @@ def base_config(
                      "commandTimeout": "5s", "connectionIdle": "500ms"},
         "dns": {"nameservers": [{"address": dns.host, "port": dns.port}], "minTtl": "1s"},
         "retry": {"schedule": ["1s"], "maxAge": "1h"},
+        "deliverability": {
+            "linkKeyDir": str(tmp / "secrets" / "links"),
+            "peerTokenFile": str(tmp / "secrets" / "peer-token"),
+        },
     }
     if keys is not None:
         cfg["dkim"] = {"domains": [keys.config(rsa_key=True, ed_key=False)]}

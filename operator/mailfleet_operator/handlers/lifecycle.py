@@ -62,12 +62,14 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 
 @kopf.on.login()
 def login(memo: kopf.Memo, **_: Any) -> kopf.ConnectionInfo:
+    """Called at start and again by kopf after a 401: the token file is read each time (a
+    service-account token rotates, see `kube.config`)."""
     connection: kube_config.Connection = memo.connection
     return kopf.ConnectionInfo(
         server=connection.server,
         ca_data=connection.ca_data,
         insecure=connection.insecure,
-        token=connection.token,
+        token=kube_config.current_token(connection),
         certificate_data=connection.client_cert_data,
         private_key_data=connection.client_key_data,
         default_namespace=connection.default_namespace,

@@ -103,11 +103,36 @@ def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _auth(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+async def _answer(response: aiohttp.ClientResponse) -> dict[str, Any]:
+    """The JSON object of a response, or the ApiError its Status describes."""
+    text = await response.text()
+    try:
+        payload: Any = json.loads(text) if text else {}
+    except ValueError:
+        # Not a Status: e.g. "404 page not found" for a kind the cluster does not serve.
+        if response.status < 400:
+            raise
+        payload = text
+    if response.status >= 400:
+        reason = payload.get("reason", "") if isinstance(payload, dict) else ""
+        message = payload.get("message", text) if isinstance(payload, dict) else text
+        kind: type[ApiError] = {404: NotFound, 409: Conflict, 422: Invalid}.get(
+            response.status, ApiError
+        )
+        raise kind(response.status, str(reason), str(message))
+    return payload if isinstance(payload, dict) else {}
+
+
 class Client:
     """Async API client; use as `async with Client(connection) as client:`."""
 
     def __init__(self, connection: config.Connection, *, timeout: float = 30.0) -> None:
         self.connection = connection
+        self._token = config.TokenFile(connection)
         self._timeout = aiohttp.ClientTimeout(total=timeout)
         self._session: aiohttp.ClientSession | None = None
 
@@ -125,8 +150,8 @@ class Client:
 
     async def open(self) -> None:
         headers = {"Accept": "application/json", "User-Agent": FIELD_MANAGER}
-        if self.connection.token:
-            headers["Authorization"] = f"Bearer {self.connection.token}"
+        # The token at open; `_request` sends the current one (it rotates) over it.
+        headers.update(_auth(self._token.current()))
         self._session = aiohttp.ClientSession(
             base_url=self.connection.server,
             headers=headers,
@@ -152,25 +177,20 @@ class Client:
             raise RuntimeError("kube client used before open()")
         data = None if body is None else json.dumps(body)
         headers = {"Content-Type": content_type} if data is not None else {}
+        sent = self._token.current()
         async with self._session.request(
-            method, path, data=data, params=params, headers=headers
+            method, path, data=data, params=params, headers={**headers, **_auth(sent)}
         ) as response:
-            text = await response.text()
-            try:
-                payload: Any = json.loads(text) if text else {}
-            except ValueError:
-                # Not a Status: e.g. "404 page not found" for a kind the cluster does not serve.
-                if response.status < 400:
-                    raise
-                payload = text
-            if response.status >= 400:
-                reason = payload.get("reason", "") if isinstance(payload, dict) else ""
-                message = payload.get("message", text) if isinstance(payload, dict) else text
-                kind: type[ApiError] = {404: NotFound, 409: Conflict, 422: Invalid}.get(
-                    response.status, ApiError
-                )
-                raise kind(response.status, str(reason), str(message))
-            return payload if isinstance(payload, dict) else {}
+            if response.status == 401 and self.connection.token_file is not None:
+                fresh = self._token.current(force=True)
+                if fresh != sent:
+                    # Rotated between our stat and the server's check (or rewritten in place
+                    # within the mtime's resolution): once more, with the file's token.
+                    async with self._session.request(
+                        method, path, data=data, params=params, headers={**headers, **_auth(fresh)}
+                    ) as again:
+                        return await _answer(again)
+            return await _answer(response)
 
     # --- generic verbs ------------------------------------------------------------------------
 

@@ -95,6 +95,16 @@ class Names:
     def dkim_secret(self) -> str:
         return f"{self.pool}-dkim"
 
+    @property
+    def links_secret(self) -> str:
+        """Link keys (unsubscribe tokens, traces, VERP): `logic.pool_secrets`."""
+        return f"{self.pool}-links"
+
+    @property
+    def peers_secret(self) -> str:
+        """The token the pool's pods use with each other: `logic.pool_secrets`."""
+        return f"{self.pool}-peers"
+
     def pod(self, ordinal: int) -> str:
         return f"{self.pool}-{ordinal}"
 
@@ -146,6 +156,11 @@ def owner_reference(*, name: str, uid: str) -> dict[str, Any]:
         "controller": True,
         "blockOwnerDeletion": True,
     }
+
+
+def meta(name: str, namespace: str, pool: str, owner: Mapping[str, Any]) -> dict[str, Any]:
+    """Metadata of an owned child (also for `pool_secrets`)."""
+    return _meta(name, namespace, pool, owner)
 
 
 def _meta(name: str, namespace: str, pool: str, owner: Mapping[str, Any]) -> dict[str, Any]:

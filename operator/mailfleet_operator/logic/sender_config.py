@@ -25,7 +25,7 @@ from mailfleet_sender import config as sc
 from mailfleet_operator.api import domainauth as da
 from mailfleet_operator.api import providers
 from mailfleet_operator.api import sendingpool as sp
-from mailfleet_operator.logic import children, egress_attachment, throttle_division
+from mailfleet_operator.logic import children, egress_attachment, pool_secrets, throttle_division
 
 # The key inside a DKIM key Secret that holds the PEM private key.
 DKIM_SECRET_KEY = "private.pem"
@@ -212,10 +212,13 @@ def render_deliverability(
     spec: sp.SendingPoolSpec, pool: str, namespace: str
 ) -> sc.Deliverability:
     """Peers through the headless Service (suppression replication, hand-off); the feedback
-    port when the feedback loop is on. Keys default to ones derived from the admin token."""
+    port when the feedback loop is on. Link keys and the peer token from the pool's own
+    Secrets (`pool_secrets`, mounted by `render_config`), never from the admin token."""
     return sc.Deliverability(
         peers=sc.Peers(service=f"{children.Names(pool).headless_service}.{namespace}.svc"),
         feedback_port=FEEDBACK_PORT if spec.feedback_loop.enabled else None,
+        link_key_dir=pool_secrets.links_mount(pool).path,
+        peer_token_file=pool_secrets.peer_token_path(pool),
     )
 
 
@@ -226,7 +229,9 @@ def _secret_mount(volume: str, name: str, items: Sequence[str] = ()) -> children
 def render_config(spec_in: RenderInput) -> Rendered:
     spec = spec_in.spec
     dkim, problems = render_dkim(spec.domains, spec_in.domain_auths, spec_in.dkim_available)
-    mounts: list[children.SecretMount] = []
+    mounts: list[children.SecretMount] = [
+        pool_secrets.links_mount(spec_in.name), pool_secrets.peers_mount(spec_in.name),
+    ]
     submission = sc.Submission(
         smtp_port=spec.submission.smtp.port,
         http_port=spec.submission.http.port,

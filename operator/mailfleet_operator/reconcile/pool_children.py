@@ -25,6 +25,7 @@ from mailfleet_operator.logic import (
     child_drift,
     children,
     egress_attachment,
+    pool_secrets,
     sender_config,
 )
 from mailfleet_operator.reconcile import context as ctx_module
@@ -99,6 +100,53 @@ async def ensure_admin_secret(
     )
     memory.token = token
     return token
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode()
+
+
+async def ensure_generated_secrets(
+    ctx: ctx_module.Context,
+    body: Mapping[str, Any],
+    names: children.Names,
+    memory: PoolMemory,
+    cycle: Cycle,
+    now: float,
+    live: Live | None = None,
+) -> None:
+    """The pool's links and peers Secrets (`logic.pool_secrets`): created when missing, never
+    written otherwise (their content is the user's once made: a rotation adds a key). A
+    deleted one comes back with the content the operator last saw (the pods still hold it);
+    only an operator that never saw it makes new random content. A foreign Secret of the
+    name is used as it is (it is what the pods mount)."""
+    meta = body["metadata"]
+    namespace = meta.get("namespace") or "default"
+    pool = children.PoolObjects(
+        name=meta["name"], namespace=namespace, uid=meta["uid"], replicas=0
+    )
+    for name in (names.links_secret, names.peers_secret):
+        current = await read_live(ctx, "Secret", name, namespace, live)
+        if current is not None:
+            memory.generated[name] = dict(current.get("data") or {})
+            continue
+        data = memory.generated.get(name)
+        random = _b64(secrets.token_urlsafe(32).encode())
+        if name == names.links_secret:
+            data = data or {pool_secrets.link_key_name(int(now)): random}
+            secret = pool_secrets.build_links_secret(pool, data=data)
+        else:
+            data = data or {pool_secrets.PEER_TOKEN_KEY: random}
+            secret = pool_secrets.build_peers_secret(pool, data=data)
+        try:
+            await ctx.client.create(resources.SECRETS, body=secret, namespace=namespace)
+        except kube_client.Conflict:
+            continue  # appeared since the read (the index lags): judged next cycle
+        cycle.writes += 1
+        if name in memory.generated:
+            cycle.event("Normal", "ChildRecreated",
+                        f"Secret {name} was missing: recreated with the keys the pods hold")
+        memory.generated[name] = dict(data)
 
 
 async def apply_child(

@@ -50,6 +50,9 @@ class PoolMemory(usage_book.UsageBook):
     # DKIM Secret was last written with. Never logged.
     dkim_keys: dict[str, str] = dataclasses.field(default_factory=dict)
     dkim_applied: dict[str, str] | None = None
+    # Secret name -> the `data` last seen in the pool's generated Secrets (links, peers):
+    # what a deleted one is created again with. Never logged.
+    generated: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     # Admin calls to failed pods still running in the background ("kind/pod" -> task).
     inflight: dict[str, asyncio.Task[Any]] = dataclasses.field(default_factory=dict)
     lock: asyncio.Lock = dataclasses.field(default_factory=asyncio.Lock)

@@ -148,6 +148,9 @@ async def _reconcile_locked(
     token = await pool_children.ensure_admin_secret(
         ctx, body, names, memory, cycle, live=world.children, applied=applied
     )
+    await pool_children.ensure_generated_secrets(
+        ctx, body, names, memory, cycle, now.timestamp(), live=world.children
+    )
 
     # --- gather: stats, DNSBL, DomainAuths, warm-ups -------------------------------------
     http_port = spec.submission.http.port

@@ -34,7 +34,8 @@ def _config(
 ) -> dict[str, Any]:
     keys = make_dkim_keys(tmp / "keys", "example.test", dns)
     cfg = base_config(tmp, dns=dns, destination_port=fleet.port, keys=keys)
-    cfg["deliverability"] = {"feedbackPort": 0, "bounceDomain": "bounces.example.test",
+    cfg["deliverability"] = {**cfg["deliverability"], "feedbackPort": 0,
+                             "bounceDomain": "bounces.example.test",
                              "reports": reports or GENEROUS}
     return cfg
 

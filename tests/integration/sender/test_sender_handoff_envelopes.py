@@ -40,7 +40,7 @@ async def test_a_message_with_1000_recipients_is_handed_off_and_the_drain_ends(
     process_reaper: list[SenderProcess],
 ) -> None:
     cfg = base_config(tmp_path / "a", dns=dns_server, destination_port=provider_fleet.port)
-    cfg["deliverability"] = {"handoff": {"retryEvery": "200ms"}}
+    cfg["deliverability"] = {**cfg["deliverability"], "handoff": {"retryEvery": "200ms"}}
     cfg_b = base_config(tmp_path / "b", dns=dns_server, destination_port=provider_fleet.port)
     [leaving] = make_pool(tmp_path / "a", cfg, ["127.0.0.61"], prefix="a")
     [receiving] = make_pool(tmp_path / "b", cfg_b, ["127.0.0.62"], prefix="b")

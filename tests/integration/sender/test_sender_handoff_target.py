@@ -42,7 +42,7 @@ async def test_a_hand_off_with_a_target_moves_the_queue_to_another_pools_pods(
     keys = make_dkim_keys(tmp_path / "keys", "example.test", dns_server)
     cfg_a = base_config(tmp_path / "a", dns=dns_server, destination_port=provider_fleet.port,
                         keys=keys)
-    cfg_a["deliverability"] = {"handoff": {"retryEvery": "200ms"}}
+    cfg_a["deliverability"] = {**cfg_a["deliverability"], "handoff": {"retryEvery": "200ms"}}
     cfg_b = base_config(tmp_path / "b", dns=dns_server, destination_port=provider_fleet.port,
                         keys=keys)
     (tmp_path / "b" / "secrets" / "api-key").write_text(OTHER_KEY + "\n")

@@ -66,7 +66,7 @@ def _config_and_keys(
 ) -> tuple[Any, DkimKeys]:
     keys = make_dkim_keys(tmp / "keys", "example.test", dns)
     cfg = base_config(tmp, dns=dns, destination_port=fleet.port, keys=keys)
-    cfg["deliverability"] = deliverability
+    cfg["deliverability"] = {**cfg["deliverability"], **deliverability}
     return cfg, keys
 
 

@@ -137,7 +137,7 @@ async def test_undrain_cancels_a_hand_off_without_loss_or_doubles_even_across_a_
     peer, peer_url = scripted_peer
     keys = make_dkim_keys(tmp_path / "keys", "example.test", dns_server)
     cfg = base_config(tmp_path, dns=dns_server, destination_port=provider_fleet.port, keys=keys)
-    cfg["deliverability"] = {"peers": {"urls": [peer_url]},
+    cfg["deliverability"] = {**cfg["deliverability"], "peers": {"urls": [peer_url]},
                              "handoff": {"timeout": "1s", "retryEvery": "200ms"}}
     sender = await sender_factory(cfg, pod="sender-a")
     total = 10

@@ -40,6 +40,8 @@ def test_the_deliverability_section_is_camel_case_strict_and_defaulted() -> None
     cfg = config.parse_config(
         "deliverability:\n  bounceDomain: bounces.example.com\n  feedbackPort: 2525\n"
         "  peers: {service: pool-pods.mail.svc}\n"
+        "  linkKeyDir: /etc/mailfleet/secrets/links\n"
+        "  peerTokenFile: /etc/mailfleet/secrets/peers/token\n"
         "  shaping: {providers: {gmail: {threshold: 5}}}\n"
     )
     d = cfg.deliverability
@@ -79,7 +81,7 @@ def layer(tmp_path: Path) -> deliverability.Deliverability:
     cfg = config.parse_config(f"spoolDir: {tmp_path}\nbounces: {{softToHardAfter: 3}}\n")
     store = spool.Spool.open(tmp_path)
     store.start()
-    keys = deliverability.load_keys(cfg, admin_token="admin", spool_dir=tmp_path)
+    keys = deliverability.load_keys(cfg, spool_dir=tmp_path)
     made = deliverability.Deliverability(
         cfg=cfg, keys=keys, node_id="pod-0", spool_=store, clock_=clock.Clock(),
         metric_set=metrics.Metrics(), suppression_path=tmp_path / "s.sqlite3",
@@ -156,12 +158,12 @@ def test_marks_on_a_marketing_copy(layer: deliverability.Deliverability) -> None
     assert layer.prepare(ORIGINAL, transactional) is ORIGINAL
     stamped = layer.stamp(prepared, context)
     header = stamped.split(b"\r\n", 1)[0].decode().partition(": ")[2]
-    trace = reports.decode_trace(header, layer.keys.trace)
+    trace = reports.decode_trace(header, layer.keys.verifying)
     assert (trace.message_id, trace.recipient, trace.klass, trace.source_ip) == (
         "pod_0.7", "Jane@gmail.test", "marketing", "192.0.2.1")
     verp = layer.return_path(context)
     assert verp is not None and verp.endswith("@bounces.example.test")
-    assert reports.decode_verp(verp).matches("jane@gmail.test", layer.keys.trace)
+    assert reports.decode_verp(verp).matches("jane@gmail.test", layer.keys.links[0].secret)
     null_sender = hooks.PrepareContext("j@gmail.test", "", "marketing", True, "7")
     assert layer.return_path(null_sender) is None  # a bounce never bounces
 

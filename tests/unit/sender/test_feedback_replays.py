@@ -15,6 +15,7 @@ from mailfleet_sender import (
     config,
     deliverability,
     feedback,
+    link_keys,
     metrics,
     report_limits,
     reported_copies,
@@ -153,7 +154,7 @@ def layer(tmp_path: Path) -> Iterator[deliverability.Deliverability]:
     store = spool.Spool.open(tmp_path)
     store.start()
     made = deliverability.Deliverability(
-        cfg=cfg, keys=deliverability.Keys(trace=KEY, unsubscribe=(KEY,), peer_token=None),
+        cfg=cfg, keys=link_keys.PoolKeys([link_keys.LinkKey("key-0", 0, KEY)]),
         node_id="pod-0", spool_=store, clock_=clock.Clock(), metric_set=metrics.Metrics(),
         suppression_path=tmp_path / "s.sqlite3",
     )

@@ -169,7 +169,8 @@ def test_rendered_config_divides_limits_and_signs_only_with_active_keys(
         ("missing", "DomainAuthNotFound"),
         ("unready", "NoActiveKey"),
     ]
-    assert rendered.mounts == ()  # DKIM keys are no per-key mounts any more
+    # DKIM keys are no per-key mounts any more; the pool's link keys and peer token are.
+    assert [m.secret_name for m in rendered.mounts] == ["mail-links", "mail-peers"]
 
 
 def test_the_pod_runs_the_senders_own_command_with_its_identity_and_the_rendered_paths() -> None:
