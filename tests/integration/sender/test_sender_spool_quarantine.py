@@ -118,7 +118,8 @@ async def test_a_lost_suppression_list_is_pulled_back_from_a_peer_before_bulk_ma
     assert status == 201
 
     cfg = _config(tmp_path, dns_server, provider_fleet, "b")
-    cfg["deliverability"] = {"peers": {"urls": [healthy.client.admin], "pullInterval": "200ms"}}
+    cfg["deliverability"] = {**cfg["deliverability"],
+                             "peers": {"urls": [healthy.client.admin], "pullInterval": "200ms"}}
     _corrupt(Path(cfg["spoolDir"]), "suppression.sqlite3")
     restarted = await sender_factory(cfg, pod="sender-b")
     await restarted.client.assign([lease("127.0.0.52")])
