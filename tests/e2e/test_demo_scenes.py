@@ -55,7 +55,8 @@ async def test_with_the_samples_applied_submission_without_a_credential_is_refus
     policy = world.api.get("networking.k8s.io/v1", "NetworkPolicy", world.settings.pool,
                            world.settings.namespace)
     ports = [sorted(p["port"] for p in rule["ports"]) for rule in policy["spec"]["ingress"]]
-    assert ports == [[587, 8080], [8081], [2525, 8082]]
+    submission = sorted([world.pool_smtp_port(), world.pool_http_port()])
+    assert ports == [submission, [8081], [2525, 8082]]
     assert "from" not in policy["spec"]["ingress"][2]  # public ports: anyone
 
 
