@@ -189,6 +189,17 @@ class Settings(BaseModel):
         default=2.0, gt=0,
         description="Seconds between attempts to acquire or renew; below leader_renew_deadline.",
     )
+    operator_namespace: str | None = Field(
+        default=None,
+        description=(
+            "Namespace of the operator's pods, let in to the sender pods' admin port by each "
+            "pool's NetworkPolicy; unset: $POD_NAMESPACE, else 'default'."
+        ),
+    )
+    operator_pod_labels: tuple[str, ...] = Field(
+        default=("app.kubernetes.io/name=mailfleet", "app.kubernetes.io/component=operator"),
+        description="Labels (key=value) of the operator's pods, for the same NetworkPolicy rule.",
+    )
     log_format: Literal["json", "text"] = Field(default="json", description="Log line format.")
     log_level: str = Field(default="INFO", description="Python logging level.")
 

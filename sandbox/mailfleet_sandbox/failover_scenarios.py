@@ -273,6 +273,7 @@ class Traffic:
         self._tasks: list[asyncio.Task[None]] = []
         self._n = itertools.count()
         self._port = 8080
+        self._headers: dict[str, str] = {}
 
     async def _refresh(self) -> None:
         while True:
@@ -296,6 +297,7 @@ class Traffic:
         status = 0
         try:
             async with session.post(f"http://{ip}:{self._port}/v1/messages", json=body,
+                                    headers=self._headers,
                                     timeout=aiohttp.ClientTimeout(total=3)) as resp:
                 status = resp.status
                 await resp.read()
@@ -322,6 +324,8 @@ class Traffic:
 
     async def __aenter__(self) -> Traffic:
         self._port = await call(self.world, self.world.pool_http_port)
+        key = await call(self.world, self.world.pool_api_key)  # as an application would
+        self._headers = {"Authorization": f"Bearer {key}"} if key else {}
         self._tasks = [asyncio.create_task(self._refresh())]
         await wait_until(lambda: self.routes, within=60, what="pods to submit to")
         self._tasks.append(asyncio.create_task(self._submit()))

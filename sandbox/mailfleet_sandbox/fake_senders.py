@@ -34,7 +34,7 @@ def free_port(host: str = "127.0.0.1") -> int:
 def pool_body(
     name: str, *, port: int, ips: Sequence[str], namespace: str = "default", **spec: Any
 ) -> dict[str, Any]:
-    """A SendingPool whose pods serve their admin API on `port` (where fake senders listen),
+    """A SendingPool whose pods serve their admin API on `port` (adminPort: fake senders),
     one pod, egress `ips` with HELO names mta<N>.example.com; `spec` adds or overrides."""
     return {
         "apiVersion": "mailfleet.io/v1alpha1",
@@ -46,7 +46,7 @@ def pool_body(
                 "ips": [{"address": ip, "heloName": f"mta{i}.example.com"}
                         for i, ip in enumerate(ips)]
             },
-            "submission": {"http": {"port": port}},
+            "submission": {"adminPort": port},
             **spec,
         },
     }

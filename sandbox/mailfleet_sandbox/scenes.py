@@ -198,8 +198,11 @@ async def submit(world: SandboxWorld, ledger: Ledger, session: aiohttp.ClientSes
         "headers": {"Message-ID": f"<{mid}>"},
     }
     status = 0
+    # As an application: the submission key of the pool the pod belongs to.
+    key = world.pool_api_key((obj["metadata"].get("labels") or {}).get("mailfleet.io/pool"))
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
     try:
-        async with session.post(url, json=body,
+        async with session.post(url, json=body, headers=headers,
                                 timeout=aiohttp.ClientTimeout(total=3)) as resp:
             status = resp.status
             await resp.read()

@@ -35,6 +35,7 @@ docs/sandbox.md.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -182,6 +183,7 @@ class SandboxWorld:
     def __init__(self, settings: WorldSettings | None = None) -> None:
         self.settings = settings or WorldSettings()
         self.root = self.settings.root.resolve()
+        self._api_keys: dict[str, str] = {}  # pool -> its generated API key (pool_api_key)
         self.control_plane = self.settings.control_plane or \
             control_plane.default_control_plane()
         self.control: control_plane.ControlPlane | None = None
@@ -485,6 +487,29 @@ class SandboxWorld:
     def pool_http_port(self) -> int:
         spec = self.pool().get("spec") or {}
         return int(((spec.get("submission") or {}).get("http") or {}).get("port") or 8080)
+
+    def pool_api_key(self, pool: str | None = None) -> str | None:
+        """The API key an application of the pool uses, read as it would read it: from the
+        Secret `submission.http.apiKeySecretRef` names, else the one the operator generated
+        (`status.submissionSecret`); None while there is none yet."""
+        cached = self._api_keys.get(pool or self.settings.pool)
+        if cached:
+            return cached  # the generated key is never rewritten
+        obj = self.pool(pool)
+        ref = (((obj.get("spec") or {}).get("submission") or {}).get("http") or {}).get(
+            "apiKeySecretRef") or {}
+        name = ref.get("name") or (obj.get("status") or {}).get("submissionSecret")
+        if not name:
+            return None
+        try:
+            secret = self.api.get("v1", "Secret", name, self.settings.namespace)
+        except (LookupError, ApiError):
+            return None
+        raw = (secret.get("data") or {}).get(ref.get("key") or "api-key")
+        key = base64.b64decode(raw).decode().strip() if raw else None
+        if key and not ref:
+            self._api_keys[pool or self.settings.pool] = key
+        return key
 
     def pods(self, pool: str | None = None) -> list[JSON]:
         selector = f"mailfleet.io/pool={pool or self.settings.pool}"

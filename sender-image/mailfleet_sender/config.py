@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from mailfleet_sender import hostnames, report_limits, units
+from mailfleet_sender import from_domains, hostnames, report_limits, units
 from mailfleet_sender import shaping as shaping_rules
 
 
@@ -50,34 +50,61 @@ class Submission(ConfigModel):
     )
     smtp_port: int = Field(default=587, ge=0, le=65535, description="SMTP submission port.")
     http_port: int = Field(default=8080, ge=0, le=65535, description="HTTP API port.")
-    admin_port: int | None = Field(
-        default=None,
+    admin_port: int = Field(
+        default=8081,
         ge=0,
         le=65535,
         description=(
-            "Separate port for /healthz, /readyz, /metrics and /v1/* admin paths; on httpPort "
-            "when omitted (admin paths are token-protected either way)."
+            "The admin listener (HTTP): /healthz, /readyz, /metrics, the admin /v1/* paths, "
+            "suppression replication and hand-off between the pool's pods. Never the "
+            "submission port: only the operator, the kubelet and the pool's pods reach it."
         ),
     )
     hostname: str | None = Field(
         default=None, description="Name in the SMTP banner and generated Message-IDs (pod name)."
     )
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description=(
+            "Accept submissions without a credential when no credentialsFile (SMTP) or "
+            "apiKeyFile (HTTP) is given (trusted networks only). When false, such a listener "
+            "refuses every submission (SMTP 530, HTTP 401)."
+        ),
+    )
     credentials_file: str | None = Field(
         default=None,
         description=(
             "SMTP AUTH users: a file of `user:password` lines, or a mounted Secret directory "
-            "with one file per user holding the password. No AUTH required when omitted."
+            "with one file per user holding the password. Users with an empty password are "
+            "ignored. Without it AUTH never succeeds (unless allowUnauthenticated)."
         ),
     )
     tls_cert_file: str | None = Field(default=None, description="PEM certificate for STARTTLS.")
     tls_key_file: str | None = Field(default=None, description="PEM key for STARTTLS.")
     allow_plaintext_auth: bool = Field(
         default=False,
-        description="Allow AUTH before STARTTLS when STARTTLS is offered (trusted networks).",
+        description=(
+            "Offer AUTH on a connection without TLS (before STARTTLS, or with no certificate "
+            "at all): passwords then cross the network in clear (trusted networks only)."
+        ),
     )
     api_key_file: str | None = Field(
         default=None,
-        description="File of accepted HTTP API keys, one per line. No key required when omitted.",
+        description=(
+            "File of accepted HTTP API keys, one per line. Without it POST /v1/messages "
+            "answers 401 (unless allowUnauthenticated)."
+        ),
+    )
+    smtp_from_domains: list[str] = Field(
+        default_factory=list,
+        description=(
+            "Domains SMTP-authenticated mail may use in From (and a non-empty envelope "
+            "sender); subdomains only when listed. Any domain when empty."
+        ),
+    )
+    http_from_domains: list[str] = Field(
+        default_factory=list,
+        description="Domains mail submitted over HTTP may use in From; as smtpFromDomains.",
     )
     max_message_size: int = Field(
         default=25 * 1024 * 1024, ge=1024, description="Largest message accepted, in bytes."
@@ -110,6 +137,11 @@ class Submission(ConfigModel):
     default_class: str | None = Field(
         default=None, description="Class of mail submitted without one; the first class if unset."
     )
+
+    @field_validator("smtp_from_domains", "http_from_domains")
+    @classmethod
+    def _domains(cls, value: list[str]) -> list[str]:
+        return [from_domains.normalize(d) for d in value]
 
     @model_validator(mode="after")
     def _tls_pair(self) -> Submission:
@@ -359,15 +391,16 @@ class Feedback(ConfigModel):
 class Peers(ConfigModel):
     """How a pod finds the other pods of its pool (suppression replication, hand-off).
 
-    `service`: the headless Service's DNS name; its A records are the pods, reached on
-    `submission.httpPort` (hand-off) and the admin port (replication). `urls`: a static list of
-    pod base URLs serving both (sandbox, tests). Neither: this pod works alone.
+    `service`: the headless Service's DNS name; its A records are the pods, reached on their
+    admin port (`submission.adminPort`) for replication and hand-off, with the peer token.
+    `urls`: a static list of the pods' admin base URLs (sandbox, tests). Neither: this pod
+    works alone.
     """
 
     service: str | None = Field(
         default=None, description="Headless Service DNS name, e.g. newsletters-pods.mail.svc."
     )
-    urls: list[str] = Field(default_factory=list, description="Static pod base URLs.")
+    urls: list[str] = Field(default_factory=list, description="Static pod admin base URLs.")
     pull_interval: units.Duration = Field(
         default="5s", description="How often missed suppression changes are pulled from peers."
     )
@@ -434,6 +467,13 @@ class Deliverability(ConfigModel):
         default=None, ge=0, le=65535,
         description="SMTP port taking DSNs, ARF reports and mailto unsubscribes; off when unset.",
     )
+    public_port: int | None = Field(
+        default=8082, ge=0, le=65535,
+        description=(
+            "The public listener (HTTP): only the one-click unsubscribe pages "
+            "/v1/unsubscribe/<token>, reached from the Internet. Off when null."
+        ),
+    )
     feedback_max_connections: int = Field(
         default=100, ge=1, description="Simultaneous sessions on the feedback port."
     )
@@ -463,7 +503,7 @@ class Deliverability(ConfigModel):
     unsubscribe_base_url: str | None = Field(
         default=None,
         description=(
-            "Public https base URL routed to the pods' HTTP port; tokens are POSTed to "
+            "Public https base URL routed to the pods' publicPort; tokens are POSTed to "
             "<base>/v1/unsubscribe/<token>. No List-Unsubscribe headers when unset."
         ),
     )
@@ -559,6 +599,25 @@ class SenderConfig(ConfigModel):
             raise ValueError(f"class names must be unique: {names}")
         if self.submission.default_class and self.submission.default_class not in names:
             raise ValueError(f"submission.defaultClass {self.submission.default_class!r} unknown")
+        return self
+
+    @model_validator(mode="after")
+    def _ports_distinct(self) -> SenderConfig:
+        """Each listener trusts different callers: two on one port would mix them."""
+        s, d = self.submission, self.deliverability
+        ports = [
+            ("submission.smtpPort", s.smtp_port), ("submission.httpPort", s.http_port),
+            ("submission.adminPort", s.admin_port),
+            ("deliverability.publicPort", d.public_port),
+            ("deliverability.feedbackPort", d.feedback_port),
+        ]
+        seen: dict[int, str] = {}
+        for name, port in ports:
+            if not port:  # None (off) or 0 (any free port)
+                continue
+            if port in seen:
+                raise ValueError(f"{name} and {seen[port]} must differ (both {port})")
+            seen[port] = name
         return self
 
     def class_named(self, name: str) -> MessageClass | None:

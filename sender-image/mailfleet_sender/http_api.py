@@ -1,21 +1,29 @@
-"""The HTTP side of a sender (aiohttp): message submission for applications, and the probes,
-metrics and admin API for Kubernetes and the operator.
+"""The HTTP side of a sender (aiohttp), on three listeners that trust different callers
+(docs/security.md). A path asked on another listener than its own answers 404.
 
-- `POST /v1/messages` (API key as `Authorization: Bearer`): JSON (`wire.SubmitRequest`) or raw
+Submission (`submission.httpPort`, applications):
+- `POST /v1/messages` (API key as `Authorization: Bearer`; 401 without a valid one, also when
+  no key is configured, unless `allowUnauthenticated`): JSON (`wire.SubmitRequest`) or raw
   RFC 5322 (`Content-Type: message/rfc822`, recipients in `to` query parameters, else the
   To/Cc/Bcc headers). 202 once the message is on disk; the same checks and codes as SMTP
-  (`intake`), as HTTP statuses. `X-Mailfleet-Handoff: <key>` marks a message another pod hands
-  off: the key is stored with it and a repeat answers 202 without storing it twice. Hand-offs
-  carry their envelope in the body (`envelopes.CONTENT_TYPE`); the query form stays accepted.
+  (`intake`), as HTTP statuses; 403 when the From domain is not in `httpFromDomains`.
   Every body is read whole under a cap per kind (`bodies`; 413 beyond it).
-- `POST /v1/unsubscribe/{token}` (RFC 8058 one-click, body `List-Unsubscribe=One-Click`):
-  unauthenticated, the token is the credential; `GET` shows a confirmation form and changes
-  nothing (link scanners fetch URLs).
-- `/healthz` (the process serves), `/readyz` (it accepts mail), `/metrics`: unauthenticated,
-  for the kubelet and Prometheus.
+
+Admin (`submission.adminPort`, the operator, the kubelet, Prometheus and the pool's pods):
+- `/healthz` (the process serves), `/readyz` (it accepts mail), `/metrics`: unauthenticated.
 - `GET /v1/stats`, `GET|PUT /v1/assignment`, `POST /v1/drain[?handoff=true]`,
   `DELETE /v1/drain` (undrain), and `/v1/suppressions` (`suppression.suppression_routes`):
   admin (or peer) token as Bearer.
+- `POST /v1/messages` with the peer token: hand-off between the pool's pods.
+  `X-Mailfleet-Handoff: <key>` marks a message another pod hands off: the key is stored with
+  it and a repeat answers 202 without storing it twice. Hand-offs carry their envelope in the
+  body (`envelopes.CONTENT_TYPE`); the query form stays accepted. (A hand-off to another
+  pool goes to that pool's submission listener with its API key.)
+
+Public (`deliverability.publicPort`, the Internet):
+- `POST /v1/unsubscribe/{token}` (RFC 8058 one-click, body `List-Unsubscribe=One-Click`):
+  unauthenticated, the token is the credential; `GET` shows a confirmation form and changes
+  nothing (link scanners fetch URLs).
 """
 
 from __future__ import annotations
@@ -24,7 +32,8 @@ import email.utils
 import hmac
 import html
 import logging
-from typing import Protocol
+from collections.abc import Sequence
+from typing import Literal, Protocol
 
 import pydantic
 from aiohttp import web
@@ -33,6 +42,7 @@ from mailfleet_sender import (
     bodies,
     deliverability,
     envelopes,
+    from_domains,
     intake,
     leases,
     messages,
@@ -49,6 +59,8 @@ ONE_CLICK = "List-Unsubscribe=One-Click"
 MAX_UNSUBSCRIBE_BODY = 4096
 MAX_ADMIN_BODY = 1024 * 1024
 """Assignment and drain requests (a few leases, a target): far below this."""
+
+Listener = Literal["submission", "admin", "public"]
 
 
 class Backend(Protocol):
@@ -81,6 +93,8 @@ class Backend(Protocol):
     def api_keys(self) -> list[str]: ...
 
     def admin_token(self) -> str | None: ...
+
+    def peer_tokens(self) -> list[str]: ...
 
 
 def _error(status: int, text: str, code: str = "") -> web.Response:
@@ -117,8 +131,10 @@ class Api:
     # --- apps ---------------------------------------------------------------------------
 
     def submission_routes(self) -> list[web.RouteDef]:
+        return [web.post("/v1/messages", self.post_message)]
+
+    def public_routes(self) -> list[web.RouteDef]:
         return [
-            web.post("/v1/messages", self.post_message),
             web.post("/v1/unsubscribe/{token}", self.post_unsubscribe),
             web.get("/v1/unsubscribe/{token}", self.get_unsubscribe),
         ]
@@ -133,27 +149,44 @@ class Api:
             web.put("/v1/assignment", self.put_assignment),
             web.post("/v1/drain", self.post_drain),
             web.delete("/v1/drain", self.delete_drain),
+            web.post("/v1/messages", self.post_peer_message),
         ]
 
-    def app(self, *, submission: bool, admin: bool, max_body: int) -> web.Application:
+    def app(self, listener: Listener, *, max_body: int) -> web.Application:
         application = web.Application(client_max_size=max_body)
-        routes: list[web.RouteDef] = []
-        if submission:
-            routes += self.submission_routes()
-        if admin:
-            routes += self.admin_routes()
-        application.add_routes(routes)
-        if admin:
+        if listener == "submission":
+            application.add_routes(self.submission_routes())
+        elif listener == "public":
+            application.add_routes(self.public_routes())
+        else:
+            application.add_routes(self.admin_routes())
             application.add_routes(self.backend.suppression_app_routes())
         return application
 
     # --- submission ---------------------------------------------------------------------
 
+    def _open(self) -> bool:
+        return self.backend.intake.cfg.submission.allow_unauthenticated
+
     async def post_message(self, request: web.Request) -> web.Response:
+        """An application's submission: its API key, then its From domains."""
         keys = self.backend.api_keys()
-        if keys and not _matches(_bearer(request), keys):
+        if (keys or not self._open()) and not _matches(_bearer(request), keys):
             self.backend.metrics.rejected.labels("http", "auth").inc()
             return _error(401, "missing or invalid API key", "auth")
+        allowed = self.backend.intake.cfg.submission.http_from_domains
+        return await self._submit(request, allowed=allowed)
+
+    async def post_peer_message(self, request: web.Request) -> web.Response:
+        """A hand-off from another pod of the pool (admin listener): the peer token. The
+        message was judged when it entered the pool, so no From domain check here."""
+        tokens = self.backend.peer_tokens()
+        if (tokens or not self._open()) and not _matches(_bearer(request), tokens):
+            self.backend.metrics.rejected.labels("handoff", "auth").inc()
+            return _error(401, "missing or invalid peer token", "auth")
+        return await self._submit(request, allowed=())
+
+    async def _submit(self, request: web.Request, *, allowed: Sequence[str]) -> web.Response:
         intake_ = self.backend.intake
         if not intake_.accepting:
             return _rejection(intake.DRAINING)
@@ -167,14 +200,14 @@ class Api:
         except bodies.TooLarge:
             return _rejection(messages.TOO_BIG)
         if content_type == "application/json":
-            return await self._post_json(body)
+            return await self._post_json(body, allowed=allowed)
         key = request.headers.get(HANDOFF_HEADER)
         if key is not None and not (0 < len(key) <= MAX_HANDOFF_KEY and key.isascii()):
             return _error(400, f"{HANDOFF_HEADER}: 1-{MAX_HANDOFF_KEY} ASCII characters",
                           "invalid")
         if content_type == envelopes.CONTENT_TYPE:
-            return await self._post_handoff(body, handoff_key=key)
-        return await self._post_raw(request, body, handoff_key=key)
+            return await self._post_handoff(body, handoff_key=key, allowed=allowed)
+        return await self._post_raw(request, body, handoff_key=key, allowed=allowed)
 
     def _body_cap(self, content_type: str) -> int:
         """Per kind of body: the message, plus JSON escaping (which can double it) or the
@@ -186,7 +219,18 @@ class Api:
             return s.max_message_size + envelopes.max_envelope_bytes(s.max_recipients)
         return s.max_message_size + 64 * 1024
 
-    async def _post_handoff(self, body: bytes, *, handoff_key: str | None) -> web.Response:
+    def _domain_refusal(
+        self, allowed: Sequence[str], data: bytes, sender: str
+    ) -> web.Response | None:
+        refused = from_domains.refusal(allowed, data=data, envelope_sender=sender or None)
+        if refused is None:
+            return None
+        self.backend.metrics.rejected.labels("http", "from_domain").inc()
+        return _rejection(refused)
+
+    async def _post_handoff(
+        self, body: bytes, *, handoff_key: str | None, allowed: Sequence[str]
+    ) -> web.Response:
         """A message another pod hands off, its envelope in the body (`envelopes`)."""
         max_recipients = self.backend.intake.cfg.submission.max_recipients
         try:
@@ -195,6 +239,9 @@ class Api:
             )
         except envelopes.BadEnvelope as exc:
             return _error(400, str(exc), "invalid")
+        refused = self._domain_refusal(allowed, data, envelope.sender)
+        if refused is not None:
+            return refused
         result = await self.backend.intake.submit(
             sender=envelope.sender,
             recipients=envelope.recipients,
@@ -206,7 +253,7 @@ class Api:
         )
         return self._answer(result)
 
-    async def _post_json(self, body: bytes) -> web.Response:
+    async def _post_json(self, body: bytes, *, allowed: Sequence[str]) -> web.Response:
         intake_ = self.backend.intake
         try:
             payload = bodies.loads(body)
@@ -245,6 +292,9 @@ class Api:
             )
         except (ValueError, TypeError) as exc:
             return _error(400, f"cannot build the message: {exc}", "invalid")
+        refused = self._domain_refusal(allowed, data, request.envelope_from or sender_address)
+        if refused is not None:
+            return refused
         result = await intake_.submit(
             sender=request.envelope_from or sender_address,
             recipients=recipients,
@@ -256,7 +306,8 @@ class Api:
         return self._answer(result)
 
     async def _post_raw(
-        self, request: web.Request, body: bytes, *, handoff_key: str | None = None
+        self, request: web.Request, body: bytes, *, handoff_key: str | None = None,
+        allowed: Sequence[str] = (),
     ) -> web.Response:
         recipients = [
             part.strip()
@@ -275,6 +326,9 @@ class Api:
         if sender is None:
             found = _header_addresses(fields, ("from",))
             sender = found[0] if found else ""
+        refused = self._domain_refusal(allowed, body, sender)
+        if refused is not None:
+            return refused
         result = await self.backend.intake.submit(
             sender=sender,
             recipients=recipients,

@@ -150,6 +150,7 @@ class Service:
         self._admin_token: str | None = None
         self.http_port = 0
         self.admin_port = 0
+        self.public_port = 0
         self.feedback_port = 0
         self.spool: spool.Spool
         self.quarantined: list[quarantining.SetAside] = []
@@ -250,12 +251,14 @@ class Service:
                 "pending": len(pending),
                 "smtp_port": self.smtp.port,
                 "http_port": self.http_port,
+                "admin_port": self.admin_port,
+                "public_port": self.public_port,
             },
         )
 
     async def _start_deliverability(self, cfg: config.SenderConfig) -> None:
         d = cfg.deliverability
-        peers = self._peers(cfg, admin=True)
+        peers = self._peers(cfg)
         if peers is not None and self.deliverability.keys.peer_token is not None:
             self.replicator = suppression.Replicator(
                 self.deliverability.suppressions,
@@ -280,14 +283,13 @@ class Service:
             await self.feedback.start()
             self.feedback_port = self.feedback.port
 
-    def _peers(self, cfg: config.SenderConfig, *, admin: bool) -> suppression.PeersProvider | None:
-        """The pool's pods as base URLs: admin port (replication) or HTTP port (hand-off)."""
+    def _peers(self, cfg: config.SenderConfig) -> suppression.PeersProvider | None:
+        """The pool's pods as base URLs of their admin listener (replication, hand-off)."""
         p = cfg.deliverability.peers
         if p.urls:
             return suppression.static_peers(p.urls)
         if p.service:
-            s = cfg.submission
-            port = (s.admin_port or s.http_port) if admin else s.http_port
+            port = cfg.submission.admin_port
             nameservers = [(n.address, n.port) for n in cfg.dns.nameservers]
             resolver = (
                 mx.make_resolver(nameservers, timeout=units.duration_seconds(cfg.dns.timeout))
@@ -320,18 +322,29 @@ class Service:
         )
 
     async def _start_http(self, cfg: config.SenderConfig) -> None:
+        """Three listeners, each with only its own paths (docs/security.md): submission for
+        applications, admin for the operator and the pool's pods, public for the Internet."""
         api = http_api.Api(self)
         s = cfg.submission
         max_body = s.max_message_size * 2 + 64 * 1024  # JSON escaping can double the size
-        split = s.admin_port is not None
-        main = api.app(submission=True, admin=not split, max_body=max_body)
-        self.http_port = await self._serve(main, self.listen_address, s.http_port)
-        if split:
-            max_admin = max(1024 * 1024, cfg.deliverability.suppression.max_import_bytes * 2)
-            admin = api.app(submission=False, admin=True, max_body=max_admin)
-            self.admin_port = await self._serve(admin, self.listen_address, s.admin_port or 0)
-        else:
-            self.admin_port = self.http_port
+        host = self.listen_address
+        self.http_port = await self._serve(api.app("submission", max_body=max_body), host,
+                                           s.http_port)
+        # Hand-offs from peers arrive here too: a whole message, or a replication batch.
+        max_admin = max(max_body, cfg.deliverability.suppression.max_import_bytes * 2)
+        self.admin_port = await self._serve(api.app("admin", max_body=max_admin), host,
+                                            s.admin_port)
+        public = cfg.deliverability.public_port
+        if public is not None:
+            self.public_port = await self._serve(
+                api.app("public", max_body=http_api.MAX_UNSUBSCRIBE_BODY * 4), host, public
+            )
+        if s.allow_unauthenticated and s.api_key_file is None:
+            log.warning("http submission accepts mail without an API key "
+                        "(allowUnauthenticated): only for trusted networks")
+        elif not self._api_keys:
+            log.warning("http submission has no API key (no apiKeyFile, or an empty one): "
+                        "POST /v1/messages answers 401")
 
     async def _serve(self, app: web.Application, host: str, port: int) -> int:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -410,6 +423,8 @@ class Service:
                 ("submission.smtpPort", old.submission.smtp_port, cfg.submission.smtp_port),
                 ("submission.httpPort", old.submission.http_port, cfg.submission.http_port),
                 ("submission.adminPort", old.submission.admin_port, cfg.submission.admin_port),
+                ("deliverability.publicPort", old.deliverability.public_port,
+                 cfg.deliverability.public_port),
             )
             if before != after
         ]
@@ -683,6 +698,10 @@ class Service:
     def admin_token(self) -> str | None:
         return self._admin_token
 
+    def peer_tokens(self) -> list[str]:
+        """Every token of the peers file is accepted (rotation: see docs/security.md)."""
+        return [t for t in self.deliverability.keys.peer_tokens if t]
+
     def ready(self) -> bool:
         return self.intake.accepting and not self.stopping
 
@@ -713,17 +732,18 @@ class Service:
     def _new_runner(
         self, carry: tuple[dict[str, handoff._Sticky], dict[str, int]] | None = None
     ) -> handoff.HandOff:
-        own = self._peers(self.cfg, admin=False) or suppression.static_peers([])
+        own = self._peers(self.cfg) or suppression.static_peers([])
 
         async def peers() -> Sequence[str]:
             target = self._handoff_target
             return list(target.urls) if target is not None else await own()
 
         def api_key() -> str | None:
+            """Another pool's submission key, else the peer token (own pods' admin port)."""
             target = self._handoff_target
             if target is not None:
                 return target.api_key
-            return self._api_keys[0] if self._api_keys else None
+            return self.deliverability.keys.peer_token
 
         return handoff.HandOff(
             spool_=self.spool,
@@ -799,7 +819,7 @@ class Service:
 
     def _self_urls(self) -> list[str]:
         hosts = {self.identity.pod_ip, self.listen_address, "127.0.0.1", "localhost"}
-        return [f"http://{h}:{self.http_port}" for h in hosts if h and h != "0.0.0.0"]
+        return [f"http://{h}:{self.admin_port}" for h in hosts if h and h != "0.0.0.0"]
 
     # --- stop -----------------------------------------------------------------------------
 

@@ -19,29 +19,34 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-from mailfleet_sender import config, intake, messages, session_limits, units
+from mailfleet_sender import config, from_domains, intake, messages, session_limits, units
 
 log = logging.getLogger(__name__)
 
 
-def load_credentials(path: str | None) -> dict[str, str] | None:
-    """user -> password from a `user:password` file or a Secret directory (file per user)."""
+def load_credentials(path: str | None) -> dict[str, str]:
+    """user -> password from a `user:password` file or a Secret directory (file per user).
+    A user whose password is empty is left out (logged): a Secret key with an empty value
+    must not become a login that any empty password passes."""
     if path is None:
-        return None
+        return {}
     p = Path(path)
-    users: dict[str, str] = {}
+    found: dict[str, str] = {}
     if p.is_dir():
         for entry in sorted(p.iterdir()):
             if entry.name.startswith(".") or not entry.is_file():
                 continue
-            users[entry.name] = entry.read_text(encoding="utf-8").strip()
-        return users
-    for line in p.read_text(encoding="utf-8").splitlines():
-        line = line.strip()
-        if not line or line.startswith("#") or ":" not in line:
-            continue
-        user, _, password = line.partition(":")
-        users[user] = password
+            found[entry.name] = entry.read_text(encoding="utf-8").strip()
+    else:
+        for line in p.read_text(encoding="utf-8").splitlines():
+            line = line.strip()
+            if not line or line.startswith("#") or ":" not in line:
+                continue
+            user, _, password = line.partition(":")
+            found[user] = password
+    users = {user: password for user, password in found.items() if user and password}
+    for user in sorted(set(found) - set(users)):
+        log.warning("smtp user with an empty password ignored", extra={"user": user})
     return users
 
 
@@ -68,14 +73,22 @@ class Authenticator:
         user = data.login.decode("utf-8", "replace")
         expected = self.users.get(user, "")
         supplied = data.password.decode("utf-8", "replace")
-        ok = hmac.compare_digest(expected.encode(), supplied.encode()) and user in self.users
+        # Compared whatever the user, so timing does not tell which users exist; an empty
+        # password never passes, even against an empty stored one.
+        ok = (
+            hmac.compare_digest(expected.encode(), supplied.encode())
+            and bool(expected)
+            and bool(supplied)
+            and user in self.users
+        )
         if not ok:
             log.info("smtp auth failed", extra={"user": user})
         return AuthResult(success=ok, handled=False, auth_data=user if ok else None)
 
 
 class Handler:
-    """aiosmtpd hooks: recipient limits at RCPT, the whole message to `intake` at DATA."""
+    """aiosmtpd hooks: recipient limits at RCPT, the From domains and then the whole message
+    to `intake` at DATA."""
 
     def __init__(self, intake_: intake.Intake) -> None:
         self.intake = intake_
@@ -114,6 +127,14 @@ class Handler:
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         session_limits.data_complete(server)
         data = envelope.original_content or b""
+        refused = from_domains.refusal(
+            self.intake.cfg.submission.smtp_from_domains,
+            data=data,
+            envelope_sender=envelope.mail_from or None,
+        )
+        if refused is not None:
+            self.intake.metrics.rejected.labels("smtp", "from_domain").inc()
+            return refused.smtp_reply()
         result = await self.intake.submit(
             sender=envelope.mail_from or "",
             recipients=list(envelope.rcpt_tos),
@@ -182,16 +203,35 @@ class SMTPServer:
         self.clients = session_limits.ClientCounter()
         self._server: asyncio.AbstractServer | None = None
         self._tls = tls_context(cfg)
-        users = load_credentials(cfg.credentials_file)
-        self._authenticator = Authenticator(users) if users is not None else None
+        self._authenticator = Authenticator(load_credentials(cfg.credentials_file))
         self.port = 0
+
+    def auth_required(self) -> bool:
+        """Closed by default: AUTH first, unless the config opens the listener on purpose
+        (`allowUnauthenticated` and no credentials at all)."""
+        return self.cfg.credentials_file is not None or not self.cfg.allow_unauthenticated
+
+    def explain(self) -> None:
+        """One log line at start when the listener's settings make it refuse everything or
+        accept anyone, so an operator reading the logs knows why."""
+        cfg = self.cfg
+        if not self.auth_required():
+            log.warning("smtp submission accepts mail without AUTH (allowUnauthenticated): "
+                        "only for trusted networks")
+        elif not self._authenticator.users:
+            log.warning("smtp submission has no usable credentials (no credentialsFile, or "
+                        "only empty passwords): AUTH never succeeds, MAIL gets 530")
+        elif self._tls is None and not cfg.allow_plaintext_auth:
+            log.warning("smtp submission has no TLS certificate and allowPlaintextAuth is "
+                        "false: AUTH is not offered, MAIL gets 530")
 
     def reload(self, cfg: config.Submission) -> None:
         """Credentials and certificate are re-read on config reload (rotated Secrets)."""
         self.cfg = cfg
-        users = load_credentials(cfg.credentials_file)
-        if users is not None and self._authenticator is not None:
-            self._authenticator.users = users
+        try:
+            self._authenticator.users = load_credentials(cfg.credentials_file)
+        except (OSError, UnicodeDecodeError):
+            log.exception("cannot reload the smtp credentials; keeping the old ones")
         try:
             self._tls = tls_context(cfg)
         except (OSError, ssl.SSLError):
@@ -208,7 +248,6 @@ class SMTPServer:
             "RSET": per_session,
             "NOOP": per_session,
         }
-        auth = self._authenticator is not None
         return SubmissionSMTP(
             self,
             hostname=self.hostname,
@@ -219,8 +258,9 @@ class SMTPServer:
             tls_context=self._tls,
             require_starttls=False,
             timeout=units.duration_seconds(cfg.idle_timeout),
-            auth_required=auth,
-            auth_require_tls=auth and self._tls is not None and not cfg.allow_plaintext_auth,
+            auth_required=self.auth_required(),
+            # Never AUTH in clear unless allowed: without a certificate that means no AUTH.
+            auth_require_tls=not cfg.allow_plaintext_auth,
             authenticator=self._authenticator,
             command_call_limit=limits,
             limits=session_limits.Limits(
@@ -237,6 +277,7 @@ class SMTPServer:
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("smtp submission listening", extra={"port": self.port, "pid": os.getpid()})
+        self.explain()
 
     def close_listener(self) -> None:
         if self._server is not None:

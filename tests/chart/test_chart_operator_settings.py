@@ -18,6 +18,8 @@ NOT_UNDER_OPERATOR = {
     "sender_image": "senderImage",
     "kubeconfig": "in-cluster: the service account",
     "http_host": "a pod listens on all its addresses",
+    "operator_namespace": "the pod's own namespace ($POD_NAMESPACE)",
+    "operator_pod_labels": "the chart's operator selector labels",
 }
 
 EVERY_SETTING: dict[str, Any] = {
@@ -64,6 +66,19 @@ def test_values_reach_the_operator_as_the_settings_they_name() -> None:
     for key, value in EVERY_SETTING.items():
         got = getattr(parsed, _settings_field(key))
         assert got == (tuple(value) if isinstance(value, list) else value), key
+
+
+def test_the_operator_pods_labels_reach_the_pools_network_policies() -> None:
+    """The chart names its own pods' selector labels, so a pool's NetworkPolicy lets exactly
+    this operator in to the senders' admin port."""
+    from mailfleet_operator import settings
+
+    env = _operator_env({})
+    parsed = settings.Settings.from_env(
+        {k: v for k, v in env.items() if isinstance(v, str) and k != "POD_ID"})
+    labels = dict(item.split("=", 1) for item in parsed.operator_pod_labels)
+    assert labels["app.kubernetes.io/component"] == "operator"
+    assert {"app.kubernetes.io/name", "app.kubernetes.io/instance"} <= set(labels)
 
 
 def test_production_defaults_never_scale_time_and_extra_env_wins() -> None:

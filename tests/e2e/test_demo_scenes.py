@@ -8,6 +8,9 @@ senders' own word. Tests run in file order: the failure scenes follow the campai
 
 from __future__ import annotations
 
+import asyncio
+
+import aiohttp
 import pytest
 from mailfleet_sandbox import scenes
 from sandbox_fixtures.world import E2EWorld
@@ -23,6 +26,38 @@ async def test_fleet_comes_up_with_an_authenticated_domain(
         e2e_fleet: scenes.SceneResult) -> None:
     assert_scene(e2e_fleet)
     assert set(e2e_fleet.details["ips"]) == {"127.0.20.1", "127.0.20.2", "127.0.20.3"}
+
+
+async def test_with_the_samples_applied_submission_without_a_credential_is_refused(
+        e2e_world: E2EWorld, e2e_fleet: scenes.SceneResult) -> None:
+    """Closed by default: the samples name no Secret, so the pods take mail only with the
+    pool's generated credentials; the NetworkPolicy keeps admin to the operator."""
+    world = e2e_world.world
+    pod = world.ready_pods()[0]
+    host = pod["status"]["podIP"]
+    reader, writer = await asyncio.open_connection(host, world.pool_smtp_port())
+    try:
+        await reader.readline()
+        for command in (b"EHLO app.example.test", b"MAIL FROM:<news@example.com>"):
+            writer.write(command + b"\r\n")
+            while (line := await asyncio.wait_for(reader.readline(), 10))[3:4] == b"-":
+                pass
+        assert line.startswith(b"530 5.7.0"), line
+    finally:
+        writer.close()
+    url = f"http://{host}:{world.pool_http_port()}/v1/messages"
+    message = {"from": "news@example.com", "to": ["x@gmail.test"], "subject": "s", "text": "t"}
+    async with aiohttp.ClientSession() as session:
+        for headers in ({}, {"Authorization": "Bearer not-the-key"}):
+            async with session.post(url, json=message, headers=headers) as resp:
+                assert resp.status == 401
+    assert world.pool_api_key()  # what the demo's application uses
+    policy = world.api.get("networking.k8s.io/v1", "NetworkPolicy", world.settings.pool,
+                           world.settings.namespace)
+    ports = [sorted(p["port"] for p in rule["ports"]) for rule in policy["spec"]["ingress"]]
+    submission = sorted([world.pool_smtp_port(), world.pool_http_port()])
+    assert ports == [submission, [8081], [2525, 8082]]
+    assert "from" not in policy["spec"]["ingress"][2]  # public ports: anyone
 
 
 async def test_campaign_mail_is_delivered_or_bounced_never_lost(

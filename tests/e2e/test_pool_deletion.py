@@ -104,9 +104,11 @@ async def test_a_deleted_pool_delivers_its_deferred_mail_from_its_ips_before_it_
     # Intake is stopped: a new submission to a pod is refused.
     pod = world.pods(fs.POOL)[0]
     url = f"http://{pod['status']['podIP']}:{world.pool_http_port()}/v1/messages"
+    key = world.pool_api_key(fs.POOL)  # as an application: authenticated, still refused
     async with aiohttp.ClientSession() as session, session.post(
         url, json={"from": scenes.FROM, "to": ["late@gmail.test"], "class": "transactional",
                    "subject": "late", "text": "late"},
+        headers={"Authorization": f"Bearer {key}"},
     ) as response:
         assert response.status == 503, response.status
 

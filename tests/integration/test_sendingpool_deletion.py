@@ -14,6 +14,7 @@ Before this, the pool and its StatefulSet went at once and the spool volumes wit
 
 from __future__ import annotations
 
+import base64
 import datetime
 from pathlib import Path
 from typing import Any
@@ -196,7 +197,13 @@ async def test_a_deleted_pool_hands_its_queue_to_the_pool_named_in_handoff_to(
             assert cond["message"].startswith("handing the queues to pool other"), cond
             await wait_for(lambda: busy.drains, message="the busy pod asked to hand off")
             assert busy.drains[0] is True
-            assert busy.targets[0] == {"urls": [f"http://127.0.0.{OTHER_BASE}:{port}"]}
+            # That pool's submission port, with the key its pods accept: its generated one.
+            generated = get(kube_api, "v1", "Secret", "other-submission")
+            assert generated is not None
+            assert busy.targets[0] == {
+                "urls": [f"http://127.0.0.{OTHER_BASE}:8080"],
+                "apiKey": base64.b64decode(generated["data"]["api-key"]).decode(),
+            }
             assert pool(kube_api) is not None
 
             busy.queue = 0  # handed off

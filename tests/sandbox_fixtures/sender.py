@@ -202,7 +202,12 @@ def base_config(
             "listenAddress": "127.0.0.1",
             "smtpPort": 0,
             "httpPort": 0,
+            "adminPort": 0,
             "apiKeyFile": str(tmp / "secrets" / "api-key"),
+            # SMTP without AUTH (the HTTP key above is still required): these tests are
+            # about intake and delivery; closed-by-default has its own tests, which leave
+            # this out.
+            "allowUnauthenticated": True,
         },
         "delivery": {"smtpPort": destination_port, "connectTimeout": "3s",
                      "commandTimeout": "5s", "connectionIdle": "500ms"},
@@ -218,20 +223,48 @@ def base_config(
     return cfg
 
 
+def with_listener_ports(cfg: dict[str, Any], pick: Callable[[], int]) -> dict[str, Any]:
+    """`cfg` with the admin and public ports it leaves out taken from `pick` (0: any free
+    port), so tests never bind the fixed defaults (8081, 8082) that parallel runs share.
+    Changed in place: a test keeps editing the dict it passed and rewrites the config."""
+    submission = cfg.setdefault("submission", {})
+    if not submission.get("adminPort"):
+        submission["adminPort"] = pick()
+    deliverability = cfg.setdefault("deliverability", {})
+    if not deliverability.get("publicPort"):
+        deliverability["publicPort"] = pick()
+    return cfg
+
+
 class SenderClient:
-    """HTTP helpers against one sender."""
+    """HTTP helpers against one sender's three listeners: submission (`base`), admin
+    (`admin=True`) and public (`public=True`)."""
 
     def __init__(
-        self, http_port: int, admin_port: int | None = None, *, host: str = "127.0.0.1"
+        self, http_port: int, admin_port: int | None = None, *, host: str = "127.0.0.1",
+        public_port: int | None = None,
     ) -> None:
         self.base = f"http://{host}:{http_port}"
         self.admin = f"http://{host}:{admin_port or http_port}"
+        self.public = f"http://{host}:{public_port or http_port}"
+
+    def listener_for(self, path: str) -> str:
+        """The listener that serves `path` (docs/security.md): unsubscribe pages are public,
+        `/v1/messages` is submission, everything else is admin."""
+        if path.startswith("/v1/unsubscribe/"):
+            return "public"
+        if path.startswith("/v1/messages"):
+            return "submission"
+        return "admin"
 
     async def request(
         self, method: str, path: str, *, admin: bool = False, token: str | None = None,
-        **kwargs: Any,
+        via: str | None = None, **kwargs: Any,
     ) -> tuple[int, Any]:
-        base = self.admin if admin else self.base
+        """`via` names the listener to ask (default: the one serving `path`; `admin=True`
+        sends `/v1/messages` to the admin listener, as a peer's hand-off)."""
+        listener = via or ("admin" if admin else self.listener_for(path))
+        base = {"admin": self.admin, "public": self.public, "submission": self.base}[listener]
         headers = dict(kwargs.pop("headers", {}))
         if token is not None:
             headers["Authorization"] = f"Bearer {token}"
@@ -272,7 +305,7 @@ class RunningSender:
         clock_: clock.Clock | None = None,
     ) -> None:
         self.directory = directory
-        self.cfg = cfg
+        self.cfg = cfg = with_listener_ports(cfg, lambda: 0)
         self.env = env
         self.config_path = write_projected(directory / "config", "sender.yaml",
                                            yaml.safe_dump(cfg))
@@ -281,7 +314,8 @@ class RunningSender:
 
     async def start(self) -> None:
         await self.service.start()
-        self.client = SenderClient(self.service.http_port, self.service.admin_port)
+        self.client = SenderClient(self.service.http_port, self.service.admin_port,
+                                   public_port=self.service.public_port)
 
     @property
     def smtp_port(self) -> int:
@@ -344,6 +378,9 @@ class SenderProcess:
             cfg["submission"].pop("listenAddress", None)
         cfg["submission"]["smtpPort"] = free_port(host)
         cfg["submission"]["httpPort"] = free_port(host)
+        cfg["submission"]["adminPort"] = free_port(host)
+        cfg["deliverability"] = {**(cfg.get("deliverability") or {}),
+                                 "publicPort": free_port(host)}
         deliverability = dict(cfg.get("deliverability") or {})
         if deliverability.get("feedbackPort") == 0:
             deliverability["feedbackPort"] = free_port(host)
@@ -354,15 +391,29 @@ class SenderProcess:
                                            yaml.safe_dump(cfg))
         self.smtp_port = int(cfg["submission"]["smtpPort"])
         self.http_port = int(cfg["submission"]["httpPort"])
+        self.admin_port = int(cfg["submission"]["adminPort"])
+        self.public_port = int(deliverability["publicPort"])
         self.feedback_port = int(deliverability.get("feedbackPort") or 0)
         self.host = host
-        self.client = SenderClient(self.http_port, host=host)
+        self.client = SenderClient(self.http_port, self.admin_port, host=host,
+                                   public_port=self.public_port)
         self.process: subprocess.Popen[bytes] | None = None
         self.log_path = directory / "sender.log"
 
     @property
     def url(self) -> str:
+        """The submission listener (applications, another pool's hand-off)."""
         return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def public_url(self) -> str:
+        """The public listener (one-click unsubscribe pages)."""
+        return f"http://{self.host}:{self.public_port}"
+
+    @property
+    def admin_url(self) -> str:
+        """The admin listener: what the pool's peers use (replication, hand-off)."""
+        return f"http://{self.host}:{self.admin_port}"
 
     def rewrite_config(self) -> None:
         """Write `self.cfg` again (before start, or to trigger a reload)."""
@@ -422,7 +473,7 @@ def make_pool(
                       pod=f"{prefix}-{i}", pod_ip=ip)
         for i, ip in enumerate(ips)
     ]
-    urls = [pod.url for pod in pods]
+    urls = [pod.admin_url for pod in pods]
     for pod in pods:
         deliverability = dict(pod.cfg.get("deliverability") or {})
         deliverability["peers"] = {"urls": urls, "pullInterval": "1s"}
@@ -451,7 +502,7 @@ def make_dns_pool(
 ) -> list[SenderProcess]:
     """Sender processes of one pool that find each other as in a cluster: through the A
     records of the headless Service name `service` (publish them in the sandbox DNS named in
-    `cfg["dns"]`), all on one HTTP port. Start them with `start_all`."""
+    `cfg["dns"]`), all on one admin port. Start them with `start_all`."""
     port = common_port(ips)
     pods = []
     for i, ip in enumerate(ips):
@@ -460,9 +511,9 @@ def make_dns_pool(
         deliverability["peers"] = {"service": service, "pullInterval": pull_interval}
         pod_cfg["deliverability"] = deliverability
         pod = SenderProcess(tmp / f"{prefix}-{i}", pod_cfg, pod=f"{prefix}-{i}", pod_ip=ip)
-        pod.cfg["submission"]["httpPort"] = port
-        pod.http_port = port
-        pod.client = SenderClient(port, host=ip)
+        pod.cfg["submission"]["adminPort"] = port
+        pod.admin_port = port
+        pod.client = SenderClient(pod.http_port, port, host=ip, public_port=pod.public_port)
         pod.rewrite_config()
         pods.append(pod)
     return pods

@@ -57,6 +57,8 @@ CONDITION_TYPES = (READY, DEGRADED, FAILING_OVER, PROGRESSING)
 # Bounds on lists that CEL rules loop over: the API server refuses a rule whose worst case
 # (estimated from maxItems) is too costly.
 MAX_CLASSES = 32
+FEEDBACK_PORT = 2525
+"""The pods' inbound feedback port (DSNs, ARF reports) when the pool's feedback loop is on."""
 MAX_EGRESS_IPS = 256
 
 # --- pods -------------------------------------------------------------------------------------
@@ -662,12 +664,30 @@ class SMTPSubmission(SpecModel):
         default=None,
         description=(
             "Secret whose keys are user names and values passwords for SMTP AUTH (`key` is "
-            "ignored); submission without authentication when omitted (trusted network only)."
+            "ignored; empty passwords never log in). When omitted: the pool's generated "
+            "Secret (`status.submissionSecret`, user `mailfleet`), unless "
+            "`submission.allowUnauthenticated`."
         ),
     )
     tls_secret_ref: SecretKeyRef | None = Field(
         default=None,
         description="kubernetes.io/tls Secret for STARTTLS; STARTTLS is not offered when omitted.",
+    )
+    allow_plaintext_auth: bool = Field(
+        default=False,
+        description=(
+            "Offer AUTH without TLS (before STARTTLS, or with no tlsSecretRef): passwords "
+            "cross the pod network in clear. Without TLS and without this, SMTP submission "
+            "cannot authenticate and answers 530."
+        ),
+    )
+    from_domains: list[DomainName] = Field(
+        default_factory=list,
+        description=(
+            "Domains SMTP-submitted mail may use in From (and the envelope sender); "
+            "subdomains only when listed. Any domain when empty."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
 
@@ -679,16 +699,107 @@ class HTTPSubmission(SpecModel):
         default=None,
         description=(
             "Secret holding the API key clients send as a Bearer token (key `api-key` "
-            "when `key` is omitted); no authentication when omitted."
+            "when `key` is omitted). When omitted: the pool's generated Secret "
+            "(`status.submissionSecret`, key `api-key`), unless "
+            "`submission.allowUnauthenticated`."
         ),
+    )
+    from_domains: list[DomainName] = Field(
+        default_factory=list,
+        description=(
+            "Domains mail submitted over HTTP may use in From (and envelopeFrom); subdomains "
+            "only when listed. Any domain when empty."
+        ),
+        json_schema_extra={"x-kubernetes-list-type": "set"},
     )
 
 
+class IPBlock(SpecModel):
+    """A network allowed in, as a NetworkPolicy's `ipBlock`."""
+
+    cidr: IPOrCIDR = Field(description="A network (10.0.0.0/8) or one address.")
+    except_: list[IPOrCIDR] | None = Field(
+        default=None, alias="except", description="Networks inside `cidr` that stay out."
+    )
+
+
+class NetworkPeer(SpecModel):
+    """Who may reach the submission ports, as a NetworkPolicy peer: a namespace selector,
+    a pod selector (both: those pods in those namespaces), or an IP block."""
+
+    rules = (
+        Rule(
+            cel="has(self.ipBlock) ? !has(self.namespaceSelector) && !has(self.podSelector)"
+            " : has(self.namespaceSelector) || has(self.podSelector)",
+            message="give ipBlock alone, or namespaceSelector and/or podSelector",
+            holds=lambda p: (
+                p.namespace_selector is None and p.pod_selector is None
+                if p.ip_block is not None
+                else p.namespace_selector is not None or p.pod_selector is not None
+            ),
+        ),
+    )
+
+    namespace_selector: LabelSelector | None = Field(
+        default=None, description="Namespaces whose pods may connect ({} = every namespace)."
+    )
+    pod_selector: LabelSelector | None = Field(
+        default=None,
+        description="Pods that may connect (in the pool's namespace, or in namespaceSelector's).",
+    )
+    ip_block: IPBlock | None = Field(default=None, description="Addresses that may connect.")
+
+
+_PORTS = ("[self.smtp.port, self.http.port, self.adminPort, self.publicPort, "
+          f"{FEEDBACK_PORT}]")
+
+
 class Submission(SpecModel):
-    """How applications hand mail to the pool."""
+    """How applications hand mail to the pool, who may reach the pods' ports, and the
+    ports of the pods' other listeners (docs/security.md)."""
+
+    rules = (
+        Rule(
+            cel=f"{_PORTS}.all(p, {_PORTS}.exists_one(q, q == p))",
+            message=(
+                f"smtp.port, http.port, adminPort, publicPort and the feedback port "
+                f"({FEEDBACK_PORT}) must all differ"
+            ),
+            holds=lambda s: len(
+                {s.smtp.port, s.http.port, s.admin_port, s.public_port, FEEDBACK_PORT}
+            ) == 5,
+        ),
+    )
 
     smtp: SMTPSubmission = Field(default_factory=SMTPSubmission, description="SMTP submission.")
     http: HTTPSubmission = Field(default_factory=HTTPSubmission, description="HTTP submission.")
+    allow_unauthenticated: bool = Field(
+        default=False,
+        description=(
+            "Accept submissions without a credential on a listener that names no Secret "
+            "(trusted networks only). When false (the default) and neither "
+            "smtp.authSecretRef nor http.apiKeySecretRef is given, the operator generates "
+            "the Secret `<pool>-submission` (named in status.submissionSecret)."
+        ),
+    )
+    allowed_from: list[NetworkPeer] | None = Field(
+        default=None,
+        description=(
+            "Who may reach the submission ports (the pool's NetworkPolicy): namespace or pod "
+            "selectors, IP blocks. Default: the pods of the pool's own namespace."
+        ),
+    )
+    admin_port: int = Field(
+        default=8081, ge=1, le=65535,
+        description=(
+            "The pods' admin port (probes, metrics, the operator's calls, the pool's pods "
+            "among themselves); only the operator and the pool's pods may reach it."
+        ),
+    )
+    public_port: int = Field(
+        default=8082, ge=1, le=65535,
+        description="The pods' public HTTP port: the one-click unsubscribe pages only.",
+    )
 
 
 # --- spec ---------------------------------------------------------------------------------------
@@ -893,6 +1004,13 @@ class SendingPoolStatus(StatusModel):
     selector: str | None = Field(
         default=None,
         description="Label selector of the pool's pods, for the scale subresource and HPAs.",
+    )
+    submission_secret: str | None = Field(
+        default=None,
+        description=(
+            "The Secret the operator generated for submission (API key under `api-key`, "
+            "SMTP user `mailfleet`) when the spec names none; read it to submit mail."
+        ),
     )
     ips: list[IPStatus] = Field(
         default_factory=list,

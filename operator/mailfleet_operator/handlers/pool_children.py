@@ -1,5 +1,5 @@
 """Watches of the kinds a SendingPool owns (controller-runtime's `Owns()`): its StatefulSet,
-Services, ConfigMap, PodDisruptionBudget and Secrets, as kopf indexes by pool.
+Services, ConfigMap, PodDisruptionBudget, NetworkPolicy and Secrets, as kopf indexes by pool.
 
 Each main cycle compares the desired children with these live objects, so a child deleted
 or edited by hand is repaired at the next cycle (one renewal interval) without a read per
@@ -55,6 +55,13 @@ def sendingpool_child_pdbs(
     return _entry("PodDisruptionBudget", namespace, labels, body)
 
 
+@kopf.index("networking.k8s.io", "v1", "networkpolicies", labels=_LABELS)
+def sendingpool_child_networkpolicies(
+    namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
+) -> dict[Key, Entry]:
+    return _entry("NetworkPolicy", namespace, labels, body)
+
+
 @kopf.index("", "v1", "secrets", labels=_LABELS)
 def sendingpool_child_secrets(
     namespace: str | None, labels: kopf.Labels, body: kopf.Body, **_: Any
@@ -67,6 +74,7 @@ INDEXES = (
     "sendingpool_child_services",
     "sendingpool_child_configmaps",
     "sendingpool_child_pdbs",
+    "sendingpool_child_networkpolicies",
     "sendingpool_child_secrets",
 )
 

@@ -121,6 +121,11 @@ POD_DISRUPTION_BUDGETS = Resource(
     group="policy", version="v1", plural="poddisruptionbudgets", kind="PodDisruptionBudget",
     verbs=_verbs(*_OWNED), why="one voluntary eviction at a time per SendingPool",
 )
+NETWORK_POLICIES = Resource(
+    group="networking.k8s.io", version="v1", plural="networkpolicies", kind="NetworkPolicy",
+    verbs=_verbs(*_OWNED),
+    why="who may reach each port of a SendingPool's pods (owned; closed by default)",
+)
 PERSISTENT_VOLUME_CLAIMS = Resource(
     group="", version="v1", plural="persistentvolumeclaims", kind="PersistentVolumeClaim",
     verbs=_verbs("list", "delete"),
@@ -181,6 +186,7 @@ ALL: tuple[Resource, ...] = (
     SERVICES,
     CONFIG_MAPS,
     POD_DISRUPTION_BUDGETS,
+    NETWORK_POLICIES,
     PERSISTENT_VOLUME_CLAIMS,
     PODS,
     NODES,

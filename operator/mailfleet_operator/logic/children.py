@@ -105,6 +105,18 @@ class Names:
         """The token the pool's pods use with each other: `logic.pool_secrets`."""
         return f"{self.pool}-peers"
 
+    @property
+    def submission_secret(self) -> str:
+        return f"{self.pool}-submission"
+
+    @property
+    def network_policy(self) -> str:
+        return self.pool
+
+    @property
+    def public_service(self) -> str:
+        return f"{self.pool}-public"
+
     def pod(self, ordinal: int) -> str:
         return f"{self.pool}-{ordinal}"
 
@@ -172,6 +184,11 @@ def _meta(name: str, namespace: str, pool: str, owner: Mapping[str, Any]) -> dic
     }
 
 
+def child_meta(name: str, pool: PoolObjects) -> dict[str, Any]:
+    """Metadata of one child: its name, the pool's labels and owner reference."""
+    return _meta(name, pool.namespace, pool.name, pool.owner)
+
+
 @dataclass(frozen=True)
 class PoolObjects:
     """Everything the builders need besides the spec."""
@@ -190,9 +207,7 @@ class PoolObjects:
 
 def build_statefulset(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, Any]:
     names = Names(pool.name)
-    smtp_port = spec.submission.smtp.port
-    http_port = spec.submission.http.port
-    probe = {"port": "http", "scheme": "HTTP"}
+    probe = {"port": "admin", "scheme": "HTTP"}  # probes never touch the submission port
     container: dict[str, Any] = {
         "name": "sender",
         "image": spec.image or pool.default_image,
@@ -210,10 +225,7 @@ def build_statefulset(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, 
             },
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
         ],
-        "ports": [
-            {"name": "smtp", "containerPort": smtp_port, "protocol": "TCP"},
-            {"name": "http", "containerPort": http_port, "protocol": "TCP"},
-        ],
+        "ports": container_ports(spec),
         "readinessProbe": {
             "httpGet": {"path": "/readyz", **probe},
             "periodSeconds": 2,
@@ -325,8 +337,24 @@ def build_statefulset(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, 
     }
 
 
+def container_ports(spec: sp.SendingPoolSpec) -> list[dict[str, Any]]:
+    """One named port per listener (docs/security.md): submission (smtp, http), admin, and
+    the public ones (unsubscribe pages, feedback reports when the loop is on)."""
+    sub = spec.submission
+    ports = [
+        {"name": "smtp", "containerPort": sub.smtp.port, "protocol": "TCP"},
+        {"name": "http", "containerPort": sub.http.port, "protocol": "TCP"},
+        {"name": "admin", "containerPort": sub.admin_port, "protocol": "TCP"},
+        {"name": "public", "containerPort": sub.public_port, "protocol": "TCP"},
+    ]
+    if spec.feedback_loop.enabled:
+        ports.append({"name": "feedback", "containerPort": sp.FEEDBACK_PORT, "protocol": "TCP"})
+    return ports
+
+
 def build_headless_service(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, Any]:
-    """Stable per-pod DNS names; lists unready pods too so the operator can reach them."""
+    """Stable per-pod DNS names for the pool's pods among themselves (admin port: hand-off,
+    replication); lists unready pods too so the operator can reach them."""
     names = Names(pool.name)
     return {
         "apiVersion": "v1",
@@ -337,7 +365,7 @@ def build_headless_service(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[
             "publishNotReadyAddresses": True,
             "selector": selector_labels(pool.name),
             "ports": [
-                {"name": "http", "port": spec.submission.http.port, "targetPort": "http"},
+                {"name": "admin", "port": spec.submission.admin_port, "targetPort": "admin"},
             ],
         },
     }
@@ -369,6 +397,23 @@ def build_client_service(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[st
                 },
             ],
         },
+    }
+
+
+def build_public_service(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, Any]:
+    """What an ingress (unsubscribe pages) or an inbound MX relay (feedback reports) points
+    at: only the public ports, on every ready pod (any pod can serve them)."""
+    names = Names(pool.name)
+    ports = [{"name": "public", "port": spec.submission.public_port, "targetPort": "public",
+              "protocol": "TCP"}]
+    if spec.feedback_loop.enabled:
+        ports.append({"name": "feedback", "port": sp.FEEDBACK_PORT, "targetPort": "feedback",
+                      "protocol": "TCP"})
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(names.public_service, pool.namespace, pool.name, pool.owner),
+        "spec": {"type": "ClusterIP", "selector": selector_labels(pool.name), "ports": ports},
     }
 
 
@@ -444,6 +489,7 @@ def build_children(
         build_config_map(pool, config_yaml=config_yaml),
         build_headless_service(spec, pool),
         build_client_service(spec, pool),
+        build_public_service(spec, pool),
         build_pdb(spec, pool),
         build_statefulset(spec, pool),
     ]

@@ -25,7 +25,13 @@ from mailfleet_sender import config as sc
 from mailfleet_operator.api import domainauth as da
 from mailfleet_operator.api import providers
 from mailfleet_operator.api import sendingpool as sp
-from mailfleet_operator.logic import children, egress_attachment, pool_secrets, throttle_division
+from mailfleet_operator.logic import (
+    children,
+    egress_attachment,
+    pool_secrets,
+    submission_access,
+    throttle_division,
+)
 
 # The key inside a DKIM key Secret that holds the PEM private key.
 DKIM_SECRET_KEY = "private.pem"
@@ -204,8 +210,7 @@ def render_throttles(throttling: sp.Throttling, active_pods: int) -> sc.Throttle
     )
 
 
-FEEDBACK_PORT = 2525
-"""The pods' inbound feedback port (DSNs, ARF reports) when the pool's feedback loop is on."""
+FEEDBACK_PORT = sp.FEEDBACK_PORT
 
 
 def render_deliverability(
@@ -219,6 +224,7 @@ def render_deliverability(
         feedback_port=FEEDBACK_PORT if spec.feedback_loop.enabled else None,
         link_key_dir=pool_secrets.links_mount(pool).path,
         peer_token_file=pool_secrets.peer_token_path(pool),
+        public_port=spec.submission.public_port,
     )
 
 
@@ -232,13 +238,21 @@ def render_config(spec_in: RenderInput) -> Rendered:
     mounts: list[children.SecretMount] = [
         pool_secrets.links_mount(spec_in.name), pool_secrets.peers_mount(spec_in.name),
     ]
+    sub = spec.submission
     submission = sc.Submission(
-        smtp_port=spec.submission.smtp.port,
-        http_port=spec.submission.http.port,
+        smtp_port=sub.smtp.port,
+        http_port=sub.http.port,
+        admin_port=sub.admin_port,
+        allow_unauthenticated=sub.allow_unauthenticated,
+        allow_plaintext_auth=sub.smtp.allow_plaintext_auth,
+        smtp_from_domains=list(sub.smtp.from_domains),
+        http_from_domains=list(sub.http.from_domains),
     )
-    smtp = spec.submission.smtp
-    if smtp.auth_secret_ref is not None:
-        mount = _secret_mount("smtp-auth", smtp.auth_secret_ref.name)
+    smtp = sub.smtp
+    access = submission_access.credentials(spec, spec_in.name)
+    if access.smtp_secret is not None:
+        # A Secret directory, one file per user: only the user key of the generated Secret.
+        mount = _secret_mount("smtp-auth", access.smtp_secret, access.smtp_items)
         mounts.append(mount)
         submission.credentials_file = mount.path
     if smtp.tls_secret_ref is not None:
@@ -246,10 +260,9 @@ def render_config(spec_in: RenderInput) -> Rendered:
         mounts.append(mount)
         submission.tls_cert_file = f"{mount.path}/tls.crt"
         submission.tls_key_file = f"{mount.path}/tls.key"
-    api_key = spec.submission.http.api_key_secret_ref
-    if api_key is not None:
-        key = api_key.key or "api-key"
-        mount = _secret_mount("http-api-key", api_key.name, (key,))
+    if access.api_key_secret is not None:
+        key = access.api_key_key
+        mount = _secret_mount("http-api-key", access.api_key_secret, (key,))
         mounts.append(mount)
         submission.api_key_file = f"{mount.path}/{key}"
 

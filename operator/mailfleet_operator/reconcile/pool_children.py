@@ -1,5 +1,6 @@
-"""Applying a SendingPool's owned children: the admin and DKIM Secrets, the StatefulSet,
-Services, ConfigMap and PodDisruptionBudget (built by `logic.children`), and the serving label.
+"""Applying a SendingPool's owned children: the admin, submission and DKIM Secrets, the
+StatefulSet, Services, ConfigMap, PodDisruptionBudget and NetworkPolicy (built by
+`logic.children` and `logic.submission_access`), and the serving label.
 
 Level-based: every cycle compares each desired child with the live one (from the watch of
 the owned kinds, else a read) and server-side applies it when it differs (`logic.child_drift`),
@@ -27,6 +28,7 @@ from mailfleet_operator.logic import (
     egress_attachment,
     pool_secrets,
     sender_config,
+    submission_access,
 )
 from mailfleet_operator.reconcile import context as ctx_module
 from mailfleet_operator.reconcile.pool_state import Cycle, PoolMemory
@@ -60,6 +62,7 @@ async def read_live(
         "Service": resources.SERVICES,
         "ConfigMap": resources.CONFIG_MAPS,
         "PodDisruptionBudget": resources.POD_DISRUPTION_BUDGETS,
+        "NetworkPolicy": resources.NETWORK_POLICIES,
         "Secret": resources.SECRETS,
     }[kind]
     return await ctx.client.get(resource, name=name, namespace=namespace)
@@ -149,6 +152,41 @@ async def ensure_generated_secrets(
         memory.generated[name] = dict(data)
 
 
+async def ensure_submission_secret(
+    ctx: ctx_module.Context,
+    spec: sp.SendingPoolSpec,
+    pool: children.PoolObjects,
+    memory: PoolMemory,
+    cycle: Cycle,
+    *,
+    live: Live | None = None,
+    applied: Applied | None = None,
+) -> str | None:
+    """The generated submission Secret (`submission_access`) when a listener uses it; its
+    name, else None. Created once with random values, never rewritten: a live Secret's values
+    are kept, one deleted by hand comes back with the values the operator remembers (which
+    the applications hold). A Secret of that name the pool does not own is left alone, and
+    used as it is."""
+    name = submission_access.credentials(spec, pool.name).generated
+    if name is None:
+        return None
+    current = await read_live(ctx, "Secret", name, pool.namespace, live)
+    if current is not None and not child_drift.owned_by(current, pool.uid):
+        return name  # made by the user under that name: the pods mount it as it is
+    values = (
+        submission_access.submission_values(current)
+        or memory.submission
+        or submission_access.new_submission_values()
+    )
+    desired = submission_access.build_submission_secret(pool, values)
+    await apply_child(
+        ctx, desired, pool.uid, memory, cycle, live=live,
+        applied=applied if applied is not None else Applied(), current=current,
+    )
+    memory.submission = dict(values)
+    return name
+
+
 async def apply_child(
     ctx: ctx_module.Context,
     body: Mapping[str, Any],
@@ -170,6 +208,7 @@ async def apply_child(
         "Service": resources.SERVICES,
         "ConfigMap": resources.CONFIG_MAPS,
         "PodDisruptionBudget": resources.POD_DISRUPTION_BUDGETS,
+        "NetworkPolicy": resources.NETWORK_POLICIES,
         "Secret": resources.SECRETS,
     }[kind]
     desired = child_drift.stamped(body)

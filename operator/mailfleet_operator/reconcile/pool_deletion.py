@@ -34,7 +34,13 @@ from pydantic import ValidationError
 from mailfleet_operator.api import sendingpool as sp
 from mailfleet_operator.kube import client as kube_client
 from mailfleet_operator.kube import resources
-from mailfleet_operator.logic import children, conditions, pool_deletion, usage_book
+from mailfleet_operator.logic import (
+    children,
+    conditions,
+    pool_deletion,
+    submission_access,
+    usage_book,
+)
 from mailfleet_operator.reconcile import context as ctx_module
 from mailfleet_operator.reconcile import pod_admin, pool_leases, pool_policy, pool_status
 from mailfleet_operator.reconcile.pool_state import (
@@ -112,7 +118,7 @@ async def reconcile_deletion(
         )
     )
     memory.token = token or None
-    port = spec.submission.http.port if spec is not None else sp.HTTPSubmission().port
+    port = spec.submission.admin_port if spec is not None else sp.Submission().admin_port
     stats = await _read_stats(admin, world.pods, port, token)
     # The leases first: a slow or failing API read below must not let them lapse.
     draining = {n for n, s in stats.items() if s.draining}
@@ -281,19 +287,19 @@ async def _handoff_target(
     if not chosen:
         return problem("it has no Ready pod")
     api_key: str | None = None
-    ref = spec.submission.http.api_key_secret_ref
-    if ref is not None:
-        secret = await ctx.client.get(resources.SECRETS, name=ref.name, namespace=namespace)
-        api_key = _secret_value(secret, ref.key or API_KEY_DEFAULT)
+    # Its own key Secret, else its generated one: what its submission listener accepts.
+    access = submission_access.credentials(spec, other)
+    if access.api_key_secret is not None:
+        secret = await ctx.client.get(
+            resources.SECRETS, name=access.api_key_secret, namespace=namespace
+        )
+        api_key = _secret_value(secret, access.api_key_key)
         if not api_key:
-            return problem(f"its API key (Secret {ref.name}) cannot be read")
+            return problem(f"its API key (Secret {access.api_key_secret}) cannot be read")
     port = spec.submission.http.port
     urls = sorted(pod_admin.PodEndpoint(p["metadata"]["name"], p["status"]["podIP"], port)
                   .base_url for p in chosen)
     return wire.HandoffTarget(urls=urls, api_key=api_key), pool_deletion.HandoffTarget(other)
-
-
-API_KEY_DEFAULT = "api-key"  # the key of apiKeySecretRef when `key` is omitted
 
 
 def _secret_value(secret: Mapping[str, Any] | None, key: str) -> str | None:

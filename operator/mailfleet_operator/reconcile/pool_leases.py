@@ -199,7 +199,7 @@ async def _step(
     for address in list(memory.deadlines):
         if address not in memory.leases:
             del memory.deadlines[address]
-    await _drain(admin, plan, pods_by_name, spec.submission.http.port, inputs.token, memory,
+    await _drain(admin, plan, pods_by_name, spec.submission.admin_port, inputs.token, memory,
                  now, failed, grace)
 
 
@@ -336,7 +336,7 @@ async def _send_assignment(
         elif lease.released:
             memory.leases[address] = dataclasses.replace(lease, released=False)
         memory.deadlines[address] = max(memory.deadlines.get(address, intent), intent)
-    endpoint = endpoint_of(pod, spec.submission.http.port) if pod is not None else None
+    endpoint = endpoint_of(pod, spec.submission.admin_port) if pod is not None else None
     if endpoint is None:
         return
     by_address = {ip.address: ip for ip in spec.egress.ips}

@@ -31,6 +31,7 @@ class PoolMemory(usage_book.UsageBook):
     generations: dict[str, int] = dataclasses.field(default_factory=dict)  # pod -> last sent
     applied: dict[str, str] = dataclasses.field(default_factory=dict)  # child -> hash
     token: str | None = None
+    submission: dict[str, str] | None = None  # the generated submission Secret's values
     stats: dict[str, wire.Stats] = dataclasses.field(default_factory=dict)
     stats_at: datetime | None = None
     samples: list[reputation.Sample] = dataclasses.field(default_factory=list)

@@ -23,6 +23,7 @@ says `InvalidSpec` and why, and `status.observedGeneration` stays at the generat
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -44,6 +45,7 @@ from mailfleet_operator.logic import (
     ip_leases,
     reputation,
     sender_config,
+    submission_access,
     throttle_division,
     usage_book,
 )
@@ -153,7 +155,7 @@ async def _reconcile_locked(
     )
 
     # --- gather: stats, DNSBL, DomainAuths, warm-ups -------------------------------------
-    http_port = spec.submission.http.port
+    http_port = spec.submission.admin_port  # every call to the pods goes to their admin port
     if memory.stats_at is None or now - memory.stats_at >= timedelta(
         seconds=settings.stats_interval
     ):
@@ -330,13 +332,24 @@ async def _reconcile_locked(
         secret_mounts=rendered.mounts,
         default_image=settings.sender_image,
     )
+    submission_secret: str | None = old_status.get("submissionSecret")  # frozen: as it was
     if not frozen:
         # The keys first: a config naming a key the Secret does not hold yet would make the
         # senders fall back to the previous key (or hold mail) for nothing.
         await pool_children.apply_dkim_secret(
             ctx, pool_objects, key_data, memory, cycle, live=world.children, applied=applied
         )
-        for child in children.build_children(spec, pool_objects, config_yaml=rendered.text):
+        # Before the pods mount it: a listener without its own Secret uses the generated one.
+        submission_secret = await pool_children.ensure_submission_secret(
+            ctx, spec, pool_objects, memory, cycle, live=world.children, applied=applied
+        )
+        owned = [
+            *children.build_children(spec, pool_objects, config_yaml=rendered.text),
+            submission_access.build_network_policy(
+                spec, pool_objects, _operator_pods(settings)
+            ),
+        ]
+        for child in owned:
             if child["kind"] == "ConfigMap":
                 annotations_of = child["metadata"].setdefault("annotations", {})
                 annotations_of[GOOD_SPEC_ANNOTATION] = _spec_record(spec, generation)
@@ -367,6 +380,10 @@ async def _reconcile_locked(
     status = status_module.build_status(
         spec, name, plan, views, leaving, memory, quotas, active, old_status=old_status
     )
+    if submission_secret:
+        status["submissionSecret"] = submission_secret
+    elif old_status.get("submissionSecret"):
+        status["submissionSecret"] = None  # the spec names its own Secrets now
     verdicts = status_module.verdicts(
         spec, plan, rendered, status, breaker, frozen, sts_replicas, desired_total, active,
         pool_paused,
@@ -396,6 +413,15 @@ async def _reconcile_locked(
         except kube_client.ApiError:
             pass  # events are best effort
     return ctx_module.Outcome(requeue_after=period, changed=cycle.writes > 0)
+
+
+def _operator_pods(settings: settings_module.Settings) -> submission_access.OperatorPods:
+    """The operator's own pods, let in to the senders' admin port."""
+    labels = dict(
+        item.split("=", 1) for item in settings.operator_pod_labels if "=" in item
+    )
+    namespace = settings.operator_namespace or os.environ.get("POD_NAMESPACE") or "default"
+    return submission_access.OperatorPods(namespace=namespace, labels=labels)
 
 
 def _refusal(body: Mapping[str, Any], settings: settings_module.Settings) -> str | None:

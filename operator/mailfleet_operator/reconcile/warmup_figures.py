@@ -96,7 +96,7 @@ async def read_stats(
             label_selector=f"{children.POOL_LABEL}={pool_name}",
         )
     token = await _admin_token(ctx, pool_name, namespace, memory)
-    port = pool.spec.submission.http.port
+    port = pool.spec.submission.admin_port
     wanted = set(addresses)
 
     async def one(pod: Mapping[str, Any]) -> tuple[str, wire.Stats | None]:

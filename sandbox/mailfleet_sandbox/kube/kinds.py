@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import copy
+import ipaddress
 import re
 from typing import Any
 
@@ -309,12 +310,52 @@ def validate_object(rt: ResourceType, obj: JSON, old: JSON | None) -> list[error
             if obj.get(fld) != old.get(fld):
                 causes.append(errors.field_forbidden(
                     fld, "field is immutable when `immutable` is set"))
+    elif key == "networking.k8s.io/networkpolicies":
+        causes += _validate_network_policy(spec)
     elif key == "/persistentvolumeclaims" and old is not None:
         if (obj.get("spec") or {}).get("accessModes") != (old.get("spec") or {}).get(
                 "accessModes"):
             causes.append(errors.field_forbidden("spec", "spec is immutable after creation "
                                                  "except resources.requests and "
                                                  "volumeAttributesClassName for bound claims"))
+    return causes
+
+
+def _validate_network_policy(spec: Any) -> list[errors.Cause]:
+    """The NetworkPolicy rules a wrong client would trip first: a pod selector, known policy
+    types, port numbers in range, CIDR networks, and peers of one form (kube-apiserver's
+    ValidateNetworkPolicySpec, in part)."""
+    if not isinstance(spec, dict):
+        return [errors.field_required("spec")]
+    causes: list[errors.Cause] = []
+    if not isinstance(spec.get("podSelector"), dict):
+        causes.append(errors.field_required("spec.podSelector"))
+    for i, kind in enumerate(spec.get("policyTypes") or []):
+        if kind not in ("Ingress", "Egress"):
+            causes.append(errors.field_not_supported(f"spec.policyTypes[{i}]", kind,
+                                                   ["Ingress", "Egress"]))
+    for i, rule in enumerate(spec.get("ingress") or []):
+        for j, port in enumerate(rule.get("ports") or []):
+            number = port.get("port")
+            if isinstance(number, int) and not 1 <= number <= 65535:
+                causes.append(errors.field_invalid(f"spec.ingress[{i}].ports[{j}].port",
+                                                   number, "must be between 1 and 65535"))
+        for j, peer in enumerate(rule.get("from") or []):
+            path = f"spec.ingress[{i}].from[{j}]"
+            block = peer.get("ipBlock")
+            if block is not None and (peer.get("podSelector") is not None
+                                      or peer.get("namespaceSelector") is not None):
+                causes.append(errors.field_forbidden(path, "may not specify more than 1 "
+                                                     "from type"))
+            for cidr in ([block.get("cidr"), *(block.get("except") or [])]
+                         if block else []):
+                try:
+                    if "/" not in str(cidr):
+                        raise ValueError(cidr)
+                    ipaddress.ip_network(str(cidr), strict=False)
+                except ValueError:
+                    causes.append(errors.field_invalid(f"{path}.ipBlock", cidr,
+                                                       "must be a valid CIDR"))
     return causes
 
 

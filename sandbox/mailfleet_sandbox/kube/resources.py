@@ -126,6 +126,8 @@ def builtin_types() -> list[ResourceType]:
         _rt("apps", "v1", "controllerrevisions", "ControllerRevision"),
         _rt("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget", short=("pdb",),
             status=True, gen=True),
+        _rt("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy", short=("netpol",),
+            gen=True),
         _rt("coordination.k8s.io", "v1", "leases", "Lease"),
         _rt("events.k8s.io", "v1", "events", "Event", short=("ev",), labels=_EVENTS_V1_LABELS),
         _rt("rbac.authorization.k8s.io", "v1", "roles", "Role"),

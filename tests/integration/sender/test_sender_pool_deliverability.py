@@ -192,7 +192,7 @@ async def test_one_click_unsubscribe_suppresses_everywhere_and_forgeries_change_
                                  bounceDomain="bounces.example.test")
     pods = make_pool(tmp_path, cfg, ["127.0.0.38", "127.0.0.39"])
     for pod in pods:  # the public URL reaches pod 1 (an ingress in front of the pool)
-        pod.cfg["deliverability"]["unsubscribeBaseUrl"] = pods[1].url
+        pod.cfg["deliverability"]["unsubscribeBaseUrl"] = pods[1].public_url
         pod.rewrite_config()
     process_reaper.extend(pods)
     await start_all(pods)

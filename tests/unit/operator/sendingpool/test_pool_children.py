@@ -62,6 +62,7 @@ def test_children_have_deterministic_names_and_the_same_bytes_every_time() -> No
         ("ConfigMap", "mail-config"),
         ("Service", "mail-pods"),
         ("Service", "mail"),
+        ("Service", "mail-public"),
         ("PodDisruptionBudget", "mail"),
         ("StatefulSet", "mail"),
     ]
@@ -169,8 +170,11 @@ def test_rendered_config_divides_limits_and_signs_only_with_active_keys(
         ("missing", "DomainAuthNotFound"),
         ("unready", "NoActiveKey"),
     ]
-    # DKIM keys are no per-key mounts any more; the pool's link keys and peer token are.
-    assert [m.secret_name for m in rendered.mounts] == ["mail-links", "mail-peers"]
+    # DKIM keys are no per-key mounts any more; the pool's link keys and peer token are, and
+    # the generated submission Secret's two keys, one per listener (closed by default).
+    assert [(m.secret_name, m.items) for m in rendered.mounts] == [
+        ("mail-links", ()), ("mail-peers", ("token",)),
+        ("mail-submission", ("mailfleet",)), ("mail-submission", ("api-key",))]
 
 
 def test_the_pod_runs_the_senders_own_command_with_its_identity_and_the_rendered_paths() -> None:
@@ -206,10 +210,11 @@ def test_the_pod_runs_the_senders_own_command_with_its_identity_and_the_rendered
         ).text
     )
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": rendered.submission.http_port, "smtp": rendered.submission.smtp_port}
-    assert rendered.submission.admin_port is None  # probes and /v1/* on the http port
+    sub, d = rendered.submission, rendered.deliverability
+    assert ports == {"http": sub.http_port, "smtp": sub.smtp_port, "admin": sub.admin_port,
+                     "public": d.public_port, "feedback": d.feedback_port}
     for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
-        assert container[probe]["httpGet"]["port"] == "http"
+        assert container[probe]["httpGet"]["port"] == "admin"  # never the submission port
     admin_mount = next(m for m in container["volumeMounts"] if m["name"] == "admin")
     assert rendered.admin_token_file == f"{admin_mount['mountPath']}/{children.ADMIN_TOKEN_KEY}"
     assert rendered.spool_dir == next(
