@@ -15,6 +15,7 @@ from mailfleet_sandbox.providers import ProviderFleet
 from sandbox_fixtures.sender import (
     ADMIN_TOKEN,
     API_KEY,
+    PEER_TOKEN,
     RunningSender,
     SenderFactory,
     base_config,
@@ -227,9 +228,11 @@ async def test_each_listener_serves_only_its_own_paths(
     assert (await c.request("GET", "/metrics"))[0] == 200
     assert (await c.request("GET", "/v1/unsubscribe/abc"))[0] == 200  # the form page
     # The admin listener takes hand-offs from the pool's pods, with the peer token only.
+    # Each secret has one purpose: neither the API key nor the admin token hands off.
+    for wrong_token in (API_KEY, ADMIN_TOKEN):
+        status, _ = await c.request("POST", "/v1/messages", admin=True, json=MESSAGE,
+                                    token=wrong_token)
+        assert status == 401
     status, _ = await c.request("POST", "/v1/messages", admin=True, json=MESSAGE,
-                                token=API_KEY)
-    assert status == 401
-    status, _ = await c.request("POST", "/v1/messages", admin=True, json=MESSAGE,
-                                token=ADMIN_TOKEN)  # the peer token defaults to it
+                                token=PEER_TOKEN)
     assert status == 202

@@ -38,7 +38,7 @@ def _link(sender: RunningSender, recipient: str = RCPT) -> str:
 
 async def _click(sender: RunningSender, path: str) -> tuple[int, Any]:
     async with aiohttp.ClientSession() as http, http.post(
-        f"{sender.client.base}{path}", data="List-Unsubscribe=One-Click",
+        f"{sender.client.public}{path}", data="List-Unsubscribe=One-Click",
         headers={"Content-Type": "application/x-www-form-urlencoded"},
     ) as response:
         return response.status, await response.json()
