@@ -60,8 +60,20 @@ def with_wire_schemas(document: dict[str, Any]) -> dict[str, Any]:
     return document
 
 
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings as literal blocks, so the YAML reads like the prose it holds."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
 def dump(document: dict[str, Any]) -> str:
-    return yaml.safe_dump(document, sort_keys=False, allow_unicode=True, width=100)
+    return yaml.dump(document, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=100)
 
 
 def main(argv: list[str] | None = None) -> int:
