@@ -638,6 +638,8 @@ def parse_config(text: str) -> SenderConfig:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML: {exc}") from exc
+    except RecursionError as exc:  # PyYAML parses nested collections recursively
+        raise ConfigError("not valid YAML: nested too deeply") from exc
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):

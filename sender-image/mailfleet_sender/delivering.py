@@ -91,6 +91,13 @@ class Session:
         smtp = self._smtp
         self.sent += 1
         self.data_sent = False
+        for stage, address in (("mail", sender), ("rcpt", recipient)):
+            if "\r" in address or "\n" in address:
+                # aiosmtplib writes addresses verbatim (GHSA-v3q9-hj7j-63hq, no fixed release
+                # yet): a line break would inject commands. Intake refuses such addresses;
+                # this holds even for a spool written by another version.
+                return Reply(code=554, text="address contains a line break: not sent",
+                             stage=stage, enhanced="5.5.2", mx_host=self.mx_host)
         stage = "mail"
         try:
             await smtp.mail(sender, options=[f"SIZE={len(data)}"] if smtp.supports_extension(

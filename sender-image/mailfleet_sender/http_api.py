@@ -10,7 +10,9 @@ Submission (`submission.httpPort`, applications):
   Every body is read whole under a cap per kind (`bodies`; 413 beyond it).
 
 Admin (`submission.adminPort`, the operator, the kubelet, Prometheus and the pool's pods):
-- `/healthz` (the process serves), `/readyz` (it accepts mail), `/metrics`: unauthenticated.
+- `/healthz` (the process serves), `/readyz` (it accepts mail), `/metrics`: unauthenticated;
+  `/openapi.json`: this API's contract (`openapi`, the same document as
+  docs/sender-openapi.yaml).
 - `GET /v1/stats`, `GET|PUT /v1/assignment`, `POST /v1/drain[?handoff=true]`,
   `DELETE /v1/drain` (undrain), and `/v1/suppressions` (`suppression.suppression_routes`):
   admin (or peer) token as Bearer.
@@ -47,6 +49,7 @@ from mailfleet_sender import (
     leases,
     messages,
     metrics,
+    openapi,
     wire,
 )
 
@@ -144,6 +147,7 @@ class Api:
             web.get("/healthz", self.healthz),
             web.get("/readyz", self.readyz),
             web.get("/metrics", self.metrics),
+            web.get("/openapi.json", self.openapi),
             web.get("/v1/stats", self.stats),
             web.get("/v1/assignment", self.get_assignment),
             web.put("/v1/assignment", self.put_assignment),
@@ -390,6 +394,9 @@ class Api:
             body=self.backend.metrics.render(),
             headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
         )
+
+    async def openapi(self, request: web.Request) -> web.Response:
+        return web.Response(body=openapi.document_json(), content_type="application/json")
 
     # --- admin ------------------------------------------------------------------------
 

@@ -83,6 +83,8 @@ MAX_IMPORT_BYTES = 2 * 1024 * 1024
 """Body size of a bulk import request."""
 PAGE_LIMIT = 1000
 """Entries per page of the changes feed and of the listing."""
+MAX_QUERY_INT = 2**63 - 1
+"""Cursors and offsets are SQLite integers: a larger value is a 400, not an overflow."""
 MAX_ENTRY_BYTES = 16 * 1024
 """Body size of a request about one address (PUT)."""
 MAX_SKEW_US = 5 * 60 * 1_000_000
@@ -562,8 +564,8 @@ def suppression_routes(
 
     def int_param(request: web.Request, name: str, default: int) -> int:
         value = int(request.query.get(name, default))
-        if value < 0:
-            raise ValueError(f"{name} must be >= 0")
+        if not 0 <= value <= MAX_QUERY_INT:
+            raise ValueError(f"{name} must be 0-{MAX_QUERY_INT}")
         return value
 
     @routes.get("/v1/suppressions")
