@@ -34,6 +34,7 @@ from mailfleet_sender import (
     tls_policy,
     tlsrpt,
     units,
+    wire,
 )
 
 MAX_CACHED = 10_000
@@ -84,6 +85,8 @@ class TransportSecurity:
         )
         self.by_ip: dict[str, Share] = collections.defaultdict(Share)
         self.by_provider: dict[str, Share] = collections.defaultdict(Share)
+        self.refused = 0
+        self.fallbacks = 0
         self.reports = tlsrpt.Aggregator(wall=wall)
         self._cache: collections.OrderedDict[tuple[str, str], tuple[float, tls_policy.DomainPolicy]]
         self._cache = collections.OrderedDict()
@@ -195,6 +198,17 @@ class TransportSecurity:
         )
         return tls_policy.TlsaAnswer(status="secure", records=records)
 
+    def stats(self) -> wire.TLSStats:
+        def share(s: Share) -> wire.TLSShare:
+            return wire.TLSShare(sessions=s.sessions, tls=s.tls,
+                                 share=s.tls / s.sessions if s.sessions else None)
+
+        return wire.TLSStats(
+            by_ip={k: share(v) for k, v in self.by_ip.items()},
+            by_provider={k: share(v) for k, v in self.by_provider.items()},
+            refused=self.refused, fallbacks=self.fallbacks,
+        )
+
     # --- outcomes ---------------------------------------------------------------------------
 
     def observer(
@@ -212,6 +226,8 @@ class TransportSecurity:
             else:
                 result = "plaintext"
             self.sessions.labels(result=result, policy=str(event.mode)).inc()
+            self.refused += int(event.refused)
+            self.fallbacks += int(event.fallback and not event.tls)
             if not event.refused:
                 for share in (self.by_ip[source_ip], self.by_provider[provider]):
                     share.sessions += 1
