@@ -187,6 +187,10 @@ class DNSServer:
         self._tcp: asyncio.Server | None = None
         self._tcp_writers: set[asyncio.StreamWriter] = set()
         self._requested_port = port
+        self.secure_zones: set[dns.name.Name] = set()
+        """Zones this server vouches for as a validating resolver would: answers under them
+        carry AD when the query asked (DO or AD set). A stand-in for a DNSSEC-validating
+        resolver (bogus data is a `set_failure(..., "SERVFAIL")`, as such a resolver answers)."""
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -540,6 +544,7 @@ class DNSServer:
             response.set_rcode(dns.rcode.REFUSED)
         else:
             self._resolve(query, response)
+            self._vouch(query, response, question.name)
         limit = 65535
         if udp:
             limit = UDP_DEFAULT_PAYLOAD
@@ -555,6 +560,21 @@ class DNSServer:
             response.additional.clear()
             response.flags |= dns.flags.TC
             return response.to_wire(max_size=limit)
+
+    def mark_secure(self, zone: str) -> None:
+        """Answer for names under `zone` as validated (AD) from now on."""
+        self.secure_zones.add(_to_name(zone))
+
+    def _vouch(
+        self, query: dns.message.Message, response: dns.message.Message, name: dns.name.Name
+    ) -> None:
+        asked = query.flags & dns.flags.AD or query.ednsflags & dns.flags.DO
+        if (
+            asked
+            and response.rcode() in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN)
+            and any(name.is_subdomain(zone) for zone in self.secure_zones)
+        ):
+            response.flags |= dns.flags.AD
 
     @staticmethod
     def _formerr(wire: bytes) -> bytes | None:

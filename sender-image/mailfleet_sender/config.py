@@ -28,7 +28,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from mailfleet_sender import from_domains, hostnames, report_limits, units
+from mailfleet_sender import from_domains, hostnames, report_limits, tls_policy, units
 from mailfleet_sender import shaping as shaping_rules
 
 
@@ -177,6 +177,99 @@ class Relay(ConfigModel):
         return self
 
 
+TLSVersion = Literal["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
+
+
+class DaneResolver(ConfigModel):
+    """A DNSSEC-validating resolver whose AD bit is trusted (RFC 7672 §2.1). It must be one
+    the pod reaches over a trusted path (a node-local or in-cluster validating resolver)."""
+
+    address: str = Field(description="Resolver IP address.")
+    port: int = Field(default=53, ge=1, le=65535, description="Resolver port.")
+
+
+class ProviderTLS(ConfigModel):
+    """TLS settings of one provider (named as in `throttles.providers`); unset fields keep
+    the pool's."""
+
+    name: str = Field(description="Provider name, as in throttles.providers.")
+    require_tls: bool | None = Field(
+        default=None, alias="requireTLS", description="Never send to it in clear."
+    )
+    min_version: TLSVersion | None = Field(default=None, description="Lowest TLS version.")
+    dane: bool | None = Field(default=None, description="Honour DANE TLSA records.")
+    mta_sts: bool | None = Field(default=None, description="Honour MTA-STS policies.")
+
+
+class TLSReports(ConfigModel):
+    """TLS-RPT (RFC 8460): daily reports to the receiving domains that ask for them."""
+
+    enabled: bool = Field(default=False, description="Send TLS-RPT reports.")
+    organization: str = Field(default="mailfleet", description="organization-name of reports.")
+    contact: str = Field(default="", description="contact-info of reports (an address).")
+    from_address: str | None = Field(
+        default=None,
+        description="From of reports sent by mail (DKIM-signed by the pool's key for its domain).",
+    )
+    interval: units.Duration = Field(
+        default="24h", description="Length of a report period (a day; shorter in test beds)."
+    )
+    timeout: units.Duration = Field(default="30s", description="Per HTTPS report POST.")
+
+
+class DeliveryTLS(ConfigModel):
+    """Transport security of MX delivery (docs/deliverability.md, "Transport security"):
+    DANE, then MTA-STS, then opportunistic STARTTLS with a plaintext retry."""
+
+    require_tls: bool = Field(
+        default=False,
+        alias="requireTLS",
+        description="Never send in clear: a failed or missing STARTTLS defers the message.",
+    )
+    min_version: TLSVersion = Field(default="TLSv1.2", description="Lowest TLS version offered.")
+    dane: bool = Field(
+        default=True, description="Honour DANE TLSA records (needs daneResolver)."
+    )
+    dane_resolver: DaneResolver | None = Field(
+        default=None,
+        description="Validating resolver whose AD bit is trusted; no DANE without it.",
+    )
+    mta_sts: bool = Field(default=True, description="Honour MTA-STS policies (RFC 8461).")
+    mta_sts_port: int = Field(
+        default=443, ge=1, le=65535, description="HTTPS port of policy hosts (443; test beds)."
+    )
+    ca_file: str | None = Field(
+        default=None,
+        description=(
+            "Extra trust anchors (PEM) for MTA-STS policy hosts and MX certificates, besides "
+            "the system store (test beds, private CAs)."
+        ),
+    )
+    policy_fetch_timeout: units.Duration = Field(
+        default="10s", description="MTA-STS TXT lookup plus policy fetch."
+    )
+    policy_refresh: units.Duration = Field(
+        default="1h", description="How long a domain's decided policy is reused."
+    )
+    providers: list[ProviderTLS] = Field(
+        default_factory=list, description="Per-provider overrides (by provider name)."
+    )
+    reports: TLSReports = Field(default_factory=TLSReports)
+
+    def settings_for(self, provider: str, *, opportunistic: bool) -> tls_policy.Settings:
+        """The pool's settings with the named provider's overrides applied."""
+        o = next((p for p in self.providers if p.name == provider), None) or ProviderTLS(
+            name=provider
+        )
+        return tls_policy.Settings(
+            opportunistic=opportunistic,
+            require_tls=self.require_tls if o.require_tls is None else o.require_tls,
+            min_version=self.min_version if o.min_version is None else o.min_version,
+            dane=(self.dane if o.dane is None else o.dane) and self.dane_resolver is not None,
+            mta_sts=self.mta_sts if o.mta_sts is None else o.mta_sts,
+        )
+
+
 class Delivery(ConfigModel):
     """How mail leaves the pod."""
 
@@ -205,6 +298,9 @@ class Delivery(ConfigModel):
     )
     opportunistic_tls: bool = Field(
         default=True, description="STARTTLS when the MX offers it (certificates not verified)."
+    )
+    tls: DeliveryTLS = Field(
+        default_factory=DeliveryTLS, description="DANE, MTA-STS, requireTLS, TLS-RPT."
     )
     lease_margin: units.Duration = Field(
         default="1s",

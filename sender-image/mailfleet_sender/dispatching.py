@@ -47,6 +47,8 @@ from mailfleet_sender import (
     scheduling,
     spool,
     throttles,
+    tls_policy,
+    transport_security,
     units,
 )
 
@@ -162,6 +164,10 @@ class Engine:
         self.totals: collections.Counter[str] = collections.Counter()
         self.today = DayCounts(day=clock_.day())
         self._shape_buckets: dict[str, throttles.TokenBucket] = {}
+        self.transport = transport_security.TransportSecurity(
+            cfg, resolver=resolver.resolver, metric_set=metric_set, clock=clock_.monotonic,
+            wall=clock_.wall,
+        )
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -206,6 +212,7 @@ class Engine:
     def reconfigure(self, cfg: config.SenderConfig) -> None:
         """Apply a reloaded config: classes, retries, throttles, DKIM domains, day length."""
         self.cfg = cfg
+        self.transport.reconfigure(cfg)
         self.clock.day_length = units.duration_seconds(cfg.clock.day_length)
         self.clock.timezone = cfg.clock.timezone
         for key, bucket in list(self._buckets.items()):
@@ -739,8 +746,12 @@ class Engine:
             self._give_back(source, reservation)
             self._hold(delivery, "no usable DKIM key for " + delivery.from_domain)
             return session
+        security = None
+        if lane.route is not None:
+            security = await self.transport.policy(delivery.domain, lane.route, lane.provider)
         if session is not None and (
             session.broken or session.sent >= self.cfg.delivery.messages_per_connection
+            or (security is not None and session.policy_key != security.key)
         ):
             await session.close()
             session = attempt.session = None
@@ -749,14 +760,17 @@ class Engine:
         if session is None:
             try:
                 session = attempt.session = await delivering.connect(
-                    self._target(lane),
+                    self._target(lane, security, delivery.domain, source.address),
                     source_address=self._bind_address(source),
                     helo_name=source.helo_name,
                     timeouts=self._timeouts(),
                 )
             except delivering.DeliveryFailure as failure:
                 self._give_back(source, reservation)
-                self._connection_failed(lane, delivery, failure.reply)
+                if failure.reply.enhanced == "4.7.5":
+                    self._tls_refused(lane, delivery, failure.reply)
+                else:
+                    self._connection_failed(lane, delivery, failure.reply)
                 return None
         if self.hooks.is_suppressed(delivery.recipient, delivery.class_name):
             # Suppressed while this attempt was being signed or connected: not attempted.
@@ -883,7 +897,25 @@ class Engine:
             self._failed(item, reply, source=lane.address, provider=lane.provider,
                          count_attempt=True, site=lane.site)
 
-    def _target(self, lane: Lane) -> delivering.Target:
+    def _tls_refused(self, lane: Lane, delivery: spool.Delivery, reply: hooks.Reply) -> None:
+        """No MX host of the domain met its transport security policy: the domain's mail in
+        the lane is deferred (never sent in clear); other domains of the site are not."""
+        items = lane.queue.drain()
+        self._queued[lane.address] -= len(items)
+        for item in items:
+            if item.domain != delivery.domain:
+                self._requeue(lane, item)
+        for item in [delivery, *(i for i in items if i.domain == delivery.domain)]:
+            self._failed(item, reply, source=lane.address, provider=lane.provider,
+                         count_attempt=True, site=lane.site)
+
+    def _target(
+        self,
+        lane: Lane,
+        security: tls_policy.DomainPolicy | None = None,
+        domain: str = "",
+        source_ip: str = "",
+    ) -> delivering.Target:
         d = self.cfg.delivery
         if lane.route is None:
             relay = d.relay
@@ -903,6 +935,11 @@ class Engine:
             hosts=hosts,
             port=d.smtp_port,
             tls="opportunistic" if d.opportunistic_tls else "none",
+            security=security,
+            contexts=self.transport.context,
+            observe=None if security is None else self.transport.observer(
+                domain=domain, source_ip=source_ip, provider=lane.provider, policy=security
+            ),
         )
 
     def _bind_address(self, source: leases.Source) -> str | None:

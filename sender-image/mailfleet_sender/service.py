@@ -562,6 +562,7 @@ class Service:
             ),
             handoff=self.handoff.status() if self.handoff else wire.HandoffStats(),
             dkim=self._dkim_stats(),
+            tls=self.engine.transport.stats(),
         )
 
     def _past_days(self, today: int) -> list[wire.DayStats]:

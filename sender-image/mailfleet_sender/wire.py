@@ -292,6 +292,25 @@ class DayStats(ResponseModel):
     ips: list[DayIPStats] = Field(default_factory=list)
 
 
+class TLSShare(ResponseModel):
+    """Outbound connections that carried mail, and the share of them encrypted."""
+
+    sessions: int = 0
+    tls: int = 0
+    share: float | None = Field(default=None, description="tls / sessions; null without any.")
+
+
+class TLSStats(ResponseModel):
+    """Since the process started: what receivers saw, per source IP and per provider."""
+
+    by_ip: dict[str, TLSShare] = Field(default_factory=dict)
+    by_provider: dict[str, TLSShare] = Field(default_factory=dict)
+    refused: int = Field(
+        default=0, description="Connections not used: a DANE/MTA-STS/requireTLS check failed."
+    )
+    fallbacks: int = Field(default=0, description="Failed handshakes retried in clear.")
+
+
 class Stats(ResponseModel):
     """GET /v1/stats: what the operator reads for status, autoscaling and warm-up gates."""
 
@@ -329,6 +348,7 @@ class Stats(ResponseModel):
     dkim: dict[str, DKIMDomainStats] = Field(
         default_factory=dict, description="Per signing domain: selectors in use, bad keys."
     )
+    tls: TLSStats = Field(default_factory=TLSStats, description="Transport security shares.")
 
 
 class SubmitRequest(RequestModel):

@@ -185,6 +185,22 @@ class BIMI(SpecModel):
     )
 
 
+TLSRPT_URI_PATTERN = r"^(mailto:[^@\s,!;]+@[A-Za-z0-9.-]+\.[A-Za-z]{2,}|https://[^\s,;/?#]+(/[^\s,;]*)?)$"
+
+TLSRPTURI = Annotated[str, Field(pattern=TLSRPT_URI_PATTERN, max_length=512)]
+
+
+class TLSRPT(SpecModel):
+    """The `_smtp._tls` TXT record (RFC 8460 §3): where receivers send TLS reports about mail
+    sent to this domain."""
+
+    rua: Annotated[list[TLSRPTURI], common.unique_items("rua URI")] = Field(
+        min_length=1,
+        max_length=MAX_REPORT_URIS,
+        description="mailto: or https: URIs, e.g. mailto:tls-reports@example.com.",
+    )
+
+
 class Publish(SpecModel):
     """How the records reach DNS."""
 
@@ -246,6 +262,9 @@ class DomainAuthSpec(SpecModel):
     spf: SPF = Field(default_factory=SPF, description="The SPF record.")
     dmarc: DMARC = Field(default_factory=DMARC, description="The DMARC record.")
     bimi: BIMI | None = Field(default=None, description="The BIMI record; none when omitted.")
+    tlsrpt: TLSRPT | None = Field(
+        default=None, description="The TLS-RPT record (_smtp._tls); none when omitted."
+    )
     return_path: DomainName | None = Field(
         default=None,
         description=(

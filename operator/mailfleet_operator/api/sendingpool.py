@@ -22,6 +22,7 @@ from mailfleet_operator.api.common import (
     DNSLabel,
     DomainName,
     Duration,
+    IPAddress,
     IPOrCIDR,
     KubeName,
     MXPattern,
@@ -816,6 +817,71 @@ def _active_pods(spec: SendingPoolSpec) -> int:
     return spec.autoscaling.min_replicas if spec.autoscaling else spec.replicas
 
 
+TLSVersion = Literal["TLSv1", "TLSv1.1", "TLSv1.2", "TLSv1.3"]
+
+
+class DaneResolver(SpecModel):
+    """A DNSSEC-validating resolver the pods reach over a trusted path."""
+
+    address: IPAddress = Field(description="Resolver IP address (node-local or in-cluster).")
+    port: int = Field(default=53, ge=1, le=65535, description="Resolver port.")
+
+
+class ProviderTLS(SpecModel):
+    """Transport security of one provider; unset fields keep the pool's."""
+
+    name: DNSLabel = Field(description="Provider name, as in throttling.providers or built-in.")
+    require_tls: bool | None = Field(
+        default=None, alias="requireTLS", description="Never send to this provider in clear."
+    )
+    min_version: TLSVersion | None = Field(default=None, description="Lowest TLS version.")
+    dane: bool | None = Field(default=None, description="Honour DANE TLSA records.")
+    mta_sts: bool | None = Field(default=None, description="Honour MTA-STS policies.")
+
+
+class TLSReports(SpecModel):
+    """TLS-RPT (RFC 8460): daily reports to receiving domains that publish `_smtp._tls`."""
+
+    enabled: bool = Field(default=False, description="Send TLS-RPT reports.")
+    organization: str = Field(
+        default="mailfleet", max_length=200, description="organization-name in the reports."
+    )
+    contact: str = Field(
+        default="", max_length=200, description="contact-info in the reports (an address)."
+    )
+
+
+class TransportSecurity(SpecModel):
+    """TLS of MX delivery: DANE, then MTA-STS, then opportunistic STARTTLS with a retry in
+    clear after a failed handshake (docs/deliverability.md, "Transport security")."""
+
+    require_tls: bool = Field(
+        default=False,
+        alias="requireTLS",
+        description="Never send in clear: no STARTTLS or a failed handshake defers the mail.",
+    )
+    min_version: TLSVersion = Field(default="TLSv1.2", description="Lowest TLS version.")
+    dane: bool = Field(
+        default=True, description="Honour DANE TLSA records (only with daneResolver)."
+    )
+    dane_resolver: DaneResolver | None = Field(
+        default=None,
+        description="Validating resolver whose AD bit the pods trust; no DANE without it.",
+    )
+    mta_sts: bool = Field(default=True, description="Honour MTA-STS policies (RFC 8461).")
+    providers: Annotated[list[ProviderTLS], common.unique_by("provider name", lambda p: p.name)] = (
+        Field(
+            default_factory=list,
+            description="Per-provider overrides.",
+            json_schema_extra={
+                "x-kubernetes-list-type": "map",
+                "x-kubernetes-list-map-keys": ["name"],
+            },
+        )
+    )
+    reports: TLSReports = Field(default_factory=TLSReports, description="TLS-RPT reports.")
+
+
 class SendingPoolSpec(SpecModel):
     """Desired state of a SendingPool: pods, IPs, classes, throttles and guard rails."""
 
@@ -932,6 +998,10 @@ class SendingPoolSpec(SpecModel):
     )
     deletion: Deletion = Field(
         default_factory=Deletion, description="How a deleted pool drains before it goes."
+    )
+    transport_security: TransportSecurity = Field(
+        default_factory=TransportSecurity,
+        description="DANE, MTA-STS, requireTLS and TLS-RPT of MX delivery.",
     )
 
 

@@ -162,6 +162,11 @@ def desired_records(
             )
         except records.RecordSpecError as error:
             errors["bimi"] = str(error)
+    if spec.tlsrpt is not None:
+        try:
+            out.append(records.build_tlsrpt_record(domain=domain, rua=spec.tlsrpt.rua))
+        except records.RecordSpecError as error:
+            errors["tlsrpt"] = str(error)
     return Desired(records=tuple(out), errors=errors)
 
 
@@ -191,7 +196,8 @@ def check_record(record: records.DnsRecord, answer: Answer | None) -> RecordChec
     if not found:
         return RecordCheck(record, False, "not in DNS", absent=True)
     if len(found) > 1:
-        what = {"spf": "SPF records", "dmarc": "DMARC records", "bimi": "BIMI records"}.get(
+        what = {"spf": "SPF records", "dmarc": "DMARC records", "bimi": "BIMI records",
+                "tlsrpt": "TLS-RPT records"}.get(
             record.family, "records"
         )
         return RecordCheck(
@@ -215,6 +221,8 @@ def _matcher(record: records.DnsRecord) -> tuple[Any, Any]:
         return records.is_dmarc, records.same_tags
     if record.family == "bimi":
         return records.is_bimi, records.same_tags
+    if record.family == "tlsrpt":
+        return records.is_tlsrpt, records.same_tags
     # DKIM: any TXT at the selector name is a candidate; two of them confuse verifiers.
     return (lambda _v: True), records.same_dkim_key
 

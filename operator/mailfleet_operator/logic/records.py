@@ -23,7 +23,7 @@ TXT_STRING_LIMIT = 255
 """Bytes in one TXT character-string (RFC 1035 §3.3)."""
 
 RecordType = Literal["TXT", "CNAME"]
-RecordFamily = Literal["dkim", "spf", "dmarc", "bimi", "returnPath"]
+RecordFamily = Literal["dkim", "spf", "dmarc", "bimi", "returnPath", "tlsrpt"]
 
 _LABEL = r"[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?"
 _DOMAIN_RE = re.compile(rf"({_LABEL}\.)+[A-Za-z]([-A-Za-z0-9]{{0,61}}[A-Za-z0-9])?")
@@ -218,6 +218,10 @@ def is_bimi(value: str) -> bool:
     return re.match(r"v\s*=\s*BIMI1\s*(;|$)", value) is not None
 
 
+def is_tlsrpt(value: str) -> bool:
+    return re.match(r"v\s*=\s*TLSRPTv1\s*(;|$)", value) is not None
+
+
 def same_spf(published: str, expected: str) -> bool:
     """Equal up to whitespace and case of mechanism names (what a receiver would evaluate)."""
     return published.lower().split() == expected.lower().split()
@@ -344,3 +348,26 @@ def build_return_path_record(*, domain: str, host: str, target: str) -> DnsRecor
         )
     target = check_domain(target.rstrip("."), field="spec.returnPath.target")
     return DnsRecord(family="returnPath", name=name, type="CNAME", value=target)
+
+
+# --- TLS-RPT -----------------------------------------------------------------------------------
+
+
+def tlsrpt_record_name(*, domain: str) -> str:
+    return f"_smtp._tls.{domain}"
+
+
+def build_tlsrpt_record(*, domain: str, rua: Sequence[str]) -> DnsRecord:
+    """`v=TLSRPTv1; rua=...` at `_smtp._tls.<domain>` (RFC 8460 §3): mailto or https URIs."""
+    if not rua:
+        raise RecordSpecError("spec.tlsrpt.rua", "at least one mailto: or https: URI is needed")
+    for index, uri in enumerate(rua):
+        if not (_MAILTO_RE.fullmatch(uri) or _HTTPS_RE.fullmatch(uri)) or "," in uri:
+            raise RecordSpecError(
+                f"spec.tlsrpt.rua[{index}]",
+                f"{uri!r} is neither a mailto: nor an https: URI",
+            )
+    return DnsRecord(
+        family="tlsrpt", name=tlsrpt_record_name(domain=domain), type="TXT",
+        value=f"v=TLSRPTv1; rua={','.join(rua)}",
+    )

@@ -272,6 +272,7 @@ def render_config(spec_in: RenderInput) -> Rendered:
         delivery.bind_source = False
     if spec_in.smtp_port is not None:
         delivery.smtp_port = spec_in.smtp_port
+    delivery.tls = render_transport_security(spec.transport_security)
     if spec.egress.mode == "relay" and spec.egress.relay is not None:
         relay = spec.egress.relay
         rendered_relay = sc.Relay(host=relay.host, port=relay.port, tls=relay.tls)
@@ -323,4 +324,25 @@ def render_config(spec_in: RenderInput) -> Rendered:
         mounts=tuple(mounts),
         problems=tuple(problems),
         signing_domains=tuple(d.domain for d in dkim.domains),
+    )
+
+
+def render_transport_security(ts: sp.TransportSecurity) -> sc.DeliveryTLS:
+    """spec.transportSecurity as the sender's `delivery.tls` (same fields, per pod)."""
+    return sc.DeliveryTLS(
+        require_tls=ts.require_tls,
+        min_version=ts.min_version,
+        dane=ts.dane,
+        dane_resolver=(
+            sc.DaneResolver(address=ts.dane_resolver.address, port=ts.dane_resolver.port)
+            if ts.dane_resolver is not None else None
+        ),
+        mta_sts=ts.mta_sts,
+        providers=[
+            sc.ProviderTLS(name=p.name, require_tls=p.require_tls, min_version=p.min_version,
+                           dane=p.dane, mta_sts=p.mta_sts)
+            for p in ts.providers
+        ],
+        reports=sc.TLSReports(enabled=ts.reports.enabled, organization=ts.reports.organization,
+                              contact=ts.reports.contact),
     )

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from mailfleet_operator.logic import records
+from mailfleet_operator.api import domainauth
+from mailfleet_operator.logic import domainauths, records
 
 KEY_400 = "A" * 400
 
@@ -240,3 +241,41 @@ def test_same_dkim_key(published: str, expected: str, same: bool) -> None:
 )
 def test_is_spf(value: str, spf: bool) -> None:
     assert records.is_spf(value) is spf
+
+
+def test_tlsrpt_record_names_where_tls_reports_go() -> None:
+    record = records.build_tlsrpt_record(
+        domain="example.com",
+        rua=["mailto:tls-reports@example.com", "https://reports.example.com/v1/tlsrpt"],
+    )
+    assert (record.family, record.name, record.type) == (
+        "tlsrpt", "_smtp._tls.example.com", "TXT")
+    assert record.value == (
+        "v=TLSRPTv1; rua=mailto:tls-reports@example.com,https://reports.example.com/v1/tlsrpt"
+    )
+    assert records.is_tlsrpt(record.value)
+    assert records.same_tags("v=TLSRPTv1;rua=mailto:tls-reports@example.com,"
+                             "https://reports.example.com/v1/tlsrpt", record.value)
+
+
+@pytest.mark.parametrize(
+    "rua",
+    [[], ["ftp://reports.example.com"], ["mailto:a@example.com,mailto:b@example.com"]],
+    ids=["no destination", "a scheme TLS-RPT does not know", "a comma inside one URI"],
+)
+def test_tlsrpt_record_refuses_unusable_destinations(rua: list[str]) -> None:
+    with pytest.raises(records.RecordSpecError, match=r"spec\.tlsrpt\.rua"):
+        records.build_tlsrpt_record(domain="example.com", rua=rua)
+
+
+def test_a_domainauth_with_tlsrpt_publishes_its_smtp_tls_record() -> None:
+    spec = domainauth.DomainAuthSpec.model_validate(
+        {"domain": "example.com", "tlsrpt": {"rua": ["mailto:tls@example.com"]}})
+    desired = domainauths.desired_records(spec=spec, published_keys=[], pool_ips=[])
+    [tls] = [r for r in desired.records if r.family == "tlsrpt"]
+    assert (tls.name, tls.value) == (
+        "_smtp._tls.example.com", "v=TLSRPTv1; rua=mailto:tls@example.com")
+    assert "tlsrpt" not in desired.errors
+    with pytest.raises(ValueError, match="rua"):
+        domainauth.DomainAuthSpec.model_validate(
+            {"domain": "example.com", "tlsrpt": {"rua": ["ftp://x.example.com"]}})

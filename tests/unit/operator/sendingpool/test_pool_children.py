@@ -307,3 +307,27 @@ def test_a_key_whose_secret_could_not_be_copied_is_left_out_and_reported() -> No
     dkim, problems = sender_config.render_dkim(["example-com"], objects, available=set())
     assert dkim.domains == []  # nothing to sign with: the senders hold this domain's mail
     assert [p.reason for p in problems] == ["KeySecretMissing"]
+
+
+def test_transport_security_of_the_pool_and_its_providers_reaches_the_sender() -> None:
+    spec = SPEC.model_copy(update={"transport_security": sp.TransportSecurity.model_validate({
+        "requireTLS": True, "minVersion": "TLSv1.3", "mtaSts": True,
+        "daneResolver": {"address": "10.0.0.10"},
+        "providers": [{"name": "gmail", "requireTLS": False, "dane": False}],
+        "reports": {"enabled": True, "contact": "tls@example.com"},
+    })})
+    rendered = sender_config.render_config(sender_config.RenderInput(
+        name="mail", namespace="ns", spec=spec, active_pods=1, domain_auths={}))
+    tls = sc.parse_config(rendered.text).delivery.tls
+    assert tls.settings_for("gmail", opportunistic=True) == sc.tls_policy.Settings(
+        require_tls=False, min_version="TLSv1.3", dane=False, mta_sts=True)
+    assert tls.settings_for("yahoo", opportunistic=True) == sc.tls_policy.Settings(
+        require_tls=True, min_version="TLSv1.3", dane=True, mta_sts=True)
+    assert tls.reports.enabled and tls.reports.contact == "tls@example.com"
+    assert "requireTLS: true" in rendered.text
+
+
+def test_transport_security_refuses_a_provider_named_twice() -> None:
+    with pytest.raises(ValueError, match="provider name"):
+        sp.TransportSecurity.model_validate(
+            {"providers": [{"name": "gmail"}, {"name": "gmail", "requireTLS": True}]})
