@@ -5,7 +5,8 @@ metrics and admin API for Kubernetes and the operator.
   RFC 5322 (`Content-Type: message/rfc822`, recipients in `to` query parameters, else the
   To/Cc/Bcc headers). 202 once the message is on disk; the same checks and codes as SMTP
   (`intake`), as HTTP statuses. `X-Mailfleet-Handoff: <key>` marks a message another pod hands
-  off: the key is stored with it and a repeat answers 202 without storing it twice. Hand-offs
+  off: the key is stored with it and a repeat answers 202 without storing it twice, also while
+  this pod drains (any other submission is then refused with 503). Hand-offs
   carry their envelope in the body (`envelopes.CONTENT_TYPE`); the query form stays accepted.
   Every body is read whole under a cap per kind (`bodies`; 413 beyond it).
 - `POST /v1/unsubscribe/{token}` (RFC 8058 one-click, body `List-Unsubscribe=One-Click`):
@@ -155,8 +156,8 @@ class Api:
             self.backend.metrics.rejected.labels("http", "auth").inc()
             return _error(401, "missing or invalid API key", "auth")
         intake_ = self.backend.intake
-        if not intake_.accepting:
-            return _rejection(intake.DRAINING)
+        if not intake_.accepting and HANDOFF_HEADER not in request.headers:
+            return _rejection(intake.DRAINING)  # a hand-off repeat is looked up (`intake`)
         content_type = request.content_type
         if content_type != "application/json" and content_type not in RAW_TYPES and (
             content_type != envelopes.CONTENT_TYPE

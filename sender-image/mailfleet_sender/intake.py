@@ -5,6 +5,7 @@ and tier, write it durably to the spool, hand it to the engine. Both submission 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Sequence
@@ -89,6 +90,14 @@ class Intake:
         `started`: an SMTP transaction begun before draining started is allowed to finish.
         `handoff_key`: idempotency key of a message another pod hands off (stored with it)."""
         if not self.accepting and not started:
+            if handoff_key is not None:
+                # A repeat of a hand-off stored here before the drain (its first answer was
+                # lost): the sender may drop its copy, which this pod now hands on itself.
+                # Anything else is refused, so the sender knows it is not stored here.
+                stored = await asyncio.to_thread(self.spool.handoff_stored, handoff_key)
+                if stored is not None:
+                    return Queued(spool_id=stored, message_id="", recipients=len(recipients),
+                                  duplicate=True)
             self.metrics.rejected.labels(via, "draining").inc()
             return DRAINING
         verdict = self._check(sender, recipients, data, class_name, tier)

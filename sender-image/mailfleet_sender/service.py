@@ -70,6 +70,9 @@ log = logging.getLogger(__name__)
 RELOAD_INTERVAL = 1.0
 """How often the config and key files are checked for changes."""
 DEFAULT_GRACE = 25.0
+"""Seconds SIGTERM waits for in-flight transactions (under Kubernetes' default 30 s)."""
+MARK_RETRY = 1.0
+"""Seconds between tries of marking the queue for hand-off when the spool refused."""
 QUARANTINABLE = {
     "spool": spool.SPOOL_FILE,
     "suppression": deliverability.SUPPRESSION_FILE,
@@ -78,7 +81,6 @@ QUARANTINABLE = {
 """The databases on the spool volume a corrupt copy of which is set aside at start."""
 PAST_DAYS = 7
 """Quota days before today whose persisted counters `/v1/stats` reports (`days`)."""
-"""Seconds SIGTERM waits for in-flight transactions (under Kubernetes' default 30 s)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -545,7 +547,7 @@ class Service:
                 commit_failures=self.spool.commit_failures,
                 unrecorded_updates=self.spool.unrecorded,
             ),
-            handoff=self.handoff.status() if self.handoff else wire.HandoffStats(),
+            handoff=self._handoff_stats(),
             dkim=self._dkim_stats(),
         )
 
@@ -706,9 +708,20 @@ class Service:
             draining=self.draining,
             handoff=self._handoff_draining,
             ready=self.ready(),
-            handoff_state=runner.state if runner is not None else "idle",  # type: ignore[arg-type]
+            handoff_state=self._handoff_stats().state,
             handoff_unsettled=len(runner.unclear()) if runner is not None else 0,
         )
+
+    def _handoff_stats(self) -> wire.HandoffStats:
+        """The hand-off as the operator must see it. While a hand-off starts (in-flight
+        deliveries finishing, rows being marked) there is no runner yet, or only the one of an
+        earlier hand-off: it is reported running (its queue still counts in `queues`), never
+        idle or done, or the operator would take the drain as settled and undrain the pod
+        before anything was handed off."""
+        stats = self.handoff.status() if self.handoff is not None else wire.HandoffStats()
+        if self._handoff_task is not None and not self._handoff_task.done():
+            return stats.model_copy(update={"state": "running"})
+        return stats
 
     def _new_runner(
         self, carry: tuple[dict[str, handoff._Sticky], dict[str, int]] | None = None
@@ -751,8 +764,16 @@ class Service:
             await self.handoff.finish_now()
         carry = self._retire_runner()
         await self.engine.stop(grace=self.grace)
-        await self.spool.flush()
-        marked = await self.spool.mark_handoff()
+        while True:
+            try:
+                await self.spool.flush()
+                marked = await self.spool.mark_handoff()
+                break
+            except spool.SpoolError:
+                # Not marked, so nothing is handed off and the engine is stopped: try again
+                # rather than leave the pod draining with its mail and nothing moving it.
+                log.exception("marking the queue for hand-off failed; trying again")
+                await asyncio.sleep(MARK_RETRY)
         self.engine.forget_pending()
         log.info("hand-off started", extra={"messages_marked": marked})
         self.handoff = self._new_runner(carry)
