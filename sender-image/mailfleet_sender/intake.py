@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mailfleet_sender import clock, config, dispatching, messages, metrics, spool
 
@@ -49,6 +49,9 @@ class Intake:
         self.clock = clock_
         self.hostname = hostname
         self.accepting = True
+        self.accepted_while_draining: Callable[[], None] | None = None
+        """Called after a message was stored while not accepting (an SMTP transaction begun
+        before a drain and ended after it): a hand-off under way must take it too."""
 
     @property
     def limits(self) -> messages.Limits:
@@ -128,6 +131,8 @@ class Intake:
                 recipients=deliveries.recipients, duplicate=True,
             )
         self.engine.add(deliveries, data=accepted.data)
+        if not self.accepting and self.accepted_while_draining is not None:
+            self.accepted_while_draining()
         self.metrics.accepted.labels(via, chosen_class).inc()
         self.engine.totals["accepted"] += 1
         return Queued(

@@ -170,6 +170,8 @@ class Service:
         self._handed_off_before = 0
         """Messages handed off by runners that have ended (totals.handedOff)."""
         self._drain_lock = asyncio.Lock()
+        self._late: set[asyncio.Task[None]] = set()
+        """Hand-offs of mail accepted after the queue was marked (`_hand_off_late`)."""
 
     @property
     def listen_address(self) -> str:
@@ -229,6 +231,7 @@ class Service:
             clock_=self.clock,
             hostname=self.hostname,
         )
+        self.intake.accepted_while_draining = self._accepted_while_draining
         self.metrics.attach(self._collect)
         self.smtp = submission_smtp.SMTPServer(
             cfg.submission, self.intake, self.hostname, host=self.listen_address
@@ -779,6 +782,40 @@ class Service:
         self.handoff = self._new_runner(carry)
         self.handoff.start()
 
+    def _accepted_while_draining(self) -> None:
+        if self._handoff_draining and not self.stopping:
+            task = asyncio.create_task(self._hand_off_late(), name="handoff-late")
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+
+    async def _hand_off_late(self) -> None:
+        """Mail stored after the queue was marked (an SMTP transaction begun before the drain
+        may end after it) is marked too and handed off, not left queued behind a stopped
+        engine; a runner that already finished is followed by a new one."""
+        async with self._drain_lock:
+            if self._handoff_task is not None:
+                with contextlib.suppress(Exception):  # undrain reports a failed start
+                    await asyncio.shield(self._handoff_task)
+            if not self._handoff_draining or self.stopping:
+                return  # undrained meanwhile: the message was loaded into the queue
+            await self.spool.flush()
+            if not await self.spool.mark_handoff():
+                return  # the start phase marked it
+            self.engine.forget_pending()  # the stopped engine's copy is stale
+            runner = self.handoff
+        if runner is not None:
+            with contextlib.suppress(Exception):
+                await runner.wait()  # a running runner may have read its last batch already
+        async with self._drain_lock:
+            if not self._handoff_draining or self.stopping or self.handoff is not runner:
+                return  # undrained, stopped, or a newer runner that reads the spool anyway
+            if runner is not None and runner.state == "running":
+                return
+            carry = self._retire_runner()
+            self.handoff = self._new_runner(carry)
+            self.handoff.start()
+            log.info("hand-off resumed for mail accepted while draining")
+
     async def undrain(self) -> wire.DrainStatus:
         """Accept mail again (`DELETE /v1/drain`). Idempotent. A hand-off in progress is
         cancelled: re-submissions under way get their answer first; messages no peer accepted
@@ -841,6 +878,8 @@ class Service:
         if self._reload_task is not None:
             self._reload_task.cancel()
         await self.smtp.stop(grace=grace)
+        for late in list(self._late):
+            late.cancel()
         if self._handoff_task is not None:
             self._handoff_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -2,7 +2,8 @@
 still starting (in-flight deliveries finishing) is never reported settled, a peer that gives
 no answer costs one timeout per round instead of one per message, and a peer that drains after
 storing a message still lets its sender settle that message instead of waiting for the peer's
-own drain to end. No message is lost or stored twice."""
+own drain to end; mail accepted after the queue was marked (an SMTP transaction that began
+before the drain) is handed off with the rest. No message is lost or stored twice."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiosmtplib
 import pytest
 from aiohttp import web
 from mailfleet_sandbox.dns import DNSServer
@@ -196,3 +198,39 @@ async def test_a_draining_peer_answers_a_repeat_it_holds_so_the_sender_can_settl
                     and sum(q["depth"] for q in stats["queues"].values()) == 0)
 
     await eventually(one_copy_marked, "the one stored copy marked for hand-off")
+
+
+async def test_mail_accepted_after_the_queue_was_marked_is_handed_off_too(
+    tmp_path: Path, dns_server: DNSServer, provider_fleet: ProviderFleet,
+    sender_factory: SenderFactory, serve_peers: Callable[[Peer], Awaitable[str]],
+) -> None:
+    peer = Peer(answering=True)
+    keys = make_dkim_keys(tmp_path / "keys", "example.test", dns_server)
+    cfg = base_config(tmp_path, dns=dns_server, destination_port=provider_fleet.port, keys=keys)
+    cfg["deliverability"] = {**cfg["deliverability"],
+                             "peers": {"urls": [await serve_peers(peer)]},
+                             "handoff": {"retryEvery": "200ms"}}
+    sender = await sender_factory(cfg, pod="sender-a")
+    await inject(sender, 3, to=lambda i: f"early{i}@gmail.test")  # no lease: all queued
+
+    async with aiosmtplib.SMTP(hostname="127.0.0.1", port=sender.smtp_port, timeout=10) as smtp:
+        await smtp.mail("news@example.test")
+        await smtp.rcpt("late@gmail.test")
+        await _drain(sender)  # the transaction began before the drain: it may still end
+
+        async def first_done() -> bool:
+            return bool((await sender.client.stats())["handoff"]["state"] == "done")
+
+        await eventually(first_done, "the queue marked and handed off")
+        code, _ = await smtp.data(b"From: news@example.test\r\nTo: late@gmail.test\r\n"
+                                  b"Subject: late\r\nMessage-ID: <late@example.test>\r\n\r\nx\r\n")
+        assert code == 250  # accepted: it must leave this pod like the rest
+
+    async def all_moved() -> bool:
+        stats = await sender.client.stats()
+        return bool(len(peer.stored) == 4 and stats["handoff"]["state"] == "done"
+                    and sum(q["depth"] for q in stats["queues"].values()) == 0)
+
+    await eventually(all_moved, "the late message handed off too")
+    assert sorted(peer.recipients()) == sorted(
+        ["late@gmail.test"] + [f"early{i}@gmail.test" for i in range(3)])
