@@ -16,7 +16,9 @@ Exactly once, across crashes of either side:
   side, as long as it is still listed. An attempt that ended without a clear answer (timeout,
   connection dropped after sending) is retried at that pod only; another pod is chosen when
   it answered "not stored" (connection refused, 503 draining, any other refusal) or has been
-  gone from the peer list for `handoff.retargetAfter`.
+  gone from the peer list for `handoff.retargetAfter`. A pod whose attempt ended unclear gets
+  no other message that round (the fresh ones go to their next pod): one frozen peer costs one
+  timeout per round. A draining receiver still answers a repeat it holds as a duplicate.
 - The envelope travels in the body (`envelopes`), so any number of recipients fits; a peer of
   the previous version answers 415 to that and gets the old form (envelope in the query) when
   the request line stays short enough. A message every peer rejects for itself (4xx other than
@@ -126,6 +128,10 @@ class HandOff:
         self._sticky: dict[str, _Sticky] = dict(sticky)
         self._unclear: dict[str, int] = dict(unclear)
         """handoff key -> local message id of attempts that ended unclear."""
+        self._silent: set[str] = set()
+        """Targets whose attempt this round got no clear answer (timed out, dropped): the
+        round's other messages are not sent there, so one frozen pod costs one timeout per
+        round, not one per message, and fresh messages go to the next pod in their order."""
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._stop_event = asyncio.Event()
@@ -197,6 +203,7 @@ class HandOff:
                     self.last_error = "no other pod to hand off to"
                     await self._pause(pause)
                     continue
+                self._silent = set()
                 gate = asyncio.Semaphore(CONCURRENCY)
                 results = await asyncio.gather(
                     *(self._gated(gate, http, item, targets) for item in items)
@@ -263,9 +270,12 @@ class HandOff:
         every_one_rejected = True
         answer = ""
         while True:
-            url = self._choose(key, targets, refused)
-            if url is None:
-                if refused and every_one_rejected:
+            url = self._choose(key, targets, refused | self._silent)
+            if url is None or url in self._silent:
+                # Nobody left to try this round (or the pod that may hold it is silent).
+                if url is None and refused and every_one_rejected and not (
+                    self._silent & set(targets)
+                ):
                     return await self._rejected_everywhere(key, item, answer)
                 self.failures += 1
                 self.metrics.handoff.labels("failed").inc()
@@ -290,6 +300,7 @@ class HandOff:
                 self.metrics.handoff.labels("failed").inc()
                 return False
             if outcome == Outcome.UNCLEAR:
+                self._silent.add(url)
                 self._sticky[key] = _Sticky(url)
                 self._unclear[key] = item.message
                 self.failures += 1

@@ -18,7 +18,8 @@ Admin (`submission.adminPort`, the operator, the kubelet, Prometheus and the poo
   admin (or peer) token as Bearer.
 - `POST /v1/messages` with the peer token: hand-off between the pool's pods.
   `X-Mailfleet-Handoff: <key>` marks a message another pod hands off: the key is stored with
-  it and a repeat answers 202 without storing it twice. Hand-offs carry their envelope in the
+  it and a repeat answers 202 without storing it twice, also while this pod drains (any
+  other submission is then refused with 503). Hand-offs carry their envelope in the
   body (`envelopes.CONTENT_TYPE`); the query form stays accepted. (A hand-off to another
   pool goes to that pool's submission listener with its API key.)
 
@@ -192,8 +193,8 @@ class Api:
 
     async def _submit(self, request: web.Request, *, allowed: Sequence[str]) -> web.Response:
         intake_ = self.backend.intake
-        if not intake_.accepting:
-            return _rejection(intake.DRAINING)
+        if not intake_.accepting and HANDOFF_HEADER not in request.headers:
+            return _rejection(intake.DRAINING)  # a hand-off repeat is looked up (`intake`)
         content_type = request.content_type
         if content_type != "application/json" and content_type not in RAW_TYPES and (
             content_type != envelopes.CONTENT_TYPE

@@ -5,9 +5,10 @@ and tier, write it durably to the spool, hand it to the engine. Both submission 
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from mailfleet_sender import clock, config, dispatching, messages, metrics, spool
 
@@ -48,6 +49,9 @@ class Intake:
         self.clock = clock_
         self.hostname = hostname
         self.accepting = True
+        self.accepted_while_draining: Callable[[], None] | None = None
+        """Called after a message was stored while not accepting (an SMTP transaction begun
+        before a drain and ended after it): a hand-off under way must take it too."""
 
     @property
     def limits(self) -> messages.Limits:
@@ -89,6 +93,14 @@ class Intake:
         `started`: an SMTP transaction begun before draining started is allowed to finish.
         `handoff_key`: idempotency key of a message another pod hands off (stored with it)."""
         if not self.accepting and not started:
+            if handoff_key is not None:
+                # A repeat of a hand-off stored here before the drain (its first answer was
+                # lost): the sender may drop its copy, which this pod now hands on itself.
+                # Anything else is refused, so the sender knows it is not stored here.
+                stored = await asyncio.to_thread(self.spool.handoff_stored, handoff_key)
+                if stored is not None:
+                    return Queued(spool_id=stored, message_id="", recipients=len(recipients),
+                                  duplicate=True)
             self.metrics.rejected.labels(via, "draining").inc()
             return DRAINING
         verdict = self._check(sender, recipients, data, class_name, tier)
@@ -119,6 +131,8 @@ class Intake:
                 recipients=deliveries.recipients, duplicate=True,
             )
         self.engine.add(deliveries, data=accepted.data)
+        if not self.accepting and self.accepted_while_draining is not None:
+            self.accepted_while_draining()
         self.metrics.accepted.labels(via, chosen_class).inc()
         self.engine.totals["accepted"] += 1
         return Queued(

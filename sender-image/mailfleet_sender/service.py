@@ -70,6 +70,9 @@ log = logging.getLogger(__name__)
 RELOAD_INTERVAL = 1.0
 """How often the config and key files are checked for changes."""
 DEFAULT_GRACE = 25.0
+"""Seconds SIGTERM waits for in-flight transactions (under Kubernetes' default 30 s)."""
+MARK_RETRY = 1.0
+"""Seconds between tries of marking the queue for hand-off when the spool refused."""
 QUARANTINABLE = {
     "spool": spool.SPOOL_FILE,
     "suppression": deliverability.SUPPRESSION_FILE,
@@ -78,7 +81,6 @@ QUARANTINABLE = {
 """The databases on the spool volume a corrupt copy of which is set aside at start."""
 PAST_DAYS = 7
 """Quota days before today whose persisted counters `/v1/stats` reports (`days`)."""
-"""Seconds SIGTERM waits for in-flight transactions (under Kubernetes' default 30 s)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +171,8 @@ class Service:
         self._handed_off_before = 0
         """Messages handed off by runners that have ended (totals.handedOff)."""
         self._drain_lock = asyncio.Lock()
+        self._late: set[asyncio.Task[None]] = set()
+        """Hand-offs of mail accepted after the queue was marked (`_hand_off_late`)."""
 
     @property
     def listen_address(self) -> str:
@@ -228,6 +232,7 @@ class Service:
             clock_=self.clock,
             hostname=self.hostname,
         )
+        self.intake.accepted_while_draining = self._accepted_while_draining
         self.metrics.attach(self._collect)
         self.smtp = submission_smtp.SMTPServer(
             cfg.submission, self.intake, self.hostname, host=self.listen_address
@@ -560,7 +565,7 @@ class Service:
                 commit_failures=self.spool.commit_failures,
                 unrecorded_updates=self.spool.unrecorded,
             ),
-            handoff=self.handoff.status() if self.handoff else wire.HandoffStats(),
+            handoff=self._handoff_stats(),
             dkim=self._dkim_stats(),
             tls=self.engine.transport.stats(),
         )
@@ -726,9 +731,20 @@ class Service:
             draining=self.draining,
             handoff=self._handoff_draining,
             ready=self.ready(),
-            handoff_state=runner.state if runner is not None else "idle",  # type: ignore[arg-type]
+            handoff_state=self._handoff_stats().state,
             handoff_unsettled=len(runner.unclear()) if runner is not None else 0,
         )
+
+    def _handoff_stats(self) -> wire.HandoffStats:
+        """The hand-off as the operator must see it. While a hand-off starts (in-flight
+        deliveries finishing, rows being marked) there is no runner yet, or only the one of an
+        earlier hand-off: it is reported running (its queue still counts in `queues`), never
+        idle or done, or the operator would take the drain as settled and undrain the pod
+        before anything was handed off."""
+        stats = self.handoff.status() if self.handoff is not None else wire.HandoffStats()
+        if self._handoff_task is not None and not self._handoff_task.done():
+            return stats.model_copy(update={"state": "running"})
+        return stats
 
     def _new_runner(
         self, carry: tuple[dict[str, handoff._Sticky], dict[str, int]] | None = None
@@ -772,12 +788,54 @@ class Service:
             await self.handoff.finish_now()
         carry = self._retire_runner()
         await self.engine.stop(grace=self.grace)
-        await self.spool.flush()
-        marked = await self.spool.mark_handoff()
+        while True:
+            try:
+                await self.spool.flush()
+                marked = await self.spool.mark_handoff()
+                break
+            except spool.SpoolError:
+                # Not marked, so nothing is handed off and the engine is stopped: try again
+                # rather than leave the pod draining with its mail and nothing moving it.
+                log.exception("marking the queue for hand-off failed; trying again")
+                await asyncio.sleep(MARK_RETRY)
         self.engine.forget_pending()
         log.info("hand-off started", extra={"messages_marked": marked})
         self.handoff = self._new_runner(carry)
         self.handoff.start()
+
+    def _accepted_while_draining(self) -> None:
+        if self._handoff_draining and not self.stopping:
+            task = asyncio.create_task(self._hand_off_late(), name="handoff-late")
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+
+    async def _hand_off_late(self) -> None:
+        """Mail stored after the queue was marked (an SMTP transaction begun before the drain
+        may end after it) is marked too and handed off, not left queued behind a stopped
+        engine; a runner that already finished is followed by a new one."""
+        async with self._drain_lock:
+            if self._handoff_task is not None:
+                with contextlib.suppress(Exception):  # undrain reports a failed start
+                    await asyncio.shield(self._handoff_task)
+            if not self._handoff_draining or self.stopping:
+                return  # undrained meanwhile: the message was loaded into the queue
+            await self.spool.flush()
+            if not await self.spool.mark_handoff():
+                return  # the start phase marked it
+            self.engine.forget_pending()  # the stopped engine's copy is stale
+            runner = self.handoff
+        if runner is not None:
+            with contextlib.suppress(Exception):
+                await runner.wait()  # a running runner may have read its last batch already
+        async with self._drain_lock:
+            if not self._handoff_draining or self.stopping or self.handoff is not runner:
+                return  # undrained, stopped, or a newer runner that reads the spool anyway
+            if runner is not None and runner.state == "running":
+                return
+            carry = self._retire_runner()
+            self.handoff = self._new_runner(carry)
+            self.handoff.start()
+            log.info("hand-off resumed for mail accepted while draining")
 
     async def undrain(self) -> wire.DrainStatus:
         """Accept mail again (`DELETE /v1/drain`). Idempotent. A hand-off in progress is
@@ -841,6 +899,8 @@ class Service:
         if self._reload_task is not None:
             self._reload_task.cancel()
         await self.smtp.stop(grace=grace)
+        for late in list(self._late):
+            late.cancel()
         if self._handoff_task is not None:
             self._handoff_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -280,6 +280,13 @@ class Spool:
             for key, items in grouped.items()
         ]
 
+    def handoff_stored(self, key: str) -> int | None:
+        """The message a hand-off key was stored as (None: never stored here), read from
+        what is committed: a draining pod still answers a repeat it holds as a duplicate."""
+        with self._connect() as db:
+            row = db.execute("SELECT message FROM handoffs WHERE key = ?", (key,)).fetchone()
+        return None if row is None else int(row[0])
+
     def count_handoff(self) -> int:
         with self._connect() as db:
             (n,) = db.execute(
