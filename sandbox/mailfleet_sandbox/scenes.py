@@ -962,7 +962,8 @@ async def gateway_mode(result: SceneResult, world: SandboxWorld, ledger: Ledger,
                     for i in range(count)]
         accepted = [s for s in sent if s.status == 202]
         result.check("the gateway pool accepted every submission", len(accepted) == count,
-                     f"{len(accepted)}/{count} accepted (HTTP to {pod_ip})")
+                     f"{len(accepted)}/{count} accepted (HTTP to {pod_ip}; answers "
+                     f"{sorted(Counter(s.status for s in sent).items())})")
         left = await settle(world, ledger, within=within, scene="gateway_mode")
         got = received_index(world)
         arrived = [got[s.message_id][0] for s in accepted if s.message_id in got]
