@@ -91,6 +91,29 @@ async def read_stats(
     memory.samples = reputation.prune_samples(memory.samples, now=now, window=timedelta(days=1))
 
 
+def report_quarantines(memory: PoolMemory, cycle: Cycle) -> None:
+    """One Warning Event per corrupt database a pod set aside at start (its log says it too):
+    the pod runs with an empty one, so mail or suppressions it held need a person's look.
+    Remembered per pod and path while the pod reports it; a restarted pod reports anew only
+    what it set aside itself."""
+    seen: set[str] = set()
+    for pod, stats in memory.stats.items():
+        for moved in stats.spool.quarantined:
+            key = f"{pod}/{moved.path}"
+            seen.add(key)
+            if key not in memory.quarantines:
+                cycle.event(
+                    "Warning",
+                    "SpoolQuarantined",
+                    f"pod {pod}: its {moved.database} database was corrupt and was set aside "
+                    f"as {moved.path} ({moved.reason or 'corrupt'}); the pod started with an "
+                    "empty one (docs/sender.md, Spool quarantine)",
+                )
+    # Keep the keys of pods not read this cycle: an unanswered read must not re-report.
+    read = set(memory.stats)
+    memory.quarantines = seen | {k for k in memory.quarantines if k.split("/", 1)[0] not in read}
+
+
 async def read_domain_auths(
     ctx: ctx_module.Context, namespace: str, wanted: Sequence[str]
 ) -> dict[str, da.DomainAuth | None]:

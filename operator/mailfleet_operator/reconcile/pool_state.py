@@ -76,6 +76,8 @@ class PoolMemory(usage_book.UsageBook):
     clashes: set[str] = dataclasses.field(default_factory=set)
     # child -> (digest, field) the API server's answer to our apply had otherwise (normalized).
     normalized: dict[str, tuple[str, str]] = dataclasses.field(default_factory=dict)
+    # "pod/path" of each corrupt database a pod set aside that an Event already reported.
+    quarantines: set[str] = dataclasses.field(default_factory=set)
     # pod -> renewals in a row it did not answer (it may be frozen: stop extending its leases).
     unanswered: dict[str, int] = dataclasses.field(default_factory=dict)
 

@@ -160,6 +160,7 @@ async def _reconcile_locked(
         seconds=settings.stats_interval
     ):
         await pool_policy.read_stats(admin, world.pods, world.nodes, http_port, token, memory, now)
+        pool_policy.report_quarantines(memory, cycle)
     zones = spec.health_checks.dnsbl.zones
     owners = ip_leases.ip_owners(world.pools) if world.pools is not None else {}
     elsewhere = {
