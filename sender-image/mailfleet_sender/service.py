@@ -313,6 +313,9 @@ class Service:
             ])(request),
             max_import_entries=s.max_import_entries,
             max_import_bytes=s.max_import_bytes,
+            admin_auth=lambda request: _token_authorizer(
+                [self._admin_token] if self._admin_token else []
+            )(request),
         )
 
     def _resolver(self, cfg: config.SenderConfig) -> mx.MXResolver:

@@ -536,8 +536,10 @@ def suppression_routes(
     *,
     max_import_entries: int = MAX_IMPORT_ENTRIES,
     max_import_bytes: int = MAX_IMPORT_BYTES,
+    admin_auth: Authorizer | None = None,
 ) -> web.RouteTableDef:
-    """`/v1/suppressions` for admins and peers, all behind `auth`.
+    """`/v1/suppressions` for admins and peers, all behind `auth`; `_resynced` (it releases
+    held bulk mail on a person's word) behind `admin_auth` when given, never a peer's token.
 
     GET    /v1/suppressions                 active entries (offset, limit)
     GET    /v1/suppressions?since=<cursor>  changes feed for peers (removals included)
@@ -692,6 +694,9 @@ def suppression_routes(
         pull it from: held bulk mail goes out."""
         if (denied := guard(request)) is not None:
             return denied
+        if admin_auth is not None and not admin_auth(request):
+            lst.metrics.unauthorized += 1
+            return _error(403, "forbidden", "only the admin token confirms a resync")
         lst.resynced("admin")
         return web.json_response({"resyncPending": lst.resync_pending})
 

@@ -14,6 +14,7 @@ from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sandbox.providers import ProviderFleet
 from sandbox_fixtures.sender import (
     ADMIN_TOKEN,
+    PEER_TOKEN,
     RunningSender,
     SenderFactory,
     base_config,
@@ -96,6 +97,12 @@ async def test_corrupt_spool_and_ledger_are_set_aside_and_the_pod_takes_new_mail
 
     await eventually(held, "bulk mail held while the suppression list is lost")
     assert [m.rcpt_to for m in gmail.messages] == [("t@gmail.test",)]
+
+    # A peer's token may replicate entries but not release the held mail on its own word.
+    status, body = await sender.client.request(
+        "POST", "/v1/suppressions/_resynced", admin=True, token=PEER_TOKEN)
+    assert status == 403, body
+    assert (await sender.client.stats())["suppression"]["resyncPending"]
 
     # No peer to pull it from: an admin restores the list (imports it) and says so.
     status, body = await sender.client.request(
