@@ -25,7 +25,7 @@ from mailfleet_sender import wire
 REQUESTS: tuple[type[BaseModel], ...] = (wire.SubmitRequest, wire.Assignment, wire.DrainRequest)
 RESPONSES: tuple[type[BaseModel], ...] = (
     wire.SubmitResponse, wire.ErrorResponse, wire.Stats, wire.AssignmentStatus,
-    wire.DrainStatus,
+    wire.DrainStatus, wire.TLSReportReceipt,
 )
 REF = "#/components/schemas/{model}"
 
