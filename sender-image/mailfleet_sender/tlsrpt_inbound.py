@@ -206,7 +206,7 @@ class Inbound:
             foreign = next(d for d in domains if self.own(d) is None)
             raise Refused("foreign_domain", 403,
                           f"policy domain {foreign[:100]!r} is not one of this pool's")
-        names = sorted({d.lower().rstrip(".") for d in domains})
+        names = sorted(str(o) for o in owners)  # summaries are per pool domain
         ok = sum(p.summary.total_successful_session_count for p in report.policies)
         failed = sum(p.summary.total_failure_session_count for p in report.policies)
         stored = self.store.store_received(

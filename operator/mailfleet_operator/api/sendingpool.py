@@ -849,6 +849,16 @@ class TLSReports(SpecModel):
     contact: str = Field(
         default="", max_length=200, description="contact-info in the reports (an address)."
     )
+    from_local_part: str = Field(
+        default="tlsrpt-noreply",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._+-]+$",
+        description=(
+            "Local part of the From of reports sent by mail; the domain is the pool's first "
+            "DomainAuth domain, whose DKIM key signs them."
+        ),
+    )
 
 
 class TransportSecurity(SpecModel):
