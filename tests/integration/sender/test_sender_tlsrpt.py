@@ -12,7 +12,6 @@ of a report period and ends it by moving the clock, not by waiting for a boundar
 
 from __future__ import annotations
 
-import asyncio
 import email
 import email.message
 import email.policy
@@ -20,7 +19,7 @@ import gzip
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +33,7 @@ from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sandbox.mta_sts_server import PolicyServer
 from mailfleet_sandbox.providers import SmtpReceiver
 from mailfleet_sender import clock, tlsrpt
+from sandbox_fixtures.node_agent import eventually
 from sandbox_fixtures.sender import (
     DkimKeys,
     RunningSender,
@@ -60,11 +60,9 @@ class RuaServer:
         self.status = 200
         self.posts: list[tuple[str, bytes]] = []
         self._runner: web.AppRunner | None = None
-        self.changed = asyncio.Event()
 
     async def _post(self, request: web.Request) -> web.Response:
         self.posts.append((request.content_type, await request.read()))
-        self.changed.set()
         return web.Response(status=self.status)
 
     async def __aenter__(self) -> RuaServer:
@@ -162,12 +160,6 @@ def _sessions(sender: RunningSender) -> float:
     return sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith(line))
 
 
-async def _until(condition: Callable[[], bool], timeout: float = 20) -> None:
-    async with asyncio.timeout(timeout):
-        while not condition():
-            await asyncio.sleep(0.05)
-
-
 def _successes(report: dict[str, Any]) -> int:
     return sum(p["summary"]["total-successful-session-count"] for p in report["policies"])
 
@@ -184,7 +176,7 @@ async def test_reports_reach_the_https_and_mailto_rua_with_the_sessions_made(
     assert world.rua.posts == []  # the period has not ended
 
     world.end_period()
-    await _until(lambda: len(world.rua.posts) == 1)
+    await eventually(lambda: len(world.rua.posts) == 1, within=20)
     kind, _ = world.rua.posts[0]
     assert kind == "application/tlsrpt+gzip"
     [report] = world.rua.reports()
@@ -238,7 +230,7 @@ async def test_a_restart_in_mid_period_keeps_the_counts(
     await _deliver(second, world, 2)
     after = _sessions(second)
     world.end_period()
-    await _until(lambda: len(world.rua.posts) == 1)
+    await eventually(lambda: len(world.rua.posts) == 1, within=20)
     [report] = world.rua.reports()
     assert _successes(report) == before + after
 
@@ -255,7 +247,7 @@ async def test_a_failing_rua_is_retried_then_dropped_and_counted(
     await sender.client.assign([lease("127.0.0.156")])
     await _deliver(sender, world, 1)
     world.end_period()
-    await _until(lambda: sender.service.tls_reporting.totals["dropped"] == 1)
+    await eventually(lambda: sender.service.tls_reporting.totals["dropped"] == 1, within=20)
     assert len(world.rua.posts) >= 2  # tried again before giving up
     stats = await sender.client.stats()
     assert stats["tlsrpt"]["dropped"] == 1 and stats["tlsrpt"]["pending"] == 0
