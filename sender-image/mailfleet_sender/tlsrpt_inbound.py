@@ -46,24 +46,24 @@ class _Model(BaseModel):
                               populate_by_name=True, extra="ignore")
 
 
-class DateRange(_Model):
+class TLSRPTDateRange(_Model):
     start_datetime: datetime.datetime
     end_datetime: datetime.datetime
 
 
-class Policy(_Model):
+class TLSRPTPolicy(_Model):
     policy_type: Literal["tlsa", "sts", "no-policy-found"]
     policy_string: list[Text] | None = Field(default=None, max_length=1000)
     policy_domain: Annotated[str, Field(min_length=1, max_length=253)]
     mx_host: list[Text] | Text | None = Field(default=None)
 
 
-class Summary(_Model):
+class TLSRPTSummary(_Model):
     total_successful_session_count: Count
     total_failure_session_count: Count
 
 
-class FailureDetails(_Model):
+class TLSRPTFailureDetails(_Model):
     result_type: Annotated[str, Field(min_length=1, max_length=100)]
     sending_mta_ip: Text | None = None
     receiving_mx_hostname: Text | None = None
@@ -74,20 +74,20 @@ class FailureDetails(_Model):
     failure_reason_code: Text | None = None
 
 
-class PolicyReport(_Model):
-    policy: Policy
-    summary: Summary
-    failure_details: list[FailureDetails] | None = Field(default=None, max_length=10_000)
+class TLSRPTPolicyReport(_Model):
+    policy: TLSRPTPolicy
+    summary: TLSRPTSummary
+    failure_details: list[TLSRPTFailureDetails] | None = Field(default=None, max_length=10_000)
 
 
-class Report(_Model):
+class TLSRPTReport(_Model):
     """RFC 8460 §4.4 (unknown fields ignored, as §4.4 asks of extensions)."""
 
     organization_name: Annotated[str, Field(min_length=1, max_length=1000)]
-    date_range: DateRange
+    date_range: TLSRPTDateRange
     contact_info: Text = ""
     report_id: Annotated[str, Field(min_length=1, max_length=1000)]
-    policies: list[PolicyReport] = Field(min_length=1, max_length=10_000)
+    policies: list[TLSRPTPolicyReport] = Field(min_length=1, max_length=10_000)
 
 
 class Refused(Exception):
@@ -114,13 +114,13 @@ def inflate(body: bytes, limit: int) -> bytes:
     return out
 
 
-def decode(body: bytes, *, gzipped: bool, max_json: int) -> Report:
+def decode(body: bytes, *, gzipped: bool, max_json: int) -> TLSRPTReport:
     """The report in `body`; Refused with the reason otherwise."""
     raw = inflate(body, max_json) if gzipped else body
     if len(raw) > max_json:
         raise Refused("oversized", 413, f"report over {max_json} bytes")
     try:
-        return Report.model_validate(bodies.loads(raw))
+        return TLSRPTReport.model_validate(bodies.loads(raw))
     except bodies.BadJSON as exc:
         raise Refused("malformed", 400, str(exc)) from exc
     except pydantic.ValidationError as exc:
@@ -137,7 +137,7 @@ def is_report_mail(data: bytes) -> bool:
             and str(head.get_param("report-type", "")).lower() == "tlsrpt")
 
 
-def report_from_mail(data: bytes, *, max_json: int) -> Report:
+def report_from_mail(data: bytes, *, max_json: int) -> TLSRPTReport:
     """The report attached to a §5.3 message."""
     message = email.message_from_bytes(data, policy=email.policy.default)
     if not isinstance(message, email.message.EmailMessage) or not message.is_multipart():
@@ -198,7 +198,7 @@ class Inbound:
                 return own
         return None
 
-    def keep(self, report: Report) -> bool:
+    def keep(self, report: TLSRPTReport) -> bool:
         """Store and count a valid report; False when it was stored before."""
         domains = [p.policy.policy_domain for p in report.policies]
         owners = {self.own(d) for d in domains}
