@@ -191,7 +191,7 @@ class SuppressionStats(ResponseModel):
 class QuarantinedDatabase(ResponseModel):
     """A corrupt database set aside when this process started (docs/sender.md)."""
 
-    database: str = Field(description="spool, suppression or reports.")
+    database: str = Field(description="spool, suppression, reports or tlsrpt.")
     path: str = Field(description="Where the corrupt file (and its -wal, -shm) now lies.")
     reason: str = ""
     at: datetime.datetime | None = None
