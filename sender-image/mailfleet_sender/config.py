@@ -202,19 +202,67 @@ class ProviderTLS(ConfigModel):
 
 
 class TLSReports(ConfigModel):
-    """TLS-RPT (RFC 8460): daily reports to the receiving domains that ask for them."""
+    """TLS-RPT (RFC 8460): reports per report period (a UTC day) to the receiving domains that
+    ask for them, and the reports other senders send about the pool's own domains
+    (docs/deliverability.md, "Transport security")."""
 
     enabled: bool = Field(default=False, description="Send TLS-RPT reports.")
     organization: str = Field(default="mailfleet", description="organization-name of reports.")
     contact: str = Field(default="", description="contact-info of reports (an address).")
     from_address: str | None = Field(
         default=None,
-        description="From of reports sent by mail (DKIM-signed by the pool's key for its domain).",
+        description=(
+            "From of reports sent by mail (DKIM-signed by the pool's key for its domain); "
+            "default tlsrpt-noreply@<first dkim domain>."
+        ),
+    )
+    class_name: str | None = Field(
+        default=None,
+        alias="class",
+        description=(
+            "Message class of reports sent by mail; default: the highest-priority class that "
+            "is not bulk."
+        ),
     )
     interval: units.Duration = Field(
         default="24h", description="Length of a report period (a day; shorter in test beds)."
     )
     timeout: units.Duration = Field(default="30s", description="Per HTTPS report POST.")
+    flush_interval: units.Duration = Field(
+        default="5s",
+        description=(
+            "Counts are written to disk at least this often: a crash loses at most the "
+            "sessions of this last stretch; the next flush also sends what is due."
+        ),
+    )
+    retry_first: units.Duration = Field(
+        default="5m", description="First wait after a failed report delivery (then doubled)."
+    )
+    retry_max: units.Duration = Field(default="2h", description="Longest wait between tries.")
+    retry_for: units.Duration = Field(
+        default="24h",
+        description="A report not delivered this long after its period ended is dropped.",
+    )
+    inbound_max_bytes: int = Field(
+        default=1024 * 1024, ge=1024, description="Body of a received report (compressed)."
+    )
+    inbound_max_json_bytes: int = Field(
+        default=8 * 1024 * 1024, ge=1024,
+        description="A received report's JSON after decompression (gzip bombs end here).",
+    )
+    keep_received: units.Duration = Field(
+        default="30d", description="How long received reports are stored."
+    )
+    max_received: int = Field(
+        default=10_000, ge=1, description="Received reports stored at most (oldest go first)."
+    )
+
+    @field_validator("from_address")
+    @classmethod
+    def _from_is_an_address(cls, value: str | None) -> str | None:
+        if value is not None and (value.count("@") != 1 or not all(value.split("@"))):
+            raise ValueError(f"fromAddress {value!r} is not an address")
+        return value
 
 
 class DeliveryTLS(ConfigModel):
@@ -695,6 +743,9 @@ class SenderConfig(ConfigModel):
             raise ValueError(f"class names must be unique: {names}")
         if self.submission.default_class and self.submission.default_class not in names:
             raise ValueError(f"submission.defaultClass {self.submission.default_class!r} unknown")
+        reports = self.delivery.tls.reports.class_name
+        if reports is not None and reports not in names:
+            raise ValueError(f"delivery.tls.reports.class {reports!r} unknown")
         return self
 
     @model_validator(mode="after")
@@ -722,6 +773,25 @@ class SenderConfig(ConfigModel):
     @property
     def default_class(self) -> str:
         return self.submission.default_class or self.classes[0].name
+
+    @property
+    def report_class(self) -> str:
+        """The class of TLS-RPT mail: the configured one, else the highest-priority class that
+        is not bulk (reports are machine mail expected within the day, never marketing)."""
+        named = self.delivery.tls.reports.class_name
+        if named is not None:
+            return named
+        plain = [c for c in self.classes if not c.bulk] or self.classes
+        return max(plain, key=lambda c: c.priority).name
+
+    @property
+    def report_from(self) -> str | None:
+        """From of TLS-RPT mail: the configured address, else tlsrpt-noreply@ the first
+        signing domain; None when there is neither (no report goes by mail)."""
+        configured = self.delivery.tls.reports.from_address
+        if configured is not None:
+            return configured
+        return f"tlsrpt-noreply@{self.dkim.domains[0].domain}" if self.dkim.domains else None
 
 
 class ConfigError(ValueError):

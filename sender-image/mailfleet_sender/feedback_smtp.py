@@ -30,6 +30,7 @@ from mailfleet_sender import (
     reported_copies,
     reports,
     session_limits,
+    tlsrpt_inbound,
 )
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,8 @@ class Handler:
         limits = layer.limits
         self.sources = report_limits.SourceLimiter.from_limits(limits)
         self.parsing = asyncio.Semaphore(limits.parse_concurrency)
+        self.tls_reports: tlsrpt_inbound.Inbound | None = None
+        """Where TLS-RPT report mail goes (`multipart/report; report-type=tlsrpt`)."""
 
     async def handle_MAIL(
         self, server: SMTP, session: Session, envelope: Envelope, address: str,
@@ -74,6 +77,9 @@ class Handler:
         session_limits.data_complete(server)
         data = envelope.original_content or b""
         rcpts = list(envelope.rcpt_tos)
+        if self.tls_reports is not None and tlsrpt_inbound.is_report_mail(data):
+            async with self.parsing:
+                return await self.tls_reports.reply_to_mail(data)
         if any(r.partition("@")[0].lower() == UNSUBSCRIBE_LOCAL_PART for r in rcpts):
             token = feedback.unsubscribe_token(data)
             if token is not None:

@@ -27,6 +27,7 @@ Public (`deliverability.publicPort`, the Internet):
 - `POST /v1/unsubscribe/{token}` (RFC 8058 one-click, body `List-Unsubscribe=One-Click`):
   unauthenticated, the token is the credential; `GET` shows a confirmation form and changes
   nothing (link scanners fetch URLs).
+- `POST /v1/tlsrpt`: TLS-RPT reports about the pool's domains (`tlsrpt_inbound`).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from mailfleet_sender import (
     messages,
     metrics,
     openapi,
+    tlsrpt_inbound,
     wire,
 )
 
@@ -73,6 +75,7 @@ class Backend(Protocol):
     intake: intake.Intake
     metrics: metrics.Metrics
     deliverability: deliverability.Deliverability
+    tls_inbound: tlsrpt_inbound.Inbound
 
     def stats(self) -> wire.Stats: ...
 
@@ -141,6 +144,7 @@ class Api:
         return [
             web.post("/v1/unsubscribe/{token}", self.post_unsubscribe),
             web.get("/v1/unsubscribe/{token}", self.get_unsubscribe),
+            web.post("/v1/tlsrpt", self.post_tlsrpt),
         ]
 
     def admin_routes(self) -> list[web.RouteDef]:
@@ -381,6 +385,9 @@ class Api:
         return web.Response(text=page, content_type="text/html")
 
     # --- probes and metrics ------------------------------------------------------------
+
+    async def post_tlsrpt(self, request: web.Request) -> web.Response:
+        return await self.backend.tls_inbound.post(request)
 
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")

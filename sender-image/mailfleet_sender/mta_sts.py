@@ -42,7 +42,7 @@ class _Cached:
     expires: float
 
 
-class _Resolver(aiohttp.abc.AbstractResolver):
+class NameResolver(aiohttp.abc.AbstractResolver):
     """aiohttp's name lookups through the sender's dnspython resolver."""
 
     def __init__(self, resolver: dns.asyncresolver.Resolver) -> None:
@@ -149,7 +149,7 @@ class StsFetcher:
         port = "" if self.port == 443 else f":{self.port}"
         url = f"https://{host}{port}/.well-known/mta-sts.txt"
         connector = aiohttp.TCPConnector(
-            resolver=_Resolver(self.resolver), ssl=self.ssl_context, use_dns_cache=False
+            resolver=NameResolver(self.resolver), ssl=self.ssl_context, use_dns_cache=False
         )
         timeout = aiohttp.ClientTimeout(total=self.timeout)
         try:

@@ -2,9 +2,10 @@
 (`openapi.yaml`, the same file as `docs/sender-openapi.yaml`), served at `GET /openapi.json`.
 
 One source: the paths and the non-`wire` schemas are written in the YAML; the schemas of the
-`wire` models are generated from those models (`wire_schemas`) and written into the YAML by
-`python -m mailfleet_sender.openapi --write` (tests fail when they differ), so a field added to
-a model cannot go missing from the document.
+`wire` models (and of the TLS-RPT report `POST /v1/tlsrpt` reads) are generated from those
+models (`wire_schemas`) and written into the YAML by `python -m mailfleet_sender.openapi
+--write` (tests fail when they differ), so a field added to a model cannot go missing from the
+document.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ import yaml
 from pydantic import BaseModel
 from pydantic.json_schema import JsonSchemaMode, models_json_schema
 
-from mailfleet_sender import wire
+from mailfleet_sender import tlsrpt_inbound, wire
 
-REQUESTS: tuple[type[BaseModel], ...] = (wire.SubmitRequest, wire.Assignment, wire.DrainRequest)
+REQUESTS: tuple[type[BaseModel], ...] = (
+    wire.SubmitRequest, wire.Assignment, wire.DrainRequest, tlsrpt_inbound.TLSRPTReport,
+)
 RESPONSES: tuple[type[BaseModel], ...] = (
     wire.SubmitResponse, wire.ErrorResponse, wire.Stats, wire.AssignmentStatus,
-    wire.DrainStatus,
+    wire.DrainStatus, wire.TLSReportReceipt,
 )
 REF = "#/components/schemas/{model}"
 

@@ -60,6 +60,9 @@ from mailfleet_sender import (
     spool,
     submission_smtp,
     suppression,
+    tlsrpt_inbound,
+    tlsrpt_sending,
+    tlsrpt_store,
     units,
     wire,
 )
@@ -77,6 +80,7 @@ QUARANTINABLE = {
     "spool": spool.SPOOL_FILE,
     "suppression": deliverability.SUPPRESSION_FILE,
     "reports": reported_copies.FILE,
+    "tlsrpt": tlsrpt_store.FILE,
 }
 """The databases on the spool volume a corrupt copy of which is set aside at start."""
 PAST_DAYS = 7
@@ -162,6 +166,8 @@ class Service:
         self.deliverability: deliverability.Deliverability
         self.replicator: suppression.Replicator | None = None
         self.feedback: feedback_smtp.FeedbackServer | None = None
+        self.tls_reporting: tlsrpt_sending.Reporting
+        self.tls_inbound: tlsrpt_inbound.Inbound
         self.handoff: handoff.HandOff | None = None
         self._handoff_task: asyncio.Task[None] | None = None
         self._handoff_draining = False
@@ -233,6 +239,7 @@ class Service:
             hostname=self.hostname,
         )
         self.intake.accepted_while_draining = self._accepted_while_draining
+        self._start_tlsrpt(cfg)  # before any await: no session is counted before the load
         self.metrics.attach(self._collect)
         self.smtp = submission_smtp.SMTPServer(
             cfg.submission, self.intake, self.hostname, host=self.listen_address
@@ -261,6 +268,27 @@ class Service:
             },
         )
 
+    def _start_tlsrpt(self, cfg: config.SenderConfig) -> None:
+        """TLS-RPT: counts read back from disk and the send loop; the inbound door."""
+        store = tlsrpt_store.Store(Path(cfg.spool_dir) / tlsrpt_store.FILE)
+        self.tls_reporting = tlsrpt_sending.Reporting(
+            cfg, aggregator=self.engine.transport.reports, store=store,
+            resolver=self.engine.resolver.resolver, intake_=self.intake,
+            metric_set=self.metrics, wall=self.clock.wall, pod=self.identity.pod_name,
+        )
+        self.tls_reporting.load()
+        self.tls_reporting.start()
+        self.tls_inbound = tlsrpt_inbound.Inbound(cfg, store=store, metric_set=self.metrics,
+                                                  wall=self.clock.wall)
+
+    def _tlsrpt_stats(self) -> wire.TLSReportStats:
+        sent = self.tls_reporting.totals
+        return wire.TLSReportStats(
+            sent=sent["sent"], dropped=sent["dropped"], no_rua=sent["no_rua"],
+            pending=self.tls_reporting.store.outbox_size(),
+            received=self.tls_inbound.stats(), refused=dict(self.tls_inbound.refusals),
+        )
+
     async def _start_deliverability(self, cfg: config.SenderConfig) -> None:
         d = cfg.deliverability
         peers = self._peers(cfg)
@@ -285,6 +313,7 @@ class Service:
                 idle_timeout=units.duration_seconds(d.feedback_idle_timeout),
                 data_timeout=units.duration_seconds(d.feedback_data_timeout),
             )
+            self.feedback.handler.tls_reports = self.tls_inbound
             await self.feedback.start()
             self.feedback_port = self.feedback.port
 
@@ -442,7 +471,10 @@ class Service:
         self.keys.configure(cfg.dkim.domains)
         if old.dns != cfg.dns:
             self.engine.resolver = self._resolver(cfg)
+            self.tls_reporting.resolver = self.engine.resolver.resolver
         self.engine.reconfigure(cfg)
+        self.tls_reporting.reconfigure(cfg)
+        self.tls_inbound.reconfigure(cfg)
         self.engine.keys_changed()
         self.deliverability.reconfigure(cfg)
         self.intake.cfg = cfg
@@ -571,6 +603,7 @@ class Service:
             handoff=self._handoff_stats(),
             dkim=self._dkim_stats(),
             tls=self.engine.transport.stats(),
+            tlsrpt=self._tlsrpt_stats(),
         )
 
     def _past_days(self, today: int) -> list[wire.DayStats]:
@@ -911,6 +944,7 @@ class Service:
         if self.handoff is not None:
             await self.handoff.stop()
         await self.engine.stop(grace=grace)
+        await self.tls_reporting.stop()
         if self.feedback is not None:
             await self.feedback.stop()
         if self.replicator is not None:
@@ -918,6 +952,7 @@ class Service:
         for runner in self._runners:
             await runner.cleanup()
         await asyncio.to_thread(self.spool.close)
+        self.tls_reporting.store.close()
         self.deliverability.close()
         self._stopped.set()
         log.info("sender stopped", extra={"pending": self.engine.pending_count()})

@@ -12,9 +12,13 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import email.message
+import email.policy
+import email.utils
 import gzip
 import json
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -52,6 +56,7 @@ class Aggregator:
         self._wall = wall
         self.period = period
         self._data: dict[int, dict[str, dict[tuple[str, tuple[str, ...]], PolicyCounts]]] = {}
+        self._dirty: set[tuple[int, str]] = set()
 
     def _bucket(self, domain: str, policy_type: str, policy_string: tuple[str, ...],
                 mx_patterns: tuple[str, ...]) -> PolicyCounts | None:
@@ -60,6 +65,7 @@ class Aggregator:
         if domain not in domains and len(domains) >= MAX_DOMAINS:
             return None
         policies = domains.setdefault(domain, {})
+        self._dirty.add((index, domain))
         key = (policy_type, policy_string)
         counts = policies.get(key)
         if counts is None:
@@ -97,18 +103,63 @@ class Aggregator:
 
     def take_finished(self) -> list[tuple[int, str, list[PolicyCounts]]]:
         """(period, domain, policies) of every period that has ended, removed from memory."""
-        current = int(self._wall() // self.period)
+        return self._take(int(self._wall() // self.period))
+
+    def take_all(self) -> list[tuple[int, str, list[PolicyCounts]]]:
+        """Every period, the current one too (the period length is changing)."""
+        return self._take(None)
+
+    def _take(self, before: int | None) -> list[tuple[int, str, list[PolicyCounts]]]:
         out: list[tuple[int, str, list[PolicyCounts]]] = []
-        for index in sorted(i for i in self._data if i < current):
+        for index in sorted(i for i in self._data if before is None or i < before):
             for domain, policies in self._data.pop(index).items():
+                self._dirty.discard((index, domain))
                 out.append((index, domain, list(policies.values())))
         return out
 
+    def take_dirty(self) -> list[tuple[int, str, list[PolicyCounts]]]:
+        """The (period, domain) counts changed since the last call: what a flush writes."""
+        out = []
+        for index, domain in sorted(self._dirty):
+            policies = self._data.get(index, {}).get(domain)
+            if policies is not None:
+                out.append((index, domain, list(policies.values())))
+        self._dirty.clear()
+        return out
+
+    def mark_dirty(self, rows: list[tuple[int, str, list[PolicyCounts]]]) -> None:
+        """A flush that failed: written again by the next one."""
+        self._dirty.update((index, domain) for index, domain, _ in rows)
+
     def put_back(self, index: int, domain: str, policies: list[PolicyCounts]) -> None:
-        """A report that could not be sent yet is kept for the next try."""
+        """Counts read back from disk at start (or a move to the outbox that failed)."""
         self._data.setdefault(index, {})[domain] = {
             (p.policy_type, p.policy_string): p for p in policies
         }
+
+
+def dump_policies(policies: list[PolicyCounts]) -> str:
+    """The counts of one (period, domain) as JSON text (what the store keeps)."""
+    return json.dumps([
+        {
+            "type": p.policy_type, "string": list(p.policy_string), "mx": list(p.mx_patterns),
+            "ok": p.successes,
+            "failures": [[dataclasses.astuple(f), n] for f, n in p.failures.items()],
+        }
+        for p in policies
+    ], separators=(",", ":"))
+
+
+def load_policies(text: str) -> list[PolicyCounts]:
+    """The inverse of `dump_policies`."""
+    out = []
+    for item in json.loads(text):
+        counts = PolicyCounts(item["type"], tuple(item["string"]), tuple(item["mx"]),
+                              successes=int(item["ok"]))
+        for key, n in item["failures"]:
+            counts.failures[FailureKey(*key)] = int(n)
+        out.append(counts)
+    return out
 
 
 def _iso(seconds: float) -> str:
@@ -178,3 +229,55 @@ def parse_rua(texts: list[str]) -> list[str]:
             return [u.strip() for u in value.split(",") if u.strip().startswith(
                 ("mailto:", "https:"))]
     return []
+
+
+def new_report_id(*, domain: str, index: int, period: float, pod: str) -> str:
+    """Unique per pod and report: several pods each report their own sessions for the same
+    domain and day (RFC 8460 allows several reports), told apart by the pod's name."""
+    return f"{_iso(index * period)}_{domain}_{pod}_{uuid.uuid4().hex[:12]}"
+
+
+def mailto_address(uri: str) -> str:
+    """The address of a `mailto:` rua (query and percent-escapes removed)."""
+    return urllib.parse.unquote(uri.removeprefix("mailto:").partition("?")[0]).strip()
+
+
+def build_mail(
+    *,
+    report: dict[str, Any],
+    body: bytes,
+    domain: str,
+    sender: str,
+    recipient: str,
+    now: float,
+) -> bytes:
+    """The RFC 8460 §5.3 message: multipart/report; report-type="tlsrpt" with a text part and
+    the gzip report as `application/tlsrpt+gzip`, named as §5.1 says."""
+    submitter = sender.rpartition("@")[2]
+    report_id = str(report["report-id"])
+    start = datetime.datetime.strptime(
+        report["date-range"]["start-datetime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    end = datetime.datetime.strptime(
+        report["date-range"]["end-datetime"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.UTC)
+    message = email.message.EmailMessage(policy=email.policy.SMTP)
+    message["From"] = sender
+    message["To"] = recipient
+    message["Date"] = email.utils.formatdate(now, usegmt=True)
+    message["Message-ID"] = email.utils.make_msgid(domain=submitter)
+    message["Subject"] = (
+        f"Report Domain: {domain} Submitter: {submitter} Report-ID: <{report_id}>"
+    )
+    message["TLS-Report-Domain"] = domain
+    message["TLS-Report-Submitter"] = submitter
+    message.set_content(
+        f"This is an aggregate TLS report (RFC 8460) from {submitter} about mail to {domain}"
+        f" between {report['date-range']['start-datetime']} and"
+        f" {report['date-range']['end-datetime']}.\n"
+    )
+    filename = (f"{submitter}!{domain}!{int(start.timestamp())}!{int(end.timestamp())}"
+                f"!{report_id.rpartition('_')[2]}.json.gz")
+    message.add_attachment(body, maintype="application", subtype="tlsrpt+gzip",
+                           filename=filename)
+    message.set_type("multipart/report")
+    message.set_param("report-type", "tlsrpt")
+    return message.as_bytes()

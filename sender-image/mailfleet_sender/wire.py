@@ -191,7 +191,7 @@ class SuppressionStats(ResponseModel):
 class QuarantinedDatabase(ResponseModel):
     """A corrupt database set aside when this process started (docs/sender.md)."""
 
-    database: str = Field(description="spool, suppression or reports.")
+    database: str = Field(description="spool, suppression, reports or tlsrpt.")
     path: str = Field(description="Where the corrupt file (and its -wal, -shm) now lies.")
     reason: str = ""
     at: datetime.datetime | None = None
@@ -311,6 +311,37 @@ class TLSStats(ResponseModel):
     fallbacks: int = Field(default=0, description="Failed handshakes retried in clear.")
 
 
+class TLSReportsReceived(ResponseModel):
+    """TLS-RPT reports stored about one of the pool's domains (within `keepReceived`)."""
+
+    reports: int = 0
+    successful_sessions: int = 0
+    failed_sessions: int = 0
+    last_at: datetime.datetime | None = Field(default=None, description="Last one stored.")
+
+
+class TLSReportStats(ResponseModel):
+    """TLS-RPT: reports this pod sent (since it started) and reports it received."""
+
+    sent: int = Field(default=0, description="Reports delivered to every rua.")
+    dropped: int = Field(default=0, description="Reports not delivered within retryFor.")
+    no_rua: int = Field(default=0, description="Reports for domains that ask for none.")
+    pending: int = Field(default=0, description="Reports in the outbox (retries included).")
+    received: dict[str, TLSReportsReceived] = Field(
+        default_factory=dict, description="Stored reports per pool domain."
+    )
+    refused: dict[str, int] = Field(
+        default_factory=dict, description="Received reports refused since start, by reason."
+    )
+
+
+class TLSReportReceipt(ResponseModel):
+    """POST /v1/tlsrpt: the report is stored (or was already)."""
+
+    report_id: str
+    duplicate: bool = Field(default=False, description="Stored before: counted once.")
+
+
 class Stats(ResponseModel):
     """GET /v1/stats: what the operator reads for status, autoscaling and warm-up gates."""
 
@@ -349,6 +380,7 @@ class Stats(ResponseModel):
         default_factory=dict, description="Per signing domain: selectors in use, bad keys."
     )
     tls: TLSStats = Field(default_factory=TLSStats, description="Transport security shares.")
+    tlsrpt: TLSReportStats = Field(default_factory=TLSReportStats, description="TLS-RPT.")
 
 
 class SubmitRequest(RequestModel):

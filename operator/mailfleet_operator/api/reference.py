@@ -12,7 +12,15 @@ from typing import Any
 
 from mailfleet_sender import units
 
-from mailfleet_operator.api import common, crds, domainauth, ipwarmup, kinds, providers
+from mailfleet_operator.api import (
+    common,
+    crds,
+    domainauth,
+    ipwarmup,
+    kinds,
+    providers,
+    sendingpool,
+)
 
 # Patterns with a name a reader understands better than the regex.
 _FORMAT_NAMES: dict[str, str] = {
@@ -30,6 +38,7 @@ _FORMAT_NAMES: dict[str, str] = {
     common.SECRET_KEY_PATTERN: "Secret key name",
     domainauth.SELECTOR_PREFIX_PATTERN: "DNS label",
     ipwarmup.TIMEZONE_PATTERN: "IANA time zone name",
+    sendingpool.LOCAL_PART_PATTERN: "mail local part",
     common.CONDITION_TYPE_PATTERN: "CamelCase",
     common.CONDITION_REASON_PATTERN: "CamelCase",
 }

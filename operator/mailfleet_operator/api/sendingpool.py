@@ -839,6 +839,10 @@ class ProviderTLS(SpecModel):
     mta_sts: bool | None = Field(default=None, description="Honour MTA-STS policies.")
 
 
+LOCAL_PART_PATTERN = r"^[A-Za-z0-9._+-]+$"
+"""A plain mail local part (dot-atom letters, digits and `._+-`)."""
+
+
 class TLSReports(SpecModel):
     """TLS-RPT (RFC 8460): daily reports to receiving domains that publish `_smtp._tls`."""
 
@@ -848,6 +852,16 @@ class TLSReports(SpecModel):
     )
     contact: str = Field(
         default="", max_length=200, description="contact-info in the reports (an address)."
+    )
+    from_local_part: str = Field(
+        default="tlsrpt-noreply",
+        min_length=1,
+        max_length=64,
+        pattern=LOCAL_PART_PATTERN,
+        description=(
+            "Local part of the From of reports sent by mail; the domain is the pool's first "
+            "DomainAuth domain, whose DKIM key signs them."
+        ),
     )
 
 

@@ -310,8 +310,14 @@ def render_config(spec_in: RenderInput) -> Rendered:
         feedback=sc.Feedback(enabled=spec.feedback_loop.enabled),
         deliverability=render_deliverability(spec, spec_in.name, spec_in.namespace),
     )
+    reports = config.delivery.tls.reports
+    if dkim.domains:  # reports by mail come from the pool's first domain, signed by its key
+        reports.from_address = (
+            f"{spec.transport_security.reports.from_local_part}@{dkim.domains[0].domain}"
+        )
     if spec_in.day_length:
         config.clock = sc.Clock(day_length=spec_in.day_length)
+        reports.interval = spec_in.day_length  # a report period is a (scaled) day
     elif spec_in.timezone != "UTC":
         config.clock = sc.Clock(timezone=spec_in.timezone)
     # Validate the assembled model once more: assignments above bypass field validation.

@@ -92,6 +92,11 @@ def _steer(case: Any, valid_addresses: bool, address: str) -> Any:
             body["headers"] = {}
     if case.path_parameters and "address" in case.path_parameters:
         case.path_parameters["address"] = address
+    if case.path == "/v1/tlsrpt" and isinstance(body, dict):
+        # A report about the pool's own domain (any other is refused, 403).
+        for item in body.get("policies") or []:
+            if isinstance(item, dict) and isinstance(item.get("policy"), dict):
+                item["policy"]["policy-domain"] = "example.test"
     if case.path == "/v1/suppressions" and isinstance(body, dict):
         entries = body.get("entries")
         for item in entries if isinstance(entries, list) else []:

@@ -327,6 +327,21 @@ def test_transport_security_of_the_pool_and_its_providers_reaches_the_sender() -
     assert "requireTLS: true" in rendered.text
 
 
+def test_tls_reports_come_from_the_pools_first_domain_once_per_scaled_day() -> None:
+    spec = SPEC.model_copy(update={"transport_security": sp.TransportSecurity.model_validate(
+        {"reports": {"enabled": True, "fromLocalPart": "tls-reports"}})})
+    rendered = sender_config.render_config(sender_config.RenderInput(
+        name="mail", namespace="ns", spec=spec, active_pods=1, day_length="2m",
+        domain_auths={"example-com": domain("example-com", ready=True, active=True)}))
+    config = sc.parse_config(rendered.text)
+    assert config.delivery.tls.reports.from_address == "tls-reports@example.com.test"
+    assert config.delivery.tls.reports.interval == "2m"
+    assert config.report_class == "transactional"
+    default = sender_config.render_config(sender_config.RenderInput(
+        name="mail", namespace="ns", spec=SPEC, active_pods=1, domain_auths={}))
+    assert sc.parse_config(default.text).delivery.tls.reports.interval == "24h"
+
+
 def test_transport_security_refuses_a_provider_named_twice() -> None:
     with pytest.raises(ValueError, match="provider name"):
         sp.TransportSecurity.model_validate(
