@@ -10,7 +10,14 @@ from typing import Any
 
 from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sandbox.providers import ProviderFleet
-from sandbox_fixtures.sender import SenderFactory, base_config, inject, lease, make_dkim_keys
+from sandbox_fixtures.sender import (
+    ADMIN_TOKEN,
+    SenderFactory,
+    base_config,
+    inject,
+    lease,
+    make_dkim_keys,
+)
 
 
 def _config(
@@ -199,3 +206,31 @@ async def test_temporary_failures_are_retried_and_permanent_ones_bounce_or_expir
     stats = await sender.client.stats()
     assert stats["queues"]["marketing"]["depth"] == 0
     assert stats["queues"]["transactional"]["depth"] == 0
+
+
+async def test_a_temporary_reply_with_a_permanent_enhanced_code_is_retried_and_never_suppresses(
+    tmp_path: Path, dns_server: DNSServer, provider_fleet: ProviderFleet,
+    sender_factory: SenderFactory,
+) -> None:
+    """`450 5.1.1`: the reply code says try again, the enhanced code says no such user. The
+    code wins: a receiver having a bad moment must not put a good address on the
+    suppression list for ever."""
+    cfg = _config(tmp_path, dns_server, provider_fleet)
+    cfg["retry"] = {"schedule": ["300ms"], "maxAge": "1h"}
+    sender = await sender_factory(cfg)
+    await sender.client.assign([lease("127.0.0.36")])
+    yahoo = provider_fleet["yahoo"]
+    yahoo.behaviour.scripted["good@yahoo.test"] = (
+        450, "5.1.1 <good@yahoo.test>: Recipient address rejected: User unknown")
+    status, _ = await sender.client.submit(
+        {"from": "a@example.test", "to": ["good@yahoo.test"], "subject": "s", "text": "t"})
+    assert status == 202
+    await yahoo.wait_until(lambda: len(yahoo.codes_for("good@yahoo.test")) >= 2, 20, "retry")
+    status, body = await sender.client.request(
+        "GET", "/v1/suppressions/good@yahoo.test", admin=True, token=ADMIN_TOKEN)
+    assert status == 404 or not body["suppressed"], body
+    assert (await sender.client.stats())["totals"]["bounced"] == 0
+
+    del yahoo.behaviour.scripted["good@yahoo.test"]
+    await yahoo.wait_for(1, timeout=20)
+    assert yahoo.codes_for("good@yahoo.test")[-1] == 250
