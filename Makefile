@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install test unit lint crds docs demo bench chart manifests images clean kube \
-	sandbox-tools
+	sandbox-tools test-tools
 
 install: $(STAMP)
 
@@ -22,7 +22,7 @@ lint: install
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
-test: install lint kube sandbox-tools
+test: install lint kube sandbox-tools test-tools
 	$(PY) -m pytest -q
 
 # The sandbox's real control plane (kube-apiserver, kube-controller-manager, kube-scheduler,
@@ -46,6 +46,24 @@ sandbox-tools:
 		 >/dev/null || echo "make sandbox-tools: apt-get could not install nftables"; \
 	else echo "make sandbox-tools: nft is missing (Debian package nftables, install as root);" \
 		"the sandbox runs without the egress gateway stand-in and its tests skip"; fi
+
+# Host tools the tests need: strace (Debian package strace) for the durability test
+# (tests/integration/sender/test_sender_durability_syscalls.py), which fails, not skips,
+# without it. Installed with apt-get when missing (as root, or through password-less sudo).
+test-tools:
+	@if command -v strace >/dev/null 2>&1 || [ -x /usr/bin/strace ]; then :; \
+	else \
+		if [ "$$(id -u)" = 0 ]; then SUDO=; \
+		elif command -v sudo >/dev/null 2>&1 && sudo -n true 2>/dev/null; then SUDO=sudo; \
+		else SUDO=none; fi; \
+		if [ "$$SUDO" != none ] && command -v apt-get >/dev/null 2>&1; then \
+			echo "make test-tools: installing strace for the durability test"; \
+			($$SUDO apt-get install -y --no-install-recommends strace \
+			 || ($$SUDO apt-get update && $$SUDO apt-get install -y --no-install-recommends \
+			     strace)) >/dev/null || echo "make test-tools: apt-get could not install strace"; \
+		else echo "make test-tools: strace is missing (Debian package strace, install as" \
+			"root); the durability test will fail"; fi; \
+	fi
 
 unit: install
 	$(PY) -m pytest -q tests/unit

@@ -94,6 +94,8 @@ async def world(
     kubelet.start()
     try:
         yield kubelet
+        # Whatever the test did, no IP was ever validly leased to two pods at once.
+        assert kubelet.fleet.violations == [], kubelet.fleet.violations
     finally:
         await runner.stop()
         await kubelet.stop()

@@ -138,6 +138,8 @@ async def world(
     kubelet.start()
     try:
         yield kubelet
+        # Whatever the test did, no IP was ever validly leased to two pods at once.
+        assert kubelet.fleet.violations == [], kubelet.fleet.violations
     finally:
         await runner.stop()
         await kubelet.stop()
@@ -406,3 +408,4 @@ async def test_the_operator_sees_nodes_and_moves_the_ip_of_a_pod_on_a_failed_nod
                        message="the standby holding both IPs")
         assert kubelet.senders[active].leases == []  # released (the pod still answered)
         assert events(kube_api, "IPFailingOver")
+        assert kubelet.fleet.violations == []  # never held by both pods at one moment

@@ -125,12 +125,13 @@ async def test_a_hard_bounce_at_one_pod_stops_the_others_by_push(cluster: Cluste
     # A pull interval of a minute: only the immediate push can meet the bound.
     a, b, c = await three(cluster, pull_interval=60.0)
     await a.lst.add("Jane.Doe@Example.ORG", suppression.Reason.HARD_BOUNCE, "pod-0:dsn")
-    took = await eventually(
+    # Half the pull interval: only the push can meet it, and a loaded machine still does.
+    await eventually(
         lambda: b.lst.is_suppressed("jane.doe@example.org")
         and c.lst.is_suppressed("JANE.DOE@example.org"),
         "the entry reaches every pod",
+        deadline=30.0,
     )
-    assert took < 2.0
     entry = c.lst.get("jane.doe@example.org")
     assert entry is not None
     assert (entry.address, entry.reason, entry.origin) == (

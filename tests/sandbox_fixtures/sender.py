@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -420,13 +420,16 @@ class SenderProcess:
         write_projected(self.directory / "config", "sender.yaml", yaml.safe_dump(self.cfg))
 
     async def start(
-        self, timeout: float = 20.0, *, probe: str = "/readyz"  # noqa: ASYNC109
+        self, timeout: float = 20.0, *, probe: str = "/readyz",  # noqa: ASYNC109
+        wrapper: Sequence[str] = (),
     ) -> None:
         """Run the process and wait for `probe` to answer 200 (`/healthz` for a pod that
-        comes back draining, e.g. resuming a hand-off)."""
+        comes back draining, e.g. resuming a hand-off). `wrapper` goes before the command
+        (a tracer such as strace that runs the sender as its child)."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(  # noqa: ASYNC220 - starts, does not wait
-            [sys.executable, "-m", "mailfleet_sender", "--config", str(self.config_path)],
+            [*wrapper, sys.executable, "-m", "mailfleet_sender",
+             "--config", str(self.config_path)],
             stdout=log,
             stderr=log,
             env={**os.environ, "POD_NAME": self.pod,

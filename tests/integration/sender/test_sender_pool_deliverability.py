@@ -29,8 +29,10 @@ from sandbox_fixtures.sender import (
     start_all,
 )
 
-BOUND = 2.0
-"""Seconds within which an entry recorded at one pod must stop every other pod."""
+BOUND = 30.0
+"""Deadline for an entry recorded at one pod to reach every other pod (by push, or by the
+1 s pull): generous, so a loaded machine does not fail it. That the push alone is prompt is
+tested with a pull interval of a minute (tests/integration/test_suppression_replication.py)."""
 
 
 async def eventually(
@@ -103,7 +105,7 @@ async def test_a_hard_bounce_at_one_pod_stops_every_pod_and_removal_resumes_deli
     async def everywhere() -> bool:
         return all([await suppressed(p, "gone@gmail.test") for p in pods[1:]])
 
-    assert await eventually(everywhere, "every pod suppresses") < BOUND
+    await eventually(everywhere, "every pod suppresses", deadline=BOUND)
     listed = await entry(pods[2], "gone@gmail.test")
     assert listed is not None
     assert (listed["reason"], listed["origin"]) == ("hard_bounce", "pool-0")
@@ -134,7 +136,7 @@ async def test_a_hard_bounce_at_one_pod_stops_every_pod_and_removal_resumes_deli
     async def lifted() -> bool:
         return not any([await suppressed(p, "gone@gmail.test") for p in pods])
 
-    assert await eventually(lifted, "removed everywhere") < BOUND
+    await eventually(lifted, "removed everywhere", deadline=BOUND)
     assert (await pods[1].client.submit(_mail("gone@gmail.test")))[0] == 202
     await gmail.wait_until(
         lambda: any("gone@gmail.test" in m.rcpt_to for m in gmail.messages),
@@ -232,7 +234,8 @@ async def test_one_click_unsubscribe_suppresses_everywhere_and_forgeries_change_
 
     status, body = await post(url.group(1))
     assert (status, body["result"]) == (200, "recorded")
-    assert await eventually(lambda: suppressed(pods[0], "reader@gmail.test"), "replicated") < BOUND
+    await eventually(lambda: suppressed(pods[0], "reader@gmail.test"), "replicated",
+                     deadline=BOUND)
     listed = await entry(pods[0], "reader@gmail.test")
     assert listed is not None and listed["reason"] == "unsubscribe"
 

@@ -10,7 +10,14 @@ from typing import Any
 
 from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sandbox.providers import ProviderFleet
-from sandbox_fixtures.sender import SenderFactory, base_config, inject, lease, make_dkim_keys
+from sandbox_fixtures.sender import (
+    ADMIN_TOKEN,
+    SenderFactory,
+    base_config,
+    inject,
+    lease,
+    make_dkim_keys,
+)
 
 
 def _config(
@@ -47,21 +54,25 @@ async def test_transactional_mail_overtakes_ten_thousand_queued_marketing_messag
     await inject(sender, 10_000, to=lambda i: f"m{i}@gmail.test", body_size=100)
     await gmail.wait_for(50, timeout=10)  # marketing is flowing
 
-    latencies = []
+    # Counted in messages, not seconds (a loaded machine slows both alike): between a
+    # receipt's submission and its arrival only the marketing mail already on its way
+    # (connections, batches) may go before it, never the queue's thousands.
+    overtaken = []
     for n in range(3):
-        started = time.monotonic()
+        before = len(gmail.messages)
         status, _ = await sender.client.submit({
             "from": "shop@example.test", "to": [f"buyer{n}@gmail.test"], "subject": "receipt",
             "text": "paid", "class": "transactional"})
         assert status == 202
         await gmail.wait_until(
             lambda n=n: any(m.rcpt_to == (f"buyer{n}@gmail.test",) for m in gmail.messages),
-            timeout=10)
-        latencies.append(time.monotonic() - started)
+            timeout=60)
+        arrived = next(i for i, m in enumerate(gmail.messages)
+                       if m.rcpt_to == (f"buyer{n}@gmail.test",))
+        overtaken.append(arrived - before)
     stats = await sender.client.stats()
 
-    # 10,000 marketing messages at 100/s take 100 s; each receipt went out at once.
-    assert max(latencies) < 1.0, latencies
+    assert max(overtaken) <= 100, overtaken
     assert stats["queues"]["marketing"]["depth"] > 9000
     before = len(gmail.messages)
     await gmail.wait_for(before + 20, timeout=20)  # and marketing keeps progressing
@@ -82,9 +93,8 @@ async def test_provider_rate_and_connection_limits_hold_at_the_receiver(
     await inject(sender, n, to=lambda i: f"u{i}@outlook.test")
     await inject(sender, n, to=lambda i: f"u{i}@yahoo.test")
 
-    await yahoo.wait_for(n, timeout=10)
-    yahoo_done = time.monotonic()
-    messages = await outlook.wait_for(n, timeout=15)
+    await yahoo.wait_for(n, timeout=60)
+    messages = await outlook.wait_for(n, timeout=60)
 
     stamps = sorted(m.received_at for m in messages)
     burst = rate  # the bucket starts full with one second's worth
@@ -92,9 +102,10 @@ async def test_provider_rate_and_connection_limits_hold_at_the_receiver(
     assert stamps[-1] - stamps[0] >= (n - burst - 1) / rate * 0.9
     assert outlook.max_in_window(1.0) <= burst + rate + 1
     assert outlook.peak_connections["127.0.0.32"] <= 2
-    # The unthrottled provider was not held back by the throttled one.
-    assert yahoo_done < time.monotonic()
-    assert yahoo.received_per_second() > rate
+    # The unthrottled provider was not held back by the throttled one: it was done while
+    # the throttled one was still being paced (an order, not a speed).
+    yahoo_last = max(m.received_at for m in yahoo.messages)
+    assert yahoo_last < stamps[-1]
 
 
 async def test_warmup_quota_is_never_exceeded_and_engaged_tiers_go_first(
@@ -199,3 +210,31 @@ async def test_temporary_failures_are_retried_and_permanent_ones_bounce_or_expir
     stats = await sender.client.stats()
     assert stats["queues"]["marketing"]["depth"] == 0
     assert stats["queues"]["transactional"]["depth"] == 0
+
+
+async def test_a_temporary_reply_with_a_permanent_enhanced_code_is_retried_and_never_suppresses(
+    tmp_path: Path, dns_server: DNSServer, provider_fleet: ProviderFleet,
+    sender_factory: SenderFactory,
+) -> None:
+    """`450 5.1.1`: the reply code says try again, the enhanced code says no such user. The
+    code wins: a receiver having a bad moment must not put a good address on the
+    suppression list for ever."""
+    cfg = _config(tmp_path, dns_server, provider_fleet)
+    cfg["retry"] = {"schedule": ["300ms"], "maxAge": "1h"}
+    sender = await sender_factory(cfg)
+    await sender.client.assign([lease("127.0.0.36")])
+    yahoo = provider_fleet["yahoo"]
+    yahoo.behaviour.scripted["good@yahoo.test"] = (
+        450, "5.1.1 <good@yahoo.test>: Recipient address rejected: User unknown")
+    status, _ = await sender.client.submit(
+        {"from": "a@example.test", "to": ["good@yahoo.test"], "subject": "s", "text": "t"})
+    assert status == 202
+    await yahoo.wait_until(lambda: len(yahoo.codes_for("good@yahoo.test")) >= 2, 20, "retry")
+    status, body = await sender.client.request(
+        "GET", "/v1/suppressions/good@yahoo.test", admin=True, token=ADMIN_TOKEN)
+    assert status == 404 or not body["suppressed"], body
+    assert (await sender.client.stats())["totals"]["bounced"] == 0
+
+    del yahoo.behaviour.scripted["good@yahoo.test"]
+    await yahoo.wait_for(1, timeout=20)
+    assert yahoo.codes_for("good@yahoo.test")[-1] == 250

@@ -111,6 +111,15 @@ CASES: dict[str, Case] = {
         [gen(1, S.RETIRING, since=T0), gen(2, S.ACTIVE)], {}, "", T0 + 7 * DAY,
         ("KeyRetired", ((1, S.RETIRED),), None),
     ),
+    "a key created long before its switch still stays published for the overlap after it": (
+        [gen(1, S.RETIRING, created=T0 - 90 * DAY, since=T0),
+         gen(2, S.ACTIVE, created=T0 - DAY, since=T0)], {}, "", T0 + 6 * DAY, None,
+    ),
+    "a key created long before its switch is retired once the overlap after it has passed": (
+        [gen(1, S.RETIRING, created=T0 - 90 * DAY, since=T0),
+         gen(2, S.ACTIVE, created=T0 - DAY, since=T0)], {}, "", T0 + 7 * DAY,
+        ("KeyRetired", ((1, S.RETIRED),), None),
+    ),
     "a key whose Secret holds garbage never advances": (
         [gen(1, S.ACTIVE), gen(2, S.PENDING, problem="not a readable PEM")], {}, "", T0, None,
     ),
@@ -304,6 +313,43 @@ def test_a_key_published_longer_than_the_stall_threshold_is_reported_stalled() -
     assert late.transition is None
 
 
+@pytest.mark.parametrize("age", [DAY, 90 * DAY, 400 * DAY],
+                         ids=["rotated after a day", "rotated on schedule", "rotated late"])
+def test_a_replaced_key_stays_published_for_the_overlap_after_the_switch(
+    age: datetime.timedelta,
+) -> None:
+    """Walked in one-hour steps from an old key to its retirement: the old record is
+    withdrawn no sooner than the overlap after the pools stopped signing with it (Retiring
+    lasts the overlap), and so no sooner than the overlap after the switch, however old
+    the key was when it was replaced."""
+    hour = datetime.timedelta(hours=1)
+    generations = [gen(1, S.ACTIVE, created=T0, since=T0 + TTL)]
+    now = T0 + age
+    dns = {"mf-1": D.MATCH, "mf-2": D.MATCH}
+    entered: dict[tuple[int, str], datetime.datetime] = {}
+    for _step in range(24 * 30):
+        pools = [rotating.PoolSigning("marketing", frozenset(
+            {"mf-2"} if entered.get((2, "Active")) else {"mf-1"}))]
+        plan = rotating.plan_rotation(
+            generations=generations, policy=POLICY, now=now, rotate_annotation="r", dns=dns,
+            pools=pools,
+        )
+        generations = [dataclasses.replace(g, seen_at=now) if g.number in plan.seen else g
+                       for g in generations]
+        if plan.transition is not None:
+            generations = rotating.apply_transition(generations, plan.transition, now=now)
+            for g in generations:
+                entered.setdefault((g.number, g.state.value), now)
+        if (1, "Retired") in entered:
+            break
+        now += hour
+    switch, retiring, retired = (entered[(2, "Active")], entered[(1, "Retiring")],
+                                 entered[(1, "Retired")])
+    assert retired - retiring >= POLICY.overlap
+    assert retired - switch >= POLICY.overlap
+    assert retired - retiring < POLICY.overlap + 2 * hour  # and not held for ever
+
+
 def test_next_check_is_the_end_of_the_overlap_or_the_rotation_due_date() -> None:
     plan = rotating.plan_rotation(
         generations=[gen(1, S.RETIRING, since=T0 + DAY), gen(2, S.ACTIVE, created=T0)],
@@ -311,3 +357,9 @@ def test_next_check_is_the_end_of_the_overlap_or_the_rotation_due_date() -> None
     )
     assert plan.next_check == T0 + 8 * DAY
     assert plan.rotation_due_at == T0 + 90 * DAY
+    old = rotating.plan_rotation(
+        generations=[gen(1, S.RETIRING, created=T0 - 90 * DAY, since=T0 + DAY),
+                     gen(2, S.ACTIVE, created=T0)],
+        policy=POLICY, now=T0 + DAY, rotate_annotation="", dns={},
+    )
+    assert old.next_check == T0 + 8 * DAY

@@ -300,6 +300,32 @@ def test_classification_tells_the_scheduler_what_to_do() -> None:
     assert str(hard.enhanced) == "5.1.1"
 
 
+@pytest.mark.parametrize(
+    ("code", "text", "provider"),
+    [
+        (450, "5.1.1 <x@example.org>: Recipient address rejected: User unknown", None),
+        (450, "5.1.1 The email account that you tried to reach does not exist", "gmail"),
+        (451, "5.2.1 mailbox disabled", None),
+        (421, "5.4.4 unable to route", None),
+        (452, "5.1.10 RESOLVER.ADR.RecipientNotFound", "outlook"),
+    ],
+    ids=[
+        "450 with 5.1.1 is a deferral, not a hard bounce",
+        "450 with 5.1.1 at a named provider is still retried",
+        "451 with 5.2.1 mailbox disabled does not suppress",
+        "421 with 5.4.4 no route is retried",
+        "452 with 5.1.10 recipient not found is retried",
+    ],
+)
+def test_an_enhanced_code_that_contradicts_the_reply_code_defers_to_the_code(
+    code: int, text: str, provider: str | None
+) -> None:
+    verdict = bounces.classify_reply(code, text, provider=provider)
+    assert verdict.category is not C.HARD_BOUNCE, verdict.reason
+    assert verdict.retryable
+    assert not verdict.suppresses
+
+
 def test_the_provider_name_is_recorded_lowercase() -> None:
     assert bounces.classify_reply(250, "ok", provider="Gmail").provider == "gmail"
 

@@ -147,6 +147,29 @@ def test_renewal_with_the_same_grant_and_epoch_keeps_the_usage_counters() -> Non
     assert source.quota_left() == 9
 
 
+@pytest.mark.parametrize(
+    ("basis", "sent_today", "in_flight", "left"),
+    [
+        (None, {}, {IP: 3}, 7),
+        (None, {IP: 50}, {}, 10),
+        (40, {IP: 43}, {IP: 3}, 7),
+    ],
+    ids=[
+        "without a basis the deliveries in flight at the grant count against it",
+        "without a basis what was sent before the grant is already in the figure",
+        "with a basis the in-flight ones are in sentToday and not counted twice",
+    ],
+)
+def test_a_new_grant_starts_its_count_from_its_basis_or_from_the_deliveries_in_flight(
+    basis: int | None, sent_today: dict[str, int], in_flight: dict[str, int], left: int,
+) -> None:
+    _, table = _table()
+    table.apply(_assignment(1, {"quotaRemaining": 10, "leaseId": "a", "sentTodayBasis": basis}),
+                sent_today=sent_today, in_flight=in_flight)
+    source = table.get(IP)
+    assert source is not None and source.quota_left() == left
+
+
 def test_leases_revoke_missing_ips_refuse_stale_generations_and_count_quota() -> None:
     time, table = _table()
     change = table.apply(_assignment(1, {"quotaRemaining": 10, "leaseId": "a"}), sent_today={})
