@@ -583,7 +583,9 @@ class DNSServer:
         return list(self._view().get(name, {}))
 
     def mark_secure(self, zone: str) -> None:
-        """Answer for names under `zone` as validated (AD) from now on."""
+        """Answer for names under `zone` as validated (AD) from now on, with no signatures: a
+        stand-in that tests of "AD only from the named resolver" need. Real DNSSEC:
+        `sign_zone` plus `validating_resolver.ValidatingResolver`."""
         self.secure_zones.add(_to_name(zone))
 
     def _vouch(
