@@ -143,6 +143,27 @@ class Settings(BaseModel):
             " on an unprivileged port."
         ),
     )
+    sender_tls_ca_file: str | None = Field(
+        default=None,
+        description=(
+            "Path, inside the sender pods, of extra trust anchors (PEM) for MX certificates "
+            "and MTA-STS policy hosts (delivery.tls.caFile): a private CA, or the sandbox's."
+        ),
+    )
+    sender_mta_sts_port: int | None = Field(
+        default=None, ge=1, le=65535,
+        description=(
+            "HTTPS port of MTA-STS policy hosts rendered into the senders' config "
+            "(delivery.tls.mtaStsPort); 443 when unset. Test beds only."
+        ),
+    )
+    sender_dane_resolver: str | None = Field(
+        default=None,
+        description=(
+            "Validating resolver (ip or ip:port) rendered as delivery.tls.daneResolver for "
+            "pools whose spec.transportSecurity names none (a node-local validating resolver)."
+        ),
+    )
     refused_egress_networks: tuple[str, ...] = Field(
         default=egress_networks.DEFAULT_REFUSED,
         description=(

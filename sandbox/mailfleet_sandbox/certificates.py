@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import hashlib
 import os
 import ssl
 import tempfile
@@ -43,6 +44,13 @@ class Issued:
     @property
     def der(self) -> bytes:
         return self.certificate.public_bytes(serialization.Encoding.DER)
+
+    def dane_ee(self) -> str:
+        """The TLSA record (presentation form) pinning this certificate's key: DANE-EE,
+        SubjectPublicKeyInfo, SHA-256 (`3 1 1`, RFC 7672 §3.1.1)."""
+        spki = self.certificate.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return "3 1 1 " + hashlib.sha256(spki).hexdigest()
 
     def server_context(self) -> ssl.SSLContext:
         """A server-side context presenting this certificate and its chain."""

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TextIO
 
-from mailfleet_sandbox import report, scenes, world
+from mailfleet_sandbox import report, scenes, transport_scenes, world
 from mailfleet_sandbox.kube.errors import ApiError
 
 SceneStep = tuple[str, Callable[[], Awaitable[scenes.SceneResult]]]
@@ -115,6 +115,7 @@ async def run_demo(out_dir: Path, root: Path, day_seconds: float, count: int) ->
             ("DKIM rotation", lambda: scenes.dkim_rotation(sandbox, ledger)),
             ("Suppression", lambda: scenes.suppression(sandbox, ledger)),
             ("Gateway mode", lambda: scenes.gateway_mode(sandbox, ledger)),
+            ("MTA-STS enforce", lambda: transport_scenes.mta_sts_enforce(sandbox, ledger)),
             ("Accounting", lambda: scenes.accounting(sandbox, ledger)),
         ]
         results: list[scenes.SceneResult] = []

@@ -68,6 +68,8 @@ import dns.reversename
 import dns.rrset
 import dns.zone
 
+from mailfleet_sandbox import dnssec_signing
+
 log = logging.getLogger(__name__)
 _R = typing.TypeVar("_R", bound=dns.resolver.BaseResolver)
 
@@ -191,6 +193,8 @@ class DNSServer:
         """Zones this server vouches for as a validating resolver would: answers under them
         carry AD when the query asked (DO or AD set). A stand-in for a DNSSEC-validating
         resolver (bogus data is a `set_failure(..., "SERVFAIL")`, as such a resolver answers)."""
+        self.signers: list[dnssec_signing.ZoneSigner] = []
+        """Zones signed for real (`sign_zone`): answers to DO queries carry RRSIGs."""
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -545,6 +549,8 @@ class DNSServer:
         else:
             self._resolve(query, response)
             self._vouch(query, response, question.name)
+            if self.signers and query.ednsflags & dns.flags.DO:
+                dnssec_signing.sign_response(self.signers, response, self._types_at)
         limit = 65535
         if udp:
             limit = UDP_DEFAULT_PAYLOAD
@@ -561,8 +567,25 @@ class DNSServer:
             response.flags |= dns.flags.TC
             return response.to_wire(max_size=limit)
 
+    def sign_zone(self, zone: str) -> dnssec_signing.ZoneSigner:
+        """Sign `zone` from now on (DNSSEC, see `dnssec_signing`): its DNSKEY is served at
+        the apex, with the DS a parent would serve there; give `signer.ds` to a validating
+        resolver as the zone's trust anchor."""
+        signer = dnssec_signing.ZoneSigner(_to_name(zone))
+        apex = signer.zone.to_text()
+        self.set_records(apex, "DNSKEY", [signer.dnskey.to_text()])
+        self.set_records(apex, "DS", [signer.ds.to_text()])
+        with self._lock:
+            self.signers = [s for s in self.signers if s.zone != signer.zone] + [signer]
+        return signer
+
+    def _types_at(self, name: dns.name.Name) -> list[dns.rdatatype.RdataType]:
+        return list(self._view().get(name, {}))
+
     def mark_secure(self, zone: str) -> None:
-        """Answer for names under `zone` as validated (AD) from now on."""
+        """Answer for names under `zone` as validated (AD) from now on, with no signatures: a
+        stand-in that tests of "AD only from the named resolver" need. Real DNSSEC:
+        `sign_zone` plus `validating_resolver.ValidatingResolver`."""
         self.secure_zones.add(_to_name(zone))
 
     def _vouch(

@@ -3,6 +3,9 @@
 sandbox CA chosen by SNI (RFC 8461 §3.3). A domain's policy can be set, changed, or made to
 fail (HTTP 500 or a certificate for another name), which is what the sender's tests and the
 demo need. Point `mta-sts.<domain>` A records of the sandbox DNS at `host`.
+
+It is also the sandbox's TLS-RPT collector (RFC 8460 §3 `https:` rua): every POST to another
+path is kept in `reports` (body as sent, gzip or not) and answered 201.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ class PolicyServer:
         self.wrong_name: set[str] = set()
         """Domains served a certificate for another name (a WebPKI failure)."""
         self.requests: list[str] = []
+        self.reports: list[tuple[str, bytes]] = []
+        """(path, body) of every report POSTed (TLS-RPT over HTTPS)."""
         self._contexts: dict[str, ssl.SSLContext] = {}
         self._runner: web.AppRunner | None = None
 
@@ -60,9 +65,14 @@ class PolicyServer:
             return web.Response(status=404, text="no policy")
         return web.Response(text=text, content_type="text/plain")
 
+    async def _collect(self, request: web.Request) -> web.Response:
+        self.reports.append((request.path, await request.read()))
+        return web.Response(status=201, text="report received")
+
     async def start(self) -> None:
-        app = web.Application()
+        app = web.Application(client_max_size=1024 * 1024)
         app.router.add_get("/.well-known/mta-sts.txt", self._serve)
+        app.router.add_post("/{path:.*}", self._collect)
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         context = self.ca.issue(["mta-sts.invalid"]).server_context()

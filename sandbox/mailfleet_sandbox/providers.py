@@ -40,13 +40,14 @@ from typing import Any, NamedTuple
 
 import aiosmtplib
 import dns.asyncresolver
-from aiosmtpd.smtp import SMTP, Envelope, Session
+from aiosmtpd.smtp import SMTP, Envelope, Session, TLSSetupException
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from mailfleet_sandbox import reports, verifying
+from mailfleet_sandbox.certificates import Issued, SandboxCA
 from mailfleet_sandbox.dns import DNSServer
 
 log = logging.getLogger(__name__)
@@ -285,6 +286,15 @@ class _ProviderSMTP(SMTP):  # type: ignore[misc]
             return
         await super()._handle_client()
 
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        try:
+            await super().smtp_STARTTLS(arg)
+        except TLSSetupException:
+            # The client gave up on our certificate (or the handshake failed): recorded, so a
+            # scene can tell "deferred for TLS" from "never tried".
+            self._receiver._tls_failed(self._counted_ip or "?")
+            raise
+
     async def push(self, status: str) -> None:  # type: ignore[override]
         await super().push(status)
         head = status[:3]
@@ -395,6 +405,8 @@ class SmtpReceiver:
         self.peak_connections: Counter[str] = Counter()
         """Highest number of simultaneous connections seen per source IP."""
         self.connections_total: Counter[str] = Counter()
+        self.tls_failures: list[tuple[str, float]] = []
+        """(peer IP, time.time()) of every STARTTLS handshake that did not complete."""
         self._handler = _Handler(self)
         self._server: asyncio.Server | None = None
         self._protocols: set[_ProviderSMTP] = set()
@@ -618,6 +630,10 @@ class SmtpReceiver:
                 handle.write(json.dumps(entry, sort_keys=True) + "\n")
         self._notify()
 
+    def _tls_failed(self, ip: str) -> None:
+        self.tls_failures.append((ip, time.time()))
+        self._notify()
+
     def _notify(self) -> None:
         self._changed.set()
         for event in self.listeners:
@@ -757,9 +773,12 @@ class ProviderFleet:
         behaviours: dict[str, ProviderBehaviour] | None = None,
         verify: bool = True,
         starttls: bool = False,
+        ca: SandboxCA | None = None,
         feedback_target: FeedbackTarget | None = None,
         record_dir: Path | None = None,
     ) -> None:
+        """`ca`: every provider offers STARTTLS with a certificate for its MX name from this
+        CA (`starttls` alone: a self-signed one)."""
         self.dns = dns
         self.specs = tuple(providers)
         self.port = port
@@ -768,6 +787,9 @@ class ProviderFleet:
         self._behaviours = behaviours or {}
         self._verify = verify
         self._starttls = starttls
+        self._ca = ca
+        self.certificates: dict[str, Issued] = {}
+        """provider -> the certificate its MX host presents (with `ca`)."""
         self._feedback_target = feedback_target
         self._record_dir = record_dir
         self._changed = asyncio.Event()
@@ -787,13 +809,21 @@ class ProviderFleet:
                 port,
                 behaviour=self._behaviours.get(spec.name) or ProviderBehaviour(),
                 verify_with=self.dns if self._verify else None,
-                starttls_context=make_self_signed_context(spec.mx_host) if self._starttls else None,
+                starttls_context=self._tls_context(spec),
                 hostname=spec.mx_host,
                 feedback_target=self._feedback_target,
                 eml_dir=(self._record_dir / spec.name) if self._record_dir else None,
                 record_file=(self._record_dir / f"{spec.name}.jsonl") if self._record_dir else None,
             )
         return built
+
+    def _tls_context(self, spec: ProviderSpec) -> ssl.SSLContext | None:
+        if self._ca is not None:
+            issued = self.certificates.get(spec.name)
+            if issued is None:
+                issued = self.certificates[spec.name] = self._ca.issue([spec.mx_host])
+            return issued.server_context()
+        return make_self_signed_context(spec.mx_host) if self._starttls else None
 
     async def start(self) -> None:
         """Start every provider on one port number (retrying with another free port when one

@@ -3,7 +3,10 @@ shown in the terminal. Pure rendering (no I/O) apart from `write_report`.
 
 `build_summary` gathers the scenes' results into the dict written to
 `demo-report/summary.json`: accepted, delivered, bounced, deferred, lost, the three pass rates,
-quota_violations, failover_s, rotation_s, each pool's egress attachment mode
+quota_violations, failover_s, rotation_s, tls_rate (share of delivered messages the
+receivers got over TLS), mta_sts_deferred (messages the MTA-STS scene saw held back by the
+bad certificate), tlsrpt_reports (TLS-RPT reports that reached the reporting addresses), each
+pool's egress attachment mode
 (`pool_attachments`, from the scenes' `details["attachments"]`) and one entry per scene with
 its outcome (passed, failed or skipped with the reason).
 """
@@ -31,6 +34,7 @@ def build_summary(results: Sequence[SceneResult], figures: JSON, *,
     failovers = [r.timings["failover_s"] for r in results if "failover_s" in r.timings]
     warmup = by_name.get("warmup")
     rotation = by_name.get("dkim_rotation")
+    sts = by_name.get("mta_sts_enforce")
     violations = list((warmup.details.get("quota_violations") or []) if warmup else [])
     attachments: dict[str, str] = {}
     for r in results:
@@ -50,6 +54,9 @@ def build_summary(results: Sequence[SceneResult], figures: JSON, *,
         "dkim_pass_rate": figures.get("dkim_pass_rate", 0.0),
         "spf_pass_rate": figures.get("spf_pass_rate", 0.0),
         "dmarc_pass_rate": figures.get("dmarc_pass_rate", 0.0),
+        "tls_rate": figures.get("tls_rate", 0.0),
+        "mta_sts_deferred": sts.details.get("mta_sts_deferred") if sts else None,
+        "tlsrpt_reports": figures.get("tlsrpt_reports", 0),
         "quota_violations": len(violations),
         "quota_violation_list": violations,
         "failover_s": max(failovers) if failovers else None,
@@ -101,6 +108,9 @@ def render_markdown(summary: JSON) -> str:
         f"| DKIM pass | {_pct(summary['dkim_pass_rate'])} |",
         f"| SPF pass | {_pct(summary['spf_pass_rate'])} |",
         f"| DMARC pass | {_pct(summary['dmarc_pass_rate'])} |",
+        f"| delivered over TLS | {_pct(summary.get('tls_rate'))} |",
+        f"| deferred for MTA-STS (bad certificate) | {summary.get('mta_sts_deferred', '-')} |",
+        f"| TLS-RPT reports received | {summary.get('tlsrpt_reports', 0)} |",
         f"| warm-up quota violations | {summary['quota_violations']} |",
         f"| failover (slowest) | {_secs(summary['failover_s'])} |",
         f"| DKIM rotation (annotation to first mail with the new key) | "
@@ -226,6 +236,9 @@ def render_console(summary: JSON) -> str:
               f"LOST {summary['lost']}",
               f"DKIM {_pct(summary['dkim_pass_rate'])}, SPF {_pct(summary['spf_pass_rate'])}, "
               f"DMARC {_pct(summary['dmarc_pass_rate'])} (as verified by the receivers)",
+              f"over TLS {_pct(summary.get('tls_rate'))}, deferred for MTA-STS "
+              f"{summary.get('mta_sts_deferred', '-')}, TLS-RPT reports "
+              f"{summary.get('tlsrpt_reports', 0)}",
               f"quota violations {summary['quota_violations']}, failover "
               f"{_secs(summary['failover_s'])}, DKIM rotation {_secs(summary['rotation_s'])}",
               f"total {_secs(summary['total_s'])} on "

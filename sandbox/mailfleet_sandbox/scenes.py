@@ -10,6 +10,7 @@ a client knows: which message (by Message-ID) it handed to which pod, and when.
 Order matters only where a scene says so: `fleet_up` first; `campaign` before `warmup_quotas`,
 `suppression` and `accounting`; `gateway_mode` (a second pool, Cilium attachment) after the
 failure scenes and before `accounting`, which then counts its mail too; `accounting` last.
+The transport-security scene is in `transport_scenes` (this module is long enough).
 """
 
 from __future__ import annotations
@@ -361,6 +362,13 @@ def _pass_rate(messages: list[ReceivedMessage], key: str) -> float:
     if not messages:
         return 0.0
     return sum(1 for m in messages if m.verdicts.get(key) == "pass") / len(messages)
+
+
+def _tls_rate(messages: list[ReceivedMessage]) -> float:
+    """Share of messages the receivers got over TLS (STARTTLS in effect at DATA)."""
+    if not messages:
+        return 0.0
+    return sum(1 for m in messages if m.tls) / len(messages)
 
 
 def _first_from(world: SandboxWorld, ip: str, after: float) -> float | None:
@@ -1009,6 +1017,8 @@ async def accounting(result: SceneResult, world: SandboxWorld, ledger: Ledger,
     result.details.update(figures)
     result.check("messages lost: 0", figures["lost"] == 0,
                  f"{figures['lost']} lost, e.g. {[s.message_id for s in left[:3]]}")
+    result.check("every delivered message came over TLS (every provider offers it)",
+                 figures["tls_rate"] == 1.0, f"tls_rate {figures['tls_rate']}")
     result.check("DKIM/SPF/DMARC pass for every delivered message",
                  figures["dkim_pass_rate"] == figures["spf_pass_rate"] ==
                  figures["dmarc_pass_rate"] == 1.0,
@@ -1038,6 +1048,7 @@ def summarize(world: SandboxWorld, ledger: Ledger) -> JSON:
             "dkim_pass_rate": round(_pass_rate(mine, "dkim"), 4),
             "spf_pass_rate": round(_pass_rate(mine, "spf"), 4),
             "dmarc_pass_rate": round(_pass_rate(mine, "dmarc"), 4),
+            "tls_rate": round(_tls_rate(mine), 4),
         }
     duplicates = sum(len(v) - 1 for mid, v in got.items() if len(v) > 1 and mid)
     return {
@@ -1051,6 +1062,8 @@ def summarize(world: SandboxWorld, ledger: Ledger) -> JSON:
         "dkim_pass_rate": round(_pass_rate(delivered_msgs, "dkim"), 4),
         "spf_pass_rate": round(_pass_rate(delivered_msgs, "spf"), 4),
         "dmarc_pass_rate": round(_pass_rate(delivered_msgs, "dmarc"), 4),
+        "tls_rate": round(_tls_rate(delivered_msgs), 4),
+        "tlsrpt_reports": world.transport.tlsrpt_reports(world.fleet),
         "providers": per_provider,
     }
 

@@ -10,7 +10,11 @@ e2e tests run (DESIGN.md §5, issue 9).
   cluster DNS for Services (`cluster_dns`, the CoreDNS stand-in: senders find their peers at
   `<pool>-pods.<ns>.svc`);
 - the provider simulators (`providers.ProviderFleet`), recording every accepted message as
-  JSON lines and .eml files, and every answer given as JSON lines;
+  JSON lines and .eml files (with whether it came over TLS), and every answer given as JSON
+  lines; each offers STARTTLS with a certificate from the sandbox CA;
+- transport security (`secure_transport`): the CA, an HTTPS host serving an MTA-STS
+  `enforce` policy for enforced.test and collecting TLS-RPT reports, the DNSSEC-signed zone
+  dane.test with its TLSA record, and a validating resolver the senders use for DANE;
 - an inbound relay standing in for the pool's bounce/feedback MX: providers send DSNs and ARF
   reports to it, and it hands them to the feedback port of a pod the pool's client Service
   routes to;
@@ -66,6 +70,7 @@ from mailfleet_sandbox import (
     node_agent,
     operator_install,
     providers,
+    secure_transport,
     storage,
 )
 from mailfleet_sandbox import dns as sandbox_dns
@@ -196,7 +201,14 @@ class SandboxWorld:
         else:
             self.api = ApiServer(host="127.0.0.1", port=0, history=50_000)
         self.dns = sandbox_dns.DNSServer(DNS_HOST, 0, negative_ttl=1)
-        self.fleet = providers.ProviderFleet(self.dns, record_dir=self.root / "providers")
+        # The CA bundle lives on the nodes' filesystem, which the pods see (as a private CA
+        # baked into an image would be); the senders are told its path by a setting.
+        self.transport = secure_transport.SecureTransport(self.dns,
+                                                          self.root / "nodes" / "trust")
+        """The sandbox CA, MTA-STS/TLS-RPT host, signed zone and validating resolver."""
+        self.fleet = providers.ProviderFleet(
+            self.dns, providers=providers.DEFAULT_PROVIDERS + secure_transport.PROVIDERS,
+            ca=self.transport.ca, record_dir=self.root / "providers")
         self.inbound: list[tuple[str, list[str], bytes, str]] = []
         """Every DSN/ARF the relay took: (mail from, rcpts, data, pod it went to or "")."""
         self._relay: asyncio.Server | None = None
@@ -254,6 +266,8 @@ class SandboxWorld:
         self.fleet.set_feedback_target((RELAY_HOST, relay_port), s.feedback_rcpt)
         await self._stack.enter_async_context(self.fleet)
         self.fleet.set_feedback_target((RELAY_HOST, relay_port), s.feedback_rcpt)
+        await self._stack.enter_async_context(self.transport)
+        await self.transport.start(self.fleet)
         self.external_dns = external_dns.ExternalDNS(self.api.url, self.dns, ssl_context=tls,
                                                      max_ttl=RECORD_TTL)
         await self._stack.enter_async_context(self.external_dns)
@@ -369,6 +383,8 @@ class SandboxWorld:
             "podAdminTimeout": s.pod_admin_timeout, "drainTimeout": 30, "logFormat": "text",
             # The sandbox's egress IPs are 127.x: loopback is its Internet.
             "refusedEgressNetworks": list(egress_networks.allowing_loopback()),
+            # trust in the sandbox CA, its policy host's port, its validating resolver
+            **self.transport.operator_settings(),
         }
 
     def operator_objects(self) -> list[JSON]:

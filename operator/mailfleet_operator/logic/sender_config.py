@@ -58,6 +58,9 @@ class RenderInput:
     day_length: str | None = None  # sandbox time scale
     timezone: str = "UTC"  # the warm-ups' zone: the senders' quota day starts at its midnight
     smtp_port: int | None = None  # MX port of the recipients (sandbox); 25 when None
+    tls_ca_file: str | None = None  # extra trust anchors in the pods (private CA, sandbox)
+    mta_sts_port: int | None = None  # HTTPS port of MTA-STS policy hosts (sandbox); 443
+    dane_resolver: tuple[str, int] | None = None  # for pools whose spec names none
     submission_secrets: Mapping[str, str] = field(default_factory=dict)
     # DomainAuth key Secrets copied into the pool's DKIM Secret (None: assume all).
     dkim_available: Collection[str] | None = None
@@ -273,6 +276,13 @@ def render_config(spec_in: RenderInput) -> Rendered:
     if spec_in.smtp_port is not None:
         delivery.smtp_port = spec_in.smtp_port
     delivery.tls = render_transport_security(spec.transport_security)
+    if spec_in.tls_ca_file:
+        delivery.tls.ca_file = spec_in.tls_ca_file
+    if spec_in.mta_sts_port is not None:
+        delivery.tls.mta_sts_port = spec_in.mta_sts_port
+    if spec_in.dane_resolver is not None and delivery.tls.dane_resolver is None:
+        address, port = spec_in.dane_resolver
+        delivery.tls.dane_resolver = sc.DaneResolver(address=address, port=port)
     if spec.egress.mode == "relay" and spec.egress.relay is not None:
         relay = spec.egress.relay
         rendered_relay = sc.Relay(host=relay.host, port=relay.port, tls=relay.tls)

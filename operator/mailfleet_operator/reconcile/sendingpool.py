@@ -302,6 +302,10 @@ async def _reconcile_locked(
             generation=generation,
             nameservers=tuple(pool_children.hostport(s) for s in settings.sender_nameservers),
             smtp_port=settings.sender_smtp_port,
+            tls_ca_file=settings.sender_tls_ca_file,
+            mta_sts_port=settings.sender_mta_sts_port,
+            dane_resolver=pool_children.hostport(settings.sender_dane_resolver)
+            if settings.sender_dane_resolver else None,
             # The senders' quota day must be the operator's warm-up day (sandbox time scale).
             day_length=units.format_duration(settings.warmup_day_seconds)
             if settings.warmup_day_seconds

@@ -17,6 +17,7 @@ from mailfleet_sandbox.certificates import SandboxCA
 from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sandbox.mta_sts_server import PolicyServer
 from mailfleet_sandbox.providers import SmtpReceiver
+from mailfleet_sandbox.validating_resolver import ValidatingResolver
 from mailfleet_sender import hooks
 from sandbox_fixtures.sender import (
     RunningSender,
@@ -220,3 +221,42 @@ async def test_dane_tlsa_is_honoured_only_from_the_named_validating_resolver(
     validating_resolver.set_records(f"_{world.port}._tcp.mx.dane.test", "TLSA", [right])
     messages = await receiver.wait_for(2, timeout=20)
     assert [m.tls for m in messages] == [True, True]
+
+
+async def test_dane_from_a_dnssec_signed_zone_through_a_validating_resolver(
+    tmp_path: Path, world: World, sender_factory: SenderFactory,
+) -> None:
+    """Real DNSSEC: the sandbox DNS signs the zone, the validating resolver the config names
+    checks the signatures against the zone's DS. A TLSA mismatch and a bogus signature both
+    defer the mail (never sent in clear); a matching, validly signed record lets it go."""
+    receiver = await world.domain("signed-dane.test", "127.0.0.81")
+    issued = CA.issue(["mx.signed-dane.test"])
+    receiver.starttls_context = issued.server_context()
+    tlsa = f"_{world.port}._tcp.mx.signed-dane.test"
+    world.dns.set_records(tlsa, "TLSA", ["3 1 1 " + hashlib.sha256(b"another key").hexdigest()])
+    signer = world.dns.sign_zone("signed-dane.test")
+    async with ValidatingResolver((world.dns.host, world.dns.port),
+                                  {"signed-dane.test": signer.ds}, "127.0.0.82") as resolver:
+        cfg = _config(tmp_path, world, daneResolver={"address": resolver.host,
+                                                     "port": resolver.port})
+        sender = await sender_factory(cfg)
+        outcomes = Outcomes(sender)
+        await sender.client.assign([lease("127.0.0.83")])
+        await _send(sender, "rcpt@signed-dane.test")
+        mismatch = await outcomes.deferred("rcpt@signed-dane.test")
+        assert mismatch.reply is not None and mismatch.reply.enhanced == "4.7.5"
+        assert "DANE" in mismatch.reply.text and "validation-failure" in mismatch.reply.text
+        assert resolver.outcomes["secure"] >= 2 and receiver.messages == []
+
+        world.dns.set_records(tlsa, "TLSA", ["3 0 1 " + hashlib.sha256(issued.der).hexdigest()])
+        signer.corrupt(tlsa, "TLSA")
+        sender.service.engine.transport.reconfigure(sender.service.cfg)  # drop cached policy
+        outcomes.seen.clear()
+        bogus = await outcomes.deferred("rcpt@signed-dane.test")
+        assert bogus.reply is not None and "dnssec-invalid" in bogus.reply.text
+        assert resolver.outcomes["bogus"] >= 1 and receiver.messages == []
+
+        signer.repair(tlsa, "TLSA")
+        [message] = await receiver.wait_for(1, timeout=20)
+        assert message.tls is True
+        assert 'policy="dane",result="tls"' in sender.service.metrics.render().decode()

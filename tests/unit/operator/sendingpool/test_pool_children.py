@@ -342,6 +342,28 @@ def test_tls_reports_come_from_the_pools_first_domain_once_per_scaled_day() -> N
     assert sc.parse_config(default.text).delivery.tls.reports.interval == "24h"
 
 
+def test_operator_settings_give_the_pods_their_trust_anchors_and_a_default_dane_resolver(
+) -> None:
+    """Environment, not policy: the CA bundle path, the policy hosts' port and the cluster's
+    validating resolver come from operator settings; a resolver the spec names wins."""
+    def render(spec: sp.SendingPoolSpec) -> sc.DeliveryTLS:
+        return sc.parse_config(sender_config.render_config(sender_config.RenderInput(
+            name="mail", namespace="ns", spec=spec, active_pods=1, domain_auths={},
+            tls_ca_file="/etc/ca.pem", mta_sts_port=8443,
+            dane_resolver=("10.0.0.53", 5353))).text).delivery.tls
+
+    tls = render(SPEC)
+    assert (tls.ca_file, tls.mta_sts_port) == ("/etc/ca.pem", 8443)
+    assert tls.dane_resolver == sc.DaneResolver(address="10.0.0.53", port=5353)
+    named = SPEC.model_copy(update={"transport_security": sp.TransportSecurity.model_validate(
+        {"daneResolver": {"address": "10.0.0.10"}})})
+    assert render(named).dane_resolver == sc.DaneResolver(address="10.0.0.10", port=53)
+    bare = sc.parse_config(sender_config.render_config(sender_config.RenderInput(
+        name="mail", namespace="ns", spec=SPEC, active_pods=1, domain_auths={})).text)
+    assert (bare.delivery.tls.ca_file, bare.delivery.tls.dane_resolver) == (None, None)
+    assert bare.delivery.tls.mta_sts_port == 443
+
+
 def test_transport_security_refuses_a_provider_named_twice() -> None:
     with pytest.raises(ValueError, match="provider name"):
         sp.TransportSecurity.model_validate(
