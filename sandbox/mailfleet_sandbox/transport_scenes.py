@@ -5,6 +5,8 @@ written like the others (`scenes._scene`, checks on what the receivers recorded)
 
 from __future__ import annotations
 
+import gzip
+import json
 import time
 from collections import Counter
 
@@ -88,4 +90,32 @@ async def mta_sts_enforce(result: scenes.SceneResult, world: SandboxWorld,
                  not dane_left and len(dane_arrived) == len(dane_sent)
                  and all(m.tls for m in dane_arrived) and secure > 0,
                  f"{len(dane_arrived)}/{len(dane_sent)} received, {secure} secure answers")
+
+    def failures_reported() -> int:
+        """Failed sessions for the enforce domain in the reports POSTed to its https rua."""
+        failed = 0
+        for path, body in transport.policies.reports:
+            if path != secure_transport.TLSRPT_PATH:
+                continue
+            try:
+                report = json.loads(gzip.decompress(body) if body[:2] == b"\x1f\x8b" else body)
+            except (OSError, ValueError):
+                continue
+            for entry in report.get("policies") or []:
+                if (entry.get("policy") or {}).get("policy-domain") == ENFORCED_DOMAIN:
+                    failed += int((entry.get("summary") or {}).get(
+                        "total-failure-session-count") or 0)
+        return failed
+
+    # Reports go out when the sender's report period (the sandbox's day) ends.
+    day = world.settings.warmup_day_seconds
+    try:
+        await wait_until(lambda: failures_reported() > 0, within=2 * day + within,
+                         what=f"a TLS-RPT report naming the failures for {ENFORCED_DOMAIN}")
+    except TimeoutError:
+        pass  # the check below says what arrived
     result.details["tlsrpt_reports"] = transport.tlsrpt_reports(world.fleet)
+    result.check("a TLS-RPT report with the failed handshakes reached the reporting address",
+                 failures_reported() > 0,
+                 f"{result.details['tlsrpt_reports']} reports, "
+                 f"{failures_reported()} failed sessions reported for {ENFORCED_DOMAIN}")
