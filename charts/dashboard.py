@@ -157,6 +157,25 @@ def _rows() -> list[Row]:
                     _query("sum by (scope) (increase(mailfleet_operator_reputation_pauses_total"
                            "[$__rate_interval]))", "{{scope}}")),
         ]),
+        ("Transport security", [
+            _series("TLS share of MX sessions", "Share of outgoing SMTP sessions that carried "
+                    "mail encrypted, by policy (dane, mta-sts, require-tls, opportunistic).",
+                    "percentunit",
+                    _query("sum by (policy) (rate(mailfleet_sender_tls_sessions_total"
+                           "{result=\"tls\"}[$__rate_interval])) / sum by (policy) (rate("
+                           "mailfleet_sender_tls_sessions_total[$__rate_interval]))",
+                           "{{policy}}")),
+            _series("TLS sessions by result", "tls, fallback (clear after a failed handshake), "
+                    "plaintext (no STARTTLS) and the failures that deferred mail.", "ops",
+                    _query("sum by (result) (rate(mailfleet_sender_tls_sessions_total"
+                           "[$__rate_interval]))", "{{result}}")),
+            _series("TLS-RPT reports", "Reports sent to receiving domains (sent, dropped, "
+                    "no_rua) and reports received for the pool's own domains.", "short",
+                    _query("sum by (result) (increase(mailfleet_sender_tlsrpt_reports_total"
+                           "[$__rate_interval]))", "sent {{result}}"),
+                    _query("sum by (result) (increase(mailfleet_sender_tlsrpt_received_total"
+                           "[$__rate_interval]))", "received {{result}}", "B")),
+        ]),
         ("DNS and DKIM", [
             table.Panel()
             .title("DNS verification (last hour)")
@@ -197,7 +216,8 @@ def build_dashboard() -> dict[str, Any]:
     builder = (
         dashboard.Dashboard("mailfleet")
         .uid(UID)
-        .description("Deliveries, queues, IP warm-up, failovers and DNS of mailfleet pools.")
+        .description("Deliveries, queues, IP warm-up, failovers, transport security and DNS "
+                     "of mailfleet pools.")
         .tags(["mailfleet", "email"])
         .editable()
         .time("now-6h", "now")

@@ -55,8 +55,14 @@ def known_metrics() -> set[str]:
     # Gauges the sender builds at scrape time: metrics.gauge("<name>", ...).
     sender_src = cs.ROOT / "sender-image" / "mailfleet_sender"
     for path in sender_src.glob("*.py"):
-        for name in re.findall(r'\bgauge\(\s*"([a-z_]+)"', path.read_text()):
+        text = path.read_text()
+        for name in re.findall(r'\bgauge\(\s*"([a-z_]+)"', text):
             names.add(f"{sender_metrics.PREFIX}_{name}")
+        # Counters a component registers on the pod's registry itself (transport security,
+        # TLS-RPT): Counter(f"{metrics.PREFIX}_<name>", ...).
+        for name in re.findall(r'Counter\(\s*f"\{metrics\.PREFIX\}_([a-z_]+)"', text):
+            full = f"{sender_metrics.PREFIX}_{name}"
+            names.update({full, f"{full}_total"})
     return names
 
 
