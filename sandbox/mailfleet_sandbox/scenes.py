@@ -654,14 +654,20 @@ async def node_failed(result: SceneResult, world: SandboxWorld, ledger: Ledger,
         result.details.update(pod=holder, ip=ip, node=node)
         warming = _warming(world, ip)
         try:
-            await wait_until(lambda: world.ip_holders().get(ip) not in (None, holder),
-                             within=within, what=f"{ip} Active on another pod", interval=0.05)
+            def moved() -> str | None:
+                now_holder = world.ip_holders().get(ip)
+                return now_holder if now_holder not in (None, holder) else None
+
+            # The pod the status named when the IP moved (a later read may fall between the
+            # lease loop's writes).
+            result.details["new_holder"] = await wait_until(
+                moved, within=within, what=f"{ip} Active on another pod", interval=0.05)
             reassigned = time.time() - failed_at
             result.timings["reassigned_s"] = round(reassigned, 2)
             first = await wait_until(lambda: _first_from(world, ip, failed_at), within=within,
                                      what=f"mail from {ip} from another pod")
             result.timings["failover_s"] = round(first - failed_at, 2)
-            result.details["new_holder"] = world.ip_holders().get(ip)
+            result.details["holder_after_first_mail"] = world.ip_holders().get(ip)
             await flowing(world, since=first, ip=ip, count=3, within=within)
         finally:
             await world.agent.heal_node(node)
