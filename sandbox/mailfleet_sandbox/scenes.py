@@ -362,8 +362,10 @@ def sends_by(world: SandboxWorld, pod: str, ip: str) -> list[float]:
     """When the receivers got mail from `ip` that `pod` itself sealed as its sender (the
     trace header each pod stamps on what it sends), oldest first."""
     keys = []
-    with contextlib.suppress(LookupError, ApiError, KeyError, ValueError):
-        keys.append(attribution.trace_key(world, world.settings.pool))
+    with contextlib.suppress(LookupError, ApiError):
+        for pool in world.api.list(API_VERSION, "SendingPool", world.settings.namespace):
+            with contextlib.suppress(LookupError, ApiError, KeyError, ValueError):
+                keys.append(attribution.trace_key(world, pool["metadata"]["name"]))
     return sorted(m.received_at for m in world.fleet.messages if m.peer_ip == ip
                   and any(attribution.sending_pod(m, key) == pod for key in keys))
 
