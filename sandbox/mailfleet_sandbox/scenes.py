@@ -533,7 +533,7 @@ async def warmup_quotas(result: SceneResult, world: SandboxWorld, ledger: Ledger
     result.details["day"] = status.get("day")
     result.details["history"] = status.get("history") or []
     counts = per_ip_day_counts(world)
-    rows, violations = quota_rows(world, ledger, counts)
+    rows, violations = quota_rows(world, ledger, counts, boundary_counts(world))
     result.details["per_ip_day"] = rows
     result.details["quota_violations"] = violations
     result.check("no source IP exceeded its warm-up quota on any day", not violations,
@@ -541,6 +541,19 @@ async def warmup_quotas(result: SceneResult, world: SandboxWorld, ledger: Ledger
     result.check("the warm-up advanced by days at the sandbox time scale",
                  len({d for _, d, _ in ledger.warmup_days if d}) >= min_days,
                  str([(d, q) for _, d, q in ledger.warmup_days]))
+
+
+@_scene("warmup_held", "Every warm-up day held its quota, quota-0 days and failovers included")
+async def warmup_held(result: SceneResult, world: SandboxWorld, ledger: Ledger) -> None:
+    """The quota check over every day seen so far, run again after the failure scenes: a
+    failover, a healed pod or a hand-off must not have pushed any IP over a day's quota."""
+    rows, violations = quota_rows(world, ledger, per_ip_day_counts(world),
+                                  boundary_counts(world))
+    result.details["per_ip_day"] = rows
+    result.details["quota_violations"] = violations
+    result.details["zero_quota_days"] = sum(1 for r in rows if r["quota"] == 0)
+    result.check("no source IP exceeded its warm-up quota on any day, quota-0 days included",
+                 not violations, "; ".join(violations[:5]))
 
 
 def _phase(world: SandboxWorld) -> str:
@@ -553,22 +566,54 @@ def per_ip_day_counts(world: SandboxWorld) -> Counter[tuple[str, int]]:
     return Counter((m.peer_ip, epoch_day(m.received_at, day_s)) for m in world.fleet.messages)
 
 
-def quota_rows(world: SandboxWorld, ledger: Ledger,
-               counts: Counter[tuple[str, int]]) -> tuple[list[JSON], list[str]]:
+def boundary_counts(world: SandboxWorld) -> Counter[tuple[str, int]]:
+    """Per (IP, day): messages received so early in the day that the sender may have counted
+    them on the day before. The sender counts a message on the quota day (`clock.day`: wall
+    seconds // day length, the same as `epoch_day`) when its attempt *starts*, and an attempt
+    runs at most until its lease's deadline minus the margin, at most a TTL after the start;
+    the receivers see the end of DATA. So mail received within a TTL of a day's start may
+    belong to either day."""
+    day_s = world.settings.warmup_day_seconds
+    slack = world.settings.lease_duration
+    return Counter((m.peer_ip, epoch_day(m.received_at, day_s)) for m in world.fleet.messages
+                   if m.received_at - epoch_day(m.received_at, day_s) * day_s < slack)
+
+
+def quota_rows(world: SandboxWorld, ledger: Ledger, counts: Counter[tuple[str, int]],
+               early: Counter[tuple[str, int]] | None = None) -> tuple[list[JSON], list[str]]:
+    """Per IP and day, what the receivers got against the quota the IPWarmup showed, every
+    day included: a day whose quota was 0 must carry nothing. Mail received within a TTL of a
+    day's start (`early`) is put on the day before while that day's quota has room, as the
+    sender may have counted it there; the rest counts on the day it arrived."""
     rows: list[JSON] = []
     violations: list[str] = []
     warming = {ip for ip, _ in world.settings.egress}
+    early = early if early is not None else Counter()
+    room: dict[str, tuple[int, float]] = {}  # ip -> (day, quota left that day)
     for (ip, day), sent in sorted(counts.items()):
         if ip not in warming:
             continue
         quota = ledger.quotas.get((ip, day))
         unlimited = (ip, day) in ledger.unlimited_days
-        rows.append({"ip": ip, "day": day, "sent": sent,
+        carried = 0
+        before, left = room.get(ip, (day - 2, 0.0))
+        if before != day - 1:  # nothing arrived the day before: all its quota is room
+            left = (float("inf") if (ip, day - 1) in ledger.unlimited_days
+                    else float(ledger.quotas.get((ip, day - 1), 0)))
+        carried = int(min(early[(ip, day)], left))
+        own = sent - carried
+        rows.append({"ip": ip, "day": day, "sent": sent, "carried_to_day_before": carried,
                      "quota": None if unlimited else quota})
-        if quota is not None and not unlimited and quota > 0 and sent > quota:
-            violations.append(f"{ip} day {day}: {sent} > {quota}")
-        if quota is None and not unlimited:
+        if unlimited:
+            room[ip] = (day, float("inf"))
+            continue
+        if quota is None:
             violations.append(f"{ip} day {day}: {sent} sent with no quota observed")
+            continue
+        if own > quota:
+            note = f" ({carried} early ones put on day {day - 1})" if carried else ""
+            violations.append(f"{ip} day {day}: {own} > {quota}{note}")
+        room[ip] = (day, max(0, quota - own))
     return rows, violations
 
 

@@ -140,6 +140,15 @@ async def test_enforce_domain_with_a_bad_certificate_is_deferred_then_delivered_
     # reported in summary.json but not asserted until it is.
 
 
+async def test_no_ip_exceeded_its_warmup_quota_after_the_failure_scenes(
+        e2e_world: E2EWorld, e2e_campaign: scenes.SceneResult) -> None:
+    """Again over every day seen, after failovers, a healed pod, blocklisting and hand-offs;
+    a day whose quota was 0 must have carried nothing."""
+    result = await scenes.warmup_held(e2e_world.world, e2e_world.ledger)
+    assert_scene(result)
+    assert result.details["per_ip_day"]
+
+
 async def test_final_ledger_nothing_lost(
         e2e_world: E2EWorld, e2e_campaign: scenes.SceneResult) -> None:
     result = await scenes.accounting(e2e_world.world, e2e_world.ledger, within=20)
