@@ -16,6 +16,7 @@ that no test runs ("no tests") counts as survived.
 from __future__ import annotations
 
 import argparse
+import ast
 import hashlib
 import json
 import os
@@ -32,6 +33,7 @@ PACKAGES = {"mailfleet_operator": ROOT / "operator", "mailfleet_sender": ROOT / 
 # mutmut's exit codes per mutant (mutmut.stats.status_by_exit_code), grouped the way we report.
 KILLED = {1, 3, 37}
 TIMEOUT = {36, -24, 24, 152, 255}
+QUIET_TAG = "# mutation: quiet"  # lines so tagged in the staged copy are not mutated
 # Parts of a module left unmutated, from the line given on: code that only runs inside sender
 # processes started by the integration tests, where mutmut cannot see which test ran it
 # (docs/mutation-testing.md says why and what covers it instead).
@@ -47,14 +49,60 @@ def modules() -> list[str]:
 
 
 def scoped(name: str, text: str) -> str:
-    """The module's source with everything from its `OUT_OF_SCOPE` marker on left unmutated."""
+    """The module's source as mutmut gets it: everything from its `OUT_OF_SCOPE` marker on
+    left unmutated, and the lines `quiet_lines` finds tagged with `QUIET_TAG`."""
     marker = OUT_OF_SCOPE.get(name)
-    if marker is None:
-        return text
-    head, found, tail = text.partition(marker)
-    if not found:
-        raise SystemExit(f"bench/mutation.py: {name} no longer has the line {marker!r}")
-    return f"{head}# pragma: no mutate block\n{found}{tail}"
+    if marker is not None:
+        head, found, tail = text.partition(marker)
+        if not found:
+            raise SystemExit(f"bench/mutation.py: {name} no longer has the line {marker!r}")
+        text = f"{head}# pragma: no mutate block\n{found}{tail}"
+    lines = text.split("\n")
+    for number in quiet_lines(text):
+        if not lines[number - 1].rstrip().endswith("\\"):
+            lines[number - 1] += f"  {QUIET_TAG}"
+    return "\n".join(lines)
+
+
+def quiet_lines(text: str) -> set[int]:
+    """Lines (1-based) whose mutants say nothing about the module's guarantees:
+
+    - log statements: their wording and keys are no promise of these modules (that logs carry
+      no secrets is tested where the values are logged);
+    - SQL text on lines of its own inside `execute` calls, and calls whose only argument is
+      SQL text: SQLite reads keywords and names in any case, so the case mutants are
+      equivalent, and the `XX` ones are syntax errors every test of the query catches.
+    """
+    quiet: set[int] = set()
+    for node in ast.walk(ast.parse(text)):
+        if (
+            isinstance(node, ast.Expr)
+            and isinstance(node.value, ast.Call)
+            and isinstance(node.value.func, ast.Attribute)
+            and isinstance(node.value.func.value, ast.Name)
+            and node.value.func.value.id in {"log", "logger"}
+        ):
+            quiet.update(range(node.lineno, (node.end_lineno or node.lineno) + 1))
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Attribute)
+            and node.func.attr in {"execute", "executemany", "executescript"}
+            and node.args
+            and isinstance(node.args[0], ast.Constant)
+            and isinstance(node.args[0].value, str)
+        ):
+            sql = node.args[0]
+            end = sql.end_lineno or sql.lineno
+            if len(node.args) == 1 and not node.keywords and sql.lineno == end:
+                quiet.add(sql.lineno)
+            else:
+                source = text.split("\n")
+                quiet.update(
+                    n for n in range(sql.lineno, end + 1)
+                    if source[n - 1].strip().startswith('"')
+                    and source[n - 1].strip().rstrip(",").endswith('"')
+                )
+    return quiet
 
 
 def stage(where: pathlib.Path, *, keep: bool) -> list[str]:
@@ -71,9 +119,10 @@ def stage(where: pathlib.Path, *, keep: bool) -> list[str]:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(parent / name, target, ignore=ignore)
-    for name in OUT_OF_SCOPE:
-        path = where / "src" / name
-        path.write_text(scoped(name, path.read_text(encoding="utf-8")), encoding="utf-8")
+    for name in modules():
+        path = where / name
+        path.write_text(scoped(name.removeprefix("src/"), path.read_text(encoding="utf-8")),
+                        encoding="utf-8")
     if (where / "tests").exists():
         shutil.rmtree(where / "tests")
     shutil.copytree(ROOT / "tests", where / "tests", ignore=ignore)
