@@ -180,3 +180,8 @@ def test_entries_without_an_address_own_nothing() -> None:
     broken["spec"]["egress"]["ips"].append("192.0.2.8")  # not a mapping: no address
     assert ip_leases.ip_owners([broken]) == {"192.0.2.9": ("mail", "broken")}
     assert ip_leases.ip_owners([{"metadata": {"name": "empty"}}, {}]) == {}
+
+
+def test_an_entry_without_an_address_does_not_hide_the_ips_after_it() -> None:
+    listed = pool("listed", "2025-01-01T00:00:00Z", {"address": None}, "192.0.2.7")
+    assert ip_leases.ip_owners([listed]) == {"192.0.2.7": ("mail", "listed")}
