@@ -339,3 +339,15 @@ def test_any_reply_gets_a_category_and_2xx_is_always_delivered(code: int, text: 
     verdict = bounces.classify_reply(code, text)
     assert isinstance(verdict.category, bounces.Category)
     assert (verdict.category is C.DELIVERED) == (200 <= code < 300)
+
+
+@pytest.mark.parametrize("code", [*range(400, 405), 450, 452, 499, *range(500, 505), 550, 599])
+def test_an_enhanced_code_of_the_reply_codes_class_decides_for_every_code_of_that_class(
+    code: int,
+) -> None:
+    # A policy rejection (5.7.1) is "blocked", never a hard bounce that would suppress a good
+    # address, whatever the 5xx; a full mailbox (4.2.2) is a soft bounce for every 4xx.
+    enhanced = "5.7.1" if code >= 500 else "4.2.2"
+    verdict = bounces.classify_reply(code, f"{enhanced} xyzzy")
+    expected = "blocked" if code >= 500 else "soft_bounce"
+    assert (verdict.category.value, verdict.reason.endswith(f"({enhanced})")) == (expected, True)
