@@ -121,3 +121,54 @@ async def test_every_transaction_and_every_failed_one_is_counted(tmp_path: Path)
         await broken.submit(message(2, "b@x.test"))
     assert (broken.commits, broken.commit_failures) == (0, 1)
     broken.close()
+
+
+async def test_a_hand_off_can_be_undone_except_for_messages_still_moving(tmp_path: Path) -> None:
+    store = await started(tmp_path)
+    first = await store.submit(message(1, "a@x.test", "b@x.test"))
+    second = await store.submit(message(2, "c@x.test"))
+    assert isinstance(first, list) and isinstance(second, list)
+    assert store.handoff_mode() == "drain"  # nothing recorded: drain
+    assert await store.mark_handoff() == 3
+    assert store.count_handoff() == 3 and store.load_pending() == []
+    # Undrain while message 2 is still being handed off: only message 1 comes back.
+    assert await store.unmark_handoff(keep=[second[0].message]) == 2
+    assert store.handoff_mode() == "settle"
+    assert store.count_handoff() == 1
+    assert [d.recipient for d in store.load_pending()] == ["a@x.test", "b@x.test"]
+    assert await store.unmark_handoff() == 1
+    assert store.handoff_mode() == "drain" and store.count_handoff() == 0
+    assert len(store.load_pending()) == 3
+    store.close()
+
+
+async def test_hand_off_items_come_oldest_first_and_at_most_the_limit(tmp_path: Path) -> None:
+    store = await started(tmp_path)
+    for n in range(3):
+        await store.submit(message(n, f"r{n}@x.test"))
+    await store.mark_handoff()
+    assert [i.sender for i in store.load_handoff(limit=2)] == ["s0@x.test", "s1@x.test"]
+    assert len(store.load_handoff()) == 3
+    store.close()
+
+
+async def test_a_stored_hand_off_key_names_its_message(tmp_path: Path) -> None:
+    store = await started(tmp_path)
+    rows = await store.submit(message(1, "a@x.test", key="k1"))
+    assert isinstance(rows, list)
+    assert store.handoff_stored("k1") == rows[0].message
+    assert store.handoff_stored("k2") is None
+    store.close()
+
+
+async def test_daily_counters_read_back_per_day_over_a_range(tmp_path: Path) -> None:
+    store = await started(tmp_path)
+    store.update([], [spool.Count(day=d, address="10.0.0.1", kind="sent", n=d) for d in (5, 6, 7)]
+                 + [spool.Count(day=6, address="10.0.0.2", kind="bounced")])
+    await store.flush()
+    assert store.load_counters_between(6, 7) == {
+        6: {("10.0.0.1", "sent"): 6, ("10.0.0.2", "bounced"): 1},
+        7: {("10.0.0.1", "sent"): 7},
+    }
+    assert store.load_counters_between(8, 9) == {}
+    store.close()
