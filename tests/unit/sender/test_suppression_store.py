@@ -267,3 +267,90 @@ def test_an_entry_lacking_a_field_or_not_an_object_is_refused() -> None:
         Entry.from_json([body])
     longest = {**body, "reason": "r" * 200, "source": "s", "origin": "o"}
     assert Entry.from_json(longest).reason == "r" * 200
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        pytest.param(42, "^an address must be a string$", id="not a string"),
+        pytest.param("@example.com", "has no local part and domain$", id="no local part"),
+        pytest.param("someone", "has no local part and domain$", id="no at sign"),
+        pytest.param("<a@example.com", r"^'<a@example\.com': invalid local part$",
+                     id="an unclosed angle bracket"),
+        pytest.param("a@b@example.com", r"^'a@b@example\.com': invalid local part$",
+                     id="two at signs: the last one splits"),
+        pytest.param("a b@example.com", "^'a b@example.com': invalid local part$",
+                     id="a space in the local part"),
+        pytest.param("a@localhost", "^'a@localhost': invalid domain$", id="a bare host name"),
+        pytest.param("a@" + "x" * 64 + ".com", r"^'a@x+\.com': invalid domain$",
+                     id="a label longer than 63"),
+    ],
+)
+def test_an_address_that_cannot_be_suppressed_says_why(address: object, message: str) -> None:
+    with pytest.raises(suppression.InvalidAddress, match=message):
+        suppression.normalize_address(address)  # type: ignore[arg-type]
+
+
+def test_an_address_of_254_characters_is_the_longest_accepted() -> None:
+    domain = ".".join(["d" * 62] * 3) + ".example"  # 194 characters
+    longest = "l" * (254 - 1 - len(domain)) + "@" + domain
+    assert len(longest) == 254
+    assert suppression.normalize_address(f" <{longest}> ")[0] == longest
+    too_long = "l" + longest
+    with pytest.raises(suppression.InvalidAddress) as refused:
+        suppression.normalize_address(too_long)
+    assert str(refused.value) == f"{too_long[:40]!r}... is longer than 254 characters"
+
+
+def test_bad_entries_are_refused_with_exactly_the_reason() -> None:
+    body = entry("a@example.com").to_json()
+    with pytest.raises(ValueError, match=r"^an entry must be an object$"):
+        Entry.from_json("a@example.com")
+    with pytest.raises(ValueError, match=r"^entry has a bad 'suppressed' or 'ts'$"):
+        Entry.from_json({**body, "ts": -1})
+    assert Entry.from_json({**body, "ts": 1}).ts == 1
+
+
+async def test_a_lost_list_is_held_at_once_and_restored_at_once(tmp_path: Path) -> None:
+    store = open_list(tmp_path)
+    assert store.resync_pending is False
+    store.require_resync()
+    assert store.resync_pending is True
+    store.resynced("import")
+    assert store.resync_pending is False
+
+
+async def test_counters_add_up_over_many_changes(tmp_path: Path) -> None:
+    store = open_list(tmp_path)
+    first = await store.add("a@example.com", "hard_bounce", "delivery")
+    second = await store.add("b@example.com", "hard_bounce", "delivery")
+    assert second.ts == first.ts + 1  # the clock stood still: one microsecond later
+    removed = await store.remove("a@example.com")
+    await store.remove("b@example.com")
+    assert removed is not None and removed.source == "api"
+    limit = NOW_US + suppression.MAX_SKEW_US
+    late = [entry(f"f{n}@example.com", ts=limit + 1) for n in range(2)]
+    applied = await store.merge([*late, entry("c@example.com"), entry("d@example.com")])
+    assert [e.address for e in applied] == ["c@example.com", "d@example.com"]
+    await store.merge([entry("f@example.com", ts=limit + 5)])
+    await store.merge([entry("e@example.com")])
+    metrics = store.metrics
+    assert (metrics.added, metrics.removed, metrics.merged, metrics.merge_rejected) == (2, 2, 3, 3)
+
+
+async def test_the_first_change_is_listed_from_the_start(tmp_path: Path) -> None:
+    store = open_list(tmp_path)
+    added = await store.add("a@example.com", "hard_bounce", "delivery")
+    assert store.entries() == ([added], 1)
+
+
+async def test_a_write_that_fails_leaves_the_sequence_as_it_was(tmp_path: Path) -> None:
+    store = open_list(tmp_path)
+    await store.add("a@example.com", "hard_bounce", "delivery")
+    unstorable = Entry("b@example.com", True, "hard_bounce", "peer", NOW_US,
+                       object())  # type: ignore[arg-type]
+    with pytest.raises(Exception):  # noqa: B017 - whatever SQLite raises for the bad value
+        await store.merge([unstorable])
+    assert store.cursor == 1 and not store.is_suppressed("b@example.com")
+    later = await store.add("c@example.com", "hard_bounce", "delivery")
+    assert store.cursor == 2 and store.entries(since=1) == ([later], 2)
