@@ -172,3 +172,11 @@ async def test_daily_counters_read_back_per_day_over_a_range(tmp_path: Path) -> 
     }
     assert store.load_counters_between(8, 9) == {}
     store.close()
+
+
+async def test_a_hand_off_round_takes_a_hundred_messages_by_default(tmp_path: Path) -> None:
+    store = await started(tmp_path)
+    await store.submit_many([message(n, f"r{n}@x.test") for n in range(101)])
+    await store.mark_handoff()
+    assert len(store.load_handoff()) == 100
+    store.close()
