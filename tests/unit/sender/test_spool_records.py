@@ -180,3 +180,38 @@ async def test_a_hand_off_round_takes_a_hundred_messages_by_default(tmp_path: Pa
     await store.mark_handoff()
     assert len(store.load_handoff()) == 100
     store.close()
+
+
+@pytest.mark.parametrize(("sync", "level"), [("full", 2), ("normal", 1)])
+def test_every_spool_handle_runs_the_configured_synchronous_level(
+    tmp_path: Path, sync: str, level: int
+) -> None:
+    # FULL (2) fsyncs the WAL at every commit, before the client is told 250: the default.
+    store = spool.Spool.open(tmp_path / "nested" / "dir", sync=sync)
+    with store._connect() as db:
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == level
+    with spool.Spool.open(tmp_path / "default")._connect() as db:
+        assert db.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+async def test_outcomes_queued_before_close_are_on_disk_after_it(tmp_path: Path) -> None:
+    store = await started(tmp_path)
+    assert store.unrecorded == 0
+    rows = await store.submit(message(1, "a@x.test", "b@x.test"))
+    assert isinstance(rows, list)
+    store.update(
+        [spool.Update(rows[0].id, rows[0].message, "delivered", 1, 0.0, "250 ok"),
+         spool.Update(rows[1].id, rows[1].message, "queued", 1, 60.0, "451 later")],
+        [spool.Count(day=3, address="10.0.0.1", kind="sent", n=2)],
+        [spool.SoftCount("b@x.test", 1), spool.SoftCount("c@x.test", 2)],
+    )
+    store.close()  # no flush: close commits what is queued
+    reopened = await started(tmp_path)
+    (left,) = reopened.load_pending()
+    assert (left.recipient, left.attempts, left.last_response) == ("b@x.test", 1, "451 later")
+    assert reopened.load_counters(3) == {("10.0.0.1", "sent"): 2}
+    assert reopened.load_soft_counts() == {"b@x.test": 1, "c@x.test": 2}
+    reopened.update([], soft=[spool.SoftCount("b@x.test", 0)])  # a delivery forgets it
+    await reopened.flush()
+    assert reopened.load_soft_counts() == {"c@x.test": 2}
+    reopened.close()
