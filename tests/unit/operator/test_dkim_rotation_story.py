@@ -198,3 +198,52 @@ def test_durations_in_messages_use_the_largest_whole_unit(
     step = plan([gen(1, S.ACTIVE), gen(2, S.ACTIVE)], T0, policy=policy)
     assert step.transition is not None
     assert step.transition.message.endswith(f"mf-1 stays published for {shown}, then retires")
+
+
+def kind(result: rotating.Plan) -> rotating.TransitionKind | None:
+    return None if result.transition is None else result.transition.kind
+
+
+def test_each_step_is_of_its_kind_and_dual_keys_are_named_by_both_selectors() -> None:
+    K = rotating.TransitionKind
+    dual = dict(algorithms=("rsa-2048", "ed25519"), selectors=("mf-1", "mf-1-ed"))
+    assert kind(plan([], T0)) is K.CREATE
+    assert kind(plan([gen(1, S.PENDING)], T0)) is K.ADVANCE
+    first = plan([gen(1, S.VERIFIED, **dual)], T0, dns={"mf-1": D.MATCH, "mf-1-ed": D.MATCH})
+    assert kind(first) is K.SWITCH
+    assert said(first) == ("KeyActivated", "selector mf-1+mf-1-ed is now Active")
+    seen = plan([gen(1, S.PUBLISHED, seen_at=T0)], T0 + DAY, dns={"mf-1": D.MATCH})
+    assert kind(seen) is K.ADVANCE
+    assert kind(plan([gen(1, S.RETIRING), gen(2, S.ACTIVE)], T0 + 8 * DAY)) is K.ADVANCE
+    back = plan([gen(1, S.ACTIVE, **dual)], T0 + DAY)
+    assert said(back) == ("AlgorithmChanged", "spec asks for rsa-2048, Active key is "
+                          "rsa-2048+ed25519: rotating; new key generation 2, selector mf-2")
+
+
+def test_several_replaced_keys_retire_together_once_every_pool_switched() -> None:
+    gens = [gen(1, S.ACTIVE), gen(2, S.ACTIVE), gen(3, S.ACTIVE)]
+    pools = [rotating.PoolSigning("bulk", frozenset({"mf-1", "mf-2", "mf-3"}))]
+    assert plan(gens, T0, pools=pools).waiting_for == (
+        "SendingPool bulk still signs with mf-1, mf-2",)
+    step = plan(gens, T0)
+    assert kind(step) is rotating.TransitionKind.RETIRE
+    assert said(step) == ("KeyRetiring", "every SendingPool signs with mf-3: mf-1, mf-2 stays "
+                          "published for 7d, then retires")
+    assert step.transition is not None
+    assert step.transition.changes == ((1, S.RETIRING), (2, S.RETIRING))
+    switching = [gen(1, S.ACTIVE), gen(2, S.VERIFIED)]
+    step = plan(switching, T0, dns={"mf-2": D.MATCH})
+    assert said(step) == ("KeyActivated", "selector mf-2 is now Active; mf-1 stays published "
+                          "and retires once every SendingPool signs with mf-2")
+
+
+def test_with_one_active_key_no_pool_is_waited_for() -> None:
+    pools = [rotating.PoolSigning("bulk", frozenset({"mf-0"}))]
+    assert plan([gen(1, S.ACTIVE)], T0, pools=pools).waiting_for == ()
+
+
+def test_only_a_published_key_is_recorded_as_seen() -> None:
+    pending = plan([gen(1, S.ACTIVE), gen(2, S.PENDING)], T0, dns={"mf-2": D.MATCH})
+    assert pending.seen == ()
+    published = plan([gen(1, S.ACTIVE), gen(2, S.PUBLISHED)], T0, dns={"mf-2": D.MATCH})
+    assert published.seen == (2,)
