@@ -144,3 +144,17 @@ def test_provider_caps_left_today_never_go_negative() -> None:
     assert warmup_quotas.remaining_provider_caps(
         {"gmail": 100, "yahoo": 50, "outlook": 10}, {"gmail": 40, "outlook": 30}
     ) == {"gmail": 60, "yahoo": 50, "outlook": 0}
+
+
+def test_a_send_rate_needs_readings_at_least_the_minimum_span_apart() -> None:
+    assert warmup_quotas.send_rate((100.0, 10), (100.2, 20), min_span=0.2) == pytest.approx(50.0)
+    assert warmup_quotas.send_rate((100.0, 10), (100.5, 20), min_span=0.2) == pytest.approx(20.0)
+    assert warmup_quotas.send_rate((100.0, 10), (100.1, 20), min_span=0.2) is None
+    assert warmup_quotas.send_rate(None, (100.0, 20), min_span=0.2) is None
+
+
+def test_a_chunk_of_zero_grants_nothing() -> None:
+    holders = [warmup_quotas.HolderUsage(pod="p-0", sent=10)]
+    assert warmup_quotas.lease_quota(daily_quota=100, holders=holders, chunk=0) == 0
+    assert warmup_quotas.lease_quota(daily_quota=100, holders=holders, chunk=-3) == 0
+    assert warmup_quotas.lease_quota(daily_quota=100, holders=holders, chunk=30) == 30
