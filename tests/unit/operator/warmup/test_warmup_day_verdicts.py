@@ -147,7 +147,7 @@ def test_provider_caps_left_today_never_go_negative() -> None:
 
 
 def test_a_send_rate_needs_readings_at_least_the_minimum_span_apart() -> None:
-    assert warmup_quotas.send_rate((100.0, 10), (100.2, 20), min_span=0.2) == pytest.approx(50.0)
+    assert warmup_quotas.send_rate((100.0, 10), (100.25, 20), min_span=0.25) == 40.0
     assert warmup_quotas.send_rate((100.0, 10), (100.5, 20), min_span=0.2) == pytest.approx(20.0)
     assert warmup_quotas.send_rate((100.0, 10), (100.1, 20), min_span=0.2) is None
     assert warmup_quotas.send_rate(None, (100.0, 20), min_span=0.2) is None
