@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 
 .PHONY: install test unit lint crds docs demo bench chart manifests images clean kube \
-	sandbox-tools test-tools
+	sandbox-tools test-tools mutation
 
 install: $(STAMP)
 
@@ -68,6 +68,11 @@ test-tools:
 unit: install
 	$(PY) -m pytest -q tests/unit
 
+# Mutation testing of the safety-critical modules (docs/mutation-testing.md): slow, so not part
+# of `make test`. The last line printed is one JSON object with the score.
+mutation: install
+	nice -n 19 $(PY) bench/mutation.py
+
 crds: install
 	$(BIN)/mailfleet crds --output-dir crds
 
@@ -107,4 +112,4 @@ images:
 	fi
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .mutation

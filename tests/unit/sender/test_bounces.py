@@ -365,3 +365,38 @@ def test_any_reply_gets_a_category_and_2xx_is_always_delivered(code: int, text: 
     verdict = bounces.classify_reply(code, text)
     assert isinstance(verdict.category, bounces.Category)
     assert (verdict.category is C.DELIVERED) == (200 <= code < 300)
+
+
+@pytest.mark.parametrize("code", [*range(400, 405), 450, 452, 499, *range(500, 505), 550, 599])
+def test_an_enhanced_code_of_the_reply_codes_class_decides_for_every_code_of_that_class(
+    code: int,
+) -> None:
+    # A policy rejection (5.7.1) is "blocked", never a hard bounce that would suppress a good
+    # address, whatever the 5xx; a full mailbox (4.2.2) is a soft bounce for every 4xx.
+    enhanced = "5.7.1" if code >= 500 else "4.2.2"
+    verdict = bounces.classify_reply(code, f"{enhanced} xyzzy")
+    expected = "blocked" if code >= 500 else "soft_bounce"
+    assert (verdict.category.value, verdict.reason.endswith(f"({enhanced})")) == (expected, True)
+
+
+@pytest.mark.parametrize(
+    ("code", "category", "reason"),
+    [
+        (200, "delivered", "accepted"),
+        (299, "delivered", "accepted"),
+        (199, "deferred", "unexpected reply code 199"),
+        (300, "deferred", "unexpected reply code 300"),
+        (600, "deferred", "unexpected reply code 600"),
+        (400, "deferred", "temporary failure"),
+        (499, "deferred", "temporary failure"),
+        (556, "hard_bounce", "domain does not accept mail"),
+        (552, "soft_bounce", "exceeded storage allocation"),
+        (553, "soft_bounce", "unclassified permanent failure"),
+        (599, "soft_bounce", "unclassified permanent failure"),
+    ],
+)
+def test_a_reply_nothing_else_explains_is_read_by_its_code_alone(
+    code: int, category: str, reason: str
+) -> None:
+    verdict = bounces.classify_reply(code, "xyzzy")
+    assert (verdict.category.value, verdict.reason) == (category, reason)

@@ -204,3 +204,87 @@ def test_leases_revoke_missing_ips_refuse_stale_generations_and_count_quota() ->
 def test_lease_wire_validation(lease: dict[str, object]) -> None:
     with pytest.raises(ValueError):
         wire.Assignment.model_validate({"generation": 1, "leases": [lease]})
+
+
+def test_a_fresh_pod_takes_generation_zero_and_a_retried_put_of_the_same_generation() -> None:
+    _, table = _table()
+    table.apply(_assignment(0, {}), sent_today={})
+    assert [s.address for s in table.valid()] == [IP]
+    change = table.apply(_assignment(0, {}), sent_today={})  # the operator retried the same PUT
+    assert change == leases.Change(granted=(), revoked=()) and table.generation == 0
+
+
+def test_a_grant_carries_what_the_operator_sent() -> None:
+    _, table = _table()
+    table.apply(_assignment(1, {"heloName": "mta1.example.com", "leaseId": "g-7", "warmup": True,
+                                "classes": ["bulk", "alerts"], "quotaRemaining": 50}),
+                sent_today={})
+    source = table.get(IP)
+    assert source is not None
+    assert (source.helo_name, source.lease_id, source.warmup, source.quota) == (
+        "mta1.example.com", "g-7", True, 50)
+    assert source.classes == frozenset({"bulk", "alerts"})
+    assert source.allows("bulk") and not source.allows("transactional")
+    table.apply(_assignment(2, {"leaseId": "g-8"}), sent_today={})
+    assert source.classes is None and source.allows("transactional")
+    assert (source.helo_name, source.warmup, source.quota) == ("h", False, None)
+
+
+def test_a_spent_or_overdrawn_quota_leaves_nothing() -> None:
+    _, table = _table()
+    table.apply(_assignment(1, {"quotaRemaining": 5}), sent_today={})
+    source = table.get(IP)
+    assert source is not None
+    source.used = 5
+    assert source.quota_left() == 0
+    source.used = 7
+    assert source.quota_left() == 0
+
+
+@pytest.mark.parametrize(
+    ("basis", "sent_today", "in_flight", "left"),
+    [
+        pytest.param(90, {IP: 90}, None, 10, id="nothing sent since the basis: all of it"),
+        pytest.param(90, {IP: 85}, None, 10, id="a basis above today's count takes nothing"),
+        pytest.param(0, {}, None, 10, id="a basis of zero and nothing counted: all of it"),
+        pytest.param(90, {"10.0.0.9": 500}, None, 10,
+                     id="another IP's count is not this one's"),
+        pytest.param(None, {IP: 40}, {"10.0.0.9": 3}, 10,
+                     id="without a basis only this IP's deliveries in flight count"),
+        pytest.param(None, {IP: 40}, {IP: 3}, 7, id="deliveries in flight at the grant count"),
+    ],
+)
+def test_a_new_grant_counts_only_what_the_operator_could_not_see(
+    basis: int | None, sent_today: dict[str, int], in_flight: dict[str, int] | None, left: int
+) -> None:
+    _, table = _table()
+    lease: dict[str, object] = {"quotaRemaining": 10}
+    if basis is not None:
+        lease["sentTodayBasis"] = basis
+    table.apply(_assignment(1, lease), sent_today=sent_today, in_flight=in_flight)
+    source = table.get(IP)
+    assert source is not None and source.quota_left() == left
+
+
+@pytest.mark.parametrize("ends", ["runs out", "is revoked"])
+def test_after_an_epoch_zero_lease_ends_the_next_epoch_is_granted(ends: str) -> None:
+    time, table = _table()
+    table.apply(_assignment(1, {"ttlSeconds": 5, "epoch": 0}), sent_today={})
+    if ends == "runs out":
+        time.mono_now += 6
+    else:
+        table.apply(wire.Assignment(generation=2, leases=[]), sent_today={})
+    table.apply(_assignment(3, {"ttlSeconds": 5, "epoch": 1}), sent_today={})
+    assert [s.address for s in table.valid()] == [IP]
+
+
+def test_an_ended_lease_in_an_assignment_does_not_hide_the_leases_after_it() -> None:
+    time, table = _table()
+    table.apply(_assignment(1, {"ttlSeconds": 5, "epoch": 4}), sent_today={})
+    time.mono_now += 6
+    change = table.apply(
+        _assignment(2, {"ttlSeconds": 5, "epoch": 4}, {"address": "10.0.0.2", "epoch": 1}),
+        sent_today={},
+    )
+    assert change.granted == ("10.0.0.2",)
+    assert [s.address for s in table.valid()] == ["10.0.0.2"]
