@@ -188,7 +188,7 @@ class SandboxWorld:
     def __init__(self, settings: WorldSettings | None = None) -> None:
         self.settings = settings or WorldSettings()
         self.root = self.settings.root.resolve()
-        self._api_keys: dict[str, str] = {}  # pool -> its generated API key (pool_api_key)
+        self._api_keys: dict[str, str] = {}  # pool uid -> its generated API key
         self.control_plane = self.settings.control_plane or \
             control_plane.default_control_plane()
         self.control: control_plane.ControlPlane | None = None
@@ -508,10 +508,13 @@ class SandboxWorld:
         """The API key an application of the pool uses, read as it would read it: from the
         Secret `submission.http.apiKeySecretRef` names, else the one the operator generated
         (`status.submissionSecret`); None while there is none yet."""
-        cached = self._api_keys.get(pool or self.settings.pool)
-        if cached:
-            return cached  # the generated key is never rewritten
         obj = self.pool(pool)
+        # The generated key is never rewritten while the pool lives; a pool deleted and
+        # created again under the same name (a new uid) gets a new one.
+        uid = str((obj.get("metadata") or {}).get("uid") or "")
+        cached = self._api_keys.get(uid)
+        if cached:
+            return cached
         ref = (((obj.get("spec") or {}).get("submission") or {}).get("http") or {}).get(
             "apiKeySecretRef") or {}
         name = ref.get("name") or (obj.get("status") or {}).get("submissionSecret")
@@ -523,8 +526,10 @@ class SandboxWorld:
             return None
         raw = (secret.get("data") or {}).get(ref.get("key") or "api-key")
         key = base64.b64decode(raw).decode().strip() if raw else None
-        if key and not ref:
-            self._api_keys[pool or self.settings.pool] = key
+        owners = {o.get("uid") for o in (secret.get("metadata") or {}).get("ownerReferences")
+                  or []}
+        if key and not ref and uid and uid in owners:  # not an old pool's, awaiting its GC
+            self._api_keys[uid] = key
         return key
 
     def pods(self, pool: str | None = None) -> list[JSON]:

@@ -222,10 +222,11 @@ async def test_a_big_report_is_parsed_while_the_probes_keep_answering(
         answers, duration = await reporting
     # The report is refused (no mark of ours, or not a report) only once it was parsed.
     assert answers[0][0] == 554 and reason in answers[0][1]
-    # While it was received and parsed, no probe waited more than a fraction of that time
-    # (on the loop, one probe waited for the whole parse).
+    # While it was received and parsed, the probes kept answering: on the loop, one probe
+    # waited for the whole parse. Half the time is a bound that holds with both cores busy
+    # (scheduling alone delayed one probe by 3.2 s of 10.3 s there).
     assert len(latencies) >= 5, latencies
-    assert max(latencies) < duration / 4, (max(latencies), duration)
+    assert max(latencies) < duration / 2, (max(latencies), duration)
 
 
 @pytest.mark.parametrize("parts", [100, 2000])
