@@ -31,7 +31,7 @@ from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sender import spool
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from sender_throughput import (  # noqa: E402 - a sibling script, not a package
+from sender_throughput import (
     DOMAIN,
     SINK_DOMAIN,
     Sink,
@@ -122,11 +122,11 @@ async def run(workdir: Path, pending: int, window: int, measure: float) -> dict[
             try:
                 await wait_ready(admin_port, proc, log)
             except TimeoutError:
-                raise RuntimeError(log.read_text()[-3000:]) from None  # noqa: ASYNC240
+                raise RuntimeError(log.read_text()[-3000:]) from None
             ready_s = time.monotonic() - started
-            while Sink.delivered == 0:  # noqa: ASYNC110 - polling a counter of this process
+            while Sink.delivered == 0:
                 if proc.poll() is not None or time.monotonic() - started > 300:
-                    raise RuntimeError(log.read_text()[-3000:])  # noqa: ASYNC240
+                    raise RuntimeError(log.read_text()[-3000:])
                 await asyncio.sleep(0.01)
             first_s = time.monotonic() - started
             base, t0 = Sink.delivered, time.monotonic()
