@@ -145,6 +145,34 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def cpu_seconds(root: int) -> float:
+    """CPU seconds (user + system, reaped children included) of `root` and every process
+    under it, from /proc: the sender is one process, Postfix a master and its daemons."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents: dict[int, int] = {}
+    times: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited meanwhile
+        parents[int(entry.name)] = int(fields[1])
+        times[int(entry.name)] = sum(int(f) for f in fields[11:15])
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        children = [pid for pid, ppid in parents.items() if ppid == parent and pid not in tree]
+        tree.update(children)
+        frontier.extend(children)
+    return sum(times.get(pid, 0) for pid in tree) / tick
+
+
+def per_1000(cpu: float | None, n: int) -> float | None:
+    return None if cpu is None else round(cpu / n * 1000, 3)
+
+
 async def wait_ready(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
@@ -192,7 +220,8 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-async def run_sender(n: int, workdir: Path, tools: bool) -> tuple[float, float]:
+async def run_sender(n: int, workdir: Path, tools: bool) -> tuple[float, float, float]:
+    """accepted/s, delivered/s, and the sender's CPU seconds over the load."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_file = workdir / "dkim.pem"
     key_file.write_bytes(
@@ -214,12 +243,13 @@ async def run_sender(n: int, workdir: Path, tools: bool) -> tuple[float, float]:
     async with DNSServer("127.0.0.1") as dns:
         dns.set_records(SINK_DOMAIN, "MX", [f"10 mx.{SINK_DOMAIN}."])
         dns.set_records(f"mx.{SINK_DOMAIN}", "A", ["127.0.0.1"])
-        smtp_port, http_port = free_port(), free_port()
+        smtp_port, http_port, admin_port = free_port(), free_port(), free_port()
         cfg = {
             "spoolDir": str(workdir / "spool"),
             "spoolSync": "full",
             "submission": {"listenAddress": "127.0.0.1", "smtpPort": smtp_port,
-                           "httpPort": http_port},
+                           "httpPort": http_port, "adminPort": admin_port,
+                           "allowUnauthenticated": True},  # loopback injector, no AUTH
             "delivery": {"smtpPort": sink_port, "requireLease": False,
                          "messagesPerConnection": 10000, "connectionIdle": "5s"},
             "throttles": {"defaults": {"maxConnections": 20}},
@@ -238,19 +268,21 @@ async def run_sender(n: int, workdir: Path, tools: bool) -> tuple[float, float]:
                 env={**os.environ, "POD_NAME": "bench", "POD_IP": "127.0.0.1"},
             )
         try:
-            await wait_ready(http_port, proc, log)
+            await wait_ready(admin_port, proc, log)  # /readyz is on the admin listener
+            cpu_before = cpu_seconds(proc.pid)
             if sink_proc is not None:
                 start, accepted_at, delivered_at = await _load_with_tools(
                     n, smtp_port, sink_proc, proc, log)
             else:
                 start, accepted_at, delivered_at = await _load_in_process(n, smtp_port)
+            cpu = cpu_seconds(proc.pid) - cpu_before
         finally:
             stop(proc)
             if sink is not None:
                 sink.close()
             if sink_proc is not None:
                 stop(sink_proc)
-    return n / (accepted_at - start), n / (delivered_at - start)
+    return n / (accepted_at - start), n / (delivered_at - start), cpu
 
 
 async def _load_with_tools(
@@ -314,22 +346,23 @@ def dkim_rates(seconds: float = 2.0) -> tuple[float, float]:
 POSTFIX_TOOLS = ("postfix", "postconf", "smtp-sink", "smtp-source")
 
 
-def postfix_rate(n: int) -> tuple[float | None, str]:
+def postfix_rate(n: int) -> tuple[float | None, float | None, str]:
     """The Postfix reference: smtp-source (20 sessions, ~5 KB) into a private Postfix instance
     relaying to smtp-sink, timed until smtp-sink has counted every message. Returns the rate
-    (None when there is none) and a one-line status, so a failed run is never reported as
+    (None when there is none), Postfix's CPU seconds over the run (master and daemons) and a
+    one-line status, so a failed run is never reported as
     "not installed". Nothing is installed here: `apt-get install postfix` on the bench machine.
     """
     if not postfix_tools():
-        return None, "postfix + smtp-sink: not installed"
+        return None, None, "postfix + smtp-sink: not installed"
     if os.geteuid() != 0:
-        return None, "postfix + smtp-sink: skipped (Postfix's master must start as root)"
+        return None, None, "postfix + smtp-sink: skipped (Postfix's master must start as root)"
     try:
         with tempfile.TemporaryDirectory(prefix="mailfleet-postfix-") as tmp:
-            rate = _run_postfix(n, Path(tmp))
-    except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
-        return None, f"postfix reference failed: {exc}"
-    return rate, f"postfix + smtp-sink: {n} messages, delivered {rate:.0f}/s end to end"
+            rate, cpu = _run_postfix(n, Path(tmp))
+    except (OSError, RuntimeError, subprocess.SubprocessError, ValueError) as exc:
+        return None, None, f"postfix reference failed: {exc}"
+    return rate, cpu, f"postfix + smtp-sink: {n} messages, delivered {rate:.0f}/s end to end"
 
 
 def _master_cf(stock: str, smtpd_port: int) -> str:
@@ -462,7 +495,11 @@ def _sink_count(sink: subprocess.Popen[bytes], n: int, seconds: float) -> int:
     return counted
 
 
-def _run_postfix(n: int, tmp: Path) -> float:
+def _master_pid(tmp: Path) -> int:
+    return int((tmp / "queue" / "pid" / "master.pid").read_text().split()[0])
+
+
+def _run_postfix(n: int, tmp: Path) -> tuple[float, float]:
     tmp.chmod(0o755)  # the postfix user must reach data_directory inside it
     sink_port, smtpd_port = free_port(), free_port()
     conf = tmp / "etc"
@@ -478,6 +515,8 @@ def _run_postfix(n: int, tmp: Path) -> float:
         _postfix(conf, tmp, "check")
         try:
             _postfix(conf, tmp, "start")
+            master = _master_pid(tmp)
+            cpu_before = cpu_seconds(master)
             start = time.monotonic()
             source = subprocess.run(
                 smtp_source_argv(n, smtpd_port),
@@ -489,7 +528,8 @@ def _run_postfix(n: int, tmp: Path) -> float:
             counted = _sink_count(sink, n, 600)
             if counted < n:
                 raise RuntimeError(f"smtp-sink counted {counted} of {n}: {_maillog_tail(tmp)}")
-            return n / (time.monotonic() - start)
+            rate = n / (time.monotonic() - start)
+            return rate, cpu_seconds(master) - cpu_before
         finally:
             _stop_postfix(conf)
     finally:
@@ -508,11 +548,11 @@ def main() -> int:
     n = args.messages
     with tempfile.TemporaryDirectory(prefix="mailfleet-bench-") as tmp:
         tools = postfix_tools()
-        accepted, delivered = asyncio.run(run_sender(n, Path(tmp), tools))
+        accepted, delivered, cpu = asyncio.run(run_sender(n, Path(tmp), tools))
     load = "smtp-source -> sender -> smtp-sink" if tools else "asyncio injector and sink"
     print(f"sender: {n} messages, accepted {accepted:.0f}/s, delivered {delivered:.0f}/s "
           f"end to end (RSA-2048 DKIM, fsync on, {SESSIONS} sessions, {load})")
-    reference, status = postfix_rate(n)
+    reference, postfix_cpu, status = postfix_rate(n)
     print(status)
     ours, raw = dkim_rates()
     print(f"dkim: {ours:.0f} signs/s vs raw RSA-2048 {raw:.0f} signs/s ({ours / raw:.0%})")
@@ -522,6 +562,8 @@ def main() -> int:
         "delivered_per_s": round(delivered, 1),
         "load": "smtp-source/smtp-sink" if tools else "asyncio",
         "postfix_delivered_per_s": None if reference is None else round(reference, 1),
+        "cpu_s_per_1000": per_1000(cpu, n),
+        "postfix_cpu_s_per_1000": per_1000(postfix_cpu, n),
         "dkim_signs_per_s": round(ours, 1),
         "openssl_signs_per_s": round(raw, 1),
     }))
