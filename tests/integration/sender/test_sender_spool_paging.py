@@ -163,3 +163,28 @@ async def test_a_hand_off_moves_rows_that_were_never_in_memory(
     got = collections.Counter(_recipients(provider_fleet))
     assert set(got) == {f"h{i}@gmail.test" for i in range(total)}
     assert max(got.values()) == 1
+
+
+async def test_deliveries_deferred_while_paging_leave_the_window_and_come_back_when_due(
+    tmp_path: Path, dns_server: DNSServer, provider_fleet: ProviderFleet,
+    sender_factory: SenderFactory,
+) -> None:
+    sender = await sender_factory(_config(tmp_path, dns_server, provider_fleet, rate=200))
+    watch = WindowWatch(sender)
+    total = 4 * WINDOW
+    full = {f"d{i}@gmail.test" for i in range(0, total, 4)}
+    gmail = provider_fleet["gmail"]
+    gmail.behaviour.full_mailboxes.update(full)  # 452 4.2.2: retried after 1 s
+    await inject(sender, total, to=lambda i: f"d{i}@gmail.test", body_size=50)
+    await sender.client.assign([lease("127.0.0.74")])
+
+    async def deferred() -> bool:
+        return sender.service.engine.totals["deferred"] >= len(full)
+
+    await _eventually(deferred, "every full mailbox to be deferred once")
+    gmail.behaviour.full_mailboxes.clear()
+    await gmail.wait_for(total, timeout=60)
+    got = collections.Counter(_recipients(provider_fleet))
+    assert set(got) == {f"d{i}@gmail.test" for i in range(total)}
+    assert max(got.values()) == 1
+    assert await watch.stop() <= WINDOW
