@@ -194,13 +194,18 @@ class Engine:
         """After `forget_pending` and `resume`: page the spool in again."""
         self.pager.reset()
         self.pager.begin()
-        depth = await asyncio.to_thread(paging.count_depth, self.spool)
-        self.pager.depth = depth
-        self.pager.classes.update(depth)
-        self._add_page(await asyncio.to_thread(
-            paging.read_page, self.spool, {}, self._class_order(), now=self.clock.wall(),
-            room=self.pager.window,
-        ))
+        try:
+            depth = await asyncio.to_thread(paging.count_depth, self.spool)
+            self.pager.depth = depth
+            self.pager.classes.update(depth)
+            page = await asyncio.to_thread(
+                paging.read_page, self.spool, {}, self._class_order(), now=self.clock.wall(),
+                room=self.pager.window,
+            )
+        except BaseException:
+            self.pager.reading = False  # the pager's next tick reads from the beginning
+            raise
+        self._add_page(page)
 
     def _first_page(self) -> paging.Page:
         self.pager.reset()
@@ -1150,6 +1155,8 @@ class Engine:
     ) -> None:
         """A failed attempt: bounced or retried after the backoff. `local`: our own failure
         (mishaps), retried without telling the hooks (not the recipient's nor the IP's)."""
+        if not self._live(delivery):
+            return  # a stale copy of a row dropped from the window (paged in again later)
         if provider and provider != "other":
             reply = dataclasses.replace(reply, provider=provider)
         classification = (
