@@ -724,6 +724,10 @@ class SenderConfig(ConfigModel):
     spool_sync: Literal["full", "normal"] = Field(
         default="full", description="full fsyncs every commit; normal only at checkpoints."
     )
+    spool_window: int = Field(
+        default=50_000, ge=1,
+        description="Most pending deliveries held in memory; the rest is paged in from the spool.",
+    )
     delivery: Delivery = Field(default_factory=Delivery)
     classes: list[MessageClass] = Field(default_factory=default_classes, min_length=1)
     throttles: Throttles = Field(default_factory=Throttles)

@@ -44,6 +44,7 @@ from mailfleet_sender import (
     metrics,
     mishaps,
     mx,
+    paging,
     scheduling,
     spool,
     throttles,
@@ -58,6 +59,10 @@ TICK = 0.2
 """Longest sleep of the scheduler loop: bounds how late a lease expiry is noticed."""
 LOCAL_SOURCE = "local"
 """Name of the pod's own address when it sends without a lease (requireLease: false)."""
+PAGE_TICK = 1.0
+"""Seconds between reads of newly due rows while pending mail waits on disk."""
+COUNT_SHARE = 20
+"""The spool's depth is recounted at most every COUNT_SHARE x what a count takes (<= 5 %)."""
 DATA_CACHE_BYTES = 256 * 1024 * 1024
 """Message bodies kept in memory after submission; beyond it they are read from the spool."""
 
@@ -164,6 +169,9 @@ class Engine:
         self.totals: collections.Counter[str] = collections.Counter()
         self.today = DayCounts(day=clock_.day())
         self._shape_buckets: dict[str, throttles.TokenBucket] = {}
+        self.pager = paging.Pager(cfg.spool_window)
+        self._busy: set[int] = set()
+        self._page_wake = asyncio.Event()
         self.transport = transport_security.TransportSecurity(
             cfg, resolver=resolver.resolver, metric_set=metric_set, clock=clock_.monotonic,
             wall=clock_.wall,
@@ -171,15 +179,93 @@ class Engine:
 
     # --- lifecycle ------------------------------------------------------------------------
 
-    def load(self, deliveries: Iterable[spool.Delivery]) -> None:
-        """Take the spool's pending deliveries at start (before `start`)."""
+    def load(self, deliveries: Iterable[spool.Delivery] | None = None) -> None:
+        """At start (before `start`): the first page of the spool (what is due, up to the
+        window), or the given deliveries."""
         counts = self.spool.load_counters(self.today.day)
         for (address, kind), n in counts.items():
             self.today.per_ip[(address, kind)] = n
-        self.add(deliveries, data=None)
+        if deliveries is None:
+            self._add_page(self._first_page())
+        else:
+            self.add(deliveries, data=None)
+
+    async def reload(self) -> None:
+        """After `forget_pending` and `resume`: page the spool in again."""
+        self.pager.reset()
+        self.pager.begin()
+        try:
+            depth = await asyncio.to_thread(paging.count_depth, self.spool)
+            self.pager.depth = depth
+            self.pager.classes.update(depth)
+            page = await asyncio.to_thread(
+                paging.read_page, self.spool, {}, self._class_order(), now=self.clock.wall(),
+                room=self.pager.window,
+            )
+        except BaseException:
+            self.pager.reading = False  # the pager's next tick reads from the beginning
+            raise
+        self._add_page(page)
+
+    def _first_page(self) -> paging.Page:
+        self.pager.reset()
+        self.pager.depth = paging.count_depth(self.spool)
+        self.pager.classes.update(self.pager.depth)
+        self.pager.begin()
+        return paging.read_page(
+            self.spool, {}, self._class_order(), now=self.clock.wall(), room=self.pager.window
+        )
+
+    def _add_page(self, page: paging.Page) -> None:
+        live = (i for p in self._pending.values() for i in p)
+        rows = self.pager.fresh(page, live)
+        if not self.pager.on_disk:
+            self.pager.depth.clear()
+        self.add(rows, data=None)
+
+    def _class_order(self) -> list[str]:
+        self.pager.classes.update(c.name for c in self.cfg.classes)
+        return sorted(
+            self.pager.classes, key=lambda n: (-scheduling.class_priority(n, self.cfg), n)
+        )
 
     def start(self) -> None:
         self._run_task = asyncio.create_task(self._run(), name="scheduler")
+        self._spawn(self._page_in())
+
+    async def _page_in(self) -> None:
+        """Refill the window from the spool as it drains, and count the true depth."""
+        next_count = last_read = 0.0
+        while not self._halt:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._page_wake.wait(), timeout=PAGE_TICK)
+            self._page_wake.clear()
+            tick = self.clock.monotonic() - last_read >= PAGE_TICK  # newly due rows on disk
+            if self.pager.wants_refill(self.pending_count(), tick=tick):
+                last_read = self.clock.monotonic()
+                try:
+                    await self._refill()
+                except Exception:  # the rows stay on disk; the next tick tries again
+                    self.pager.reading = False
+                    log.exception("reading the next page of the spool failed")
+            if self.pager.on_disk and self.clock.monotonic() >= next_count:
+                began = self.clock.monotonic()
+                with contextlib.suppress(Exception):
+                    self.pager.depth = await asyncio.to_thread(paging.count_depth, self.spool)
+                cost = self.clock.monotonic() - began  # ~0.2 s for a million rows
+                next_count = began + max(2 * PAGE_TICK, COUNT_SHARE * cost)
+
+    async def _refill(self) -> None:
+        cursors = self.pager.begin()
+        await self.spool.flush()  # every outcome queued so far is on disk before the read
+        page = await asyncio.to_thread(
+            paging.read_page, self.spool, cursors, self._class_order(),
+            now=self.clock.wall(), room=self.pager.room(self.pending_count()),
+        )
+        if not self._halt:
+            self._add_page(page)
+        else:
+            self.pager.reading = False
 
     async def stop(self, *, grace: float) -> None:
         """Stop taking mail out of the queues, let in-flight transactions finish (up to
@@ -229,9 +315,12 @@ class Engine:
     # --- intake ---------------------------------------------------------------------------
 
     def add(self, deliveries: Iterable[spool.Delivery], *, data: bytes | None) -> None:
-        """New (or reloaded) deliveries; `data` is the body when all share one message."""
+        """New (or reloaded) deliveries; `data` is the body when all share one message (a new
+        submission: beyond the window it stays on disk unless it outranks mail in memory)."""
         now = self.clock.wall()
         for delivery in deliveries:
+            if data is not None and not self._admit(delivery):
+                continue
             self._pending[delivery.class_name][delivery.id] = delivery
             self._remaining[delivery.message] += 1
             if data is not None and delivery.message not in self._data:
@@ -244,17 +333,50 @@ class Engine:
                 heapq.heappush(self._timers, (delivery.next_attempt, delivery.id, delivery))
         self._wake.set()
 
+    def _admit(self, delivery: spool.Delivery) -> bool:
+        """Room in the window, or a lower class to make room from (strict priority)."""
+        self.pager.classes.add(delivery.class_name)
+        if self.pending_count() < self.pager.window:
+            return True
+        priority = scheduling.class_priority(delivery.class_name, self.cfg)
+        for name in sorted(self._pending, key=lambda n: scheduling.class_priority(n, self.cfg)):
+            if scheduling.class_priority(name, self.cfg) >= priority:
+                break
+            victim = next((d for d in reversed(self._pending[name].values())
+                           if d.id not in self._busy), None)
+            if victim is not None:
+                self._drop(victim)
+                return True
+        self.pager.forgot(delivery.class_name, paging.key_of(delivery))
+        return False
+
+    def _drop(self, delivery: spool.Delivery) -> None:
+        """Take a pending delivery out of memory; its row stays on disk and is paged in
+        again (stale copies in lanes, timers or lists are skipped: see `_live`)."""
+        if self._pending.get(delivery.class_name, {}).pop(delivery.id, None) is None:
+            return
+        self.pager.forgot(delivery.class_name, paging.key_of(delivery))
+        self.pager.settled(delivery.id)
+        self._forget_message(delivery.message)
+
+    def _live(self, delivery: spool.Delivery) -> bool:
+        return self._pending.get(delivery.class_name, {}).get(delivery.id) is delivery
+
     # --- views for stats and metrics ------------------------------------------------------
 
     def queue_stats(self) -> dict[str, tuple[int, float, int]]:
         """class -> (depth, oldest age in seconds, held)."""
         now = self.clock.wall()
-        held = collections.Counter(d.class_name for d in self._held)
+        held = collections.Counter(d.class_name for d in self._held if self._live(d))
         out: dict[str, tuple[int, float, int]] = {}
         for cls in self.cfg.classes:
             pending = self._pending.get(cls.name, {})
             oldest = min((d.created for d in pending.values()), default=now)
-            out[cls.name] = (len(pending), max(0.0, now - oldest), held[cls.name])
+            depth = len(pending)
+            if self.pager.on_disk and cls.name in self.pager.depth:  # the spool's own count
+                depth, disk_oldest = self.pager.depth[cls.name]
+                oldest = min(oldest, disk_oldest)
+            out[cls.name] = (depth, max(0.0, now - oldest), held[cls.name])
         return out
 
     def pending_count(self) -> int:
@@ -266,7 +388,7 @@ class Engine:
 
     @property
     def idle(self) -> bool:
-        return self.pending_count() == 0 and self._inflight == 0
+        return self.pending_count() == 0 and self._inflight == 0 and not self.pager.on_disk
 
     # --- the scheduled tier ---------------------------------------------------------------
 
@@ -277,7 +399,7 @@ class Engine:
             now = self.clock.wall()
             while self._timers and self._timers[0][0] <= now:
                 _, _, delivery = heapq.heappop(self._timers)
-                if delivery.id in self._pending.get(delivery.class_name, {}):
+                if self._live(delivery):
                     self._routing[delivery.domain].append(delivery)
             self._expire_lanes()
             self._route_due()
@@ -339,7 +461,7 @@ class Engine:
     def _dispatch(self, batch: Sequence[spool.Delivery], route: mx.Route | None) -> None:
         now = self.clock.wall()
         for delivery in scheduling.sort_for_dispatch(batch, self.cfg):
-            if delivery.id not in self._pending.get(delivery.class_name, {}):
+            if not self._live(delivery):
                 continue
             if scheduling.is_expired(
                 delivery, now=now, max_age=scheduling.max_age_seconds(delivery.class_name, self.cfg)
@@ -635,6 +757,9 @@ class Engine:
                     self.gate.release(buckets)
                     continue
                 self._queued[lane.address] -= 1
+                if not self._live(delivery):  # dropped from the window meanwhile
+                    self.gate.release(buckets)
+                    continue
                 if self.hooks.is_suppressed(delivery.recipient, delivery.class_name):
                     # Suppressed since it was routed (an entry from another pod, a complaint).
                     self.gate.release(buckets)
@@ -708,6 +833,7 @@ class Engine:
     ) -> delivering.Session | None:
         """One attempt; returns the session to reuse (None when it must not be reused)."""
         self._inflight += 1
+        self._busy.add(delivery.id)
         reservation = self._reserve(source)
         attempt = Attempt(source=source, timeout=asyncio.timeout_at(self._cutoff(source)),
                           session=session)
@@ -725,6 +851,7 @@ class Engine:
             return None
         finally:
             self._attempts.discard(attempt)
+            self._busy.discard(delivery.id)
             if reservation.open:  # cancelled or crashed mid-attempt: it may have gone out
                 reservation.open = False
                 self._release_inflight(source.address)
@@ -815,7 +942,7 @@ class Engine:
                 self._give_back(attempt.source, reservation)
         self.totals["mishaps"] += 1
         log.error("delivery attempt raised", exc_info=error, extra={"delivery": delivery.id})
-        if delivery.id not in self._pending.get(delivery.class_name, {}):
+        if not self._live(delivery):
             return  # its outcome was recorded before the exception
         mishap = mishaps.classify(error)
         if mishap.permanent:
@@ -1028,6 +1155,8 @@ class Engine:
     ) -> None:
         """A failed attempt: bounced or retried after the backoff. `local`: our own failure
         (mishaps), retried without telling the hooks (not the recipient's nor the IP's)."""
+        if not self._live(delivery):
+            return  # a stale copy of a row dropped from the window (paged in again later)
         if provider and provider != "other":
             reply = dataclasses.replace(reply, provider=provider)
         classification = (
@@ -1064,7 +1193,10 @@ class Engine:
                 )
             ]
         )
-        heapq.heappush(self._timers, (next_attempt, delivery.id, delivery))
+        if self.pager.on_disk:  # paged in again when due; the window takes due mail meanwhile
+            self._drop(delivery)
+        else:
+            heapq.heappush(self._timers, (next_attempt, delivery.id, delivery))
         if not local:
             self._observe(
                 delivery, hooks.Verdict.DEFERRED, reply, classification, source, provider, site
@@ -1093,8 +1225,12 @@ class Engine:
         site: str = "",
     ) -> None:
         pending = self._pending.get(delivery.class_name, {})
-        if pending.pop(delivery.id, None) is None:
+        if pending.get(delivery.id) is not delivery:
             return
+        del pending[delivery.id]
+        self.pager.settled(delivery.id)
+        if self.pager.on_disk:
+            self._page_wake.set()
         delivery.state = state
         delivery.last_response = str(reply)
         self.spool.update(
@@ -1115,16 +1251,20 @@ class Engine:
             self.metrics.latency.labels(delivery.class_name).observe(
                 max(0.0, self.clock.wall() - delivery.created)
             )
-        remaining = self._remaining[delivery.message] - 1
+        self._forget_message(delivery.message)
+        self._observe(delivery, verdict, reply, classification, source, provider, site)
+
+    def _forget_message(self, message: int) -> None:
+        """One of the message's deliveries left memory; its body goes with the last."""
+        remaining = self._remaining[message] - 1
         if remaining <= 0:
-            self._remaining.pop(delivery.message, None)
-            data = self._data.pop(delivery.message, None)
+            self._remaining.pop(message, None)
+            data = self._data.pop(message, None)
             if data is not None:
                 self._data_bytes -= len(data)
-            self._signed.pop(delivery.message, None)
+            self._signed.pop(message, None)
         else:
-            self._remaining[delivery.message] = remaining
-        self._observe(delivery, verdict, reply, classification, source, provider, site)
+            self._remaining[message] = remaining
 
     def _observe(
         self,
@@ -1196,6 +1336,8 @@ class Engine:
         self._data_bytes = 0
         self._signed.clear()
         self._remaining.clear()
+        self._busy.clear()
+        self.pager.reset()
         return count
 
 

@@ -226,8 +226,7 @@ class Service:
         if any(m.database == "suppression" for m in self.quarantined):
             lost.require_resync()
         lost.resync_listeners.append(self.engine.release_held)
-        pending = self.spool.load_pending()
-        self.engine.load(pending)
+        self.engine.load()
         self.spool.start()
         self.engine.start()
         self.intake = intake.Intake(
@@ -260,7 +259,7 @@ class Service:
             "sender started",
             extra={
                 "pod": self.identity.pod_name,
-                "pending": len(pending),
+                "pending": self.engine.pending_count(),
                 "smtp_port": self.smtp.port,
                 "http_port": self.http_port,
                 "admin_port": self.admin_port,
@@ -898,8 +897,7 @@ class Service:
                 carry = self._retire_runner()
                 self.engine.forget_pending()
                 self.engine.resume()
-                pending = await asyncio.to_thread(self.spool.load_pending)
-                self.engine.add(pending, data=None)
+                await self.engine.reload()
                 if keep:
                     self.handoff = self._new_runner(carry)
                     self.handoff.start()

@@ -70,6 +70,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     created REAL NOT NULL,
     last_response TEXT
 );
+CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (class, next_attempt);
 CREATE TABLE IF NOT EXISTS soft_bounces (
     address TEXT PRIMARY KEY,
     n INTEGER NOT NULL
@@ -253,6 +254,38 @@ class Spool:
                 " WHERE d.state != 'handoff' ORDER BY d.id"
             ).fetchall()
         return [Delivery(*row) for row in rows]
+
+    def load_page(
+        self, class_name: str, after: tuple[float, int] | None, *, due_by: float | None,
+        limit: int,
+    ) -> list[Delivery]:
+        """The next page of one class in (due time, id) order after `after`, due by `due_by`
+        (None: any time): the engine's window is refilled from here (index `deliveries_due`)."""
+        start = after if after is not None else (float("-inf"), 0)
+        due = "" if due_by is None else " AND d.next_attempt <= ?"
+        args: tuple[object, ...] = (class_name, start[0], start[1])
+        if due_by is not None:
+            args += (due_by,)
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT d.id, d.message, d.recipient, d.domain, d.class, d.tier, m.sender,"
+                " m.from_domain, d.attempts, d.next_attempt, d.created, d.state, d.last_response"
+                " FROM deliveries d JOIN messages m ON m.id = d.message"
+                " WHERE d.class = ? AND (d.next_attempt, d.id) > (?, ?)" + due +
+                " AND d.state != 'handoff' ORDER BY d.next_attempt, d.id LIMIT ?",
+                (*args, limit),
+            ).fetchall()
+        return [Delivery(*row) for row in rows]
+
+    def pending_classes(self) -> dict[str, tuple[int, float]]:
+        """class -> (deliveries not final and not handed off, oldest creation time): the true
+        queue depth, whatever part of it the engine holds in memory."""
+        with self._connect() as db:
+            rows = db.execute(
+                "SELECT class, COUNT(*), MIN(created) FROM deliveries"
+                " WHERE state != 'handoff' GROUP BY class"
+            ).fetchall()
+        return {str(c): (int(n), float(oldest)) for c, n, oldest in rows}
 
     def load_handoff(self, limit: int = 100) -> list[HandoffItem]:
         """Messages with deliveries marked for hand-off (oldest first, at most `limit`)."""
