@@ -115,8 +115,10 @@ def unsynced_reply(
     """Why the reply `reply` (text written on a socket) was not preceded by the data `data`
     reaching the disk: written to `database` (or its WAL) and then fsynced before the reply
     was written. None when it was. The reply is the first socket write containing `reply`
-    after the first write of `data`; the sync must finish after the last write of `data`
-    that came before the reply."""
+    after the first write of `data`; a sync must finish after that first write (the commit
+    that stored the data) and before the reply. Later writes that contain `data` are pages
+    of the stored row rewritten by other transactions (the dispatcher claiming the row):
+    they may race the reply, the data was durable before them."""
     data_writes = [c for c in calls if c.name in WRITES and is_file(c, database)
                    and data in c.arguments]
     if not data_writes:
@@ -127,10 +129,9 @@ def unsynced_reply(
     if not replies:
         return f"no reply {reply!r} was written after {data!r} reached {database}"
     answer = replies[0]
-    last = max(c.exited for c in data_writes if c.entered < answer.entered)
     synced = [c for c in calls if c.name in SYNCS and is_file(c, database) and c.result == "0"
-              and last < c.exited < answer.entered]
+              and first.exited < c.exited < answer.entered]
     if synced:
         return None
     return (f"{reply!r} was written (log line {answer.entered + 1}) without an fsync of "
-            f"{database} after {data!r} was written to it (line {last + 1})")
+            f"{database} after {data!r} was written to it (line {first.exited + 1})")
