@@ -17,10 +17,16 @@ from aiohttp import web
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from mailfleet_sender import suppression
+from sandbox_fixtures import waiting
 
 TOKEN = "pool-secret-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 DEADLINE = 3.0
+
+
+async def eventually(check: Callable[[], bool], what: str, deadline: float = DEADLINE) -> float:
+    """The shared wait with this file's bound: the push must beat a minute's pull interval."""
+    return await waiting.eventually(check, what, deadline, interval=0.02)
 
 
 @dataclasses.dataclass
@@ -103,15 +109,6 @@ async def cluster(tmp_path: pathlib.Path) -> AsyncIterator[Cluster]:
     yield world
     await world.close()
 
-
-async def eventually(check: Callable[[], bool], what: str, deadline: float = DEADLINE) -> float:
-    """Poll until `check()` holds; returns how long it took."""
-    start = time.monotonic()
-    while not check():
-        if time.monotonic() - start > deadline:
-            raise AssertionError(f"not within {deadline} s: {what}")
-        await asyncio.sleep(0.02)
-    return time.monotonic() - start
 
 
 async def three(cluster: Cluster, *, pull_interval: float = 0.2) -> list[Node]:

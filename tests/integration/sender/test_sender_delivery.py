@@ -12,6 +12,7 @@ import pytest
 from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sandbox.providers import ProviderFleet, SmtpReceiver, make_self_signed_cert
 from sandbox_fixtures.sender import SenderFactory, base_config, lease, make_dkim_keys
+from sandbox_fixtures.waiting import eventually
 
 
 def _verify_all(data: bytes, keys_dnsfunc: object, count: int) -> None:
@@ -128,7 +129,7 @@ async def test_mail_for_a_domain_without_key_is_held_until_a_key_appears(
         stats = await sender.client.stats()
         return bool(stats["queues"]["transactional"]["held"] == 1)
 
-    await _eventually(held)
+    await eventually(held, "the message held")
     assert provider_fleet["yahoo"].messages == []
 
     missing.write_bytes(keys.rsa_file.read_bytes())  # the Secret gets its key
@@ -206,23 +207,11 @@ async def test_relay_login_uses_the_mounted_credentials(
         async def arrived() -> bool:
             return len(received) == 1
 
-        await _eventually(arrived)
+        await eventually(arrived, "the message at the relay")
         assert logins == [(b"relayuser", b"relaypass")]
     finally:
         server.close()
 
-
-async def _eventually(check: object, timeout: float = 10.0) -> None:  # noqa: ASYNC109
-    import asyncio
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        if await check():  # type: ignore[operator]
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached")
-        await asyncio.sleep(0.05)
 
 
 def _headers(data: bytes) -> list[tuple[str, str]]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,16 +23,7 @@ from sandbox_fixtures.sender import (
     lease,
     make_dkim_keys,
 )
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, deadline: float = 10.0
-) -> None:
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > deadline:
-            raise AssertionError(f"not within {deadline} s: {what}")
-        await asyncio.sleep(0.05)
+from sandbox_fixtures.waiting import eventually
 
 
 async def _sender(

@@ -22,17 +22,9 @@ from sandbox_fixtures.sender import (
     make_pool,
     start_all,
 )
+from sandbox_fixtures.waiting import eventually
 
 MESSAGE = b"From: news@example.test\r\nTo: list@gmail.test\r\nSubject: many\r\n\r\nbody\r\n"
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str,
-                     deadline: float = 60.0) -> None:
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > deadline:
-            raise AssertionError(f"not within {deadline} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_a_message_with_1000_recipients_is_handed_off_and_the_drain_ends(

@@ -8,7 +8,6 @@ before the drain) is handed off with the rest. No message is lost or stored twic
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -28,15 +27,7 @@ from sandbox_fixtures.sender import (
     lease,
     make_dkim_keys,
 )
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str,
-                     deadline: float = 60.0) -> None:
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > deadline:
-            raise AssertionError(f"not within {deadline} s: {what}")
-        await asyncio.sleep(0.05)
+from sandbox_fixtures.waiting import eventually
 
 
 class Peer:

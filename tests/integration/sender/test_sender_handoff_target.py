@@ -5,9 +5,6 @@ leaving pod's queue reaches the other pool's pod, authenticated with that pool's
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from mailfleet_sandbox.dns import DNSServer
@@ -22,17 +19,9 @@ from sandbox_fixtures.sender import (
     make_pool,
     start_all,
 )
+from sandbox_fixtures.waiting import eventually
 
 OTHER_KEY = "the-other-pools-api-key"
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str,
-                     deadline: float = 30.0) -> None:
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > deadline:
-            raise AssertionError(f"not within {deadline} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_a_hand_off_with_a_target_moves_the_queue_to_another_pools_pods(

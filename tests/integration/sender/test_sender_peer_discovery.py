@@ -6,9 +6,6 @@ already queued for an address suppressed later is not attempted."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -23,19 +20,10 @@ from sandbox_fixtures.sender import (
     make_dns_pool,
     start_all,
 )
+from sandbox_fixtures.waiting import eventually as _eventually
 
 SERVICE = "test-pods.default.svc"
 IPS = ["127.0.0.71", "127.0.0.72", "127.0.0.73"]
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str,
-                      deadline: float = 10.0) -> float:
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > deadline:
-            raise AssertionError(f"not within {deadline} s: {what}")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
 
 
 async def _suppressed(pod: SenderProcess, address: str) -> bool:

@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-import time
 import urllib.parse
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,22 +26,12 @@ from sandbox_fixtures.sender import (
     make_pool,
     start_all,
 )
+from sandbox_fixtures.waiting import eventually
 
 BOUND = 30.0
 """Deadline for an entry recorded at one pod to reach every other pod (by push, or by the
 1 s pull): generous, so a loaded machine does not fail it. That the push alone is prompt is
 tested with a pull interval of a minute (tests/integration/test_suppression_replication.py)."""
-
-
-async def eventually(
-    check: Callable[[], Awaitable[bool]], what: str, deadline: float = 10.0
-) -> float:
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > deadline:
-            raise AssertionError(f"not within {deadline} s: {what}")
-        await asyncio.sleep(0.05)
-    return time.monotonic() - started
 
 
 async def entry(pod: SenderProcess, address: str) -> dict[str, Any] | None:

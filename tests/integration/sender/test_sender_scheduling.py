@@ -18,6 +18,7 @@ from sandbox_fixtures.sender import (
     lease,
     make_dkim_keys,
 )
+from sandbox_fixtures.waiting import eventually as _eventually
 
 
 def _config(
@@ -28,17 +29,6 @@ def _config(
     if throttles:
         cfg["throttles"] = throttles
     return cfg
-
-
-async def _eventually(
-    check: Any, timeout: float = 10.0,  # noqa: ASYNC109
-    what: str = "condition"
-) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 async def test_transactional_mail_overtakes_ten_thousand_queued_marketing_messages(
@@ -135,7 +125,7 @@ async def test_warmup_quota_is_never_exceeded_and_engaged_tiers_go_first(
     # The operator raises the quota and allows overflow to warm IPs: the rest goes out.
     sender.cfg["warmup"]["overflow"] = "WarmIPs"
     sender.rewrite_config()
-    await _eventually(lambda: sender.service.cfg.warmup.overflow == "WarmIPs", 20, "reload")
+    await _eventually(lambda: sender.service.cfg.warmup.overflow == "WarmIPs", "reload")
     await sender.client.assign([lease("127.0.0.33", quota=5, warmup=True),
                                 lease("127.0.0.34")], generation=2)
     await gmail.wait_for(60, timeout=10)

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sandbox.providers import ProviderFleet
 from sandbox_fixtures.sender import SenderFactory, base_config
+from sandbox_fixtures.waiting import eventually
 
 DATA_TIMEOUT = 2.0
 SLACK = 15.0
@@ -51,15 +51,6 @@ class Client:
     async def close(self) -> None:
         self.writer.close()
         await self.writer.wait_closed()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str,
-                     deadline: float = 20.0) -> None:
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > deadline:
-            raise AssertionError(f"not within {deadline} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 async def _sender(tmp: Path, dns: DNSServer, fleet: ProviderFleet,

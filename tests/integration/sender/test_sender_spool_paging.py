@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,17 +22,9 @@ from sandbox_fixtures.sender import (
     lease,
     make_dkim_keys,
 )
+from sandbox_fixtures.waiting import eventually as _eventually
 
 WINDOW = 40
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str,
-                      deadline: float = 30.0) -> None:
-    end = time.monotonic() + deadline
-    while not await check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 def _config(tmp: Path, dns: DNSServer, fleet: ProviderFleet, rate: int = 100) -> dict[str, Any]:

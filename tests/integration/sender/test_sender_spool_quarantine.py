@@ -4,9 +4,6 @@ list fails closed: bulk mail waits until a peer or an admin restores the list.""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,17 +18,9 @@ from sandbox_fixtures.sender import (
     lease,
     make_dkim_keys,
 )
+from sandbox_fixtures.waiting import eventually
 
 GARBAGE = b"this is not a database, it is what a torn write left behind\n" * 200
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str,
-                     deadline: float = 20.0) -> None:
-    started = time.monotonic()
-    while not await check():
-        if time.monotonic() - started > deadline:
-            raise AssertionError(f"not within {deadline} s: {what}")
-        await asyncio.sleep(0.05)
 
 
 def _corrupt(spool_dir: Path, *names: str) -> None:

@@ -7,8 +7,7 @@ here too), and the cleared state survives a restart."""
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +25,7 @@ from sandbox_fixtures.sender import (
     lease,
     make_dkim_keys,
 )
-
-
-async def _eventually(check: Callable[[], Awaitable[bool]], what: str,
-                      deadline: float = 10.0) -> None:
-    end = time.monotonic() + deadline
-    while not await check():
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
+from sandbox_fixtures.waiting import eventually as _eventually
 
 
 async def _drain(sender: Any, method: str, **params: str) -> tuple[int, Any]:
