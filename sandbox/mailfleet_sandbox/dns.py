@@ -68,7 +68,7 @@ import dns.reversename
 import dns.rrset
 import dns.zone
 
-from mailfleet_sandbox import dnssec_signing
+from mailfleet_sandbox import dns_transport, dnssec_signing
 
 log = logging.getLogger(__name__)
 _R = typing.TypeVar("_R", bound=dns.resolver.BaseResolver)
@@ -185,9 +185,7 @@ class DNSServer:
             tuple[dns.name.Name, dns.rdatatype.RdataType | None], dns.rcode.Rcode
         ] = {}
         self._serial = 1
-        self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Server | None = None
-        self._tcp_writers: set[asyncio.StreamWriter] = set()
+        self._listener: dns_transport.DnsListener | None = None
         self._requested_port = port
         self.secure_zones: set[dns.name.Name] = set()
         """Zones this server vouches for as a validating resolver would: answers under them
@@ -200,36 +198,15 @@ class DNSServer:
 
     async def start(self) -> None:
         """Bind UDP and TCP on the same port (a free one when port is 0)."""
-        loop = asyncio.get_running_loop()
-        last_error: OSError | None = None
-        for _attempt in range(20):
-            udp, _ = await loop.create_datagram_endpoint(
-                lambda: _UDPProtocol(self), local_addr=(self.host, self._requested_port)
-            )
-            port = int(udp.get_extra_info("sockname")[1])
-            try:
-                tcp = await asyncio.start_server(self._serve_tcp, self.host, port)
-            except OSError as error:
-                udp.close()
-                last_error = error
-                if self._requested_port:
-                    raise
-                continue
-            self._udp, self._tcp, self.port = udp, tcp, port
-            log.info("dns server started", extra={"host": self.host, "port": port})
-            return
-        raise OSError(f"no port free for both UDP and TCP on {self.host}") from last_error
+        self._listener = dns_transport.DnsListener(
+            lambda wire, udp: self.handle_wire(wire, udp=udp), self.host, self._requested_port)
+        self.port = await self._listener.start()
+        log.info("dns server started", extra={"host": self.host, "port": self.port})
 
     async def stop(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
-        if self._tcp is not None:
-            self._tcp.close()
-            for writer in list(self._tcp_writers):
-                writer.close()
-            await self._tcp.wait_closed()
-            self._tcp = None
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
 
     async def __aenter__(self) -> DNSServer:
         await self.start()
@@ -608,40 +585,3 @@ class DNSServer:
         response.flags = dns.flags.QR
         response.set_rcode(dns.rcode.FORMERR)
         return response.to_wire()
-
-    async def _serve_tcp(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._tcp_writers.add(writer)
-        try:
-            while True:
-                try:
-                    header = await reader.readexactly(2)
-                    (length,) = struct.unpack("!H", header)
-                    wire = await reader.readexactly(length)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                reply = self.handle_wire(wire, udp=False)
-                if reply is None:
-                    continue
-                writer.write(struct.pack("!H", len(reply)) + reply)
-                await writer.drain()
-        finally:
-            self._tcp_writers.discard(writer)
-            writer.close()
-
-
-class _UDPProtocol(asyncio.DatagramProtocol):
-    def __init__(self, server: DNSServer) -> None:
-        self._server = server
-        self._transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = typing.cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        try:
-            reply = self._server.handle_wire(data, udp=True)
-        except Exception:  # a bug here must not kill the socket for every other test
-            log.exception("dns server failed to answer")
-            return
-        if reply is not None and self._transport is not None:
-            self._transport.sendto(reply, addr)

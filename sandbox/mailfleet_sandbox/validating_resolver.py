@@ -25,11 +25,7 @@ with warnings.catch_warnings():  # dnspython loads its DSA support, which we nev
     import dns.dnssec
     import dns.dnssectypes
 
-import asyncio
-import contextlib
 import logging
-import struct
-import typing
 from collections import Counter
 from collections.abc import Mapping
 from types import TracebackType
@@ -44,6 +40,8 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rdtypes.ANY.DS
 import dns.rrset
+
+from mailfleet_sandbox import dns_transport
 
 log = logging.getLogger(__name__)
 UPSTREAM_TIMEOUT = 3.0
@@ -72,39 +70,17 @@ class ValidatingResolver:
         self.port = port
         self.outcomes: Counter[str] = Counter()
         """"secure", "insecure", "bogus" (and "failed" for an upstream that did not answer)."""
-        self._udp: asyncio.DatagramTransport | None = None
-        self._tcp: asyncio.Server | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._listener: dns_transport.DnsListener | None = None
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
-        for _attempt in range(20):
-            udp, _ = await loop.create_datagram_endpoint(
-                lambda: _UDP(self), local_addr=(self.host, self.port)
-            )
-            port = int(udp.get_extra_info("sockname")[1])
-            try:
-                self._tcp = await asyncio.start_server(self._serve_tcp, self.host, port)
-            except OSError:
-                udp.close()
-                if self.port:
-                    raise
-                continue
-            self._udp, self.port = udp, port
-            return
-        raise OSError(f"no port free for both UDP and TCP on {self.host}")
+        self._listener = dns_transport.DnsListener(self._answer_sized, self.host, self.port)
+        self.port = await self._listener.start()
 
     async def stop(self) -> None:
-        if self._udp is not None:
-            self._udp.close()
-            self._udp = None
-        if self._tcp is not None:
-            self._tcp.close()
-            await self._tcp.wait_closed()
-            self._tcp = None
-        for task in list(self._tasks):
-            task.cancel()
+        if self._listener is not None:
+            await self._listener.stop()
+            self._listener = None
 
     async def __aenter__(self) -> ValidatingResolver:
         await self.start()
@@ -237,52 +213,14 @@ class ValidatingResolver:
                 return
         raise Bogus(f"no proof that {qname}/{dns.rdatatype.to_text(qtype)} does not exist")
 
-    # ----------------------------------------------------------------- sockets
-    def _spawn(self, wire: bytes, reply: typing.Callable[[bytes], None]) -> None:
-        async def run() -> None:
-            answer = await self.answer(wire)
-            if answer is not None:
-                reply(answer)
-
-        task = asyncio.get_running_loop().create_task(run())
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _serve_tcp(self, reader: asyncio.StreamReader,
-                         writer: asyncio.StreamWriter) -> None:
-        try:
-            while True:
-                try:
-                    (length,) = struct.unpack("!H", await reader.readexactly(2))
-                    wire = await reader.readexactly(length)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    return
-                answer = await self.answer(wire)
-                if answer is not None:
-                    writer.write(struct.pack("!H", len(answer)) + answer)
-                    await writer.drain()
-        finally:
-            writer.close()
-
-
-class _UDP(asyncio.DatagramProtocol):
-    def __init__(self, resolver: ValidatingResolver) -> None:
-        self._resolver = resolver
-        self._transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = typing.cast(asyncio.DatagramTransport, transport)
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        def reply(answer: bytes) -> None:
-            if self._transport is not None:
-                with contextlib.suppress(OSError):
-                    if len(answer) > 1232:  # RFC 9715's safe size: the client retries on TCP
-                        truncated = dns.message.from_wire(answer)
-                        truncated.answer.clear()
-                        truncated.authority.clear()
-                        truncated.flags |= dns.flags.TC
-                        answer = truncated.to_wire()
-                    self._transport.sendto(answer, addr)
-
-        self._resolver._spawn(data, reply)
+    async def _answer_sized(self, wire: bytes, udp: bool) -> bytes | None:
+        """`answer`, truncated over UDP beyond RFC 9715's safe size (the client retries on
+        TCP)."""
+        answer = await self.answer(wire)
+        if answer is None or not udp or len(answer) <= 1232:
+            return answer
+        truncated = dns.message.from_wire(answer)
+        truncated.answer.clear()
+        truncated.authority.clear()
+        truncated.flags |= dns.flags.TC
+        return truncated.to_wire()
