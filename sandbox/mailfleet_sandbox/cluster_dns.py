@@ -36,8 +36,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from mailfleet_sandbox import api_watch
 from mailfleet_sandbox import dns as sandbox_dns
-from mailfleet_sandbox import node_agent
 
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -143,8 +143,8 @@ class ClusterDNS:
                  domain: str = DEFAULT_DOMAIN, ttl: int = DEFAULT_TTL,
                  ssl_context: ssl.SSLContext | None = None) -> None:
         self.server, self.domain, self.ttl = server, domain, ttl
-        self._client = node_agent.ApiClient(node_agent.api_server_url(api), ssl_context)
-        self._informers = [node_agent.Informer(self._client, f"/api/v1/{resource}",
+        self._client = api_watch.ApiClient(api_watch.api_server_url(api), ssl_context)
+        self._informers = [api_watch.Informer(self._client, f"/api/v1/{resource}",
                                                self._changed)
                            for resource in ("services", "pods", "endpoints")]
         self._records: list[sandbox_dns.Record] = []

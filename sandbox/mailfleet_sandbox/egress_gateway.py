@@ -60,7 +60,7 @@ from typing import Any, Protocol
 
 import yaml
 
-from mailfleet_sandbox import node_agent
+from mailfleet_sandbox import api_watch
 from mailfleet_sandbox.kube import selectors
 from mailfleet_sandbox.kube.errors import ApiError
 
@@ -448,10 +448,10 @@ class EgressGateway:
         self.resync = resync
         self.ruleset = Ruleset()
         """The rule set the table holds now (last applied)."""
-        self._client = node_agent.ApiClient(node_agent.api_server_url(api), ssl_context)
+        self._client = api_watch.ApiClient(api_watch.api_server_url(api), ssl_context)
         paths = {"policies": f"/apis/{GROUP}/{VERSION}/{PLURAL}", "pods": "/api/v1/pods",
                  "namespaces": "/api/v1/namespaces", "nodes": "/api/v1/nodes"}
-        self._informers = {key: node_agent.Informer(self._client, path, self._changed)
+        self._informers = {key: api_watch.Informer(self._client, path, self._changed)
                            for key, path in paths.items()}
         self._dirty = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []

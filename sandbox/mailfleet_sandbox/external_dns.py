@@ -36,8 +36,8 @@ import dns.rdataclass
 import dns.rdatatype
 import yaml
 
+from mailfleet_sandbox import api_watch
 from mailfleet_sandbox import dns as sandbox_dns
-from mailfleet_sandbox import node_agent
 
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ def endpoint_records(objects: Iterable[JSON], default_ttl: int = DEFAULT_TTL,
             for (name, rtype), (values, ttl) in sorted(merged.items())]
 
 
-async def ensure_crd(client: node_agent.ApiClient, within: float = 10.0) -> None:
+async def ensure_crd(client: api_watch.ApiClient, within: float = 10.0) -> None:
     """Create the DNSEndpoint CRD unless the API has it, and wait until it is served."""
     path = f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{CRD_NAME}"
     code, _ = await client.request("GET", path, ok=(200, 404))
@@ -122,14 +122,14 @@ class ExternalDNS:
     def __init__(self, api: str | Path, server: sandbox_dns.DNSServer, *, lag: float = 0.0,
                  default_ttl: int = DEFAULT_TTL, register_crd: bool = True,
                  ssl_context: ssl.SSLContext | None = None, max_ttl: int | None = None) -> None:
-        self.api_url = node_agent.api_server_url(api)
+        self.api_url = api_watch.api_server_url(api)
         self.server = server
         self.lag = lag
         self.default_ttl = default_ttl
         self.max_ttl = max_ttl
         self.register_crd = register_crd
-        self._client = node_agent.ApiClient(self.api_url, ssl_context)
-        self._informer = node_agent.Informer(self._client, f"/apis/{GROUP}/{VERSION}/dnsendpoints",
+        self._client = api_watch.ApiClient(self.api_url, ssl_context)
+        self._informer = api_watch.Informer(self._client, f"/apis/{GROUP}/{VERSION}/dnsendpoints",
                                              self._changed)
         self._visible: list[sandbox_dns.Record] = []
         self._task: asyncio.Task[None] | None = None

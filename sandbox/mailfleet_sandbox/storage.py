@@ -20,7 +20,7 @@ from typing import Any
 
 import aiohttp
 
-from mailfleet_sandbox import node_agent
+from mailfleet_sandbox import api_watch
 
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -72,11 +72,11 @@ class LocalProvisioner:
 
     def __init__(self, api_url: str, claims_dir: Path, ssl_context: ssl.SSLContext | None) -> None:
         self.claims_dir = claims_dir
-        self._client = node_agent.ApiClient(api_url, ssl_context)
+        self._client = api_watch.ApiClient(api_url, ssl_context)
         self._wake = asyncio.Event()
-        self._claims = node_agent.Informer(self._client, "/api/v1/persistentvolumeclaims",
+        self._claims = api_watch.Informer(self._client, "/api/v1/persistentvolumeclaims",
                                            self._wake.set)
-        self._volumes = node_agent.Informer(self._client, "/api/v1/persistentvolumes",
+        self._volumes = api_watch.Informer(self._client, "/api/v1/persistentvolumes",
                                             self._wake.set)
         self._tasks: list[asyncio.Task[None]] = []
 

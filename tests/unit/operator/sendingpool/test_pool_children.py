@@ -184,7 +184,7 @@ def test_the_pod_runs_the_senders_own_command_with_its_identity_and_the_rendered
     import argparse
 
     from mailfleet_operator import settings
-    from mailfleet_sandbox import node_agent
+    from mailfleet_sandbox import container_env
     from mailfleet_sender import cli
 
     sts = children.build_statefulset(SPEC, POOL)
@@ -224,7 +224,7 @@ def test_the_pod_runs_the_senders_own_command_with_its_identity_and_the_rendered
     default = settings.Settings().sender_image
     assert any(
         part in default and argv[-1] == "mailfleet_sender"
-        for part, argv in node_agent.DEFAULT_IMAGE_SUBSTRINGS
+        for part, argv in container_env.DEFAULT_IMAGE_SUBSTRINGS
     )
 
 
