@@ -29,6 +29,7 @@ from mailfleet_sender import (
     bounces,
     clock,
     config,
+    event_publishing,
     feedback,
     hooks,
     link_keys,
@@ -117,6 +118,8 @@ class Deliverability:
         self.soft_counts: dict[str, int] = spool_.load_soft_counts()
         self.used_tokens = unsubscribe.MemoryUsedTokens()
         self.count_feedback: FeedbackCounter = lambda ip, kind: None
+        self.events: event_publishing.Publisher | None = None
+        """Where complaints, reported bounces and unsubscribes become events."""
         limits = cfg.deliverability.reports
         self.reported = reported_copies.ReportedCopies(
             Path(suppression_path).parent / reported_copies.FILE,
@@ -360,8 +363,18 @@ class Deliverability:
         self.apply_reading(reading)
         return reading
 
+    async def flush_events(self) -> None:
+        """Before telling a reporter or a recipient "done": their events are on disk."""
+        if self.events is not None:
+            try:
+                await self.events.flush()
+            except spool.SpoolError:  # kept queued and retried by the spool's writer
+                log.warning("events not yet committed before answering")
+
     def _apply_event(self, event: feedback.Event, now: float) -> None:
         ip = event.source_ip or None
+        if self.events is not None:
+            self.events.reported(event, own_ref=message_ref(self.node_id, "").rstrip("."))
         if event.kind is feedback.Kind.COMPLAINT:
             self.metrics.complaints.labels(event.class_name or "", ip or "").inc()
             if event.class_name:
@@ -418,6 +431,9 @@ class Deliverability:
             return UnsubscribeResult(200, "unchanged", recipient)
         self.suppress(recipient, suppression.Reason.UNSUBSCRIBE, f"{self.node_id}:{via}")
         _, _, klass = verified.list_id.partition("/")
+        if self.events is not None:
+            self.events.record(self.events.builder.unsubscribed(
+                recipient=recipient, class_name=klass or None, now=self.clock.wall()))
         self._record(None, klass or verified.list_id, rates.Outcome.UNSUBSCRIBE,
                      self.clock.wall())
         self.metrics.unsubscribes.labels(via, "recorded").inc()
