@@ -51,6 +51,7 @@ SUPPRESSION_FILE = "suppression.sqlite3"
 _LIST_UNSUBSCRIBE = re.compile(rb"(?im)^list-unsubscribe:")
 _REF_CHARS = re.compile(r"[^A-Za-z0-9_]")
 
+UnsubscribeToken = unsubscribe.UnsubscribeToken
 FeedbackCounter = Callable[[str, str], None]
 """(source IP, kind) -> count a report against the IP's day (complained, bounced)."""
 
@@ -426,18 +427,28 @@ class Deliverability:
         except suppression.InvalidAddress:
             self.metrics.unsubscribes.labels(via, "forged_token").inc()
             return UnsubscribeResult(400, "forged_token")
+        self._unsubscribed_event(verified)
         if not record:
             self.metrics.unsubscribes.labels(via, "unchanged").inc()
             return UnsubscribeResult(200, "unchanged", recipient)
         self.suppress(recipient, suppression.Reason.UNSUBSCRIBE, f"{self.node_id}:{via}")
         _, _, klass = verified.list_id.partition("/")
-        if self.events is not None:
-            self.events.record(self.events.builder.unsubscribed(
-                recipient=recipient, class_name=klass or None, now=self.clock.wall()))
         self._record(None, klass or verified.list_id, rates.Outcome.UNSUBSCRIBE,
                      self.clock.wall())
         self.metrics.unsubscribes.labels(via, "recorded").inc()
         return UnsubscribeResult(200, "recorded", recipient)
+
+    def _unsubscribed_event(self, verified: UnsubscribeToken) -> None:
+        """The recipient opted out: an event even when already suppressed (a complaint came
+        first), none for a replayed link or one older than a re-subscription."""
+        if self.events is None or not unsubscribe.should_record(
+            verified, currently_suppressed=False,
+            last_removed_at=self.suppressions.last_removed_at(verified.recipient),
+        ):
+            return
+        _, _, klass = verified.list_id.partition("/")
+        self.events.record(self.events.builder.unsubscribed(
+            recipient=verified.recipient, class_name=klass or None, now=self.clock.wall()))
 
     # --- views ------------------------------------------------------------------------
 

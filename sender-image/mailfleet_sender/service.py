@@ -962,6 +962,7 @@ class Service:
             await runner.cleanup()
         await self.events.stop()
         await asyncio.to_thread(self.spool.close)
+        await asyncio.to_thread(self.events.close)
         self.tls_reporting.store.close()
         self.deliverability.close()
         self._stopped.set()

@@ -11,11 +11,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import re
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import aiosmtplib
 import pytest
 from aiohttp import web
@@ -206,6 +208,60 @@ async def test_bad_tags_are_refused_never_dropped(
                 b"From: news@example.test\r\nX-Mailfleet-Tags: campaign\r\n\r\nx\r\n")
     assert refused.value.code == 550 and "5.6.0" in refused.value.message
     assert "campaign" in refused.value.message
+
+
+async def test_complaints_reported_bounces_and_unsubscribes_become_events(
+    tmp_path: Path, dns_server: DNSServer, provider_fleet: ProviderFleet,
+    sender_factory: SenderFactory, receiver: Receiver,
+) -> None:
+    public = free_port()
+    cfg = _config(tmp_path, dns_server, provider_fleet, receiver.url)
+    cfg["deliverability"].update({
+        "feedbackPort": 0, "bounceDomain": "bounces.example.test", "publicPort": public,
+        "unsubscribeBaseUrl": f"http://127.0.0.1:{public}"})
+    sender = await sender_factory(cfg)
+    await sender.client.assign([lease("127.0.0.64")])
+    target = ("127.0.0.1", sender.service.feedback_port)
+    provider_fleet.set_feedback_target(target)
+    gmail, outlook = provider_fleet["gmail"], provider_fleet["outlook"]
+    gmail.behaviour.complaint_rate = 1.0
+    outlook.behaviour.bounce_after_accept.add("later@outlook.test")
+    outlook.bounce_target = target
+    for rcpt in ("angry@gmail.test", "later@outlook.test"):
+        status, _ = await sender.client.submit({
+            "from": "news@example.test", "to": [rcpt], "subject": "s", "text": "t",
+            "class": "marketing", "tags": {"campaign": "feedback"}})
+        assert status == 202
+
+    await until(lambda: receiver.of("angry@gmail.test")[-1:] == ["complained"]
+                and receiver.of("later@outlook.test")[-1:] == ["bounced"],
+                what="the complaint and the DSN as events")
+    [copy] = await gmail.wait_for(1)
+    link = re.search(r"<(http://[^>]+)>", copy.header("List-Unsubscribe") or "")
+    assert link is not None
+    async with aiohttp.ClientSession() as http, http.post(
+        link.group(1), data="List-Unsubscribe=One-Click",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+    ) as response:
+        assert response.status == 200
+    await until(lambda: receiver.of("angry@gmail.test")[-1:] == ["unsubscribed"],
+                what="the unsubscribe as an event")
+
+    _assert_valid(receiver.events)
+    assert receiver.of("angry@gmail.test") == ["accepted", "delivered", "complained",
+                                               "unsubscribed"]
+    assert receiver.of("later@outlook.test") == ["accepted", "delivered", "bounced"]
+    by_type = {(e["recipient"], e["type"]): e for e in receiver.events}
+    complaint = by_type["angry@gmail.test", "complained"]
+    delivered = by_type["angry@gmail.test", "delivered"]
+    assert complaint["message_id"] == delivered["message_id"]
+    assert (complaint["tags"], complaint["ip"], complaint["class"]) == (
+        {"campaign": "feedback"}, "127.0.0.64", "marketing")
+    dsn = by_type["later@outlook.test", "bounced"]
+    assert dsn["bounce"]["kind"] == "hard" and dsn["bounce"]["code"] == "5.1.1"
+    assert dsn["tags"] == {"campaign": "feedback"} and dsn["attempt"] is None
+    unsubscribe = by_type["angry@gmail.test", "unsubscribed"]
+    assert unsubscribe["message_id"] is None and unsubscribe["class"] == "marketing"
 
 
 async def test_a_receiver_down_for_a_while_gets_everything_once_back(

@@ -307,6 +307,7 @@ async def test_committed_events_go_to_stdout_and_listeners_in_order(
     await _until(lambda: len(heard) == 3, "the listener")
     await publisher.stop()
     store.close()
+    publisher.close()  # the stdout thread writes what is queued, then ends
     lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [e["recipient"] for e in lines] == heard == ["a@y.test", "b@y.test", "c@y.test"]
     assert all(e["schema"] == events.SCHEMA for e in lines)

@@ -6,6 +6,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -87,3 +90,20 @@ def test_a_batch_body_is_the_stored_lines_in_outbox_order() -> None:
     rows = (outbox.Row(1, NOW, '{"id":"a"}'), outbox.Row(3, NOW, '{"id":"b","t":"é"}'))
     body = webhook_delivery.batch_body(rows)
     assert json.loads(body) == {"events": [{"id": "a"}, {"id": "b", "t": "é"}]}
+
+
+def test_the_receiver_snippet_in_the_docs_verifies_what_the_sender_signs() -> None:
+    """docs/events.md tells receivers how to check a signature in a few lines: they work."""
+    text = (Path(__file__).resolve().parents[3] / "docs" / "events.md").read_text()
+    blocks = [b.split("```", 1)[0] for b in text.split("```python\n")[1:]]
+    [snippet] = [b for b in blocks if "def verify" in b]
+    namespace: dict[str, Any] = {}
+    exec(snippet, namespace)  # the documented code, as a receiver would paste it
+    verify = namespace["verify"]
+    stamp = str(int(time.time()))
+    header = webhook_signing.signature(KEY, stamp, BODY)
+    assert verify(KEY, stamp, BODY, header)
+    assert not verify(KEY, stamp, BODY + b" ", header)
+    assert not verify(b"other", stamp, BODY, header)
+    old = str(int(time.time()) - 600)
+    assert not verify(KEY, old, BODY, webhook_signing.signature(KEY, old, BODY))
