@@ -12,6 +12,7 @@ import asyncio
 import collections
 import json
 import re
+import sqlite3
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -367,3 +368,72 @@ async def test_events_pending_at_kill_9_are_delivered_after_the_restart(
         assert {e["id"] for e in receiver.events} <= {e["id"] for e in lines}
     finally:
         proc.kill()
+
+
+async def test_webhooks_follow_config_reloads(
+    tmp_path: Path, dns_server: DNSServer, provider_fleet: ProviderFleet,
+    sender_factory: SenderFactory, receiver: Receiver,
+) -> None:
+    cfg = _config(tmp_path, dns_server, provider_fleet, receiver.url)
+    webhooks = cfg["events"].pop("webhooks")
+    sender = await sender_factory(cfg)
+    mail = {"from": "news@example.test", "subject": "s", "text": "t"}
+    assert (await sender.client.submit({**mail, "to": ["before@gmail.test"]}))[0] == 202
+
+    cfg["events"]["webhooks"] = webhooks
+    sender.rewrite_config()
+
+    async def listed() -> bool:
+        return "crm" in (await sender.client.stats())["events"]["webhooks"]
+    await until(listed, what="the webhook added by a reload")
+    assert (await sender.client.submit({**mail, "to": ["after@gmail.test"]}))[0] == 202
+    await until(lambda: receiver.of("after@gmail.test") == ["accepted"], what="new events")
+    assert receiver.of("before@gmail.test") == []  # a new webhook starts with what comes next
+
+    receiver.status = 503  # events pile up for it...
+    assert (await sender.client.submit({**mail, "to": ["late@gmail.test"]}))[0] == 202
+
+    async def waiting() -> bool:
+        return bool((await sender.client.stats())["events"]["webhooks"]["crm"]["pending"])
+    await until(waiting, what="an event waiting for the webhook")
+    cfg["events"]["webhooks"] = []  # ...and the outbox forgets them once it is removed
+    sender.rewrite_config()
+
+    async def removed() -> bool:
+        return (await sender.client.stats())["events"]["webhooks"] == {}
+    await until(removed, what="the webhook removed by a reload")
+
+    def outbox_rows() -> int:
+        with sqlite3.connect(Path(cfg["spoolDir"]) / "spool.sqlite3") as db:
+            return int(db.execute("SELECT COUNT(*) FROM event_outbox").fetchone()[0])
+    await until(lambda: outbox_rows() == 0, what="the outbox pruned")
+
+
+async def test_suppressed_and_expired_recipients_become_events(
+    tmp_path: Path, dns_server: DNSServer, provider_fleet: ProviderFleet,
+    sender_factory: SenderFactory, receiver: Receiver,
+) -> None:
+    provider_fleet["yahoo"].behaviour.on_rcpt = lambda rcpt, ip: (
+        (451, "4.3.0 try again later") if rcpt == "slow@yahoo.test" else None)
+    cfg = _config(tmp_path, dns_server, provider_fleet, receiver.url)
+    cfg["classes"] = [{"name": "transactional", "maxAge": "2s"}]
+    cfg["retry"] = {"schedule": ["500ms"], "maxAge": "2s"}
+    sender = await sender_factory(cfg)
+    status, _ = await sender.client.request(
+        "PUT", "/v1/suppressions/gone@yahoo.test", admin=True, token=ADMIN_TOKEN,
+        json={"reason": "manual"})
+    assert status == 201
+    await sender.client.assign([lease("127.0.0.65")])
+    status, _ = await sender.client.submit({
+        "from": "news@example.test", "to": ["gone@yahoo.test", "slow@yahoo.test"],
+        "subject": "s", "text": "t", "tags": {"campaign": "c"}})
+    assert status == 202
+
+    await until(lambda: receiver.of("gone@yahoo.test") == ["accepted", "suppressed"]
+                and receiver.of("slow@yahoo.test")[-1:] == ["expired"],
+                what="suppressed and expired events")
+    slow = receiver.of("slow@yahoo.test")
+    assert slow[0] == "accepted" and set(slow[1:-1]) == {"deferred"} and len(slow) >= 3
+    _assert_valid(receiver.events)
+    [expired] = [e for e in receiver.events if e["type"] == "expired"]
+    assert expired["reply"]["enhanced"] == "4.4.7" and expired["tags"] == {"campaign": "c"}
