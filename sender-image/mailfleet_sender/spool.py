@@ -566,10 +566,10 @@ class Spool:
                     op.future.set_exception(error)
             self._retry.extend(unanswered)
             return self._reconnect(db)
+        self._publish()  # before the answers: once flushed, an event has been handed over
         for op, result in zip(batch, results, strict=True):
             if op.future is not None and not op.future.done():
                 op.future.set_result(result)
-        self._publish()
         return db
 
     def _publish(self) -> None:

@@ -21,6 +21,7 @@ backoff, dropped (counted, logged) once too old. One task per webhook.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import logging
@@ -28,12 +29,14 @@ import sqlite3
 import ssl
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import aiohttp
 
 from mailfleet_sender import event_config, outbox, spool, units, webhook_signing
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 COUNT_EVERY = 1.0
 """Seconds between counts of the events waiting for a webhook (a scan of its backlog)."""
@@ -98,6 +101,10 @@ class Runner:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._db: sqlite3.Connection | None = None
+        self._reads = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix=f"webhook-{cfg.name}")
+        """The reader connection is used (and closed) on this one thread only: a stop never
+        closes it under a read still running."""
         self._cursor = 0
         self._counted_at = float("-inf")
         self._http: aiohttp.ClientSession | None = None
@@ -132,15 +139,20 @@ class Runner:
         if self._http is not None:
             await self._http.close()
             self._http = None
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        db, self._db = self._db, None
+        if db is not None:
+            await self._read_thread(db.close)
+        self._reads.shutdown(wait=False)
 
     # --- the loop ---------------------------------------------------------------------------
 
+    async def _read_thread(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reads, lambda: fn(*args, **kwargs))
+
     async def _run(self) -> None:
-        self._db = await asyncio.to_thread(self.spool.reader)
-        cursors = await asyncio.to_thread(outbox.load_cursors, self._db)
+        self._db = await self._read_thread(self.spool.reader)
+        cursors = await self._read_thread(outbox.load_cursors, self._db)
         self._cursor = cursors.get(self.name, 0)
         while True:
             try:
@@ -154,7 +166,7 @@ class Runner:
     async def _read(self) -> outbox.Batch:
         assert self._db is not None
         db, cfg = self._db, self.cfg
-        batch = await asyncio.to_thread(
+        batch = await self._read_thread(
             outbox.read_batch, db, cursor=self._cursor,
             types=[t.value for t in cfg.types], limit=cfg.batch_max,
         )
@@ -163,7 +175,7 @@ class Runner:
             self.figures.pending = len(batch.rows)
         elif now - self._counted_at >= COUNT_EVERY:
             self._counted_at = now
-            self.figures.pending = await asyncio.to_thread(
+            self.figures.pending = await self._read_thread(
                 outbox.count_after, db, cursor=self._cursor, types=[t.value for t in cfg.types]
             )
         return batch
