@@ -28,7 +28,14 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from mailfleet_sender import from_domains, hostnames, report_limits, tls_policy, units
+from mailfleet_sender import (
+    event_config,
+    from_domains,
+    hostnames,
+    report_limits,
+    tls_policy,
+    units,
+)
 from mailfleet_sender import shaping as shaping_rules
 
 
@@ -739,6 +746,9 @@ class SenderConfig(ConfigModel):
     bounces: Bounces = Field(default_factory=Bounces)
     feedback: Feedback = Field(default_factory=Feedback)
     deliverability: Deliverability = Field(default_factory=Deliverability)
+    events: event_config.Events = Field(
+        default_factory=event_config.Events, description="Delivery events (docs/events.md)."
+    )
 
     @model_validator(mode="after")
     def _classes_consistent(self) -> SenderConfig:

@@ -29,6 +29,7 @@ from mailfleet_sender import (
     bounces,
     clock,
     config,
+    event_publishing,
     feedback,
     hooks,
     link_keys,
@@ -50,6 +51,7 @@ SUPPRESSION_FILE = "suppression.sqlite3"
 _LIST_UNSUBSCRIBE = re.compile(rb"(?im)^list-unsubscribe:")
 _REF_CHARS = re.compile(r"[^A-Za-z0-9_]")
 
+UnsubscribeToken = unsubscribe.UnsubscribeToken
 FeedbackCounter = Callable[[str, str], None]
 """(source IP, kind) -> count a report against the IP's day (complained, bounced)."""
 
@@ -117,6 +119,8 @@ class Deliverability:
         self.soft_counts: dict[str, int] = spool_.load_soft_counts()
         self.used_tokens = unsubscribe.MemoryUsedTokens()
         self.count_feedback: FeedbackCounter = lambda ip, kind: None
+        self.events: event_publishing.Publisher | None = None
+        """Where complaints, reported bounces and unsubscribes become events."""
         limits = cfg.deliverability.reports
         self.reported = reported_copies.ReportedCopies(
             Path(suppression_path).parent / reported_copies.FILE,
@@ -360,8 +364,18 @@ class Deliverability:
         self.apply_reading(reading)
         return reading
 
+    async def flush_events(self) -> None:
+        """Before telling a reporter or a recipient "done": their events are on disk."""
+        if self.events is not None:
+            try:
+                await self.events.flush()
+            except spool.SpoolError:  # kept queued and retried by the spool's writer
+                log.warning("events not yet committed before answering")
+
     def _apply_event(self, event: feedback.Event, now: float) -> None:
         ip = event.source_ip or None
+        if self.events is not None:
+            self.events.reported(event, own_ref=message_ref(self.node_id, "").rstrip("."))
         if event.kind is feedback.Kind.COMPLAINT:
             self.metrics.complaints.labels(event.class_name or "", ip or "").inc()
             if event.class_name:
@@ -413,6 +427,7 @@ class Deliverability:
         except suppression.InvalidAddress:
             self.metrics.unsubscribes.labels(via, "forged_token").inc()
             return UnsubscribeResult(400, "forged_token")
+        self._unsubscribed_event(verified)
         if not record:
             self.metrics.unsubscribes.labels(via, "unchanged").inc()
             return UnsubscribeResult(200, "unchanged", recipient)
@@ -422,6 +437,18 @@ class Deliverability:
                      self.clock.wall())
         self.metrics.unsubscribes.labels(via, "recorded").inc()
         return UnsubscribeResult(200, "recorded", recipient)
+
+    def _unsubscribed_event(self, verified: UnsubscribeToken) -> None:
+        """The recipient opted out: an event even when already suppressed (a complaint came
+        first), none for a replayed link or one older than a re-subscription."""
+        if self.events is None or not unsubscribe.should_record(
+            verified, currently_suppressed=False,
+            last_removed_at=self.suppressions.last_removed_at(verified.recipient),
+        ):
+            return
+        _, _, klass = verified.list_id.partition("/")
+        self.events.record(self.events.builder.unsubscribed(
+            recipient=verified.recipient, class_name=klass or None, now=self.clock.wall()))
 
     # --- views ------------------------------------------------------------------------
 

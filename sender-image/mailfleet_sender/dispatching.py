@@ -38,6 +38,8 @@ from mailfleet_sender import (
     config,
     delivering,
     dkim_signing,
+    event_publishing,
+    events,
     hooks,
     keys,
     leases,
@@ -172,6 +174,8 @@ class Engine:
         self.pager = paging.Pager(cfg.spool_window)
         self._busy: set[int] = set()
         self._page_wake = asyncio.Event()
+        self.events: event_publishing.Publisher | None = None
+        """Builds the event each outcome update carries (no events when unset)."""
         self.transport = transport_security.TransportSecurity(
             cfg, resolver=resolver.resolver, metric_set=metric_set, clock=clock_.monotonic,
             wall=clock_.wall,
@@ -1189,7 +1193,8 @@ class Engine:
             [
                 spool.Update(
                     delivery.id, delivery.message, "queued", delivery.attempts, next_attempt,
-                    str(reply),
+                    str(reply), self._event(delivery, hooks.Verdict.DEFERRED, reply,
+                                            classification, source, provider),
                 )
             ]
         )
@@ -1238,6 +1243,7 @@ class Engine:
                 spool.Update(
                     delivery.id, delivery.message, state, delivery.attempts,
                     delivery.next_attempt, str(reply),
+                    self._event(delivery, verdict, reply, classification, source, provider),
                 )
             ]
         )
@@ -1253,6 +1259,17 @@ class Engine:
             )
         self._forget_message(delivery.message)
         self._observe(delivery, verdict, reply, classification, source, provider, site)
+
+    def _event(
+        self, delivery: spool.Delivery, verdict: hooks.Verdict, reply: hooks.Reply,
+        classification: hooks.Classification | None, source: str, provider: str,
+    ) -> events.Event | None:
+        if self.events is None:
+            return None
+        return self.events.builder.outcome(
+            delivery, verdict, reply, classification, source=source, provider=provider,
+            now=self.clock.wall(),
+        )
 
     def _forget_message(self, message: int) -> None:
         """One of the message's deliveries left memory; its body goes with the last."""

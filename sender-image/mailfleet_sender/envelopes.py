@@ -5,15 +5,18 @@ server's limit (aiohttp: 8,190 bytes) at about 250 recipients, the peer answers 
 hand-off never ends. In the body the envelope is bounded only by the route's size cap.
 
 Format (`Content-Type: application/vnd.mailfleet.handoff`): one line of JSON
-(`{"from": "...", "to": ["...", ...], "class": "...", "tier": "..."|null}`), a LF, then the
-message bytes as stored. A receiver still takes the previous form (`message/rfc822` with the
-envelope in the query) from peers running the previous version.
+(`{"from": "...", "to": ["...", ...], "class": "...", "tier": "..."|null, "tags": {...}}`), a
+LF, then the message bytes as stored. `tags` (the application's, `tags`) is left out when there
+are none; a receiver of the previous version ignores it. A receiver still takes the previous
+form (`message/rfc822` with the envelope in the query) from peers running the previous
+version.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Mapping
 
 CONTENT_TYPE = "application/vnd.mailfleet.handoff"
 MAX_ENVELOPE_BYTES_PER_RECIPIENT = 512
@@ -29,6 +32,7 @@ class Envelope:
     recipients: tuple[str, ...]
     class_name: str | None
     tier: str | None
+    tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 class BadEnvelope(ValueError):
@@ -41,13 +45,16 @@ def max_envelope_bytes(max_recipients: int) -> int:
 
 
 def encode(envelope: Envelope, data: bytes) -> bytes:
+    head: dict[str, object] = {
+        "from": envelope.sender,
+        "to": list(envelope.recipients),
+        "class": envelope.class_name,
+        "tier": envelope.tier,
+    }
+    if envelope.tags:
+        head["tags"] = dict(envelope.tags)
     line = json.dumps(
-        {
-            "from": envelope.sender,
-            "to": list(envelope.recipients),
-            "class": envelope.class_name,
-            "tier": envelope.tier,
-        },
+        head,
         separators=(",", ":"),
         ensure_ascii=True,
     )
@@ -75,4 +82,9 @@ def decode(body: bytes, *, max_envelope: int) -> tuple[Envelope, bytes]:
     for name, value in (("class", class_name), ("tier", tier)):
         if value is not None and not isinstance(value, str):
             raise BadEnvelope(f"envelope {name!r} must be a string or null")
-    return Envelope(sender, tuple(recipients), class_name, tier), body[end + 1:]
+    tags = raw.get("tags") or {}
+    if not isinstance(tags, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise BadEnvelope("envelope 'tags' must be an object of strings")
+    return Envelope(sender, tuple(recipients), class_name, tier, tags), body[end + 1:]

@@ -47,6 +47,8 @@ class Event:
     """From the trace header; empty when only the VERP address matched."""
     source_ip: str = ""
     message_ref: str = ""
+    status: str = ""
+    """For bounces: the DSN's RFC 3463 status (e.g. 5.1.1)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,7 +155,7 @@ def _read_dsn(
         category, reason = _bounce_category(failed[0])
         events.append(
             Event(Kind.BOUNCE, trace.recipient, category, reason, trace.klass, trace.source_ip,
-                  trace.message_id)
+                  trace.message_id, failed[0].status)
         )
         return Reading("dsn", tuple(events))
     assert tag is not None
@@ -166,7 +168,8 @@ def _read_dsn(
                 "verp_mismatch", "the VERP tag does not match the DSN's recipient"
             )
         category, reason = _bounce_category(status)
-        events.append(Event(Kind.BOUNCE, recipient, category, reason, message_ref=tag.message_id))
+        events.append(Event(Kind.BOUNCE, recipient, category, reason, message_ref=tag.message_id,
+                            status=status.status))
     return Reading("dsn", tuple(events))
 
 

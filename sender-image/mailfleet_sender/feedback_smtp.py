@@ -85,6 +85,7 @@ class Handler:
             if token is not None:
                 result = self.layer.unsubscribe(token, via="mailto")
                 if result.status == 200:
+                    await self.layer.flush_events()
                     return "250 2.0.0 Unsubscribed"
                 return f"554 5.7.1 Unsubscribe refused: {result.result}"
         try:
@@ -100,6 +101,7 @@ class Handler:
             log.exception("report processing failed")
             return "451 4.3.0 Temporary local problem"
         if counted:
+            await self.layer.flush_events()
             return f"250 2.0.0 {reading.report} applied ({counted} recipients)"
         if reading.events:
             return f"250 2.0.0 {reading.report} duplicate: already counted"

@@ -350,6 +350,7 @@ class HandOff:
             recipients=tuple(rcpt for _, rcpt in item.deliveries),
             class_name=item.class_name,
             tier=item.tier,
+            tags=item.tags,
         )
         outcome = await self._post(
             http, url, data=envelopes.encode(envelope, item.data), params=(),

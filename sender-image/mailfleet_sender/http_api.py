@@ -259,6 +259,7 @@ class Api:
             class_name=envelope.class_name,
             tier=envelope.tier,
             handoff_key=handoff_key,
+            tags=envelope.tags,
         )
         return self._answer(result)
 
@@ -311,6 +312,7 @@ class Api:
             via="http",
             class_name=request.class_,
             tier=request.tier,
+            tags=request.tags,
         )
         return self._answer(result)
 
@@ -372,6 +374,7 @@ class Api:
         result = layer.unsubscribe(request.match_info["token"], via="one-click")
         if result.status != 200:
             return _error(result.status, "this unsubscribe link is not valid", result.result)
+        await layer.flush_events()
         return web.json_response({"unsubscribed": True, "result": result.result})
 
     async def get_unsubscribe(self, request: web.Request) -> web.Response:

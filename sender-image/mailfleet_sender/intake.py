@@ -8,9 +8,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
-from mailfleet_sender import clock, config, dispatching, messages, metrics, spool
+from mailfleet_sender import clock, config, dispatching, event_publishing, messages, metrics, spool
+from mailfleet_sender import tags as tags_module
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +50,8 @@ class Intake:
         self.clock = clock_
         self.hostname = hostname
         self.accepting = True
+        self.events: event_publishing.Publisher | None = None
+        """Writes the accepted events with each message (none when unset)."""
         self.accepted_while_draining: Callable[[], None] | None = None
         """Called after a message was stored while not accepting (an SMTP transaction begun
         before a drain and ended after it): a hand-off under way must take it too."""
@@ -88,10 +91,13 @@ class Intake:
         tier: str | None = None,
         started: bool = False,
         handoff_key: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> Queued | messages.Rejection:
         """Validate and spool one message; the result is known only once it is on disk.
         `started`: an SMTP transaction begun before draining started is allowed to finish.
-        `handoff_key`: idempotency key of a message another pod hands off (stored with it)."""
+        `handoff_key`: idempotency key of a message another pod hands off (stored with it;
+        no accepted event: the pod it was submitted to wrote that). `tags`: the JSON form's,
+        merged with the `X-Mailfleet-Tags` header's (a key in both is refused)."""
         if not self.accepting and not started:
             if handoff_key is not None:
                 # A repeat of a hand-off stored here before the drain (its first answer was
@@ -108,6 +114,14 @@ class Intake:
             self.metrics.rejected.labels(via, verdict.enhanced).inc()
             return verdict
         accepted, chosen_class, chosen_tier = verdict
+        try:
+            chosen_tags = tags_module.merge(
+                tags or {}, tags_module.parse_header(accepted.tags_header)
+            )
+        except tags_module.TagError as exc:
+            self.metrics.rejected.labels(via, "tags").inc()
+            return messages.Rejection(550, "5.6.0", f"Bad tags: {exc}")
+        now = self.clock.wall()
         new = spool.NewMessage(
             sender=sender,
             recipients=tuple(messages.normalize_address(r) for r in recipients),
@@ -116,8 +130,11 @@ class Intake:
             message_id=accepted.message_id,
             class_name=chosen_class,
             tier=chosen_tier,
-            created=self.clock.wall(),
+            created=now,
             handoff_key=handoff_key,
+            tags=chosen_tags,
+            accepted=None if self.events is None or handoff_key is not None
+            else self.events.builder.accepted(class_name=chosen_class, now=now),
         )
         try:
             deliveries = await self.spool.submit(new)

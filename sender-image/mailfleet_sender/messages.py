@@ -9,8 +9,8 @@ honours `<LF>.<LF>` as end-of-data lets a sender smuggle a second message past o
 8-bit bytes in headers (we do not offer SMTPUTF8), header lines over 998 octets or a header
 section over the limit, a missing or ambiguous From (DKIM and DMARC are keyed on it), and
 messages over the size limit. Added when missing, as Postfix does: Message-ID and Date.
-Removed: the `X-Mailfleet-*` control headers, which carry the class and engagement tier from
-an SMTP client and must not leak to recipients.
+Removed: the `X-Mailfleet-*` control headers, which carry the class, engagement tier and tags
+from an SMTP client and must not leak to recipients.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from collections.abc import Mapping, Sequence
 
 CLASS_HEADER = "x-mailfleet-class"
 TIER_HEADER = "x-mailfleet-tier"
+TAGS_HEADER = "x-mailfleet-tags"
 CONTROL_HEADER_PREFIX = b"x-mailfleet-"
 MAX_LINE_OCTETS = 998
 """RFC 5322 §2.1.1: a line is at most 998 characters before its CRLF."""
@@ -63,6 +64,8 @@ class Accepted:
     message_id: str
     class_name: str | None
     tier: str | None
+    tags_header: tuple[str, ...] = ()
+    """Values of the `X-Mailfleet-Tags` headers (removed from `data`; `tags` reads them)."""
 
 
 Verdict = Accepted | Rejection
@@ -152,6 +155,7 @@ def check_message(data: bytes, *, limits: Limits, now: float, hostname: str) -> 
     from_domain = addresses[0].rsplit("@", 1)[1].lower()
     class_name = _control_value(fields, CLASS_HEADER)
     tier = _control_value(fields, TIER_HEADER)
+    tags_header = tuple(header_value(raw) for name, raw in fields if name == TAGS_HEADER)
     # Control headers and Bcc never leave the pod (Bcc recipients are in the envelope).
     kept = [raw for name, raw in fields if not name.startswith("x-mailfleet-") and name != "bcc"]
     names = {name for name, _ in fields}
@@ -176,6 +180,7 @@ def check_message(data: bytes, *, limits: Limits, now: float, hostname: str) -> 
         message_id=message_id,
         class_name=class_name,
         tier=tier,
+        tags_header=tags_header,
     )
 
 

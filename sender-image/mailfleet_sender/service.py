@@ -45,6 +45,7 @@ from mailfleet_sender import (
     config,
     deliverability,
     dispatching,
+    event_publishing,
     feedback_smtp,
     handoff,
     hooks,
@@ -168,6 +169,7 @@ class Service:
         self.feedback: feedback_smtp.FeedbackServer | None = None
         self.tls_reporting: tlsrpt_sending.Reporting
         self.tls_inbound: tlsrpt_inbound.Inbound
+        self.events: event_publishing.Publisher
         self.handoff: handoff.HandOff | None = None
         self._handoff_task: asyncio.Task[None] | None = None
         self._handoff_draining = False
@@ -222,12 +224,18 @@ class Service:
             hostname=self.hostname,
         )
         self.deliverability.count_feedback = self.engine.record_feedback
+        self.events = event_publishing.Publisher(
+            cfg, spool_=self.spool, metric_set=self.metrics, clock_=self.clock,
+            pod_ip=self.identity.pod_ip,
+        )
+        self.engine.events = self.deliverability.events = self.events
         lost = self.deliverability.suppressions
         if any(m.database == "suppression" for m in self.quarantined):
             lost.require_resync()
         lost.resync_listeners.append(self.engine.release_held)
         self.engine.load()
         self.spool.start()
+        await self.events.start()
         self.engine.start()
         self.intake = intake.Intake(
             cfg=cfg,
@@ -238,6 +246,7 @@ class Service:
             hostname=self.hostname,
         )
         self.intake.accepted_while_draining = self._accepted_while_draining
+        self.intake.events = self.events
         self._start_tlsrpt(cfg)  # before any await: no session is counted before the load
         self.metrics.attach(self._collect)
         self.smtp = submission_smtp.SMTPServer(
@@ -476,6 +485,7 @@ class Service:
         self.tls_inbound.reconfigure(cfg)
         self.engine.keys_changed()
         self.deliverability.reconfigure(cfg)
+        self.events.reconfigure(cfg)
         self.intake.cfg = cfg
         self.smtp.reload(cfg.submission)
 
@@ -603,6 +613,7 @@ class Service:
             dkim=self._dkim_stats(),
             tls=self.engine.transport.stats(),
             tlsrpt=self._tlsrpt_stats(),
+            events=self.events.stats(),
         )
 
     def _past_days(self, today: int) -> list[wire.DayStats]:
@@ -949,7 +960,9 @@ class Service:
             await self.replicator.stop()
         for runner in self._runners:
             await runner.cleanup()
+        await self.events.stop()
         await asyncio.to_thread(self.spool.close)
+        await asyncio.to_thread(self.events.close)
         self.tls_reporting.store.close()
         self.deliverability.close()
         self._stopped.set()

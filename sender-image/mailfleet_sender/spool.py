@@ -22,6 +22,10 @@ server to run. Durability rules:
   with an idempotency key, and only after that pod accepted it are its rows removed here. The
   receiving pod stores the key in the same transaction as the message (`handoffs` table), so a
   re-submission after a crash on either side is recognised and not stored twice.
+- Events (`outbox`): an event rides with the write that causes it (the accepted events with the
+  message, a delivery's with its update) and is committed in the same transaction; once
+  committed it is handed to `on_events` (stdout, listeners). Message ids only go up
+  (`spool_schema`), so an event's message id names one message for good.
 """
 
 from __future__ import annotations
@@ -34,9 +38,12 @@ import logging
 import queue
 import sqlite3
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Literal
+
+from mailfleet_sender import events, outbox, spool_schema
+from mailfleet_sender import tags as tags_module
 
 log = logging.getLogger(__name__)
 
@@ -119,6 +126,10 @@ class NewMessage:
     created: float
     handoff_key: str | None = None
     """Idempotency key of a message handed off by another pod (stored with the message)."""
+    tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
+    accepted: events.Event | None = None
+    """The accepted event without message and recipient: one per recipient is written with
+    the message (None: no event, e.g. a hand-off, accepted where it was first submitted)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -142,6 +153,7 @@ class HandoffItem:
     tier: str | None
     deliveries: tuple[tuple[int, str], ...]
     """(delivery id, recipient) pairs."""
+    tags: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,6 +193,8 @@ class Update:
     attempts: int
     next_attempt: float
     response: str | None
+    event: events.Event | None = None
+    """Committed with the update; its tags are the message's when it has none."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,7 +210,7 @@ class Count:
 @dataclasses.dataclass
 class _Op:
     kind: Literal["submit", "update", "count", "soft", "mark_handoff", "unmark_handoff",
-                  "barrier"]
+                  "barrier", "event", "outbox"]
     payload: object
     future: concurrent.futures.Future[object] | None
 
@@ -225,14 +239,24 @@ class Spool:
         self._retry_delay = RETRY_FIRST
         self.unrecorded = 0
         """Outcome and counter updates of failed commits waiting for a retry."""
+        self.on_events: Callable[[list[outbox.Published]], None] | None = None
+        """Called by the writer thread with the events of each committed transaction."""
+        self.outbox_enabled = False
+        """Events are appended to the outbox (some webhook reads them)."""
+        self._published: list[outbox.Published] = []
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            spool_schema.migrate(db)
 
     @classmethod
     def open(cls, directory: str | Path, *, sync: str = "full") -> Spool:
         path = Path(directory)
         path.mkdir(parents=True, exist_ok=True)
         return cls(path / SPOOL_FILE, sync=sync)
+
+    def reader(self) -> sqlite3.Connection:
+        """A connection of its own for a reader outside the spool (a webhook's outbox reads)."""
+        return self._connect()
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -292,23 +316,24 @@ class Spool:
         with self._connect() as db:
             rows = db.execute(
                 "SELECT m.id, m.sender, m.data, m.message_id, m.created, d.class, d.tier,"
-                " d.id, d.recipient FROM deliveries d JOIN messages m ON m.id = d.message"
+                " d.id, d.recipient, t.tags FROM deliveries d JOIN messages m ON m.id = d.message"
+                " LEFT JOIN message_tags t ON t.message = m.id"
                 " WHERE d.state = 'handoff' AND m.id IN (SELECT DISTINCT message FROM"
                 " deliveries WHERE state = 'handoff' ORDER BY message LIMIT ?)"
                 " ORDER BY m.id, d.id",
                 (limit,),
             ).fetchall()
         grouped: dict[tuple[int, str, str | None], list[tuple[int, str]]] = {}
-        heads: dict[tuple[int, str, str | None], tuple[str, bytes, str, float]] = {}
-        for message, sender, data, message_id, created, klass, tier, did, rcpt in rows:
+        heads: dict[tuple[int, str, str | None], tuple[str, bytes, str, float, str | None]] = {}
+        for message, sender, data, message_id, created, klass, tier, did, rcpt, tag in rows:
             key = (int(message), str(klass), tier)
             grouped.setdefault(key, []).append((int(did), str(rcpt)))
-            heads[key] = (str(sender), bytes(data), str(message_id), float(created))
+            heads[key] = (str(sender), bytes(data), str(message_id), float(created), tag)
         return [
             HandoffItem(
                 message=key[0], sender=heads[key][0], data=heads[key][1],
                 message_id=heads[key][2], created=heads[key][3], class_name=key[1],
-                tier=key[2], deliveries=tuple(items),
+                tier=key[2], deliveries=tuple(items), tags=tags_module.decode(heads[key][4]),
             )
             for key, items in grouped.items()
         ]
@@ -403,6 +428,15 @@ class Spool:
             self._queue.put(_Op("count", count, None))
         for entry in soft:
             self._queue.put(_Op("soft", entry, None))
+
+    def record_event(self, event: events.Event, *, tags_from: int | None = None) -> None:
+        """Queue an event not tied to a spool change (a complaint, an open); committed with
+        the writer's next batch. `tags_from`: a message of this spool whose tags it takes."""
+        self._queue.put(_Op("event", (event, tags_from), None))
+
+    async def in_writer(self, work: Callable[[sqlite3.Connection], object]) -> object:
+        """Run `work` in the writer's next transaction (outbox cursors and pruning)."""
+        return await self._call("outbox", work)
 
     async def mark_handoff(self) -> int:
         """Durably mark every undelivered row for hand-off; returns how many."""
@@ -509,6 +543,7 @@ class Spool:
         `SpoolError` and the queued-without-waiting updates are kept (in order) for a retry,
         so an outcome or counter is never dropped by a failed commit."""
         results: list[object] = []
+        self._published = []
         try:
             db.execute("BEGIN IMMEDIATE")
             for op in batch:
@@ -531,10 +566,25 @@ class Spool:
                     op.future.set_exception(error)
             self._retry.extend(unanswered)
             return self._reconnect(db)
+        self._publish()  # before the answers: once flushed, an event has been handed over
         for op, result in zip(batch, results, strict=True):
             if op.future is not None and not op.future.done():
                 op.future.set_result(result)
         return db
+
+    def _publish(self) -> None:
+        published, self._published = self._published, []
+        if published and self.on_events is not None:
+            try:
+                self.on_events(published)
+            except Exception:  # committed already: a broken consumer must not stop the writer
+                log.exception("publishing committed events failed")
+
+    def _event(self, db: sqlite3.Connection, event: events.Event, tags_from: int | None) -> None:
+        self._published.append(
+            outbox.write(db, event, store=self.outbox_enabled, now=event.time,
+                         tags_from=tags_from)
+        )
 
     def _reconnect(self, db: sqlite3.Connection) -> sqlite3.Connection:
         """A fresh handle after a failure (a remounted volume, a handle left read-only)."""
@@ -549,10 +599,26 @@ class Spool:
     def _apply(self, db: sqlite3.Connection, op: _Op) -> object:
         if op.kind == "submit":
             assert isinstance(op.payload, NewMessage)
-            return _insert(db, op.payload)
+            inserted = _insert(db, op.payload)
+            if isinstance(inserted, list) and op.payload.accepted is not None:
+                for row in inserted:
+                    self._event(db, dataclasses.replace(
+                        op.payload.accepted, id=events.new_event_id(),
+                        message_id=str(row.message), recipient=row.recipient,
+                        tags=op.payload.tags,
+                    ), None)
+            return inserted
         if op.kind == "update":
             assert isinstance(op.payload, Update)
             _apply_update(db, op.payload)
+            if op.payload.event is not None:
+                self._event(db, op.payload.event, op.payload.message)
+        elif op.kind == "event":
+            assert isinstance(op.payload, tuple)
+            self._event(db, *op.payload)
+        elif op.kind == "outbox":
+            assert callable(op.payload)
+            return op.payload(db)
         elif op.kind == "soft":
             assert isinstance(op.payload, SoftCount)
             if op.payload.n <= 0:
@@ -607,12 +673,13 @@ def _insert(db: sqlite3.Connection, m: NewMessage) -> list[Delivery] | Known:
         db.execute(
             "DELETE FROM handoffs WHERE created < ?", (m.created - HANDOFF_KEY_DAYS * 86400,)
         )
-    cursor = db.execute(
-        "INSERT INTO messages (created, sender, from_domain, message_id, data, remaining)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (m.created, m.sender, m.from_domain, m.message_id, m.data, len(m.recipients)),
+    message = spool_schema.next_message_id(db)
+    db.execute(
+        "INSERT INTO messages (id, created, sender, from_domain, message_id, data, remaining)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (message, m.created, m.sender, m.from_domain, m.message_id, m.data, len(m.recipients)),
     )
-    message = int(cursor.lastrowid or 0)
+    outbox.store_tags(db, message, m.tags, m.created)
     if m.handoff_key is not None:
         db.execute(
             "INSERT INTO handoffs (key, message, created) VALUES (?, ?, ?)",

@@ -335,6 +335,25 @@ class TLSReportStats(ResponseModel):
     )
 
 
+class WebhookStats(ResponseModel):
+    """One webhook of the event stream (docs/events.md), since the pod started."""
+
+    pending: int = Field(default=0, description="Events waiting to be delivered.")
+    delivered: int = Field(default=0, description="Events the webhook answered 2xx for.")
+    dropped: int = Field(
+        default=0, description="Events dropped, not delivered within retryFor (lost to it)."
+    )
+    last_error: str | None = Field(
+        default=None, description="Why the last failed request failed (the URL is not shown)."
+    )
+
+
+class EventStats(ResponseModel):
+    """The event stream: per webhook, by name."""
+
+    webhooks: dict[str, WebhookStats] = Field(default_factory=dict)
+
+
 class TLSReportReceipt(ResponseModel):
     """POST /v1/tlsrpt: the report is stored (or was already)."""
 
@@ -381,6 +400,7 @@ class Stats(ResponseModel):
     )
     tls: TLSStats = Field(default_factory=TLSStats, description="Transport security shares.")
     tlsrpt: TLSReportStats = Field(default_factory=TLSReportStats, description="TLS-RPT.")
+    events: EventStats = Field(default_factory=EventStats, description="Event webhooks.")
 
 
 class SubmitRequest(RequestModel):
@@ -394,6 +414,12 @@ class SubmitRequest(RequestModel):
     headers: dict[str, str] = Field(default_factory=dict)
     class_: str | None = Field(default=None, alias="class")
     tier: str | None = None
+    tags: dict[str, str] | None = Field(
+        default=None,
+        description="The application's tags (e.g. campaign, segment), carried by every event "
+        "of the message: at most 10, keys [a-z0-9][a-z0-9_.-]{0,31}, values 1-128 printable "
+        "characters. Refused (400) when they break a limit.",
+    )
     envelope_from: str | None = Field(
         default=None, description="Return path; the From address when omitted."
     )
