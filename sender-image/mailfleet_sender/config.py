@@ -28,7 +28,14 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from mailfleet_sender import from_domains, hostnames, report_limits, tls_policy, units
+from mailfleet_sender import (
+    from_domains,
+    hostnames,
+    report_limits,
+    tls_policy,
+    tracking_config,
+    units,
+)
 from mailfleet_sender import shaping as shaping_rules
 
 
@@ -391,6 +398,10 @@ class MessageClass(ConfigModel):
         default=None, description="Bounce after this long; retry.maxAge when omitted."
     )
     bulk: bool = Field(default=False, description="Bulk (marketing) mail.")
+    tracking: tracking_config.ClassTracking = Field(
+        default_factory=tracking_config.ClassTracking,
+        description="Open pixel and link rewriting for this class (off by default).",
+    )
 
 
 def default_classes() -> list[MessageClass]:
@@ -739,6 +750,16 @@ class SenderConfig(ConfigModel):
     bounces: Bounces = Field(default_factory=Bounces)
     feedback: Feedback = Field(default_factory=Feedback)
     deliverability: Deliverability = Field(default_factory=Deliverability)
+    tracking: tracking_config.Tracking = Field(
+        default_factory=tracking_config.Tracking, description="Open and click tracking."
+    )
+
+    @model_validator(mode="after")
+    def _tracking_usable(self) -> SenderConfig:
+        peers = self.deliverability.peers
+        tracking_config.check(self.tracking, [(c.name, c.tracking) for c in self.classes],
+                              peers=bool(peers.service or peers.urls))
+        return self
 
     @model_validator(mode="after")
     def _classes_consistent(self) -> SenderConfig:

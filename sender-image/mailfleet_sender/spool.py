@@ -30,6 +30,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import itertools
 import logging
 import queue
 import sqlite3
@@ -119,6 +120,9 @@ class NewMessage:
     created: float
     handoff_key: str | None = None
     """Idempotency key of a message handed off by another pod (stored with the message)."""
+    id: int | None = None
+    """Its id, reserved beforehand (`Spool.reserve_id`) by a caller that must name it before
+    it is stored (tracking tokens); the spool reserves one when None."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -227,6 +231,10 @@ class Spool:
         """Outcome and counter updates of failed commits waiting for a retry."""
         with self._connect() as db:
             db.executescript(_SCHEMA)
+            (highest,) = db.execute("SELECT COALESCE(MAX(id), 0) FROM messages").fetchone()
+        self._ids = itertools.count(int(highest) + 1)
+        """Every message id comes from here (never from SQLite's max+1, which would hand out
+        an id reserved but not yet stored): unique for the life of the process."""
 
     @classmethod
     def open(cls, directory: str | Path, *, sync: str = "full") -> Spool:
@@ -377,16 +385,26 @@ class Spool:
             self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
             self._thread.start()
 
+    def reserve_id(self) -> int:
+        """An id for a message about to be submitted (`NewMessage.id`); an id reserved and
+        never used is simply skipped."""
+        return next(self._ids)
+
+    def _with_id(self, message: NewMessage) -> NewMessage:
+        return message if message.id is not None else dataclasses.replace(
+            message, id=self.reserve_id()
+        )
+
     async def submit(self, message: NewMessage) -> list[Delivery] | Known:
         """Store a message and its deliveries durably; return the delivery rows (or `Known`
         when it is a hand-off whose key is already stored)."""
-        result = await self._call("submit", message)
+        result = await self._call("submit", self._with_id(message))
         assert isinstance(result, list | Known)
         return result
 
     async def submit_many(self, messages: Sequence[NewMessage]) -> list[list[Delivery]]:
         """Several messages in one transaction (bulk injection, tests and tools)."""
-        futures = [self._enqueue("submit", m) for m in messages]
+        futures = [self._enqueue("submit", self._with_id(m)) for m in messages]
         results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         return [r for r in results if isinstance(r, list)]
 
@@ -608,9 +626,9 @@ def _insert(db: sqlite3.Connection, m: NewMessage) -> list[Delivery] | Known:
             "DELETE FROM handoffs WHERE created < ?", (m.created - HANDOFF_KEY_DAYS * 86400,)
         )
     cursor = db.execute(
-        "INSERT INTO messages (created, sender, from_domain, message_id, data, remaining)"
-        " VALUES (?, ?, ?, ?, ?, ?)",
-        (m.created, m.sender, m.from_domain, m.message_id, m.data, len(m.recipients)),
+        "INSERT INTO messages (id, created, sender, from_domain, message_id, data, remaining)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (m.id, m.created, m.sender, m.from_domain, m.message_id, m.data, len(m.recipients)),
     )
     message = int(cursor.lastrowid or 0)
     if m.handoff_key is not None:
