@@ -1290,6 +1290,7 @@ class Engine:
                     classification=classification,
                     attempts=delivery.attempts,
                     site=site,
+                    message=delivery.message,
                 )
             )
         except Exception:

@@ -8,7 +8,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from mailfleet_sender import clock, config, dispatching, messages, metrics, spool
 
@@ -18,6 +19,18 @@ DRAINING = messages.Rejection(421, "4.3.2", "Service is draining, try another in
 SPOOL_FAILED = messages.Rejection(451, "4.3.0", "Temporary local problem, try again later", 503)
 NO_RECIPIENTS = messages.Rejection(554, "5.5.1", "No valid recipients")
 TOO_MANY_RECIPIENTS = messages.Rejection(452, "4.5.3", "Too many recipients", 400)
+
+
+class Rewriter(Protocol):
+    """Changes a message before it is stored (open and click tracking, `tracking`): it is
+    then signed at delivery with its changes."""
+
+    def tracks(self, class_name: str) -> bool: ...
+
+    async def rewrite(
+        self, data: bytes, *, message_id: str, class_name: str, recipients: Sequence[str],
+        tags: Mapping[str, str],
+    ) -> bytes: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +65,7 @@ class Intake:
         self.accepted_while_draining: Callable[[], None] | None = None
         """Called after a message was stored while not accepting (an SMTP transaction begun
         before a drain and ended after it): a hand-off under way must take it too."""
+        self.rewriter: Rewriter | None = None
 
     @property
     def limits(self) -> messages.Limits:
@@ -88,10 +102,12 @@ class Intake:
         tier: str | None = None,
         started: bool = False,
         handoff_key: str | None = None,
+        tags: Mapping[str, str] | None = None,
     ) -> Queued | messages.Rejection:
         """Validate and spool one message; the result is known only once it is on disk.
         `started`: an SMTP transaction begun before draining started is allowed to finish.
-        `handoff_key`: idempotency key of a message another pod hands off (stored with it)."""
+        `handoff_key`: idempotency key of a message another pod hands off (stored with it).
+        `tags`: the application's tags (tracking tokens carry them)."""
         if not self.accepting and not started:
             if handoff_key is not None:
                 # A repeat of a hand-off stored here before the drain (its first answer was
@@ -108,16 +124,27 @@ class Intake:
             self.metrics.rejected.labels(via, verdict.enhanced).inc()
             return verdict
         accepted, chosen_class, chosen_tier = verdict
+        data, reserved = accepted.data, None
+        if self.rewriter is not None and via != "handoff" and self.rewriter.tracks(chosen_class):
+            # Tokens name the message, so its id is taken before it is stored. A hand-off was
+            # rewritten where it entered the pool.
+            reserved = self.spool.reserve_id()
+            data = await self.rewriter.rewrite(
+                data, message_id=str(reserved), class_name=chosen_class,
+                recipients=[messages.normalize_address(r) for r in recipients],
+                tags=tags or {},
+            )
         new = spool.NewMessage(
             sender=sender,
             recipients=tuple(messages.normalize_address(r) for r in recipients),
-            data=accepted.data,
+            data=data,
             from_domain=accepted.from_domain,
             message_id=accepted.message_id,
             class_name=chosen_class,
             tier=chosen_tier,
             created=self.clock.wall(),
             handoff_key=handoff_key,
+            id=reserved,
         )
         try:
             deliveries = await self.spool.submit(new)
@@ -130,7 +157,7 @@ class Intake:
                 spool_id=deliveries.message, message_id=accepted.message_id,
                 recipients=deliveries.recipients, duplicate=True,
             )
-        self.engine.add(deliveries, data=accepted.data)
+        self.engine.add(deliveries, data=data)
         if not self.accepting and self.accepted_while_draining is not None:
             self.accepted_while_draining()
         self.metrics.accepted.labels(via, chosen_class).inc()
