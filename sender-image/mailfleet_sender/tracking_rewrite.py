@@ -81,7 +81,7 @@ def rewrite_message(data: bytes, plan: Plan) -> Result:
         return Result(data)
     message = BytesParser(policy=POLICY).parsebytes(data)
     keep = set(list_unsubscribe_urls(message))
-    links, pixel_added, changed = 0, False, False
+    links, pixel_added, changed, head_changed = 0, False, False, False
     for part in _body_parts(message):
         if part.get_content_type() != "text/html" or part.get_content_disposition() == "attachment":
             continue
@@ -95,11 +95,19 @@ def rewrite_message(data: bytes, plan: Plan) -> Result:
         if new_text == text:
             pixel_added |= pixel  # a pixel already there counts as added
             continue
-        _replace(part, new_text, charset)
+        headers_changed = _replace(part, new_text, charset)
+        head_changed |= headers_changed and part is message
         links, pixel_added, changed = links + count, pixel_added or pixel, True
     if not changed:
         return Result(data)
-    return Result(message.as_bytes(policy=POLICY), links=links, pixel=pixel_added)
+    out = message.as_bytes(policy=POLICY)
+    if not head_changed:
+        # The generator writes a header folded right after its colon with one more space;
+        # the message's own header section is put back as it came, byte for byte.
+        old_end, new_end = data.find(b"\r\n\r\n"), out.find(b"\r\n\r\n")
+        if old_end >= 0 and new_end >= 0:
+            out = data[:old_end] + out[new_end:]
+    return Result(out, links=links, pixel=pixel_added)
 
 
 def list_unsubscribe_urls(message: Message) -> list[str]:
@@ -148,25 +156,28 @@ def _decode(part: Message) -> tuple[str, str] | None:
     return None
 
 
-def _replace(part: Message, text: str, charset: str) -> None:
+def _replace(part: Message, text: str, charset: str) -> bool:
     """Put `text` back into `part` under its own transfer encoding (or quoted-printable when
-    the lines got too long for 7bit/8bit); every other header stays as it was."""
+    the lines got too long for 7bit/8bit; True then: its header changed); every other header
+    stays as it was."""
     raw = text.encode(charset)
     cte = str(part.get("Content-Transfer-Encoding", "7bit")).strip().lower()
     if cte == "base64":
         lines = base64.encodebytes(raw).decode("ascii")
         part.set_payload(lines)
-        return
+        return False
     too_long = any(len(line) > MAX_LINE for line in raw.splitlines())
     if cte == "quoted-printable" or too_long:
-        part.set_payload(email.quoprimime.body_encode(raw.decode("latin-1")) + "\n")
-        if cte != "quoted-printable":
-            if "Content-Transfer-Encoding" in part:
-                part.replace_header("Content-Transfer-Encoding", "quoted-printable")
-            else:
-                part["Content-Transfer-Encoding"] = "quoted-printable"
-        return
+        part.set_payload(email.quoprimime.body_encode(raw.decode("latin-1")))
+        if cte == "quoted-printable":
+            return False
+        if "Content-Transfer-Encoding" in part:
+            part.replace_header("Content-Transfer-Encoding", "quoted-printable")
+        else:
+            part["Content-Transfer-Encoding"] = "quoted-printable"
+        return True
     part.set_payload(raw.decode("ascii", "surrogateescape"))
+    return False
 
 
 # --- HTML -------------------------------------------------------------------------------
