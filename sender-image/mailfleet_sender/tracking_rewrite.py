@@ -32,6 +32,7 @@ import email.policy
 import email.quoprimime
 import html
 import html.parser
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from email.message import Message
 from email.parser import BytesParser
@@ -44,6 +45,7 @@ NOTRACK_ATTRIBUTE = "data-mailfleet-notrack"
 MAX_LINE = 998
 """RFC 5322 §2.1.1: longest line without the CRLF."""
 CLICK_PATH = "/t/c/"
+_NEWLINE = re.compile("\n")
 OPEN_PATH = "/t/o/"
 
 
@@ -198,7 +200,7 @@ class _Scanner(html.parser.HTMLParser):
 
     def __init__(self, text: str, pixel_prefix: str) -> None:
         super().__init__(convert_charrefs=True)
-        self._line_starts = [0] + [i + 1 for i, c in enumerate(text) if c == "\n"]
+        self._line_starts = [0] + [m.end() for m in _NEWLINE.finditer(text)]
         self._pixel_prefix = pixel_prefix
         self.anchors: list[_Anchor] = []
         self.body_end: int | None = None
