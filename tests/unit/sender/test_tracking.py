@@ -259,3 +259,12 @@ def test_the_base_url_defaults_to_https_on_the_host() -> None:
         "http://127.0.0.5:8082"
     )
     assert tracking_config.Tracking().base is None
+
+
+def test_the_config_example_in_the_docs_is_accepted() -> None:
+    text = (Path(__file__).resolve().parents[3] / "docs" / "tracking.md").read_text()
+    block = re.search(r"## Turning it on and off.*?```yaml\n(.*?)```", text, re.DOTALL)
+    assert block is not None
+    cfg = config.parse_config(block.group(1))
+    assert [c.name for c in cfg.classes if c.tracking.on] == ["marketing"]
+    assert cfg.tracking.base == "https://track.example.com"
