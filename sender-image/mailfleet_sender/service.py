@@ -473,6 +473,8 @@ class Service:
                 ("submission.adminPort", old.submission.admin_port, cfg.submission.admin_port),
                 ("deliverability.publicPort", old.deliverability.public_port,
                  cfg.deliverability.public_port),
+                ("tracking.tlsCertFile", old.tracking.tls_cert_file,
+                 cfg.tracking.tls_cert_file),
             )
             if before != after
         ]

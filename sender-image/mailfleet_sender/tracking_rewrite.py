@@ -279,7 +279,13 @@ def _link_edit(
     if span is None or html.unescape(anchor.tag[span[0]:span[1]]).strip(" \t\n\r\f") != url:
         return None  # the parser and this walk disagree on the tag: leave it alone
     if url not in tokens:
-        tokens[url] = f"{plan.base}{CLICK_PATH}{_token(plan, tracking_tokens.CLICK, url)}"
+        token = _token(plan, tracking_tokens.CLICK, url)
+        tokens[url] = (
+            f"{plan.base}{CLICK_PATH}{token}" if len(token) <= tracking_tokens.MAX_TOKEN_CHARS
+            else ""  # too long to come back in a request line: the link stays as it is
+        )
+    if not tokens[url]:
+        return None
     return anchor.start + span[0], anchor.start + span[1], tokens[url]
 
 

@@ -28,8 +28,9 @@ from typing import Literal
 
 SIGNATURE_BYTES = 16
 """128 bits of HMAC-SHA256: forging one needs 2**128 tries (online, each a request)."""
-MAX_TOKEN_CHARS = 8192
-"""Longer tokens are refused before any decoding (a link is at most a few KB)."""
+MAX_TOKEN_CHARS = 4096
+"""Longer tokens are refused before any decoding; the rewriter leaves a link whose token would
+be longer untracked (HTTP servers refuse request lines of 8 KB, aiohttp's limit)."""
 MIN_KEY_BYTES = 16
 _CONTROL_OR_SPACE = re.compile(r"[\x00-\x20\x7f]")
 

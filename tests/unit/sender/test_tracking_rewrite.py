@@ -278,3 +278,11 @@ def test_list_unsubscribe_urls_are_read_from_the_header() -> None:
         b" <http://b.example/u>\r\n\r\nbody\r\n"
     )
     assert tr.list_unsubscribe_urls(message) == ["https://a.example/u?x=1", "http://b.example/u"]
+
+
+def test_a_link_too_long_to_come_back_in_a_request_stays_as_it_is() -> None:
+    long_url = "https://a.example/?q=" + "x" * 4000
+    html = f"<body><a href='{long_url}'>long</a><a href='https://a.example/'>short</a></body>"
+    out, links, _ = tr.rewrite_html(html, dataclasses.replace(PLAN, opens=False))
+    assert links == 1 and long_url in out
+    assert [c.url for c in _tracked_urls(out)] == ["https://a.example/"]
