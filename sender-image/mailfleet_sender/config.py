@@ -34,6 +34,7 @@ from mailfleet_sender import (
     hostnames,
     report_limits,
     tls_policy,
+    tracking_config,
     units,
 )
 from mailfleet_sender import shaping as shaping_rules
@@ -398,6 +399,10 @@ class MessageClass(ConfigModel):
         default=None, description="Bounce after this long; retry.maxAge when omitted."
     )
     bulk: bool = Field(default=False, description="Bulk (marketing) mail.")
+    tracking: tracking_config.ClassTracking = Field(
+        default_factory=tracking_config.ClassTracking,
+        description="Open pixel and link rewriting for this class (off by default).",
+    )
 
 
 def default_classes() -> list[MessageClass]:
@@ -749,6 +754,16 @@ class SenderConfig(ConfigModel):
     events: event_config.Events = Field(
         default_factory=event_config.Events, description="Delivery events (docs/events.md)."
     )
+    tracking: tracking_config.Tracking = Field(
+        default_factory=tracking_config.Tracking, description="Open and click tracking."
+    )
+
+    @model_validator(mode="after")
+    def _tracking_usable(self) -> SenderConfig:
+        peers = self.deliverability.peers
+        tracking_config.check(self.tracking, [(c.name, c.tracking) for c in self.classes],
+                              peers=bool(peers.service or peers.urls))
+        return self
 
     @model_validator(mode="after")
     def _classes_consistent(self) -> SenderConfig:

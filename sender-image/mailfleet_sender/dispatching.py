@@ -1307,6 +1307,7 @@ class Engine:
                     classification=classification,
                     attempts=delivery.attempts,
                     site=site,
+                    message=delivery.message,
                 )
             )
         except Exception:

@@ -151,3 +151,41 @@ def enhanced_code(reply: Reply | None, fallback_code: int) -> str:
         return reply.enhanced
     code = reply.code if reply is not None else fallback_code
     return f"{code // 100}.0.0" if code // 100 in (2, 4, 5) else "5.0.0"
+
+
+def from_json(obj: Mapping[str, Any]) -> Event:
+    """An event back from its wire form (`to_json`): for parts that build events as plain
+    objects (tracking) and hand them to the outbox."""
+    reply, bounce = obj.get("reply"), obj.get("bounce")
+    stamp = datetime.datetime.fromisoformat(str(obj["time"]).replace("Z", "+00:00"))
+    return Event(
+        type=EventType(str(obj["type"])),
+        message_id=obj.get("message_id"),
+        recipient=obj.get("recipient"),
+        pool=str(obj.get("pool") or ""),
+        time=stamp.timestamp(),
+        id=str(obj.get("id") or new_event_id()),
+        namespace=obj.get("namespace"),
+        class_name=obj.get("class"),
+        ip=obj.get("ip"),
+        provider=obj.get("provider"),
+        tags=dict(obj.get("tags") or {}),
+        reply=None if not reply else Reply(code=int(reply["code"]), text=str(reply["text"]),
+                                           enhanced=reply.get("enhanced")),
+        bounce=None if not bounce else Bounce(kind=bounce["kind"], code=str(bounce["code"]),
+                                              reason=str(bounce["reason"])),
+        url=obj.get("url"),
+        machine=obj.get("machine"),
+        delay_s=obj.get("delay_s"),
+        attempt=obj.get("attempt"),
+    )
+
+
+class JsonSink:
+    """Takes events as wire-form objects (`tracking.EventSink`) into an `EventSink`."""
+
+    def __init__(self, sink: EventSink) -> None:
+        self.sink = sink
+
+    def record(self, event: Mapping[str, object]) -> None:
+        self.sink.record(from_json(event))

@@ -77,6 +77,8 @@ class Outcome:
     attempts: int
     site: str = ""
     """The receiving site (set of MX hosts), for shaping sites no provider entry names."""
+    message: int = 0
+    """The spool's id of the message (0 when unknown)."""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -28,6 +28,7 @@ Public (`deliverability.publicPort`, the Internet):
   unauthenticated, the token is the credential; `GET` shows a confirmation form and changes
   nothing (link scanners fetch URLs).
 - `POST /v1/tlsrpt`: TLS-RPT reports about the pool's domains (`tlsrpt_inbound`).
+- `GET /t/o/{token}.gif`, `GET /t/c/{token}`: open pixel and tracked links (`tracking`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,7 @@ from mailfleet_sender import (
     metrics,
     openapi,
     tlsrpt_inbound,
+    tracking,
     wire,
 )
 
@@ -76,6 +78,7 @@ class Backend(Protocol):
     metrics: metrics.Metrics
     deliverability: deliverability.Deliverability
     tls_inbound: tlsrpt_inbound.Inbound
+    tracker: tracking.Tracker
 
     def stats(self) -> wire.Stats: ...
 
@@ -145,6 +148,8 @@ class Api:
             web.post("/v1/unsubscribe/{token}", self.post_unsubscribe),
             web.get("/v1/unsubscribe/{token}", self.get_unsubscribe),
             web.post("/v1/tlsrpt", self.post_tlsrpt),
+            web.get("/t/o/{token}.gif", self.get_open_pixel),
+            web.get("/t/c/{token}", self.get_tracked_link),
         ]
 
     def admin_routes(self) -> list[web.RouteDef]:
@@ -386,6 +391,12 @@ class Api:
             '<button type="submit">Unsubscribe</button></form>'
         )
         return web.Response(text=page, content_type="text/html")
+
+    async def get_open_pixel(self, request: web.Request) -> web.Response:
+        return await self.backend.tracker.get_open(request)
+
+    async def get_tracked_link(self, request: web.Request) -> web.Response:
+        return await self.backend.tracker.get_click(request)
 
     # --- probes and metrics ------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from mailfleet_sender import clock, config, dispatching, event_publishing, messages, metrics, spool
 from mailfleet_sender import tags as tags_module
@@ -19,6 +20,18 @@ DRAINING = messages.Rejection(421, "4.3.2", "Service is draining, try another in
 SPOOL_FAILED = messages.Rejection(451, "4.3.0", "Temporary local problem, try again later", 503)
 NO_RECIPIENTS = messages.Rejection(554, "5.5.1", "No valid recipients")
 TOO_MANY_RECIPIENTS = messages.Rejection(452, "4.5.3", "Too many recipients", 400)
+
+
+class Rewriter(Protocol):
+    """Changes a message before it is stored (open and click tracking, `tracking`): it is
+    then signed at delivery with its changes."""
+
+    def tracks(self, class_name: str) -> bool: ...
+
+    async def rewrite(
+        self, data: bytes, *, message_id: str, class_name: str, recipients: Sequence[str],
+        tags: Mapping[str, str],
+    ) -> bytes: ...
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,6 +68,7 @@ class Intake:
         self.accepted_while_draining: Callable[[], None] | None = None
         """Called after a message was stored while not accepting (an SMTP transaction begun
         before a drain and ended after it): a hand-off under way must take it too."""
+        self.rewriter: Rewriter | None = None
 
     @property
     def limits(self) -> messages.Limits:
@@ -97,7 +111,8 @@ class Intake:
         `started`: an SMTP transaction begun before draining started is allowed to finish.
         `handoff_key`: idempotency key of a message another pod hands off (stored with it;
         no accepted event: the pod it was submitted to wrote that). `tags`: the JSON form's,
-        merged with the `X-Mailfleet-Tags` header's (a key in both is refused)."""
+        merged with the `X-Mailfleet-Tags` header's (a key in both is refused); tracking
+        tokens carry them."""
         if not self.accepting and not started:
             if handoff_key is not None:
                 # A repeat of a hand-off stored here before the drain (its first answer was
@@ -122,10 +137,20 @@ class Intake:
             self.metrics.rejected.labels(via, "tags").inc()
             return messages.Rejection(550, "5.6.0", f"Bad tags: {exc}")
         now = self.clock.wall()
+        data, reserved = accepted.data, None
+        if self.rewriter is not None and via != "handoff" and self.rewriter.tracks(chosen_class):
+            # Tokens name the message, so its id is taken before it is stored. A hand-off was
+            # rewritten where it entered the pool.
+            reserved = self.spool.reserve_id()
+            data = await self.rewriter.rewrite(
+                data, message_id=str(reserved), class_name=chosen_class,
+                recipients=[messages.normalize_address(r) for r in recipients],
+                tags=chosen_tags,
+            )
         new = spool.NewMessage(
             sender=sender,
             recipients=tuple(messages.normalize_address(r) for r in recipients),
-            data=accepted.data,
+            data=data,
             from_domain=accepted.from_domain,
             message_id=accepted.message_id,
             class_name=chosen_class,
@@ -135,6 +160,7 @@ class Intake:
             tags=chosen_tags,
             accepted=None if self.events is None or handoff_key is not None
             else self.events.builder.accepted(class_name=chosen_class, now=now),
+            id=reserved,
         )
         try:
             deliveries = await self.spool.submit(new)
@@ -147,7 +173,7 @@ class Intake:
                 spool_id=deliveries.message, message_id=accepted.message_id,
                 recipients=deliveries.recipients, duplicate=True,
             )
-        self.engine.add(deliveries, data=accepted.data)
+        self.engine.add(deliveries, data=data)
         if not self.accepting and self.accepted_while_draining is not None:
             self.accepted_while_draining()
         self.metrics.accepted.labels(via, chosen_class).inc()

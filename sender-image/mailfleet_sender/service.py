@@ -34,6 +34,7 @@ import logging
 import os
 import signal
 import socket
+import ssl
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -46,6 +47,7 @@ from mailfleet_sender import (
     deliverability,
     dispatching,
     event_publishing,
+    events,
     feedback_smtp,
     handoff,
     hooks,
@@ -64,6 +66,7 @@ from mailfleet_sender import (
     tlsrpt_inbound,
     tlsrpt_sending,
     tlsrpt_store,
+    tracking,
     units,
     wire,
 )
@@ -170,6 +173,7 @@ class Service:
         self.tls_reporting: tlsrpt_sending.Reporting
         self.tls_inbound: tlsrpt_inbound.Inbound
         self.events: event_publishing.Publisher
+        self.tracker: tracking.Tracker
         self.handoff: handoff.HandOff | None = None
         self._handoff_task: asyncio.Task[None] | None = None
         self._handoff_draining = False
@@ -211,6 +215,13 @@ class Service:
         )
         if self._custom_hooks is None:
             self.hooks = self.deliverability.hook_set()
+        self.events = event_publishing.Publisher(
+            cfg, spool_=self.spool, metric_set=self.metrics, clock_=self.clock,
+            pod_ip=self.identity.pod_ip,
+        )
+        self.tracker = tracking.Tracker(cfg=cfg, metric_set=self.metrics, wall=self.clock.wall,
+                                        sink=events.JsonSink(self.events))
+        tracking.chain_observer(self.hooks, self.tracker)
         self.engine = dispatching.Engine(
             cfg=cfg,
             spool_=self.spool,
@@ -224,10 +235,6 @@ class Service:
             hostname=self.hostname,
         )
         self.deliverability.count_feedback = self.engine.record_feedback
-        self.events = event_publishing.Publisher(
-            cfg, spool_=self.spool, metric_set=self.metrics, clock_=self.clock,
-            pod_ip=self.identity.pod_ip,
-        )
         self.engine.events = self.deliverability.events = self.events
         lost = self.deliverability.suppressions
         if any(m.database == "suppression" for m in self.quarantined):
@@ -247,6 +254,7 @@ class Service:
         )
         self.intake.accepted_while_draining = self._accepted_while_draining
         self.intake.events = self.events
+        self.intake.rewriter = self.tracker
         self._start_tlsrpt(cfg)  # before any await: no session is counted before the load
         self.metrics.attach(self._collect)
         self.smtp = submission_smtp.SMTPServer(
@@ -382,7 +390,8 @@ class Service:
         public = cfg.deliverability.public_port
         if public is not None:
             self.public_port = await self._serve(
-                api.app("public", max_body=http_api.MAX_UNSUBSCRIBE_BODY * 4), host, public
+                api.app("public", max_body=http_api.MAX_UNSUBSCRIBE_BODY * 4), host, public,
+                ssl_context=self.tracker.ssl_context(),
             )
         if s.allow_unauthenticated and s.api_key_file is None:
             log.warning("http submission accepts mail without an API key "
@@ -391,10 +400,13 @@ class Service:
             log.warning("http submission has no API key (no apiKeyFile, or an empty one): "
                         "POST /v1/messages answers 401")
 
-    async def _serve(self, app: web.Application, host: str, port: int) -> int:
+    async def _serve(
+        self, app: web.Application, host: str, port: int, *,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> int:
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, host, port, reuse_address=True)
+        site = web.TCPSite(runner, host, port, reuse_address=True, ssl_context=ssl_context)
         await site.start()
         self._runners.append(runner)
         server = site._server
@@ -433,6 +445,7 @@ class Service:
         if self.keys.refresh():
             self.engine.keys_changed()
         self.deliverability.keys.refresh()
+        self.tracker.refresh()
         stamp = _file_stamp(self.config_path)
         if stamp == self._config_stamp:
             return False
@@ -470,6 +483,8 @@ class Service:
                 ("submission.adminPort", old.submission.admin_port, cfg.submission.admin_port),
                 ("deliverability.publicPort", old.deliverability.public_port,
                  cfg.deliverability.public_port),
+                ("tracking.tlsCertFile", old.tracking.tls_cert_file,
+                 cfg.tracking.tls_cert_file),
             )
             if before != after
         ]
@@ -486,6 +501,7 @@ class Service:
         self.engine.keys_changed()
         self.deliverability.reconfigure(cfg)
         self.events.reconfigure(cfg)
+        self.tracker.reconfigure(cfg)
         self.intake.cfg = cfg
         self.smtp.reload(cfg.submission)
 

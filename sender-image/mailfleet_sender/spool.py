@@ -34,6 +34,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import dataclasses
+import itertools
 import logging
 import queue
 import sqlite3
@@ -130,6 +131,9 @@ class NewMessage:
     accepted: events.Event | None = None
     """The accepted event without message and recipient: one per recipient is written with
     the message (None: no event, e.g. a hand-off, accepted where it was first submitted)."""
+    id: int | None = None
+    """Its id, reserved beforehand (`Spool.reserve_id`) by a caller that must name it before
+    it is stored (tracking tokens); the spool reserves one when None."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,6 +251,10 @@ class Spool:
         with self._connect() as db:
             db.executescript(_SCHEMA)
             spool_schema.migrate(db)
+            highest = spool_schema.last_message_id(db)
+        self._ids = itertools.count(int(highest) + 1)
+        """Every message id comes from here (never from SQLite's max+1, which would hand out
+        an id reserved but not yet stored): unique for the life of the process."""
 
     @classmethod
     def open(cls, directory: str | Path, *, sync: str = "full") -> Spool:
@@ -402,16 +410,26 @@ class Spool:
             self._thread = threading.Thread(target=self._run, name="spool-writer", daemon=True)
             self._thread.start()
 
+    def reserve_id(self) -> int:
+        """An id for a message about to be submitted (`NewMessage.id`); an id reserved and
+        never used is simply skipped."""
+        return next(self._ids)
+
+    def _with_id(self, message: NewMessage) -> NewMessage:
+        return message if message.id is not None else dataclasses.replace(
+            message, id=self.reserve_id()
+        )
+
     async def submit(self, message: NewMessage) -> list[Delivery] | Known:
         """Store a message and its deliveries durably; return the delivery rows (or `Known`
         when it is a hand-off whose key is already stored)."""
-        result = await self._call("submit", message)
+        result = await self._call("submit", self._with_id(message))
         assert isinstance(result, list | Known)
         return result
 
     async def submit_many(self, messages: Sequence[NewMessage]) -> list[list[Delivery]]:
         """Several messages in one transaction (bulk injection, tests and tools)."""
-        futures = [self._enqueue("submit", m) for m in messages]
+        futures = [self._enqueue("submit", self._with_id(m)) for m in messages]
         results = await asyncio.gather(*(asyncio.wrap_future(f) for f in futures))
         return [r for r in results if isinstance(r, list)]
 
@@ -673,7 +691,9 @@ def _insert(db: sqlite3.Connection, m: NewMessage) -> list[Delivery] | Known:
         db.execute(
             "DELETE FROM handoffs WHERE created < ?", (m.created - HANDOFF_KEY_DAYS * 86400,)
         )
-    message = spool_schema.next_message_id(db)
+    assert m.id is not None, "Spool.submit reserves the id"
+    message = m.id
+    spool_schema.note_message_id(db, message)
     db.execute(
         "INSERT INTO messages (id, created, sender, from_domain, message_id, data, remaining)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -47,16 +47,25 @@ def migrate(db: sqlite3.Connection) -> int:
     return int(found)
 
 
-def next_message_id(db: sqlite3.Connection) -> int:
-    """The next message id (inside the writer's transaction: a rollback takes it back).
-    Above the largest present too (cheap: the rowid tree's last entry), whatever `meta` says."""
+
+
+def last_message_id(db: sqlite3.Connection) -> int:
+    """The largest message id ever stored: `meta`'s counter or the largest present (cheap:
+    the rowid tree's last entry), whichever is higher. New ids are handed out above it."""
     (last,) = db.execute(
         "SELECT MAX(COALESCE((SELECT CAST(value AS INTEGER) FROM meta WHERE key = ?), 0),"
         " COALESCE((SELECT MAX(id) FROM messages), 0))",
         (LAST_MESSAGE,),
     ).fetchone()
-    last = int(last)
+    return int(last)
+
+
+def note_message_id(db: sqlite3.Connection, message: int) -> None:
+    """Record a stored message's id (inside the writer's transaction: a rollback takes it
+    back). Ids reserved ahead (tracking tokens) may commit out of order: the counter keeps
+    the highest, so an id once stored is never handed out again after a restart."""
     db.execute(
-        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (LAST_MESSAGE, str(last + 1))
+        "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE"
+        " SET value = MAX(CAST(value AS INTEGER), CAST(excluded.value AS INTEGER))",
+        (LAST_MESSAGE, str(message)),
     )
-    return last + 1

@@ -5,6 +5,7 @@ a handed-off message leaves nothing behind; a spool whose writer is not running 
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -214,4 +215,34 @@ async def test_outcomes_queued_before_close_are_on_disk_after_it(tmp_path: Path)
     reopened.update([], soft=[spool.SoftCount("b@x.test", 0)])  # a delivery forgets it
     await reopened.flush()
     assert reopened.load_soft_counts() == {"c@x.test": 2}
+    reopened.close()
+
+
+async def test_a_reserved_id_is_the_stored_message_id_and_never_given_to_another(
+    tmp_path: Path,
+) -> None:
+    """Tracking tokens name a message before it is stored: the id reserved for it is the one
+    it gets, and a message submitted meanwhile without one does not take it."""
+    store = await started(tmp_path)
+    reserved = store.reserve_id()
+    other = await store.submit(message(1, "a@x.test"))
+    assert isinstance(other, list) and other[0].message != reserved
+    mine = await store.submit(dataclasses.replace(message(2, "b@x.test"), id=reserved))
+    assert isinstance(mine, list) and mine[0].message == reserved
+    assert await store.read_data(reserved) == b"body 2"
+    batch = await store.submit_many([message(3, "c@x.test"), message(4, "d@x.test")])
+    ids = [reserved, other[0].message, *(rows[0].message for rows in batch)]
+    assert len(set(ids)) == 4
+    store.close()
+
+
+async def test_ids_after_a_restart_start_above_every_stored_message(tmp_path: Path) -> None:
+    store = await started(tmp_path)
+    rows = await store.submit(dataclasses.replace(message(1, "a@x.test"), id=41))
+    assert isinstance(rows, list) and rows[0].message == 41
+    store.close()
+    reopened = await started(tmp_path)
+    assert reopened.reserve_id() == 42
+    again = await reopened.submit(message(2, "b@x.test"))
+    assert isinstance(again, list) and again[0].message == 43
     reopened.close()
