@@ -79,11 +79,13 @@ def _parts(data: bytes) -> tuple[str, str]:
 
 
 def _events(log: Path) -> list[dict[str, Any]]:
+    """The opened and clicked events of a pod's stdout (the other types are there too)."""
     found = []
     for line in log.read_text(errors="replace").splitlines():
         if line.startswith("{"):
             with_schema = json.loads(line)
-            if with_schema.get("schema") == "mailfleet.io/event/v1":
+            if with_schema.get("schema") == "mailfleet.io/event/v1" and with_schema.get(
+                    "type") in ("opened", "clicked"):
                 found.append(with_schema)
     return found
 
