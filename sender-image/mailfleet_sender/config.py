@@ -15,13 +15,14 @@ import fnmatch
 import hashlib
 import zoneinfo
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StringConstraints,
     ValidationError,
     field_validator,
     model_validator,
@@ -708,6 +709,46 @@ class Deliverability(ConfigModel):
         return value
 
 
+TAG_KEY = r"^[a-z0-9][a-z0-9_.-]{0,31}$"
+"""An application tag's key (docs/events.md): also what may become a KPI label value."""
+
+
+class Events(ConfigModel):
+    """Delivery events and what the KPIs break out of them (docs/events.md, docs/kpis.md)."""
+
+    tag_metrics_allow: list[Annotated[str, StringConstraints(pattern=TAG_KEY)]] = Field(
+        default_factory=lambda: ["campaign"], max_length=10,
+        description=(
+            "Tag keys whose values the KPIs break out (/v1/stats, Prometheus labels); other "
+            "keys are stored with the message but not broken out. Values per key are capped "
+            "(kpis.tagValues): cardinality stays bounded."
+        ),
+    )
+
+
+class Kpis(ConfigModel):
+    """Bounds and persistence of the campaign KPIs (docs/kpis.md)."""
+
+    tag_values: int = Field(
+        default=100, ge=1, le=1000,
+        description="Distinct values kept per allowed tag key; more are counted as _other.",
+    )
+    dimension_values: int = Field(
+        default=256, ge=1, le=10_000,
+        description="Distinct classes, providers and IPs kept; more are counted as _other.",
+    )
+    days: int = Field(default=8, ge=1, le=31, description="UTC days kept (today included).")
+    unique_keys: int = Field(
+        default=100_000, ge=1000, le=10_000_000,
+        description="Opened/clicked (message, recipient) pairs remembered for unique counts.",
+    )
+    save_interval: units.Duration = Field(
+        default="1m",
+        description="How often the KPIs are saved to the spool (and on stop): what a crash "
+        "can lose.",
+    )
+
+
 class SenderConfig(ConfigModel):
     """Everything a sender pod needs, except its identity (env) and its IPs (leases)."""
 
@@ -739,6 +780,8 @@ class SenderConfig(ConfigModel):
     bounces: Bounces = Field(default_factory=Bounces)
     feedback: Feedback = Field(default_factory=Feedback)
     deliverability: Deliverability = Field(default_factory=Deliverability)
+    events: Events = Field(default_factory=Events)
+    kpis: Kpis = Field(default_factory=Kpis)
 
     @model_validator(mode="after")
     def _classes_consistent(self) -> SenderConfig:

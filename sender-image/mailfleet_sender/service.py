@@ -51,6 +51,7 @@ from mailfleet_sender import (
     http_api,
     intake,
     keys,
+    kpi_keeping,
     leases,
     link_keys,
     metrics,
@@ -159,6 +160,8 @@ class Service:
         self.public_port = 0
         self.feedback_port = 0
         self.spool: spool.Spool
+        self.kpis: kpi_keeping.KpiKeeper
+        """Campaign KPIs: `self.kpis.observe(event)` for every delivery event."""
         self.quarantined: list[quarantining.SetAside] = []
         self.engine: dispatching.Engine
         self.intake: intake.Intake
@@ -198,6 +201,8 @@ class Service:
         for moved in self.quarantined:
             self.metrics.quarantined.labels(moved.database).inc()
         self.spool = spool.Spool.open(cfg.spool_dir, sync=cfg.spool_sync)
+        self.kpis = kpi_keeping.KpiKeeper(cfg=cfg, spool_=self.spool, clock_=self.clock)
+        await asyncio.to_thread(self.kpis.load)
         self.deliverability = deliverability.Deliverability(
             cfg=cfg,
             keys=deliverability.load_keys(cfg, spool_dir=cfg.spool_dir),
@@ -228,6 +233,7 @@ class Service:
         lost.resync_listeners.append(self.engine.release_held)
         self.engine.load()
         self.spool.start()
+        self.kpis.start()
         self.engine.start()
         self.intake = intake.Intake(
             cfg=cfg,
@@ -240,6 +246,7 @@ class Service:
         self.intake.accepted_while_draining = self._accepted_while_draining
         self._start_tlsrpt(cfg)  # before any await: no session is counted before the load
         self.metrics.attach(self._collect)
+        self.metrics.attach(self.kpis.collect)
         self.smtp = submission_smtp.SMTPServer(
             cfg.submission, self.intake, self.hostname, host=self.listen_address
         )
@@ -476,6 +483,7 @@ class Service:
         self.tls_inbound.reconfigure(cfg)
         self.engine.keys_changed()
         self.deliverability.reconfigure(cfg)
+        self.kpis.reconfigure(cfg)
         self.intake.cfg = cfg
         self.smtp.reload(cfg.submission)
 
@@ -603,6 +611,7 @@ class Service:
             dkim=self._dkim_stats(),
             tls=self.engine.transport.stats(),
             tlsrpt=self._tlsrpt_stats(),
+            kpis=self.kpis.stats(),
         )
 
     def _past_days(self, today: int) -> list[wire.DayStats]:
@@ -949,6 +958,7 @@ class Service:
             await self.replicator.stop()
         for runner in self._runners:
             await runner.cleanup()
+        await self.kpis.stop()
         await asyncio.to_thread(self.spool.close)
         self.tls_reporting.store.close()
         self.deliverability.close()
