@@ -153,17 +153,23 @@ class _Slots:
         self.seconds = seconds
         self.keep = keep
         self.data: dict[int, dict[Key, Tally]] = {}
+        self._pruned_at: int | None = None
 
     def tallies(self, at: float, now: float) -> dict[Key, Tally] | None:
         index, current = int(at // self.seconds), int(now // self.seconds)
         if index <= current - self.keep:
             return None  # older than anything reported
-        self.prune(current)
-        return self.data.setdefault(index, {})
+        if current != self._pruned_at:
+            self.prune(current)
+        found = self.data.get(index)
+        if found is None:
+            found = self.data[index] = {}
+        return found
 
     def prune(self, current: int) -> None:
         for index in [i for i in self.data if i <= current - self.keep]:
             del self.data[index]
+        self._pruned_at = current
 
     def merged(self, current: int) -> dict[Key, Tally]:
         out: dict[Key, Tally] = {}
@@ -224,6 +230,9 @@ class KpiBook:
         self.tag_keys: tuple[str, ...] = ()
         self._slots = {name: _Slots(seconds, keep) for name, (seconds, keep) in WINDOWS.items()}
         self._days = _Slots(DAY, days)
+        self._resolutions = (*self._slots.values(), self._days)
+        self._next_sweep: dict[str, float] = {}
+        """Per breakout, when its oldest admitted value can first go stale (no sweep before)."""
         self._lifetime: dict[Key, Lifetime] = {}
         self._values: dict[str, dict[str, float]] = {d: {} for d in DIMENSIONS}
         """Per breakout: admitted value -> last time seen (for the cap)."""
@@ -266,7 +275,9 @@ class KpiBook:
         keys = self._keys(event, at)
         delay = event.get("delay_s") if event.get("type") == "delivered" else None
         delay_s = float(delay) if isinstance(delay, int | float) and delay >= 0 else None
-        for slots in (*self._slots.values(), self._days):
+        b = delay_bin(delay_s) if delay_s is not None else -1
+        at_ = [_AT[name] for name in figures]
+        for slots in self._resolutions:
             tallies = slots.tallies(at, now)
             if tallies is None:
                 continue
@@ -274,19 +285,19 @@ class KpiBook:
                 tally = tallies.get(key)
                 if tally is None:
                     tally = tallies[key] = Tally()
-                for name in figures:
-                    tally.counts[_AT[name]] += 1
-                if delay_s is not None:
-                    b = delay_bin(delay_s)
+                for i in at_:
+                    tally.counts[i] += 1
+                if b >= 0:
                     tally.delays[b] = tally.delays.get(b, 0) + 1
+        le = bisect.bisect_left(PROMETHEUS_BUCKETS, delay_s) if delay_s is not None else -1
         for key in keys:
             life = self._lifetime.get(key)
             if life is None:
                 life = self._lifetime[key] = Lifetime()
-            for name in figures:
-                life.counts[_AT[name]] += 1
+            for i in at_:
+                life.counts[i] += 1
             if delay_s is not None:
-                life.buckets[bisect.bisect_left(PROMETHEUS_BUCKETS, delay_s)] += 1
+                life.buckets[le] += 1
                 life.delay_sum += delay_s
         self.changes += 1
 
@@ -330,11 +341,12 @@ class KpiBook:
             return value
         if value == OTHER:
             return OTHER
-        if len(values) >= limit:
-            stale = at - self.days * DAY
-            for old in [v for v, seen in values.items() if seen < stale]:
+        if len(values) >= limit and at >= self._next_sweep.get(dim, 0.0):
+            retention = self.days * DAY
+            for old in [v for v, seen in values.items() if seen < at - retention]:
                 del values[old]
                 self._lifetime.pop((dim, old), None)
+            self._next_sweep[dim] = min(values.values(), default=at) + retention
         if len(values) >= limit:
             return OTHER
         values[value] = at

@@ -153,6 +153,10 @@ def test_a_campaign_silent_for_the_whole_retention_frees_its_place(wall: Wall) -
     book = kpis.KpiBook(tag_keys=["campaign"], max_values=2, days=2, wall=wall)
     for name in ("old", "kept"):
         book.observe(event("accepted", T0, tags={"campaign": name}))
+    wall.at = T0 + 86400
+    book.observe(event("accepted", wall.at, tags={"campaign": "early"}))  # full: _other
+    assert set(book.snapshot(wall.moment())["windows"]["1h"]["by"]["tag:campaign"]) == {
+        kpis.OTHER}
     wall.at = T0 + 2 * 86400 + 60
     book.observe(event("accepted", wall.at, tags={"campaign": "kept"}))
     book.observe(event("accepted", wall.at, tags={"campaign": "new"}))
