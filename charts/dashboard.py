@@ -24,6 +24,8 @@ from grafana_foundation_sdk.models import prometheus as prometheus_model
 UID = "mailfleet-overview"
 DATASOURCE = model.DataSourceRef(type_val="prometheus", uid="${datasource}")
 SENDERS = 'namespace=~"$namespace", mailfleet_io_pool=~"$pool"'
+CAMPAIGNS = f'{SENDERS}, tag="campaign", value=~"$campaign"'
+"""The campaign view reads the KPIs broken out by the `campaign` tag (events.tagMetricsAllow)."""
 
 Row = tuple[str, list[Any]]
 
@@ -73,6 +75,93 @@ def _stat(title: str, description: str, unit: str, query: prometheus.Dataquery) 
     )
 
 
+def _tag(figures: str, window: str) -> str:
+    """Per campaign: the increase of the KPI counts `figures` (a regex) over `window`."""
+    return (f'sum by (value) (increase(mailfleet_sender_kpi_tag_total{{{CAMPAIGNS}, '
+            f'figure=~"{figures}"}}[{window}]))')
+
+
+def _ratio(part: str, whole: str, window: str = "1h") -> str:
+    return f"{_tag(part, window)} / {_tag(whole, window)}"
+
+
+def _deliver_quantile(q: float, window: str) -> str:
+    return (f"histogram_quantile({q}, sum by (value, le) (rate("
+            f"mailfleet_sender_kpi_tag_deliver_seconds_bucket{{{CAMPAIGNS}}}[{window}])))")
+
+
+_FINAL = "delivered|hard_bounced|soft_bounced"
+_CAMPAIGN_COLUMNS = (
+    ("sent", _tag("sent", "$__range"), "short"),
+    ("delivery rate", _ratio("delivered", "sent", "$__range"), "percentunit"),
+    ("hard bounce rate", _ratio("hard_bounced", _FINAL, "$__range"), "percentunit"),
+    ("soft bounce rate", _ratio("soft_bounced", _FINAL, "$__range"), "percentunit"),
+    ("complaint rate", _ratio("complained", "delivered", "$__range"), "percentunit"),
+    ("unsubscribe rate", _ratio("unsubscribed", "delivered", "$__range"), "percentunit"),
+    ("open rate", _ratio("opened_human", "delivered", "$__range"), "percentunit"),
+    ("machine opens", _ratio("opened_machine", "delivered", "$__range"), "percentunit"),
+    ("click rate", _ratio("clicked_human", "delivered", "$__range"), "percentunit"),
+    ("deliver p50", _deliver_quantile(0.5, "$__range"), "s"),
+    ("deliver p95", _deliver_quantile(0.95, "$__range"), "s"),
+)
+
+
+def _campaign_table() -> table.Panel:
+    """One line per campaign over the dashboard's time range: the queries are merged on the
+    campaign (`value`) and their value columns named after the figure."""
+    panel = (
+        table.Panel()
+        .title("Campaigns (dashboard range)")
+        .description("Per value of the campaign tag, over the whole time range: sent (accepted "
+                     "recipients), delivered/sent, bounces over final outcomes, complaints, "
+                     "unsubscribes, unique human opens and clicks over delivered, machine "
+                     "(proxy) opens apart, time to deliver. Definitions: docs/kpis.md.")
+        .datasource(DATASOURCE)
+    )
+    rename: dict[str, str] = {}
+    for i, (name, expr, unit) in enumerate(_CAMPAIGN_COLUMNS):
+        ref = chr(ord("A") + i)
+        panel = panel.with_target(
+            _query(expr, name, ref).instant().format(prometheus_model.PromQueryFormat.TABLE)
+        )
+        rename[f"Value #{ref}"] = name
+        panel = panel.override_by_name(name, [model.DynamicConfigValue("unit", unit)])
+    rename["value"] = "campaign"
+    return (
+        panel
+        .with_transformation(model.DataTransformerConfig("merge", options={}))
+        .with_transformation(model.DataTransformerConfig(
+            "organize", options={"excludeByName": {"Time": True}, "renameByName": rename}))
+    )
+
+
+def _campaign_rows() -> list[Any]:
+    return [
+        _campaign_table(),
+        _series("Delivery rate by campaign (1 h)", "Delivered / sent per campaign over the "
+                "hour before each point (above 1 while a backlog accepted earlier drains).",
+                "percentunit", _query(_ratio("delivered", "sent"), "{{value}}")),
+        _series("Bounce rates by campaign (1 h)", "Hard and soft bounces over final outcomes "
+                "(delivered + bounced) per campaign: a list to clean shows here.",
+                "percentunit",
+                _query(_ratio("hard_bounced", _FINAL), "{{value}} hard"),
+                _query(_ratio("soft_bounced", _FINAL), "{{value}} soft", "B")),
+        _series("Complaint rate by campaign (1 h)", "Complaints (feedback loops) over "
+                "delivered; providers act above about 0.1 %.", "percentunit",
+                _query(_ratio("complained", "delivered"), "{{value}}")),
+        _series("Open rate by campaign (1 h)", "Unique human opens over delivered; proxy "
+                "prefetches (machine) apart, never counted as human.", "percentunit",
+                _query(_ratio("opened_human", "delivered"), "{{value}} human"),
+                _query(_ratio("opened_machine", "delivered"), "{{value}} machine", "B")),
+        _series("Click rate by campaign (1 h)", "Unique human clicks over delivered.",
+                "percentunit", _query(_ratio("clicked_human", "delivered"), "{{value}}")),
+        _series("Time to deliver by campaign (p50, p95)", "From accepted to the remote 250, "
+                "per campaign, over the last hour.", "s",
+                _query(_deliver_quantile(0.5, "1h"), "{{value}} p50"),
+                _query(_deliver_quantile(0.95, "1h"), "{{value}} p95", "B")),
+    ]
+
+
 def _rows() -> list[Row]:
     delivered = f'mailfleet_sender_messages_total{{{SENDERS}}}'
     return [
@@ -111,6 +200,7 @@ def _rows() -> list[Row]:
                            f"mailfleet_sender_delivery_latency_seconds_bucket{{{SENDERS}}}"
                            f"[$__rate_interval])))", "p95", ref="B")),
         ]),
+        ("Campaigns", _campaign_rows()),
         ("Queue", [
             _series("Queue depth by class", "Deliveries not yet final, per priority class.",
                     "short",
@@ -216,8 +306,8 @@ def build_dashboard() -> dict[str, Any]:
     builder = (
         dashboard.Dashboard("mailfleet")
         .uid(UID)
-        .description("Deliveries, queues, IP warm-up, failovers, transport security and DNS "
-                     "of mailfleet pools.")
+        .description("Deliveries, campaigns, queues, IP warm-up, failovers, transport "
+                     "security and DNS of mailfleet pools.")
         .tags(["mailfleet", "email"])
         .editable()
         .time("now-6h", "now")
@@ -242,6 +332,17 @@ def build_dashboard() -> dict[str, Any]:
             .datasource(DATASOURCE)
             .query('label_values(mailfleet_sender_queue_depth{namespace=~"$namespace"}, '
                    "mailfleet_io_pool)")
+            .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .multi(True)
+            .include_all(True)
+            .all_value(".*")
+        )
+        .with_variable(
+            dashboard.QueryVariable("campaign")
+            .label("Campaign")
+            .datasource(DATASOURCE)
+            .query(f'label_values(mailfleet_sender_kpi_tag_total{{{SENDERS}, tag="campaign"}}, '
+                   "value)")
             .refresh(model.VariableRefresh.ON_TIME_RANGE_CHANGED)
             .multi(True)
             .include_all(True)

@@ -757,6 +757,9 @@ class SenderConfig(ConfigModel):
     tracking: tracking_config.Tracking = Field(
         default_factory=tracking_config.Tracking, description="Open and click tracking."
     )
+    kpis: event_config.Kpis = Field(
+        default_factory=event_config.Kpis, description="Campaign KPIs (docs/kpis.md)."
+    )
 
     @model_validator(mode="after")
     def _tracking_usable(self) -> SenderConfig:

@@ -6,7 +6,16 @@ keys, unknown keys refused, every limit and timeout an explicit default.
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from typing import Annotated
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
 
 from mailfleet_sender import events, tags, units
@@ -76,9 +85,13 @@ class Events(_Model):
 
     stdout: bool = Field(default=True, description="Write one JSON line per event on stdout.")
     webhooks: list[Webhook] = Field(default_factory=list, description="Signed HTTPS receivers.")
-    tag_metrics_allow: list[str] = Field(
-        default_factory=list,
-        description="Tag keys whose values may become Prometheus labels (bounded cardinality).",
+    tag_metrics_allow: list[Annotated[str, StringConstraints(pattern=tags.KEY.pattern)]] = Field(
+        default_factory=lambda: ["campaign"], max_length=10,
+        description=(
+            "Tag keys whose values the KPIs break out (/v1/stats, Prometheus labels); other "
+            "keys are stored with the message but not broken out. Values per key are capped "
+            "(kpis.tagValues): cardinality stays bounded."
+        ),
     )
     tag_retention: units.Duration = Field(
         default="30d",
@@ -101,3 +114,26 @@ class Events(_Model):
             if not tags.KEY.match(key):
                 raise ValueError(f"{key!r} is not a tag key")
         return value
+
+
+class Kpis(_Model):
+    """Bounds and persistence of the campaign KPIs (docs/kpis.md)."""
+
+    tag_values: int = Field(
+        default=100, ge=1, le=1000,
+        description="Distinct values kept per allowed tag key; more are counted as _other.",
+    )
+    dimension_values: int = Field(
+        default=256, ge=1, le=10_000,
+        description="Distinct classes, providers and IPs kept; more are counted as _other.",
+    )
+    days: int = Field(default=8, ge=1, le=31, description="UTC days kept (today included).")
+    unique_keys: int = Field(
+        default=100_000, ge=1000, le=10_000_000,
+        description="Opened/clicked (message, recipient) pairs remembered for unique counts.",
+    )
+    save_interval: units.Duration = Field(
+        default="1m",
+        description="How often the KPIs are saved to the spool (and on stop): what a crash "
+        "can lose.",
+    )

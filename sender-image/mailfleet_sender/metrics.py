@@ -4,11 +4,18 @@ test process). Queue gauges are read at scrape time from the scheduler, not kept
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 from prometheus_client.registry import Collector
+
+from mailfleet_sender import kpis
 
 PREFIX = "mailfleet_sender"
 
@@ -17,10 +24,10 @@ SIGN_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05)
 
 
 class _Snapshot(Collector):
-    def __init__(self, read: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
+    def __init__(self, read: Callable[[], Iterable[Metric]]) -> None:
         self._read = read
 
-    def collect(self) -> Iterable[GaugeMetricFamily]:
+    def collect(self) -> Iterable[Metric]:
         return self._read()
 
 
@@ -127,7 +134,7 @@ class Metrics:
             registry=r,
         )
 
-    def attach(self, read: Callable[[], Iterable[GaugeMetricFamily]]) -> None:
+    def attach(self, read: Callable[[], Iterable[Metric]]) -> None:
         """Register a scrape-time reader (queues, IPs)."""
         self.registry.register(_Snapshot(read))
 
@@ -137,3 +144,56 @@ class Metrics:
 
 def gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
     return GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=labels)
+
+
+KPI_BREAKOUTS: dict[str, list[str]] = {
+    "pool": [], "class": ["class"], "provider": ["provider"], "ip": ["ip"], "tag": ["tag", "value"],
+}
+"""Family -> its labels besides `pool` (and `figure` for counters). Each breakout is its own
+family, never crossed with another: the label sets stay the sum of the capped value lists
+(docs/kpis.md), not their product."""
+KPI_METRICS: tuple[str, ...] = tuple(
+    name for family in KPI_BREAKOUTS for name in (
+        f"{PREFIX}_kpi_{family}_total", f"{PREFIX}_kpi_{family}_deliver_seconds_bucket",
+        f"{PREFIX}_kpi_{family}_deliver_seconds_sum",
+        f"{PREFIX}_kpi_{family}_deliver_seconds_count",
+    )
+)
+"""Every series name the KPI families expose (the chart tests check dashboards against it)."""
+
+
+def kpi_families(pool: str, lifetime: Mapping[kpis.Key, kpis.Lifetime]) -> list[Metric]:
+    """The KPI counters (one series per figure) and time-to-deliver histograms since the book
+    began, labelled only by the capped breakout values the book admitted."""
+    counters = {
+        family: CounterMetricFamily(
+            f"{PREFIX}_kpi_{family}",
+            f"Campaign KPI counts per {family} (figure: sent, delivered, hard_bounced, "
+            "opened_human as unique opens...; docs/kpis.md).",
+            labels=["pool", *labels, "figure"],
+        )
+        for family, labels in KPI_BREAKOUTS.items()
+    }
+    histograms = {
+        family: HistogramMetricFamily(
+            f"{PREFIX}_kpi_{family}_deliver_seconds",
+            f"Time from accepted to delivered per {family}.",
+            labels=["pool", *labels],
+        )
+        for family, labels in KPI_BREAKOUTS.items()
+    }
+    for (dim, value), life in sorted(lifetime.items()):
+        if dim == kpis.TOTAL:
+            family, labels = "pool", [pool]
+        elif dim.startswith("tag:"):
+            family, labels = "tag", [pool, dim.removeprefix("tag:"), value]
+        else:
+            family, labels = dim, [pool, value]
+        for figure, n in zip(kpis.COUNTS, life.counts, strict=True):
+            counters[family].add_metric([*labels, figure], n)
+        cumulative, buckets = 0, []
+        for bound, n in zip((*kpis.PROMETHEUS_BUCKETS, float("inf")), life.buckets, strict=True):
+            cumulative += n
+            buckets.append(("+Inf" if bound == float("inf") else str(float(bound)), cumulative))
+        histograms[family].add_metric(labels, buckets, life.delay_sum)
+    return [*counters.values(), *histograms.values()]

@@ -54,6 +54,7 @@ from mailfleet_sender import (
     http_api,
     intake,
     keys,
+    kpi_keeping,
     leases,
     link_keys,
     metrics,
@@ -163,6 +164,8 @@ class Service:
         self.public_port = 0
         self.feedback_port = 0
         self.spool: spool.Spool
+        self.kpis: kpi_keeping.KpiKeeper
+        """Campaign KPIs: `self.kpis.observe(event)` for every delivery event."""
         self.quarantined: list[quarantining.SetAside] = []
         self.engine: dispatching.Engine
         self.intake: intake.Intake
@@ -204,6 +207,8 @@ class Service:
         for moved in self.quarantined:
             self.metrics.quarantined.labels(moved.database).inc()
         self.spool = spool.Spool.open(cfg.spool_dir, sync=cfg.spool_sync)
+        self.kpis = kpi_keeping.KpiKeeper(cfg=cfg, spool_=self.spool, clock_=self.clock)
+        await asyncio.to_thread(self.kpis.load)
         self.deliverability = deliverability.Deliverability(
             cfg=cfg,
             keys=deliverability.load_keys(cfg, spool_dir=cfg.spool_dir),
@@ -221,6 +226,7 @@ class Service:
         )
         self.tracker = tracking.Tracker(cfg=cfg, metric_set=self.metrics, wall=self.clock.wall,
                                         sink=events.JsonSink(self.events))
+        self.events.listeners.append(self.kpis.observe)
         tracking.chain_observer(self.hooks, self.tracker)
         self.engine = dispatching.Engine(
             cfg=cfg,
@@ -243,6 +249,7 @@ class Service:
         self.engine.load()
         self.spool.start()
         await self.events.start()
+        self.kpis.start()
         self.engine.start()
         self.intake = intake.Intake(
             cfg=cfg,
@@ -257,6 +264,7 @@ class Service:
         self.intake.rewriter = self.tracker
         self._start_tlsrpt(cfg)  # before any await: no session is counted before the load
         self.metrics.attach(self._collect)
+        self.metrics.attach(self.kpis.collect)
         self.smtp = submission_smtp.SMTPServer(
             cfg.submission, self.intake, self.hostname, host=self.listen_address
         )
@@ -502,6 +510,7 @@ class Service:
         self.deliverability.reconfigure(cfg)
         self.events.reconfigure(cfg)
         self.tracker.reconfigure(cfg)
+        self.kpis.reconfigure(cfg)
         self.intake.cfg = cfg
         self.smtp.reload(cfg.submission)
 
@@ -630,6 +639,7 @@ class Service:
             tls=self.engine.transport.stats(),
             tlsrpt=self._tlsrpt_stats(),
             events=self.events.stats(),
+            kpis=self.kpis.stats(),
         )
 
     def _past_days(self, today: int) -> list[wire.DayStats]:
@@ -977,6 +987,7 @@ class Service:
         for runner in self._runners:
             await runner.cleanup()
         await self.events.stop()
+        await self.kpis.stop()
         await asyncio.to_thread(self.spool.close)
         await asyncio.to_thread(self.events.close)
         self.tls_reporting.store.close()

@@ -16,7 +16,9 @@ server to run. Durability rules:
   order and committed, before anything newer, once a retry succeeds (`unrecorded` counts them).
 - Only non-final deliveries are kept; a final one removes its row, and the message body goes
   with its last recipient. Per-IP daily counters live in the same file so `sentToday` survives
-  restarts, and so do per-address soft-bounce counts (`softToHardAfter` spans restarts).
+  restarts, and so do per-address soft-bounce counts (`softToHardAfter` spans restarts) and
+  the campaign KPIs (`kpis`: saved now and then and on stop, a crash loses at most the last
+  interval's figures, never mail).
 - Hand-off (`handoff`): deliveries are first marked `handoff` (durably: after a crash they are
   handed off again, never delivered here), then each message is re-submitted to another pod
   with an idempotency key, and only after that pod accepted it are its rows removed here. The
@@ -99,6 +101,10 @@ CREATE TABLE IF NOT EXISTS counters (
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS kpis (
+    key TEXT PRIMARY KEY,
+    value BLOB NOT NULL
 );
 """
 
@@ -214,7 +220,7 @@ class Count:
 @dataclasses.dataclass
 class _Op:
     kind: Literal["submit", "update", "count", "soft", "mark_handoff", "unmark_handoff",
-                  "barrier", "event", "outbox"]
+                  "barrier", "event", "outbox", "kpis"]
     payload: object
     future: concurrent.futures.Future[object] | None
 
@@ -248,6 +254,7 @@ class Spool:
         self.outbox_enabled = False
         """Events are appended to the outbox (some webhook reads them)."""
         self._published: list[outbox.Published] = []
+        self._kpis = b""
         with self._connect() as db:
             db.executescript(_SCHEMA)
             spool_schema.migrate(db)
@@ -386,6 +393,12 @@ class Spool:
             found.setdefault(int(day), {})[(str(address), str(kind))] = int(n)
         return found
 
+    def load_kpis(self) -> bytes | None:
+        """The campaign KPIs saved last (`save_kpis`), None when never saved."""
+        with self._connect() as db:
+            row = db.execute("SELECT value FROM kpis WHERE key = 'book'").fetchone()
+        return bytes(row[0]) if row is not None else None
+
     def count_pending(self) -> int:
         with self._connect() as db:
             (n,) = db.execute("SELECT COUNT(*) FROM deliveries").fetchone()
@@ -455,6 +468,11 @@ class Spool:
     async def in_writer(self, work: Callable[[sqlite3.Connection], object]) -> object:
         """Run `work` in the writer's next transaction (outbox cursors and pruning)."""
         return await self._call("outbox", work)
+    def save_kpis(self, data: bytes) -> None:
+        """Queue the KPIs' state; it commits with the writer's next batch (and on close).
+        Only the newest state is written: a commit fault holds one marker, not every copy."""
+        self._kpis = data
+        self._queue.put(_Op("kpis", None, None))
 
     async def mark_handoff(self) -> int:
         """Durably mark every undelivered row for hand-off; returns how many."""
@@ -583,6 +601,8 @@ class Spool:
                 if op.future is not None and not op.future.done():
                     op.future.set_exception(error)
             self._retry.extend(unanswered)
+            last = max((i for i, op in enumerate(self._retry) if op.kind == "kpis"), default=-1)
+            self._retry = [op for i, op in enumerate(self._retry) if op.kind != "kpis" or i == last]
             return self._reconnect(db)
         self._publish()  # before the answers: once flushed, an event has been handed over
         for op, result in zip(batch, results, strict=True):
@@ -670,6 +690,9 @@ class Spool:
             else:
                 db.execute("DELETE FROM meta WHERE key = ?", (HANDOFF_MODE,))
             return unmarked
+        elif op.kind == "kpis":
+            db.execute("INSERT OR REPLACE INTO kpis (key, value) VALUES ('book', ?)",
+                       (self._kpis,))
         elif op.kind == "count":
             assert isinstance(op.payload, Count)
             c = op.payload

@@ -361,6 +361,72 @@ class TLSReportReceipt(ResponseModel):
     duplicate: bool = Field(default=False, description="Stored before: counted once.")
 
 
+class KpiModel(BaseModel):
+    """KPI bodies keep the snake_case names of the event contract (docs/kpis.md), as
+    Prometheus and the event stream spell them."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+_RATE = "null when the denominator is 0"
+
+
+class KpiFigures(KpiModel):
+    """One breakout value over one window or day (definitions: docs/kpis.md)."""
+
+    sent: int = Field(default=0, description="Accepted recipients.")
+    delivered: int = 0
+    hard_bounced: int = 0
+    soft_bounced: int = 0
+    complained: int = 0
+    unsubscribed: int = 0
+    opened_human: int = Field(default=0, description="Unique (message, recipient) opens.")
+    opened_machine: int = Field(default=0, description="Unique pairs fetched by a proxy.")
+    clicked_human: int = Field(default=0, description="Unique (message, recipient) clicks.")
+    clicked_machine: int = 0
+    opens_human_total: int = Field(default=0, description="Every human open, repeats too.")
+    opens_machine_total: int = 0
+    clicks_human_total: int = 0
+    clicks_machine_total: int = 0
+    deferred: int = Field(default=0, description="Temporary failures (attempts).")
+    suppressed: int = 0
+    expired: int = 0
+    delivery_rate: float | None = Field(default=None, description=f"delivered/sent; {_RATE}.")
+    hard_bounce_rate: float | None = Field(
+        default=None, description=f"hard/(delivered+hard+soft); {_RATE}.")
+    soft_bounce_rate: float | None = Field(
+        default=None, description=f"soft/(delivered+hard+soft); {_RATE}.")
+    complaint_rate: float | None = Field(
+        default=None, description=f"complained/delivered; {_RATE}.")
+    unsubscribe_rate: float | None = Field(
+        default=None, description=f"unsubscribed/delivered; {_RATE}.")
+    open_rate: float | None = Field(
+        default=None, description=f"opened_human/delivered; {_RATE}.")
+    click_rate: float | None = Field(
+        default=None, description=f"clicked_human/delivered; {_RATE}.")
+    deliver_p50_s: float | None = Field(
+        default=None, description="Time from accepted to delivered, median (within 10 %).")
+    deliver_p95_s: float | None = None
+
+
+class KpiSlice(KpiModel):
+    total: KpiFigures = Field(default_factory=KpiFigures, description="The pool on this pod.")
+    by: dict[str, dict[str, KpiFigures]] = Field(
+        default_factory=dict,
+        description="Breakout (class, provider, ip, tag:<key> for allowed keys) -> value -> "
+        "figures; values past the cap are counted as _other.",
+    )
+
+
+class Kpis(KpiModel):
+    """Campaign KPIs of this pod (sum pods for the pool; rates and percentiles per pod)."""
+
+    windows: dict[str, KpiSlice] = Field(
+        default_factory=dict, description="Rolling windows: 1h, 24h.")
+    days: dict[str, KpiSlice] = Field(
+        default_factory=dict, description="UTC days (YYYY-MM-DD) with figures, oldest first.")
+
+
 class Stats(ResponseModel):
     """GET /v1/stats: what the operator reads for status, autoscaling and warm-up gates."""
 
@@ -401,6 +467,9 @@ class Stats(ResponseModel):
     tls: TLSStats = Field(default_factory=TLSStats, description="Transport security shares.")
     tlsrpt: TLSReportStats = Field(default_factory=TLSReportStats, description="TLS-RPT.")
     events: EventStats = Field(default_factory=EventStats, description="Event webhooks.")
+    kpis: Kpis | None = Field(
+        default=None, description="Campaign KPIs (docs/kpis.md); null from older senders."
+    )
 
 
 class SubmitRequest(RequestModel):
