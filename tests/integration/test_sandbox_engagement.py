@@ -162,3 +162,16 @@ async def test_an_endpoint_that_does_not_answer_is_recorded_as_a_failure(
     [fetch] = record.fetches
     assert fetch.status is None and fetch.machine and fetch.error
     assert simulator.simulated() == {"opens": 0, "machine_opens": 0, "clicks": 0, "failed": 1}
+
+
+async def test_a_failing_observer_does_not_cost_the_sender_its_250(gmail: SmtpReceiver) -> None:
+    seen: list[str] = []
+
+    def broken(message: object) -> None:
+        raise RuntimeError("observer bug")
+
+    gmail.on_message = [broken, lambda message: seen.append(message.rcpt_to[0])]
+    await deliver(gmail, tracked_message("ok"), "alice@gmail.test")
+    [message] = await gmail.wait_for(1)
+    assert message.rcpt_to == ("alice@gmail.test",)
+    assert seen == ["alice@gmail.test"], "later observers still see the message"
