@@ -60,6 +60,8 @@ DataHook = Callable[[str, tuple[str, ...], bytes], Reply | None]
 """(peer_ip, accepted rcpts, data) -> an answer to DATA to force, or None to accept."""
 FeedbackSink = Callable[[bytes], Awaitable[None]]
 FeedbackTarget = tuple[str, int] | FeedbackSink
+MessageHook = Callable[["ReceivedMessage"], None]
+"""Called (synchronously, on the loop) with every accepted message once it is recorded."""
 
 
 # --------------------------------------------------------------------------- records
@@ -414,6 +416,8 @@ class SmtpReceiver:
         self._changed = asyncio.Event()
         self.listeners: list[asyncio.Event] = []
         """Extra events set on every new message or answer (ProviderFleet waits on them)."""
+        self.on_message: list[MessageHook] = []
+        """Observers of accepted messages (e.g. engagement.Engagement: recipients reading)."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._accepted = 0
 
@@ -628,6 +632,11 @@ class SmtpReceiver:
             entry["message_id"] = message.header("Message-ID")
             with self.record_file.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(entry, sort_keys=True) + "\n")
+        for hook in self.on_message:
+            try:
+                hook(message)
+            except Exception:  # an observer's bug must not turn into a 500 to the sender
+                log.exception("message hook failed", extra={"provider": self.name})
         self._notify()
 
     def _tls_failed(self, ip: str) -> None:

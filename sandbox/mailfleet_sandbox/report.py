@@ -9,15 +9,21 @@ bad certificate), tlsrpt_reports (TLS-RPT reports that reached the reporting add
 pool's egress attachment mode
 (`pool_attachments`, from the scenes' `details["attachments"]`) and one entry per scene with
 its outcome (passed, failed or skipped with the reason).
+
+Issue 20 (events and engagement): `events_summary` gives the fields `webhook_events` (by type),
+`webhook_missing` (events the receivers' records imply that the webhook receiver never got),
+`opens_recorded`/`opens_simulated`, `clicks_recorded`/`clicks_simulated` and `machine_opens`;
+`campaign_kpis` and `render_kpi_table` the KPI table per campaign tag from the pods' /v1/stats.
 """
 
 from __future__ import annotations
 
 import html
 import json
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from mailfleet_sandbox.scenes import SceneResult
 
@@ -244,6 +250,166 @@ def render_console(summary: JSON) -> str:
               f"total {_secs(summary['total_s'])} on "
               f"{summary.get('control_plane') or 'the sandbox'}: "
               + ("all scenes passed" if summary["ok"] else "SOME SCENES FAILED")]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------- events (issue 20)
+
+
+class EventKey(NamedTuple):
+    """What an event is matched on between the receivers' records and the webhook's."""
+
+    type: str
+    message: str | None
+    """The spool's message id the events carry; None where the records cannot tell it."""
+    recipient: str | None
+
+
+Pair = tuple[str | None, str | None]
+"""(message id, recipient) of an event the records imply."""
+
+
+def event_key(event: Mapping[str, Any], *, with_message: bool = True) -> EventKey:
+    """The key of a received event (the event schema); `with_message=False` for comparing with
+    records that know the recipient but not the spool's message id."""
+    message, recipient = event.get("message_id"), event.get("recipient")
+    return EventKey(str(event.get("type")),
+                    str(message) if with_message and message is not None else None,
+                    recipient.lower() if isinstance(recipient, str) else None)
+
+
+def unique_events(events: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """Each event once, first arrival kept: webhooks deliver at least once, so a batch retried
+    after a lost answer brings the same event ids again."""
+    seen: set[str] = set()
+    out: list[Mapping[str, Any]] = []
+    for event in events:
+        event_id = event.get("id")
+        if isinstance(event_id, str):
+            if event_id in seen:
+                continue
+            seen.add(event_id)
+        out.append(event)
+    return out
+
+
+def webhook_events_by_type(events: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    return dict(sorted(Counter(str(e.get("type")) for e in unique_events(events)).items()))
+
+
+def implied_event_keys(*, delivered: Iterable[Pair] = (), bounced: Iterable[Pair] = (),
+                       complained: Iterable[Pair] = (), opened: Iterable[Pair] = (),
+                       clicked: Iterable[Pair] = ()) -> list[EventKey]:
+    """The events the receivers' records imply: a copy accepted by a provider (delivered), a
+    recipient refused for good (bounced), an ARF report (complained), a simulated open or
+    click that got its answer (engagement.Engagement.implied_events)."""
+    groups = {"delivered": delivered, "bounced": bounced, "complained": complained,
+              "opened": opened, "clicked": clicked}
+    return [EventKey(kind, message, recipient.lower() if recipient else None)
+            for kind, pairs in groups.items() for message, recipient in pairs]
+
+
+def _key_order(key: EventKey) -> tuple[str, str, str]:
+    return key.type, key.message or "", key.recipient or ""
+
+
+def webhook_missing(implied: Iterable[EventKey], received: Iterable[EventKey]) -> list[EventKey]:
+    """Implied events the webhook never got, counted as multisets: two copies delivered to one
+    recipient imply two events, and one received event does not account for both. Extra
+    received events (a reader who opened twice) never hide a missing one of another key."""
+    missing = Counter(implied) - Counter(received)
+    return sorted(missing.elements(), key=_key_order)
+
+
+def events_summary(events: Sequence[Mapping[str, Any]], implied: Iterable[EventKey],
+                   simulated: Mapping[str, int], *, with_message: bool = True,
+                   list_limit: int = 20) -> JSON:
+    """The summary.json fields of issue 20. `events`: what the webhook receiver got (duplicates
+    allowed); `simulated`: engagement.total(...). Recorded opens and clicks are the unique
+    received events, human (`machine` not true) and machine apart."""
+    unique = unique_events(events)
+    missing = webhook_missing(implied, [event_key(e, with_message=with_message) for e in unique])
+
+    def recorded(kind: str, machine: bool) -> int:
+        return sum(e.get("type") == kind and (e.get("machine") is True) == machine
+                   for e in unique)
+
+    return {
+        "webhook_events": webhook_events_by_type(unique),
+        "webhook_missing": len(missing),
+        "webhook_missing_list": [k._asdict() for k in missing[:list_limit]],
+        "opens_recorded": recorded("opened", False),
+        "opens_simulated": simulated.get("opens", 0),
+        "clicks_recorded": recorded("clicked", False),
+        "clicks_simulated": simulated.get("clicks", 0),
+        "machine_opens": recorded("opened", True),
+        "machine_opens_simulated": simulated.get("machine_opens", 0),
+        "engagement_failed": simulated.get("failed", 0),
+    }
+
+
+# --------------------------------------------------------------------------- KPIs (issue 20)
+
+KPI_COUNTS = ("sent", "delivered", "hard_bounced", "soft_bounced", "complained", "unsubscribed",
+              "opened_human", "opened_machine", "clicked_human", "clicked_machine")
+
+
+def _ratio(part: int, whole: int) -> float | None:
+    return part / whole if whole else None
+
+
+def merge_kpi_figures(figures: Sequence[Mapping[str, Any]]) -> JSON:
+    """One breakout's figures over several pods: counts add up, rates are recomputed from the
+    sums as the pods define them (docs/kpis.md), time to deliver is the slowest pod's
+    (percentiles of parts do not give the percentile of the whole)."""
+    out: JSON = {k: sum(int(f.get(k) or 0) for f in figures) for k in KPI_COUNTS}
+    delivered = out["delivered"]
+    final = delivered + out["hard_bounced"] + out["soft_bounced"]
+    out.update(
+        delivery_rate=_ratio(delivered, out["sent"]),
+        hard_bounce_rate=_ratio(out["hard_bounced"], final),
+        soft_bounce_rate=_ratio(out["soft_bounced"], final),
+        complaint_rate=_ratio(out["complained"], delivered),
+        unsubscribe_rate=_ratio(out["unsubscribed"], delivered),
+        open_rate=_ratio(out["opened_human"], delivered),
+        click_rate=_ratio(out["clicked_human"], delivered),
+    )
+    for quantile in ("deliver_p50_s", "deliver_p95_s"):
+        values = [float(f[quantile]) for f in figures if f.get(quantile) is not None]
+        out[quantile] = max(values) if values else None
+    return out
+
+
+def campaign_kpis(pod_kpis: Sequence[Mapping[str, Any]], *, tag: str = "campaign",
+                  window: str = "24h") -> dict[str, JSON]:
+    """Per value of `tag`, the figures of every pod's /v1/stats "kpis" over `window`, merged."""
+    gathered: dict[str, list[Mapping[str, Any]]] = {}
+    for kpis in pod_kpis:
+        by = ((kpis.get("windows") or {}).get(window) or {}).get("by") or {}
+        for value, figures in (by.get(f"tag:{tag}") or {}).items():
+            gathered.setdefault(value, []).append(figures)
+    return {value: merge_kpi_figures(group) for value, group in sorted(gathered.items())}
+
+
+def render_kpi_table(per_value: Mapping[str, Mapping[str, Any]], *,
+                     tag: str = "campaign") -> str:
+    """The Markdown table of `campaign_kpis` (`_other`: values past the pods' cap)."""
+    if not per_value:
+        return f"No figures per {tag} tag were reported.\n"
+    lines = [f"| {tag} | sent | delivered | hard / soft bounces | complaints | unsubscribes | "
+             "opens (human / machine) | open rate | clicks | click rate | "
+             "time to deliver p50 / p95 |", "|---" * 11 + "|"]
+    for value, f in per_value.items():
+        name = "(other)" if value == "_other" else html.escape(value).replace("|", "\\|")
+        lines.append(
+            f"| {name} | {f['sent']} | {f['delivered']} ({_pct(f['delivery_rate'])}) | "
+            f"{f['hard_bounced']} / {f['soft_bounced']} ({_pct(f['hard_bounce_rate'])} / "
+            f"{_pct(f['soft_bounce_rate'])}) | "
+            f"{f['complained']} ({_pct(f['complaint_rate'])}) | "
+            f"{f['unsubscribed']} ({_pct(f['unsubscribe_rate'])}) | "
+            f"{f['opened_human']} / {f['opened_machine']} | {_pct(f['open_rate'])} | "
+            f"{f['clicked_human']} | {_pct(f['click_rate'])} | "
+            f"{_secs(f['deliver_p50_s'])} / {_secs(f['deliver_p95_s'])} |")
     return "\n".join(lines) + "\n"
 
 
