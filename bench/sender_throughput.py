@@ -505,7 +505,9 @@ def _run_postfix(n: int, tmp: Path) -> tuple[float, float]:
     conf = tmp / "etc"
     conf.mkdir()
     (tmp / "queue").mkdir(mode=0o755)  # `postfix start` creates the rest inside it
-    stock = subprocess.run(["postconf", "-h", "config_directory"], check=True,
+    # -d: the built-in default, readable even when the package was installed with "No
+    # configuration" (no /etc/postfix/main.cf, on which plain `postconf` fails).
+    stock = subprocess.run(["postconf", "-d", "-h", "config_directory"], check=True,
                            capture_output=True, text=True).stdout.strip()
     (conf / "master.cf").write_text(_master_cf((Path(stock) / "master.cf").read_text(),
                                                smtpd_port))
