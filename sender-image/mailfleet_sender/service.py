@@ -49,6 +49,7 @@ from mailfleet_sender import (
     handoff,
     hooks,
     http_api,
+    http_submission,
     intake,
     keys,
     leases,
@@ -111,13 +112,6 @@ def _file_stamp(path: Path) -> tuple[str, int, int, int] | None:
     return (real, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def _read_lines(path: str | None) -> list[str]:
-    if path is None:
-        return []
-    with open(path, encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip() and not line.startswith("#")]
-
-
 class Service:
     """One sender: `await start()`, then `await wait_stopped()`; `request_stop()` from signals."""
 
@@ -161,7 +155,7 @@ class Service:
         self.spool: spool.Spool
         self.quarantined: list[quarantining.SetAside] = []
         self.engine: dispatching.Engine
-        self.intake: intake.Intake
+        self.intake: intake.SpoolIntake
         self.smtp: submission_smtp.SMTPServer
         self.deliverability: deliverability.Deliverability
         self.replicator: suppression.Replicator | None = None
@@ -229,7 +223,7 @@ class Service:
         self.engine.load()
         self.spool.start()
         self.engine.start()
-        self.intake = intake.Intake(
+        self.intake = intake.SpoolIntake(
             cfg=cfg,
             spool_=self.spool,
             engine=self.engine,
@@ -394,8 +388,8 @@ class Service:
         return int(sockets[0].getsockname()[1]) if sockets else port
 
     def _load_secrets(self, cfg: config.SenderConfig) -> None:
-        self._api_keys = _read_lines(cfg.submission.api_key_file)
-        tokens = _read_lines(cfg.admin_token_file)
+        self._api_keys = http_submission.read_lines(cfg.submission.api_key_file)
+        tokens = http_submission.read_lines(cfg.admin_token_file)
         self._admin_token = tokens[0] if tokens else None
         if cfg.admin_token_file is not None and self._admin_token is None:
             raise config.ConfigError(f"admin token file {cfg.admin_token_file} is empty")

@@ -24,6 +24,8 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP
 
+from mailfleet_sender import smtp_data
+
 log = logging.getLogger(__name__)
 
 TOO_MANY_FROM_CLIENT = b"421 4.7.0 Too many connections from your address, try again later\r\n"
@@ -72,8 +74,9 @@ def _address(transport: asyncio.BaseTransport) -> str:
     return str(peer)
 
 
-class LimitedSMTP(SMTP):  # type: ignore[misc]
-    """aiosmtpd's SMTP session with a per-client cap and a total DATA deadline."""
+class LimitedSMTP(smtp_data.BlockDataSMTP):
+    """aiosmtpd's SMTP session with a per-client cap and a total DATA deadline (and DATA read
+    in blocks: `smtp_data`)."""
 
     def __init__(self, handler: Any, *, limits: Limits, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
