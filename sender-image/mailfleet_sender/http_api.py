@@ -239,6 +239,7 @@ class Api(http_submission.Submission):
             handoff = handoff or body.handoff
             target = body.target if handoff else None
         self.backend.drain(handoff=handoff, target=target)
+        await self.backend.intake.in_step()  # every intake process refuses mail from here on
         status = self.backend.drain_status()
         return web.json_response(status.model_dump(mode="json", by_alias=True), status=202)
 
@@ -248,4 +249,5 @@ class Api(http_submission.Submission):
         if denied is not None:
             return denied
         status = await self.backend.undrain()
+        await self.backend.intake.in_step()
         return web.json_response(status.model_dump(mode="json", by_alias=True))

@@ -51,6 +51,7 @@ from mailfleet_sender import (
     http_api,
     http_submission,
     intake,
+    intake_workers,
     keys,
     leases,
     link_keys,
@@ -156,7 +157,7 @@ class Service:
         self.quarantined: list[quarantining.SetAside] = []
         self.engine: dispatching.Engine
         self.intake: intake.SpoolIntake
-        self.smtp: submission_smtp.SMTPServer
+        self.smtp: submission_smtp.SMTPServer | intake_workers.Supervisor
         self.deliverability: deliverability.Deliverability
         self.replicator: suppression.Replicator | None = None
         self.feedback: feedback_smtp.FeedbackServer | None = None
@@ -234,9 +235,16 @@ class Service:
         self.intake.accepted_while_draining = self._accepted_while_draining
         self._start_tlsrpt(cfg)  # before any await: no session is counted before the load
         self.metrics.attach(self._collect)
-        self.smtp = submission_smtp.SMTPServer(
-            cfg.submission, self.intake, self.hostname, host=self.listen_address
-        )
+        processes = intake_workers.process_count(cfg.submission.processes)
+        if processes > 1:
+            self.smtp = intake_workers.Supervisor(
+                count=processes, intake_=self.intake, hostname=self.hostname,
+                host=self.listen_address, grace=self.grace, metric_set=self.metrics,
+            )
+        else:
+            self.smtp = submission_smtp.SMTPServer(
+                cfg.submission, self.intake, self.hostname, host=self.listen_address
+            )
         await self.smtp.start()
         await self._start_http(cfg)
         await self._start_deliverability(cfg)
@@ -358,8 +366,11 @@ class Service:
         s = cfg.submission
         max_body = s.max_message_size * 2 + 64 * 1024  # JSON escaping can double the size
         host = self.listen_address
-        self.http_port = await self._serve(api.app("submission", max_body=max_body), host,
-                                           s.http_port)
+        if isinstance(self.smtp, intake_workers.Supervisor):
+            self.http_port = self.smtp.http_port  # the workers serve it
+        else:
+            self.http_port = await self._serve(api.app("submission", max_body=max_body), host,
+                                               s.http_port)
         # Hand-offs from peers arrive here too: a whole message, or a replication batch.
         max_admin = max(max_body, cfg.deliverability.suppression.max_import_bytes * 2)
         self.admin_port = await self._serve(api.app("admin", max_body=max_admin), host,
@@ -453,6 +464,7 @@ class Service:
                 ("submission.smtpPort", old.submission.smtp_port, cfg.submission.smtp_port),
                 ("submission.httpPort", old.submission.http_port, cfg.submission.http_port),
                 ("submission.adminPort", old.submission.admin_port, cfg.submission.admin_port),
+                ("submission.processes", old.submission.processes, cfg.submission.processes),
                 ("deliverability.publicPort", old.deliverability.public_port,
                  cfg.deliverability.public_port),
             )
@@ -738,7 +750,7 @@ class Service:
         return [t for t in self.deliverability.keys.peer_tokens if t]
 
     def ready(self) -> bool:
-        return self.intake.accepting and not self.stopping
+        return self.intake.accepting and not self.stopping and self.smtp.serving()
 
     def drain(self, *, handoff: bool = False, target: wire.HandoffTarget | None = None) -> None:
         """Refuse new mail from now on; queued mail keeps going out, or with `handoff` moves
