@@ -959,7 +959,8 @@ class Service:
         self.tls_reporting.store.close()
         self.deliverability.close()
         self._stopped.set()
-        log.info("sender stopped", extra={"pending": self.engine.pending_count()})
+        log.info("sender stopped", extra={"pending": self.engine.pending_count(),
+                                          "spool_commits": self.spool.commits})
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()
