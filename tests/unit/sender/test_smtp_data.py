@@ -109,3 +109,25 @@ def test_a_line_over_the_limit_is_refused_and_one_at_it_passes() -> None:
 def test_a_closed_connection_ends_the_read_without_a_message() -> None:
     with pytest.raises(asyncio.IncompleteReadError):
         asyncio.run(read(b"Subject: cut\r\nhalf a bo", []))
+
+
+def test_a_session_has_the_command_and_auth_tables_aiosmtpd_would_build() -> None:
+    from aiosmtpd.smtp import SMTP
+    from mailfleet_sender import feedback_smtp, session_limits, submission_smtp
+
+    class Plain(SMTP):  # type: ignore[misc]
+        """The same methods, introspected the way aiosmtpd does by default."""
+
+    async def build() -> None:
+        limits = session_limits.Limits(
+            clients=session_limits.ClientCounter(), per_client=1, data_timeout=1.0)
+        for cls in (submission_smtp.SubmissionSMTP, feedback_smtp.FeedbackSMTP):
+            full = set(object.__dir__(cls)) | {n for c in cls.__mro__ for n in vars(c)}
+            expected = sorted(n for n in full if n.startswith(("smtp_", "auth_")))
+            session = session_limits.LimitedSMTP.__new__(cls)
+            session_limits.LimitedSMTP.__init__(session, object(), limits=limits)
+            assert sorted(session._smtp_methods) == sorted(
+                n.removeprefix("smtp_") for n in expected if n.startswith("smtp_"))
+            assert sorted(session._auth_methods) == sorted(Plain(object())._auth_methods)
+
+    asyncio.run(build())
