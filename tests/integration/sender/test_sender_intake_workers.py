@@ -238,6 +238,9 @@ async def test_a_drain_is_refused_on_every_process_and_rejections_reach_the_main
     assert all(greeting.startswith(b"220") for _, greeting in opened)
     for session, _ in opened:
         await _close(session)
+    payload = {"from": "a@example.test", "to": ["back@gmail.test"], "subject": "s", "text": "t"}
+    assert (await sender.client.submit(payload))[0] == 202  # a worker serves the HTTP port
+    assert (await sender.client.submit(payload, key="not-the-key"))[0] == 401
 
     assert refused.startswith(b"5"), refused
 
