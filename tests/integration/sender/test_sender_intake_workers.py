@@ -197,9 +197,14 @@ async def test_a_worker_killed_after_its_250_loses_nothing_and_is_started_again(
     await _until(lambda: _delivered(sender, 11), "11 deliveries")
     received = sorted(m.rcpt_to[0] for m in provider_fleet["gmail"].messages)
     assert received == sorted([f"k{i}@gmail.test" for i in range(10)] + ["after@gmail.test"])
+
+    async def both_serving() -> bool:
+        _, text = await sender.client.request("GET", "/metrics")
+        return "mailfleet_sender_intake_processes 2.0" in text
+
+    await _until(both_serving, "both new workers serving")
     _, metrics_text = await sender.client.request("GET", "/metrics")
     assert "mailfleet_sender_intake_process_restarts 2.0" in metrics_text
-    assert "mailfleet_sender_intake_processes 2.0" in metrics_text
 
 
 async def _ready(sender: SenderProcess) -> bool:
