@@ -12,8 +12,9 @@ Target: at least Postfix's end-to-end rate on the same machine (700-970 msg/s wi
 one connection per message, on the shared 2-core reference VM), and DKIM signing at >= 80 % of
 the raw sign rate.
 
-The sender always runs as its own process (as in a pod). When smtp-source and smtp-sink are
-installed, the sender run uses exactly the Postfix run's load: smtp-source (20 sessions, same
+The sender always runs as its own process (as in a pod), with `--processes` intake processes
+(`submission.processes`; default this machine's CPU count, as a pod with that CPU limit).
+When smtp-source and smtp-sink are installed, the sender run uses exactly the Postfix run's load: smtp-source (20 sessions, same
 options) into the sender's SMTP submission, the sender delivering to smtp-sink, so both sides
 pay for the same injector and sink. Without them (CI) a minimal asyncio injector and sink in
 the bench process stand in. smtp-source's own message carries From, To, Date and Message-Id,
