@@ -13,12 +13,12 @@ one connection per message, on the shared 2-core reference VM), and DKIM signing
 the raw sign rate.
 
 The sender always runs as its own process (as in a pod), with `--processes` intake processes
-(`submission.processes`; default this machine's CPU count, as a pod with that CPU limit).
-When smtp-source and smtp-sink are installed, the sender run uses exactly the Postfix run's
-load: smtp-source (20 sessions, same options) into the sender's SMTP submission, the sender
-delivering to smtp-sink, so both sides pay for the same injector and sink. Without them (CI)
-a minimal asyncio injector and sink in the bench process stand in. smtp-source's own message carries From, To, Date and Message-Id,
-all the sender requires. Last line: one JSON object.
+(`submission.processes`; default this machine's CPU count, as a pod with that CPU limit). When
+smtp-source and smtp-sink are installed, the sender run uses exactly the Postfix run's load:
+smtp-source (20 sessions, same options) into the sender's SMTP submission, the sender delivering
+to smtp-sink, so both sides pay for the same injector and sink. Without them (CI) a minimal
+asyncio injector and sink in the bench process stand in. smtp-source's own message carries From,
+To, Date and Message-Id, all the sender requires. Last line: one JSON object.
 
     python bench/sender_throughput.py --messages 5000
 """
