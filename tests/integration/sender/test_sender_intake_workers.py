@@ -312,3 +312,38 @@ async def test_workers_exit_with_the_main_process_whether_stopped_or_killed(
     assert len(workers) == 2
     killed.kill()
     await _until(lambda: not any(_alive(p) for p in workers), "workers gone after SIGKILL")
+
+
+async def _refused(port: int) -> bool:
+    try:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+    except OSError:
+        return True
+    writer.close()
+    return False
+
+
+async def test_sigterm_lets_a_worker_finish_its_open_transaction_and_the_mail_is_kept(
+    tmp_path: Path, dns_server: DNSServer, provider_fleet: ProviderFleet,
+    process_reaper: list[SenderProcess],
+) -> None:
+    sender = await _started(tmp_path, _config(tmp_path, dns_server, provider_fleet),
+                            process_reaper)
+    (reader, writer), _ = await _open(sender.smtp_port)
+    for command in (b"EHLO client.test\r\n", b"MAIL FROM:<a@example.test>\r\n",
+                    b"RCPT TO:<open@gmail.test>\r\n", b"DATA\r\n"):
+        writer.write(command)
+        await _reply(reader)
+    writer.write(b"From: a@example.test\r\nTo: open@gmail.test\r\nSubject: open\r\n")
+
+    sender.signal(signal.SIGTERM)
+    await _until(lambda: _refused(sender.smtp_port), "no new sessions")
+    writer.write(b"Message-ID: <open@x>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nb\r\n.\r\n")
+    assert (await _reply(reader)).startswith(b"250")  # stored by the main process meanwhile
+    writer.close()
+    assert await sender.wait(timeout=40) == 0
+
+    await sender.start()
+    await sender.client.assign([lease("127.0.0.84")])
+    await _until(lambda: _delivered(sender, 1), "the open transaction's message delivered")
+    assert [m.rcpt_to for m in provider_fleet["gmail"].messages] == [("open@gmail.test",)]
