@@ -230,6 +230,18 @@ class Worker:
             self._sent = totals
 
 
+def _tag_logs(index: int) -> None:
+    """Every record of this process says which worker wrote it (the pod's log interleaves
+    all of its processes)."""
+
+    def tag(record: logging.LogRecord) -> bool:
+        record.intake_worker = index
+        return True
+
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(tag)
+
+
 def die_with_parent(parent: int) -> None:
     """SIGTERM when the main process dies, whatever kills it (Linux); gone already: exit."""
     with contextlib.suppress(OSError, AttributeError):
@@ -245,6 +257,7 @@ async def serve(fd: int) -> int:
     setup = await intake_channel.receive(reader)
     if not isinstance(setup, intake_channel.Setup):
         return 2
+    _tag_logs(setup.index)
     worker = Worker(setup, Link(reader, writer))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
