@@ -12,12 +12,13 @@ Target: at least Postfix's end-to-end rate on the same machine (700-970 msg/s wi
 one connection per message, on the shared 2-core reference VM), and DKIM signing at >= 80 % of
 the raw sign rate.
 
-The sender always runs as its own process (as in a pod). When smtp-source and smtp-sink are
-installed, the sender run uses exactly the Postfix run's load: smtp-source (20 sessions, same
-options) into the sender's SMTP submission, the sender delivering to smtp-sink, so both sides
-pay for the same injector and sink. Without them (CI) a minimal asyncio injector and sink in
-the bench process stand in. smtp-source's own message carries From, To, Date and Message-Id,
-all the sender requires. Last line: one JSON object.
+The sender always runs as its own process (as in a pod), with `--processes` intake processes
+(`submission.processes`; default this machine's CPU count, as a pod with that CPU limit). When
+smtp-source and smtp-sink are installed, the sender run uses exactly the Postfix run's load:
+smtp-source (20 sessions, same options) into the sender's SMTP submission, the sender delivering
+to smtp-sink, so both sides pay for the same injector and sink. Without them (CI) a minimal
+asyncio injector and sink in the bench process stand in. smtp-source's own message carries From,
+To, Date and Message-Id, all the sender requires. Last line: one JSON object.
 
     python bench/sender_throughput.py --messages 5000
 """
@@ -220,8 +221,11 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
-async def run_sender(n: int, workdir: Path, tools: bool) -> tuple[float, float, float]:
-    """accepted/s, delivered/s, and the sender's CPU seconds over the load."""
+async def run_sender(
+    n: int, workdir: Path, tools: bool, processes: int = 1
+) -> tuple[float, float, float]:
+    """accepted/s, delivered/s, and the sender's CPU seconds over the load (its intake
+    workers included: they are its children)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     key_file = workdir / "dkim.pem"
     key_file.write_bytes(
@@ -249,7 +253,8 @@ async def run_sender(n: int, workdir: Path, tools: bool) -> tuple[float, float, 
             "spoolSync": "full",
             "submission": {"listenAddress": "127.0.0.1", "smtpPort": smtp_port,
                            "httpPort": http_port, "adminPort": admin_port,
-                           "allowUnauthenticated": True},  # loopback injector, no AUTH
+                           "allowUnauthenticated": True,  # loopback injector, no AUTH
+                           "processes": processes},
             "delivery": {"smtpPort": sink_port, "requireLease": False,
                          "messagesPerConnection": 10000, "connectionIdle": "5s"},
             "throttles": {"defaults": {"maxConnections": 20}},
@@ -505,7 +510,9 @@ def _run_postfix(n: int, tmp: Path) -> tuple[float, float]:
     conf = tmp / "etc"
     conf.mkdir()
     (tmp / "queue").mkdir(mode=0o755)  # `postfix start` creates the rest inside it
-    stock = subprocess.run(["postconf", "-h", "config_directory"], check=True,
+    # -d: the built-in default, readable even when the package was installed with "No
+    # configuration" (no /etc/postfix/main.cf, on which plain `postconf` fails).
+    stock = subprocess.run(["postconf", "-d", "-h", "config_directory"], check=True,
                            capture_output=True, text=True).stdout.strip()
     (conf / "master.cf").write_text(_master_cf((Path(stock) / "master.cf").read_text(),
                                                smtpd_port))
@@ -544,14 +551,20 @@ def _run_postfix(n: int, tmp: Path) -> tuple[float, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--messages", type=int, default=5000)
+    parser.add_argument(
+        "--processes", type=int, default=os.cpu_count() or 1,
+        help="the sender's submission.processes: what a pod with a CPU limit of this many "
+             "CPUs runs (default: this machine's CPUs, as Postfix uses them all)",
+    )
     args = parser.parse_args()
     n = args.messages
     with tempfile.TemporaryDirectory(prefix="mailfleet-bench-") as tmp:
         tools = postfix_tools()
-        accepted, delivered, cpu = asyncio.run(run_sender(n, Path(tmp), tools))
+        accepted, delivered, cpu = asyncio.run(run_sender(n, Path(tmp), tools, args.processes))
     load = "smtp-source -> sender -> smtp-sink" if tools else "asyncio injector and sink"
     print(f"sender: {n} messages, accepted {accepted:.0f}/s, delivered {delivered:.0f}/s "
-          f"end to end (RSA-2048 DKIM, fsync on, {SESSIONS} sessions, {load})")
+          f"end to end (RSA-2048 DKIM, fsync on, {SESSIONS} sessions, {load}, "
+          f"{args.processes} intake processes)")
     reference, postfix_cpu, status = postfix_rate(n)
     print(status)
     ours, raw = dkim_rates()
@@ -561,6 +574,7 @@ def main() -> int:
         "accepted_per_s": round(accepted, 1),
         "delivered_per_s": round(delivered, 1),
         "load": "smtp-source/smtp-sink" if tools else "asyncio",
+        "processes": args.processes,
         "postfix_delivered_per_s": None if reference is None else round(reference, 1),
         "cpu_s_per_1000": per_1000(cpu, n),
         "postfix_cpu_s_per_1000": per_1000(postfix_cpu, n),

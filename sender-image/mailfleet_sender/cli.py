@@ -8,13 +8,12 @@ pipeline can index them; no secret ever reaches a log record.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import logging
 import sys
 import time
 
-from mailfleet_sender import service
+from mailfleet_sender import event_loops, service
 
 _STANDARD = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message"}
 
@@ -60,4 +59,4 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
-    return asyncio.run(service.run(args.config))
+    return event_loops.run(service.run(args.config))

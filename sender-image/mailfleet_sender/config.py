@@ -145,6 +145,18 @@ class Submission(ConfigModel):
     default_class: str | None = Field(
         default=None, description="Class of mail submitted without one; the first class if unset."
     )
+    processes: int | None = Field(
+        default=None,
+        ge=1,
+        le=64,
+        description=(
+            "Processes taking SMTP and HTTP submissions, sharing the ports (SO_REUSEPORT). With "
+            "more than one, each is a worker process and the main process keeps the spool, "
+            "leases, quotas and delivery. Default: the container's CPU limit (cgroup) rounded "
+            "up, 1 without a limit. maxConnections is split between them; "
+            "maxConnectionsPerClient applies in each. A change needs a restart."
+        ),
+    )
 
     @field_validator("smtp_from_domains", "http_from_domains")
     @classmethod

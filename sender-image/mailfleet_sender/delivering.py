@@ -99,6 +99,18 @@ def _insecure_context() -> ssl.SSLContext:
     return context
 
 
+def _wire_form(data: bytes) -> bytes:
+    """The message as DATA carries it: CRLF line ends, dot-stuffed, the final dot. What the
+    spool holds already has CRLF only (`intake` refuses bare CR and LF): then aiosmtplib's
+    two regular expressions over the whole message are skipped, a cost per delivery."""
+    crlf = data.count(b"\r\n")
+    if not (data.endswith(b"\r\n") and data.count(b"\r") == crlf == data.count(b"\n")):
+        data = aiosmtplib.protocol.normalize_message_line_endings(data)
+    if data.startswith(b".") or b"\n." in data:
+        data = aiosmtplib.protocol.PERIOD_REGEX.sub(b"..", data)
+    return data + b".\r\n"
+
+
 class Session:
     """A connected SMTP client. `send()` returns the final reply of one transaction; raises
     `DeliveryFailure` when the connection is unusable (the caller closes it)."""
@@ -165,8 +177,7 @@ class Session:
         protocol = smtp.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
-        message = aiosmtplib.protocol.normalize_message_line_endings(data)
-        protocol.write(aiosmtplib.protocol.PERIOD_REGEX.sub(b"..", message) + b".\r\n")
+        protocol.write(_wire_form(data))
         self.data_sent = True
         response = await protocol.read_response(timeout=smtp.timeout)
         if response.code != aiosmtplib.SMTPStatus.completed:

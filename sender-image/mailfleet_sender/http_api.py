@@ -33,11 +33,8 @@ Public (`deliverability.publicPort`, the Internet):
 
 from __future__ import annotations
 
-import email.utils
-import hmac
 import html
 import logging
-from collections.abc import Sequence
 from typing import Literal, Protocol
 
 import pydantic
@@ -46,12 +43,8 @@ from aiohttp import web
 from mailfleet_sender import (
     bodies,
     deliverability,
-    envelopes,
-    from_domains,
-    intake,
+    http_submission,
     leases,
-    messages,
-    metrics,
     openapi,
     tlsrpt_inbound,
     tracking,
@@ -60,9 +53,6 @@ from mailfleet_sender import (
 
 log = logging.getLogger(__name__)
 
-RAW_TYPES = ("message/rfc822", "text/plain", "application/octet-stream")
-HANDOFF_HEADER = "X-Mailfleet-Handoff"
-MAX_HANDOFF_KEY = 128
 ONE_CLICK = "List-Unsubscribe=One-Click"
 MAX_UNSUBSCRIBE_BODY = 4096
 MAX_ADMIN_BODY = 1024 * 1024
@@ -71,11 +61,9 @@ MAX_ADMIN_BODY = 1024 * 1024
 Listener = Literal["submission", "admin", "public"]
 
 
-class Backend(Protocol):
+class Backend(http_submission.SubmissionBackend, Protocol):
     """What the HTTP layer needs from the service."""
 
-    intake: intake.Intake
-    metrics: metrics.Metrics
     deliverability: deliverability.Deliverability
     tls_inbound: tlsrpt_inbound.Inbound
     tracker: tracking.Tracker
@@ -100,48 +88,15 @@ class Backend(Protocol):
 
     def ready(self) -> bool: ...
 
-    def api_keys(self) -> list[str]: ...
-
     def admin_token(self) -> str | None: ...
 
-    def peer_tokens(self) -> list[str]: ...
 
-
-def _error(status: int, text: str, code: str = "") -> web.Response:
-    body = wire.ErrorResponse(error=text, code=code).model_dump(by_alias=True)
-    return web.json_response(body, status=status)
-
-
-def _bearer(request: web.Request) -> str | None:
-    header = request.headers.get("Authorization", "")
-    scheme, _, value = header.partition(" ")
-    if scheme.lower() == "bearer" and value:
-        return value.strip()
-    return request.headers.get("X-API-Key")
-
-
-def _matches(supplied: str | None, accepted: list[str]) -> bool:
-    if supplied is None:
-        return False
-    found = False
-    for key in accepted:
-        # Compare with every key (no early exit) so timing does not reveal which one matched.
-        found |= hmac.compare_digest(supplied.encode(), key.encode())
-    return found
-
-
-def _rejection(rejection: messages.Rejection) -> web.Response:
-    return _error(rejection.http_status, rejection.text, f"{rejection.code} {rejection.enhanced}")
-
-
-class Api:
+class Api(http_submission.Submission):
     def __init__(self, backend: Backend) -> None:
+        super().__init__(backend)
         self.backend = backend
 
     # --- apps ---------------------------------------------------------------------------
-
-    def submission_routes(self) -> list[web.RouteDef]:
-        return [web.post("/v1/messages", self.post_message)]
 
     def public_routes(self) -> list[web.RouteDef]:
         return [
@@ -177,194 +132,6 @@ class Api:
             application.add_routes(self.backend.suppression_app_routes())
         return application
 
-    # --- submission ---------------------------------------------------------------------
-
-    def _open(self) -> bool:
-        return self.backend.intake.cfg.submission.allow_unauthenticated
-
-    async def post_message(self, request: web.Request) -> web.Response:
-        """An application's submission: its API key, then its From domains."""
-        keys = self.backend.api_keys()
-        if (keys or not self._open()) and not _matches(_bearer(request), keys):
-            self.backend.metrics.rejected.labels("http", "auth").inc()
-            return _error(401, "missing or invalid API key", "auth")
-        allowed = self.backend.intake.cfg.submission.http_from_domains
-        return await self._submit(request, allowed=allowed)
-
-    async def post_peer_message(self, request: web.Request) -> web.Response:
-        """A hand-off from another pod of the pool (admin listener): the peer token. The
-        message was judged when it entered the pool, so no From domain check here."""
-        tokens = self.backend.peer_tokens()
-        if (tokens or not self._open()) and not _matches(_bearer(request), tokens):
-            self.backend.metrics.rejected.labels("handoff", "auth").inc()
-            return _error(401, "missing or invalid peer token", "auth")
-        return await self._submit(request, allowed=())
-
-    async def _submit(self, request: web.Request, *, allowed: Sequence[str]) -> web.Response:
-        intake_ = self.backend.intake
-        if not intake_.accepting and HANDOFF_HEADER not in request.headers:
-            return _rejection(intake.DRAINING)  # a hand-off repeat is looked up (`intake`)
-        content_type = request.content_type
-        if content_type != "application/json" and content_type not in RAW_TYPES and (
-            content_type != envelopes.CONTENT_TYPE
-        ):
-            return _error(415, f"unsupported content type {content_type!r}", "content-type")
-        try:
-            body = await bodies.read_body(request, self._body_cap(content_type))
-        except bodies.TooLarge:
-            return _rejection(messages.TOO_BIG)
-        if content_type == "application/json":
-            return await self._post_json(body, allowed=allowed)
-        key = request.headers.get(HANDOFF_HEADER)
-        if key is not None and not (0 < len(key) <= MAX_HANDOFF_KEY and key.isascii()):
-            return _error(400, f"{HANDOFF_HEADER}: 1-{MAX_HANDOFF_KEY} ASCII characters",
-                          "invalid")
-        if content_type == envelopes.CONTENT_TYPE:
-            return await self._post_handoff(body, handoff_key=key, allowed=allowed)
-        return await self._post_raw(request, body, handoff_key=key, allowed=allowed)
-
-    def _body_cap(self, content_type: str) -> int:
-        """Per kind of body: the message, plus JSON escaping (which can double it) or the
-        hand-off envelope (up to maxRecipients addresses)."""
-        s = self.backend.intake.cfg.submission
-        if content_type == "application/json":
-            return s.max_message_size * 2 + 64 * 1024
-        if content_type == envelopes.CONTENT_TYPE:
-            return s.max_message_size + envelopes.max_envelope_bytes(s.max_recipients)
-        return s.max_message_size + 64 * 1024
-
-    def _domain_refusal(
-        self, allowed: Sequence[str], data: bytes, sender: str
-    ) -> web.Response | None:
-        refused = from_domains.refusal(allowed, data=data, envelope_sender=sender or None)
-        if refused is None:
-            return None
-        self.backend.metrics.rejected.labels("http", "from_domain").inc()
-        return _rejection(refused)
-
-    async def _post_handoff(
-        self, body: bytes, *, handoff_key: str | None, allowed: Sequence[str]
-    ) -> web.Response:
-        """A message another pod hands off, its envelope in the body (`envelopes`)."""
-        max_recipients = self.backend.intake.cfg.submission.max_recipients
-        try:
-            envelope, data = envelopes.decode(
-                body, max_envelope=envelopes.max_envelope_bytes(max_recipients)
-            )
-        except envelopes.BadEnvelope as exc:
-            return _error(400, str(exc), "invalid")
-        refused = self._domain_refusal(allowed, data, envelope.sender)
-        if refused is not None:
-            return refused
-        result = await self.backend.intake.submit(
-            sender=envelope.sender,
-            recipients=envelope.recipients,
-            data=data,
-            via="handoff" if handoff_key else "http",
-            class_name=envelope.class_name,
-            tier=envelope.tier,
-            handoff_key=handoff_key,
-            tags=envelope.tags,
-        )
-        return self._answer(result)
-
-    async def _post_json(self, body: bytes, *, allowed: Sequence[str]) -> web.Response:
-        intake_ = self.backend.intake
-        try:
-            payload = bodies.loads(body)
-        except bodies.BadJSON as exc:
-            return _error(400, str(exc), "json")
-        try:
-            request = wire.SubmitRequest.model_validate(payload)
-        except pydantic.ValidationError as exc:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in e['loc']) or '<body>'}: {e['msg']}"
-                for e in exc.errors()
-            )
-            return _error(400, problems, "invalid")
-        sender_address = _address_of(request.from_)
-        if sender_address is None:
-            return _error(400, "from: not an email address", "invalid")
-        for name, value in request.headers.items():
-            if not _header_ok(name, value):
-                return _error(400, f"headers.{name}: invalid header", "invalid")
-        recipients = []
-        for item in request.to:
-            address = _address_of(item)
-            if address is None:
-                return _error(400, f"to: {item!r} is not an email address", "invalid")
-            recipients.append(address)
-        try:
-            data = messages.build_message(
-                sender=request.from_,
-                to=request.to,
-                subject=request.subject,
-                text=request.text,
-                html=request.html,
-                headers=request.headers,
-                now=intake_.clock.wall(),
-                hostname=intake_.hostname,
-            )
-        except (ValueError, TypeError) as exc:
-            return _error(400, f"cannot build the message: {exc}", "invalid")
-        refused = self._domain_refusal(allowed, data, request.envelope_from or sender_address)
-        if refused is not None:
-            return refused
-        result = await intake_.submit(
-            sender=request.envelope_from or sender_address,
-            recipients=recipients,
-            data=data,
-            via="http",
-            class_name=request.class_,
-            tier=request.tier,
-            tags=request.tags,
-        )
-        return self._answer(result)
-
-    async def _post_raw(
-        self, request: web.Request, body: bytes, *, handoff_key: str | None = None,
-        allowed: Sequence[str] = (),
-    ) -> web.Response:
-        recipients = [
-            part.strip()
-            for value in request.query.getall("to", [])
-            for part in value.split(",")
-            if part.strip()
-        ]
-        split = messages.split_header_section(body)
-        fields = (messages.header_fields(split[0]) if split else None) or []
-        if not recipients:
-            # Like sendmail -t: the recipients are in the headers (Bcc is removed at intake).
-            recipients = _header_addresses(fields, ("to", "cc", "bcc"))
-            if not recipients:
-                return _error(400, "no recipients in ?to= nor in To/Cc/Bcc", "invalid")
-        sender = request.query.get("from")
-        if sender is None:
-            found = _header_addresses(fields, ("from",))
-            sender = found[0] if found else ""
-        refused = self._domain_refusal(allowed, body, sender)
-        if refused is not None:
-            return refused
-        result = await self.backend.intake.submit(
-            sender=sender,
-            recipients=recipients,
-            data=body,
-            via="handoff" if handoff_key else "http",
-            class_name=request.query.get("class"),
-            tier=request.query.get("tier"),
-            handoff_key=handoff_key,
-        )
-        return self._answer(result)
-
-    def _answer(self, result: intake.Queued | messages.Rejection) -> web.Response:
-        if isinstance(result, messages.Rejection):
-            return _rejection(result)
-        body = wire.SubmitResponse(
-            id=str(result.spool_id), message_id=result.message_id, recipients=result.recipients,
-            duplicate=result.duplicate,
-        ).model_dump(by_alias=True)
-        return web.json_response(body, status=202)
-
     # --- one-click unsubscribe (RFC 8058) -------------------------------------------------
 
     async def post_unsubscribe(self, request: web.Request) -> web.Response:
@@ -372,13 +139,17 @@ class Api:
         try:
             body = await bodies.read_body(request, MAX_UNSUBSCRIBE_BODY)
         except bodies.TooLarge as exc:
-            return _error(413, str(exc), "too_large")
+            return http_submission.error(413, str(exc), "too_large")
         if ONE_CLICK.encode() not in body.replace(b"%3D", b"=").replace(b"%3d", b"="):
             layer.metrics.unsubscribes.labels("one-click", "bad_request").inc()
-            return _error(400, f"the body must contain {ONE_CLICK} (RFC 8058)", "bad_request")
+            return http_submission.error(
+                400, f"the body must contain {ONE_CLICK} (RFC 8058)", "bad_request"
+            )
         result = layer.unsubscribe(request.match_info["token"], via="one-click")
         if result.status != 200:
-            return _error(result.status, "this unsubscribe link is not valid", result.result)
+            return http_submission.error(
+                result.status, "this unsubscribe link is not valid", result.result
+            )
         await layer.flush_events()
         return web.json_response({"unsubscribed": True, "result": result.result})
 
@@ -424,9 +195,9 @@ class Api:
 
     def _admin_denied(self, request: web.Request) -> web.Response | None:
         token = self.backend.admin_token()
-        if token is None or _matches(_bearer(request), [token]):
+        if token is None or http_submission.matches(http_submission.bearer(request), [token]):
             return None
-        return _error(401, "missing or invalid admin token", "auth")
+        return http_submission.error(401, "missing or invalid admin token", "auth")
 
     async def stats(self, request: web.Request) -> web.Response:
         denied = self._admin_denied(request)
@@ -453,13 +224,13 @@ class Api:
                 await bodies.read_body(request, MAX_ADMIN_BODY)
             )
         except bodies.TooLarge as exc:
-            return _error(413, str(exc), "too_large")
+            return http_submission.error(413, str(exc), "too_large")
         except pydantic.ValidationError as exc:
-            return _error(400, str(exc), "invalid")
+            return http_submission.error(400, str(exc), "invalid")
         try:
             status = self.backend.assign(assignment)
         except leases.StaleAssignment as exc:
-            return _error(409, str(exc), exc.code)
+            return http_submission.error(409, str(exc), exc.code)
         return web.json_response(status.model_dump(mode="json", by_alias=True))
 
     async def post_drain(self, request: web.Request) -> web.Response:
@@ -474,12 +245,13 @@ class Api:
                     await bodies.read_body(request, MAX_ADMIN_BODY)
                 )
             except bodies.TooLarge as exc:
-                return _error(413, str(exc), "too_large")
+                return http_submission.error(413, str(exc), "too_large")
             except pydantic.ValidationError as exc:
-                return _error(400, f"bad drain request: {exc}", "badRequest")
+                return http_submission.error(400, f"bad drain request: {exc}", "badRequest")
             handoff = handoff or body.handoff
             target = body.target if handoff else None
         self.backend.drain(handoff=handoff, target=target)
+        await self.backend.intake.in_step()  # every intake process refuses mail from here on
         status = self.backend.drain_status()
         return web.json_response(status.model_dump(mode="json", by_alias=True), status=202)
 
@@ -489,33 +261,5 @@ class Api:
         if denied is not None:
             return denied
         status = await self.backend.undrain()
+        await self.backend.intake.in_step()
         return web.json_response(status.model_dump(mode="json", by_alias=True))
-
-
-def _address_of(value: str) -> str | None:
-    _, address = email.utils.parseaddr(value)
-    return address if address and messages.is_address(address) else None
-
-
-def _header_addresses(fields: list[tuple[str, bytes]], names: tuple[str, ...]) -> list[str]:
-    values: list[str] = []
-    for name, raw in fields:
-        if name in names:
-            try:
-                values.append(messages.header_value(raw))
-            except UnicodeDecodeError:
-                continue
-    return [
-        address
-        for _, address in email.utils.getaddresses(values)
-        if address and messages.is_address(address)
-    ]
-
-
-def _header_ok(name: str, value: str) -> bool:
-    return (
-        bool(name)
-        and all(33 <= ord(c) <= 126 and c != ":" for c in name)
-        and "\r" not in value
-        and "\n" not in value
-    )

@@ -52,7 +52,9 @@ from mailfleet_sender import (
     handoff,
     hooks,
     http_api,
+    http_submission,
     intake,
+    intake_workers,
     keys,
     kpi_keeping,
     leases,
@@ -116,13 +118,6 @@ def _file_stamp(path: Path) -> tuple[str, int, int, int] | None:
     return (real, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def _read_lines(path: str | None) -> list[str]:
-    if path is None:
-        return []
-    with open(path, encoding="utf-8") as handle:
-        return [line.strip() for line in handle if line.strip() and not line.startswith("#")]
-
-
 class Service:
     """One sender: `await start()`, then `await wait_stopped()`; `request_stop()` from signals."""
 
@@ -168,8 +163,8 @@ class Service:
         """Campaign KPIs: `self.kpis.observe(event)` for every delivery event."""
         self.quarantined: list[quarantining.SetAside] = []
         self.engine: dispatching.Engine
-        self.intake: intake.Intake
-        self.smtp: submission_smtp.SMTPServer
+        self.intake: intake.SpoolIntake
+        self.smtp: submission_smtp.SMTPServer | intake_workers.Supervisor
         self.deliverability: deliverability.Deliverability
         self.replicator: suppression.Replicator | None = None
         self.feedback: feedback_smtp.FeedbackServer | None = None
@@ -251,7 +246,7 @@ class Service:
         await self.events.start()
         self.kpis.start()
         self.engine.start()
-        self.intake = intake.Intake(
+        self.intake = intake.SpoolIntake(
             cfg=cfg,
             spool_=self.spool,
             engine=self.engine,
@@ -265,9 +260,16 @@ class Service:
         self._start_tlsrpt(cfg)  # before any await: no session is counted before the load
         self.metrics.attach(self._collect)
         self.metrics.attach(self.kpis.collect)
-        self.smtp = submission_smtp.SMTPServer(
-            cfg.submission, self.intake, self.hostname, host=self.listen_address
-        )
+        processes = intake_workers.process_count(cfg.submission.processes)
+        if processes > 1:
+            self.smtp = intake_workers.Supervisor(
+                count=processes, intake_=self.intake, hostname=self.hostname,
+                host=self.listen_address, grace=self.grace, metric_set=self.metrics,
+            )
+        else:
+            self.smtp = submission_smtp.SMTPServer(
+                cfg.submission, self.intake, self.hostname, host=self.listen_address
+            )
         await self.smtp.start()
         await self._start_http(cfg)
         await self._start_deliverability(cfg)
@@ -389,8 +391,11 @@ class Service:
         s = cfg.submission
         max_body = s.max_message_size * 2 + 64 * 1024  # JSON escaping can double the size
         host = self.listen_address
-        self.http_port = await self._serve(api.app("submission", max_body=max_body), host,
-                                           s.http_port)
+        if isinstance(self.smtp, intake_workers.Supervisor):
+            self.http_port = self.smtp.http_port  # the workers serve it
+        else:
+            self.http_port = await self._serve(api.app("submission", max_body=max_body), host,
+                                               s.http_port)
         # Hand-offs from peers arrive here too: a whole message, or a replication batch.
         max_admin = max(max_body, cfg.deliverability.suppression.max_import_bytes * 2)
         self.admin_port = await self._serve(api.app("admin", max_body=max_admin), host,
@@ -423,8 +428,8 @@ class Service:
         return int(sockets[0].getsockname()[1]) if sockets else port
 
     def _load_secrets(self, cfg: config.SenderConfig) -> None:
-        self._api_keys = _read_lines(cfg.submission.api_key_file)
-        tokens = _read_lines(cfg.admin_token_file)
+        self._api_keys = http_submission.read_lines(cfg.submission.api_key_file)
+        tokens = http_submission.read_lines(cfg.admin_token_file)
         self._admin_token = tokens[0] if tokens else None
         if cfg.admin_token_file is not None and self._admin_token is None:
             raise config.ConfigError(f"admin token file {cfg.admin_token_file} is empty")
@@ -489,6 +494,7 @@ class Service:
                 ("submission.smtpPort", old.submission.smtp_port, cfg.submission.smtp_port),
                 ("submission.httpPort", old.submission.http_port, cfg.submission.http_port),
                 ("submission.adminPort", old.submission.admin_port, cfg.submission.admin_port),
+                ("submission.processes", old.submission.processes, cfg.submission.processes),
                 ("deliverability.publicPort", old.deliverability.public_port,
                  cfg.deliverability.public_port),
                 ("tracking.tlsCertFile", old.tracking.tls_cert_file,
@@ -781,7 +787,7 @@ class Service:
         return [t for t in self.deliverability.keys.peer_tokens if t]
 
     def ready(self) -> bool:
-        return self.intake.accepting and not self.stopping
+        return self.intake.accepting and not self.stopping and self.smtp.serving()
 
     def drain(self, *, handoff: bool = False, target: wire.HandoffTarget | None = None) -> None:
         """Refuse new mail from now on; queued mail keeps going out, or with `handoff` moves
@@ -993,7 +999,8 @@ class Service:
         self.tls_reporting.store.close()
         self.deliverability.close()
         self._stopped.set()
-        log.info("sender stopped", extra={"pending": self.engine.pending_count()})
+        log.info("sender stopped", extra={"pending": self.engine.pending_count(),
+                                          "spool_commits": self.spool.commits})
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_running_loop()

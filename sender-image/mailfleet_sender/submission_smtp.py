@@ -193,8 +193,11 @@ class SMTPServer:
         hostname: str,
         *,
         host: str | None = None,
+        reuse_port: bool = False,
     ) -> None:
         self.cfg = cfg
+        self.reuse_port = reuse_port
+        """Share the port with the other intake processes (SO_REUSEPORT: `intake_workers`)."""
         self.host = host or cfg.listen_address or "0.0.0.0"
         self.intake = intake_
         self.hostname = hostname
@@ -273,11 +276,15 @@ class SMTPServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._protocol, self.host, self.cfg.smtp_port, reuse_address=True
+            self._protocol, self.host, self.cfg.smtp_port, reuse_address=True,
+            reuse_port=self.reuse_port or None,
         )
         self.port = int(self._server.sockets[0].getsockname()[1])
         log.info("smtp submission listening", extra={"port": self.port, "pid": os.getpid()})
         self.explain()
+
+    def serving(self) -> bool:
+        return self._server is not None
 
     def close_listener(self) -> None:
         if self._server is not None:

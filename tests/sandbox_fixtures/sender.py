@@ -208,6 +208,8 @@ def base_config(
             # about intake and delivery; closed-by-default has its own tests, which leave
             # this out.
             "allowUnauthenticated": True,
+            # One process whatever the machine's CPU limit: tests of intake workers set more.
+            "processes": 1,
         },
         "delivery": {"smtpPort": destination_port, "connectTimeout": "3s",
                      "commandTimeout": "5s", "connectionIdle": "500ms"},

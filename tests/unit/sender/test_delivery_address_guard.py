@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import aiosmtplib.protocol
 import pytest
 from mailfleet_sender import delivering
 
@@ -38,3 +39,15 @@ async def test_an_address_with_a_line_break_is_refused_before_any_command(
     # A soft bounce of this message: nobody is suppressed over a local refusal.
     assert (reply.code, reply.enhanced, reply.stage) == (554, "5.5.2", stage)
     assert not session.broken
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"a\r\nb\r\n", b"a\r\n.b\r\n", b".a\r\n", b"a\nb", b"a\rb\r\n", b"a\r\n..\r\n", b"", b"x"],
+    ids=["plain", "a line with a dot", "a first line with a dot", "bare LF, no final CRLF",
+         "bare CR", "a stuffed dot", "empty", "no line end"],
+)
+def test_the_wire_form_is_what_aiosmtplib_would_send(data: bytes) -> None:
+    expected = aiosmtplib.protocol.PERIOD_REGEX.sub(
+        b"..", aiosmtplib.protocol.normalize_message_line_endings(data)) + b".\r\n"
+    assert delivering._wire_form(data) == expected
