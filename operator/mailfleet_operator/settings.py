@@ -173,6 +173,15 @@ class Settings(BaseModel):
             "cannot send mail from; the sandbox allows loopback. Empty: refuse none."
         ),
     )
+    webhook_loopback_http: bool = Field(
+        default=False,
+        description=(
+            "Sandbox only: accept plain http:// event webhook URLs to 127.0.0.0/8 addresses "
+            "(spec.events.webhooks[].url). Otherwise a pool naming one is refused like an "
+            "invalid spec (its last good spec keeps running): events carry recipients and "
+            "are signed, never sent in clear on a real network."
+        ),
+    )
     # --- Leader election (issue 14): what keeps two replicas from granting IPs at once ---
     leader_election: bool = Field(
         default=True,

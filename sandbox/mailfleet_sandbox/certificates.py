@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import hashlib
+import ipaddress
 import os
 import ssl
 import tempfile
@@ -112,8 +113,10 @@ class SandboxCA:
         *,
         expired: bool = False,
         days: int = 30,
+        addresses: Sequence[str] = (),
     ) -> Issued:
-        """A server certificate for `names` (SAN dNSNames); `expired` ends it yesterday."""
+        """A server certificate for `names` (SAN dNSNames) and `addresses` (SAN iPAddresses,
+        for a server reached by IP such as a webhook receiver); `expired` ends it yesterday."""
         key = ec.generate_private_key(ec.SECP256R1())
         now = _now()
         start = now - datetime.timedelta(days=10 if expired else 1)
@@ -126,8 +129,10 @@ class SandboxCA:
             .serial_number(x509.random_serial_number())
             .not_valid_before(start)
             .not_valid_after(end)
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in names]),
-                           critical=False)
+            .add_extension(x509.SubjectAlternativeName(
+                [*(x509.DNSName(n) for n in names),
+                 *(x509.IPAddress(ipaddress.ip_address(a)) for a in addresses)]),
+                critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]),
                            critical=False)

@@ -89,6 +89,8 @@ class FakeSender:
     """(ip, sender day) -> sent, delivered, bounced, complained, deferred."""
     signing: dict[str, dict[str, str]] = dataclasses.field(default_factory=dict)
     """domain -> algorithm (rsa, ed25519) -> the DKIM selector the pod reports signing with."""
+    kpis: dict[str, Any] | None = None
+    """The `kpis` object of its stats (issue 20's shape); left out when None."""
 
     @property
     def addresses(self) -> list[str]:
@@ -255,7 +257,10 @@ class FakeSenders:
             if (refused := unreachable()) is not None:
                 return refused
             sender.stats_reads += 1
-            return web.json_response(self._stats(sender).model_dump(mode="json", by_alias=True))
+            body = self._stats(sender).model_dump(mode="json", by_alias=True)
+            if sender.kpis is not None:
+                body["kpis"] = sender.kpis
+            return web.json_response(body)
 
         async def drain(request: web.Request) -> web.Response:
             await thawed()

@@ -65,6 +65,7 @@ from mailfleet_sandbox import (
     cluster_dns,
     control_plane,
     egress_gateway,
+    event_samples,
     external_dns,
     kubelet,
     node_agent,
@@ -77,6 +78,7 @@ from mailfleet_sandbox import dns as sandbox_dns
 from mailfleet_sandbox.cluster_api import ClusterApi
 from mailfleet_sandbox.kube import ApiServer
 from mailfleet_sandbox.kube.errors import ApiError
+from mailfleet_sandbox.webhook_receiver import WebhookReceiver
 
 JSON = dict[str, Any]
 log = logging.getLogger(__name__)
@@ -138,6 +140,9 @@ class WorldSettings:
     """Put an `ApiFaultProxy` between the operator's pods and the API server
     (`SandboxWorld.operator_api_proxy`), so a scene can fail the operator's API traffic
     alone; the node agent, the senders and the sandbox itself keep the direct address."""
+    webhook_receiver: bool = False
+    """Run the event webhook receiver (`event_samples`: HTTPS on 127.0.40.1, sandbox CA) as
+    `SandboxWorld.webhooks`; `event_samples.enable_webhook_events` points a pool at it."""
 
 
 @dataclass
@@ -168,6 +173,8 @@ class WorldState:
     started_at: float
     control_plane: str = "emulator"
     pid: int = field(default_factory=os.getpid)
+    webhooks: dict[str, Any] | None = None
+    """The webhook receiver's URL and event record file, when it runs."""
 
 
 class _RelayHandler:
@@ -217,6 +224,8 @@ class SandboxWorld:
         self.agent: node_agent.NodeAgent | None = None
         self.egress_gateway: egress_gateway.EgressGateway | None = None
         self.operator_api_proxy: api_fault_proxy.ApiFaultProxy | None = None
+        self.webhooks: WebhookReceiver | None = None
+        """The event webhook receiver (`WorldSettings.webhook_receiver`)."""
         self.kubeconfig = self.root / "kubeconfig"
         self._stack = contextlib.AsyncExitStack()
         self._flush_task: asyncio.Task[None] | None = None
@@ -239,7 +248,7 @@ class SandboxWorld:
     async def start(self) -> None:
         s = self.settings
         self.started_at = time.time()
-        for stale in ("providers", "nodes"):
+        for stale in ("providers", "nodes", "webhooks"):
             shutil.rmtree(self.root / stale, ignore_errors=True)
         self.root.mkdir(parents=True, exist_ok=True)
         tls = await self._start_api()
@@ -268,6 +277,9 @@ class SandboxWorld:
         self.fleet.set_feedback_target((RELAY_HOST, relay_port), s.feedback_rcpt)
         await self._stack.enter_async_context(self.transport)
         await self.transport.start(self.fleet)
+        if s.webhook_receiver:
+            self.webhooks = await event_samples.start_receiver(
+                self._stack, self.transport.ca, self.root / "webhooks")
         self.external_dns = external_dns.ExternalDNS(self.api.url, self.dns, ssl_context=tls,
                                                      max_ttl=RECORD_TTL)
         await self._stack.enter_async_context(self.external_dns)
@@ -425,7 +437,10 @@ class SandboxWorld:
                              / f"{self.settings.operator_namespace}_<pod>.log"),
             pod_logs=str(self.root / "nodes" / "logs"),
             warmup_day_seconds=self.settings.warmup_day_seconds,
-            started_at=self.started_at, control_plane=self.control_plane)
+            started_at=self.started_at, control_plane=self.control_plane,
+            webhooks=None if self.webhooks is None else {
+                "url": self.webhooks.url,
+                "events_file": str(self.root / "webhooks" / "events.jsonl")})
 
     def write_state(self) -> Path:
         path = self.root / "state.json"

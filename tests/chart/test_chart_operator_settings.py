@@ -35,6 +35,7 @@ EVERY_SETTING: dict[str, Any] = {
     "warmupQuotaChunk": 25, "leaderElection": False, "leaderElectionNamespace": "ops",
     "leaderLeaseName": "leader", "leaderLeaseDuration": 30, "leaderRenewDeadline": 20,
     "leaderRetryPeriod": 5, "refusedEgressNetworks": ["127.0.0.0/8", "fe80::/10"],
+    "webhookLoopbackHttp": True,
 }
 
 

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from mailfleet_operator.api import common
+from mailfleet_operator.api import common, pool_events
 from mailfleet_operator.api.common import (
     Conditions,
     DNSLabel,
@@ -52,7 +52,8 @@ READY = "Ready"
 DEGRADED = "Degraded"
 FAILING_OVER = "FailingOver"
 PROGRESSING = "Progressing"
-CONDITION_TYPES = (READY, DEGRADED, FAILING_OVER, PROGRESSING)
+EVENTS_READY = pool_events.EVENTS_READY
+CONDITION_TYPES = (READY, DEGRADED, FAILING_OVER, PROGRESSING, EVENTS_READY)
 
 
 # Bounds on lists that CEL rules loop over: the API server refuses a rule whose worst case
@@ -415,6 +416,13 @@ class MessageClass(SpecModel):
         description=(
             "Bulk (marketing) mail: List-Unsubscribe and List-Unsubscribe-Post headers are "
             "added and warm-up quotas serve engaged recipients first."
+        ),
+    )
+    tracking: pool_events.ClassTracking = Field(
+        default_factory=pool_events.ClassTracking,
+        description=(
+            "Open and click tracking of this class's HTML mail; off unless asked for "
+            "(docs/events.md, tracking and privacy)."
         ),
     )
 
@@ -922,6 +930,7 @@ class SendingPoolSpec(SpecModel):
                 for name in ip.classes or ()
             ),
         ),
+        pool_events.CLASS_TRACKING_NEEDS_HOST,
     )
 
     replicas: int = Field(
@@ -1017,6 +1026,20 @@ class SendingPoolSpec(SpecModel):
         default_factory=TransportSecurity,
         description="DANE, MTA-STS, requireTLS and TLS-RPT of MX delivery.",
     )
+    events: pool_events.Events = Field(
+        default_factory=pool_events.Events,
+        description=(
+            "Where the senders publish each message's events: stdout and signed webhooks "
+            "(docs/events.md)."
+        ),
+    )
+    tracking: pool_events.Tracking | None = Field(
+        default=None,
+        description=(
+            "The host serving open pixels and click redirects; required by any "
+            "classes[].tracking that is on."
+        ),
+    )
 
 
 # --- status -------------------------------------------------------------------------------------
@@ -1079,7 +1102,7 @@ class SendingPoolStatus(StatusModel):
     )
     conditions: Conditions = Field(
         default_factory=list,
-        description="Ready, Degraded, FailingOver and Progressing.",
+        description="Ready, Degraded, FailingOver, Progressing and EventsReady.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
     )
     replicas: int = Field(default=0, ge=0, description="Active sender pods that exist.")
@@ -1126,6 +1149,13 @@ class SendingPoolStatus(StatusModel):
             "x-kubernetes-list-type": "map",
             "x-kubernetes-list-map-keys": ["domain", "selector"],
         },
+    )
+    kpis: pool_events.KpiSummary | None = Field(
+        default=None,
+        description=(
+            "Key figures of the last 24 hours summed over the pods (sent, delivered, rates, "
+            "delivery time); absent while no pod reports them."
+        ),
     )
 
 

@@ -62,6 +62,29 @@ class SecretMount:
 
 
 @dataclass(frozen=True)
+class SecretFile:
+    """One key of a Secret, as the file `path` of a `FilesMount`."""
+
+    secret_name: str
+    key: str
+    path: str
+
+
+@dataclass(frozen=True)
+class FilesMount:
+    """Keys of one or more Secrets in one read-only directory (a projected volume), each
+    Secret keeping one purpose: a webhook's signing key beside its CA, the tracking key beside
+    the tracking host's certificate. `optional` Secrets may be missing: the pod still starts,
+    and the kubelet adds the files once the Secret exists, so a Secret created late never
+    changes the pod template (nor rolls the pods)."""
+
+    volume: str
+    path: str
+    files: tuple[SecretFile, ...]
+    optional: tuple[str, ...] = ()  # names of the Secrets that may be missing
+
+
+@dataclass(frozen=True)
 class Names:
     """Deterministic names of a pool's children."""
 
@@ -104,6 +127,11 @@ class Names:
     def peers_secret(self) -> str:
         """The token the pool's pods use with each other: `logic.pool_secrets`."""
         return f"{self.pool}-peers"
+
+    @property
+    def tracking_secret(self) -> str:
+        """The HMAC key of tracking tokens (open pixels, click links): `logic.pool_secrets`."""
+        return f"{self.pool}-tracking-key"
 
     @property
     def submission_secret(self) -> str:
@@ -198,6 +226,7 @@ class PoolObjects:
     uid: str
     replicas: int  # active + standby pods, after autoscaling
     secret_mounts: Sequence[SecretMount] = field(default_factory=tuple)
+    files_mounts: Sequence[FilesMount] = field(default_factory=tuple)
     default_image: str = DEFAULT_IMAGE
 
     @property
@@ -261,6 +290,10 @@ def build_statefulset(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, 
                 {"name": m.volume, "mountPath": m.path, "readOnly": True}
                 for m in pool.secret_mounts
             ),
+            *(
+                {"name": f.volume, "mountPath": f.path, "readOnly": True}
+                for f in pool.files_mounts
+            ),
         ],
         # SIGTERM drains: give queued deliveries in flight time to finish or hand off.
         "terminationMessagePolicy": "FallbackToLogsOnError",
@@ -281,6 +314,7 @@ def build_statefulset(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, 
         if mount.items:
             secret["items"] = [{"key": key, "path": key} for key in mount.items]
         volumes.append({"name": mount.volume, "secret": secret})
+    volumes.extend(_files_volume(m) for m in pool.files_mounts)
     pod_spec: dict[str, Any] = {
         "containers": [container],
         "volumes": volumes,
@@ -335,6 +369,21 @@ def build_statefulset(spec: sp.SendingPoolSpec, pool: PoolObjects) -> dict[str, 
             ],
         },
     }
+
+
+def _files_volume(mount: FilesMount) -> dict[str, Any]:
+    """A projected volume: one source per Secret, in the order its files are listed."""
+    sources: list[dict[str, Any]] = []
+    for file in mount.files:
+        item = {"key": file.key, "path": file.path}
+        if sources and sources[-1]["secret"]["name"] == file.secret_name:
+            sources[-1]["secret"]["items"].append(item)
+            continue
+        secret: dict[str, Any] = {"name": file.secret_name, "items": [item]}
+        if file.secret_name in mount.optional:
+            secret["optional"] = True
+        sources.append({"secret": secret})
+    return {"name": mount.volume, "projected": {"sources": sources, "defaultMode": 0o440}}
 
 
 def container_ports(spec: sp.SendingPoolSpec) -> list[dict[str, Any]]:

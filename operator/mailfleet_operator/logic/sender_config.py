@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from mailfleet_sender import config as sc
 
@@ -28,6 +29,7 @@ from mailfleet_operator.api import sendingpool as sp
 from mailfleet_operator.logic import (
     children,
     egress_attachment,
+    event_config,
     pool_secrets,
     submission_access,
     throttle_division,
@@ -64,6 +66,8 @@ class RenderInput:
     submission_secrets: Mapping[str, str] = field(default_factory=dict)
     # DomainAuth key Secrets copied into the pool's DKIM Secret (None: assume all).
     dkim_available: Collection[str] | None = None
+    # The keys of the Secrets spec.events and spec.tracking name (None: assume all there).
+    event_secrets: event_config.SecretKeys | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +78,8 @@ class Rendered:
     mounts: tuple[children.SecretMount, ...]
     problems: tuple[DomainProblem, ...]
     signing_domains: tuple[str, ...]
+    files_mounts: tuple[children.FilesMount, ...] = ()
+    event_problems: tuple[event_config.EventProblem, ...] = ()
 
 
 def _dkim_key_type(algorithm: str) -> str:
@@ -330,8 +336,11 @@ def render_config(spec_in: RenderInput) -> Rendered:
         reports.interval = spec_in.day_length  # a report period is a (scaled) day
     elif spec_in.timezone != "UTC":
         config.clock = sc.Clock(timezone=spec_in.timezone)
+    events = event_config.render_events(spec, spec_in.name, spec_in.event_secrets)
     # Validate the assembled model once more: assignments above bypass field validation.
-    config = sc.SenderConfig.model_validate(config.model_dump(by_alias=True))
+    config = sc.SenderConfig.model_validate(
+        _with_events(config.model_dump(by_alias=True), events)
+    )
     text = sc.dump_config(config)
     return Rendered(
         config=config,
@@ -340,7 +349,42 @@ def render_config(spec_in: RenderInput) -> Rendered:
         mounts=tuple(mounts),
         problems=tuple(problems),
         signing_domains=tuple(d.domain for d in dkim.domains),
+        files_mounts=events.mounts,
+        event_problems=events.problems,
     )
+
+
+def _accepts(*path: str) -> bool:
+    """Whether the sender's config model has the field at `path` (camelCase aliases)."""
+    model: Any = sc.SenderConfig
+    for alias in path:
+        fields = {f.alias or name: f for name, f in getattr(model, "model_fields", {}).items()}
+        if alias not in fields:
+            return False
+        annotation = fields[alias].annotation
+        args = [a for a in getattr(annotation, "__args__", (annotation,)) if a is not type(None)]
+        model = args[0] if args else annotation
+        if getattr(model, "__origin__", None) is list:
+            model = model.__args__[0]
+    return True
+
+
+def _with_events(data: dict[str, Any], events: event_config.EventsRendered) -> dict[str, Any]:
+    """The config with its events, tracking and per-class tracking sections, each rendered
+    as far as the sender's config model (`mailfleet_sender.config`) has it: the sections
+    land in the sender with issue 20 (a sender without them would refuse the whole file)."""
+    if _accepts("events"):
+        data["events"] = events.events
+    if events.tracking is not None and _accepts("tracking"):
+        tracking = dict(events.tracking)
+        if not _accepts("tracking", "tlsCertFile"):
+            tracking.pop("tlsCertFile", None)
+            tracking.pop("tlsKeyFile", None)
+        data["tracking"] = tracking
+    if _accepts("classes", "tracking"):
+        for entry in data["classes"]:
+            entry["tracking"] = events.class_tracking.get(entry["name"])
+    return data
 
 
 def render_transport_security(ts: sp.TransportSecurity) -> sc.DeliveryTLS:

@@ -102,11 +102,21 @@ class PodAdmin:
             raise PodUnreachable(f"{pod.name}: bad assignment answer: {exc}") from exc
 
     async def get_stats(self, pod: PodEndpoint, *, token: str) -> wire.Stats:
+        stats, _ = await self.get_stats_and_kpis(pod, token=token)
+        return stats
+
+    async def get_stats_and_kpis(
+        self, pod: PodEndpoint, *, token: str
+    ) -> tuple[wire.Stats, dict[str, Any] | None]:
+        """The stats, and their `kpis` object as sent (None from a sender without KPIs): the
+        pool's status sums it (`logic.kpi_summary`)."""
         data = await self._call("GET", pod, "/v1/stats", token=token)
         try:
-            return wire.Stats.model_validate(data)
+            stats = wire.Stats.model_validate(data)
         except ValidationError as exc:
             raise PodUnreachable(f"{pod.name}: bad stats answer: {exc}") from exc
+        kpis = data.get("kpis") if isinstance(data, dict) else None
+        return stats, kpis if isinstance(kpis, dict) else None
 
     async def drain(
         self,

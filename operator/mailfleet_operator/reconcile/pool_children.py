@@ -117,18 +117,25 @@ async def ensure_generated_secrets(
     cycle: Cycle,
     now: float,
     live: Live | None = None,
+    *,
+    tracking: bool = False,
 ) -> None:
-    """The pool's links and peers Secrets (`logic.pool_secrets`): created when missing, never
-    written otherwise (their content is the user's once made: a rotation adds a key). A
-    deleted one comes back with the content the operator last saw (the pods still hold it);
-    only an operator that never saw it makes new random content. A foreign Secret of the
-    name is used as it is (it is what the pods mount)."""
+    """The pool's links and peers Secrets, and with `tracking` its tracking key Secret
+    (`logic.pool_secrets`): created when missing, never written otherwise (their content is
+    the user's once made: a rotation adds a key). A deleted one comes back with the content
+    the operator last saw (the pods still hold it); only an operator that never saw it makes
+    new random content. A foreign Secret of the name is used as it is (it is what the pods
+    mount). The tracking key stays when tracking is turned off (links already sent still
+    point at it) and goes with the pool."""
     meta = body["metadata"]
     namespace = meta.get("namespace") or "default"
     pool = children.PoolObjects(
         name=meta["name"], namespace=namespace, uid=meta["uid"], replicas=0
     )
-    for name in (names.links_secret, names.peers_secret):
+    wanted = [names.links_secret, names.peers_secret]
+    if tracking:
+        wanted.append(names.tracking_secret)
+    for name in wanted:
         current = await read_live(ctx, "Secret", name, namespace, live)
         if current is not None:
             memory.generated[name] = dict(current.get("data") or {})
@@ -138,6 +145,9 @@ async def ensure_generated_secrets(
         if name == names.links_secret:
             data = data or {pool_secrets.link_key_name(int(now)): random}
             secret = pool_secrets.build_links_secret(pool, data=data)
+        elif name == names.tracking_secret:
+            data = data or {pool_secrets.TRACKING_KEY: random}
+            secret = pool_secrets.build_tracking_secret(pool, data=data)
         else:
             data = data or {pool_secrets.PEER_TOKEN_KEY: random}
             secret = pool_secrets.build_peers_secret(pool, data=data)

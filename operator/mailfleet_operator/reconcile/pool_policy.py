@@ -52,18 +52,20 @@ async def read_stats(
     """Stats of every pod that can answer. Pods on a NotReady node are skipped: a
     partitioned pod would hold the whole read (and the cycle) up for a timeout."""
 
-    async def one(pod: Mapping[str, Any]) -> tuple[str, str, wire.Stats | None]:
+    Answer = tuple[str, str, wire.Stats | None, dict[str, Any] | None]
+
+    async def one(pod: Mapping[str, Any]) -> Answer:
         endpoint = endpoint_of(pod, port)
         name, uid = pod["metadata"]["name"], pod["metadata"].get("uid", "")
         node = (pod.get("spec") or {}).get("nodeName")
         if endpoint is None or condition(pod, "Ready") is None:
-            return name, uid, None
+            return name, uid, None, None
         if node and not node_ready(nodes.get(node)):
-            return name, uid, None
+            return name, uid, None, None
         try:
-            return name, uid, await admin.get_stats(endpoint, token=token)
+            return name, uid, *await admin.get_stats_and_kpis(endpoint, token=token)
         except pod_admin.PodUnreachable:
-            return name, uid, None
+            return name, uid, None, None
 
     held_before = {
         (address, lease.pod)
@@ -73,10 +75,13 @@ async def read_stats(
     started = memory.grant_seq
     results = await asyncio.gather(*(one(p) for p in pods))
     fresh: dict[str, wire.Stats] = {}
-    for name, uid, stats in results:
+    kpis: dict[str, dict[str, Any]] = {}
+    for name, uid, stats, figures in results:
         if stats is None:
             continue
         fresh[name] = stats
+        if figures is not None:
+            kpis[name] = figures
         sent = sum(ip.sent_today for ip in stats.ips)
         bounced = sum(ip.bounced_today for ip in stats.ips)
         complained = sum(ip.complained_today for ip in stats.ips)
@@ -86,6 +91,7 @@ async def read_stats(
             )
         )
     memory.stats = fresh
+    memory.kpis = kpis
     memory.stats_at = now
     usage_book.merge_usage(memory, fresh, now, held_before, read_started=started)
     memory.samples = reputation.prune_samples(memory.samples, now=now, window=timedelta(days=1))

@@ -33,6 +33,9 @@ class PoolMemory(usage_book.UsageBook):
     token: str | None = None
     submission: dict[str, str] | None = None  # the generated submission Secret's values
     stats: dict[str, wire.Stats] = dataclasses.field(default_factory=dict)
+    kpis: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)  # pod -> /v1/stats
+    # Secret name -> the keys it holds (None: missing), for spec.events and spec.tracking.
+    event_secrets: dict[str, frozenset[str] | None] = dataclasses.field(default_factory=dict)
     stats_at: datetime | None = None
     samples: list[reputation.Sample] = dataclasses.field(default_factory=list)
     scale_history: tuple[autoscaling.Recommendation, ...] = ()

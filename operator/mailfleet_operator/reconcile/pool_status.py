@@ -9,6 +9,7 @@ from datetime import datetime
 from typing import Any
 
 from mailfleet_operator import metrics
+from mailfleet_operator.api import pool_events
 from mailfleet_operator.api import sendingpool as sp
 from mailfleet_operator.api.common import dump_status
 from mailfleet_operator.kube import resources
@@ -16,6 +17,7 @@ from mailfleet_operator.logic import (
     assigning,
     children,
     conditions,
+    kpi_summary,
     reputation,
     sender_config,
     usage_book,
@@ -83,10 +85,13 @@ def build_status(
         active_ips=sum(1 for d in plan.ips if d.state is assigning.IPState.ACTIVE),
         queue_depth=sum(d for d, _ in queues.values()),
         dkim=signing_selectors(memory, views, (old_status or {}).get("dkim")),
+        kpis=kpi_summary.summarize(memory.kpis),
     )
     data = dump_status(status)
     data.pop("conditions", None)
     data.pop("observedGeneration", None)
+    if "kpis" not in data and (old_status or {}).get("kpis"):
+        data["kpis"] = None  # no pod reports them now: removed, not left stale
     return data
 
 
@@ -207,7 +212,32 @@ def verdicts(
             f"{ready_pods}/{active} active pods ready, {status.get('activeIPs', 0)} IPs active"
             + (" (paused)" if pool_paused else ""),
         )
-    return [ready, degraded, failing, progressing, paused]
+    return [ready, degraded, failing, progressing, paused, events_verdict(spec, rendered)]
+
+
+def events_verdict(
+    spec: sp.SendingPoolSpec, rendered: sender_config.Rendered
+) -> conditions.Verdict:
+    """EventsReady: False names each webhook left out (its Secret is missing) and a tracking
+    host served without its certificate; mail is not held for either."""
+    problems = rendered.event_problems
+    if problems:
+        left_out = sorted({p.webhook for p in problems if p.webhook != "tracking"})
+        return conditions.Verdict(
+            pool_events.EVENTS_READY,
+            False,
+            problems[0].reason,
+            "; ".join(p.message for p in problems)
+            + (f"; left out until fixed: webhook {', '.join(left_out)}" if left_out else "")
+            + "; mail and the other event outputs keep flowing",
+        )
+    webhooks = len(spec.events.webhooks)
+    return conditions.Verdict(
+        pool_events.EVENTS_READY,
+        True,
+        "WebhooksReady" if webhooks else "NoWebhooks",
+        f"{webhooks} webhook(s) configured" if webhooks else "",
+    )
 
 
 def ip_events(old: Mapping[str, Any], new: Mapping[str, Any], cycle: Cycle) -> None:
@@ -272,6 +302,8 @@ async def write_status(
     for cond in changes.values():
         if cond.type in (sp.FAILING_OVER, sp.DEGRADED, PAUSED) and cond.status == "True":
             cycle.event("Warning", cond.type, cond.message or cond.reason)
+        elif cond.type == sp.EVENTS_READY and cond.status != "True":
+            cycle.event("Warning", cond.reason, cond.message)
         elif cond.type == sp.READY:
             cycle.event(
                 "Normal" if cond.status == "True" else "Warning",

@@ -42,6 +42,7 @@ from mailfleet_operator.logic import (
     children,
     conditions,
     egress_networks,
+    event_config,
     ip_leases,
     reputation,
     sender_config,
@@ -53,6 +54,7 @@ from mailfleet_operator.reconcile import context as ctx_module
 from mailfleet_operator.reconcile import (
     pod_admin,
     pool_children,
+    pool_events,
     pool_leases,
     pool_policy,
     sendingpool_dnsbl,
@@ -151,7 +153,8 @@ async def _reconcile_locked(
         ctx, body, names, memory, cycle, live=world.children, applied=applied
     )
     await pool_children.ensure_generated_secrets(
-        ctx, body, names, memory, cycle, now.timestamp(), live=world.children
+        ctx, body, names, memory, cycle, now.timestamp(), live=world.children,
+        tracking=spec.tracking is not None,
     )
 
     # --- gather: stats, DNSBL, DomainAuths, warm-ups -------------------------------------
@@ -190,6 +193,9 @@ async def _reconcile_locked(
         or now - memory.slow_at >= timedelta(seconds=settings.stats_interval)
     ):
         memory.domain_auths = await pool_policy.read_domain_auths(ctx, namespace, spec.domains)
+        memory.event_secrets = await pool_events.read_secret_keys(
+            ctx, namespace, event_config.secret_names(spec), memory.event_secrets
+        )
         memory.slow_at, memory.slow_key = now, slow_key
         memory.dkim_keys = {}  # re-read with the DomainAuths
     # Warm-up quotas every cycle: a day's new quota or a pause reaches the leases at once.
@@ -311,6 +317,7 @@ async def _reconcile_locked(
             if settings.warmup_day_seconds
             else None,
             timezone=memory.quota_timezone,
+            event_secrets=memory.event_secrets,
         )
     )
     # Scale-down: shrink the StatefulSet only past pods whose queue emptied (or timed out).
@@ -335,6 +342,7 @@ async def _reconcile_locked(
         uid=meta["uid"],
         replicas=sts_replicas,
         secret_mounts=rendered.mounts,
+        files_mounts=rendered.files_mounts,
         default_image=settings.sender_image,
     )
     submission_secret: str | None = old_status.get("submissionSecret")  # frozen: as it was
@@ -431,14 +439,15 @@ def _operator_pods(settings: settings_module.Settings) -> submission_access.Oper
 
 def _refusal(body: Mapping[str, Any], settings: settings_module.Settings) -> str | None:
     """Why the operator refuses the pool's spec (None: it is good): its models' validation,
-    then egress IPs in networks this operator refuses (`refused_egress_networks`)."""
+    then egress IPs in networks this operator refuses (`refused_egress_networks`) and plain
+    http webhooks (`webhook_loopback_http`)."""
     try:
         spec = sp.SendingPoolSpec.model_validate(body.get("spec") or {})
     except ValidationError as exc:
         return "; ".join(describe_errors(exc, prefix="spec"))[:2000]
     problems = egress_networks.refusals(
         [ip.address for ip in spec.egress.ips], settings.refused_egress_networks
-    )
+    ) + event_config.refusals(spec, allow_loopback_http=settings.webhook_loopback_http)
     return "; ".join(problems)[:2000] if problems else None
 
 

@@ -96,6 +96,14 @@ def test_kubectl_apply_is_refused_with_the_rules_message(
     assert case.message in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("case", door_cases.SCHEMA_REFUSALS, ids=lambda c: c.id)
+def test_kubectl_apply_is_refused_by_the_schema(kubectl: Kubectl, case: door_cases.Case) -> None:
+    """Enums, keyed lists and bounds: the API server's own check, its own wording."""
+    done = _apply(kubectl, case, _name(case))
+    assert done.returncode != 0, f"accepted: {done.stdout}"
+    assert f"{case.path}: {case.message}" in done.stderr, done.stderr
+
+
 @pytest.mark.parametrize("case", door_cases.ACCEPTED, ids=lambda c: c.id)
 def test_values_at_the_edges_are_accepted(kubectl: Kubectl, case: door_cases.Case) -> None:
     done = _apply(kubectl, case, _name(case))

@@ -52,6 +52,14 @@ def set_path(obj: dict[str, Any], dotted: str, value: Any) -> None:
 
 
 AT_LEAST = "must be at least"
+WEBHOOK_URL_MESSAGE = "must be an https:// URL (plain http:// only to a 127.0.0.0/8 address"
+
+
+def webhook(**fields: Any) -> dict[str, Any]:
+    """A spec.events.webhooks[] entry the door accepts, with `fields` changed."""
+    return {"name": "crm", "url": "https://hooks.example.com/mailfleet",
+            "signingKeySecretRef": {"name": "crm-webhook"}, **fields}
+
 TWELVE_INCLUDES = [f"_spf{n}.example.net" for n in range(11)]
 
 CASES = [
@@ -127,6 +135,27 @@ CASES = [
     Case("the broadcast address as egress IP", "SendingPool",
          {"spec.egress.ips.0.address": "255.255.255.255"}, "spec.egress.ips[0].address",
          "not an address mail can be sent from"),
+    Case("a plain http webhook to a public host", "SendingPool",
+         {"spec.events": {"webhooks": [webhook(url="http://hooks.example.com/in")]}},
+         "spec.events.webhooks[0].url", WEBHOOK_URL_MESSAGE),
+    Case("a webhook URL of another scheme", "SendingPool",
+         {"spec.events": {"webhooks": [webhook(url="ftp://hooks.example.com/in")]}},
+         "spec.events.webhooks[0].url", WEBHOOK_URL_MESSAGE),
+    Case("a webhook URL with a space", "SendingPool",
+         {"spec.events": {"webhooks": [webhook(url="https://hooks.example.com/a b")]}},
+         "spec.events.webhooks[0].url", WEBHOOK_URL_MESSAGE),
+    Case("plain http to a loopback look-alike", "SendingPool",
+         {"spec.events": {"webhooks": [webhook(url="http://127.0.0.1.example.com/in")]}},
+         "spec.events.webhooks[0].url", WEBHOOK_URL_MESSAGE),
+    Case("webhook retries for 30s", "SendingPool",
+         {"spec.events": {"webhooks": [webhook(retryFor="30s")]}},
+         "spec.events.webhooks[0].retryFor", f"{AT_LEAST} 1m"),
+    Case("click tracking on a class without a tracking host", "SendingPool",
+         {"spec.classes.1.tracking": {"clicks": True}}, "spec",
+         "classes[].tracking turns on opens or clicks but spec.tracking.host is missing"),
+    Case("open tracking on a class without a tracking host", "SendingPool",
+         {"spec.classes.0.tracking": {"opens": True}}, "spec",
+         "classes[].tracking turns on opens or clicks but spec.tracking.host is missing"),
 ]
 
 # Close to the edges, and every duration form: accepted by both.
@@ -144,4 +173,31 @@ ACCEPTED = [
     Case("an IPv6 egress IP starting with ff but not multicast", "SendingPool",
          {"spec.egress.ips.0.address": "ff::10"}, "", ""),
     Case("a fixed-offset IANA zone", "IPWarmup", {"spec.timezone": "Etc/GMT-2"}, "", ""),
+    Case("plain http to a loopback webhook (the sandbox's; the operator's setting decides)",
+         "SendingPool",
+         {"spec.events": {"webhooks": [webhook(url="http://127.0.40.1:8080/hook")]}}, "", ""),
+    Case("an https webhook on an IP and port with a query", "SendingPool",
+         {"spec.events": {"webhooks": [webhook(url="https://203.0.113.5:8443/in?k=v#x",
+                                               types=["delivered", "clicked"],
+                                               retryFor="1m")]}}, "", ""),
+    Case("tracking on a class with a tracking host", "SendingPool",
+         {"spec.classes.1.tracking": {"opens": True, "clicks": True},
+          "spec.tracking": {"host": "track.example.com"}}, "", ""),
+]
+
+# Refused by the schema itself (an enum, a keyed list, a bound), not by a CEL rule: the API
+# server answers with its own wording after the path ("Duplicate value", "Unsupported value").
+SCHEMA_REFUSALS = [
+    Case("two webhooks of one name", "SendingPool",
+         {"spec.events": {"webhooks": [webhook(), webhook(url="https://b.example.com/")]}},
+         "spec.events.webhooks[1]", "Duplicate value"),
+    Case("an unknown event type", "SendingPool",
+         {"spec.events": {"webhooks": [webhook(types=["delivered", "read"])]}},
+         "spec.events.webhooks[0].types[1]", "Unsupported value"),
+    Case("the same event type twice", "SendingPool",
+         {"spec.events": {"webhooks": [webhook(types=["opened", "opened"])]}},
+         "spec.events.webhooks[0].types[1]", "Duplicate value"),
+    Case("six tag keys as metric labels", "SendingPool",
+         {"spec.events": {"tagMetricsAllow": ["a", "b", "c", "d", "e", "f"]}},
+         "spec.events.tagMetricsAllow", "Too many"),
 ]

@@ -33,6 +33,13 @@ def test_the_models_refuse_with_the_rules_path_and_message(case: door_cases.Case
     )
 
 
+@pytest.mark.parametrize("case", door_cases.SCHEMA_REFUSALS, ids=lambda c: c.id)
+def test_the_models_refuse_what_the_schema_refuses(case: door_cases.Case) -> None:
+    """Same refusal, pydantic's wording: at the path, or at the list that holds it."""
+    lines = _refusals(case)
+    assert any(case.path.startswith(line.split(": ", 1)[0]) for line in lines), lines
+
+
 @pytest.mark.parametrize("case", door_cases.ACCEPTED, ids=lambda c: c.id)
 def test_the_models_accept_values_at_the_edges(case: door_cases.Case) -> None:
     assert _refusals(case) == []
