@@ -17,16 +17,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-import yaml
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sender import spool
 
@@ -36,8 +31,11 @@ from sender_throughput import (
     SINK_DOMAIN,
     Sink,
     free_port,
+    sender_config,
+    start_sender,
     stop,
     wait_ready,
+    write_dkim_key,
 )
 
 BATCH = 5000
@@ -78,12 +76,7 @@ def peak_rss_mb(pid: int) -> float:
 
 
 async def run(workdir: Path, pending: int, window: int, measure: float) -> dict[str, float]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    key_file = workdir / "dkim.pem"
-    key_file.write_bytes(key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    ))
+    key_file = write_dkim_key(workdir / "dkim.pem")
     fill_s = await fill(workdir / "spool", pending)
     print(f"filled {pending} in {fill_s:.1f}s", file=sys.stderr)
     loop = asyncio.get_running_loop()
@@ -94,30 +87,10 @@ async def run(workdir: Path, pending: int, window: int, measure: float) -> dict[
         dns.set_records(SINK_DOMAIN, "MX", [f"10 mx.{SINK_DOMAIN}."])
         dns.set_records(f"mx.{SINK_DOMAIN}", "A", ["127.0.0.1"])
         smtp_port, http_port, admin_port = free_port(), free_port(), free_port()
-        cfg = {
-            "spoolDir": str(workdir / "spool"),
-            "spoolSync": "full",
-            "spoolWindow": window,
-            "submission": {"listenAddress": "127.0.0.1", "smtpPort": smtp_port,
-                           "httpPort": http_port, "adminPort": admin_port},
-            "delivery": {"smtpPort": sink_port, "requireLease": False,
-                         "messagesPerConnection": 10000, "connectionIdle": "5s"},
-            "throttles": {"defaults": {"maxConnections": 20}},
-            "dns": {"nameservers": [{"address": dns.host, "port": dns.port}]},
-            "dkim": {"domains": [{"domain": DOMAIN, "keys": [
-                {"selector": "bench", "algorithm": "rsa", "keyFile": str(key_file)}]}]},
-        }
-        config_file = workdir / "sender.yaml"
-        config_file.write_text(yaml.safe_dump(cfg))
-        log = workdir / "sender.log"
-        with log.open("wb") as log_handle:
-            started = time.monotonic()
-            proc = subprocess.Popen(  # noqa: ASYNC220 - starts, does not wait
-                [sys.executable, "-m", "mailfleet_sender", "--config", str(config_file),
-                 "--log-level", "warning"],
-                stdout=log_handle, stderr=log_handle,
-                env={**os.environ, "POD_NAME": "bench", "POD_IP": "127.0.0.1"},
-            )
+        cfg = sender_config(workdir, dns, sink_port=sink_port, key_file=key_file,
+                            ports=(smtp_port, http_port, admin_port), spoolWindow=window)
+        started = time.monotonic()
+        proc, log = start_sender(workdir, cfg)
         try:
             try:
                 await wait_ready(admin_port, proc, log)

@@ -221,20 +221,59 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+def write_dkim_key(path: Path) -> Path:
+    """A fresh RSA-2048 DKIM key in PEM at `path`."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ))
+    return path
+
+
+def sender_config(workdir: Path, dns: DNSServer, *, sink_port: int, key_file: Path,
+                  ports: tuple[int, int, int], **extra: object) -> dict[str, object]:
+    """The benches' sender: fsync on, RSA signing, delivering to the sink on loopback.
+    `extra`: more top-level settings; a `submission` dict is merged into the ports'."""
+    smtp_port, http_port, admin_port = ports
+    submission = {"listenAddress": "127.0.0.1", "smtpPort": smtp_port,
+                  "httpPort": http_port, "adminPort": admin_port}
+    submission.update(extra.pop("submission", {}))  # type: ignore[call-overload]
+    return {
+        "spoolDir": str(workdir / "spool"),
+        "spoolSync": "full",
+        "submission": submission,
+        "delivery": {"smtpPort": sink_port, "requireLease": False,
+                     "messagesPerConnection": 10000, "connectionIdle": "5s"},
+        "throttles": {"defaults": {"maxConnections": 20}},
+        "dns": {"nameservers": [{"address": dns.host, "port": dns.port}]},
+        "dkim": {"domains": [{"domain": DOMAIN, "keys": [
+            {"selector": "bench", "algorithm": "rsa", "keyFile": str(key_file)}]}]},
+        **extra,
+    }
+
+
+def start_sender(workdir: Path, cfg: dict[str, object]) -> tuple[subprocess.Popen[bytes], Path]:
+    """The sender as its own process, as in a pod; its output goes to the returned log."""
+    config_file = workdir / "sender.yaml"
+    config_file.write_text(yaml.safe_dump(cfg))
+    log = workdir / "sender.log"
+    with log.open("wb") as log_handle:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "mailfleet_sender", "--config", str(config_file),
+             "--log-level", "warning"],
+            stdout=log_handle, stderr=log_handle,
+            env={**os.environ, "POD_NAME": "bench", "POD_IP": "127.0.0.1"},
+        )
+    return proc, log
+
+
 async def run_sender(
     n: int, workdir: Path, tools: bool, processes: int = 1
 ) -> tuple[float, float, float]:
     """accepted/s, delivered/s, and the sender's CPU seconds over the load (its intake
     workers included: they are its children)."""
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    key_file = workdir / "dkim.pem"
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+    key_file = write_dkim_key(workdir / "dkim.pem")
     loop = asyncio.get_running_loop()
     sink: asyncio.AbstractServer | None = None
     sink_proc: subprocess.Popen[bytes] | None = None
@@ -248,30 +287,13 @@ async def run_sender(
         dns.set_records(SINK_DOMAIN, "MX", [f"10 mx.{SINK_DOMAIN}."])
         dns.set_records(f"mx.{SINK_DOMAIN}", "A", ["127.0.0.1"])
         smtp_port, http_port, admin_port = free_port(), free_port(), free_port()
-        cfg = {
-            "spoolDir": str(workdir / "spool"),
-            "spoolSync": "full",
-            "submission": {"listenAddress": "127.0.0.1", "smtpPort": smtp_port,
-                           "httpPort": http_port, "adminPort": admin_port,
-                           "allowUnauthenticated": True,  # loopback injector, no AUTH
-                           "processes": processes},
-            "delivery": {"smtpPort": sink_port, "requireLease": False,
-                         "messagesPerConnection": 10000, "connectionIdle": "5s"},
-            "throttles": {"defaults": {"maxConnections": 20}},
-            "dns": {"nameservers": [{"address": dns.host, "port": dns.port}]},
-            "dkim": {"domains": [{"domain": DOMAIN, "keys": [
-                {"selector": "bench", "algorithm": "rsa", "keyFile": str(key_file)}]}]},
-        }
-        config_file = workdir / "sender.yaml"
-        config_file.write_text(yaml.safe_dump(cfg))
-        log = workdir / "sender.log"
-        with log.open("wb") as log_handle:
-            proc = subprocess.Popen(  # noqa: ASYNC220 - starts, does not wait
-                [sys.executable, "-m", "mailfleet_sender", "--config", str(config_file),
-                 "--log-level", "warning"],
-                stdout=log_handle, stderr=log_handle,
-                env={**os.environ, "POD_NAME": "bench", "POD_IP": "127.0.0.1"},
-            )
+        cfg = sender_config(
+            workdir, dns, sink_port=sink_port, key_file=key_file,
+            ports=(smtp_port, http_port, admin_port),
+            submission={"allowUnauthenticated": True,  # loopback injector, no AUTH
+                        "processes": processes},
+        )
+        proc, log = start_sender(workdir, cfg)
         try:
             await wait_ready(admin_port, proc, log)  # /readyz is on the admin listener
             cpu_before = cpu_seconds(proc.pid)
