@@ -30,7 +30,7 @@ from typing import Any
 
 import aiohttp
 
-from mailfleet_sandbox import attribution, egress_gateway, reports, verifying
+from mailfleet_sandbox import attribution, egress_gateway, fencing, reports, verifying
 from mailfleet_sandbox.dns import SANDBOX_DNSBL_ZONE
 from mailfleet_sandbox.kube.errors import ApiError
 from mailfleet_sandbox.providers import ReceivedMessage
@@ -679,8 +679,8 @@ async def node_failed(result: SceneResult, world: SandboxWorld, ledger: Ledger,
     must be Active on another pod within the failover bound and carry mail from it within
     the bound too, warming or not: warm-up quota is leased in chunks, so a holder lost mid-day
     blocks only its outstanding chunk (docs/sendingpool.md, "Warm-up quotas in leases"). After
-    healing, the old pod must not send from the IP again (its lease expired: self-fencing) and
-    its accepted mail is not lost."""
+    healing, the old pod must not send from the IP again (its lease expired: self-fencing),
+    by its own counters and lease table (`fencing`), and its accepted mail is not lost."""
     assert world.agent is not None
     ns = world.settings.namespace
     holders = world.ip_holders()
@@ -692,11 +692,17 @@ async def node_failed(result: SceneResult, world: SandboxWorld, ledger: Ledger,
     if not holder or not node:
         raise RuntimeError(f"{ip} has no holder")
     bound = failover_bound(world, node_lost=True)
+    old = fencing.admin(world, holder, pool=world.settings.pool)
+    pids = world.agent.pod_pids(ns, holder)
     async with Feeder(world, ledger, "partition"):
         await flowing(world, since=time.time(), ip=ip, count=2, within=within)
         failed_at = time.time()
         await world.agent.fail_node(node)
         result.details.update(pod=holder, ip=ip, node=node)
+        # Once every thread stopped the pod can begin nothing until the node heals.
+        await wait_until(lambda: fencing.stopped(pids), within=within, interval=0.02,
+                         what=f"{holder} stopped")
+        stopped_at = time.time()
         warming = _warming(world, ip)
         try:
             def moved() -> str | None:
@@ -725,7 +731,19 @@ async def node_failed(result: SceneResult, world: SandboxWorld, ledger: Ledger,
                              within=within, what=f"{holder} Ready again after healing")
         result.check("the healed pod is Ready again",
                      pod_ready(world.api.get("v1", "Pod", holder, ns)), holder)
-        await flowing(world, since=time.time(), count=6, within=within)
+        # Ask both pods: the healed one must have begun nothing from the IP since it stopped
+        # and hold no valid lease for it, while the new holder carried the IP's mail.
+        new = fencing.admin(world, world.ip_holders()[ip], pool=world.settings.pool)
+        healed = await fencing.read_when_answering(old, ip, within=within)
+        new_before = await fencing.read_when_answering(new, ip, within=within)
+        await flowing(world, since=time.time(), ip=ip, count=6, within=within)
+        final, new_after = await fencing.read(old, ip), await fencing.read(new, ip)
+        fence = (fencing.problems(lost_at=stopped_at, baseline=healed, final=final)
+                 + fencing.carried(new_before, new_after))
+        result.details["fence_readings"] = [r.describe() for r in (healed, final, new_before,
+                                                                   new_after)]
+        result.check("the healed pod began nothing from the IP (its own counters) and holds "
+                     "no valid lease for it", not fence, "; ".join(fence))
     result.check(f"{ip} Active on another pod within the failover bound ({bound:.1f}s)",
                  reassigned <= bound, f"{reassigned:.1f}s")
     result.details["warming"] = warming

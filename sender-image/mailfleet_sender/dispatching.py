@@ -38,6 +38,7 @@ from mailfleet_sender import (
     config,
     delivering,
     dkim_signing,
+    egress_counts,
     hooks,
     keys,
     leases,
@@ -167,6 +168,7 @@ class Engine:
         self._attempts: set[Attempt] = set()
         self._settled = asyncio.Event()
         self.totals: collections.Counter[str] = collections.Counter()
+        self.egress = egress_counts.EgressCounts(clock_)
         self.today = DayCounts(day=clock_.day())
         self._shape_buckets: dict[str, throttles.TokenBucket] = {}
         self.pager = paging.Pager(cfg.spool_window)
@@ -530,6 +532,13 @@ class Engine:
         """More than the margin of lease is left: a connection or transaction may start."""
         return source.remaining(self.clock.monotonic()) > self._margin()
 
+    def _fence(self, source: leases.Source) -> None:
+        """The last check before a connection or transaction starts from `source`; what it
+        refuses is counted as fenced, never as a connection (`egress_counts`)."""
+        if not self._usable(source):
+            self.egress.refused(source.address)
+            raise LeaseEnding
+
     def _cutoff(self, source: leases.Source) -> float | None:
         """The lease's deadline minus the margin, in event-loop time (what asyncio timers
         use); None for the pod's own address, which has no lease."""
@@ -882,9 +891,9 @@ class Engine:
         ):
             await session.close()
             session = attempt.session = None
-        if not self._usable(source):
-            raise LeaseEnding
+        self._fence(source)
         if session is None:
+            self.egress.connecting(source.address)
             try:
                 session = attempt.session = await delivering.connect(
                     self._target(lane, security, delivery.domain, source.address),
@@ -904,9 +913,9 @@ class Engine:
             self._give_back(source, reservation)
             self._suppress(delivery)
             return session
-        if not self._usable(source):
-            raise LeaseEnding
+        self._fence(source)
         sender = self.hooks.return_path(context) or delivery.sender
+        self.egress.transacting(source.address)
         attempt.sending = True
         try:
             reply = await session.send(sender=sender, recipient=delivery.recipient, data=data)

@@ -45,6 +45,7 @@ from mailfleet_sender import (
     config,
     deliverability,
     dispatching,
+    egress_counts,
     feedback_smtp,
     handoff,
     hooks,
@@ -109,6 +110,10 @@ def _file_stamp(path: Path) -> tuple[str, int, int, int] | None:
     except OSError:
         return None
     return (real, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _at(wall: float | None) -> datetime.datetime | None:
+    return None if wall is None else datetime.datetime.fromtimestamp(wall, datetime.UTC)
 
 
 def _read_lines(path: str | None) -> list[str]:
@@ -525,11 +530,13 @@ class Service:
 
     def stats(self) -> wire.Stats:
         counts = self.engine.counts_today()
-        addresses = sorted({a for a, _ in counts.per_ip} | set(self.leases.sources))
+        egress = self.engine.egress.snapshot()
+        addresses = sorted({a for a, _ in counts.per_ip} | set(self.leases.sources) | set(egress))
         wall, now = self.clock.wall(), self.clock.monotonic()
         ips = []
         for address in addresses:
             source = self.leases.get(address)
+            activity = egress.get(address, egress_counts.Count())
             ips.append(
                 wire.IPStats(
                     address=address,
@@ -545,6 +552,13 @@ class Service:
                         )
                         if source
                         else None
+                    ),
+                    egress=wire.EgressStats(
+                        connections=activity.connections,
+                        transactions=activity.transactions,
+                        fenced=activity.fenced,
+                        last_connection_at=_at(activity.last_connection_at),
+                        last_transaction_at=_at(activity.last_transaction_at),
                     ),
                 )
             )

@@ -108,6 +108,28 @@ class QueueStats(ResponseModel):
     held: int = 0
 
 
+class EgressStats(ResponseModel):
+    """Outbound SMTP activity from one source IP since the process started, counted on the
+    network side of the lease fence (`egress_counts`): what the fence refused is in `fenced`
+    only, so these stay still once the IP's lease ended here."""
+
+    connections: int = Field(default=0, description="Outbound connections begun.")
+    transactions: int = Field(
+        default=0, description="Transactions (MAIL FROM..end of DATA) begun, on new and reused "
+        "connections."
+    )
+    fenced: int = Field(
+        default=0,
+        description="Connections or transactions the lease check refused at the last moment.",
+    )
+    last_connection_at: datetime.datetime | None = Field(
+        default=None, description="When the last connection began (the pod's wall clock)."
+    )
+    last_transaction_at: datetime.datetime | None = Field(
+        default=None, description="When the last transaction began (the pod's wall clock)."
+    )
+
+
 class IPStats(ResponseModel):
     address: str
     sent_today: int = 0
@@ -123,6 +145,8 @@ class IPStats(ResponseModel):
             "clock (the lease itself is never judged by wall-clock time)."
         ),
     )
+    egress: EgressStats = Field(default_factory=EgressStats, description="Since the process "
+                                "started.")
 
 
 class Totals(ResponseModel):

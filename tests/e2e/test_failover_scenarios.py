@@ -55,6 +55,7 @@ def assert_safe(outcome: fs.Outcome) -> None:
     assert not outcome.overlaps, f"one IP sent from two pods at once: {report}"
     assert not outcome.lost, f"accepted messages never delivered: {report}"
     assert outcome.accepted > 0, report
+    assert not outcome.fence, f"the old holder broke its fence (its own counters): {report}"
 
 
 async def test_api_blip_moves_no_ip(failover_world: FailoverWorld) -> None:
@@ -75,6 +76,7 @@ async def test_killed_sender_ip_moves_without_overlap_or_loss(
 async def test_frozen_then_thawed_sender_never_sends_beside_the_new_holder(
         failover_world: FailoverWorld) -> None:
     outcome = await run(failover_world, "frozen")
+    assert outcome.fence is not None, outcome.to_json()  # checked, from the pod itself
     assert_safe(outcome)
     assert outcome.moved_to and outcome.moved_to != fs.pod_ref(outcome.holder), \
         outcome.to_json()
@@ -83,6 +85,7 @@ async def test_frozen_then_thawed_sender_never_sends_beside_the_new_holder(
 async def test_partitioned_node_ip_moves_without_overlap_or_loss(
         failover_world: FailoverWorld) -> None:
     outcome = await run(failover_world, "partitioned")
+    assert outcome.fence is not None, outcome.to_json()  # checked, from the pod itself
     assert_safe(outcome)
     assert outcome.moved_to and outcome.moved_to != fs.pod_ref(outcome.holder), \
         outcome.to_json()

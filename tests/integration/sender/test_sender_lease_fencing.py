@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import time
 from pathlib import Path
 from typing import Any
@@ -85,6 +86,63 @@ async def test_a_lease_ends_after_its_ttl_on_the_monotonic_clock_whatever_the_wa
     # reading the answer: requeued (a possible duplicate later), never lost.
     assert delivered <= len(arrivals) <= delivered + 1
     assert stats["totals"]["deferred"] == 0  # the cut-off attempt is no delivery failure
+
+
+async def _egress(sender: RunningSender, address: str) -> dict[str, Any]:
+    stats = await sender.client.stats()
+    return next((i["egress"] for i in stats["ips"] if i["address"] == address),
+                {"connections": 0, "transactions": 0, "fenced": 0})
+
+
+async def test_the_pods_own_egress_counters_stop_when_its_lease_ends_and_move_on_a_new_epoch(
+    tmp_path: Path, dns_server: DNSServer, provider_fleet: ProviderFleet,
+    sender_factory: SenderFactory,
+) -> None:
+    """What the failover scenes read from a healed pod (`/v1/stats` `ips[].egress`): counted
+    on the network side of the fence, so once the lease ended (and a late renewal of it is
+    refused) they do not move however much mail waits; a new epoch moves them again."""
+    ip, ttl = "127.0.0.87", 2.0
+    keys = make_dkim_keys(tmp_path / "keys", "example.test", dns_server)
+    cfg = base_config(tmp_path, dns=dns_server, destination_port=provider_fleet.port, keys=keys)
+    cfg["delivery"]["leaseMargin"] = "500ms"
+    cfg["retry"]["maxAge"] = "1d"
+    cfg["throttles"] = {"providers": [
+        {"name": "gmail", "mxPatterns": ["*.google.test"], "maxConnections": 1}]}
+    gmail = provider_fleet["gmail"]
+    gmail.behaviour.rcpt_delay = 0.05  # a steady trickle: mail is still queued at expiry
+    sender = await sender_factory(cfg)
+    await inject(sender, 300, to=lambda i: f"fence{i}@gmail.test", body_size=100)
+    await sender.client.assign([lease(ip, ttl=ttl, epoch=1, lease_id="first")], generation=1)
+
+    async def expired_and_settled() -> bool:
+        held = await _lease_status(sender, ip)
+        return not held["valid"] and not sender.service.engine.inflight_by_ip()
+
+    await eventually(expired_and_settled, within=20)
+    ended = await _egress(sender, ip)
+    arrived = sum(1 for m in gmail.messages if m.peer_ip == ip)
+    assert arrived > 0 and ended["connections"] >= 1
+    # Every transaction begun reached the receiver, but for the one cut at the deadline.
+    assert arrived <= ended["transactions"] <= arrived + 1, (ended, arrived)
+
+    # A renewal of the ended lease delivered late (queued while the pod was frozen, say) is
+    # not taken, and mail is waiting: still no connection and no transaction from the IP.
+    answer = await sender.client.assign([lease(ip, ttl=ttl, epoch=1, lease_id="first")],
+                                        generation=2)
+    assert not any(s["valid"] for s in answer["leases"] if s["address"] == ip), answer
+    await inject(sender, 5, to=lambda i: f"late{i}@gmail.test", body_size=100)
+    await asyncio.sleep(1.0)  # an observation window for what must not happen
+    assert await _egress(sender, ip) == ended
+    assert sum(1 for m in gmail.messages if m.peer_ip == ip) == arrived
+
+    await sender.client.assign([lease(ip, ttl=120, epoch=2, lease_id="second")], generation=3)
+    await eventually(lambda: sum(1 for m in gmail.messages if m.peer_ip == ip) > arrived + 3,
+                     within=20)
+    again = await _egress(sender, ip)
+    assert again["transactions"] > ended["transactions"]
+    assert (datetime.datetime.fromisoformat(again["lastTransactionAt"])
+            > datetime.datetime.fromisoformat(ended["lastTransactionAt"]))
+    await sender.client.assign([], generation=4)
 
 
 # --------------------------------------------------------------------------- (b) deadlines

@@ -1,0 +1,165 @@
+"""A healed pod's fence, asked of the pod itself rather than read off timing at the receivers.
+
+The claim (docs/sendingpool.md): a pod cut off from the operator (frozen, partitioned) while
+its IP moved to another pod never sends from that IP again, because its own lease table
+refuses: the lease ran out on its monotonic clock, and a renewal of it arriving late is not
+taken. The pod's admin API shows both sides of that: `/v1/assignment` its lease table, and
+`/v1/stats` `ips[].egress` its outbound connections and transactions per source IP, counted
+on the network side of the lease check (a refused attempt is `fenced`, never a connection;
+see `mailfleet_sender.egress_counts`). So: once the pod lost the lease, its counters for the
+IP stay still and its last connection and transaction began before that moment, while the
+new holder's move on. No window, no attribution of received copies: the receivers may not
+be able to tell the pods apart, the pod always can.
+
+The times compared are wall-clock readings of processes on one host (the sandbox's), one
+clock for all.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from mailfleet_sandbox.world import SandboxWorld, wait_until
+
+ADMIN_PORT = 8081
+"""`spec.submission.adminPort` when the pool does not set it (the CRD's default)."""
+
+
+@dataclass(frozen=True)
+class Admin:
+    """Where one pod's admin API answers, and its bearer token."""
+
+    pod: str
+    url: str
+    token: str
+
+
+@dataclass(frozen=True)
+class Egress:
+    """One pod's view of one IP: its egress counters and its lease."""
+
+    pod: str
+    ip: str
+    connections: int
+    transactions: int
+    fenced: int
+    last_connection_at: float | None
+    last_transaction_at: float | None
+    lease_valid: bool
+    epoch: int | None
+    """Of the pod's lease entry for the IP; None when it lists none."""
+
+    def describe(self) -> str:
+        return (f"{self.pod} {self.ip}: {self.connections} connections, "
+                f"{self.transactions} transactions, {self.fenced} fenced, lease "
+                f"{'valid' if self.lease_valid else 'not valid'} (epoch {self.epoch})")
+
+
+def admin(world: SandboxWorld, pod: str, *, pool: str) -> Admin:
+    """A pod's admin endpoint as an administrator finds it: the pod's IP, the pool's
+    `adminPort`, the token in the pool's `<pool>-admin` Secret (API reads: blocking)."""
+    ns = world.settings.namespace
+    obj = world.api.get("v1", "Pod", pod, ns)
+    spec = world.pool(pool).get("spec") or {}
+    port = int((spec.get("submission") or {}).get("adminPort") or ADMIN_PORT)
+    secret = world.api.get("v1", "Secret", f"{pool}-admin", ns)
+    raw = (secret.get("data") or {}).get("token")
+    token = base64.b64decode(raw).decode().strip() if raw else ""
+    return Admin(pod, f"http://{obj['status']['podIP']}:{port}", token)
+
+
+async def read(endpoint: Admin, ip: str) -> Egress:
+    """The pod's counters and lease for `ip` (OSError, aiohttp.ClientError, TimeoutError
+    while it does not answer)."""
+    headers = {"Authorization": f"Bearer {endpoint.token}"}
+    timeout = aiohttp.ClientTimeout(total=5)
+    async with aiohttp.ClientSession(headers=headers, timeout=timeout) as session:
+        async with session.get(f"{endpoint.url}/v1/stats") as resp:
+            resp.raise_for_status()
+            stats = await resp.json()
+        async with session.get(f"{endpoint.url}/v1/assignment") as resp:
+            resp.raise_for_status()
+            held = await resp.json()
+    counts = next((i.get("egress") or {} for i in stats.get("ips") or []
+                   if i.get("address") == ip), {})
+    lease = next((entry for entry in held.get("leases") or [] if entry.get("address") == ip),
+                 None)
+    return Egress(
+        pod=endpoint.pod, ip=ip,
+        connections=int(counts.get("connections") or 0),
+        transactions=int(counts.get("transactions") or 0),
+        fenced=int(counts.get("fenced") or 0),
+        last_connection_at=_seconds(counts.get("lastConnectionAt")),
+        last_transaction_at=_seconds(counts.get("lastTransactionAt")),
+        lease_valid=bool(lease and lease.get("valid")),
+        epoch=None if lease is None else int(lease.get("epoch") or 0),
+    )
+
+
+async def read_when_answering(endpoint: Admin, ip: str, *, within: float) -> Egress:
+    """`read` once the pod answers (a thawed process, a healed node's pod)."""
+    async def attempt() -> Egress | None:
+        try:
+            return await read(endpoint, ip)
+        except (OSError, aiohttp.ClientError, TimeoutError):
+            return None
+
+    result: Egress = await wait_until(attempt, within=within, interval=0.2,
+                                      what=f"{endpoint.pod}'s admin API answering")
+    return result
+
+
+def problems(*, lost_at: float, baseline: Egress, final: Egress) -> list[str]:
+    """Why the pod broke its fence, having lost the IP's lease by `lost_at` (when it was
+    seen frozen, or when another pod's mail from the IP arrived); `baseline` is the pod read
+    after that (once it answers again), `final` after more of the new holder's mail flowed.
+    Empty: the fence held."""
+    out = []
+    for reading in (baseline, final):
+        if reading.lease_valid:
+            out.append(f"{reading.pod} holds a valid lease for {reading.ip} "
+                       f"(epoch {reading.epoch}) after another pod got it")
+    for what, grown in (("connections", final.connections - baseline.connections),
+                        ("transactions", final.transactions - baseline.transactions)):
+        if grown:
+            out.append(f"{final.pod} began {grown} more {what} from {final.ip} after it "
+                       "lost the lease")
+    for what, at in (("connection", final.last_connection_at),
+                     ("transaction", final.last_transaction_at)):
+        if at is not None and at > lost_at:
+            out.append(f"{final.pod} began a {what} from {final.ip} {at - lost_at:.3f}s "
+                       "after it lost the lease")
+    return out
+
+
+def carried(before: Egress, after: Egress) -> list[str]:
+    """Why the new holder's readings do not show it sending from the IP (empty: they do)."""
+    if after.transactions > before.transactions and after.lease_valid:
+        return []
+    return [f"the new holder did not carry {after.ip}: {before.describe()} -> "
+            f"{after.describe()}"]
+
+
+def stopped(pids: list[int]) -> bool:
+    """Every thread of every process in `pids` has stopped (SIGSTOP taken: state T in
+    /proc), or is gone: from then on none of them can begin anything."""
+    for pid in pids:
+        for stat in Path(f"/proc/{pid}/task").glob("*/stat"):
+            try:
+                state = stat.read_text().rpartition(")")[2].split()[0]
+            except (FileNotFoundError, IndexError):
+                continue
+            if state not in ("T", "t", "Z", "X"):
+                return False
+    return True
+
+
+def _seconds(text: object) -> float | None:
+    if not text:
+        return None
+    return datetime.datetime.fromisoformat(str(text)).timestamp()
