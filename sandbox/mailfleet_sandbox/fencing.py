@@ -4,11 +4,13 @@ The claim (docs/sendingpool.md): a pod cut off from the operator (frozen, partit
 its IP moved to another pod never sends from that IP again, because its own lease table
 refuses: the lease ran out on its monotonic clock, and a renewal of it arriving late is not
 taken. The pod's admin API shows both sides of that: `/v1/assignment` its lease table, and
-`/v1/stats` `ips[].egress` its outbound connections and transactions per source IP, counted
-on the network side of the lease check (a refused attempt is `fenced`, never a connection;
-see `mailfleet_sender.egress_counts`). So: once the pod lost the lease, its counters for the
-IP stay still and its last connection and transaction began before that moment, while the
-new holder's move on. No window, no attribution of received copies: the receivers may not
+`/v1/stats` `ips[].egress` its outbound connections, transactions and messages written per
+source IP, counted on the network side of the lease check, which runs before the connection
+and before each write of a transaction (a refused one is `fenced`, never sent; see
+`mailfleet_sender.egress_counts`). So: once the pod lost the lease, its counters for the IP
+stay still and its last connection, transaction and message were before that moment (a
+transaction begun under the lease must not finish after it either), while the new holder's
+move on. No window, no attribution of received copies: the receivers may not
 be able to tell the pods apart, the pod always can.
 
 The times compared are wall-clock readings of processes on one host (the sandbox's), one
@@ -47,16 +49,19 @@ class Egress:
     ip: str
     connections: int
     transactions: int
+    messages: int
     fenced: int
     last_connection_at: float | None
     last_transaction_at: float | None
+    last_message_at: float | None
     lease_valid: bool
     epoch: int | None
     """Of the pod's lease entry for the IP; None when it lists none."""
 
     def describe(self) -> str:
         return (f"{self.pod} {self.ip}: {self.connections} connections, "
-                f"{self.transactions} transactions, {self.fenced} fenced, lease "
+                f"{self.transactions} transactions, {self.messages} messages, "
+                f"{self.fenced} fenced, lease "
                 f"{'valid' if self.lease_valid else 'not valid'} (epoch {self.epoch})")
 
 
@@ -93,9 +98,11 @@ async def read(endpoint: Admin, ip: str) -> Egress:
         pod=endpoint.pod, ip=ip,
         connections=int(counts.get("connections") or 0),
         transactions=int(counts.get("transactions") or 0),
+        messages=int(counts.get("messages") or 0),
         fenced=int(counts.get("fenced") or 0),
         last_connection_at=_seconds(counts.get("lastConnectionAt")),
         last_transaction_at=_seconds(counts.get("lastTransactionAt")),
+        last_message_at=_seconds(counts.get("lastMessageAt")),
         lease_valid=bool(lease and lease.get("valid")),
         epoch=None if lease is None else int(lease.get("epoch") or 0),
     )
@@ -125,15 +132,17 @@ def problems(*, lost_at: float, baseline: Egress, final: Egress) -> list[str]:
             out.append(f"{reading.pod} holds a valid lease for {reading.ip} "
                        f"(epoch {reading.epoch}) after another pod got it")
     for what, grown in (("connections", final.connections - baseline.connections),
-                        ("transactions", final.transactions - baseline.transactions)):
+                        ("transactions", final.transactions - baseline.transactions),
+                        ("messages", final.messages - baseline.messages)):
         if grown:
             out.append(f"{final.pod} began {grown} more {what} from {final.ip} after it "
                        "lost the lease")
-    for what, at in (("connection", final.last_connection_at),
-                     ("transaction", final.last_transaction_at)):
+    for what, at in (("began a connection", final.last_connection_at),
+                     ("began a transaction", final.last_transaction_at),
+                     ("wrote a message", final.last_message_at)):
         if at is not None and at > lost_at:
-            out.append(f"{final.pod} began a {what} from {final.ip} {at - lost_at:.3f}s "
-                       "after it lost the lease")
+            out.append(f"{final.pod} {what} from {final.ip} {at - lost_at:.3f}s after it "
+                       "lost the lease")
     return out
 
 

@@ -533,11 +533,20 @@ class Engine:
         return source.remaining(self.clock.monotonic()) > self._margin()
 
     def _fence(self, source: leases.Source) -> None:
-        """The last check before a connection or transaction starts from `source`; what it
-        refuses is counted as fenced, never as a connection (`egress_counts`)."""
+        """The last check before a connection or a write of a transaction from `source`;
+        what it refuses is counted as fenced, never as sent (`egress_counts`)."""
         if not self._usable(source):
             self.egress.refused(source.address)
             raise LeaseEnding
+
+    def _guard(self, source: leases.Source, stage: str) -> None:
+        """Before each write of a transaction (`delivering.Session.send`): the fence again,
+        then the count of what passed it."""
+        self._fence(source)
+        if stage == "mail":
+            self.egress.transacting(source.address)
+        elif stage == "message":
+            self.egress.writing(source.address)
 
     def _cutoff(self, source: leases.Source) -> float | None:
         """The lease's deadline minus the margin, in event-loop time (what asyncio timers
@@ -913,12 +922,11 @@ class Engine:
             self._give_back(source, reservation)
             self._suppress(delivery)
             return session
-        self._fence(source)
         sender = self.hooks.return_path(context) or delivery.sender
-        self.egress.transacting(source.address)
         attempt.sending = True
         try:
-            reply = await session.send(sender=sender, recipient=delivery.recipient, data=data)
+            reply = await session.send(sender=sender, recipient=delivery.recipient, data=data,
+                                       guard=lambda stage: self._guard(source, stage))
         except delivering.DeliveryFailure as failure:
             self._settle(source, reservation)
             self._failed(delivery, failure.reply, source=source.address,

@@ -1,14 +1,15 @@
 """Outbound SMTP activity per source IP since the process started: connections opened,
-transactions begun and attempts the lease fence refused, with when the last connection and
-transaction began. No I/O: time comes from the injected `clock.Clock`.
+transactions begun, messages written, and attempts the lease fence refused, with when the
+last of each began. No I/O: time comes from the injected `clock.Clock`.
 
-Which side of the fence: the dispatcher counts a connection (or a transaction, MAIL FROM on a
-connection already open) only after the lease check passed, right before the socket is
-opened (the command written). An attempt the fence refuses never reached the network and is
-not a connection: it counts in `fenced` only. So the counters of an IP whose lease ended here
-stay where they were at that moment (until a new grant): what an observer, such as the
-sandbox's failover scenes, reads from a healed pod to see its fence held, from the pod itself
-rather than from timing at the receivers.
+Which side of the fence: the dispatcher checks the lease right before opening a connection
+and before each write of a transaction (MAIL, RCPT, DATA, the message; `dispatching`), and
+counts a connection, a transaction (at MAIL) or a message (the message and its final dot)
+only once that check passed, just before the socket is opened or the bytes written. What the
+check refuses never reached the network: it counts in `fenced` only. So the counters of an
+IP whose lease ended here stay where they were at that moment (until a new grant): what an
+observer, such as the sandbox's failover scenes, reads from a healed pod to see its fence
+held, from the pod itself rather than from timing at the receivers.
 
 The times are the pod's wall clock, for an observer to compare with its own on the same host;
 no lease is ever judged by them.
@@ -29,11 +30,14 @@ class Count:
     too)."""
     transactions: int = 0
     """MAIL FROM..end of DATA begun from the IP, on new and reused connections."""
+    messages: int = 0
+    """Messages written with their final dot (each may have been delivered)."""
     fenced: int = 0
-    """Connections or transactions the lease check refused at the last moment (the lease had
-    less than the margin left); most mail for an ended lease never gets that far."""
+    """Connections or writes the lease check refused at the last moment (the lease had less
+    than the margin left); most mail for an ended lease never gets that far."""
     last_connection_at: float | None = None
     last_transaction_at: float | None = None
+    last_message_at: float | None = None
 
 
 class EgressCounts:
@@ -53,8 +57,15 @@ class EgressCounts:
         count.transactions += 1
         count.last_transaction_at = self.clock.wall()
 
+    def writing(self, address: str) -> None:
+        """A message and its final dot are about to be written from `address` (the fence let
+        it through)."""
+        count = self._counts[address]
+        count.messages += 1
+        count.last_message_at = self.clock.wall()
+
     def refused(self, address: str) -> None:
-        """The fence refused a connection or transaction from `address`."""
+        """The fence refused a connection or a write of a transaction from `address`."""
         self._counts[address].fenced += 1
 
     def snapshot(self) -> dict[str, Count]:

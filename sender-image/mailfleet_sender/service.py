@@ -556,9 +556,11 @@ class Service:
                     egress=wire.EgressStats(
                         connections=activity.connections,
                         transactions=activity.transactions,
+                        messages=activity.messages,
                         fenced=activity.fenced,
                         last_connection_at=_at(activity.last_connection_at),
                         last_transaction_at=_at(activity.last_transaction_at),
+                        last_message_at=_at(activity.last_message_at),
                     ),
                 )
             )

@@ -110,7 +110,7 @@ class QueueStats(ResponseModel):
 
 class EgressStats(ResponseModel):
     """Outbound SMTP activity from one source IP since the process started, counted on the
-    network side of the lease fence (`egress_counts`): what the fence refused is in `fenced`
+    network side of the lease check (`egress_counts`): what the check refused is in `fenced`
     only, so these stay still once the IP's lease ended here."""
 
     connections: int = Field(default=0, description="Outbound connections begun.")
@@ -118,15 +118,22 @@ class EgressStats(ResponseModel):
         default=0, description="Transactions (MAIL FROM..end of DATA) begun, on new and reused "
         "connections."
     )
+    messages: int = Field(
+        default=0, description="Messages written with their final dot (possibly delivered)."
+    )
     fenced: int = Field(
         default=0,
-        description="Connections or transactions the lease check refused at the last moment.",
+        description="Connections or transaction writes the lease check refused at the last "
+        "moment.",
     )
     last_connection_at: datetime.datetime | None = Field(
         default=None, description="When the last connection began (the pod's wall clock)."
     )
     last_transaction_at: datetime.datetime | None = Field(
         default=None, description="When the last transaction began (the pod's wall clock)."
+    )
+    last_message_at: datetime.datetime | None = Field(
+        default=None, description="When the last message was written (the pod's wall clock)."
     )
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sandbox.providers import ProviderFleet
@@ -143,6 +146,67 @@ async def test_the_pods_own_egress_counters_stop_when_its_lease_ends_and_move_on
     assert (datetime.datetime.fromisoformat(again["lastTransactionAt"])
             > datetime.datetime.fromisoformat(ended["lastTransactionAt"]))
     await sender.client.assign([], generation=4)
+
+
+class ThreadedSink:
+    """An MX host on a thread of its own (aiosmtpd's Controller), so that it answers while
+    the sender's event loop stands still; it answers RCPT after `rcpt_delay`."""
+
+    def __init__(self, rcpt_delay: float) -> None:
+        self.rcpt_delay = rcpt_delay
+        self.rcpt_seen = threading.Event()
+        self.messages: list[str] = []
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        self.rcpt_seen.set()
+        await asyncio.sleep(self.rcpt_delay)
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.messages.extend(envelope.rcpt_tos)
+        return "250 2.0.0 OK"
+
+
+async def test_a_transaction_whose_lease_ran_out_while_the_process_stood_still_writes_no_more(
+    tmp_path: Path, dns_server: DNSServer, sender_factory: SenderFactory,
+) -> None:
+    """A frozen pod (SIGSTOP, a stalled VM) resumes with its lease long over and the
+    receiver's answer to a command already waiting: the lease timeout and that answer are
+    due together. Whatever order the event loop takes them in, the transaction writes
+    nothing more (no DATA, no message): the lease is checked again before each write."""
+    ip, ttl = "127.0.0.88", 3.0
+    sink = ThreadedSink(rcpt_delay=1.0)
+    sink.controller.start()
+    try:
+        dns_server.set_records("stop.test", "MX", ["10 mx.stop.test."])
+        dns_server.set_records("mx.stop.test", "A", ["127.0.0.1"])
+        keys = make_dkim_keys(tmp_path / "keys", "example.test", dns_server)
+        cfg = base_config(tmp_path, dns=dns_server, destination_port=sink.port, keys=keys)
+        cfg["delivery"].update(leaseMargin="500ms", commandTimeout="60s")
+        sender = await sender_factory(cfg)
+        status, body = await sender.client.submit(
+            {"from": "news@example.test", "to": ["held@stop.test"], "subject": "held",
+             "text": "body\n", "class": "transactional"})
+        assert status == 202, body
+        await sender.client.assign([lease(ip, ttl=ttl, epoch=1)])
+        assert await asyncio.to_thread(sink.rcpt_seen.wait, 15)
+        # The failure caused: the whole sender stands still past its lease (this loop is
+        # its loop) while the receiver answers RCPT.
+        time.sleep(ttl + 1.0)  # noqa: ASYNC251 - blocking the loop is the failure caused
+        await eventually(lambda: not sender.service.engine.inflight_by_ip(), within=10)
+        egress = await _egress(sender, ip)
+        assert sink.messages == []
+        assert egress["transactions"] == 1 and egress["messages"] == 0, egress
+        stats = await sender.client.stats()
+        assert stats["queues"]["transactional"]["depth"] == 1  # requeued, not lost
+    finally:
+        sink.controller.stop()
 
 
 # --------------------------------------------------------------------------- (b) deadlines

@@ -15,9 +15,10 @@ import pytest
 from mailfleet_sandbox import fencing
 
 LOST_AT = 1000.0
-HEALED = fencing.Egress(pod="old", ip="127.0.20.2", connections=4, transactions=9, fenced=0,
-                        last_connection_at=990.0, last_transaction_at=999.5,
-                        lease_valid=False, epoch=3)
+HEALED = fencing.Egress(pod="old", ip="127.0.20.2", connections=4, transactions=9,
+                        messages=9, fenced=0, last_connection_at=990.0,
+                        last_transaction_at=999.5, last_message_at=999.6, lease_valid=False,
+                        epoch=3)
 
 
 @pytest.mark.parametrize(
@@ -29,6 +30,8 @@ HEALED = fencing.Egress(pod="old", ip="127.0.20.2", connections=4, transactions=
          ["began 1 more transactions", "began a transaction from 127.0.20.2 1.000s after"]),
         (dataclasses.replace(HEALED, connections=5),
          ["began 1 more connections"]),
+        (dataclasses.replace(HEALED, messages=10, last_message_at=1000.3),
+         ["began 1 more messages", "wrote a message from 127.0.20.2 0.300s after"]),
         (dataclasses.replace(HEALED, lease_valid=True),
          ["holds a valid lease for 127.0.20.2 (epoch 3)"]),
     ],
@@ -36,6 +39,7 @@ HEALED = fencing.Egress(pod="old", ip="127.0.20.2", connections=4, transactions=
          "attempts the fence refused are no breach",
          "a transaction begun after the loss is a breach, by count and by time",
          "a connection opened after the loss is a breach",
+         "a message written after the loss is a breach, though its transaction began before",
          "a lease still valid after another pod got the IP is a breach"],
 )
 def test_a_breach_is_any_activity_after_the_loss_or_a_lease_still_valid(
