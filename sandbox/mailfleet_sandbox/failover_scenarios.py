@@ -592,7 +592,6 @@ async def scenario_frozen(run: Run) -> None:
     await wait_until(lambda: fencing.stopped(pids), within=run.within, interval=0.02,
                      what=f"{holder} stopped")
     stopped_at = time.time()
-    out.details["DEBUG_stopped"] = round(stopped_at - out.failed_at, 3)
     try:
         first = await _moved(run, ip, holder, restarted=lambda: None)
         out.failover_s = round(first - out.failed_at, 2)
@@ -703,9 +702,6 @@ async def run_scenario(world: SandboxWorld, ledger: scenes.Ledger, name: str, pr
     _count(out, world, ledger, scene)
     found = deliveries(world, key, since=run.started)
     out.overlaps = overlaps(found, gap=prof.lease_duration)
-    out.details["DEBUG"] = [(d.pod, round(d.at - out.failed_at, 3), d.message_id)
-                            for d in found if d.ip == out.ip
-                            and -2 < d.at - out.failed_at < 14][:80]
     out.pause_s = longest_gap(found, out.ip, out.failed_at, ended)
     before = [d for d in found if d.at < out.failed_at]
     for address, _ in IPS:
