@@ -536,7 +536,7 @@ class Engine:
         """The last check before a connection or a write of a transaction from `source`;
         what it refuses is counted as fenced, never as sent (`egress_counts`)."""
         if not self._usable(source):
-            self.egress.refused(source.address)
+            self.egress.refused(source.address, source.epoch)
             raise LeaseEnding
 
     def _guard(self, source: leases.Source, stage: str) -> None:
@@ -544,9 +544,9 @@ class Engine:
         then the count of what passed it."""
         self._fence(source)
         if stage == "mail":
-            self.egress.transacting(source.address)
+            self.egress.transacting(source.address, source.epoch)
         elif stage == "message":
-            self.egress.writing(source.address)
+            self.egress.writing(source.address, source.epoch)
 
     def _cutoff(self, source: leases.Source) -> float | None:
         """The lease's deadline minus the margin, in event-loop time (what asyncio timers
@@ -902,7 +902,7 @@ class Engine:
             session = attempt.session = None
         self._fence(source)
         if session is None:
-            self.egress.connecting(source.address)
+            self.egress.connecting(source.address, source.epoch)
             try:
                 session = attempt.session = await delivering.connect(
                     self._target(lane, security, delivery.domain, source.address),

@@ -112,8 +112,17 @@ def _file_stamp(path: Path) -> tuple[str, int, int, int] | None:
     return (real, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
-def _at(wall: float | None) -> datetime.datetime | None:
-    return None if wall is None else datetime.datetime.fromtimestamp(wall, datetime.UTC)
+def _egress(epoch: int, activity: egress_counts.Count) -> wire.EgressStats:
+    def at(wall: float | None) -> datetime.datetime | None:
+        return None if wall is None else datetime.datetime.fromtimestamp(wall, datetime.UTC)
+
+    return wire.EgressStats(
+        epoch=epoch, connections=activity.connections, transactions=activity.transactions,
+        messages=activity.messages, fenced=activity.fenced,
+        last_connection_at=at(activity.last_connection_at),
+        last_transaction_at=at(activity.last_transaction_at),
+        last_message_at=at(activity.last_message_at),
+    )
 
 
 def _read_lines(path: str | None) -> list[str]:
@@ -531,12 +540,12 @@ class Service:
     def stats(self) -> wire.Stats:
         counts = self.engine.counts_today()
         egress = self.engine.egress.snapshot()
-        addresses = sorted({a for a, _ in counts.per_ip} | set(self.leases.sources) | set(egress))
+        addresses = sorted({a for a, _ in counts.per_ip} | set(self.leases.sources)
+                           | {a for a, _ in egress})
         wall, now = self.clock.wall(), self.clock.monotonic()
         ips = []
         for address in addresses:
             source = self.leases.get(address)
-            activity = egress.get(address, egress_counts.Count())
             ips.append(
                 wire.IPStats(
                     address=address,
@@ -553,15 +562,8 @@ class Service:
                         if source
                         else None
                     ),
-                    egress=wire.EgressStats(
-                        connections=activity.connections,
-                        transactions=activity.transactions,
-                        messages=activity.messages,
-                        fenced=activity.fenced,
-                        last_connection_at=_at(activity.last_connection_at),
-                        last_transaction_at=_at(activity.last_transaction_at),
-                        last_message_at=_at(activity.last_message_at),
-                    ),
+                    egress=[_egress(epoch, activity) for (a, epoch), activity in egress.items()
+                            if a == address],
                 )
             )
         today = wire.Totals(

@@ -109,10 +109,11 @@ class QueueStats(ResponseModel):
 
 
 class EgressStats(ResponseModel):
-    """Outbound SMTP activity from one source IP since the process started, counted on the
-    network side of the lease check (`egress_counts`): what the check refused is in `fenced`
-    only, so these stay still once the IP's lease ended here."""
+    """Outbound SMTP activity from one source IP under one lease epoch since the process
+    started, counted on the network side of the lease check (`egress_counts`): what the check
+    refused is in `fenced` only, so these stay still once that lease ended here."""
 
+    epoch: int = Field(default=0, description="Epoch of the lease the activity ran under.")
     connections: int = Field(default=0, description="Outbound connections begun.")
     transactions: int = Field(
         default=0, description="Transactions (MAIL FROM..end of DATA) begun, on new and reused "
@@ -152,8 +153,10 @@ class IPStats(ResponseModel):
             "clock (the lease itself is never judged by wall-clock time)."
         ),
     )
-    egress: EgressStats = Field(default_factory=EgressStats, description="Since the process "
-                                "started.")
+    egress: list[EgressStats] = Field(
+        default_factory=list,
+        description="Outbound activity since the process started, per lease epoch, oldest first.",
+    )
 
 
 class Totals(ResponseModel):

@@ -91,10 +91,12 @@ async def test_a_lease_ends_after_its_ttl_on_the_monotonic_clock_whatever_the_wa
     assert stats["totals"]["deferred"] == 0  # the cut-off attempt is no delivery failure
 
 
-async def _egress(sender: RunningSender, address: str) -> dict[str, Any]:
+async def _egress(sender: RunningSender, address: str, epoch: int) -> dict[str, Any]:
+    """The IP's egress counters under the lease of `epoch` (`/v1/stats` `ips[].egress`)."""
     stats = await sender.client.stats()
-    return next((i["egress"] for i in stats["ips"] if i["address"] == address),
-                {"connections": 0, "transactions": 0, "fenced": 0})
+    ip = next((i for i in stats["ips"] if i["address"] == address), {"egress": []})
+    return next((e for e in ip["egress"] if e["epoch"] == epoch),
+                {"connections": 0, "transactions": 0, "messages": 0, "fenced": 0})
 
 
 async def test_the_pods_own_egress_counters_stop_when_its_lease_ends_and_move_on_a_new_epoch(
@@ -122,11 +124,13 @@ async def test_the_pods_own_egress_counters_stop_when_its_lease_ends_and_move_on
         return not held["valid"] and not sender.service.engine.inflight_by_ip()
 
     await eventually(expired_and_settled, within=20)
-    ended = await _egress(sender, ip)
+    ended = await _egress(sender, ip, 1)
     arrived = sum(1 for m in gmail.messages if m.peer_ip == ip)
     assert arrived > 0 and ended["connections"] >= 1
-    # Every transaction begun reached the receiver, but for the one cut at the deadline.
+    # Every transaction begun reached the receiver, but for the one cut at the deadline;
+    # every message written did, but for one whose answer the cut left unread.
     assert arrived <= ended["transactions"] <= arrived + 1, (ended, arrived)
+    assert arrived <= ended["messages"] <= arrived + 1, (ended, arrived)
 
     # A renewal of the ended lease delivered late (queued while the pod was frozen, say) is
     # not taken, and mail is waiting: still no connection and no transaction from the IP.
@@ -135,16 +139,17 @@ async def test_the_pods_own_egress_counters_stop_when_its_lease_ends_and_move_on
     assert not any(s["valid"] for s in answer["leases"] if s["address"] == ip), answer
     await inject(sender, 5, to=lambda i: f"late{i}@gmail.test", body_size=100)
     await asyncio.sleep(1.0)  # an observation window for what must not happen
-    assert await _egress(sender, ip) == ended
+    assert await _egress(sender, ip, 1) == ended
     assert sum(1 for m in gmail.messages if m.peer_ip == ip) == arrived
 
     await sender.client.assign([lease(ip, ttl=120, epoch=2, lease_id="second")], generation=3)
     await eventually(lambda: sum(1 for m in gmail.messages if m.peer_ip == ip) > arrived + 3,
                      within=20)
-    again = await _egress(sender, ip)
-    assert again["transactions"] > ended["transactions"]
+    again = await _egress(sender, ip, 2)
+    assert again["transactions"] > 0 and again["messages"] > 0
     assert (datetime.datetime.fromisoformat(again["lastTransactionAt"])
             > datetime.datetime.fromisoformat(ended["lastTransactionAt"]))
+    assert await _egress(sender, ip, 1) == ended  # the old lease's activity stays apart
     await sender.client.assign([], generation=4)
 
 
@@ -200,7 +205,7 @@ async def test_a_transaction_whose_lease_ran_out_while_the_process_stood_still_w
         # its loop) while the receiver answers RCPT.
         time.sleep(ttl + 1.0)  # noqa: ASYNC251 - blocking the loop is the failure caused
         await eventually(lambda: not sender.service.engine.inflight_by_ip(), within=10)
-        egress = await _egress(sender, ip)
+        egress = await _egress(sender, ip, 1)
         assert sink.messages == []
         assert egress["transactions"] == 1 and egress["messages"] == 0, egress
         stats = await sender.client.stats()

@@ -15,7 +15,8 @@ import pytest
 from mailfleet_sandbox import fencing
 
 LOST_AT = 1000.0
-HEALED = fencing.Egress(pod="old", ip="127.0.20.2", connections=4, transactions=9,
+HEALED = fencing.Egress(pod="old", ip="127.0.20.2", epochs="<=3", connections=4,
+                        transactions=9,
                         messages=9, fenced=0, last_connection_at=990.0,
                         last_transaction_at=999.5, last_message_at=999.6, lease_valid=False,
                         epoch=3)
@@ -57,12 +58,36 @@ def test_activity_right_after_a_thaw_shows_even_when_the_first_reading_already_h
     assert found == ["old began a connection from 127.0.20.2 0.200s after it lost the lease"]
 
 
-def test_a_new_holder_must_have_begun_transactions_under_a_valid_lease() -> None:
-    before = dataclasses.replace(HEALED, pod="new", lease_valid=True, epoch=4)
-    assert fencing.carried(before, dataclasses.replace(before, transactions=12)) == []
-    assert fencing.carried(before, before)
-    assert fencing.carried(before, dataclasses.replace(before, transactions=12,
-                                                       lease_valid=False))
+def test_a_new_holder_must_have_written_messages_under_a_newer_epoch() -> None:
+    new = dataclasses.replace(HEALED, pod="new", epochs=">3", lease_valid=True, epoch=4)
+    assert fencing.carried(new) == []
+    assert fencing.carried(dataclasses.replace(new, messages=0))
+
+
+STATS = {"ips": [
+    {"address": "127.0.20.2", "egress": [
+        {"epoch": 2, "connections": 1, "transactions": 3, "messages": 3, "fenced": 0,
+         "lastConnectionAt": "2024-01-01T00:00:01Z", "lastTransactionAt": "2024-01-01T00:00:05Z",
+         "lastMessageAt": "2024-01-01T00:00:05Z"},
+        {"epoch": 3, "connections": 2, "transactions": 4, "messages": 4, "fenced": 1,
+         "lastConnectionAt": "2024-01-01T00:00:02Z", "lastTransactionAt": "2024-01-01T00:00:04Z",
+         "lastMessageAt": "2024-01-01T00:00:04Z"},
+        {"epoch": 5, "connections": 1, "transactions": 1, "messages": 1, "fenced": 0,
+         "lastConnectionAt": "2024-01-01T00:01:00Z", "lastTransactionAt": "2024-01-01T00:01:00Z",
+         "lastMessageAt": "2024-01-01T00:01:00Z"}]},
+    {"address": "127.0.20.1", "egress": [{"epoch": 1, "connections": 9}]}]}
+HELD = {"leases": [{"address": "127.0.20.2", "epoch": 5, "valid": True}]}
+
+
+def test_a_reading_sums_the_lost_lease_and_older_ones_and_leaves_a_later_grant_apart() -> None:
+    old = fencing.egress_of("old", "127.0.20.2", STATS, HELD, upto=3)
+    assert (old.connections, old.transactions, old.messages, old.fenced) == (3, 7, 7, 1)
+    assert old.last_transaction_at == 1704067205.0  # the latest of the epochs read
+    assert not old.lease_valid and old.epoch == 5  # valid, but a later lease: not the old one
+    later = fencing.egress_of("old", "127.0.20.2", STATS, HELD, above=3)
+    assert (later.transactions, later.lease_valid) == (1, True)
+    assert fencing.egress_of("old", "127.0.20.9", STATS, {}).describe().endswith(
+        "0 connections, 0 transactions, 0 messages, 0 fenced, lease not valid (epoch None)")
 
 
 def test_a_process_counts_as_stopped_once_all_its_threads_took_sigstop() -> None:
