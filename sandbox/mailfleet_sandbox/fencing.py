@@ -69,8 +69,8 @@ class Egress:
     def describe(self) -> str:
         return (f"{self.pod} {self.ip} epochs {self.epochs}: {self.connections} connections, "
                 f"{self.transactions} transactions, {self.messages} messages, "
-                f"{self.fenced} fenced, lease "
-                f"{'valid' if self.lease_valid else 'not valid'} (epoch {self.epoch})")
+                f"{self.fenced} fenced, {'a' if self.lease_valid else 'no'} valid lease of "
+                f"these epochs (its table: epoch {self.epoch})")
 
 
 def admin(world: SandboxWorld, pod: str, *, pool: str) -> Admin:

@@ -87,7 +87,7 @@ def test_a_reading_sums_the_lost_lease_and_older_ones_and_leaves_a_later_grant_a
     later = fencing.egress_of("old", "127.0.20.2", STATS, HELD, above=3)
     assert (later.transactions, later.lease_valid) == (1, True)
     assert fencing.egress_of("old", "127.0.20.9", STATS, {}).describe().endswith(
-        "0 connections, 0 transactions, 0 messages, 0 fenced, lease not valid (epoch None)")
+        "0 messages, 0 fenced, no valid lease of these epochs (its table: epoch None)")
 
 
 def test_a_process_counts_as_stopped_once_all_its_threads_took_sigstop() -> None:
