@@ -132,14 +132,39 @@ def egress_of(pod: str, ip: str, stats: JSON, held: JSON, *, upto: int | None = 
 async def read_when_answering(endpoint: Admin, ip: str, *, within: float,
                               upto: int | None = None) -> Egress:
     """`read` once the pod answers (a thawed process, a healed node's pod)."""
+    errors: list[str] = []
+
     async def attempt() -> Egress | None:
         try:
             return await read(endpoint, ip, upto=upto)
-        except (OSError, aiohttp.ClientError, TimeoutError):
+        except (OSError, aiohttp.ClientError, TimeoutError) as error:
+            errors[:] = [f"{type(error).__name__}: {error}"]
             return None
 
-    result: Egress = await wait_until(attempt, within=within, interval=0.2,
-                                      what=f"{endpoint.pod}'s admin API answering")
+    try:
+        result: Egress = await wait_until(attempt, within=within, interval=0.2,
+                                          what=f"{endpoint.pod}'s admin API answering")
+    except TimeoutError as timeout:
+        raise TimeoutError(f"{timeout} at {endpoint.url}: {errors}") from None
+    return result
+
+
+async def read_pod(world: SandboxWorld, pod: str, pids: list[int], first: Admin, ip: str, *,
+                   pool: str, within: float, upto: int | None = None) -> tuple[Egress, bool]:
+    """`read` of a pod whose process `pids` at `first` was frozen: that process while it runs;
+    once it is gone (the pod deleted and made again while its node was out, so with a new
+    IP; or its container restarted) the pod's process of now, which holds no lease. Also
+    says whether the frozen process was gone (API reads: blocking)."""
+    async def attempt() -> tuple[Egress, bool] | None:
+        was_gone = gone(pids)
+        try:
+            endpoint = admin(world, pod, pool=pool) if was_gone else first
+            return await read(endpoint, ip, upto=upto), was_gone
+        except (OSError, aiohttp.ClientError, TimeoutError, LookupError, KeyError):
+            return None
+
+    result: tuple[Egress, bool] = await wait_until(attempt, within=within, interval=0.2,
+                                                   what=f"{pod}'s admin API answering")
     return result
 
 
@@ -189,6 +214,11 @@ def stopped(pids: list[int]) -> bool:
             if state not in ("T", "t", "Z", "X"):
                 return False
     return True
+
+
+def gone(pids: list[int]) -> bool:
+    """None of `pids` runs any more (killed and reaped)."""
+    return not any(Path(f"/proc/{pid}").exists() for pid in pids)
 
 
 def _latest(activity: list[JSON], field: str) -> float | None:

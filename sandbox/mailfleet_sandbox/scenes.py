@@ -736,12 +736,23 @@ async def node_failed(result: SceneResult, world: SandboxWorld, ledger: Ledger,
         result.check("the healed pod is Ready again",
                      pod_ready(world.api.get("v1", "Pod", holder, ns)), holder)
         # Ask the healed pod itself: under its lost lease (that epoch or older) it wrote
-        # nothing from the IP since it stopped, and holds no valid lease of it.
-        healed = await fencing.read_when_answering(old, ip, within=within, upto=epoch)
+        # nothing from the IP since it stopped, and holds no valid lease of it. The pod may
+        # have been deleted and made again while its node was out (the frozen process is
+        # killed once the node is back): then its process of now is asked, and what the
+        # frozen one did between the thaw and the kill is seen only at the receivers.
+        pool = world.settings.pool
+        healed, gone = await fencing.read_pod(world, holder, pids, old, ip, pool=pool,
+                                              within=within, upto=epoch)
         await flowing(world, since=time.time(), ip=ip, count=6, within=within)
-        final = await fencing.read(old, ip, upto=epoch)
-        fence = fencing.problems(lost_at=stopped_at, baseline=healed, final=final)
+        final, gone_at_end = await fencing.read_pod(world, holder, pids, old, ip, pool=pool,
+                                                    within=within, upto=epoch)
+        if gone_at_end and not gone:  # killed in between: each process judged on its own
+            fence = [*fencing.problems(lost_at=stopped_at, baseline=healed, final=healed),
+                     *fencing.problems(lost_at=stopped_at, baseline=final, final=final)]
+        else:
+            fence = fencing.problems(lost_at=stopped_at, baseline=healed, final=final)
         result.details["fence_readings"] = [healed.describe(), final.describe()]
+        result.details["frozen_process_gone"] = gone_at_end
         result.check("the new holder wrote the IP's mail under a newer epoch (its counters)",
                      not carried, "; ".join(carried))
         result.check("the healed pod wrote nothing from the IP after it stopped and holds no "

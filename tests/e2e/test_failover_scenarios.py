@@ -8,8 +8,9 @@ on each copy, the egress IP as the peer address, the arrival time) against the l
 accepted submissions: no IP sent from two pods at once, nothing accepted lost, and after an
 API blip no IP changed pod. After a freeze or a partition the old holder is also asked
 itself (`mailfleet_sandbox.fencing`): under its lost lease it wrote nothing from the IP after
-it lost it and holds no valid lease of it, while the new holder wrote the IP's mail. How long a failover takes is the bench's question
-(bench/failover.py), not these tests': they wait for conditions with generous deadlines.
+it lost it and holds no valid lease of it, while the new holder wrote the IP's mail. How
+long a failover takes is the bench's question (bench/failover.py), not these tests': they wait
+for conditions with generous deadlines.
 """
 
 from __future__ import annotations
