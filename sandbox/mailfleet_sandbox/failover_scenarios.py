@@ -49,7 +49,7 @@ import aiohttp
 from mailfleet_operator import settings as operator_settings
 from mailfleet_sender import deliverability
 
-from mailfleet_sandbox import attribution, scenes
+from mailfleet_sandbox import attribution, fencing, scenes
 from mailfleet_sandbox.kube.errors import ApiError
 from mailfleet_sandbox.providers import ReceivedMessage
 from mailfleet_sandbox.world import (
@@ -455,6 +455,9 @@ class Outcome:
     lost: list[str] = field(default_factory=list)
     holders_changed: dict[str, tuple[str, str]] = field(default_factory=dict)
     """IP -> (pod before, another pod that sent from it during the run), from the receivers."""
+    fence: list[str] | None = None
+    """What the old holder's own counters and lease table say against its fence (`fencing`);
+    None when the scenario does not check it."""
     details: JSON = field(default_factory=dict)
 
     @property
@@ -472,6 +475,7 @@ class Outcome:
                 "accepted": self.accepted, "delivered": self.delivered,
                 "lost": len(self.lost), "lost_ids": self.lost[:5],
                 "holders_changed": {ip: list(v) for ip, v in self.holders_changed.items()},
+                "fence": self.fence,
                 **self.details}
 
 
@@ -556,18 +560,58 @@ async def scenario_killed(run: Run) -> None:
     await flowing(world, run.key, since=first, ip=ip, count=20, within=run.within)
 
 
+async def old_lease(run: Run, endpoint: fencing.Admin) -> int:
+    """The epoch of the holder's valid lease for the scenario's IP, from the pod itself."""
+    held = await fencing.read_when_answering(endpoint, run.outcome.ip, within=run.within)
+    if not held.lease_valid or held.epoch is None:
+        raise RuntimeError(f"{held.pod} holds no valid lease for {held.ip}: {held.describe()}")
+    run.outcome.details["old_epoch"] = held.epoch
+    return held.epoch
+
+
+async def new_holder_carried(run: Run, epoch: int) -> None:
+    """The pod now holding the IP wrote messages from it under a newer epoch than `epoch`."""
+    holders = await call(run.world, run.world.ip_holders)
+    new = await call(run.world, fencing.admin, run.world, holders[run.outcome.ip], pool=POOL)
+    reading = await fencing.read(new, run.outcome.ip, above=epoch)
+    run.outcome.details["new_holder_reading"] = reading.describe()
+    run.outcome.fence = [*(run.outcome.fence or []), *fencing.carried(reading)]
+
+
+async def check_fence(run: Run, old: fencing.Admin, *, epoch: int, lost_at: float) -> None:
+    """After the failure: the old holder's own counters for the IP under its lost lease
+    (`epoch` and older), read once it answers and again after 20 more messages from the IP,
+    must show it wrote nothing from the IP after `lost_at`, and its table no valid lease of
+    that epoch (`fencing`)."""
+    world, out = run.world, run.outcome
+    baseline = await fencing.read_when_answering(old, out.ip, within=run.within, upto=epoch)
+    await flowing(world, run.key, since=time.time(), ip=out.ip, count=20, within=run.within)
+    final = await fencing.read(old, out.ip, upto=epoch)
+    out.fence = [*(out.fence or []),
+                 *fencing.problems(lost_at=lost_at, baseline=baseline, final=final)]
+    out.details["old_holder_readings"] = [baseline.describe(), final.describe()]
+
+
 async def scenario_frozen(run: Run) -> None:
     world, out = run.world, run.outcome
     assert world.agent is not None
     ip, holder, _ = await call(world, pick_holder, world)
     out.ip, out.holder = ip, holder
     pids = world.agent.pod_pids(run.ns, holder)
+    old = await call(world, fencing.admin, world, holder, pool=POOL)
+    epoch = await old_lease(run, old)
     out.failed_at = time.time()
     world.agent.kill_pod_process(run.ns, holder, signal.SIGSTOP)
+    # From the moment every thread stopped it can begin nothing: any connection or
+    # transaction it counts later began after the thaw.
+    await wait_until(lambda: fencing.stopped(pids), within=run.within, interval=0.02,
+                     what=f"{holder} stopped")
+    stopped_at = time.time()
     try:
         first = await _moved(run, ip, holder, restarted=lambda: None)
         out.failover_s = round(first - out.failed_at, 2)
         await flowing(world, run.key, since=first, ip=ip, count=20, within=run.within)
+        await new_holder_carried(run, epoch)
     finally:
         thawed_at = time.time()
         with contextlib.suppress(KeyError):
@@ -578,7 +622,7 @@ async def scenario_frozen(run: Run) -> None:
         same = world.agent.pod_pids(run.ns, holder) == pids
         out.details["thawed_same_process"] = same
     out.details["frozen_s"] = round(thawed_at - out.failed_at, 2)
-    await flowing(world, run.key, since=time.time() + 3.0, ip=ip, count=20, within=run.within)
+    await check_fence(run, old, epoch=epoch, lost_at=stopped_at)
 
 
 async def scenario_partitioned(run: Run) -> None:
@@ -587,16 +631,21 @@ async def scenario_partitioned(run: Run) -> None:
     ip, holder, node = await call(world, pick_holder, world)
     out.ip, out.holder = ip, holder
     out.details["node"] = node
+    old = await call(world, fencing.admin, world, holder, pool=POOL)
+    epoch = await old_lease(run, old)
     out.failed_at = time.time()
     await world.agent.fail_node(node, processes="keep")
     try:
         first = await _moved(run, ip, holder, restarted=lambda: None)
         out.failover_s = round(first - out.failed_at, 2)
         await flowing(world, run.key, since=first, ip=ip, count=20, within=run.within)
+        await new_holder_carried(run, epoch)
     finally:
         await world.agent.heal_node(node)
     out.details["healed_after_s"] = round(time.time() - out.failed_at, 2)
-    await flowing(world, run.key, since=time.time() + 2.0, ip=ip, count=20, within=run.within)
+    # The pod ran all along; its lease had ended (revoked, or run out) before the operator
+    # granted the IP again, so before another pod's first message from it arrived.
+    await check_fence(run, old, epoch=epoch, lost_at=first)
 
 
 async def scenario_api_blip(run: Run) -> None:

@@ -30,7 +30,7 @@ from typing import Any
 
 import aiohttp
 
-from mailfleet_sandbox import attribution, egress_gateway, reports, verifying
+from mailfleet_sandbox import attribution, egress_gateway, fencing, reports, verifying
 from mailfleet_sandbox.dns import SANDBOX_DNSBL_ZONE
 from mailfleet_sandbox.kube.errors import ApiError
 from mailfleet_sandbox.providers import ReceivedMessage
@@ -679,8 +679,8 @@ async def node_failed(result: SceneResult, world: SandboxWorld, ledger: Ledger,
     must be Active on another pod within the failover bound and carry mail from it within
     the bound too, warming or not: warm-up quota is leased in chunks, so a holder lost mid-day
     blocks only its outstanding chunk (docs/sendingpool.md, "Warm-up quotas in leases"). After
-    healing, the old pod must not send from the IP again (its lease expired: self-fencing) and
-    its accepted mail is not lost."""
+    healing, the old pod must not send from the IP again (its lease expired: self-fencing),
+    by its own counters and lease table (`fencing`), and its accepted mail is not lost."""
     assert world.agent is not None
     ns = world.settings.namespace
     holders = world.ip_holders()
@@ -692,11 +692,18 @@ async def node_failed(result: SceneResult, world: SandboxWorld, ledger: Ledger,
     if not holder or not node:
         raise RuntimeError(f"{ip} has no holder")
     bound = failover_bound(world, node_lost=True)
+    old = fencing.admin(world, holder, pool=world.settings.pool)
+    epoch = (await fencing.read_when_answering(old, ip, within=within)).epoch
+    pids = world.agent.pod_pids(ns, holder)
     async with Feeder(world, ledger, "partition"):
         await flowing(world, since=time.time(), ip=ip, count=2, within=within)
         failed_at = time.time()
         await world.agent.fail_node(node)
         result.details.update(pod=holder, ip=ip, node=node)
+        # Once every thread stopped the pod can begin nothing until the node heals.
+        await wait_until(lambda: fencing.stopped(pids), within=within, interval=0.02,
+                         what=f"{holder} stopped")
+        stopped_at = time.time()
         warming = _warming(world, ip)
         try:
             def moved() -> str | None:
@@ -714,6 +721,9 @@ async def node_failed(result: SceneResult, world: SandboxWorld, ledger: Ledger,
             result.timings["failover_s"] = round(first - failed_at, 2)
             result.details["holder_after_first_mail"] = world.ip_holders().get(ip)
             await flowing(world, since=first, ip=ip, count=3, within=within)
+            # The new holder wrote messages from the IP under a newer epoch (its own count).
+            new = fencing.admin(world, world.ip_holders()[ip], pool=world.settings.pool)
+            carried = fencing.carried(await fencing.read(new, ip, above=epoch))
         finally:
             await world.agent.heal_node(node)
         healed_at = time.time()
@@ -725,7 +735,29 @@ async def node_failed(result: SceneResult, world: SandboxWorld, ledger: Ledger,
                              within=within, what=f"{holder} Ready again after healing")
         result.check("the healed pod is Ready again",
                      pod_ready(world.api.get("v1", "Pod", holder, ns)), holder)
-        await flowing(world, since=time.time(), count=6, within=within)
+        # Ask the healed pod itself: under its lost lease (that epoch or older) it wrote
+        # nothing from the IP since it stopped, and holds no valid lease of it. The pod may
+        # have been deleted and made again while its node was out (the frozen process is
+        # killed once the node is back): then its process of now is asked, and what the
+        # frozen one did between the thaw and the kill is seen only at the receivers.
+        pool = world.settings.pool
+        healed, gone = await fencing.read_pod(world, holder, pids, old, ip, pool=pool,
+                                              within=within, upto=epoch)
+        await flowing(world, since=time.time(), ip=ip, count=6, within=within)
+        final, gone_at_end = await fencing.read_pod(world, holder, pids, old, ip, pool=pool,
+                                                    within=within, upto=epoch)
+        if gone_at_end and not gone:  # killed in between: each process judged on its own
+            fence = [*fencing.problems(lost_at=stopped_at, baseline=healed, final=healed),
+                     *fencing.problems(lost_at=stopped_at, baseline=final, final=final)]
+        else:
+            fence = fencing.problems(lost_at=stopped_at, baseline=healed, final=final)
+        result.details["fence_readings"] = [healed.describe(), final.describe()]
+        result.details["frozen_process_gone"] = gone_at_end
+        result.check("the new holder wrote the IP's mail under a newer epoch (its counters)",
+                     not carried, "; ".join(carried))
+        result.check("the healed pod wrote nothing from the IP after it stopped and holds no "
+                     "valid lease of it (its own counters and lease table)", not fence,
+                     "; ".join(fence))
     result.check(f"{ip} Active on another pod within the failover bound ({bound:.1f}s)",
                  reassigned <= bound, f"{reassigned:.1f}s")
     result.details["warming"] = warming

@@ -6,6 +6,12 @@ with the stage it happened at; what to do with it is the scheduler's business. T
 also tells whether the end of a transaction's DATA was written (`data_sent`): an attempt
 aborted after that point may have been delivered, one aborted before it cannot have been.
 
+`send` calls the caller's `guard` before each write of a transaction (MAIL, RCPT, DATA, the
+message): the dispatcher re-checks the lease there, so a transaction never writes from an IP
+whose lease ended, even when the cancellation meant to stop it is lost. It is lost in
+`asyncio.wait_for` of Python 3.11 (which aiosmtplib reads replies with) when the reply and the
+cancellation are due together, as after a process was frozen past its lease.
+
 TLS: to MX hosts each host gets what its domain's `tls_policy.DomainPolicy` says (DANE,
 MTA-STS, requireTLS, or opportunistic STARTTLS with a retry in clear on a new connection after
 a failed handshake; see `tls_policy`); every outcome goes to the target's `observe` callback
@@ -130,7 +136,10 @@ class Session:
     def tls(self) -> bool:
         return self._smtp.get_transport_info("sslcontext") is not None
 
-    async def send(self, *, sender: str, recipient: str, data: bytes) -> Reply:
+    async def send(self, *, sender: str, recipient: str, data: bytes,
+                   guard: Callable[[str], None] = lambda stage: None) -> Reply:
+        """One transaction; `guard(stage)` runs before each write ("mail", "rcpt", "data",
+        "message") and stops the transaction by raising (its exception propagates)."""
         smtp = self._smtp
         self.sent += 1
         self.data_sent = False
@@ -143,12 +152,14 @@ class Session:
                              stage=stage, enhanced="5.5.2", mx_host=self.mx_host)
         stage = "mail"
         try:
+            guard(stage)
             await smtp.mail(sender, options=[f"SIZE={len(data)}"] if smtp.supports_extension(
                 "size") else None)
             stage = "rcpt"
+            guard(stage)
             await smtp.rcpt(recipient)
             stage = "data"
-            response = await self._data(data)
+            response = await self._data(data, guard)
         except aiosmtplib.SMTPResponseException as exc:
             reply = parse_reply(exc.code, exc.message, stage, self.mx_host)
             if exc.code == 421 or not smtp.is_connected:
@@ -167,16 +178,20 @@ class Session:
             ) from exc
         return parse_reply(response.code, response.message, "data", self.mx_host)
 
-    async def _data(self, data: bytes) -> aiosmtplib.SMTPResponse:
+    async def _data(self, data: bytes, guard: Callable[[str], None]
+                    ) -> aiosmtplib.SMTPResponse:
         """DATA as `SMTP.data` does it, but marking the moment the message is written (right
-        after the 354, with no await in between), which `SMTP.data` does not expose."""
+        after the 354 and the guard, with no await in between), which `SMTP.data` does not
+        expose."""
         smtp = self._smtp
+        guard("data")
         start = await smtp.execute_command(b"DATA")
         if start.code != aiosmtplib.SMTPStatus.start_input:
             raise aiosmtplib.SMTPDataError(start.code, start.message)
         protocol = smtp.protocol
         if protocol is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+        guard("message")
         protocol.write(_wire_form(data))
         self.data_sent = True
         response = await protocol.read_response(timeout=smtp.timeout)

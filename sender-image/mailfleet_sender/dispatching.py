@@ -38,6 +38,7 @@ from mailfleet_sender import (
     config,
     delivering,
     dkim_signing,
+    egress_counts,
     event_publishing,
     events,
     hooks,
@@ -169,6 +170,7 @@ class Engine:
         self._attempts: set[Attempt] = set()
         self._settled = asyncio.Event()
         self.totals: collections.Counter[str] = collections.Counter()
+        self.egress = egress_counts.EgressCounts(clock_)
         self.today = DayCounts(day=clock_.day())
         self._shape_buckets: dict[str, throttles.TokenBucket] = {}
         self.pager = paging.Pager(cfg.spool_window)
@@ -534,6 +536,22 @@ class Engine:
         """More than the margin of lease is left: a connection or transaction may start."""
         return source.remaining(self.clock.monotonic()) > self._margin()
 
+    def _fence(self, source: leases.Source) -> None:
+        """The last check before a connection or a write of a transaction from `source`;
+        what it refuses is counted as fenced, never as sent (`egress_counts`)."""
+        if not self._usable(source):
+            self.egress.refused(source.address, source.epoch)
+            raise LeaseEnding
+
+    def _guard(self, source: leases.Source, stage: str) -> None:
+        """Before each write of a transaction (`delivering.Session.send`): the fence again,
+        then the count of what passed it."""
+        self._fence(source)
+        if stage == "mail":
+            self.egress.transacting(source.address, source.epoch)
+        elif stage == "message":
+            self.egress.writing(source.address, source.epoch)
+
     def _cutoff(self, source: leases.Source) -> float | None:
         """The lease's deadline minus the margin, in event-loop time (what asyncio timers
         use); None for the pod's own address, which has no lease."""
@@ -886,9 +904,9 @@ class Engine:
         ):
             await session.close()
             session = attempt.session = None
-        if not self._usable(source):
-            raise LeaseEnding
+        self._fence(source)
         if session is None:
+            self.egress.connecting(source.address, source.epoch)
             try:
                 session = attempt.session = await delivering.connect(
                     self._target(lane, security, delivery.domain, source.address),
@@ -908,12 +926,11 @@ class Engine:
             self._give_back(source, reservation)
             self._suppress(delivery)
             return session
-        if not self._usable(source):
-            raise LeaseEnding
         sender = self.hooks.return_path(context) or delivery.sender
         attempt.sending = True
         try:
-            reply = await session.send(sender=sender, recipient=delivery.recipient, data=data)
+            reply = await session.send(sender=sender, recipient=delivery.recipient, data=data,
+                                       guard=lambda stage: self._guard(source, stage))
         except delivering.DeliveryFailure as failure:
             self._settle(source, reservation)
             self._failed(delivery, failure.reply, source=source.address,

@@ -46,6 +46,7 @@ from mailfleet_sender import (
     config,
     deliverability,
     dispatching,
+    egress_counts,
     event_publishing,
     events,
     feedback_smtp,
@@ -116,6 +117,19 @@ def _file_stamp(path: Path) -> tuple[str, int, int, int] | None:
     except OSError:
         return None
     return (real, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def _egress(epoch: int, activity: egress_counts.Count) -> wire.EgressStats:
+    def at(wall: float | None) -> datetime.datetime | None:
+        return None if wall is None else datetime.datetime.fromtimestamp(wall, datetime.UTC)
+
+    return wire.EgressStats(
+        epoch=epoch, connections=activity.connections, transactions=activity.transactions,
+        messages=activity.messages, fenced=activity.fenced,
+        last_connection_at=at(activity.last_connection_at),
+        last_transaction_at=at(activity.last_transaction_at),
+        last_message_at=at(activity.last_message_at),
+    )
 
 
 class Service:
@@ -566,7 +580,9 @@ class Service:
 
     def stats(self) -> wire.Stats:
         counts = self.engine.counts_today()
-        addresses = sorted({a for a, _ in counts.per_ip} | set(self.leases.sources))
+        egress = self.engine.egress.snapshot()
+        addresses = sorted({a for a, _ in counts.per_ip} | set(self.leases.sources)
+                           | {a for a, _ in egress})
         wall, now = self.clock.wall(), self.clock.monotonic()
         ips = []
         for address in addresses:
@@ -587,6 +603,8 @@ class Service:
                         if source
                         else None
                     ),
+                    egress=[_egress(epoch, activity) for (a, epoch), activity in egress.items()
+                            if a == address],
                 )
             )
         today = wire.Totals(

@@ -108,6 +108,36 @@ class QueueStats(ResponseModel):
     held: int = 0
 
 
+class EgressStats(ResponseModel):
+    """Outbound SMTP activity from one source IP under one lease epoch since the process
+    started, counted on the network side of the lease check (`egress_counts`): what the check
+    refused is in `fenced` only, so these stay still once that lease ended here."""
+
+    epoch: int = Field(default=0, description="Epoch of the lease the activity ran under.")
+    connections: int = Field(default=0, description="Outbound connections begun.")
+    transactions: int = Field(
+        default=0, description="Transactions (MAIL FROM..end of DATA) begun, on new and reused "
+        "connections."
+    )
+    messages: int = Field(
+        default=0, description="Messages written with their final dot (possibly delivered)."
+    )
+    fenced: int = Field(
+        default=0,
+        description="Connections or transaction writes the lease check refused at the last "
+        "moment.",
+    )
+    last_connection_at: datetime.datetime | None = Field(
+        default=None, description="When the last connection began (the pod's wall clock)."
+    )
+    last_transaction_at: datetime.datetime | None = Field(
+        default=None, description="When the last transaction began (the pod's wall clock)."
+    )
+    last_message_at: datetime.datetime | None = Field(
+        default=None, description="When the last message was written (the pod's wall clock)."
+    )
+
+
 class IPStats(ResponseModel):
     address: str
     sent_today: int = 0
@@ -122,6 +152,10 @@ class IPStats(ResponseModel):
             "For display only: the pod's wall-clock now plus the TTL left on its monotonic "
             "clock (the lease itself is never judged by wall-clock time)."
         ),
+    )
+    egress: list[EgressStats] = Field(
+        default_factory=list,
+        description="Outbound activity since the process started, per lease epoch, oldest first.",
     )
 
 

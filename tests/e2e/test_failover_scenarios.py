@@ -6,8 +6,11 @@ the leading operator replica killed, and a force-deleted pod on a partitioned no
 Every assertion reads what the receivers recorded (the sending pod from the pool's trace mark
 on each copy, the egress IP as the peer address, the arrival time) against the ledger of
 accepted submissions: no IP sent from two pods at once, nothing accepted lost, and after an
-API blip no IP changed pod. How long a failover takes is the bench's question
-(bench/failover.py), not these tests': they wait for conditions with generous deadlines.
+API blip no IP changed pod. After a freeze or a partition the old holder is also asked
+itself (`mailfleet_sandbox.fencing`): under its lost lease it wrote nothing from the IP after
+it lost it and holds no valid lease of it, while the new holder wrote the IP's mail. How
+long a failover takes is the bench's question (bench/failover.py), not these tests': they wait
+for conditions with generous deadlines.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ async def run(fw: FailoverWorld, name: str) -> fs.Outcome:
 def assert_safe(outcome: fs.Outcome) -> None:
     report = outcome.to_json()
     print(json.dumps(report))  # the figures, for -s runs
+    assert not outcome.fence, f"the old holder broke its fence (its own counters): {report}"
     assert not outcome.overlaps, f"one IP sent from two pods at once: {report}"
     assert not outcome.lost, f"accepted messages never delivered: {report}"
     assert outcome.accepted > 0, report
@@ -75,6 +79,7 @@ async def test_killed_sender_ip_moves_without_overlap_or_loss(
 async def test_frozen_then_thawed_sender_never_sends_beside_the_new_holder(
         failover_world: FailoverWorld) -> None:
     outcome = await run(failover_world, "frozen")
+    assert outcome.fence is not None, outcome.to_json()  # checked, from the pod itself
     assert_safe(outcome)
     assert outcome.moved_to and outcome.moved_to != fs.pod_ref(outcome.holder), \
         outcome.to_json()
@@ -83,6 +88,7 @@ async def test_frozen_then_thawed_sender_never_sends_beside_the_new_holder(
 async def test_partitioned_node_ip_moves_without_overlap_or_loss(
         failover_world: FailoverWorld) -> None:
     outcome = await run(failover_world, "partitioned")
+    assert outcome.fence is not None, outcome.to_json()  # checked, from the pod itself
     assert_safe(outcome)
     assert outcome.moved_to and outcome.moved_to != fs.pod_ref(outcome.holder), \
         outcome.to_json()

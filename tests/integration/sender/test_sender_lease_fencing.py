@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
+import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
+from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Envelope, Session
 from mailfleet_sandbox.dns import DNSServer
 from mailfleet_sandbox.providers import ProviderFleet
@@ -85,6 +89,129 @@ async def test_a_lease_ends_after_its_ttl_on_the_monotonic_clock_whatever_the_wa
     # reading the answer: requeued (a possible duplicate later), never lost.
     assert delivered <= len(arrivals) <= delivered + 1
     assert stats["totals"]["deferred"] == 0  # the cut-off attempt is no delivery failure
+
+
+async def _egress(sender: RunningSender, address: str, epoch: int) -> dict[str, Any]:
+    """The IP's egress counters under the lease of `epoch` (`/v1/stats` `ips[].egress`)."""
+    stats = await sender.client.stats()
+    ip = next((i for i in stats["ips"] if i["address"] == address), {"egress": []})
+    return next((e for e in ip["egress"] if e["epoch"] == epoch),
+                {"connections": 0, "transactions": 0, "messages": 0, "fenced": 0})
+
+
+async def test_the_pods_own_egress_counters_stop_when_its_lease_ends_and_move_on_a_new_epoch(
+    tmp_path: Path, dns_server: DNSServer, provider_fleet: ProviderFleet,
+    sender_factory: SenderFactory,
+) -> None:
+    """What the failover scenes read from a healed pod (`/v1/stats` `ips[].egress`): counted
+    on the network side of the fence, so once the lease ended (and a late renewal of it is
+    refused) they do not move however much mail waits; a new epoch moves them again."""
+    ip, ttl = "127.0.0.87", 2.0
+    keys = make_dkim_keys(tmp_path / "keys", "example.test", dns_server)
+    cfg = base_config(tmp_path, dns=dns_server, destination_port=provider_fleet.port, keys=keys)
+    cfg["delivery"]["leaseMargin"] = "500ms"
+    cfg["retry"]["maxAge"] = "1d"
+    cfg["throttles"] = {"providers": [
+        {"name": "gmail", "mxPatterns": ["*.google.test"], "maxConnections": 1}]}
+    gmail = provider_fleet["gmail"]
+    gmail.behaviour.rcpt_delay = 0.05  # a steady trickle: mail is still queued at expiry
+    sender = await sender_factory(cfg)
+    await inject(sender, 300, to=lambda i: f"fence{i}@gmail.test", body_size=100)
+    await sender.client.assign([lease(ip, ttl=ttl, epoch=1, lease_id="first")], generation=1)
+
+    async def expired_and_settled() -> bool:
+        held = await _lease_status(sender, ip)
+        return not held["valid"] and not sender.service.engine.inflight_by_ip()
+
+    await eventually(expired_and_settled, within=20)
+    ended = await _egress(sender, ip, 1)
+    arrived = sum(1 for m in gmail.messages if m.peer_ip == ip)
+    assert arrived > 0 and ended["connections"] >= 1
+    # Every transaction begun reached the receiver, but for the one cut at the deadline;
+    # every message written did, but for one whose answer the cut left unread.
+    assert arrived <= ended["transactions"] <= arrived + 1, (ended, arrived)
+    assert arrived <= ended["messages"] <= arrived + 1, (ended, arrived)
+
+    # A renewal of the ended lease delivered late (queued while the pod was frozen, say) is
+    # not taken, and mail is waiting: still no connection and no transaction from the IP.
+    answer = await sender.client.assign([lease(ip, ttl=ttl, epoch=1, lease_id="first")],
+                                        generation=2)
+    assert not any(s["valid"] for s in answer["leases"] if s["address"] == ip), answer
+    await inject(sender, 5, to=lambda i: f"late{i}@gmail.test", body_size=100)
+    await asyncio.sleep(1.0)  # an observation window for what must not happen
+    assert await _egress(sender, ip, 1) == ended
+    assert sum(1 for m in gmail.messages if m.peer_ip == ip) == arrived
+
+    await sender.client.assign([lease(ip, ttl=120, epoch=2, lease_id="second")], generation=3)
+    await eventually(lambda: sum(1 for m in gmail.messages if m.peer_ip == ip) > arrived + 3,
+                     within=20)
+    again = await _egress(sender, ip, 2)
+    assert again["transactions"] > 0 and again["messages"] > 0
+    assert (datetime.datetime.fromisoformat(again["lastTransactionAt"])
+            > datetime.datetime.fromisoformat(ended["lastTransactionAt"]))
+    assert await _egress(sender, ip, 1) == ended  # the old lease's activity stays apart
+    await sender.client.assign([], generation=4)
+
+
+class ThreadedSink:
+    """An MX host on a thread of its own (aiosmtpd's Controller), so that it answers while
+    the sender's event loop stands still; it answers RCPT after `rcpt_delay`."""
+
+    def __init__(self, rcpt_delay: float) -> None:
+        self.rcpt_delay = rcpt_delay
+        self.rcpt_seen = threading.Event()
+        self.messages: list[str] = []
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = int(probe.getsockname()[1])
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, rcpt_options: list[str]) -> str:
+        self.rcpt_seen.set()
+        await asyncio.sleep(self.rcpt_delay)
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        self.messages.extend(envelope.rcpt_tos)
+        return "250 2.0.0 OK"
+
+
+async def test_a_transaction_whose_lease_ran_out_while_the_process_stood_still_writes_no_more(
+    tmp_path: Path, dns_server: DNSServer, sender_factory: SenderFactory,
+) -> None:
+    """A frozen pod (SIGSTOP, a stalled VM) resumes with its lease long over and the
+    receiver's answer to a command already waiting: the lease timeout and that answer are
+    due together. Whatever order the event loop takes them in, the transaction writes
+    nothing more (no DATA, no message): the lease is checked again before each write."""
+    ip, ttl = "127.0.0.88", 3.0
+    sink = ThreadedSink(rcpt_delay=1.0)
+    sink.controller.start()
+    try:
+        dns_server.set_records("stop.test", "MX", ["10 mx.stop.test."])
+        dns_server.set_records("mx.stop.test", "A", ["127.0.0.1"])
+        keys = make_dkim_keys(tmp_path / "keys", "example.test", dns_server)
+        cfg = base_config(tmp_path, dns=dns_server, destination_port=sink.port, keys=keys)
+        cfg["delivery"].update(leaseMargin="500ms", commandTimeout="60s")
+        sender = await sender_factory(cfg)
+        status, body = await sender.client.submit(
+            {"from": "news@example.test", "to": ["held@stop.test"], "subject": "held",
+             "text": "body\n", "class": "transactional"})
+        assert status == 202, body
+        await sender.client.assign([lease(ip, ttl=ttl, epoch=1)])
+        assert await asyncio.to_thread(sink.rcpt_seen.wait, 15)
+        # The failure caused: the whole sender stands still past its lease (this loop is
+        # its loop) while the receiver answers RCPT.
+        time.sleep(ttl + 1.0)  # noqa: ASYNC251 - blocking the loop is the failure caused
+        await eventually(lambda: not sender.service.engine.inflight_by_ip(), within=10)
+        egress = await _egress(sender, ip, 1)
+        assert sink.messages == []
+        assert egress["transactions"] == 1 and egress["messages"] == 0, egress
+        stats = await sender.client.stats()
+        assert stats["queues"]["transactional"]["depth"] == 1  # requeued, not lost
+    finally:
+        sink.controller.stop()
 
 
 # --------------------------------------------------------------------------- (b) deadlines
