@@ -158,8 +158,8 @@ def admin_token(world: SandboxWorld) -> str:
     return str((secret.get("stringData") or {}).get("token", ""))
 
 
-async def pod_kpis(world: SandboxWorld) -> list[JSON]:
-    """Every ready pod's /v1/stats "kpis", read with the admin token as the operator does."""
+async def pod_stats(world: SandboxWorld) -> list[JSON]:
+    """Every ready pod's /v1/stats, read with the admin token as the operator does."""
     token, out = admin_token(world), []
     async with aiohttp.ClientSession() as session:
         for pod in world.ready_pods():
@@ -168,8 +168,31 @@ async def pod_kpis(world: SandboxWorld) -> list[JSON]:
                 async with session.get(url, headers={"Authorization": f"Bearer {token}"},
                                        timeout=aiohttp.ClientTimeout(total=5)) as resp:
                     if resp.status == 200:
-                        out.append((await resp.json()).get("kpis") or {})
+                        out.append(await resp.json())
     return out
+
+
+def outbox(stats: list[JSON]) -> JSON:
+    """The webhook's figures summed over the pods: pending, delivered, dropped, errors seen."""
+    hooks = [((s.get("events") or {}).get("webhooks") or {}).get(event_samples.WEBHOOK_NAME)
+             or {} for s in stats]
+    out: JSON = {k: sum(int(h.get(k) or 0) for h in hooks)
+                 for k in ("pending", "delivered", "dropped")}
+    out["failing_pods"] = sum(bool(h.get("lastError") or h.get("last_error")) for h in hooks)
+    return out
+
+
+async def held_back(world: SandboxWorld, at_least: int, within: float) -> JSON:
+    """Wait until the pods' outboxes hold `at_least` events and have seen the receiver fail:
+    the senders tried during the outage, so what arrives later is a redelivery."""
+    deadline = time.monotonic() + within
+    while True:
+        figures = outbox(await pod_stats(world))
+        if figures["pending"] >= at_least and figures["failing_pods"]:
+            return figures
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the outboxes never held the events back: {figures}")
+        await asyncio.sleep(0.5)
 
 
 @_scene("events", "Events and engagement: the webhook down for a while, nothing missing")
@@ -207,6 +230,8 @@ async def events_and_engagement(result: SceneResult, world: SandboxWorld, ledger
         for sim in sims:
             await sim.settle(timeout=within)
         result.timings["delivered_and_read_s"] = round(time.monotonic() - t0, 2)
+        result.details["outbox_at_outage_end"] = await held_back(
+            world, at_least=2 * len(accepted), within=within)
         got_while_down = len(receiver.events)
         await receiver.up()
         result.timings["receiver_down_s"] = round(time.monotonic() - down_at, 2)
@@ -253,7 +278,12 @@ async def _report(result: SceneResult, world: SandboxWorld, figures: JSON,
     assert receiver is not None
     result.details["events"] = figures
     result.details["engagement"] = simulated
-    result.details["kpis_by_campaign"] = report.campaign_kpis(await pod_kpis(world))
+    stats = await pod_stats(world)
+    result.details["kpis_by_campaign"] = report.campaign_kpis(
+        [s.get("kpis") or {} for s in stats])
+    result.details["outbox_after"] = after = outbox(stats)
+    result.check("no event dropped by the senders (their /v1/stats)", after["dropped"] == 0,
+                 str(after))
     result.check("webhook_missing: 0 (the outbox redelivered after the outage)",
                  figures["webhook_missing"] == 0,
                  f"{figures['webhook_missing']} missing, "
