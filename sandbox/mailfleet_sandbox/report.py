@@ -88,7 +88,10 @@ def event_fields(scene: SceneResult | None) -> JSON:
     """Issue 20's summary fields from the events scene (None when it did not run)."""
     figures = (scene.details.get("events") or {}) if scene else {}
     out: JSON = {k: figures.get(k) for k in EVENT_KEYS}
-    out["kpis_by_campaign"] = (scene.details.get("kpis_by_campaign") or {}) if scene else {}
+    details = scene.details if scene else {}
+    out["kpis_by_campaign"] = details.get("kpis_by_campaign") or {}
+    out["outbox_pending_at_outage_end"] = (details.get("outbox_at_outage_end") or {}).get(
+        "pending")
     return out
 
 
@@ -100,6 +103,8 @@ def render_events(summary: JSON) -> list[str]:
     return ["", "## Events and engagement", "",
             "| figure | value |", "|---|---|",
             f"| events the webhook got (by type) | {by_type} |",
+            f"| events held in the outboxes when the receiver came back | "
+            f"{summary.get('outbox_pending_at_outage_end')} |",
             f"| **events missing after the outage** | **{summary['webhook_missing']}** |",
             f"| human opens recorded / simulated | {summary['opens_recorded']} / "
             f"{summary['opens_simulated']} |",

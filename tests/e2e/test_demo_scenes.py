@@ -146,11 +146,12 @@ async def test_events_reach_the_webhook_after_its_outage_and_engagement_is_recor
     and clicked; once it is back, every event the providers' records and the simulated
     readers imply arrives (signed), opens and clicks as simulated, proxy opens as machine."""
     result = await event_scenes.events_and_engagement(e2e_world.world, e2e_world.ledger,
-                                                      per_provider=6, within=120)
+                                                      per_provider=8, within=120)
     assert_scene(result)
     events = result.details["events"]
     assert events["webhook_missing"] == 0
-    assert events["webhook_events"].get("delivered", 0) >= 24
+    assert events["webhook_events"].get("delivered", 0) >= 32
+    assert result.details["outbox_at_outage_end"]["pending"] >= 64
     assert events["machine_opens"] > 0
     assert set(result.details["kpis_by_campaign"]) >= set(event_scenes.CAMPAIGNS)
 
