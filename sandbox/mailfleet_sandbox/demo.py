@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TextIO
 
-from mailfleet_sandbox import report, scenes, transport_scenes, world
+from mailfleet_sandbox import event_scenes, report, scenes, transport_scenes, world
 from mailfleet_sandbox.kube.errors import ApiError
 
 SceneStep = tuple[str, Callable[[], Awaitable[scenes.SceneResult]]]
@@ -86,7 +86,8 @@ class Progress:
                 await self._task
 
 
-async def run_demo(out_dir: Path, root: Path, day_seconds: float, count: int) -> int:
+async def run_demo(out_dir: Path, root: Path, day_seconds: float, count: int,
+                   only: frozenset[str] = frozenset()) -> int:
     started = time.monotonic()
     from mailfleet_sandbox import control_plane
 
@@ -96,7 +97,7 @@ async def run_demo(out_dir: Path, root: Path, day_seconds: float, count: int) ->
     plane = ("the real Kubernetes control plane " + control_plane.kubernetes_version()
              if chosen == "kubernetes" else "the API emulator")
     settings = world.WorldSettings(root=root, warmup_day_seconds=day_seconds,
-                                   control_plane=chosen)
+                                   control_plane=chosen, webhook_receiver=True)
     print(f"mailfleet demo: starting the sandbox under {root} ({plane}, 3 nodes, DNS, "
           "4 simulated providers, the operator)", flush=True)
     async with world.SandboxWorld(settings) as sandbox:
@@ -116,8 +117,12 @@ async def run_demo(out_dir: Path, root: Path, day_seconds: float, count: int) ->
             ("Suppression", lambda: scenes.suppression(sandbox, ledger)),
             ("Gateway mode", lambda: scenes.gateway_mode(sandbox, ledger)),
             ("MTA-STS enforce", lambda: transport_scenes.mta_sts_enforce(sandbox, ledger)),
+            ("Events and engagement",
+             lambda: event_scenes.events_and_engagement(sandbox, ledger)),
             ("Accounting", lambda: scenes.accounting(sandbox, ledger)),
         ]
+        if only:  # the fleet always comes up first; then the scenes asked for, in order
+            steps = [steps[0]] + [s for s in steps[1:] if s[0] in only]
         results: list[scenes.SceneResult] = []
         try:
             for title, step in steps:
@@ -158,9 +163,13 @@ def main(argv: list[str] | None = None) -> int:
                         help="length of a warm-up day")
     parser.add_argument("--messages", type=int, default=150,
                         help="size of the campaign")
+    parser.add_argument("--scenes", default="",
+                        help="comma-separated scene titles to run after the fleet comes up "
+                             "(default: all), e.g. 'Events and engagement,Accounting'")
     args = parser.parse_args(argv)
+    only = frozenset(t.strip() for t in args.scenes.split(",") if t.strip())
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s %(message)s")
-    return asyncio.run(run_demo(args.out, args.root, args.day_seconds, args.messages))
+    return asyncio.run(run_demo(args.out, args.root, args.day_seconds, args.messages, only))
 
 
 if __name__ == "__main__":

@@ -71,12 +71,49 @@ def build_summary(results: Sequence[SceneResult], figures: JSON, *,
         "rotation_s": rotation.timings.get("rotation_s") if rotation else None,
         "providers": figures.get("providers", {}),
         "per_ip_day": (warmup.details.get("per_ip_day") or []) if warmup else [],
+        **event_fields(by_name.get("events")),
         "scenes": [{"name": r.name, "title": r.title, "outcome": r.outcome,
                     "duration_s": r.duration_s, "timings": r.timings,
                     "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail}
                                for c in r.checks],
                     "error": r.error, "skipped": r.skipped} for r in results],
     }
+
+
+EVENT_KEYS = ("webhook_events", "webhook_missing", "opens_recorded", "opens_simulated",
+              "clicks_recorded", "clicks_simulated", "machine_opens", "machine_opens_simulated")
+
+
+def event_fields(scene: SceneResult | None) -> JSON:
+    """Issue 20's summary fields from the events scene (None when it did not run)."""
+    figures = (scene.details.get("events") or {}) if scene else {}
+    out: JSON = {k: figures.get(k) for k in EVENT_KEYS}
+    details = scene.details if scene else {}
+    out["kpis_by_campaign"] = details.get("kpis_by_campaign") or {}
+    out["outbox_pending_at_outage_end"] = (details.get("outbox_at_outage_end") or {}).get(
+        "pending")
+    return out
+
+
+def render_events(summary: JSON) -> list[str]:
+    """The report's events section: what the webhook got, engagement, the KPIs per campaign."""
+    if summary.get("webhook_events") is None:
+        return []
+    by_type = ", ".join(f"{k} {v}" for k, v in (summary["webhook_events"] or {}).items())
+    return ["", "## Events and engagement", "",
+            "| figure | value |", "|---|---|",
+            f"| events the webhook got (by type) | {by_type} |",
+            f"| events held in the outboxes when the receiver came back | "
+            f"{summary.get('outbox_pending_at_outage_end')} |",
+            f"| **events missing after the outage** | **{summary['webhook_missing']}** |",
+            f"| human opens recorded / simulated | {summary['opens_recorded']} / "
+            f"{summary['opens_simulated']} |",
+            f"| clicks recorded / simulated | {summary['clicks_recorded']} / "
+            f"{summary['clicks_simulated']} |",
+            f"| machine opens recorded / simulated | {summary['machine_opens']} / "
+            f"{summary['machine_opens_simulated']} |",
+            "", "### KPIs per campaign (the pods' /v1/stats, last 24 h)", "",
+            render_kpi_table(summary.get("kpis_by_campaign") or {}).rstrip("\n")]
 
 
 def _pct(value: Any) -> str:
@@ -148,6 +185,7 @@ def render_markdown(summary: JSON) -> str:
         lines.append(f"| {name} | {p['delivered']} | {p['bounced']} | {p['deferred']} | "
                      f"{p['complaints']} | {_pct(p['dkim_pass_rate'])} | "
                      f"{_pct(p['spf_pass_rate'])} | {_pct(p['dmarc_pass_rate'])} |")
+    lines += render_events(summary)
     lines += ["", "## Warm-up: messages per IP and day against the quota", "",
               "![warm-up chart](warmup.svg)", "",
               "| IP | quota day | received | quota |", "|---|---|---|---|"]

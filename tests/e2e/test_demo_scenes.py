@@ -12,7 +12,7 @@ import asyncio
 
 import aiohttp
 import pytest
-from mailfleet_sandbox import scenes, transport_scenes
+from mailfleet_sandbox import event_scenes, scenes, transport_scenes
 from sandbox_fixtures.world import E2EWorld
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.slow]
@@ -138,6 +138,22 @@ async def test_enforce_domain_with_a_bad_certificate_is_deferred_then_delivered_
     assert result.details["dane"]["delivered"] == 2
     # TLS-RPT sending is not on main yet (branch i19-rpt): details["tlsrpt_reports"] is
     # reported in summary.json but not asserted until it is.
+
+
+async def test_events_reach_the_webhook_after_its_outage_and_engagement_is_recorded(
+        e2e_world: E2EWorld, e2e_campaign: scenes.SceneResult) -> None:
+    """Issue 20's "Done when": the receiver down while a tagged campaign is delivered, opened
+    and clicked; once it is back, every event the providers' records and the simulated
+    readers imply arrives (signed), opens and clicks as simulated, proxy opens as machine."""
+    result = await event_scenes.events_and_engagement(e2e_world.world, e2e_world.ledger,
+                                                      per_provider=8, within=120)
+    assert_scene(result)
+    events = result.details["events"]
+    assert events["webhook_missing"] == 0
+    assert events["webhook_events"].get("delivered", 0) >= 32
+    assert result.details["outbox_at_outage_end"]["pending"] >= 64
+    assert events["machine_opens"] > 0
+    assert set(result.details["kpis_by_campaign"]) >= set(event_scenes.CAMPAIGNS)
 
 
 async def test_no_ip_exceeded_its_warmup_quota_after_the_failure_scenes(

@@ -33,7 +33,8 @@ class E2EWorld:
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
 async def e2e_world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[E2EWorld]:
     root = tmp_path_factory.mktemp("sandbox-world")
-    settings = WorldSettings(root=root, warmup_day_seconds=E2E_DAY_SECONDS)
+    settings = WorldSettings(root=root, warmup_day_seconds=E2E_DAY_SECONDS,
+                             webhook_receiver=True)
     async with SandboxWorld(settings) as world:
         ledger = scenes.Ledger()
         watcher = asyncio.create_task(scenes.watch_quotas(world, ledger))

@@ -177,6 +177,14 @@ class Tracking(SpecModel):
             "the tracking host with; omit it when an Ingress terminates TLS."
         ),
     )
+    machine_window: Duration | None = Field(
+        default=None,
+        description=(
+            "An open or click this soon after submission or delivery counts as a machine's "
+            "(a scanner or prefetching proxy), not a reader's; 0s turns the rule off. Unset: "
+            "the sender's default (3s)."
+        ),
+    )
 
 
 class ClassTracking(SpecModel):

@@ -147,6 +147,8 @@ def _tracking(
         "host": tracking.host,
         "keyFile": f"{TRACKING_DIR}/{pool_secrets.TRACKING_KEY}",
     }
+    if tracking.machine_window is not None:
+        rendered["machineWindow"] = tracking.machine_window
     problems: list[EventProblem] = []
     optional: tuple[str, ...] = ()
     tls = tracking.tls_secret_ref

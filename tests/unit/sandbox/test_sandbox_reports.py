@@ -238,3 +238,34 @@ def test_kpi_table_has_one_row_per_campaign_with_rates_and_machine_opens_apart()
     assert any(line.startswith("| a\\|b |") for line in lines)
     assert any(line.startswith("| (other) |") for line in lines)
     assert report.render_kpi_table({}) == "No figures per campaign tag were reported.\n"
+
+
+def test_summary_and_report_carry_the_events_scene_figures_and_the_campaign_table() -> None:
+    from mailfleet_sandbox import event_scenes
+    from mailfleet_sandbox.scenes import SceneResult
+
+    scene = SceneResult("events", "Events")
+    figures = {"webhook_events": {"delivered": 3, "opened": 2}, "webhook_missing": 0,
+               "opens_recorded": 1, "opens_simulated": 1, "clicks_recorded": 1,
+               "clicks_simulated": 1, "machine_opens": 1, "machine_opens_simulated": 1}
+    per_campaign = report.campaign_kpis([{"windows": {"24h": {"by": {"tag:campaign": {
+        "spring": {"sent": 3, "delivered": 3, "opened_human": 1, "opened_machine": 1}}}}}}])
+    scene.details.update(events=figures, kpis_by_campaign=per_campaign,
+                         outbox_at_outage_end={"pending": 9})
+    summary = report.build_summary([scene], {}, total_s=1.0, day_seconds=12.0)
+    assert {k: summary[k] for k in report.EVENT_KEYS} == figures
+    assert summary["outbox_pending_at_outage_end"] == 9
+    page = report.render_markdown(summary)
+    assert "**events missing after the outage** | **0**" in page
+    assert "| spring | 3 | 3 (100.0 %)" in page
+    # Without the scene the fields are there, empty, and the section is left out.
+    bare = report.build_summary([], {}, total_s=1.0, day_seconds=12.0)
+    assert bare["webhook_missing"] is None and "Events and engagement" not in \
+        report.render_markdown(bare)
+    # The pool patch: tracking on for marketing only, machine window off, classes kept.
+    pool = {"spec": {"classes": [{"name": "transactional"}, {"name": "marketing", "bulk": True}]}}
+    patch = event_scenes.tracking_patch(pool)["spec"]
+    assert patch["tracking"] == {"host": event_scenes.TRACK_HOST, "machineWindow": "0s"}
+    assert patch["classes"] == [{"name": "transactional"}, {"name": "marketing", "bulk": True,
+                                "tracking": {"opens": True, "clicks": True}}]
+    assert "tracking" not in pool["spec"]["classes"][1]

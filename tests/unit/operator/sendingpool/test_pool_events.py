@@ -204,6 +204,15 @@ def test_a_missing_tracking_certificate_is_reported_and_tracking_still_works() -
     assert [(p.webhook, p.reason) for p in rendered.problems] == [("tracking", "SecretMissing")]
 
 
+def test_the_machine_window_is_passed_on_only_when_the_pool_names_one() -> None:
+    # The sandbox's readers open within seconds of delivery: a pool can turn the rule off.
+    off = event_config.render_events(spec(tracking={"host": "t.example.com",
+                                                    "machineWindow": "0s"}), "news")
+    assert off.tracking is not None and off.tracking["machineWindow"] == "0s"
+    default = event_config.render_events(spec(tracking={"host": "t.example.com"}), "news")
+    assert default.tracking is not None and "machineWindow" not in default.tracking
+
+
 def test_the_tracking_key_secret_is_owned_by_the_pool_and_named_after_it() -> None:
     pool = children.PoolObjects(name=POOL, namespace="ns", uid="u-9", replicas=1)
     secret = pool_secrets.build_tracking_secret(pool, data={"key": "c2VjcmV0"})
