@@ -8,13 +8,11 @@ restart; events that cannot be delivered within retryFor are dropped and counted
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import json
 import re
 import sqlite3
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from sandbox_fixtures.sender import (
     lease,
     make_dkim_keys,
 )
+from sandbox_fixtures.waiting import eventually as until
 
 ROOT = Path(__file__).resolve().parents[3]
 SCHEMA = Draft202012Validator(
@@ -91,20 +90,6 @@ class Receiver:
 
     def of(self, recipient: str) -> list[str]:
         return [e["type"] for e in self.events if e["recipient"] == recipient]
-
-
-async def until(check: Callable[[], bool | Awaitable[bool]], timeout: float = 20.0,  # noqa: ASYNC109
-                what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def events_config(tmp_path: Path, url: str, **webhook: Any) -> dict[str, Any]:
@@ -358,7 +343,7 @@ async def test_events_pending_at_kill_9_are_delivered_after_the_restart(
         receiver.status = 200
         await proc.start()
         await until(lambda: all(receiver.of(r) == ["accepted", "delivered"]
-                                for r in recipients), 30, "events after the restart")
+                                for r in recipients), "events after the restart", 30)
         _assert_valid(receiver.events)
         assert all(e["tags"] == {"campaign": "kill"} for e in receiver.events)
         # stdout carried the same events, one JSON line each, before the kill.

@@ -9,8 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +22,7 @@ from sandbox_fixtures.sender import (
     lease,
     make_dkim_keys,
 )
+from sandbox_fixtures.waiting import eventually as _until
 
 
 def _config(tmp_path: Path, dns: DNSServer, fleet: ProviderFleet) -> dict[str, Any]:
@@ -40,20 +39,6 @@ async def _started(tmp_path: Path, cfg: dict[str, Any], reaper: list[SenderProce
     reaper.append(sender)
     await sender.start()
     return sender
-
-
-async def _until(check: Callable[[], Awaitable[bool] | bool], what: str,
-                 timeout: float = 20.0) -> None:  # noqa: ASYNC109
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 def _workers(parent: int) -> set[int]:

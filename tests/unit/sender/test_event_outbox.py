@@ -5,11 +5,8 @@ cursor has not passed, tags follow the message (events, hand-off) and expire aft
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +23,7 @@ from mailfleet_sender import (
     outbox,
     spool,
 )
+from sandbox_fixtures.waiting import eventually as _until
 
 BUILDER = event_builders.Builder(pool="p")
 NOW = 1_780_000_000.0
@@ -136,13 +134,6 @@ class FlakyVolume(spool.Spool):
         if self.read_only:
             db.execute("PRAGMA query_only = ON")
         return db
-
-
-async def _until(condition: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        assert time.monotonic() < deadline, f"not within {within} s: {what}"
-        await asyncio.sleep(0.01)
 
 
 async def test_an_event_commits_with_its_update_or_not_at_all(tmp_path: Path) -> None:

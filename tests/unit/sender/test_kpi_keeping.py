@@ -3,15 +3,13 @@ fault), exported to Prometheus with label sets that stay bounded whatever tags a
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from mailfleet_sender import clock, config, kpi_keeping, metrics, spool
 from prometheus_client.parser import text_string_to_metric_families
+from sandbox_fixtures.waiting import eventually as _until
 from unit.sender.kpi_events import T0, Wall, campaign_of_ten, event
 
 
@@ -21,14 +19,6 @@ def _keeper(directory: Path, wall: Wall, text: str = "") -> tuple[kpi_keeping.Kp
     store.start()
     cfg = config.parse_config("pool: news\n" + text)
     return kpi_keeping.KpiKeeper(cfg=cfg, spool_=store, clock_=clock.Clock(wall=wall)), store
-
-
-async def _until(condition: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within} s: {what}")
-        await asyncio.sleep(0.01)
 
 
 async def test_the_kpis_survive_a_restart_of_the_sender(tmp_path: Path) -> None:

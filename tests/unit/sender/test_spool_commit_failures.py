@@ -3,14 +3,12 @@ fault clears (issue 16: a failed commit used to drop them silently)."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from mailfleet_sender import spool
+from sandbox_fixtures.waiting import eventually as _until
 
 
 class ReadOnlyVolume(spool.Spool):
@@ -39,15 +37,6 @@ async def _stored(directory: Path, recipients: tuple[str, ...]) -> list[spool.De
     store.close()
     assert isinstance(rows, list)
     return rows
-
-
-async def _until(condition: Callable[[], bool], what: str, within: float = 30.0) -> None:
-    """Poll the writer's state (a thread: nothing to await) until `condition` holds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not within {within} s: {what}")
-        await asyncio.sleep(0.01)
 
 
 async def test_outcomes_and_counters_of_a_failed_commit_land_once_the_fault_clears(
