@@ -308,6 +308,9 @@ class RunningSender:
     ) -> None:
         self.directory = directory
         self.cfg = cfg = with_listener_ports(cfg, lambda: 0)
+        # The test process's stdout is pytest's: an in-process sender's event lines would land
+        # between the test results. Sender processes keep the default (their log file).
+        cfg.setdefault("events", {}).setdefault("stdout", False)
         self.env = env
         self.config_path = write_projected(directory / "config", "sender.yaml",
                                            yaml.safe_dump(cfg))
